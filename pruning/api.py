@@ -1,0 +1,133 @@
+"""The whole job in a few calls: validate, load, prune, evaluate, save — all from Python.
+
+Every argument is validated before a model is loaded, and outputs appear only when complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from . import zoo
+from .adapters import get_adapter
+from .data import calibration_windows, check_calibration_source, check_evaluation_dataset, data_dir
+from .evaluation.perplexity import perplexity
+from .io import atomic_write_json, git_commit, peak_rss_mb, versions
+from .methods import PruneContext, PruningMethod, method_class
+from .modeling import load_model, parameter_counts, read_config, resolve_device, save_model, torch_dtype
+
+
+def build_method(name: str, **arguments) -> PruningMethod:
+    """A method instance from its name and arguments (ratio and options), validated."""
+    return method_class(name).build(**arguments)
+
+
+def _model_info(path: Path, spec: str) -> dict:
+    info = {"spec": spec, "path": str(path), "model_type": read_config(path).get("model_type")}
+    zoo_file = path / "zoo.json"
+    if zoo_file.is_file():
+        info["zoo"] = json.loads(zoo_file.read_text())
+    return info
+
+
+def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike, *, calib: str = "c4",
+          nsamples: int = 128, seqlen: int = 2048, seed: int = 0, device: str = "auto", dtype: str = "float32",
+          data_dir_path: str | None = None, batch_size: int = 8, ignore: tuple[str, ...] = (),
+          evaluate: bool = False, eval_dataset: str = "wikitext2", eval_seqlen: int | None = None,
+          eval_max_windows: int | None = None, progress: bool = True, **method_arguments) -> dict:
+    """Prune `model` (any zoo spec) with `method` and save the result plus prune.json in `output_dir`."""
+    started = time.perf_counter()
+    instance = method if isinstance(method, PruningMethod) else build_method(method, **method_arguments)
+    if instance.needs_calibration:
+        check_calibration_source(calib)
+        if nsamples < 1 or seqlen < 2:
+            raise ValueError(f"calibration needs nsamples >= 1 and seqlen >= 2, got {nsamples} x {seqlen}")
+    if evaluate:
+        check_evaluation_dataset(eval_dataset)
+    data_dir(data_dir_path)
+    compute = resolve_device(device)
+    torch_dtype(dtype)
+    zoo.check_spec(model)
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"output directory {output_dir} exists and is not a directory")
+
+    path = zoo.resolve(model)
+    net, tokenizer = load_model(path, dtype=dtype, device="cpu")
+    adapter = get_adapter(net)
+    torch.manual_seed(seed)
+    calibration_cache: dict = {}
+
+    def calibration():
+        if "windows" not in calibration_cache:
+            windows, protocol = calibration_windows(tokenizer, calib, nsamples, seqlen, seed, data_dir_path)
+            calibration_cache["windows"], calibration_cache["protocol"] = windows, protocol.as_dict()
+        return calibration_cache["windows"], calibration_cache["protocol"]
+
+    eval_settings = dict(dataset=eval_dataset, seqlen=eval_seqlen or seqlen, max_windows=eval_max_windows,
+                         data_dir=data_dir_path)
+    evaluation = {}
+    if evaluate:
+        evaluation["before"] = perplexity(net.to(compute), tokenizer, **eval_settings)
+        net.to("cpu")
+    before = parameter_counts(net)
+    if compute.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(compute)
+    ctx = PruneContext(model=net, tokenizer=tokenizer, adapter=adapter, device=compute, calibration=calibration,
+                       seed=seed, batch_size=batch_size, progress=progress, ignore=tuple(ignore),
+                       extras={"data_dir": data_dir_path, "model_path": str(path)})
+    prune_started = time.perf_counter()
+    method_report = instance.prune(ctx)
+    prune_seconds = time.perf_counter() - prune_started
+    net = ctx.model  # structured methods may rebuild the model
+    if evaluate:
+        evaluation["after"] = perplexity(net.to(compute), tokenizer, **eval_settings)
+        net.to("cpu")
+
+    report = {
+        "method": instance.name,
+        "options": instance.options(),
+        "model": _model_info(path, model),
+        "calibration": calibration_cache.get("protocol"),
+        "seed": seed,
+        "device": str(compute),
+        "dtype": dtype,
+        "ignore": list(ignore),
+        "parameters": {"before": before, "after": parameter_counts(net)},
+        "result": method_report,
+        "evaluation": evaluation or None,
+        "prune_seconds": round(prune_seconds, 3),
+        "wall_seconds": round(time.perf_counter() - started, 3),
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_cuda_mb": round(torch.cuda.max_memory_allocated(compute) / 2**20, 1) if compute.type == "cuda" else None,
+        "versions": versions(),
+        "git_commit": git_commit(),
+    }
+    save_model(net, tokenizer, output_dir, report)
+    return report
+
+
+def evaluate_perplexity(model: str, *, dataset: str = "wikitext2", split: str = "test", seqlen: int = 512,
+                        max_windows: int | None = None, batch_size: int = 4, device: str = "auto",
+                        dtype: str = "float32", data_dir_path: str | None = None, output: str | None = None) -> dict:
+    """Perplexity of a model directory or spec; written atomically to `output` when given."""
+    check_evaluation_dataset(dataset)
+    data_dir(data_dir_path)
+    compute = resolve_device(device)
+    torch_dtype(dtype)
+    zoo.check_spec(model)
+    path = zoo.resolve(model)
+    net, tokenizer = load_model(path, dtype=dtype, device=str(compute))
+    result = perplexity(net, tokenizer, dataset, split, seqlen, max_windows, batch_size, data_dir_path)
+    result.update(model=_model_info(path, model), parameters=parameter_counts(net), versions=versions(),
+                  git_commit=git_commit())
+    prune_report = path / "prune.json"
+    if prune_report.is_file():
+        pruned = json.loads(prune_report.read_text())
+        result["pruning"] = {k: pruned.get(k) for k in ("method", "options", "calibration", "seed")}
+    if output:
+        atomic_write_json(output, result)
+    return result

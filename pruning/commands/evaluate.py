@@ -1,0 +1,33 @@
+"""eval: perplexity of a model directory (more evaluations join as they land)."""
+from __future__ import annotations
+
+import json
+
+from ..api import evaluate_perplexity
+from .common import add_runtime_arguments
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="evaluate a model (perplexity)",
+        description="Token-level perplexity over non-overlapping windows (tail dropped), as in the "
+                    "SparseGPT/Wanda papers. The result records dataset, split, seqlen, windows, scored tokens, "
+                    "dtype and device.")
+    parser.add_argument("--model", required=True, help="model directory or zoo spec")
+    parser.add_argument("--ppl", action="store_true", required=True, help="measure perplexity")
+    parser.add_argument("--dataset", default="wikitext2", help="wikitext2 or a local .txt/.jsonl file")
+    parser.add_argument("--split", default="test", help="wikitext2 split (default: test)")
+    parser.add_argument("--seqlen", type=int, required=True, help="tokens per window (always explicit)")
+    parser.add_argument("--max-windows", type=int, default=None, help="score at most this many windows")
+    parser.add_argument("--batch-size", type=int, default=4, help="windows per forward (default: 4)")
+    parser.add_argument("--output", default=None, help="write the result JSON here (atomically)")
+    add_runtime_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    result = evaluate_perplexity(args.model, dataset=args.dataset, split=args.split, seqlen=args.seqlen,
+                                 max_windows=args.max_windows, batch_size=args.batch_size, device=args.device,
+                                 dtype=args.dtype, data_dir_path=args.data_dir, output=args.output)
+    print(json.dumps({k: result[k] for k in ("ppl", "dataset", "split", "seqlen", "windows", "scored_tokens")}, indent=2))
+    return 0

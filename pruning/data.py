@@ -1,0 +1,196 @@
+"""Calibration and evaluation text: from the Hugging Face hub when online, from a local data directory
+(with the layout of the project's `shared/data`) when one is configured.
+
+The local directory is taken from the `data_dir` argument or the `PRUNING_DATA_DIR` environment
+variable. Calibration never reads an evaluation split: asking for it is an error.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+DATA_DIR_ENV = "PRUNING_DATA_DIR"
+C4_HUB = ("allenai/c4", "en/c4-train.00000-of-01024.json.gz")
+C4_LOCAL = "c4/c4-train.00000-of-01024.first1000.jsonl"
+WIKITEXT_HUB = ("Salesforce/wikitext", "wikitext-2-raw-v1")
+WIKITEXT_LOCAL = {"test": "wikitext-2-raw-v1/wiki.test.raw", "validation": "wikitext-2-raw-v1/wiki.valid.raw"}
+CALIBRATION_SOURCES = ("c4", "wikitext2-train", "wikitext2-validation")
+EVALUATION_DATASETS = ("wikitext2",)
+
+
+class DataError(ValueError):
+    """Data that cannot be found or read; the message says what was looked for."""
+
+
+def data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
+    chosen = explicit or os.environ.get(DATA_DIR_ENV)
+    if not chosen:
+        return None
+    path = Path(chosen).expanduser().resolve()
+    if not path.is_dir():
+        raise DataError(f"data directory {path} does not exist (from {'argument' if explicit else DATA_DIR_ENV})")
+    return path
+
+
+def _local_file(root: Path, relative: str) -> Path:
+    path = root / relative
+    if not path.is_file():
+        raise DataError(f"{path} not found: the data directory must have the layout of shared/data ({relative})")
+    return path
+
+
+def _hub_error(what: str, exc: Exception) -> DataError:
+    return DataError(
+        f"could not load {what} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
+        f"Offline, point {DATA_DIR_ENV} (or --data-dir) at a directory with the layout of shared/data."
+    )
+
+
+def _read_documents(path: Path) -> list[str]:
+    """Text of a local .txt (blank-line separated documents), .jsonl or .json.gz (field 'text') file."""
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    try:
+        if path.suffix in (".jsonl", ".gz"):
+            opener = gzip.open if path.suffix == ".gz" else open
+            with opener(path, "rt", encoding="utf-8") as handle:
+                docs = [json.loads(line)["text"] for line in handle if line.strip()]
+        else:
+            text = path.read_text(encoding="utf-8")
+            docs = [d for d in text.split("\n\n") if d.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataError(f"cannot read data file {path}: {type(exc).__name__}: {exc}") from None
+    if not docs:
+        raise DataError(f"data file {path} holds no text")
+    return docs
+
+
+def check_calibration_source(source: str) -> None:
+    """Reject an unknown or forbidden calibration source before any model is loaded."""
+    if source in CALIBRATION_SOURCES:
+        return
+    if source in ("wikitext2", "wikitext2-test"):
+        raise DataError("calibration must not use the evaluation split; use wikitext2-train or wikitext2-validation")
+    path = Path(source)
+    if not path.is_file():
+        raise DataError(
+            f"unknown calibration source {source!r}: use one of {', '.join(CALIBRATION_SOURCES)} "
+            "or a readable .txt/.jsonl file"
+        )
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise DataError(f"calibration file {path} is not readable: {exc}") from None
+
+
+def calibration_documents(source: str, data_root: str | os.PathLike | None = None) -> list[str]:
+    check_calibration_source(source)
+    root = data_dir(data_root)
+    if source == "c4":
+        if root:
+            return _read_documents(_local_file(root, C4_LOCAL))
+        try:
+            from datasets import load_dataset
+
+            ds = load_dataset("json", data_files=f"hf://datasets/{C4_HUB[0]}/{C4_HUB[1]}", split="train")
+            return list(ds["text"])
+        except Exception as exc:  # noqa: BLE001 - any hub failure becomes one clear message
+            raise _hub_error("C4 calibration data", exc) from None
+    if source.startswith("wikitext2-"):
+        split = source.split("-", 1)[1]
+        if root:
+            if split == "train":
+                raise DataError(f"no WikiText-2 train split in the local data directory {root}; use wikitext2-validation or c4")
+            return [d for d in _wikitext_rows(root, split).split("\n\n") if d.strip()]
+        return [d for d in _wikitext_hub(split).split("\n\n") if d.strip()]
+    return _read_documents(Path(source))
+
+
+@dataclass(frozen=True)
+class CalibrationProtocol:
+    source: str
+    nsamples: int
+    seqlen: int
+    seed: int
+    windows_from_concatenation: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def calibration_windows(tokenizer, source: str, nsamples: int, seqlen: int, seed: int = 0,
+                        data_root=None) -> tuple[torch.Tensor, CalibrationProtocol]:
+    """`nsamples` windows of `seqlen` tokens, seeded, as in the Wanda/SparseGPT loaders.
+
+    Documents are visited in a seeded random order and a random window is cut from each one longer
+    than `seqlen`. If too few documents are that long, the remaining windows are cut from all
+    documents concatenated, so the loop always ends.
+    """
+    if nsamples < 1 or seqlen < 2:
+        raise DataError(f"calibration needs nsamples >= 1 and seqlen >= 2, got {nsamples} x {seqlen}")
+    docs = calibration_documents(source, data_root)
+    rng = random.Random(seed)
+    order = list(range(len(docs)))
+    rng.shuffle(order)
+    windows: list[list[int]] = []
+    for index in order:
+        if len(windows) == nsamples:
+            break
+        ids = tokenizer(docs[index], add_special_tokens=False)["input_ids"]
+        if len(ids) > seqlen:
+            start = rng.randint(0, len(ids) - seqlen - 1)
+            windows.append(ids[start:start + seqlen])
+    from_stream = nsamples - len(windows)
+    if from_stream:
+        separator = tokenizer.eos_token or "\n\n"
+        stream = tokenizer(separator.join(docs), add_special_tokens=False)["input_ids"]
+        if len(stream) <= seqlen:
+            raise DataError(f"calibration source {source!r} has only {len(stream)} tokens, fewer than seqlen={seqlen}")
+        for _ in range(from_stream):
+            start = rng.randint(0, len(stream) - seqlen - 1)
+            windows.append(stream[start:start + seqlen])
+    protocol = CalibrationProtocol(source, nsamples, seqlen, seed, from_stream)
+    return torch.tensor(windows, dtype=torch.long), protocol
+
+
+def _wikitext_rows(root: Path, split: str) -> str:
+    raw = _local_file(root, WIKITEXT_LOCAL[split]).read_text(encoding="utf-8")
+    rows = [line if line.strip() else "" for line in raw.splitlines(True)]
+    return "\n\n".join(rows)
+
+
+def _wikitext_hub(split: str) -> str:
+    try:
+        from datasets import load_dataset
+
+        return "\n\n".join(load_dataset(*WIKITEXT_HUB, split=split)["text"])
+    except Exception as exc:  # noqa: BLE001
+        raise _hub_error(f"WikiText-2 {split}", exc) from None
+
+
+def evaluation_text(dataset: str, split: str = "test", data_root=None) -> str:
+    """The evaluation text as the papers build it: WikiText-2 rows joined with blank lines.
+
+    `dataset` is 'wikitext2' or a path to a local .txt/.jsonl file (documents joined with blank lines).
+    """
+    if dataset == "wikitext2":
+        if split not in WIKITEXT_LOCAL:
+            raise DataError(f"WikiText-2 evaluation split must be one of {sorted(WIKITEXT_LOCAL)}, got {split!r}")
+        root = data_dir(data_root)
+        return _wikitext_rows(root, split) if root else _wikitext_hub(split)
+    path = Path(dataset)
+    if not path.is_file():
+        raise DataError(f"unknown evaluation dataset {dataset!r}: use one of {EVALUATION_DATASETS} or a local text file")
+    return "\n\n".join(_read_documents(path))
+
+
+def check_evaluation_dataset(dataset: str) -> None:
+    if dataset not in EVALUATION_DATASETS and not Path(dataset).is_file():
+        raise DataError(f"unknown evaluation dataset {dataset!r}: use one of {EVALUATION_DATASETS} or a local text file")

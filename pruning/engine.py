@@ -1,0 +1,179 @@
+"""The one layer-wise calibration engine shared by every calibration-based method.
+
+It captures the inputs of the first decoder layer for all calibration samples, with every positional
+and keyword argument the model passes to it (attention mask, which may be None, position ids,
+`position_embeddings`, cache disabled), then walks the decoder layers one at a time: the method
+inspects or changes the layer, and the engine re-runs the (changed) layer to produce the next layer's
+inputs. Only the current layer and the activations live on the compute device, so a model kept on
+the CPU can be pruned on a GPU (offload mode).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .adapters import ArchitectureAdapter
+
+
+class _InputsCaptured(Exception):
+    """Raised by the capture hook to stop the model's forward right before layer 0."""
+
+
+def _to_device(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_to_device(v, device) for v in value)
+    if isinstance(value, list):
+        return [_to_device(v, device) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
+
+
+def _share_equal(value, previous):
+    """Reuse the previous batch's tensor when equal, so identical masks and rotary tables are stored once."""
+    if isinstance(value, torch.Tensor) and isinstance(previous, torch.Tensor):
+        if value.shape == previous.shape and value.dtype == previous.dtype and torch.equal(value, previous):
+            return previous
+        return value
+    if isinstance(value, tuple) and isinstance(previous, tuple) and len(value) == len(previous):
+        return tuple(_share_equal(v, p) for v, p in zip(value, previous))
+    return value
+
+
+def _hidden_of(output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _move_outside_layers(model: nn.Module, layers: nn.ModuleList, device) -> None:
+    """Move every parameter and buffer that is not inside a decoder layer (embeddings, rotary tables,
+    final norm, head) to `device`, leaving the layers where they are."""
+    inside = {id(t) for t in layers.parameters()} | {id(t) for t in layers.buffers()}
+    for module in model.modules():
+        for store in (module._parameters, module._buffers):
+            for name, tensor in store.items():
+                if tensor is not None and id(tensor) not in inside and tensor.device != torch.device(device):
+                    tensor.data = tensor.data.to(device)
+
+
+@dataclass
+class LayerStep:
+    """What a method sees for one decoder layer."""
+
+    index: int
+    name: str
+    layer: nn.Module
+    engine: "LayerwiseEngine"
+
+    def forward(self) -> list[torch.Tensor]:
+        """Run this layer on its current inputs (with whatever hooks are registered)."""
+        return self.engine.forward_layer(self.layer)
+
+    @property
+    def inputs(self) -> list[torch.Tensor]:
+        return self.engine.hidden
+
+
+class LayerwiseEngine:
+    def __init__(self, model: nn.Module, adapter: ArchitectureAdapter, device="cpu", batch_size: int = 8,
+                 progress: bool = True):
+        self.model = model
+        self.adapter = adapter
+        self.device = torch.device(device)
+        self.batch_size = max(1, int(batch_size))
+        self.progress = progress
+        self.layers = adapter.decoder_layers(model)
+        self.hidden: list[torch.Tensor] = []
+        self.layer_args: list[tuple] = []
+        self.layer_kwargs: list[dict] = []
+
+    @torch.no_grad()
+    def capture(self, input_ids: torch.Tensor) -> None:
+        """Record layer 0's inputs for every batch of calibration windows."""
+        first = self.layers[0]
+        captured = {}
+
+        def hook(_module, args, kwargs):
+            captured["args"], captured["kwargs"] = args, kwargs
+            raise _InputsCaptured
+
+        home = next(self.model.parameters()).device
+        _move_outside_layers(self.model, self.layers, self.device)
+        handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+        self.hidden, self.layer_args, self.layer_kwargs = [], [], []
+        try:
+            for start in range(0, input_ids.shape[0], self.batch_size):
+                batch = input_ids[start:start + self.batch_size].to(self.device)
+                try:
+                    self.model(input_ids=batch, use_cache=False)
+                except _InputsCaptured:
+                    pass
+                else:
+                    raise RuntimeError("the first decoder layer was never called; is the adapter right?")
+                args, kwargs = captured["args"], dict(captured["kwargs"])
+                kwargs.pop("past_key_values", None)
+                kwargs.pop("past_key_value", None)
+                kwargs["use_cache"] = False
+                if self.layer_kwargs:
+                    previous = self.layer_kwargs[-1]
+                    kwargs = {k: _share_equal(v, previous.get(k)) for k, v in kwargs.items()}
+                    args = _share_equal(tuple(args[1:]), self.layer_args[-1])
+                else:
+                    args = tuple(args[1:])
+                self.hidden.append(captured["args"][0].detach() if captured["args"] else kwargs.pop("hidden_states"))
+                self.layer_args.append(args)
+                self.layer_kwargs.append(kwargs)
+        finally:
+            handle.remove()
+            _move_outside_layers(self.model, self.layers, home)
+
+    @torch.no_grad()
+    def forward_layer(self, layer: nn.Module) -> list[torch.Tensor]:
+        return [
+            _hidden_of(layer(hidden, *args, **kwargs))
+            for hidden, args, kwargs in zip(self.hidden, self.layer_args, self.layer_kwargs)
+        ]
+
+    def run(self, visit: Callable[[LayerStep], list[torch.Tensor] | None], description: str = "layers") -> None:
+        """Call `visit` on every decoder layer in order, then propagate the layer's new outputs.
+
+        `visit` may return the layer's outputs when it already computed them on the final layer, which
+        saves one forward pass; otherwise the engine re-runs the layer.
+        """
+        if not self.hidden:
+            raise RuntimeError("capture() must run before run()")
+        iterator: Iterator[int] = range(len(self.layers))
+        if self.progress:
+            iterator = tqdm(iterator, desc=description, unit="layer")
+        for index in iterator:
+            layer = self.layers[index]
+            home = next(layer.parameters()).device
+            layer.to(self.device)
+            step = LayerStep(index, f"{self.adapter.layers}.{index}", layer, self)
+            outputs = visit(step)
+            if outputs is None:
+                outputs = self.forward_layer(layer)
+            self.hidden = outputs
+            layer.to(home)
+        self.hidden = []
+
+
+@contextmanager
+def input_hooks(modules: dict[str, nn.Module], on_input: Callable[[str, torch.Tensor], None]):
+    """Call `on_input(name, x)` with the input activations of each module while the context is open."""
+    handles = []
+    for name, module in modules.items():
+        def hook(_module, args, _name=name):
+            on_input(_name, args[0].detach())
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,153 @@
+"""Plain functions for mask-based pruning: scores in, boolean prune masks out, and SparseGPT's solver.
+
+A mask here is True where a weight is *removed*. Selection is exact: ties are broken by position
+(stable sort), so the same scores always give the same mask and the count of removed weights is
+exactly what the target asks.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+from .ratios import MaskTarget, NMPattern, Sparsity
+
+
+def _lowest(scores: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+    """Mask of the k lowest entries along `dim` (stable: earlier positions lose ties)."""
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    if k <= 0:
+        return mask
+    order = torch.sort(scores, dim=dim, stable=True).indices
+    index = order.narrow(dim, 0, k)
+    return mask.scatter(dim, index, True)
+
+
+def nm_mask(scores: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
+    """Remove the M−N lowest scores in every aligned group of M input columns of each row.
+
+    A trailing partial group of r columns keeps min(r, N) weights.
+    """
+    rows, cols = scores.shape
+    full = (cols // pattern.m) * pattern.m
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    if full:
+        groups = scores[:, :full].reshape(rows, full // pattern.m, pattern.m)
+        mask[:, :full] = _lowest(groups, pattern.m - pattern.n, dim=2).reshape(rows, full)
+    tail = cols - full
+    if tail > pattern.n:
+        mask[:, full:] = _lowest(scores[:, full:], tail - pattern.n, dim=1)
+    return mask
+
+
+def select_mask(scores: torch.Tensor, target: MaskTarget, per: str = "row") -> torch.Tensor:
+    """Prune mask for a [out, in] score matrix.
+
+    per='row' removes int(in·s) weights in every output row (Wanda's comparison group);
+    per='matrix' removes int(numel·s) weights across the whole matrix (magnitude's default).
+    N:M patterns are always per group of M inputs in each row.
+    """
+    if isinstance(target, NMPattern):
+        return nm_mask(scores, target)
+    if not isinstance(target, Sparsity):
+        raise TypeError(f"unknown mask target {target!r}")
+    if per == "row":
+        return _lowest(scores, int(scores.shape[1] * target.value), dim=1)
+    if per == "matrix":
+        flat = _lowest(scores.reshape(1, -1), int(scores.numel() * target.value), dim=1)
+        return flat.reshape(scores.shape)
+    raise ValueError(f"per must be 'row' or 'matrix', got {per!r}")
+
+
+def magnitude_scores(weight: torch.Tensor) -> torch.Tensor:
+    return weight.abs().float()
+
+
+def wanda_scores(weight: torch.Tensor, input_sq_mean: torch.Tensor) -> torch.Tensor:
+    """|W_ij| · sqrt(mean over calibration tokens of x_j²)."""
+    return weight.abs().float() * input_sq_mean.float().sqrt().unsqueeze(0)
+
+
+def _inverse_hessian_upper(hessian: torch.Tensor, damp_fraction: float) -> tuple[torch.Tensor, float]:
+    """Upper Cholesky factor of H⁻¹ after damping; raise damping tenfold until Cholesky succeeds."""
+    mean_diag = torch.mean(torch.diag(hessian)).item()
+    fraction = damp_fraction
+    for _ in range(6):
+        damped = hessian.clone()
+        damped.diagonal().add_(fraction * mean_diag)
+        try:
+            lower = torch.linalg.cholesky(damped)
+            inverse = torch.cholesky_inverse(lower)
+            return torch.linalg.cholesky(inverse, upper=True), fraction
+        except torch.linalg.LinAlgError:
+            warnings.warn(f"SparseGPT: Cholesky failed with damping {fraction:g}·mean(diag H); retrying with {fraction * 10:g}")
+            fraction *= 10
+    raise RuntimeError("SparseGPT: Hessian is not positive definite even with heavy damping")
+
+
+def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, target: MaskTarget, block_size: int = 128,
+                    damp_fraction: float = 0.01) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """SparseGPT (Frantar & Alistarh 2023): prune [out, in] `weight` given H = 2/n Σ x xᵀ.
+
+    Returns (new weight, prune mask, info). Work is in fp32. Dead inputs (H_jj = 0) are pruned first.
+    Unstructured masks are chosen once per block of columns by w²/[H⁻¹]_jj² over the whole
+    rows×block (adaptive mask selection); N:M masks inside the column loop every M columns from the
+    already-updated weights. Errors propagate within the block column by column and to later blocks
+    by the lazy batch update.
+    """
+    W = weight.detach().clone().float()
+    H = hessian.detach().clone().float()
+    rows, cols = W.shape
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    Hinv, damping = _inverse_hessian_upper(H, damp_fraction)
+    if isinstance(target, NMPattern):
+        block_size = target.m * max(1, block_size // target.m)  # groups never straddle blocks
+    mask = torch.zeros_like(W, dtype=torch.bool)
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        count = i2 - i1
+        W1 = W[:, i1:i2].clone()
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        d = torch.diag(Hinv1)
+        if isinstance(target, Sparsity):
+            block_scores = W1 ** 2 / d.unsqueeze(0) ** 2
+            mask1 = select_mask(block_scores, target, per="matrix")
+        else:
+            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        for i in range(count):
+            w = W1[:, i]
+            if isinstance(target, NMPattern) and i % target.m == 0:
+                group = slice(i, min(i + target.m, count))
+                group_scores = W1[:, group] ** 2 / d[group].unsqueeze(0) ** 2
+                mask1[:, group] = nm_mask(group_scores, target)
+            q = w.clone()
+            q[mask1[:, i]] = 0.0
+            Q1[:, i] = q
+            err = (w - q) / d[i]
+            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        W[:, i1:i2] = Q1
+        mask[:, i1:i2] = mask1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    mask |= dead.unsqueeze(0).expand_as(mask) & (W == 0)
+    W[mask] = 0.0
+    info = {"damping_fraction": damping, "dead_inputs": int(dead.sum())}
+    return W.to(weight.dtype), mask, info
+
+
+def sparsity_of(tensor: torch.Tensor) -> float:
+    return float((tensor == 0).sum()) / max(1, tensor.numel())
+
+
+def is_valid_nm(weight: torch.Tensor, pattern: NMPattern) -> bool:
+    """True when every aligned group of M input weights in every row has at most N non-zeros."""
+    rows, cols = weight.shape
+    groups = math.ceil(cols / pattern.m)
+    padded = torch.zeros(rows, groups * pattern.m, dtype=torch.bool, device=weight.device)
+    padded[:, :cols] = weight != 0
+    return bool((padded.reshape(rows, groups, pattern.m).sum(dim=2) <= pattern.n).all())

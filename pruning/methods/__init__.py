@@ -1,0 +1,5 @@
+"""Pruning methods, one module each, registered by name on import."""
+from .base import MethodError, PruneContext, PruningMethod, available_methods, method_class, register
+from . import magnitude, wanda, sparsegpt  # noqa: F401  (registration)
+
+__all__ = ["MethodError", "PruneContext", "PruningMethod", "available_methods", "method_class", "register"]
