@@ -1,0 +1,98 @@
+"""Shared fixtures: the real offline copies in ../shared, and tiny random models of every family."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("PRUNING_SHARED_DIR", REPO.parent / "shared")).resolve()
+DATA_DIR = SHARED / "data"
+STORIES = SHARED / "models" / "stories260K"
+
+# Tests and CI read data from the local copies, never from the hub.
+os.environ.setdefault("PRUNING_DATA_DIR", str(DATA_DIR))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+TINY_VOCAB = 512  # stories260K's tokenizer, so tiny models can read real text
+
+
+def tiny_config(model_type: str):
+    """A 2-layer config of `model_type` small enough to build in milliseconds."""
+    from transformers import AutoConfig
+
+    common = dict(vocab_size=TINY_VOCAB, num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
+                  intermediate_size=96, max_position_embeddings=256, tie_word_embeddings=False)
+    per_type = {
+        "llama": dict(num_key_value_heads=2),
+        "mistral": dict(num_key_value_heads=2, sliding_window=None),
+        "qwen2": dict(num_key_value_heads=2),
+        "qwen3": dict(num_key_value_heads=2, head_dim=16),
+        "gemma": dict(num_key_value_heads=2, head_dim=16),
+        "gemma2": dict(num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=64),
+        "gemma3_text": dict(num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=64),
+        "phi3": dict(num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+        "opt": dict(ffn_dim=96, word_embed_proj_dim=64, enable_bias=True),
+        "gpt_neox": dict(rotary_pct=0.25, bos_token_id=1, eos_token_id=2),
+        "gpt2": dict(n_embd=64, n_layer=2, n_head=4, n_inner=96, n_positions=256, bos_token_id=1, eos_token_id=2),
+    }
+    config = AutoConfig.for_model(model_type, **common, **per_type[model_type])
+    if model_type == "opt":
+        config.ffn_dim = 96
+    return config
+
+
+TINY_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "opt", "gpt_neox", "gpt2")
+
+
+def build_tiny_model(model_type: str, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type), dtype=torch.float32)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def stories_dir() -> Path:
+    if not (STORIES / "config.json").is_file():
+        pytest.fail(f"stories260K not found at {STORIES}; set PRUNING_SHARED_DIR to the shared/ folder")
+    return STORIES
+
+
+@pytest.fixture(scope="session")
+def stories_tokenizer(stories_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(stories_dir)
+
+
+@pytest.fixture(scope="session")
+def stories_text(stories_dir, tmp_path_factory) -> dict[str, Path]:
+    """In-domain text for stories260K: its own sampled generations, separate sets for calibration and
+    evaluation (different seeds and prompts), written once per session."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(stories_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(stories_dir)
+    folder = tmp_path_factory.mktemp("stories_text")
+    files = {}
+    prompts = {"calibration": ["Once upon a time", "One day", "There was a"],
+               "evaluation": ["Lily and Tom", "The little dog", "Once there was"]}
+    for offset, (name, starts) in enumerate(prompts.items()):
+        torch.manual_seed(1234 + offset)
+        docs = []
+        for start in starts:
+            ids = tokenizer(start, return_tensors="pt")["input_ids"]
+            with torch.no_grad():
+                out = model.generate(ids, do_sample=True, temperature=1.0, top_k=0, max_new_tokens=240,
+                                     num_return_sequences=6, pad_token_id=0)
+            docs += [tokenizer.decode(o, skip_special_tokens=True) for o in out]
+        files[name] = folder / f"{name}.txt"
+        files[name].write_text("\n\n".join(d.strip() for d in docs) + "\n")
+    return files
