@@ -1,0 +1,131 @@
+"""The CLI end to end on stories260K: save → reload identity, prune.json contents, bad inputs."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import pruning
+from pruning.masks import is_valid_nm
+from pruning.ratios import NMPattern
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pruning", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def pruned_dir(stories_dir, stories_text, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "sparsegpt-nm"
+    result = run_cli("prune", "--model", stories_dir, "--method", "sparsegpt", "--nm", "2:4", "--output-dir", out,
+                     "--calib", stories_text["calibration"], "--nsamples", 8, "--seqlen", 64, "--seed", 3,
+                     "--evaluate", "--dataset", stories_text["evaluation"], "--eval-seqlen", 64, "--max-windows", 8,
+                     "--quiet", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_saved_model_reloads_with_identical_logits(pruned_dir):
+    report = json.loads((pruned_dir / "prune.json").read_text())
+    plain = AutoModelForCausalLM.from_pretrained(pruned_dir).eval()
+    ours, _ = pruning.load_model(pruned_dir)
+    ids = torch.randint(0, 512, (2, 48), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(plain(ids).logits, ours(ids).logits)
+    for layer in plain.model.layers:
+        for module in (layer.self_attn.q_proj, layer.mlp.down_proj):
+            assert is_valid_nm(module.weight, NMPattern(2, 4))
+    assert report["parameters"]["after"]["nonzero"] == pruning.modeling.parameter_counts(plain)["nonzero"]
+
+
+def test_prune_json_records_the_protocol(pruned_dir):
+    report = json.loads((pruned_dir / "prune.json").read_text())
+    assert report["method"] == "sparsegpt"
+    assert report["options"]["target"] == {"kind": "nm", "n": 2, "m": 4, "convention": "N kept out of every M"}
+    assert report["calibration"]["nsamples"] == 8 and report["calibration"]["seqlen"] == 64
+    assert report["calibration"]["seed"] == 3
+    assert report["result"]["total_sparsity"] == pytest.approx(0.5)
+    assert set(report["result"]["per_layer"]) == {"0", "1", "2", "3", "4"}
+    assert report["parameters"]["before"]["total"] == 260032
+    for when in ("before", "after"):
+        ppl = report["evaluation"][when]
+        assert ppl["seqlen"] == 64 and ppl["windows"] == 8 and ppl["scored_tokens"] == 8 * 63
+    assert report["evaluation"]["before"]["ppl"] < report["evaluation"]["after"]["ppl"]
+    for key in ("prune_seconds", "wall_seconds", "peak_rss_mb", "versions", "git_commit", "dtype", "device"):
+        assert key in report
+    assert report["versions"]["torch"] == torch.__version__
+
+
+def test_eval_command_writes_protocol(pruned_dir, stories_text, tmp_path):
+    out = tmp_path / "ppl.json"
+    result = run_cli("eval", "--model", pruned_dir, "--ppl", "--dataset", stories_text["evaluation"],
+                     "--seqlen", 64, "--max-windows", 8, "--output", out, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(out.read_text())
+    report = json.loads((pruned_dir / "prune.json").read_text())
+    assert metrics["ppl"] == pytest.approx(report["evaluation"]["after"]["ppl"], rel=1e-6)
+    assert metrics["pruning"]["method"] == "sparsegpt"
+    assert metrics["windows"] == 8 and metrics["seqlen"] == 64 and metrics["dtype"] == "float32"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--method", "obs", "--sparsity", "0.5"], "unknown method 'obs'"),
+    (["--method", "wanda", "--sparsity", "1.2"], "[0, 1)"),
+    (["--method", "wanda", "--nm", "5:4"], "1 <= N < M"),
+    (["--method", "magnitude"], "exactly one of a sparsity"),
+    (["--method", "wanda", "--sparsity", "0.5", "--calib", "/nonexistent/calib.txt"], "unknown calibration source"),
+    (["--method", "wanda", "--sparsity", "0.5", "--calib", "wikitext2"], "must not use the evaluation split"),
+    (["--method", "wanda", "--sparsity", "0.5", "--device", "tpu"], "device must be"),
+    (["--method", "wanda", "--sparsity", "0.5", "--option", "nonsense"], "KEY=VALUE"),
+])
+def test_bad_inputs_fail_cleanly(stories_dir, tmp_path, args, message):
+    out = tmp_path / "out"
+    result = run_cli("prune", "--model", stories_dir, "--output-dir", out, *args)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_missing_model_and_unreadable_data_fail_cleanly(tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("prune", "--model", tmp_path / "no-such-model", "--method", "magnitude", "--sparsity", "0.5",
+                     "--output-dir", out)
+    assert result.returncode == 2 and "not found" in result.stderr and not out.exists()
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    result = run_cli("eval", "--model", empty, "--ppl", "--seqlen", 64)
+    assert result.returncode == 2 and "not a Hugging Face model directory" in result.stderr
+
+
+def test_unreadable_calibration_file_leaves_nothing(stories_dir, tmp_path):
+    binary = tmp_path / "calib.txt"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    out = tmp_path / "out"
+    result = run_cli("prune", "--model", stories_dir, "--method", "wanda", "--sparsity", "0.5", "--output-dir", out,
+                     "--calib", binary, "--nsamples", 2, "--seqlen", 16)
+    assert result.returncode == 2 and "cannot read data file" in result.stderr
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.txt"]
+
+
+def test_failed_run_keeps_previous_good_result(stories_dir, stories_text, tmp_path):
+    out = tmp_path / "out"
+    good = run_cli("prune", "--model", stories_dir, "--method", "magnitude", "--sparsity", "0.3", "--output-dir", out,
+                   "--quiet")
+    assert good.returncode == 0, good.stderr
+    before = (out / "prune.json").read_text()
+    bad = run_cli("prune", "--model", stories_dir, "--method", "wanda", "--sparsity", "0.5", "--output-dir", out,
+                  "--calib", stories_text["calibration"], "--nsamples", 2, "--seqlen", 100000, "--quiet")
+    assert bad.returncode != 0
+    assert (out / "prune.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_help_texts_name_the_methods_and_convention():
+    result = run_cli("prune", "--help")
+    assert result.returncode == 0
+    for word in ("magnitude", "sparsegpt", "wanda", "N kept out of every M"):
+        assert word in result.stdout

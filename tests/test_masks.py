@@ -1,0 +1,106 @@
+"""The plain maths: exact mask counts, N:M validity, SparseGPT's solver."""
+import pytest
+import torch
+
+from pruning.masks import is_valid_nm, nm_mask, select_mask, sparsegpt_prune, wanda_scores
+from pruning.ratios import NMPattern, RatioError, Sparsity, mask_target, parse_nm
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.77])
+def test_row_and_matrix_masks_remove_exact_counts(sparsity):
+    scores = torch.rand(13, 37, generator=torch.Generator().manual_seed(1))
+    row = select_mask(scores, Sparsity(sparsity), per="row")
+    assert (row.sum(dim=1) == int(37 * sparsity)).all()
+    matrix = select_mask(scores, Sparsity(sparsity), per="matrix")
+    assert int(matrix.sum()) == int(13 * 37 * sparsity)
+    # the removed entries are the lowest ones
+    if 0 < sparsity:
+        assert scores[matrix].max() <= scores[~matrix].min()
+
+
+def test_ties_are_broken_deterministically():
+    scores = torch.ones(4, 8)
+    first = select_mask(scores, Sparsity(0.5), per="row")
+    assert torch.equal(first, select_mask(scores.clone(), Sparsity(0.5), per="row"))
+    assert (first.sum(dim=1) == 4).all()
+
+
+@pytest.mark.parametrize("n,m,cols", [(2, 4, 16), (4, 8, 64), (1, 4, 12), (4, 8, 172), (3, 8, 13)])
+def test_nm_mask_keeps_n_of_every_m(n, m, cols):
+    scores = torch.rand(7, cols, generator=torch.Generator().manual_seed(2))
+    pattern = NMPattern(n, m)
+    mask = nm_mask(scores, pattern)
+    weight = torch.where(mask, torch.zeros_like(scores), scores + 1)
+    assert is_valid_nm(weight, pattern)
+    full = cols // m * m
+    kept_full = (~mask[:, :full]).reshape(7, -1, m).sum(dim=2)
+    assert (kept_full == n).all()
+    tail = cols - full
+    assert ((~mask[:, full:]).sum(dim=1) == min(tail, n)).all()
+
+
+def test_is_valid_nm_detects_violations():
+    weight = torch.ones(2, 8)
+    assert not is_valid_nm(weight, NMPattern(2, 4))
+    weight[:, [0, 1, 4, 5]] = 0
+    assert is_valid_nm(weight, NMPattern(2, 4))
+
+
+@pytest.mark.parametrize("bad", ["5:4", "4:4", "0:4", "2-4", "a:b", "2:4:8", ""])
+def test_bad_nm_patterns_rejected(bad):
+    with pytest.raises(RatioError):
+        parse_nm(bad)
+
+
+@pytest.mark.parametrize("bad", [1.0, 1.2, -0.1, "x", float("nan")])
+def test_bad_sparsities_rejected(bad):
+    with pytest.raises(RatioError):
+        mask_target(sparsity=bad)
+
+
+def test_exactly_one_ratio_kind():
+    with pytest.raises(RatioError):
+        mask_target()
+    with pytest.raises(RatioError):
+        mask_target(sparsity=0.5, nm="2:4")
+
+
+def test_wanda_scores_weight_by_input_norm():
+    weight = torch.tensor([[1.0, -1.0], [2.0, 0.5]])
+    scores = wanda_scores(weight, torch.tensor([4.0, 1.0]))
+    assert torch.allclose(scores, torch.tensor([[2.0, 1.0], [4.0, 0.5]]))
+
+
+def _reconstruction_error(weight, pruned, x):
+    return float(((x @ weight.t() - x @ pruned.t()) ** 2).sum())
+
+
+@pytest.mark.parametrize("target", [Sparsity(0.5), NMPattern(2, 4)])
+def test_sparsegpt_beats_magnitude_on_correlated_inputs(target):
+    gen = torch.Generator().manual_seed(3)
+    mixing = torch.randn(48, 48, generator=gen)
+    x = torch.randn(2048, 48, generator=gen) @ mixing  # correlated features: where SparseGPT's update helps
+    weight = torch.randn(24, 48, generator=gen)
+    hessian = 2 * x.t() @ x / x.shape[0]
+    pruned, mask, info = sparsegpt_prune(weight, hessian, target, block_size=16)
+    assert torch.equal(pruned == 0, mask)
+    if isinstance(target, Sparsity):
+        assert abs(float(mask.float().mean()) - 0.5) < 1e-9
+    else:
+        assert is_valid_nm(pruned, target)
+    magnitude = weight.clone()
+    magnitude[select_mask(weight.abs(), target, per="row")] = 0
+    assert _reconstruction_error(weight, pruned, x) < 0.7 * _reconstruction_error(weight, magnitude, x)
+    assert info["dead_inputs"] == 0
+
+
+def test_sparsegpt_prunes_dead_inputs_and_survives_singular_hessian():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(64, 16, generator=gen)
+    x[:, 3] = 0  # a dead input
+    x[:, 5] = x[:, 4]  # a rank-deficient Hessian
+    weight = torch.randn(8, 16, generator=gen)
+    pruned, mask, info = sparsegpt_prune(weight, 2 * x.t() @ x / 64, Sparsity(0.25), block_size=8)
+    assert info["dead_inputs"] == 1
+    assert (pruned[:, 3] == 0).all()
+    assert torch.isfinite(pruned).all()
