@@ -1,9 +1,10 @@
 """Hugging Face directory (dense, sparse, depth-pruned or heterogeneous) → GGUF file for llama.cpp.
 
 Written with the `gguf` package: `GGUFWriter` for the file, `TensorNameMap` for tensor names,
-`gguf.quants` for bf16/q8_0, `gguf.vocab` (SentencePieceVocab, LlamaHfVocab, SpecialVocab) for the
-tokenizer. llama.cpp's k-quants (q4_k_m, q6_k, ...) are made by llama-cpp-python's quantize API from an
-intermediate f16 (or f32) file.
+`gguf.quants` for bf16/q8_0, `gguf.vocab` (SentencePieceVocab, SpecialVocab) for the tokenizer
+(token lists of tokenizer.json tokenizers are built from the Hugging Face tokenizer). llama.cpp's
+k-quants (q4_k_m, q6_k, ...) are made by llama-cpp-python's quantize API from an intermediate f16 (or
+f32) file.
 
 Conventions of llama.cpp that the export reproduces (learned from llama.cpp's own converter and
 sources, reimplemented here):
@@ -25,6 +26,7 @@ count, so the export keeps every layer's computation exact by:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -274,27 +276,47 @@ def bpe_pre_tokenizer(tokenizer_json: dict) -> str:
                           f"here (supported: {sorted(set(known.values()))})") from None
 
 
-def _bpe_tokens(model_dir: Path, vocab_size: int) -> tuple[list[bytes], list[int]]:
-    """Token texts and types of a byte-level BPE tokenizer, from the Hugging Face tokenizer: added tokens
-    are CONTROL when special, USER_DEFINED otherwise; ids the tokenizer lacks become [PAD{id}]."""
+def _hf_token_types(tokenizer, index: int, text: str) -> int:
+    added = tokenizer.added_tokens_decoder.get(index)
+    if added is not None:
+        if index == tokenizer.unk_token_id:
+            return gguf.TokenType.UNKNOWN
+        return gguf.TokenType.CONTROL if added.special else gguf.TokenType.USER_DEFINED
+    if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", text):
+        return gguf.TokenType.BYTE
+    return gguf.TokenType.NORMAL
+
+
+def _tokens_from_hf(model_dir: Path, vocab_size: int, byte_fallback: bool) -> tuple[list[bytes], list[float] | None, list[int]]:
+    """Token texts, scores and types from the Hugging Face tokenizer; ids it lacks become [PAD{id}].
+
+    Byte-level BPE (gpt2 model in llama.cpp) needs no scores. A byte-fallback BPE tokenizer.json is a
+    converted SentencePiece model, which llama.cpp tokenizes by merging the adjacent pair whose result has
+    the highest score: scoring each token by minus the rank of the first merge producing it reproduces the
+    merge order the Hugging Face tokenizer applies (gguf's LlamaHfVocab writes a constant placeholder, which
+    changes tokenization)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     by_id = {index: text for text, index in tokenizer.get_vocab().items()}
-    added = tokenizer.added_tokens_decoder
     size = max(vocab_size, max(by_id) + 1)
-    tokens, types = [], []
+    rank: dict[str, int] = {}
+    if byte_fallback:
+        for position, merge in enumerate(_read_json(model_dir / "tokenizer.json")["model"].get("merges", [])):
+            left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+            rank.setdefault(left + right, position)
+    tokens, scores, types = [], [], []
     for index in range(size):
-        if index in added:
-            tokens.append(added[index].content.encode("utf-8"))
-            types.append(gguf.TokenType.CONTROL if added[index].special else gguf.TokenType.USER_DEFINED)
-        elif index in by_id:
-            tokens.append(by_id[index].encode("utf-8"))
-            types.append(gguf.TokenType.NORMAL)
-        else:
+        text = by_id.get(index)
+        if text is None:
             tokens.append(f"[PAD{index}]".encode("utf-8"))
             types.append(gguf.TokenType.UNUSED)
-    return tokens, types
+            scores.append(-1e9)
+            continue
+        tokens.append(text.encode("utf-8"))
+        types.append(_hf_token_types(tokenizer, index, text))
+        scores.append(-float(rank[text]) if text in rank else -float(len(rank) + index))
+    return tokens, scores if byte_fallback else None, types
 
 
 def describe_vocabulary(model_dir: Path) -> dict:
@@ -309,17 +331,15 @@ def describe_vocabulary(model_dir: Path) -> dict:
     if model.get("type") != "BPE":
         raise ExportError(f"tokenizer model {model.get('type')!r} in {tokenizer_json} is not supported (BPE or SentencePiece)")
     if model.get("byte_fallback"):
-        return {"model": "llama", "kind": "llama-hf", "pre": None}
-    return {"model": "gpt2", "kind": "bpe", "pre": bpe_pre_tokenizer(data)}
+        return {"model": "llama", "kind": "byte-fallback-bpe", "pre": None}
+    return {"model": "gpt2", "kind": "byte-level-bpe", "pre": bpe_pre_tokenizer(data)}
 
 
 def add_vocabulary(writer: gguf.GGUFWriter, model_dir: Path, vocab: dict, vocab_size: int) -> int:
     """Token list, scores, types, merges and special ids; returns the number of tokens written."""
-    scores = None
-    if vocab["kind"] in ("sentencepiece", "llama-hf"):
-        source = (gguf.vocab.SentencePieceVocab if vocab["kind"] == "sentencepiece" else gguf.vocab.LlamaHfVocab)(model_dir)
+    if vocab["kind"] == "sentencepiece":
         tokens, scores, types = [], [], []
-        for text, score, kind in source.all_tokens():
+        for text, score, kind in gguf.vocab.SentencePieceVocab(model_dir).all_tokens():
             tokens.append(text)
             scores.append(score)
             types.append(kind)
@@ -328,7 +348,7 @@ def add_vocabulary(writer: gguf.GGUFWriter, model_dir: Path, vocab: dict, vocab_
             scores.append(-1000.0)
             types.append(gguf.TokenType.UNUSED)
     else:
-        tokens, types = _bpe_tokens(model_dir, vocab_size)
+        tokens, scores, types = _tokens_from_hf(model_dir, vocab_size, byte_fallback=vocab["kind"] == "byte-fallback-bpe")
     if len(tokens) != vocab_size:
         raise ExportError(f"tokenizer has {len(tokens)} tokens but the embedding has {vocab_size} rows")
     writer.add_tokenizer_model(vocab["model"])
@@ -338,7 +358,14 @@ def add_vocabulary(writer: gguf.GGUFWriter, model_dir: Path, vocab: dict, vocab_
     if scores is not None:
         writer.add_token_scores(scores)
     writer.add_token_types(types)
-    gguf.SpecialVocab(model_dir, load_merges=vocab["model"] == "gpt2", n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+    vocab_logger = logging.getLogger("gguf.vocab")  # it warns about pair templates llama.cpp never reads
+    level = vocab_logger.level
+    vocab_logger.setLevel(logging.ERROR)
+    try:
+        special = gguf.SpecialVocab(model_dir, load_merges=vocab["model"] == "gpt2", n_vocab=len(tokens))
+    finally:
+        vocab_logger.setLevel(level)
+    special.add_to_gguf(writer, quiet=True)
     return len(tokens)
 
 
@@ -429,6 +456,9 @@ def plan_export(model_dir: str | os.PathLike, outtype: str = "f16") -> ExportPla
 
     name_map = gguf.get_tensor_name_map(MODEL_ARCH.DECI if heterogeneous else family.arch, len(layers))
     tied = config.get("tie_word_embeddings", True) if "lm_head.weight" not in shapes else bool(config.get("tie_word_embeddings", False))
+    if not tied and MODEL_TENSOR.OUTPUT not in gguf.MODEL_TENSORS[MODEL_ARCH.DECI if heterogeneous else family.arch]:
+        raise ExportError(f"{model_type} with an untied lm_head cannot be exported: llama.cpp's {plan.arch_name} graph "
+                          "always reuses the token embedding as output matrix")
     seen: set[str] = set()
     for source, shape in shapes.items():
         if _SKIPPED_SOURCE.search(source) or (source == "lm_head.weight" and tied):
