@@ -57,6 +57,12 @@ class ArchitectureAdapter:
     mlp: str | None = None  # the MLP container, None where projections sit directly in the layer
     fused_qkv: bool = False
     extra: dict = field(default_factory=dict, hash=False, compare=False)
+    # Structured pruning (pruning/structure.py): model types whose attention heads can be sliced and whose
+    # attention / FFN sub-blocks can be removed (separate q/k/v/o, the norm before each sub-block owned by
+    # it), and the attention's attribute names for the head size and query heads per key-value head.
+    sliceable_model_types: tuple[str, ...] = ()
+    head_dim_attribute: str = "head_dim"
+    kv_groups_attribute: str = "num_key_value_groups"
 
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         return _get(model, self.layers)
@@ -96,6 +102,7 @@ _LLAMA = ArchitectureAdapter(
     norms=("input_layernorm", "post_attention_layernorm"),
     attention_norm="input_layernorm",
     mlp_norm="post_attention_layernorm",
+    sliceable_model_types=("llama", "mistral", "qwen2", "qwen3", "gemma"),
 )
 
 _OPT = ArchitectureAdapter(

@@ -153,7 +153,7 @@ class LayerwiseEngine:
             iterator = tqdm(iterator, desc=description, unit="layer")
         for index in iterator:
             layer = self.layers[index]
-            home = next(layer.parameters()).device
+            home = next(layer.parameters(), torch.empty(0)).device  # a layer may have no parameters left
             layer.to(self.device)
             step = LayerStep(index, f"{self.adapter.layers}.{index}", layer, self)
             outputs = visit(step)

@@ -22,6 +22,22 @@ def add_parser(subparsers) -> None:
     ratio.add_argument("--nm", help="N:M pattern, N kept out of every M consecutive input weights (e.g. 2:4)")
     parser.add_argument("--option", action="append", metavar="KEY=VALUE",
                         help="method option, repeatable (e.g. per=row for magnitude)")
+    structured = parser.add_argument_group("structured pruning and distillation (PersLM-style flags)")
+    structured.add_argument("--head-reduction", type=float, metavar="F",
+                            help="fraction of attention heads to remove, in (0, 1) (methods heads, all)")
+    structured.add_argument("--layer-reduction", type=float, metavar="F",
+                            help="fraction of decoder layers to remove, evenly spread, first and last kept (methods layers, all)")
+    structured.add_argument("--num-blocks", type=int, metavar="N",
+                            help="layers (or blocks of block_size layers) to remove (method depth)")
+    structured.add_argument("--prune-rate", type=float, metavar="R",
+                            help="fraction of all parameters to remove, in (0, 1) (method two_stage)")
+    structured.add_argument("--teacher-model",
+                            help="distillation teacher: directory, embedded name or hub id (default: the model before pruning)")
+    structured.add_argument("--training-data", metavar="FILE",
+                            help="local .txt/.jsonl text to distill on (method distill; all distills when given)")
+    structured.add_argument("--distill-epochs", type=int, metavar="N",
+                            help="passes over the training data, capped by --option max_steps=N (default: 1, max_steps 200)")
+    structured.add_argument("--learning-rate", type=float, metavar="LR", help="AdamW learning rate for distillation (default: 5e-05)")
     parser.add_argument("--output-dir", required=True, help="where the pruned model and prune.json go")
     parser.add_argument("--calib", default="c4",
                         help=f"calibration data: {', '.join(CALIBRATION_SOURCES)} or a .txt/.jsonl file (default: c4)")
@@ -44,6 +60,7 @@ def run(args) -> int:
         arguments["sparsity"] = args.sparsity
     if args.nm is not None:
         arguments["nm"] = args.nm
+    arguments.update(structured_arguments(args, arguments))
     report = prune(args.model, args.method, args.output_dir, calib=args.calib, nsamples=args.nsamples,
                    seqlen=args.seqlen, seed=args.seed, device=args.device, dtype=args.dtype,
                    data_dir_path=args.data_dir, batch_size=args.batch_size, ignore=tuple(args.ignore),
@@ -51,6 +68,29 @@ def run(args) -> int:
                    eval_max_windows=args.max_windows, progress=not args.quiet, **arguments)
     summary = {k: report[k] for k in ("method", "options", "parameters", "prune_seconds")}
     summary["total_sparsity"] = report["result"].get("total_sparsity")
+    summary["prune_ratio_percent"] = report["result"].get("prune_ratio_percent")
     summary["evaluation"] = {k: round(v["ppl"], 4) for k, v in (report["evaluation"] or {}).items()}
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def structured_arguments(args, arguments: dict) -> dict:
+    """Method keywords from the PersLM-style flags; a reduction flag for the wrong method is an error."""
+    target = arguments.get("base_method") if args.method == "distill" else args.method
+    mapped = {}
+    for flag, method, key in (("head_reduction", "heads", "head_fraction"), ("layer_reduction", "layers", "layer_fraction")):
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if args.method == "all":
+            mapped[key] = value
+        elif target == method:
+            mapped["fraction"] = value
+        else:
+            raise ValueError(f"--{flag.replace('_', '-')} applies to --method {method} or all "
+                             f"(or distill with base_method={method}), not {args.method}")
+    for flag, key in (("num_blocks", "num_blocks"), ("prune_rate", "prune_rate"), ("teacher_model", "teacher_model"),
+                      ("training_data", "training_data"), ("distill_epochs", "epochs"), ("learning_rate", "learning_rate")):
+        if getattr(args, flag) is not None:
+            mapped[key] = getattr(args, flag)
+    return mapped

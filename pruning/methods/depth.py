@@ -1,0 +1,166 @@
+"""Depth pruning: remove whole decoder layers chosen on calibration data (never the test split).
+
+criterion `angular` / `cosine` (Gromov et al., ShortGPT, PruneGPT): how much a block of `block_size`
+consecutive layers changes the hidden states, measured between the block's input and output taken from
+the layers themselves (not `hidden_states[-1]`, which is after the final norm), on the last token or on
+all tokens; the `num_blocks` non-overlapping blocks that change them least are removed (block_size 1:
+the num_blocks least influential layers, not necessarily adjacent; num_blocks 1 and block_size n:
+Gromov's contiguous block).
+
+criterion `perplexity` (Quark): for every window of `num_blocks` consecutive layers, the calibration
+perplexity of the model without it; the window with the lowest perplexity is removed and every
+window's perplexity is reported.
+
+`skip_blocks` lists layers that must stay (negative indices count from the end, e.g. [0,1,2,3,-1,-2]).
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import torch
+
+from ..engine import LayerStep, LayerwiseEngine
+from ..influence import SuffixLoss, SuffixLossError
+from ..similarity import (CRITERIA, TOKENS, MeanDistance, allowed_block_starts, max_blocks, select_blocks)
+from ..structure import numel, removal_report, remove_layers
+from .base import MethodError, PruneContext, PruningMethod, register
+
+DEPTH_CRITERIA = CRITERIA + ("perplexity",)
+
+
+def _positive_int(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MethodError(f"depth: {what} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _window_name(start: int, size: int) -> str:
+    return str(start) if size == 1 else f"{start}-{start + size - 1}"
+
+
+@register
+class Depth(PruningMethod):
+    name = "depth"
+    needs_calibration = True
+    description = "remove the decoder layers (or blocks) that change hidden states least (angular/cosine), or the window whose removal costs the least calibration perplexity"
+
+    def __init__(self, num_blocks, criterion: str = "angular", tokens: str = "last", block_size: int = 1,
+                 skip_blocks=()):
+        self.num_blocks = _positive_int(num_blocks, "num_blocks")
+        self.block_size = _positive_int(block_size, "block_size")
+        if criterion not in DEPTH_CRITERIA:
+            raise MethodError(f"depth: criterion must be one of {', '.join(DEPTH_CRITERIA)}, got {criterion!r}")
+        if tokens not in TOKENS:
+            raise MethodError(f"depth: tokens must be one of {', '.join(TOKENS)}, got {tokens!r}")
+        if criterion == "perplexity" and block_size != 1:
+            raise MethodError("depth: criterion perplexity removes one window of num_blocks consecutive layers; "
+                              "block_size does not apply (leave it at 1)")
+        if isinstance(skip_blocks, (str, bytes)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in (skip_blocks or ())):
+            raise MethodError(f"depth: skip_blocks must be a list of layer indices, got {skip_blocks!r}")
+        self.criterion, self.tokens = criterion, tokens
+        self.skip_blocks = list(skip_blocks or ())
+
+    @classmethod
+    def build(cls, num_blocks=None, **options) -> "Depth":
+        if num_blocks is None:
+            raise MethodError("depth needs num_blocks= (number of layers, or blocks of block_size layers, to remove)")
+        try:
+            return cls(num_blocks, **options)
+        except TypeError:
+            raise MethodError(f"depth: unknown option(s) {sorted(options)}; options: criterion, tokens, "
+                              "block_size, skip_blocks") from None
+
+    def options(self) -> dict:
+        options = {"num_blocks": self.num_blocks, "criterion": self.criterion, "skip_blocks": self.skip_blocks}
+        if self.criterion != "perplexity":
+            options.update(tokens=self.tokens, block_size=self.block_size)
+        return options
+
+    def plan(self, num_layers: int) -> tuple[int, list[int]]:
+        """(window size, allowed window starts) for a model of `num_layers` layers, or a clear error."""
+        bad = [i for i in self.skip_blocks if not -num_layers <= i < num_layers]
+        if bad:
+            raise MethodError(f"depth: skip_blocks {bad} out of range for a model with {num_layers} layers")
+        keep = {i % num_layers for i in self.skip_blocks}
+        if self.criterion == "perplexity":
+            size, count = self.num_blocks, 1
+        else:
+            size, count = self.block_size, self.num_blocks
+        if size * count >= num_layers:
+            raise MethodError(f"depth: removing {size * count} of {num_layers} layers would leave none")
+        starts = allowed_block_starts(num_layers, size, keep)
+        if max_blocks(starts, num_layers, size) < count:
+            raise MethodError(f"depth: cannot remove {count} block(s) of {size} layer(s) from {num_layers} layers "
+                              f"while keeping skip_blocks {self.skip_blocks}; lower num_blocks or skip fewer layers")
+        return size, starts
+
+    @torch.no_grad()
+    def prune(self, ctx: PruneContext) -> dict:
+        num_layers = ctx.adapter.num_layers(ctx.model)
+        size, starts = self.plan(num_layers)
+        input_ids, _ = ctx.calibration()
+        engine = LayerwiseEngine(ctx.model, ctx.adapter, ctx.device, ctx.batch_size, ctx.progress)
+        before = numel(ctx.model)
+        if self.criterion == "perplexity":
+            report = self._perplexity_windows(ctx, engine, input_ids, size, starts)
+            drop_starts = [report.pop("best_start")]
+        else:
+            engine.capture(input_ids)
+            scores = self._similarity_scores(engine, size, starts)
+            drop_starts = select_blocks(scores, num_layers, size, self.num_blocks)
+            report = {"scores": {_window_name(s, size): v for s, v in scores.items()}}
+        drop = sorted(i for s in drop_starts for i in range(s, s + size))
+        remove_layers(ctx.model, ctx.adapter, drop)
+        return {"removed_layers": drop, "layers_before": num_layers, "layers_after": num_layers - len(drop),
+                **report, **removal_report(before, ctx.model)}
+
+    def _similarity_scores(self, engine: LayerwiseEngine, size: int, starts: list[int]) -> dict[int, float]:
+        """Mean distance between the input of layer s and the output of layer s+size-1, for each start s."""
+        meters = {s: MeanDistance(self.criterion, self.tokens) for s in starts}
+        recent: deque = deque(maxlen=size)  # inputs of the last `size` layers
+
+        def visit(step: LayerStep):
+            inputs = step.inputs
+            recent.append([h[:, -1:, :] for h in inputs] if self.tokens == "last" else inputs)
+            outputs = step.forward()
+            start = step.index - size + 1
+            if start in meters:
+                for h_in, h_out in zip(recent[0], outputs):
+                    meters[start].add(h_in, h_out)
+            return outputs
+
+        engine.run(visit, description=f"depth {self.criterion}")
+        return {s: meter.value for s, meter in meters.items()}
+
+    def _perplexity_windows(self, ctx: PruneContext, engine: LayerwiseEngine, input_ids, size: int,
+                            starts: list[int]) -> dict:
+        """Quark: calibration perplexity with each allowed window of `size` layers removed."""
+        suffix = SuffixLoss(ctx.model, ctx.adapter, engine, input_ids)
+        try:
+            suffix.verify()
+        except SuffixLossError as exc:
+            raise MethodError(f"depth: {exc}") from None
+        layers = ctx.adapter.decoder_layers(ctx.model)
+        last = len(layers) - 1
+        nll: dict[int, float] = {}
+        dense = {}
+
+        def visit(step: LayerStep):
+            if step.index in starts:
+                nll[step.index] = suffix.mean_nll(step.inputs, list(layers[step.index + size:]))
+            outputs = step.forward()
+            if step.index == last:
+                dense["nll"] = suffix.mean_nll(outputs)
+            return outputs
+
+        engine.capture(input_ids)
+        engine.run(visit, description="depth perplexity windows")
+        window_ppl = [{"layers": [s, s + size - 1], "ppl": math.exp(nll[s])} for s in starts]
+        best = min(starts, key=lambda s: (nll[s], s))
+        return {"best_start": best, "window_ppl": window_ppl,
+                "scores": {_window_name(s, size): math.exp(nll[s]) for s in starts},
+                "ppl_dense_calibration": math.exp(dense["nll"]),
+                "ppl_after_calibration": math.exp(nll[best]),
+                "ppl_data": "the calibration windows (see calibration in prune.json), never the test split"}

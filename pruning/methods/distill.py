@@ -1,0 +1,221 @@
+"""Distillation-guided pruning (PersLM): prune with any method, then recover with knowledge distillation.
+
+The teacher is the model as it was before pruning (or `teacher_model`). The student is trained on
+`training_data` windows with loss (1 − ce_weight) · T² · KL(teacher_T ‖ student_T) + ce_weight · CE,
+where _T means softmax at temperature T. The pruned structure cannot change (removed layers, heads and
+sub-blocks have no parameters to train) and weights zeroed by a mask stay zero: every decoder-layer
+weight with zeros gets its mask re-applied after each optimizer step. A step cap and a progress bar keep
+it usable on a CPU.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import zoo
+from ..data import DataError, calibration_documents, check_calibration_source
+from .base import MethodError, PruneContext, PruningMethod, method_class, register
+
+NOT_A_BASE = ("distill", "all")
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    training_data: str
+    teacher_model: str | None = None
+    epochs: int = 1
+    learning_rate: float = 5e-5
+    temperature: float = 2.0
+    ce_weight: float = 0.0
+    max_steps: int | None = 200
+    train_seqlen: int = 256
+    train_batch_size: int = 4
+    loss_windows: int = 16
+
+    def __post_init__(self):
+        def integer(name, minimum, value):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise MethodError(f"distill: {name} must be an integer >= {minimum}, got {value!r}")
+
+        def number(name, value, low, high, low_open=True):
+            ok = not isinstance(value, bool) and isinstance(value, (int, float)) and (
+                (low < value if low_open else low <= value) and value <= high)
+            if not ok:
+                raise MethodError(f"distill: {name} must be a number in {'(' if low_open else '['}{low}, {high}], got {value!r}")
+
+        if not self.training_data:
+            raise MethodError("distill needs training_data= (a local .txt/.jsonl file, or a calibration source such as c4)")
+        try:
+            check_calibration_source(str(self.training_data))
+        except DataError as exc:
+            raise MethodError(f"distill: training_data: {exc}") from None
+        if self.teacher_model is not None:
+            try:
+                zoo.check_spec(self.teacher_model)
+            except ValueError as exc:
+                raise MethodError(f"distill: teacher_model: {exc}") from None
+        integer("epochs", 1, self.epochs)
+        if self.max_steps is not None:
+            integer("max_steps", 1, self.max_steps)
+        integer("train_seqlen", 2, self.train_seqlen)
+        integer("train_batch_size", 1, self.train_batch_size)
+        integer("loss_windows", 1, self.loss_windows)
+        number("learning_rate", self.learning_rate, 0, 1)
+        number("temperature", self.temperature, 0, 100)
+        number("ce_weight", self.ce_weight, 0, 1, low_open=False)
+
+
+def training_windows(tokenizer, source: str, seqlen: int, data_dir=None) -> torch.Tensor:
+    """The training text tokenized once (documents joined by the end-of-text token) and cut into
+    non-overlapping windows of `seqlen` tokens."""
+    docs = calibration_documents(source, data_dir)
+    separator = tokenizer.eos_token or "\n\n"
+    ids = tokenizer(separator.join(docs), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    count = ids.numel() // seqlen
+    if count < 1:
+        raise MethodError(f"distill: training_data {source} has {ids.numel()} tokens, fewer than train_seqlen={seqlen}")
+    return ids[:count * seqlen].reshape(count, seqlen)
+
+
+def zero_masks(model: nn.Module, adapter) -> dict[nn.Module, torch.Tensor]:
+    """Where decoder-layer linear weights are exactly zero (pruning masks), per module."""
+    masks = {}
+    for index in range(adapter.num_layers(model)):
+        for module in adapter.linear_targets(model, index).values():
+            zeros = module.weight.data == 0
+            if zeros.any():
+                masks[module] = zeros
+    return masks
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, windows: torch.Tensor, batch_size: int, device) -> float:
+    """Mean next-token cross-entropy over `windows`."""
+    total, tokens = 0.0, 0
+    for start in range(0, windows.shape[0], batch_size):
+        batch = windows[start:start + batch_size].to(device)
+        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum").item()
+        tokens += batch[:, 1:].numel()
+    return total / tokens
+
+
+def distill_model(student: nn.Module, teacher: nn.Module, adapter, windows: torch.Tensor, settings: DistillSettings,
+                  device, seed: int = 0, progress: bool = True) -> dict:
+    """Train `student` towards `teacher` on `windows`; masks and structure stay as they are."""
+    home = next(student.parameters()).device
+    student.to(device)
+    teacher.to(device).eval()
+    masks = zero_masks(student, adapter)
+    held = windows[:settings.loss_windows]
+    loss_before = mean_loss(student, held, settings.train_batch_size, device)
+    per_epoch = math.ceil(windows.shape[0] / settings.train_batch_size)
+    total_steps = per_epoch * settings.epochs
+    if settings.max_steps is not None:
+        total_steps = min(total_steps, settings.max_steps)
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=settings.learning_rate,
+                                  weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    temperature, history, step = settings.temperature, [], 0
+    bar = tqdm(total=total_steps, desc="distill", unit="step", disable=not progress)
+    student.train()
+    with torch.enable_grad():
+        while step < total_steps:
+            order = torch.randperm(windows.shape[0], generator=generator)
+            for start in range(0, order.numel(), settings.train_batch_size):
+                if step >= total_steps:
+                    break
+                batch = windows[order[start:start + settings.train_batch_size]].to(device)
+                with torch.no_grad():
+                    teacher_logits = teacher(input_ids=batch, use_cache=False).logits.float()
+                logits = student(input_ids=batch, use_cache=False).logits.float()
+                vocab = logits.shape[-1]
+                kd = F.kl_div(F.log_softmax(logits / temperature, -1).reshape(-1, vocab),
+                              F.log_softmax(teacher_logits / temperature, -1).reshape(-1, vocab),
+                              log_target=True, reduction="batchmean") * temperature ** 2
+                loss = (1 - settings.ce_weight) * kd
+                if settings.ce_weight:
+                    ce = F.cross_entropy(logits[:, :-1].reshape(-1, vocab), batch[:, 1:].reshape(-1))
+                    loss = loss + settings.ce_weight * ce
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+                optimizer.step()
+                with torch.no_grad():
+                    for module, mask in masks.items():
+                        module.weight.data[mask] = 0
+                history.append(loss.item())
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{history[-1]:.4f}")
+    bar.close()
+    student.eval()
+    loss_after = mean_loss(student, held, settings.train_batch_size, device)
+    student.to(home)
+    teacher.to("cpu")
+    window = max(1, min(10, len(history) // 4))
+    return {"steps": step, "epochs_completed": round(step / per_epoch, 4), "training_windows": int(windows.shape[0]),
+            "train_seqlen": settings.train_seqlen, "tokens_seen": step * settings.train_batch_size * settings.train_seqlen,
+            "loss_first_steps": sum(history[:window]) / window, "loss_last_steps": sum(history[-window:]) / window,
+            "ce_before": loss_before, "ce_after": loss_after, "ce_windows": int(held.shape[0]),
+            "masked_modules": len(masks)}
+
+
+def split_arguments(arguments: dict) -> tuple[dict, dict]:
+    """(distillation settings, the rest) from one keyword set."""
+    names = set(DistillSettings.__dataclass_fields__)
+    return {k: v for k, v in arguments.items() if k in names}, {k: v for k, v in arguments.items() if k not in names}
+
+
+def load_teacher(settings: DistillSettings, student: nn.Module):
+    """The teacher named in the settings (float32, CPU), checked to share the student's vocabulary."""
+    from ..modeling import load_model
+
+    teacher, _ = load_model(zoo.resolve(settings.teacher_model), dtype="float32", device="cpu")
+    ours, theirs = student.get_output_embeddings().weight.shape[0], teacher.get_output_embeddings().weight.shape[0]
+    if ours != theirs:
+        raise MethodError(f"distill: teacher_model vocabulary ({theirs}) differs from the student's ({ours})")
+    return teacher
+
+
+@register
+class Distill(PruningMethod):
+    name = "distill"
+    description = "prune with base_method, then recover by knowledge distillation from the unpruned teacher"
+
+    def __init__(self, base: PruningMethod, settings: DistillSettings):
+        self.base, self.settings = base, settings
+        self.needs_calibration = base.needs_calibration
+
+    @classmethod
+    def build(cls, base_method=None, **arguments) -> "Distill":
+        if base_method is None:
+            raise MethodError("distill needs base_method= (the pruning method to run before distillation)")
+        if base_method in NOT_A_BASE:
+            raise MethodError(f"distill: base_method cannot be {base_method!r}; use method all with training_data "
+                              "to distill after the combined stages")
+        settings, base_arguments = split_arguments(arguments)
+        try:
+            settings = DistillSettings(**settings)
+        except TypeError as exc:
+            raise MethodError(f"distill: {exc}") from None
+        return cls(method_class(base_method).build(**base_arguments), settings)
+
+    def options(self) -> dict:
+        return {"base_method": self.base.name, **self.base.options(), **asdict(self.settings)}
+
+    def prune(self, ctx: PruneContext) -> dict:
+        windows = training_windows(ctx.tokenizer, self.settings.training_data, self.settings.train_seqlen,
+                                   ctx.extras.get("data_dir"))
+        teacher = load_teacher(self.settings, ctx.model) if self.settings.teacher_model else copy.deepcopy(ctx.model)
+        pruning = self.base.prune(ctx)
+        result = distill_model(ctx.model, teacher, ctx.adapter, windows, self.settings, ctx.device, ctx.seed, ctx.progress)
+        return {"base_method": self.base.name, "pruning": pruning,
+                "distillation": {**result, "teacher": self.settings.teacher_model or "the model before pruning"},
+                **{k: pruning[k] for k in ("parameters_removed", "prune_ratio_percent", "total_sparsity") if k in pruning}}

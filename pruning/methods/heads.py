@@ -1,0 +1,165 @@
+"""Attention head pruning (PersLM `--head-reduction`): rank query heads, remove the fraction asked by
+slicing q/k/v rows and o columns, so the saved model really is smaller.
+
+Grouped-query attention stays valid: with `gqa="query"` one removal unit takes, from every key-value
+group of a layer, its least important remaining query head (each group keeps at least one); with
+`gqa="group"` (always used for plain multi-head attention) a unit is a whole key-value group with its
+query heads (each layer keeps at least one group). Units are ranked over all layers together, so the
+layers lose different numbers of heads and the model is saved with the heterogeneous record.
+
+Importance of a query head:
+- `magnitude` (PersLM): sqrt(‖W_q rows‖² + ‖W_o columns‖²) of the head, divided by the layer's mean,
+  since raw weight norms differ between layers for reasons unrelated to importance;
+- `activation`: mean over calibration tokens of ‖W_o,h · attn_h‖, the norm of what the head adds to
+  the residual stream (comparable across layers), measured layer by layer with the shared engine.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..engine import LayerStep, LayerwiseEngine, input_hooks
+from ..structure import (StructureError, check_fraction, head_counts, numel, removal_report, require_sliceable,
+                         rounded_count, slice_heads)
+from .base import MethodError, PruneContext, PruningMethod, register
+
+IMPORTANCE = ("magnitude", "activation")
+GQA_MODES = ("query", "group")
+
+
+def magnitude_importance(q_weight: torch.Tensor, o_weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """Per query head: sqrt(‖q rows‖² + ‖o columns‖²), divided by the layer mean."""
+    q = q_weight.double().reshape(heads, -1).pow(2).sum(1)
+    o = o_weight.double().reshape(o_weight.shape[0], heads, -1).pow(2).sum((0, 2))
+    score = (q + o).sqrt()
+    return score / score.mean()
+
+
+class HeadContribution:
+    """Running mean over tokens of the norm of each head's contribution W_o[:, h] · x_h."""
+
+    def __init__(self, o_weight: torch.Tensor, heads: int):
+        self.weight = o_weight.float().reshape(o_weight.shape[0], heads, -1)  # [hidden, heads, head_dim]
+        self.heads = heads
+        self.total = torch.zeros(heads, dtype=torch.float64)
+        self.tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.float().reshape(-1, self.heads, self.weight.shape[-1])  # [tokens, heads, head_dim]
+        for h in range(self.heads):
+            self.total[h] += (x[:, h, :] @ self.weight[:, h, :].T).norm(dim=-1).sum().double().cpu()
+        self.tokens += x.shape[0]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.total / max(1, self.tokens)
+
+
+def removal_units(scores: torch.Tensor, kv_heads: int, mode: str) -> list[tuple[float, list[int]]]:
+    """The ordered removal units of one layer: (score, query heads removed by this unit).
+
+    Unit scores never decrease along the list, so taking the globally lowest units always takes a
+    layer's units in order."""
+    heads = scores.numel()
+    group = heads // kv_heads
+    members = [list(range(g * group, (g + 1) * group)) for g in range(kv_heads)]
+    if mode == "query" and group > 1:
+        ranked = [sorted(m, key=lambda h: (float(scores[h]), h)) for m in members]
+        return [(sum(float(scores[r[j]]) for r in ranked), sorted(r[j] for r in ranked)) for j in range(group - 1)]
+    by_group = sorted(members, key=lambda m: (sum(float(scores[h]) for h in m), m[0]))
+    return [(sum(float(scores[h]) for h in m), m) for m in by_group[:-1]]
+
+
+@register
+class Heads(PruningMethod):
+    name = "heads"
+    description = "remove the least important attention query heads (GQA-consistent), slicing q/k/v/o"
+
+    def __init__(self, fraction, importance: str = "magnitude", gqa: str = "query"):
+        try:
+            self.fraction = check_fraction(fraction, "heads: fraction")
+        except StructureError as exc:
+            raise MethodError(str(exc)) from None
+        if importance not in IMPORTANCE:
+            raise MethodError(f"heads: importance must be one of {', '.join(IMPORTANCE)}, got {importance!r}")
+        if gqa not in GQA_MODES:
+            raise MethodError(f"heads: gqa must be one of {', '.join(GQA_MODES)}, got {gqa!r}")
+        self.importance, self.gqa = importance, gqa
+        self.needs_calibration = importance == "activation"
+
+    @classmethod
+    def build(cls, fraction=None, **options) -> "Heads":
+        if fraction is None:
+            raise MethodError("heads needs fraction= (fraction of attention heads to remove, e.g. 0.25)")
+        try:
+            return cls(fraction, **options)
+        except TypeError:
+            raise MethodError(f"heads: unknown option(s) {sorted(options)}; options: importance, gqa") from None
+
+    def options(self) -> dict:
+        return {"fraction": self.fraction, "importance": self.importance, "gqa": self.gqa}
+
+    @torch.no_grad()
+    def prune(self, ctx: PruneContext) -> dict:
+        try:
+            require_sliceable(ctx.model, ctx.adapter, "head pruning")
+        except StructureError as exc:
+            raise MethodError(str(exc)) from None
+        layers = ctx.adapter.decoder_layers(ctx.model)
+        counts = [head_counts(layer, ctx.adapter) for layer in layers]
+        total_heads = sum(q for q, _ in counts)
+        target = rounded_count(self.fraction, total_heads)
+        removable = sum(len(removal_units(torch.zeros(q), kv, self.gqa)) * self._unit_size(q, kv)
+                        for q, kv in counts if q)
+        if target == 0 or target > removable:
+            raise MethodError(f"heads: fraction {self.fraction} of {total_heads} heads is {target} heads; between 1 and "
+                              f"{removable} can be removed with gqa={self.gqa} (each layer keeps some attention)")
+        scores = self._scores(ctx, counts)
+        units = []
+        for index, (q, kv) in enumerate(counts):
+            if q:
+                units += [(score, index, rank, heads) for rank, (score, heads) in
+                          enumerate(removal_units(scores[index], kv, self.gqa))]
+        removed: dict[int, list[int]] = {}
+        taken = 0
+        for score, index, rank, heads in sorted(units, key=lambda u: (u[0], u[1], u[2])):
+            if abs(taken + len(heads) - target) < abs(taken - target):
+                removed.setdefault(index, []).extend(heads)
+                taken += len(heads)
+        before = numel(ctx.model)
+        for index, heads in sorted(removed.items()):
+            slice_heads(ctx.model, ctx.adapter, index, [h for h in range(counts[index][0]) if h not in heads])
+        return {"removed_heads": {str(i): sorted(h) for i, h in sorted(removed.items())},
+                "heads_before": total_heads, "heads_after": total_heads - taken,
+                "heads_removed_percent": round(100.0 * taken / total_heads, 4),
+                "scores": {str(i): [round(float(s), 6) for s in scores[i]] for i in sorted(scores)},
+                **removal_report(before, ctx.model)}
+
+    def _unit_size(self, query_heads: int, kv_heads: int) -> int:
+        group = query_heads // kv_heads
+        return kv_heads if self.gqa == "query" and group > 1 else group
+
+    def _scores(self, ctx: PruneContext, counts) -> dict[int, torch.Tensor]:
+        layers = ctx.adapter.decoder_layers(ctx.model)
+        q_path, *_, o_path = ctx.adapter.attention_projections
+        if self.importance == "magnitude":
+            return {i: magnitude_importance(ctx.adapter.layer_part(layer, q_path).weight,
+                                            ctx.adapter.layer_part(layer, o_path).weight, counts[i][0])
+                    for i, layer in enumerate(layers) if counts[i][0]}
+        input_ids, _ = ctx.calibration()
+        engine = LayerwiseEngine(ctx.model, ctx.adapter, ctx.device, ctx.batch_size, ctx.progress)
+        engine.capture(input_ids)
+        scores = {}
+
+        def visit(step: LayerStep):
+            heads = counts[step.index][0]
+            if not heads:
+                return None
+            o_proj = ctx.adapter.layer_part(step.layer, o_path)
+            meter = HeadContribution(o_proj.weight, heads)
+            with input_hooks({"o": o_proj}, lambda _name, x: meter.add(x)):
+                outputs = step.forward()
+            scores[step.index] = meter.mean
+            return outputs
+
+        engine.run(visit, description="head activations")
+        return scores

@@ -1,0 +1,51 @@
+"""Uniform layer pruning (PersLM `--layer-reduction`): remove a fraction of the decoder layers, spread
+evenly over the interior so the first and last layers stay. Needs no data; works for every family."""
+from __future__ import annotations
+
+import torch
+
+from ..similarity import evenly_spread
+from ..structure import StructureError, check_fraction, numel, removal_report, remove_layers, rounded_count
+from .base import MethodError, PruneContext, PruningMethod, register
+
+
+@register
+class Layers(PruningMethod):
+    name = "layers"
+    description = "remove a fraction of decoder layers evenly spread, keeping the first and last (no data)"
+
+    def __init__(self, fraction):
+        try:
+            self.fraction = check_fraction(fraction, "layers: fraction")
+        except StructureError as exc:
+            raise MethodError(str(exc)) from None
+
+    @classmethod
+    def build(cls, fraction=None, **options) -> "Layers":
+        if fraction is None:
+            raise MethodError("layers needs fraction= (fraction of decoder layers to remove, e.g. 0.25)")
+        if options:
+            raise MethodError(f"layers: unknown option(s) {sorted(options)}")
+        return cls(fraction)
+
+    def options(self) -> dict:
+        return {"fraction": self.fraction}
+
+    def plan(self, num_layers: int) -> list[int]:
+        """The layers to remove, or a clear error when the fraction cannot be honoured."""
+        count = rounded_count(self.fraction, num_layers)
+        if count == 0:
+            raise MethodError(f"layers: fraction {self.fraction} of {num_layers} layers removes no layer")
+        if count > num_layers - 2:
+            raise MethodError(f"layers: fraction {self.fraction} asks for {count} of {num_layers} layers, but the "
+                              f"first and last stay, so at most {max(0, num_layers - 2)} can go")
+        return evenly_spread(num_layers, count)
+
+    @torch.no_grad()
+    def prune(self, ctx: PruneContext) -> dict:
+        num_layers = ctx.adapter.num_layers(ctx.model)
+        drop = self.plan(num_layers)
+        before = numel(ctx.model)
+        remove_layers(ctx.model, ctx.adapter, drop)
+        return {"removed_layers": drop, "layers_before": num_layers, "layers_after": num_layers - len(drop),
+                **removal_report(before, ctx.model)}

@@ -1,0 +1,165 @@
+"""Two-stage MHA/FFN pruning (PP-LLMs): some layers lose their FFN, some their attention.
+
+Stage 1: Block Influence of every layer, BI = mean over calibration tokens of 1 − cos(h_in, h_out)
+(hidden states from the layers' own inputs and outputs); the `ffn_layers` lowest-BI layers are the
+candidates and all of them lose their FFN sub-block.
+Stage 2: `attention_layers` rounds; each round removes, among the candidates that still have
+attention, the attention sub-block whose removal gives the lowest calibration loss.
+
+Counts are given, or derived from `prune_rate` (a fraction of all the model's parameters): the pair
+with the most FFN blocks whose total, counted with this model's real FFN and attention sub-block sizes
+(grouped-query k/v included), lands within half an attention block of the target — or the closest
+pair when none does. A removed sub-block takes its input norm with it; the residual passes through.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..engine import LayerStep, LayerwiseEngine
+from ..influence import SuffixLoss, SuffixLossError
+from ..similarity import MeanDistance
+from ..structure import (StructureError, attention_removed, feed_forward_removed, numel, removal_report, remove_attention,
+                         remove_feed_forward, require_sliceable, swapped_sub_block)
+from .base import MethodError, PruneContext, PruningMethod, register
+
+
+def sub_block_sizes(layer, adapter) -> tuple[int, int]:
+    """(FFN parameters incl. its norm, attention parameters incl. its norm) of one intact layer."""
+    ffn = numel(adapter.layer_part(layer, adapter.mlp)) + numel(adapter.layer_part(layer, adapter.mlp_norm))
+    attention = numel(adapter.layer_part(layer, adapter.attention)) + numel(adapter.layer_part(layer, adapter.attention_norm))
+    return ffn, attention
+
+
+def counts_for_rate(target: float, ffn_size: int, attention_size: int, num_layers: int) -> tuple[int, int]:
+    """(FFN blocks, attention blocks) to remove, attention only from FFN-removed candidates (m <= n < L)."""
+    pairs = [(n, m) for n in range(1, num_layers) for m in range(n + 1)]
+    if not pairs:
+        raise ValueError("two_stage needs a model with at least 2 layers")
+    error = {p: abs(p[0] * ffn_size + p[1] * attention_size - target) for p in pairs}
+    tolerance = max(min(error.values()), attention_size / 2)
+    return max((p for p in pairs if error[p] <= tolerance), key=lambda p: (p[0], -error[p], -p[1]))
+
+
+def _count(value, what: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise MethodError(f"two_stage: {what} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+@register
+class TwoStage(PruningMethod):
+    name = "two_stage"
+    needs_calibration = True
+    description = "PP-LLMs: FFN removed in the lowest block-influence layers, then attention removed greedily by calibration loss"
+
+    def __init__(self, prune_rate=None, ffn_layers=None, attention_layers=None):
+        if prune_rate is not None:
+            if ffn_layers is not None or attention_layers is not None:
+                raise MethodError("two_stage: give either prune_rate or ffn_layers/attention_layers, not both")
+            if isinstance(prune_rate, bool) or not isinstance(prune_rate, (int, float)) or not 0 < prune_rate < 1:
+                raise MethodError(f"two_stage: prune_rate must be a number in (0, 1), got {prune_rate!r}")
+            prune_rate = float(prune_rate)
+        elif ffn_layers is None:
+            raise MethodError("two_stage needs prune_rate= (fraction of parameters to remove) or ffn_layers= "
+                              "[and attention_layers=]")
+        else:
+            ffn_layers = _count(ffn_layers, "ffn_layers", 1)
+            attention_layers = _count(attention_layers or 0, "attention_layers", 0)
+            if attention_layers > ffn_layers:
+                raise MethodError(f"two_stage: attention is removed only from the {ffn_layers} FFN-removed candidate "
+                                  f"layers, so attention_layers ({attention_layers}) must be <= ffn_layers")
+        self.prune_rate, self.ffn_layers, self.attention_layers = prune_rate, ffn_layers, attention_layers
+
+    @classmethod
+    def build(cls, prune_rate=None, **options) -> "TwoStage":
+        try:
+            return cls(prune_rate, **options)
+        except TypeError:
+            raise MethodError(f"two_stage: unknown option(s) {sorted(options)}; options: ffn_layers, attention_layers") from None
+
+    def options(self) -> dict:
+        if self.prune_rate is not None:
+            return {"prune_rate": self.prune_rate}
+        return {"ffn_layers": self.ffn_layers, "attention_layers": self.attention_layers}
+
+    def plan(self, ctx: PruneContext) -> tuple[int, int, dict]:
+        """(FFN count, attention count, sizing facts), checked against the model before any change."""
+        try:
+            require_sliceable(ctx.model, ctx.adapter, "two_stage")
+        except StructureError as exc:
+            raise MethodError(str(exc)) from None
+        layers = ctx.adapter.decoder_layers(ctx.model)
+        intact = [layer for layer in layers if not attention_removed(layer, ctx.adapter)
+                  and not feed_forward_removed(layer, ctx.adapter)]
+        if len(intact) != len(layers):
+            raise MethodError("two_stage: the model already has removed sub-blocks; run it on a model with intact layers")
+        ffn_size, attention_size = sub_block_sizes(layers[0], ctx.adapter)
+        total = numel(ctx.model)
+        facts = {"ffn_block_parameters": ffn_size, "attention_block_parameters": attention_size}
+        if self.prune_rate is not None:
+            target = self.prune_rate * total
+            if target > (len(layers) - 1) * (ffn_size + attention_size):
+                raise MethodError(f"two_stage: prune_rate {self.prune_rate} asks for {target:.0f} of {total} parameters, "
+                                  f"more than the sub-blocks of {len(layers) - 1} layers hold")
+            ffn, attention = counts_for_rate(target, ffn_size, attention_size, len(layers))
+            facts["target_parameters"] = round(target)
+        else:
+            ffn, attention = self.ffn_layers, self.attention_layers
+        if ffn >= len(layers):
+            raise MethodError(f"two_stage: {ffn} FFN blocks asked, the model has {len(layers)} layers (one must keep its FFN)")
+        return ffn, attention, facts
+
+    @torch.no_grad()
+    def prune(self, ctx: PruneContext) -> dict:
+        ffn_count, attention_count, facts = self.plan(ctx)
+        adapter, layers = ctx.adapter, ctx.adapter.decoder_layers(ctx.model)
+        input_ids, _ = ctx.calibration()
+        engine = LayerwiseEngine(ctx.model, adapter, ctx.device, ctx.batch_size, ctx.progress)
+        suffix = SuffixLoss(ctx.model, adapter, engine, input_ids)
+        try:
+            suffix.verify()
+        except SuffixLossError as exc:
+            raise MethodError(f"two_stage: {exc}") from None
+        before = numel(ctx.model)
+
+        influence = {i: MeanDistance("cosine", "all") for i in range(len(layers))}
+        dense = {}
+
+        def score(step: LayerStep):
+            outputs = step.forward()
+            for h_in, h_out in zip(step.inputs, outputs):
+                influence[step.index].add(h_in, h_out)
+            if step.index == len(layers) - 1:
+                dense["loss"] = suffix.mean_nll(outputs)
+            return outputs
+
+        engine.capture(input_ids)
+        engine.run(score, description="block influence")
+        block_influence = {i: m.value for i, m in influence.items()}
+        candidates = sorted(sorted(block_influence, key=lambda i: (block_influence[i], i))[:ffn_count])
+        ffn_removed = sum(remove_feed_forward(ctx.model, adapter, i) for i in candidates)
+
+        rounds, attention_removed_params, mha_removed = [], 0, []
+        for round_index in range(attention_count):
+            losses: dict[int, float] = {}
+
+            def probe(step: LayerStep):
+                if step.index in candidates and step.index not in mha_removed:
+                    with swapped_sub_block(step.layer, adapter, "attention", step.index):
+                        losses[step.index] = suffix.mean_nll(step.inputs, list(layers[step.index:]))
+                return None
+
+            engine.capture(input_ids)
+            engine.run(probe, description=f"attention round {round_index + 1}/{attention_count}")
+            chosen = min(losses, key=lambda i: (losses[i], i))
+            attention_removed_params += remove_attention(ctx.model, adapter, chosen)
+            mha_removed.append(chosen)
+            rounds.append({"removed": chosen, "loss": losses[chosen],
+                           "candidate_losses": {str(i): v for i, v in sorted(losses.items())}})
+
+        return {"ffn_removed_layers": candidates, "mha_removed_layers": sorted(mha_removed),
+                "ffn_parameters_removed": ffn_removed, "attention_parameters_removed": attention_removed_params,
+                "scores": {str(i): v for i, v in block_influence.items()}, "score": "block influence 1 - cos, all tokens",
+                "calibration_loss_dense": dense["loss"], "attention_rounds": rounds,
+                **({"prune_rate": self.prune_rate} if self.prune_rate is not None else {}),
+                **facts, **removal_report(before, ctx.model)}
