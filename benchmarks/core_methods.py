@@ -1,0 +1,100 @@
+"""Benchmark of the core methods on a real model: magnitude, Wanda and SparseGPT at 50 %, 4:8 and 2:4.
+
+Prints (and writes with --out) a Markdown table of WikiText-2 test perplexity, prune wall time, peak RSS,
+and the ratio of prune time to the floor: one plain forward pass of the model over the same calibration
+tokens, measured in this script. Each prune runs in its own process so peak RSS is its own.
+
+    PRUNING_DATA_DIR=../shared/data .venv/bin/python benchmarks/core_methods.py --out results/tables/core_benchmark.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import pruning
+from pruning.data import calibration_windows
+from pruning.io import atomic_write_text, peak_rss_mb
+
+PATTERNS = (("50%", ["--sparsity", "0.5"]), ("4:8", ["--nm", "4:8"]), ("2:4", ["--nm", "2:4"]))
+METHODS = ("magnitude", "wanda", "sparsegpt")
+
+
+def forward_floor(model_dir: Path, nsamples: int, seqlen: int, batch_size: int, seed: int) -> float:
+    """Seconds for one plain forward pass (with logits) over the calibration windows."""
+    model, tokenizer = pruning.load_model(model_dir)
+    windows, _ = calibration_windows(tokenizer, "c4", nsamples, seqlen, seed)
+    with torch.no_grad():
+        model(input_ids=windows[:1], use_cache=False)  # warm-up
+        started = time.perf_counter()
+        for start in range(0, nsamples, batch_size):
+            model(input_ids=windows[start:start + batch_size], use_cache=False)
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--nsamples", type=int, default=32)
+    parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-windows", type=int, default=64, help="WikiText-2 test windows scored (512 tokens each)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--floor-only", action="store_true", help="measure the forward floor and exit (internal)")
+    parser.add_argument("--out", default=None, help="also write the Markdown table here")
+    args = parser.parse_args()
+
+    model_dir = pruning.fetch_model(args.model)
+    if args.floor_only:
+        seconds = forward_floor(model_dir, args.nsamples, args.seqlen, args.batch_size, args.seed)
+        print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_rss_mb()}))
+        return 0
+
+    floor = json.loads(subprocess.run([sys.executable, __file__, "--floor-only", "--model", args.model,
+                                       "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen),
+                                       "--batch-size", str(args.batch_size), "--seed", str(args.seed)],
+                                      check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    dense = pruning.evaluate_perplexity(str(model_dir), seqlen=512, max_windows=args.max_windows, device="cpu")
+    rows = [("dense", "-", dense["ppl"], None, None, None)]
+    with tempfile.TemporaryDirectory() as scratch:
+        for method in METHODS:
+            for label, ratio in PATTERNS:
+                out = Path(scratch) / f"{method}-{label.replace(':', '-').replace('%', '')}"
+                subprocess.run([sys.executable, "-m", "pruning", "prune", "--model", str(model_dir), "--method", method,
+                                *ratio, "--output-dir", str(out), "--calib", "c4", "--nsamples", str(args.nsamples),
+                                "--seqlen", str(args.seqlen), "--batch-size", str(args.batch_size), "--seed",
+                                str(args.seed), "--device", "cpu", "--quiet"], check=True, capture_output=True)
+                report = json.loads((out / "prune.json").read_text())
+                ppl = pruning.evaluate_perplexity(str(out), seqlen=512, max_windows=args.max_windows, device="cpu")
+                rows.append((method, label, ppl["ppl"], report["prune_seconds"], report["peak_rss_mb"],
+                             report["prune_seconds"] / floor["seconds"]))
+                print(f"{method} {label}: ppl {ppl['ppl']:.2f}, {report['prune_seconds']:.1f} s", file=sys.stderr)
+
+    lines = [
+        f"Model {args.model}; calibration C4 {args.nsamples} x {args.seqlen} (seed {args.seed}, batch {args.batch_size}); "
+        f"WikiText-2 test PPL, {dense['windows']} windows x 512 tokens; CPU, {torch.get_num_threads()} threads, float32. "
+        f"Floor: one plain forward pass over the calibration tokens = {floor['seconds']:.1f} s "
+        f"(peak RSS {floor['peak_rss_mb']:.0f} MiB).",
+        "",
+        "| method | pattern | PPL | prune time (s) | x floor | peak RSS (MiB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method, label, ppl, seconds, rss, ratio in rows:
+        cells = [f"{seconds:.1f}" if seconds is not None else "-", f"{ratio:.2f}" if ratio is not None else "-",
+                 f"{rss:.0f}" if rss is not None else "-"]
+        lines.append(f"| {method} | {label} | {ppl:.2f} | {' | '.join(cells)} |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.out:
+        atomic_write_text(args.out, table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
