@@ -1,0 +1,120 @@
+"""zeroshot runs: the result file's schema and provenance, the same numbers lm-eval gets when it loads the model
+directory itself, pruned heterogeneous models, and bad inputs rejected before the model loads, without output."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from conftest import DATA_DIR
+
+lm_eval = pytest.importorskip("lm_eval")
+
+from pruning.cli import main  # noqa: E402
+from pruning.evaluation import zeroshot as zeroshot_module  # noqa: E402
+from pruning.evaluation.zeroshot import load_task, resolve_task, zeroshot  # noqa: E402
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_zeroshot_command_writes_one_complete_result(stories_dir, tmp_path):
+    out = tmp_path / "metrics" / "zeroshot-arc_easy.json"
+    assert main(["zeroshot", "--model", str(stories_dir), "--task", "arc_easy", "--output", str(out), "--limit", "8",
+                 "--batch-size", "4", "--device", "cpu", "--data-dir", str(DATA_DIR), "--quiet"]) == 0
+    result = json.loads(out.read_text())
+    assert (result["task"], result["lm_eval_task"]) == ("arc_easy", "arc_easy_local")
+    assert set(result["metrics"]) == {"acc", "acc_norm"}
+    for metric in result["metrics"].values():
+        assert 0.0 <= metric["value"] <= 1.0
+        assert metric["value"] * 8 == pytest.approx(round(metric["value"] * 8))  # a count of 8 documents
+        assert metric["stderr"] is not None and 0.0 <= metric["stderr"] <= 0.5
+    assert (result["n_docs"], result["n_docs_total"], result["limit"], result["num_fewshot"]) == (8, 2376, 8, 0)
+    source = result["source"]
+    local_file = DATA_DIR / "zeroshot" / "arc_easy.jsonl"
+    assert source["kind"] == "local" and source["mirrors"] == "arc_easy" and source["split"] == "test"
+    assert source["files"] == [{"path": str(local_file), "bytes": local_file.stat().st_size,
+                                "sha256": _sha256(local_file)}]
+    assert result["task_config"]["doc_to_text"] == "{{query}}\nAnswer:"
+    assert (result["dtype"], result["device"], result["batch_size"]) == ("float32", "cpu", 4)
+    assert result["lm_eval_version"] == lm_eval.__version__ == "0.4.13"
+    assert result["parameters"] == {"total": 260_032, "nonzero": 260_032}
+    assert {"torch", "transformers", "pruning"} <= set(result["versions"])
+
+
+def test_our_model_object_scores_what_lm_eval_scores_loading_the_directory(stories_dir):
+    """Same task object, same documents: passing our loaded model gives lm-eval's own numbers exactly."""
+    ours = zeroshot(str(stories_dir), "lambada_openai", limit=12, batch_size=4, device="cpu", quiet=True,
+                    data_dir_path=str(DATA_DIR))
+    manager, task, _ = load_task(resolve_task("lambada_openai", data_dir_path=str(DATA_DIR)))
+    reference = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": str(stories_dir), "dtype": "float32"},
+                                        device="cpu", batch_size=4, tasks=[task], task_manager=manager, limit=12,
+                                        num_fewshot=0, log_samples=False)["results"]["lambada_openai_local"]
+    assert ours["metrics"]["perplexity"]["value"] == pytest.approx(reference["perplexity,none"], rel=1e-6)
+    assert ours["metrics"]["acc"]["value"] == reference["acc,none"]
+    assert ours["metrics"]["perplexity"]["value"] > 1.0  # perplexity is the one metric not in [0, 1]
+
+
+def test_zeroshot_runs_a_heterogeneous_pruned_model(stories_dir, tmp_path):
+    import pruning
+
+    pruned = tmp_path / "two_stage"
+    pruning.prune(str(stories_dir), "two_stage", pruned, prune_rate=0.2, nsamples=4, seqlen=64, device="cpu",
+                  progress=False)
+    result = zeroshot(str(pruned), "piqa", limit=6, device="cpu", quiet=True)
+    assert result["model"]["model_type"] == "pruning_heterogeneous"
+    assert result["model"]["pruning"]["method"] == "two_stage"
+    assert result["parameters"]["total"] < 260_032
+    assert result["n_docs"] == 6 and 0.0 <= result["metrics"]["acc"]["value"] <= 1.0
+
+
+def test_unknown_task_fails_before_the_model_loads_and_keeps_a_good_result(stories_dir, tmp_path, capsys,
+                                                                           monkeypatch):
+    out = tmp_path / "zeroshot.json"
+    out.write_text('{"good": true}\n')
+
+    def no_model(*_, **__):
+        raise AssertionError("the model must not be loaded for a bad task")
+
+    monkeypatch.setattr(zeroshot_module, "load_model", no_model)
+    assert main(["zeroshot", "--model", str(stories_dir), "--task", "arc_eazy", "--output", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "unknown task 'arc_eazy'" in error and "arc_easy" in error  # names the close match
+    assert out.read_text() == '{"good": true}\n'
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--task", "mmlu_local"], "unknown local task 'mmlu_local'"),
+    (["--task", "mmlu", "--source", "local"], "no local copy of 'mmlu'"),
+    (["--task", "piqa", "--limit", "0"], "limit must be a whole number"),
+    (["--task", "piqa", "--num-fewshot", "-1"], "num_fewshot must be an integer >= 0"),
+    (["--task", "piqa", "--data-dir", "/nonexistent/data"], "does not exist"),
+])
+def test_bad_zeroshot_arguments_fail_without_output(stories_dir, tmp_path, capsys, extra, message):
+    out = tmp_path / "zeroshot.json"
+    assert main(["zeroshot", "--model", str(stories_dir), "--output", str(out), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_model_dir_without_weights_fails_without_output(stories_dir, tmp_path, capsys):
+    empty = tmp_path / "no_weights"
+    empty.mkdir()
+    (empty / "config.json").write_text((stories_dir / "config.json").read_text())
+    out = tmp_path / "zeroshot.json"
+    assert main(["zeroshot", "--model", str(empty), "--task", "piqa", "--output", str(out)]) == 2
+    assert "not a Hugging Face model directory" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_missing_local_file_is_reported_before_the_model_loads(stories_dir, tmp_path, capsys, monkeypatch):
+    partial = tmp_path / "data"
+    (partial / "zeroshot").mkdir(parents=True)
+    monkeypatch.setattr(zeroshot_module, "load_model", lambda *_, **__: pytest.fail("model loaded"))
+    out = tmp_path / "zeroshot.json"
+    assert main(["zeroshot", "--model", str(stories_dir), "--task", "boolq", "--output", str(out),
+                 "--data-dir", str(partial)]) == 2
+    assert "zeroshot/boolq.jsonl not found" in capsys.readouterr().err
+    assert not out.exists()
