@@ -276,10 +276,10 @@ def bpe_pre_tokenizer(tokenizer_json: dict) -> str:
                           f"here (supported: {sorted(set(known.values()))})") from None
 
 
-def _hf_token_types(tokenizer, index: int, text: str) -> int:
+def _hf_token_type(tokenizer, index: int, text: str, sentencepiece: bool) -> int:
     added = tokenizer.added_tokens_decoder.get(index)
     if added is not None:
-        if index == tokenizer.unk_token_id:
+        if sentencepiece and index == tokenizer.unk_token_id:  # SentencePiece's own <unk> piece
             return gguf.TokenType.UNKNOWN
         return gguf.TokenType.CONTROL if added.special else gguf.TokenType.USER_DEFINED
     if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", text):
@@ -314,7 +314,7 @@ def _tokens_from_hf(model_dir: Path, vocab_size: int, byte_fallback: bool) -> tu
             scores.append(-1e9)
             continue
         tokens.append(text.encode("utf-8"))
-        types.append(_hf_token_types(tokenizer, index, text))
+        types.append(_hf_token_type(tokenizer, index, text, byte_fallback))
         scores.append(-float(rank[text]) if text in rank else -float(len(rank) + index))
     return tokens, scores if byte_fallback else None, types
 
