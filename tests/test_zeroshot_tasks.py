@@ -124,6 +124,10 @@ def requests_and_scores(task, indices: list[int]) -> list:
     return out
 
 
+def _scored_split(task) -> str:
+    return task.config.test_split if task.has_test_docs() else task.config.validation_split
+
+
 @pytest.fixture(scope="module")
 def local_manager():
     return local_task_manager(DATA_DIR)
@@ -143,6 +147,7 @@ def test_local_task_builds_lm_eval_requests(name, local_manager):
     assert len(mine) == len(indices)
     assert mine == reference
     assert ours.OUTPUT_TYPE == theirs.OUTPUT_TYPE
+    assert _scored_split(ours) == _scored_split(theirs)
     assert sorted(ours._metric_fn_list) == sorted(theirs._metric_fn_list)
 
 

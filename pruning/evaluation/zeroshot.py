@@ -126,6 +126,16 @@ def _eval_split(task) -> str | None:
     return config.test_split if task.has_test_docs() else config.validation_split
 
 
+def _fewshot_split(task) -> str | None:
+    """The split lm-eval draws in-context examples from (it skips the document being scored)."""
+    config = task.config
+    if task.fewshot_cfg.split is not None:
+        return task.fewshot_cfg.split
+    if task.has_training_docs():
+        return config.training_split
+    return config.validation_split if task.has_validation_docs() else config.test_split
+
+
 def source_record(choice: TaskChoice, tasks: dict) -> dict:
     """Where the documents came from: local files with sha256, or the hub dataset of each leaf task."""
     record = {"kind": choice.source}
@@ -223,6 +233,7 @@ def zeroshot(model: str, task: str, *, limit: int | None = None, num_fewshot: in
         "n_docs_total": sum(samples[t]["original"] for t in counted),
         "limit": limit,
         "num_fewshot": num_fewshot,
+        "fewshot_split": {sub: _fewshot_split(t) for sub, t in sorted(leaf_tasks.items())} if num_fewshot else None,
         "subtasks": subtasks or None,
         "task_config": {key: config[key] for key in CONFIG_KEYS if key in config} or None,
         "task_version": evaluated.get("versions", {}).get(name),
