@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("fetch_model", "prune", "evaluate", "convert", "gguf_eval", "zeroshot", "speed")
+COMMANDS = ("fetch_model", "prune", "evaluate", "convert", "gguf_eval", "zeroshot", "speed", "tables")
 EXPECTED_ERRORS = (ValueError, FileNotFoundError, PermissionError)
 
 

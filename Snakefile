@@ -1,0 +1,45 @@
+# llm-pruning-zoo: prune every model of config/config.yaml with every method at every ratio, evaluate
+# each result, and end in the comparison tables. Wiring only: each job calls `python -m pruning`.
+#   snakemake --cores 2                                   # the whole grid, locally
+#   snakemake --workflow-profile profiles/slurm           # the same grid on a Slurm cluster
+#   snakemake prune_all | evaluate_all | tables | plots   # parts
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/tables.smk"
+
+
+localrules:
+    all,
+    prune_all,
+    evaluate_all,
+    tables,
+    plots,
+
+
+rule all:
+    input:
+        rules.tables.output,
+        rules.plots.output,
+    default_target: True
+
+
+rule prune_all:
+    input:
+        grid_paths("results/metrics/{model}/{method}/{ratio}/prune.json", PRUNED),
+
+
+rule evaluate_all:
+    input:
+        all_metric_files(),

@@ -1,0 +1,38 @@
+"""tables: aggregate the metric files under a results folder into Markdown/CSV tables and plots."""
+from __future__ import annotations
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "tables", help="comparison tables (Markdown + CSV) and plots from results/metrics",
+        description="Read every run under RESULTS/metrics/{model}/{method}/{ratio}/ (ppl.json, prune.json, "
+                    "zeroshot-*.json, gguf-*.json, speed.json) and write the sparsity table per model, the "
+                    "performance-impact summary, the depth and layer-removal tables, the zero-shot and GGUF tables "
+                    "(those the runs support), each as .md with a protocol caption and .csv naming the metric file "
+                    "behind every number.")
+    parser.add_argument("--results", default="results", help="results folder holding metrics/ (default: results)")
+    parser.add_argument("--out", default=None, help="where the tables go (default: RESULTS/tables)")
+    parser.add_argument("--plots", default=None, help="also write PNG plots here (e.g. results/plots)")
+    parser.add_argument("--note", action="append", default=[], metavar="MODEL=TEXT",
+                        help="caption note for a model, repeatable (e.g. 'stories260K=out of domain for WikiText')")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from ..tables import collect, write_plots, write_tables
+
+    notes = {}
+    for pair in args.note:
+        model, sep, text = pair.partition("=")
+        if not sep or not model:
+            raise ValueError(f"--note takes MODEL=TEXT, got {pair!r}")
+        notes[model] = text
+    runs = collect(args.results)
+    written = write_tables(runs, args.out or Path(args.results) / "tables", notes)
+    if args.plots:
+        written += write_plots(runs, args.plots)
+    for path in written:
+        print(path)
+    return 0

@@ -1,0 +1,118 @@
+# Measurements of every grid row (the dense model or a pruned one): perplexity, zero-shot accuracy,
+# GGUF export with llama.cpp perplexity, and speed.
+
+
+rule perplexity:
+    input:
+        model=model_dir,
+    output:
+        "results/metrics/{model}/{method}/{ratio}/ppl.json",
+    params:
+        evaluation=evaluation_arguments(),
+        runtime=runtime_arguments(),
+    log:
+        "logs/perplexity/{model}/{method}/{ratio}.log",
+    benchmark:
+        "benchmarks/perplexity/{model}/{method}/{ratio}.tsv"
+    threads: config["threads"]
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=lambda wildcards, attempt: 120 * attempt,
+        gpu=GPUS,
+    conda:
+        "../envs/pruning.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m pruning eval --model {input.model:q} --ppl {params.evaluation} "
+        "{params.runtime} --output {output:q} > {log:q} 2>&1"
+
+
+rule zeroshot:
+    input:
+        model=model_dir,
+    output:
+        "results/metrics/{model}/{method}/{ratio}/zeroshot-{task}.json",
+    params:
+        settings=zeroshot_arguments(),
+        runtime=runtime_arguments(),
+    log:
+        "logs/zeroshot/{model}/{method}/{ratio}/{task}.log",
+    benchmark:
+        "benchmarks/zeroshot/{model}/{method}/{ratio}/{task}.tsv"
+    threads: config["threads"]
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=lambda wildcards, attempt: 240 * attempt,
+        gpu=GPUS,
+    conda:
+        "../envs/pruning.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m pruning zeroshot --model {input.model:q} --task {wildcards.task} "
+        "{params.settings} {params.runtime} --quiet --output {output:q} > {log:q} 2>&1"
+
+
+rule gguf_convert:
+    input:
+        model=model_dir,
+    output:
+        gguf_output("results/gguf/{model}/{method}/{ratio}/model-{outtype}.gguf"),
+    log:
+        "logs/gguf_convert/{model}/{method}/{ratio}/{outtype}.log",
+    benchmark:
+        "benchmarks/gguf_convert/{model}/{method}/{ratio}/{outtype}.tsv"
+    threads: config["threads"]
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=lambda wildcards, attempt: 60 * attempt,
+    conda:
+        "../envs/pruning.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m pruning convert --model {input.model:q} --outtype {wildcards.outtype} "
+        "--threads {threads} --output {output:q} > {log:q} 2>&1"
+
+
+rule gguf_eval:
+    input:
+        gguf="results/gguf/{model}/{method}/{ratio}/model-{outtype}.gguf",
+        model=model_dir,
+    output:
+        "results/metrics/{model}/{method}/{ratio}/gguf-{outtype}.json",
+    params:
+        evaluation=evaluation_arguments(batch=False),
+        runtime=runtime_arguments(device=False),
+    log:
+        "logs/gguf_eval/{model}/{method}/{ratio}/{outtype}.log",
+    benchmark:
+        "benchmarks/gguf_eval/{model}/{method}/{ratio}/{outtype}.tsv"
+    threads: config["threads"]
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=lambda wildcards, attempt: 120 * attempt,
+    conda:
+        "../envs/pruning.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m pruning gguf-eval --gguf {input.gguf:q} --model {input.model:q} "
+        "{params.evaluation} {params.runtime} --threads {threads} --output {output:q} > {log:q} 2>&1"
+
+
+rule speed:
+    input:
+        unpack(speed_inputs),
+    output:
+        "results/metrics/{model}/{method}/{ratio}/speed.json",
+    params:
+        settings=speed_arguments(),
+        gguf=lambda wildcards, input: f"--gguf {input.gguf}" if config["speed"]["gguf_outtype"] else "",
+    log:
+        "logs/speed/{model}/{method}/{ratio}.log",
+    benchmark:
+        "benchmarks/speed/{model}/{method}/{ratio}.tsv"
+    threads: config["threads"]
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=lambda wildcards, attempt: 60 * attempt,
+        gpu=GPUS,
+    conda:
+        "../envs/pruning.yaml"
+    shell:
+        "python -m pruning speed --model {input.model:q} {params.gguf} {params.settings} --threads {threads} "
+        "--output {output:q} > {log:q} 2>&1"

@@ -1,0 +1,49 @@
+# Fetching models and pruning them: the two rules that make model directories.
+
+
+rule fetch_model:
+    output:
+        directory("resources/models/{model}"),
+    params:
+        spec=lambda wildcards: model_spec_argument(wildcards.model),
+    log:
+        "logs/fetch_model/{model}.log",
+    benchmark:
+        "benchmarks/fetch_model/{model}.tsv"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../envs/pruning.yaml"
+    shell:
+        "python -m pruning fetch-model {params.spec} --dest {output:q} > {log:q} 2>&1"
+
+
+rule prune:
+    input:
+        model="resources/models/{model}",
+    output:
+        model=pruned_model_output("results/models/{model}/{method}/{ratio}"),
+        report="results/metrics/{model}/{method}/{ratio}/prune.json",
+    wildcard_constraints:
+        method=PRUNED_METHODS_PATTERN,
+    params:
+        method=prune_arguments,
+        calibration=calibration_arguments(),
+        runtime=runtime_arguments(),
+    log:
+        "logs/prune/{model}/{method}/{ratio}.log",
+    benchmark:
+        "benchmarks/prune/{model}/{method}/{ratio}.tsv"
+    threads: config["threads"]
+    resources:
+        mem_mb=lambda wildcards, attempt: 16000 * attempt,
+        runtime=lambda wildcards, attempt: 240 * attempt,
+        gpu=GPUS,
+    conda:
+        "../envs/pruning.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m pruning prune --model {input.model:q} {params.method} "
+        "{params.calibration} {params.runtime} --output-dir {output.model:q} --quiet > {log:q} 2>&1 "
+        "&& cp {output.model:q}/prune.json {output.report:q}"
