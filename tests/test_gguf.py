@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import pruning
 from pruning import structure
 from pruning.export import ExportError, export_gguf
-from pruning.export.gguf import ZERO_FFN_WIDTH, bpe_pre_tokenizer, rotary_interleave_order
+from pruning.export.gguf import ZERO_FFN_WIDTH, bpe_pre_tokenizer, qkv_grouping_order, rotary_interleave_order
 
 from conftest import tiny_config
 
@@ -105,6 +105,11 @@ def test_rotary_interleave_order_matches_llama_cpp_rope():
     pairs = x[order].reshape(-1, 2)
     llama = np.stack([pairs[:, 0] * cos - pairs[:, 1] * sin, pairs[:, 0] * sin + pairs[:, 1] * cos], axis=1).reshape(-1)
     np.testing.assert_allclose(llama, hf[order], atol=1e-12)
+
+
+def test_qkv_grouping_order():
+    # two heads of size 2, fused per head as [q0 k0 v0 q1 k1 v1] → [q0 q1 k0 k1 v0 v1]
+    assert qkv_grouping_order(2, 2).tolist() == [0, 1, 6, 7, 2, 3, 8, 9, 4, 5, 10, 11]
 
 
 # ---------------------------------------------------------------------------------- round trip
@@ -301,18 +306,21 @@ def _llama_logits(llama_cpp, path, ids):
         llm.close()
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "gemma"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "gpt2", "gpt_neox"])
 def test_family_logits_match_transformers(llama_cpp, family, stories_dir, stories_tokenizer, tmp_path):
+    folder = tmp_path / "model"
     config = tiny_config(family)
     config.tie_word_embeddings = family == "gemma"  # llama.cpp's gemma always ties
-    if family == "qwen2":
-        config.vocab_size = 513  # transformers gives this tokenizer Qwen2's extra <|endoftext|> for qwen2
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
-    model.save_pretrained(tmp_path)
-    stories_tokenizer.save_pretrained(tmp_path)
-    report = export_gguf(tmp_path, tmp_path / "model.gguf", "f32")
-    assert report["arch"] == {"mistral": "llama"}.get(family, family)
+    model.save_pretrained(folder)
+    stories_tokenizer.save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if len(tokenizer) > config.vocab_size:  # transformers 5 gives qwen2 dirs Qwen2's extra <|endoftext|>
+        model.resize_token_embeddings(len(tokenizer))
+        model.save_pretrained(folder)
+    report = export_gguf(folder, tmp_path / "model.gguf", "f32")
+    assert report["arch"] == {"mistral": "llama", "gpt_neox": "gptneox"}.get(family, family)
     ids = stories_tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         reference = model(torch.tensor([ids])).logits[0].numpy()

@@ -70,12 +70,13 @@ LLAMACPP_OUTTYPES = {
 OUTTYPES = tuple(DIRECT_OUTTYPES) + tuple(LLAMACPP_OUTTYPES)
 ZERO_FFN_WIDTH = 32  # smallest llama.cpp quantization block, so the zero FFN quantizes like the rest
 _ATTENTION_TENSORS = {MODEL_TENSOR.ATTN_NORM, MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.ATTN_K, MODEL_TENSOR.ATTN_V,
-                      MODEL_TENSOR.ATTN_OUT, MODEL_TENSOR.ATTN_Q_NORM, MODEL_TENSOR.ATTN_K_NORM}
+                      MODEL_TENSOR.ATTN_QKV, MODEL_TENSOR.ATTN_OUT, MODEL_TENSOR.ATTN_Q_NORM, MODEL_TENSOR.ATTN_K_NORM}
 _FFN_TENSORS = {MODEL_TENSOR.FFN_NORM, MODEL_TENSOR.FFN_GATE, MODEL_TENSOR.FFN_UP, MODEL_TENSOR.FFN_DOWN}
 _NORM_TENSORS = {MODEL_TENSOR.ATTN_NORM, MODEL_TENSOR.FFN_NORM, MODEL_TENSOR.OUTPUT_NORM,
                  MODEL_TENSOR.ATTN_Q_NORM, MODEL_TENSOR.ATTN_K_NORM}
-# Hugging Face buffers that are recomputed from the config and never stored in GGUF.
-_SKIPPED_SOURCE = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
+# Hugging Face buffers that are recomputed from the config and never stored in GGUF (rope frequencies,
+# GPT-2's causal-mask buffers in old checkpoints).
+_SKIPPED_SOURCE = re.compile(r"(^|\.)(rotary_emb\.inv_freq|attn\.bias|attn\.masked_bias)$")
 
 
 class ExportError(ValueError):
@@ -83,21 +84,79 @@ class ExportError(ValueError):
 
 
 @dataclass(frozen=True)
+class Hyper:
+    """The numbers llama.cpp needs, whatever a family's config calls them."""
+
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    ffn: int
+    head_dim: int
+    context: int
+    vocab: int
+    norm_eps: float
+    rms_norm: bool = True
+    rope_dims: int | None = None  # None: learned positions instead of rope
+    parallel_residual: bool | None = None
+
+
+def _llama_like(config: dict) -> Hyper:
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    fraction = _rope_settings(config).get("partial_rotary_factor", 1.0)
+    return Hyper(layers=config["num_hidden_layers"], hidden=config["hidden_size"], heads=heads,
+                 kv_heads=config.get("num_key_value_heads") or heads, ffn=config["intermediate_size"],
+                 head_dim=head_dim, context=config.get("max_position_embeddings", 2048), vocab=config["vocab_size"],
+                 norm_eps=config.get("rms_norm_eps", 1e-6), rope_dims=int(head_dim * fraction))
+
+
+def _gpt2(config: dict) -> Hyper:
+    hidden, heads = config["n_embd"], config["n_head"]
+    return Hyper(layers=config["n_layer"], hidden=hidden, heads=heads, kv_heads=heads,
+                 ffn=config.get("n_inner") or 4 * hidden, head_dim=hidden // heads, context=config["n_positions"],
+                 vocab=config["vocab_size"], norm_eps=config.get("layer_norm_epsilon", 1e-5), rms_norm=False)
+
+
+def _gpt_neox(config: dict) -> Hyper:
+    hidden, heads = config["hidden_size"], config["num_attention_heads"]
+    fraction = _rope_settings(config).get("partial_rotary_factor", config.get("rotary_pct", 1.0))
+    return Hyper(layers=config["num_hidden_layers"], hidden=hidden, heads=heads, kv_heads=heads,
+                 ffn=config["intermediate_size"], head_dim=hidden // heads,
+                 context=config.get("max_position_embeddings", 2048), vocab=config["vocab_size"],
+                 norm_eps=config.get("layer_norm_eps", 1e-5), rms_norm=False,
+                 rope_dims=int(hidden // heads * fraction), parallel_residual=config.get("use_parallel_residual", True))
+
+
+_SPLIT_PARTS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
+_FUSED_PARTS = ("attn_norm", "attn_qkv", "attn_output", "ffn_norm", "ffn_up", "ffn_down")
+
+
+@dataclass(frozen=True)
 class GGUFFamily:
     """How llama.cpp runs one Hugging Face model type."""
 
     arch: MODEL_ARCH
-    interleave_rotary: bool  # llama.cpp rope "NORM": Q/K rows interleaved per head
+    hyper: Callable[[dict], Hyper]
+    layer_parts: tuple[str, ...] = _SPLIT_PARTS  # weights every intact layer has in the file
+    interleave_rotary: bool = False  # llama.cpp rope "NORM": Q/K rows interleaved per head
     norm_plus_one: bool = False  # Gemma-style (1 + w) RMSNorm
     deci_base: bool = False  # heterogeneous variants can be exported through deci
+    conv1d: bool = False  # GPT-2 stores its linear weights as [in, out]
+    qkv_per_head: bool = False  # GPT-NeoX fuses q, k, v head by head; llama.cpp wants all q, all k, all v
+    fused_gate_up: bool = False  # Phi-3: ffn_up holds gate and up rows (2 x ffn)
+    learned_positions: bool = False  # GPT-2's position embedding table
 
 
 FAMILIES = {
-    "llama": GGUFFamily(MODEL_ARCH.LLAMA, interleave_rotary=True, deci_base=True),
-    "mistral": GGUFFamily(MODEL_ARCH.LLAMA, interleave_rotary=True, deci_base=True),
-    "qwen2": GGUFFamily(MODEL_ARCH.QWEN2, interleave_rotary=False, deci_base=True),
-    "qwen3": GGUFFamily(MODEL_ARCH.QWEN3, interleave_rotary=False),
-    "gemma": GGUFFamily(MODEL_ARCH.GEMMA, interleave_rotary=False, norm_plus_one=True),
+    "llama": GGUFFamily(MODEL_ARCH.LLAMA, _llama_like, interleave_rotary=True, deci_base=True),
+    "mistral": GGUFFamily(MODEL_ARCH.LLAMA, _llama_like, interleave_rotary=True, deci_base=True),
+    "qwen2": GGUFFamily(MODEL_ARCH.QWEN2, _llama_like, deci_base=True),
+    "qwen3": GGUFFamily(MODEL_ARCH.QWEN3, _llama_like),
+    "gemma": GGUFFamily(MODEL_ARCH.GEMMA, _llama_like, norm_plus_one=True),
+    "phi3": GGUFFamily(MODEL_ARCH.PHI3, _llama_like, layer_parts=_FUSED_PARTS, fused_gate_up=True),
+    "gpt2": GGUFFamily(MODEL_ARCH.GPT2, _gpt2, layer_parts=_FUSED_PARTS, conv1d=True, learned_positions=True),
+    "gpt_neox": GGUFFamily(MODEL_ARCH.GPTNEOX, _gpt_neox, layer_parts=_FUSED_PARTS, qkv_per_head=True),
 }
 
 
@@ -128,7 +187,7 @@ class ExportPlan:
     config: dict
     layers: list[LayerShape]  # layers as written to the file
     source_layers: list[int]  # Hugging Face index of each written layer
-    head_dim: int
+    hyper: Hyper
     heterogeneous: bool
     vocab: dict
     tensors: list[_PlannedTensor] = field(default_factory=list)
@@ -149,6 +208,13 @@ def rotary_interleave_order(num_heads: int, head_dim: int) -> np.ndarray:
     half = head_dim // 2
     within = np.stack([np.arange(half), np.arange(half) + half], axis=1).reshape(-1)
     return (np.arange(num_heads)[:, None] * head_dim + within[None, :]).reshape(-1)
+
+
+def qkv_grouping_order(num_heads: int, head_dim: int) -> np.ndarray:
+    """Row order turning GPT-NeoX's fused projection ([q_0, k_0, v_0, q_1, k_1, v_1, ...] per head) into
+    [all q, all k, all v], the layout llama.cpp splits."""
+    rows = np.arange(3 * num_heads * head_dim).reshape(num_heads, 3, head_dim)
+    return rows.transpose(1, 0, 2).reshape(-1)
 
 
 def llama3_rope_factors(head_dim: int, theta: float, factor: float, low_freq_factor: float,
@@ -220,7 +286,7 @@ def _rope_settings(config: dict) -> dict:
     `rope_scaling`) config."""
     params = dict(config.get("rope_parameters") or {})
     if "rope_theta" not in params:
-        params["rope_theta"] = config.get("rope_theta", 10000.0)
+        params["rope_theta"] = config.get("rope_theta", config.get("rotary_emb_base", 10000.0))
     if config.get("rope_scaling"):
         params = {**params, **config["rope_scaling"]}
     kind = params.get("rope_type", params.get("type", "default")) or "default"
@@ -371,8 +437,7 @@ def add_vocabulary(writer: gguf.GGUFWriter, model_dir: Path, vocab: dict, vocab_
 
 # --------------------------------------------------------------------------------------------- plan
 
-def _layer_shapes(config: dict, heterogeneous: bool) -> list[LayerShape]:
-    count = config.get("num_hidden_layers")
+def _layer_shapes(config: dict, hyper: Hyper, heterogeneous: bool) -> list[LayerShape]:
     if heterogeneous:
         records = config.get("pruning_layer_structure")
         if not isinstance(records, list) or not records:
@@ -382,11 +447,10 @@ def _layer_shapes(config: dict, heterogeneous: bool) -> list[LayerShape]:
                       for r in records]
         except (KeyError, TypeError, ValueError) as exc:
             raise ExportError(f"malformed pruning_layer_structure entry: {exc}") from None
-        if count is not None and count != len(layers):
-            raise ExportError(f"num_hidden_layers={count} but pruning_layer_structure has {len(layers)} entries")
+        if hyper.layers != len(layers):
+            raise ExportError(f"num_hidden_layers={hyper.layers} but pruning_layer_structure has {len(layers)} entries")
     else:
-        heads = config["num_attention_heads"]
-        layers = [LayerShape(heads, config.get("num_key_value_heads") or heads, config["intermediate_size"])] * count
+        layers = [LayerShape(hyper.heads, hyper.kv_heads, hyper.ffn)] * hyper.layers
     for index, layer in enumerate(layers):
         if min(layer.heads, layer.kv_heads, layer.ffn) < 0 or (layer.heads == 0) != (layer.kv_heads == 0) \
                 or (layer.kv_heads and layer.heads % layer.kv_heads):
@@ -421,18 +485,18 @@ def plan_export(model_dir: str | os.PathLike, outtype: str = "f16") -> ExportPla
     if heterogeneous and not family.deci_base:
         raise ExportError(f"heterogeneous {model_type} models cannot be exported: llama.cpp's deci architecture "
                           f"covers {', '.join(t for t, f in FAMILIES.items() if f.deci_base)}")
+    arch = MODEL_ARCH.DECI if heterogeneous else family.arch
     files = _weight_files(model_dir)
     shapes = _tensor_shapes(files)
     vocab = describe_vocabulary(model_dir)
     rope = _rope_settings(config)
-
-    hidden = config["hidden_size"]
-    head_dim = config.get("head_dim") or hidden // config["num_attention_heads"]
-    layers = _layer_shapes(config, heterogeneous)
-    plan = ExportPlan(model_dir=model_dir, model_type=model_type,
-                      arch_name=gguf.MODEL_ARCH_NAMES[MODEL_ARCH.DECI if heterogeneous else family.arch],
-                      config=config, layers=[], source_layers=[], head_dim=head_dim, heterogeneous=heterogeneous,
-                      vocab=vocab)
+    try:
+        hyper = family.hyper(config)
+    except KeyError as exc:
+        raise ExportError(f"config.json of {model_type} lacks {exc}") from None
+    layers = _layer_shapes(config, hyper, heterogeneous)
+    plan = ExportPlan(model_dir=model_dir, model_type=model_type, arch_name=gguf.MODEL_ARCH_NAMES[arch], config=config,
+                      layers=[], source_layers=[], hyper=hyper, heterogeneous=heterogeneous, vocab=vocab)
     qtype = DIRECT_OUTTYPES.get(outtype, DIRECT_OUTTYPES["f16"])[0]
 
     # layers as written: identity layers dropped, FFN-free attention layers padded, layer 0 given heads
@@ -446,7 +510,7 @@ def plan_export(model_dir: str | os.PathLike, outtype: str = "f16") -> ExportPla
             layer = LayerShape(layer.heads, layer.kv_heads, ZERO_FFN_WIDTH)
         if heterogeneous and layer.heads == 0 and not written:
             plan.zero_attention_layers.append(index)
-            layer = LayerShape(config["num_attention_heads"], 0, layer.ffn)  # deci "linear attention"
+            layer = LayerShape(hyper.heads, 0, layer.ffn)  # deci "linear attention"
         written[index] = layer
     if not written:
         raise ExportError("every layer is removed: nothing to export")
@@ -454,9 +518,10 @@ def plan_export(model_dir: str | os.PathLike, outtype: str = "f16") -> ExportPla
     plan.layers = list(written.values())
     new_index = {old: new for new, old in enumerate(plan.source_layers)}
 
-    name_map = gguf.get_tensor_name_map(MODEL_ARCH.DECI if heterogeneous else family.arch, len(layers))
-    tied = config.get("tie_word_embeddings", True) if "lm_head.weight" not in shapes else bool(config.get("tie_word_embeddings", False))
-    if not tied and MODEL_TENSOR.OUTPUT not in gguf.MODEL_TENSORS[MODEL_ARCH.DECI if heterogeneous else family.arch]:
+    name_map = gguf.get_tensor_name_map(arch, len(layers))
+    tied = config.get("tie_word_embeddings", True) if "lm_head.weight" not in shapes \
+        else bool(config.get("tie_word_embeddings", False))
+    if not tied and MODEL_TENSOR.OUTPUT not in gguf.MODEL_TENSORS[arch]:
         raise ExportError(f"{model_type} with an untied lm_head cannot be exported: llama.cpp's {plan.arch_name} graph "
                           "always reuses the token embedding as output matrix")
     seen: set[str] = set()
@@ -469,64 +534,66 @@ def plan_export(model_dir: str | os.PathLike, outtype: str = "f16") -> ExportPla
                               f"what config.json says?")
         kind, name = mapped
         block = re.match(r"blk\.(\d+)\.", name)
+        layer = layers[int(block.group(1))] if block else None
         if block:
             old = int(block.group(1))
-            shape_here = layers[old]
             if old not in written or math.prod(shape) == 0 \
-                    or (kind in _ATTENTION_TENSORS and shape_here.heads == 0) \
-                    or (kind in _FFN_TENSORS and shape_here.ffn == 0):
+                    or (kind in _ATTENTION_TENSORS and layer.heads == 0) or (kind in _FFN_TENSORS and layer.ffn == 0):
                 continue
             name = name.replace(f"blk.{old}.", f"blk.{new_index[old]}.", 1)
-        layer = layers[int(block.group(1))] if block else None
-        _check_shape(kind, name, shape, layer, hidden, head_dim, model_type, config)
         load = _loader(files[source], source)
-        # deci always uses llama.cpp's NORM rope, whatever the base family
+        if family.conv1d and len(shape) == 2 and block:
+            load, shape = _transposed(load), (shape[1], shape[0])
+        _check_shape(kind, name, shape, layer, hyper, family, model_type)
         if kind in (MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.ATTN_K) and (family.interleave_rotary or heterogeneous):
+            # deci always uses llama.cpp's NORM rope, whatever the base family
             heads = layer.heads if kind == MODEL_TENSOR.ATTN_Q else layer.kv_heads
-            load = _reordered(load, rotary_interleave_order(heads, head_dim))
+            load = _reordered(load, rotary_interleave_order(heads, hyper.head_dim))
+        if kind == MODEL_TENSOR.ATTN_QKV and family.qkv_per_head:
+            load = _reordered(load, qkv_grouping_order(layer.heads, hyper.head_dim))
         if kind in _NORM_TENSORS and family.norm_plus_one:
             load = _plus_one(load)
         plan.tensors.append(_PlannedTensor(name, shape, _matrix_type(qtype, shape, name, plan), load))
         seen.add(name)
 
-    expected = _required_tensors(plan, tied)
-    missing = sorted(expected - seen)
+    missing = sorted(_required_tensors(plan, family, tied) - seen)
     if missing:
         raise ExportError(f"weights missing for {len(missing)} GGUF tensor(s), e.g. {missing[:4]}")
-    _add_synthetic_tensors(plan, hidden, qtype, rope)
+    _add_synthetic_tensors(plan, qtype, rope)
     return plan
 
 
-def _check_shape(kind, name, shape, layer, hidden, head_dim, model_type, config) -> None:
+def _check_shape(kind, name, shape, layer, hyper: Hyper, family: GGUFFamily, model_type: str) -> None:
     """Catch a config that does not describe the weights before writing a file llama.cpp would reject."""
     expected = None
     if layer:
-        rows = {MODEL_TENSOR.ATTN_Q: layer.heads * head_dim, MODEL_TENSOR.ATTN_K: layer.kv_heads * head_dim,
-                MODEL_TENSOR.ATTN_V: layer.kv_heads * head_dim, MODEL_TENSOR.FFN_GATE: layer.ffn,
-                MODEL_TENSOR.FFN_UP: layer.ffn, MODEL_TENSOR.FFN_DOWN: hidden, MODEL_TENSOR.ATTN_OUT: hidden}
+        d, hidden = hyper.head_dim, hyper.hidden
+        rows = {MODEL_TENSOR.ATTN_Q: layer.heads * d, MODEL_TENSOR.ATTN_K: layer.kv_heads * d,
+                MODEL_TENSOR.ATTN_V: layer.kv_heads * d, MODEL_TENSOR.ATTN_QKV: (layer.heads + 2 * layer.kv_heads) * d,
+                MODEL_TENSOR.ATTN_OUT: hidden, MODEL_TENSOR.FFN_GATE: layer.ffn,
+                MODEL_TENSOR.FFN_UP: layer.ffn * (2 if family.fused_gate_up else 1), MODEL_TENSOR.FFN_DOWN: hidden}
         if kind in rows:
-            expected = rows[kind]
-            if name.endswith(".weight"):
-                cols = {MODEL_TENSOR.ATTN_OUT: layer.heads * head_dim, MODEL_TENSOR.FFN_DOWN: layer.ffn}.get(kind, hidden)
-                expected = (expected, cols)
-            else:
-                expected = (expected,)
+            cols = {MODEL_TENSOR.ATTN_OUT: layer.heads * d, MODEL_TENSOR.FFN_DOWN: layer.ffn}.get(kind, hidden)
+            expected = (rows[kind], cols) if name.endswith(".weight") else (rows[kind],)
     elif kind in (MODEL_TENSOR.TOKEN_EMBD, MODEL_TENSOR.OUTPUT):
-        expected = (config["vocab_size"], hidden)
+        expected = (hyper.vocab, hyper.hidden)
+    elif kind == MODEL_TENSOR.POS_EMBD:
+        expected = (hyper.context, hyper.hidden)
     if expected is not None and tuple(shape) != tuple(expected):
         raise ExportError(f"{name}: weight shape {tuple(shape)} does not match the {model_type} config "
                           f"(expected {tuple(expected)})")
 
 
-def _required_tensors(plan: ExportPlan, tied: bool) -> set[str]:
+def _required_tensors(plan: ExportPlan, family: GGUFFamily, tied: bool) -> set[str]:
     required = {"token_embd.weight", "output_norm.weight"} | (set() if tied else {"output.weight"})
+    if family.learned_positions:
+        required.add("position_embd.weight")
     for index, (source, layer) in enumerate(zip(plan.source_layers, plan.layers)):
-        if source in plan.zero_attention_layers or layer.heads == 0:
-            pass
-        else:
-            required |= {f"blk.{index}.{part}.weight" for part in ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output")}
-        if source not in plan.zero_ffn_layers:
-            required |= {f"blk.{index}.{part}.weight" for part in ("ffn_norm", "ffn_gate", "ffn_up", "ffn_down")}
+        for part in family.layer_parts:
+            synthetic = source in (plan.zero_ffn_layers if part.startswith("ffn") else plan.zero_attention_layers)
+            removed = part.startswith("attn") and layer.heads == 0
+            if not synthetic and not removed:
+                required.add(f"blk.{index}.{part}.weight")
     return required
 
 
@@ -534,8 +601,9 @@ def _constant(shape: tuple[int, ...], value: float) -> Callable[[], np.ndarray]:
     return lambda: np.full(shape, value, dtype=np.float32)
 
 
-def _add_synthetic_tensors(plan: ExportPlan, hidden: int, qtype: QType, rope: dict) -> None:
+def _add_synthetic_tensors(plan: ExportPlan, qtype: QType, rope: dict) -> None:
     """Zero sub-blocks that keep deci layers exact, and Llama 3 rope factors."""
+    hidden = plan.hyper.hidden
     for index, source in enumerate(plan.source_layers):
         if source in plan.zero_ffn_layers:
             for part, shape in (("ffn_gate", (ZERO_FFN_WIDTH, hidden)), ("ffn_up", (ZERO_FFN_WIDTH, hidden)),
@@ -549,7 +617,7 @@ def _add_synthetic_tensors(plan: ExportPlan, hidden: int, qtype: QType, rope: di
                                                _constant((hidden, hidden), 0.0)))
             plan.tensors.append(_PlannedTensor(f"blk.{index}.attn_norm.weight", (hidden,), QType.F32, _constant((hidden,), 1.0)))
     if rope["rope_type"] == "llama3":
-        factors = llama3_rope_factors(plan.head_dim, rope["rope_theta"], rope.get("factor", 8.0),
+        factors = llama3_rope_factors(plan.hyper.rope_dims, rope["rope_theta"], rope.get("factor", 8.0),
                                       rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0),
                                       rope.get("original_max_position_embeddings", 8192))
         plan.tensors.append(_PlannedTensor("rope_freqs.weight", factors.shape, QType.F32, lambda: factors))
@@ -563,18 +631,22 @@ def _plus_one(load: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
     return lambda: load() + 1.0
 
 
+def _transposed(load: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
+    return lambda: np.ascontiguousarray(load().T)
+
+
 # -------------------------------------------------------------------------------------------- write
 
 def _add_metadata(writer: gguf.GGUFWriter, plan: ExportPlan, file_type: LlamaFileType) -> None:
-    config, layers = plan.config, plan.layers
+    hyper, layers = plan.hyper, plan.layers
     writer.add_name(plan.model_dir.name)
     prune_report = plan.model_dir / "prune.json"
     if prune_report.is_file():
         report = _read_json(prune_report)
         writer.add_description(f"pruned with {report.get('method')} {json.dumps(report.get('options'))}")
     writer.add_block_count(len(layers))
-    writer.add_context_length(config.get("max_position_embeddings", 2048))
-    writer.add_embedding_length(config["hidden_size"])
+    writer.add_context_length(hyper.context)
+    writer.add_embedding_length(hyper.hidden)
     if plan.heterogeneous:
         writer.add_head_count([layer.heads for layer in layers])
         writer.add_head_count_kv([layer.kv_heads for layer in layers])
@@ -583,17 +655,22 @@ def _add_metadata(writer: gguf.GGUFWriter, plan: ExportPlan, file_type: LlamaFil
         writer.add_head_count(layers[0].heads)
         writer.add_head_count_kv(layers[0].kv_heads)
         writer.add_feed_forward_length(layers[0].ffn)
-    writer.add_key_length(plan.head_dim)
-    writer.add_value_length(plan.head_dim)
-    writer.add_rope_dimension_count(plan.head_dim)
-    rope = _rope_settings(config)
-    writer.add_rope_freq_base(float(rope["rope_theta"]))
-    if rope["rope_type"] == "linear":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(float(rope["factor"]))
-    eps = config.get("rms_norm_eps", 1e-6)
-    writer.add_layer_norm_rms_eps(float(eps))
-    writer.add_vocab_size(config["vocab_size"])
+    writer.add_key_length(hyper.head_dim)
+    writer.add_value_length(hyper.head_dim)
+    if hyper.rope_dims is not None:
+        rope = _rope_settings(plan.config)
+        writer.add_rope_dimension_count(hyper.rope_dims)
+        writer.add_rope_freq_base(float(rope["rope_theta"]))
+        if rope["rope_type"] == "linear":
+            writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            writer.add_rope_scaling_factor(float(rope["factor"]))
+    if hyper.rms_norm:
+        writer.add_layer_norm_rms_eps(float(hyper.norm_eps))
+    else:
+        writer.add_layer_norm_eps(float(hyper.norm_eps))
+    if hyper.parallel_residual is not None:
+        writer.add_parallel_residual(bool(hyper.parallel_residual))
+    writer.add_vocab_size(hyper.vocab)
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
