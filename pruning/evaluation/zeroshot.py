@@ -109,7 +109,8 @@ def load_task(choice: TaskChoice):
                  f"{', '.join(local_tasks())})") if choice.source == "hub" else f"from {choice.data_dir}"
         raise DataError(f"could not load the documents of task {choice.lm_eval_name!r} {where}: "
                         f"{type(exc).__name__}: {exc}") from None
-    top = loaded["groups"].get(choice.lm_eval_name) or loaded["tasks"][choice.lm_eval_name]
+    name = choice.lm_eval_name
+    top = loaded["groups"][name] if name in loaded["groups"] else loaded["tasks"][name]
     return manager, top, loaded["tasks"]
 
 
