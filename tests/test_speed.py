@@ -43,7 +43,8 @@ def test_speed_command_records_sizes_medians_and_settings(stories_dir, tmp_path)
     _check_runs(result["hf"], 16, 5, 3)
     assert result["hf"]["threads"] == 1 and result["hf"]["dtype"] == "float32"
     assert result["sparse_speedup_note"] == CPU_SPARSITY_NOTE
-    assert result["semi_structured_24_weights"] is False and result["semi_structured_24"] is None
+    assert result["decoder_linears_2_4"] == {"sparse_2_4": 0, "total": 5 * 7}
+    assert result["semi_structured_24"] is None
     assert result["gguf"] is None
     assert result["versions"]["torch"] == torch.__version__
 
@@ -93,7 +94,7 @@ def test_speed_detects_a_2_4_model(stories_dir, tmp_path):
     assert main(["speed", "--model", str(pruned), "--output", str(out), "--repeats", "1", "--warmup", "0",
                  "--prompt-tokens", "8", "--new-tokens", "2", "--device", "cpu"]) == 0
     result = json.loads(out.read_text())
-    assert result["semi_structured_24_weights"] is True
+    assert result["decoder_linears_2_4"] == {"sparse_2_4": 5 * 7, "total": 5 * 7}
     assert result["semi_structured_24"] is None  # CPU: not measured, and the note says why
     assert "no speed-up" in result["sparse_speedup_note"]
     assert result["size"]["parameters"]["nonzero"] < result["size"]["parameters"]["total"]

@@ -185,7 +185,7 @@ def semi_structured_24(model: nn.Module) -> dict:
     from ..adapters import get_adapter
 
     adapter = get_adapter(model)
-    converted, dense, rejected = [], [], {}
+    converted, dense, rejected, kernels = [], [], {}, set()
     for index in range(adapter.num_layers(model)):
         for name, module in adapter.linear_targets(model, index).items():
             if not isinstance(module, nn.Linear) or not is_semi_structured_24(module.weight):
@@ -197,7 +197,8 @@ def semi_structured_24(model: nn.Module) -> dict:
                 rejected[name] = f"{type(exc).__name__}: {exc}"
                 continue
             converted.append(name)
-    return {"converted": len(converted), "dense": len(dense), "rejected": rejected}
+            kernels.add(type(module.weight).__name__)
+    return {"converted": len(converted), "dense": len(dense), "rejected": rejected, "kernels": sorted(kernels)}
 
 
 def measure_semi_structured(model: nn.Module, vocab_size: int, dtype: torch.dtype = torch.float16,
@@ -246,13 +247,14 @@ def _check_gguf(gguf: str | os.PathLike) -> Path:
     return path
 
 
-def all_decoder_linears_24(model: nn.Module) -> bool:
+def count_24_linears(model: nn.Module) -> dict:
+    """How many of the decoder layers' linear modules hold 2:4-sparse weights."""
     from ..adapters import get_adapter, weight_matrix
 
     adapter = get_adapter(model)
-    return all(is_semi_structured_24(weight_matrix(module))
-               for index in range(adapter.num_layers(model))
-               for module in adapter.linear_targets(model, index).values())
+    modules = [module for index in range(adapter.num_layers(model))
+               for module in adapter.linear_targets(model, index).values()]
+    return {"sparse_2_4": sum(is_semi_structured_24(weight_matrix(m)) for m in modules), "total": len(modules)}
 
 
 def speed(model: str, *, gguf: str | None = None, prompt_tokens: int = 128, new_tokens: int = 32, repeats: int = 5,
@@ -281,7 +283,7 @@ def speed(model: str, *, gguf: str | None = None, prompt_tokens: int = 128, new_
     vocab_size = net.get_output_embeddings().weight.shape[0]
     settings = dict(prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats, warmup=warmup, seed=seed)
     size = model_size(path, net, gguf_path)
-    is_24 = all_decoder_linears_24(net)
+    linears_24 = count_24_linears(net)
     previous_threads = torch.get_num_threads()
     threads = threads or previous_threads
     torch.set_num_threads(threads)
@@ -289,7 +291,7 @@ def speed(model: str, *, gguf: str | None = None, prompt_tokens: int = 128, new_
     try:
         hf = measure_hf(net, vocab_size, **settings)
         semi_structured = None
-        if compute.type == "cuda" and is_24:
+        if compute.type == "cuda" and linears_24["sparse_2_4"]:
             semi_structured = measure_semi_structured(net, vocab_size, **settings)
         measured_gguf = measure_gguf(gguf_path, threads=threads, **settings) if gguf_path else None
     finally:
@@ -300,7 +302,7 @@ def speed(model: str, *, gguf: str | None = None, prompt_tokens: int = 128, new_
                      "dtype": dtype, "threads": threads},
         "load_average_1m_before": round(load_average, 2),
         "size": size,
-        "semi_structured_24_weights": is_24,
+        "decoder_linears_2_4": linears_24,
         "hf": hf,
         "semi_structured_24": semi_structured,
         "gguf": measured_gguf,
