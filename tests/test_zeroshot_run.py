@@ -85,6 +85,19 @@ def test_unknown_task_fails_before_the_model_loads_and_keeps_a_good_result(stori
     assert out.read_text() == '{"good": true}\n'
 
 
+def test_an_unreachable_hub_is_reported_before_the_model_loads(stories_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(zeroshot_module, "load_model", lambda *_, **__: pytest.fail("model loaded"))
+    out = tmp_path / "zeroshot.json"
+    assert main(["zeroshot", "--model", str(stories_dir), "--task", "arc_easy", "--source", "hub",
+                 "--output", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "could not load the documents of task 'arc_easy' from the Hugging Face hub" in error
+    assert "arc_easy" in error.split("use a local copy")[1]
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--task", "mmlu_local"], "unknown local task 'mmlu_local'"),
     (["--task", "mmlu", "--source", "local"], "no local copy of 'mmlu'"),

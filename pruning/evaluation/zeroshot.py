@@ -98,7 +98,7 @@ def resolve_task(task: str, source: str = "auto", data_dir_path: str | None = No
 
 
 def load_task(choice: TaskChoice):
-    """(task manager, the lm-eval Task or Group object) with its documents read."""
+    """(task manager, the lm-eval Task or Group object, its leaf tasks by name), documents read."""
     manager = local_task_manager(choice.data_dir) if choice.source == "local" else hub_task_manager()
     try:
         loaded = manager.load([choice.lm_eval_name])

@@ -29,7 +29,7 @@ def local_path(data_dir: str | None, relative: str) -> Path:
 
 
 def load_jsonl(data_dir: str | None = None, local_file: str = "", local_split: str = "test",
-               local_fields: list[str] = (), **_) -> datasets.DatasetDict:
+               local_fields: tuple[str, ...] | list[str] = (), **_) -> datasets.DatasetDict:
     """One split from a JSON-lines file, every row checked for the fields the task's prompt reads."""
     path = local_path(data_dir, local_file)
     rows = []
