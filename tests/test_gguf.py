@@ -338,6 +338,26 @@ def test_heterogeneous_logits_match_transformers(llama_cpp, models, exported, st
         assert np.abs(got - reference).max() < 2e-3 * np.abs(reference).max(), name
 
 
+def test_heterogeneous_qwen2_with_biases_through_deci(llama_cpp, stories_tokenizer, tmp_path):
+    """deci reads optional q/k/v biases; they are reordered for its rope like the weights."""
+    config = tiny_config("qwen2")
+    config.vocab_size = 513  # transformers 5 gives this tokenizer Qwen2's extra <|endoftext|> in a qwen2 dir
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    adapter = pruning.get_adapter(model)
+    structure.slice_heads(model, adapter, 0, [0, 1])
+    structure.remove_feed_forward(model, adapter, 0)
+    structure.remove_attention(model, adapter, 1)
+    pruning.save_model(model, stories_tokenizer, tmp_path / "model")
+    report = export_gguf(tmp_path / "model", tmp_path / "model.gguf", "f32")
+    assert report["arch"] == "deci" and report["zero_ffn_layers"] == [0]
+    ids = stories_tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        reference = model(torch.tensor([ids])).logits[0].numpy()
+    got = _llama_logits(llama_cpp, tmp_path / "model.gguf", ids)
+    assert np.abs(got - reference).max() < 2e-3 * np.abs(reference).max()
+
+
 @pytest.fixture(scope="module")
 def agreement(llama_cpp, models, exported, stories_text):
     from pruning.export.verify import evaluate_gguf
