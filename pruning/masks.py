@@ -15,13 +15,24 @@ from .ratios import MaskTarget, NMPattern, Sparsity
 
 
 def _lowest(scores: torch.Tensor, k: int, dim: int) -> torch.Tensor:
-    """Mask of the k lowest entries along `dim` (stable: earlier positions lose ties)."""
-    mask = torch.zeros_like(scores, dtype=torch.bool)
+    """Mask of the k lowest entries along `dim`; among equal scores, earlier positions go first.
+
+    Equivalent to taking the first k of a stable sort, in linear time: the k-th smallest value is the
+    threshold, everything below it is removed, and ties at the threshold fill the rest in position order.
+    """
+    size = scores.shape[dim]
     if k <= 0:
-        return mask
-    order = torch.sort(scores, dim=dim, stable=True).indices
-    index = order.narrow(dim, 0, k)
-    return mask.scatter(dim, index, True)
+        return torch.zeros_like(scores, dtype=torch.bool)
+    if k >= size:
+        return torch.ones_like(scores, dtype=torch.bool)
+    threshold = torch.kthvalue(scores, k, dim=dim, keepdim=True).values
+    below = scores < threshold
+    tied = scores == threshold
+    candidate = below | tied
+    if bool((candidate.sum(dim=dim) == k).all()):  # the usual case: no surplus ties at the threshold
+        return candidate
+    still_needed = k - below.sum(dim=dim, keepdim=True)
+    return below | (tied & (torch.cumsum(tied, dim=dim) <= still_needed))
 
 
 def nm_mask(scores: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
