@@ -104,3 +104,18 @@ def test_sparsegpt_prunes_dead_inputs_and_survives_singular_hessian():
     assert info["dead_inputs"] == 1
     assert (pruned[:, 3] == 0).all()
     assert torch.isfinite(pruned).all()
+
+
+def test_selection_equals_first_k_of_a_stable_sort():
+    """The linear-time selection removes exactly what a stable sort's first k would, ties included."""
+    from pruning.masks import _lowest
+
+    gen = torch.Generator().manual_seed(5)
+    for trial in range(60):
+        rows, cols = torch.randint(1, 16, (2,), generator=gen).tolist()
+        scores = torch.randint(0, 3, (rows, cols), generator=gen).float() if trial % 2 else torch.randn(rows, cols, generator=gen)
+        for dim in (0, 1):
+            for k in range(scores.shape[dim] + 1):
+                order = torch.sort(scores, dim=dim, stable=True).indices.narrow(dim, 0, k)
+                expected = torch.zeros_like(scores, dtype=torch.bool).scatter(dim, order, True)
+                assert torch.equal(_lowest(scores, k, dim), expected)
