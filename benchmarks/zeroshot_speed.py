@@ -14,6 +14,8 @@ import argparse
 import os
 from pathlib import Path
 
+import torch
+
 import pruning
 from pruning.evaluation.speed import speed
 from pruning.evaluation.zeroshot import zeroshot
@@ -32,12 +34,15 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch (and llama.cpp) threads for everything; 1 is steadier on a busy machine")
     parser.add_argument("--gguf", default=None, help="a GGUF of the dense model, measured with llama.cpp")
     parser.add_argument("--workdir", default="results/benchmarks/zeroshot_speed")
     parser.add_argument("--out", default=None, help="also write the Markdown tables here")
     args = parser.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     workdir = Path(args.workdir)
     dense = pruning.fetch_model(args.model)
     wanda = workdir / f"wanda-s{args.sparsity:.2f}"

@@ -14,7 +14,8 @@ from pruning.evaluation.speed import (CPU_SPARSITY_NOTE, is_semi_structured_24, 
                                       measure_semi_structured, prompt_ids)
 from pruning.modeling import load_model, parameter_counts
 
-SETTINGS = ["--prompt-tokens", "16", "--new-tokens", "5", "--repeats", "3", "--warmup", "1", "--device", "cpu"]
+SETTINGS = ["--prompt-tokens", "16", "--new-tokens", "5", "--repeats", "3", "--warmup", "1", "--device", "cpu",
+            "--threads", "1"]
 
 
 def _check_runs(measured: dict, prompt_tokens: int, new_tokens: int, repeats: int) -> None:
@@ -28,7 +29,7 @@ def _check_runs(measured: dict, prompt_tokens: int, new_tokens: int, repeats: in
 
 def test_speed_command_records_sizes_medians_and_settings(stories_dir, tmp_path):
     out = tmp_path / "speed.json"
-    assert main(["speed", "--model", str(stories_dir), "--output", str(out), "--threads", "1", *SETTINGS]) == 0
+    assert main(["speed", "--model", str(stories_dir), "--output", str(out), *SETTINGS]) == 0
     result = json.loads(out.read_text())
     model, _ = load_model(stories_dir)
     counts = parameter_counts(model)
@@ -69,7 +70,7 @@ def test_llama_cpp_speed_on_an_exported_gguf(stories_dir, tmp_path):
     result = json.loads(out.read_text())
     assert result["size"]["gguf"] == {"path": str(gguf), "bytes": gguf.stat().st_size}
     measured = result["gguf"]
-    assert measured["backend"] == "llama.cpp" and measured["load_seconds"] > 0
+    assert measured["backend"] == "llama.cpp" and measured["load_seconds"] > 0 and measured["threads"] == 1
     _check_runs(measured, 16, 5, 3)
     # same random prompt, same f32 weights: llama.cpp's greedy tokens start like the HF model's
     assert measured["greedy_tokens"][:4] == result["hf"]["greedy_tokens"][:4]
