@@ -20,8 +20,10 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
 
 
+# Cheap aggregation, and fetching (downloads need the network of the submitting host).
 localrules:
     all,
+    fetch_model,
     prune_all,
     evaluate_all,
     tables,

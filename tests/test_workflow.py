@@ -1,0 +1,362 @@
+"""The Snakemake workflow: job counts of the default grid, config checks, lint, a tiny real run (killed
+mid-way, then finished with --rerun-incomplete) that ends in the tables, and the same run on a real
+single-node Slurm (tests/slurm/cluster.sh) giving the same numbers."""
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import DATA_DIR, REPO, STORIES
+
+VENV_PYTHON = REPO / ".venv" / "bin" / "python"
+PYTHON = str(VENV_PYTHON if VENV_PYTHON.exists() else Path(sys.executable))
+DEFAULT_CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+STORIES_NOTE = "out of domain for WikiText-2"
+TINY_CONFIG = {
+    "models": {"stories260K": {"spec": str(STORIES), "note": STORIES_NOTE}},
+    "methods": {
+        "magnitude": {"method": "magnitude", "ratios": {"sparsity": [0.5], "nm": ["2:4"]}},
+        "wanda": {"method": "wanda", "ratios": {"sparsity": [0.5], "nm": ["2:4"]}},
+    },
+    "protocol": "tiny",
+    "protocols": {"tiny": {"calibration": {"source": "c4", "nsamples": 8, "seqlen": 64},
+                           "evaluation": {"dataset": "wikitext2", "seqlen": 128, "max_windows": 8}}},
+    "data_dir": str(DATA_DIR),
+    "threads": 1,
+    "keep_models": False,
+}
+TINY_ROWS = [("dense", "base"), ("magnitude", "s0.50"), ("magnitude", "nm2-4"), ("wanda", "s0.50"), ("wanda", "nm2-4")]
+
+
+def snakemake(workdir: Path, *args: str, config: dict | None = None, timeout: int = 600,
+              **popen) -> subprocess.CompletedProcess:
+    """`python -m snakemake` on the repository's Snakefile in `workdir`, with `config` (written as YAML)
+    replacing the workflow's own config."""
+    return subprocess.run(_command(workdir, args, config), capture_output=True, text=True, timeout=timeout, **popen)
+
+
+def _command(workdir: Path, args, config: dict | None) -> list[str]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    command = [PYTHON, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
+    if config is not None:
+        path = workdir / "config.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        command += ["--configfile", str(path), "--replace-workflow-config"]
+    return command + list(args)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run."""
+    block = output.split("Job stats:", 1)[1]
+    counts = {}
+    for line in block.splitlines()[3:]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+# ---- the default grid, named targets, optional evaluations -----------------------------------------
+
+def test_default_config_dry_run_job_counts(tmp_path):
+    result = snakemake(tmp_path, "-n", "--cores", "2", config=DEFAULT_CONFIG)
+    assert result.returncode == 0, result.stderr
+    # 2 models; 3 methods x (3 sparsities + 2 N:M) = 15 pruned runs per model; + 1 dense baseline each.
+    assert job_counts(result.stdout) == {"fetch_model": 2, "perplexity": 32, "prune": 30, "plots": 1, "tables": 1,
+                                         "all": 1, "total": 67}
+    assert "results/tables/sparsity-smollm2-135m.md" in result.stdout
+    assert "results/plots/sparsity-stories260K.png" in result.stdout
+
+
+@pytest.mark.parametrize("target, expected", [
+    ("prune_all", {"fetch_model": 2, "prune": 30, "prune_all": 1, "total": 33}),
+    ("evaluate_all", {"fetch_model": 2, "prune": 30, "perplexity": 32, "evaluate_all": 1, "total": 65}),
+    ("results/metrics/stories260K/wanda/nm2-4/ppl.json", {"fetch_model": 1, "prune": 1, "perplexity": 1, "total": 3}),
+    ("results/metrics/smollm2-135m/dense/base/ppl.json", {"fetch_model": 1, "perplexity": 1, "total": 2}),
+])
+def test_named_targets(tmp_path, target, expected):
+    result = snakemake(tmp_path, "-n", "--cores", "2", target, config=DEFAULT_CONFIG)
+    assert result.returncode == 0, result.stderr
+    assert job_counts(result.stdout) == expected
+
+
+def test_optional_evaluations_join_the_grid(tmp_path):
+    """Zero-shot (one job per task), GGUF (convert + eval per output type) and speed on every grid row."""
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    config["zeroshot"] = {"tasks": ["arc_easy", "boolq"], "limit": 20}
+    config["gguf"] = {"outtypes": ["f16", "q8_0"]}
+    config["speed"] = {"enabled": True, "gguf_outtype": "q8_0"}
+    config["methods"]["depth-angular"] = {"method": "depth", "ratios": {"num_blocks": [2, 4]},
+                                          "options": {"criterion": "angular"}, "models": ["smollm2-135m"]}
+    result = snakemake(tmp_path, "-n", "--cores", "2", "-p", config=config)
+    assert result.returncode == 0, result.stderr
+    rows = 32 + 2
+    assert job_counts(result.stdout) == {
+        "fetch_model": 2, "prune": 32, "perplexity": rows, "zeroshot": 2 * rows, "gguf_convert": 2 * rows,
+        "gguf_eval": 2 * rows, "speed": rows, "tables": 1, "plots": 1, "all": 1, "total": 2 + 32 + 8 * rows + 3}
+    for table in ("summary", "sparsity-smollm2-135m", "depth-smollm2-135m", "layer-removal", "zeroshot", "gguf"):
+        assert f"results/tables/{table}.csv" in result.stdout
+    assert "--option num_blocks=2 --option 'criterion=\"angular\"'" in result.stdout
+    assert "--task boolq --num-fewshot 0 --batch-size 8 --limit 20" in result.stdout
+    assert "--gguf results/gguf/smollm2-135m/depth-angular/L4/model-q8_0.gguf" in result.stdout
+
+
+def test_lint_passes():
+    result = subprocess.run([PYTHON, "-m", "snakemake", "--lint", "--snakefile", str(REPO / "Snakefile")],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations" in result.stdout + result.stderr
+
+
+# ---- bad configs: each rejected before any job, naming its key ----------------------------------------
+
+def _bad(mutate):
+    config = copy.deepcopy(TINY_CONFIG)
+    mutate(config)
+    return config
+
+
+BAD_CONFIGS = {
+    "sparsity 1.5": (lambda c: c["methods"]["wanda"]["ratios"].update(sparsity=[1.5]),
+                     "config.methods.wanda.ratios.sparsity[0]: 1.5 is greater than or equal to the maximum of 1"),
+    "malformed N:M": (lambda c: c["methods"]["wanda"]["ratios"].update(nm=["2-4"]),
+                      "config.methods.wanda.ratios.nm[0]: '2-4' does not match"),
+    "N not below M": (lambda c: c["methods"]["wanda"]["ratios"].update(nm=["4:2"]),
+                      "config.methods.wanda.ratios.nm[0]: '4:2' must keep fewer than M"),
+    "unknown method": (lambda c: c["methods"]["wanda"].update(method="wandb"),
+                       "config.methods.wanda.method: 'wandb' is not one of"),
+    "unknown model in subset": (lambda c: c["methods"]["wanda"].update(models=["gpt-5"]),
+                                "config.methods.wanda.models[0]: 'gpt-5' is not a model in models"),
+    "wrong type": (lambda c: c.update(threads="two"), "config.threads: 'two' is not of type 'integer'"),
+    "ratio kind of another method": (lambda c: c["methods"]["magnitude"].update(ratios={"num_blocks": [2]}),
+                                     "config.methods.magnitude.ratios: 'num_blocks' is not one of ['sparsity', 'nm']"),
+    "three decimals": (lambda c: c["methods"]["wanda"]["ratios"].update(sparsity=[0.525]),
+                       "config.methods.wanda.ratios.sparsity[0]: 0.525 has more than two decimals"),
+    "unknown protocol": (lambda c: c.update(protocol="slow"), "config.protocol: 'slow' is not one of the presets"),
+    "calibration on the test split": (
+        lambda c: c["protocols"]["tiny"]["calibration"].update(source="wikitext2"),
+        "config.protocols.tiny.calibration.source: 'wikitext2' should not be valid"),
+    "missing model directory": (lambda c: c["models"].update(ghost="./no/such/model"),
+                                "config.models.ghost: "),
+    "misspelt top-level key": (lambda c: c.update(modles={}),
+                               "config: Additional properties are not allowed ('modles' was unexpected)"),
+    "method named dense": (lambda c: c["methods"].update(dense={"method": "magnitude", "ratios": {"sparsity": [0.5]}}),
+                           "config.methods: 'dense' should not be valid"),
+    "bad device": (lambda c: c.update(device="tpu"), "config.device: 'tpu' does not match"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_config_runs(tmp_path_factory):
+    """Every bad config run for real (not -n), two at a time."""
+    def run(item):
+        name, (mutate, _) = item
+        workdir = tmp_path_factory.mktemp("bad")
+        return name, workdir, snakemake(workdir, "--cores", "1", config=_bad(mutate), timeout=300)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return {name: (workdir, result) for name, workdir, result in pool.map(run, BAD_CONFIGS.items())}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_bad_config_rejected_naming_the_key(bad_config_runs, case):
+    workdir, result = bad_config_runs[case]
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "invalid workflow config" in output
+    assert BAD_CONFIGS[case][1] in output, output[-2000:]
+    assert not any((workdir / name).exists() for name in ("results", "resources", "logs", "benchmarks"))
+
+
+# ---- a tiny real run: killed mid-way, resumed with --rerun-incomplete, ends in the tables ---------------
+
+def _metric_files(workdir: Path) -> dict[Path, tuple[bytes, int]]:
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted((workdir / "results" / "metrics").rglob("*.json"))}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The tiny grid run locally: SIGKILL to the whole run once the first pruned model is evaluated while
+    other jobs are running, then `--rerun-incomplete` to the end."""
+    workdir = tmp_path_factory.mktemp("tiny-local")
+    command = _command(workdir, ["--cores", "2"], TINY_CONFIG)
+    log = open(workdir / "first-attempt.log", "w")
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    metrics = workdir / "results" / "metrics" / "stories260K"
+    incomplete = workdir / ".snakemake" / "incomplete"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        finished = list(metrics.glob("*/*/ppl.json"))
+        if any(p.parent.parent.name != "dense" for p in finished) and any(incomplete.glob("*")):
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    log.close()
+    # outputs of the jobs that were running (Snakemake's markers: base64 of the output path); a job may have
+    # written its file already without Snakemake having recorded it as finished
+    markers = {base64.urlsafe_b64decode(p.name).decode() for p in incomplete.glob("*") if not p.name.startswith("@")}
+    before = {p: v for p, v in _metric_files(workdir).items() if str(p.relative_to(workdir)) not in markers}
+    # a killed Snakemake leaves its lock behind: release it, then redo the interrupted jobs
+    unlocked = snakemake(workdir, "--unlock", config=TINY_CONFIG, timeout=300)
+    assert unlocked.returncode == 0, unlocked.stderr[-2000:]
+    resumed = snakemake(workdir, "--cores", "2", "--rerun-incomplete", config=TINY_CONFIG, timeout=600)
+    return {"workdir": workdir, "before": before, "markers": markers, "resumed": resumed,
+            "seconds": time.perf_counter() - started}
+
+
+def test_interrupted_run_finishes_with_rerun_incomplete(tiny_run):
+    resumed = tiny_run["resumed"]
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    workdir = tiny_run["workdir"]
+    assert tiny_run["markers"], "jobs were running when the run was killed"
+    assert tiny_run["before"], "some results were finished before the kill"
+    after = _metric_files(workdir)
+    for path, (content, mtime) in tiny_run["before"].items():
+        assert after[path] == (content, mtime), f"{path} was redone or changed by the resumed run"
+    redone = [line for line in tiny_run["resumed"].stderr.splitlines() if line.strip().startswith("output:")]
+    for output in tiny_run["markers"]:  # every interrupted job ran again
+        assert any(output in line for line in redone), output
+    assert len(after) == len(TINY_ROWS) + 4  # ppl.json per row, prune.json per pruned row
+    assert len(after) > len(tiny_run["before"])
+    assert not list((tiny_run["workdir"] / ".snakemake" / "incomplete").glob("*"))
+
+
+def test_tiny_run_tables(tiny_run):
+    workdir = tiny_run["workdir"]
+    assert tiny_run["resumed"].returncode == 0, tiny_run["resumed"].stderr[-3000:]
+    tables, plots = workdir / "results" / "tables", workdir / "results" / "plots"
+    assert sorted(p.name for p in tables.iterdir()) == ["sparsity-stories260K.csv", "sparsity-stories260K.md",
+                                                        "summary.csv", "summary.md"]
+    assert [p.name for p in plots.iterdir()] == ["sparsity-stories260K.png"]
+    assert (plots / "sparsity-stories260K.png").read_bytes()[:4] == b"\x89PNG"
+    ppl = {(m, r): read_json(workdir / f"results/metrics/stories260K/{m}/{r}/ppl.json")["ppl"] for m, r in TINY_ROWS}
+    assert all(ppl[("dense", "base")] < value for key, value in ppl.items() if key[0] != "dense")
+
+    markdown = (tables / "sparsity-stories260K.md").read_text().splitlines()
+    assert markdown[2].startswith("Protocol: WikiText-2 test token-level perplexity, non-overlapping windows of 128 "
+                                  "tokens (first 8 windows: 8 windows")
+    assert "Calibration: c4, 8 × 64 tokens, seed 0 (magnitude: no data)" in markdown[2]
+    assert f"Note on stories260K: {STORIES_NOTE}." in markdown[2]
+    header = [c.strip() for c in markdown[4].strip("|").split("|")]
+    assert header == ["method", "dense", "50%", "2:4"]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")][1:] for line in markdown[6:]}
+    dense = f"{ppl[('dense', 'base')]:.2f}"
+    assert rows == {m: [dense, f"{ppl[(m, 's0.50')]:.2f}", f"{ppl[(m, 'nm2-4')]:.2f}"] for m in ("magnitude", "wanda")}
+
+    import pandas as pd
+
+    cells = pd.read_csv(tables / "sparsity-stories260K.csv")
+    for record in cells.itertuples():
+        source = read_json(workdir / record.ppl_file)
+        assert record.ppl == source["ppl"]
+        assert record.ppl_file == f"results/metrics/stories260K/{record.method}/{record.ratio}/ppl.json"
+    summary = pd.read_csv(tables / "summary.csv")
+    assert list(zip(summary.method, summary.ratio)) == TINY_ROWS
+    assert set(summary.nonzero_parameters[1:]) == {read_json(workdir / f).get("parameters")["nonzero"]
+                                                  for f in summary.ppl_file[1:]}
+    # pruned model directories are temp() when keep_models is false; their prune.json copies stay
+    assert not list((workdir / "results" / "models").glob("*/*/*"))
+    assert (workdir / "results/metrics/stories260K/wanda/nm2-4/prune.json").is_file()
+
+
+def test_tables_cli_reproduces_workflow_tables(tiny_run, tmp_path):
+    workdir = tiny_run["workdir"]
+    result = subprocess.run([PYTHON, "-m", "pruning", "tables", "--results", "results", "--out", str(tmp_path),
+                             "--note", f"stories260K={STORIES_NOTE}"], cwd=workdir, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    for name in ("summary.md", "sparsity-stories260K.md", "sparsity-stories260K.csv"):
+        assert (tmp_path / name).read_bytes() == (workdir / "results" / "tables" / name).read_bytes(), name
+
+
+def test_report_builds(tiny_run):
+    workdir = tiny_run["workdir"]
+    result = snakemake(workdir, "--report", "report.html", config=TINY_CONFIG, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = (workdir / "report.html").read_text()
+    assert "sparsity-stories260K" in html
+
+
+# ---- the same tiny run through sbatch on a real single-node Slurm -------------------------------------
+
+CLUSTER_SCRIPT = REPO / "tests" / "slurm" / "cluster.sh"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    if os.geteuid() != 0:
+        pytest.fail("the Slurm test needs root: tests/slurm/cluster.sh installs slurm-wlm and starts slurmctld/slurmd")
+    started = subprocess.run(["bash", str(CLUSTER_SCRIPT), "start"], capture_output=True, text=True, timeout=900)
+    if started.returncode != 0:
+        pytest.fail(f"could not start the single-node Slurm (tests/slurm/cluster.sh start):\n{started.stderr[-3000:]}")
+    print(started.stdout)
+    yield
+    subprocess.run(["bash", str(CLUSTER_SCRIPT), "stop"], capture_output=True, text=True, timeout=120)
+
+
+def slurm_test_profile(folder: Path) -> Path:
+    """profiles/slurm with its placeholders set for the test cluster and memory requests that fit it."""
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    assert profile["default-resources"]["slurm_account"] == "your-account"
+    profile["default-resources"].update(slurm_account="root", slurm_partition="debug", mem_mb=1000)
+    for resources in profile["set-resources"].values():
+        resources["mem_mb"] = 1000
+    profile["slurm-init-seconds-before-status-checks"] = 2
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(profile))
+    return folder
+
+
+@pytest.mark.slurm
+def test_slurm_run_matches_local_run(slurm_cluster, tiny_run, tmp_path):
+    assert tiny_run["resumed"].returncode == 0
+    workdir = tmp_path / "tiny-slurm"
+    config = {**TINY_CONFIG, "gpus_per_job": 1}  # request the fake GPUs: the jobs themselves run on CPU
+    profile = slurm_test_profile(tmp_path / "profile")
+    started = time.perf_counter()
+    result = snakemake(workdir, "--workflow-profile", str(profile), config=config, timeout=600)
+    seconds = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr[-4000:]
+    print(f"slurm run: {seconds:.0f} s")
+
+    submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+)", result.stdout + result.stderr)
+    assert len(submitted) == len(TINY_ROWS) + 4  # perplexity per row + prune per pruned row; the rest are local
+    for job in submitted:
+        info = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+        assert "JobState=COMPLETED" in info, info
+        assert f"WorkDir={workdir}" in info
+        assert "TresPerJob=gres:gpu:1" in info
+
+    local = tiny_run["workdir"] / "results" / "metrics"
+    remote = workdir / "results" / "metrics"
+    for method, ratio in TINY_ROWS:
+        a, b = read_json(local / f"stories260K/{method}/{ratio}/ppl.json"), read_json(remote / f"stories260K/{method}/{ratio}/ppl.json")
+        assert (a["ppl"], a["scored_tokens"], a["parameters"]) == (b["ppl"], b["scored_tokens"], b["parameters"])
+        if method != "dense":
+            a, b = (read_json(p / f"stories260K/{method}/{ratio}/prune.json") for p in (local, remote))
+            assert a["result"]["per_layer"] == b["result"]["per_layer"]
+            assert a["result"]["total_sparsity"] == b["result"]["total_sparsity"]
+            assert a["parameters"] == b["parameters"]
+    for name in ("sparsity-stories260K.md", "summary.md"):
+        assert (workdir / "results/tables" / name).read_bytes() == \
+            (tiny_run["workdir"] / "results/tables" / name).read_bytes()
