@@ -124,6 +124,25 @@ def test_head_slices_remove_exactly_their_rows_and_columns(stories):
         structure.slice_heads(model, adapter, 2, [0, 1, 2])  # group 0 keeps 2, group 1 keeps 1
 
 
+def test_sliced_attention_computes_what_the_original_does_without_those_heads(stories):
+    """Slicing is right iff it equals the dense model with the removed heads' o_proj columns zeroed
+    (a removed query head contributes only through its o columns; a whole removed kv group likewise)."""
+    model, reference = fresh(stories), fresh(stories)
+    adapter = pruning.get_adapter(model)
+    for layer, keep in ((0, [0, 3, 4, 7]), (1, [2, 3, 6, 7]), (3, [0, 1])):
+        structure.slice_heads(model, adapter, layer, keep)
+        with torch.no_grad():
+            for head in set(range(8)) - set(keep):
+                reference.model.layers[layer].self_attn.o_proj.weight[:, head * 8:(head + 1) * 8] = 0
+    structure.remove_attention(model, adapter, 2)  # likewise a removed sub-block == its output projection zeroed
+    structure.remove_feed_forward(model, adapter, 4)
+    with torch.no_grad():
+        reference.model.layers[2].self_attn.o_proj.weight.zero_()
+        reference.model.layers[4].mlp.down_proj.weight.zero_()
+    assert torch.allclose(logits(model), logits(reference), atol=1e-5)
+    assert not torch.allclose(logits(model), logits(stories[0]), atol=1e-3)
+
+
 def test_heterogeneous_model_reloads_generates_and_refuses_plain_from_pretrained(stories, tmp_path):
     from transformers import AutoModelForCausalLM
 
