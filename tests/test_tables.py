@@ -1,0 +1,225 @@
+"""pruning.tables on real runs of stories260K (structured, depth, Wanda; perplexity, zero-shot, speed, GGUF):
+every cell equals its metric file, layouts as in the papers, deterministic bytes, clear errors."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+import pruning
+from conftest import DATA_DIR, REPO
+from pruning.tables import (TableError, build_tables, collect, load_runs, parse_ratio, write_plots,
+                            write_tables)
+
+MODEL = "stories260K"
+EVAL = dict(dataset="wikitext2", seqlen=128, max_windows=4, device="cpu", data_dir_path=str(DATA_DIR))
+PRUNED = [  # (grid entry, ratio token, library method, arguments)
+    ("wanda", "s0.50", "wanda", dict(sparsity=0.5)),
+    ("depth-angular", "L1", "depth", dict(num_blocks=1, criterion="angular")),
+    ("depth-angular", "L2", "depth", dict(num_blocks=2, criterion="angular")),
+    ("depth-cosine", "L1", "depth", dict(num_blocks=1, criterion="cosine")),
+    ("depth-cosine", "L2", "depth", dict(num_blocks=2, criterion="cosine")),
+    ("layers", "f0.40", "layers", dict(fraction=0.4)),
+    ("two_stage", "r0.20", "two_stage", dict(prune_rate=0.2)),
+]
+ZEROSHOT_RUNS = [("dense", "base"), ("layers", "f0.40")]
+TASKS = ("arc_easy", "boolq")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, stories_dir):
+    """results/metrics of real runs, laid out as the workflow writes them."""
+    root = tmp_path_factory.mktemp("tables")
+    metrics = root / "results" / "metrics" / MODEL
+    models = {("dense", "base"): stories_dir}
+    pruning.evaluate_perplexity(str(stories_dir), output=str(metrics / "dense/base/ppl.json"), **EVAL)
+    for entry, token, method, arguments in PRUNED:
+        out = root / "results" / "models" / MODEL / entry / token
+        pruning.prune(str(stories_dir), method, out, calib="c4", nsamples=4, seqlen=64, device="cpu",
+                      data_dir_path=str(DATA_DIR), progress=False, **arguments)
+        pruning.evaluate_perplexity(str(out), output=str(metrics / entry / token / "ppl.json"), **EVAL)
+        shutil.copy(out / "prune.json", metrics / entry / token / "prune.json")
+        models[(entry, token)] = out
+    from pruning.evaluation.zeroshot import zeroshot
+
+    for entry, token in ZEROSHOT_RUNS:
+        for task in TASKS:
+            zeroshot(str(models[(entry, token)]), task, limit=8, device="cpu", data_dir_path=str(DATA_DIR),
+                     output=str(metrics / entry / token / f"zeroshot-{task}.json"), quiet=True)
+    return root
+
+
+def read(path):
+    return json.loads(path.read_text())
+
+
+def cells(markdown: str) -> list[list[str]]:
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines[:1] + lines[2:]]
+
+
+def by_name(runs) -> dict:
+    return {table.name: table for table in build_tables(runs)}
+
+
+def test_ratio_tokens_read_back():
+    assert [parse_ratio(t).label for t in ("s0.50", "nm2-4", "nm4-8", "L4", "f0.25", "r0.30", "base", "custom")] == \
+        ["50%", "2:4", "4:8", "4", "25%", "30%", "dense", "custom"]
+    ordered = sorted(map(parse_ratio, ["nm2-4", "s0.70", "base", "nm4-8", "s0.50"]), key=lambda r: r.order)
+    assert [r.label for r in ordered] == ["dense", "50%", "70%", "4:8", "2:4"]  # Wanda paper column order
+    with pytest.raises(TableError, match="unknown ratio token 's50'"):
+        parse_ratio("s50")
+
+
+def test_depth_table_prunegpt_layout(results):
+    runs = collect(results / "results")
+    table = by_name(runs)[f"depth-{MODEL}"]
+    rows = cells(table.markdown())
+    assert rows[0] == ["#Blocks", "#Param", "Angular", "Cosine"]
+    metrics = results / "results" / "metrics" / MODEL
+    dense = read(metrics / "dense/base/ppl.json")
+    assert rows[1] == ["0", f"{dense['parameters']['total'] / 1e3:.1f}K", f"{dense['ppl']:.2f}", f"{dense['ppl']:.2f}"]
+    for row, blocks in zip(rows[2:], (1, 2)):
+        angular, cosine = (read(metrics / f"depth-{c}/L{blocks}/ppl.json") for c in ("angular", "cosine"))
+        # one decoder layer of stories260K holds 45,440 parameters
+        assert angular["parameters"]["total"] == dense["parameters"]["total"] - blocks * 45440
+        assert row == [str(blocks), f"{angular['parameters']['total'] / 1e3:.1f}K", f"{angular['ppl']:.2f}",
+                       f"{cosine['ppl']:.2f}"]
+    assert "Protocol: WikiText-2 test token-level perplexity, non-overlapping windows of 128 tokens" in table.caption
+    assert "Calibration: c4, 4 × 64 tokens, seed 0" in table.caption
+
+
+def test_layer_removal_table_quark_layout(results):
+    runs = collect(results / "results")
+    table = by_name(runs)["layer-removal"]
+    rows = cells(table.markdown())
+    assert rows[0] == ["model", "method", "ratio", "PPL original", "PPL after", "prune ratio", "deleted layers"]
+    metrics = results / "results" / "metrics" / MODEL
+    dense_ppl = read(metrics / "dense/base/ppl.json")["ppl"]
+    expected = [(e, t) for e, t, m, _ in PRUNED if m in ("depth", "layers", "two_stage")]
+    assert [(r[1], r[2]) for r in rows[1:]] == [(e, parse_ratio(t).label) for e, t in sorted(expected)]
+    for row in rows[1:]:
+        entry, token = row[1], next(t for e, t, _, _ in PRUNED if e == row[1] and parse_ratio(t).label == row[2])
+        report = read(metrics / entry / token / "prune.json")["result"]
+        assert row[3] == f"{dense_ppl:.2f}"
+        assert row[4] == f"{read(metrics / entry / token / 'ppl.json')['ppl']:.2f}"
+        assert row[5] == f"{report['prune_ratio_percent']:.2f}%"
+        if entry == "two_stage":
+            assert row[6] == f"attention {sorted(report['mha_removed_layers'])}; FFN {sorted(report['ffn_removed_layers'])}"
+        else:
+            assert row[6] == str(sorted(report["removed_layers"]))
+    data = table.data
+    assert set(data.prune_file) == {f"results/metrics/{MODEL}/{e}/{t}/prune.json" for e, t in expected}
+
+
+def test_zeroshot_table_with_average(results):
+    table = by_name(collect(results / "results"))["zeroshot"]
+    rows = cells(table.markdown())
+    assert rows[0] == ["model", "method", "ratio", *TASKS, "Average"]
+    metrics = results / "results" / "metrics" / MODEL
+    for row, (entry, token) in zip(rows[1:], ZEROSHOT_RUNS):
+        values = [read(metrics / entry / token / f"zeroshot-{task}.json")["metrics"]["acc"]["value"] for task in TASKS]
+        assert row[3:] == [f"{100 * v:.2f}" for v in values] + [f"{100 * sum(values) / len(values):.2f}"]
+    assert len(rows) == 1 + len(ZEROSHOT_RUNS)
+    assert table.caption.startswith("Protocol: lm-evaluation-harness, metric acc × 100, 0-shot, first 8 documents")
+
+
+def test_summary_sizes_and_quality(results):
+    runs = collect(results / "results")
+    table = by_name(runs)["summary"]
+    data = table.data.set_index(["method", "ratio"])
+    dense = data.loc[("dense", "base")]
+    rows = {(r[1], r[2]): r for r in cells(table.markdown())[1:]}
+    header = cells(table.markdown())[0]
+    bytes_column = header.index("size reduction (bytes)")
+    nonzero_column = header.index("size reduction (non-zero params)")
+    # unstructured zeros shrink the non-zero count, not the dense bytes; removed layers shrink both
+    wanda = data.loc[("wanda", "s0.50")]
+    assert rows[("wanda", "50%")][bytes_column] == "0.0%"
+    assert rows[("wanda", "50%")][nonzero_column] == f"{1 - wanda.nonzero_parameters / dense.nonzero_parameters:.1%}"
+    layers = data.loc[("layers", "f0.40")]
+    assert layers.weight_bytes_dense_storage == layers.parameters * 4
+    assert rows[("layers", "40%")][bytes_column] == f"{1 - layers.parameters / dense.parameters:.1%}"
+    change = layers.ppl - dense.ppl
+    assert rows[("layers", "40%")][header.index("quality change (PPL)")] == f"{change:+.2f} ({change / dense.ppl:+.1%})"
+    assert "speed change (prefill / decode)" not in header  # no speed.json yet
+
+
+def test_speed_column_from_speed_files(results, tmp_path):
+    """Measured speed.json (HF) for the dense and the layer-pruned model: the change column reads them."""
+    copy = tmp_path / "results"
+    shutil.copytree(results / "results" / "metrics", copy / "metrics")
+    from pruning.evaluation.speed import speed
+
+    for entry, token, model in (("dense", "base", str(REPO.parent / "shared/models/stories260K")),
+                                ("layers", "f0.40", str(results / "results/models" / MODEL / "layers/f0.40"))):
+        speed(model, prompt_tokens=8, new_tokens=2, repeats=1, warmup=0, device="cpu", threads=1,
+              output=str(copy / "metrics" / MODEL / entry / token / "speed.json"))
+    table = by_name(collect(copy))["summary"]
+    header, *rows = cells(table.markdown())
+    column = header.index("speed change (prefill / decode)")
+    metrics = copy / "metrics" / MODEL
+    dense, layers = (read(metrics / f"{e}/{t}/speed.json")["hf"] for e, t in (("dense", "base"), ("layers", "f0.40")))
+    row = next(r for r in rows if r[1] == "layers")
+    assert row[column] == (f"{layers['prefill_tokens_per_s'] / dense['prefill_tokens_per_s'] - 1:+.1%} / "
+                           f"{layers['decode_tokens_per_s'] / dense['decode_tokens_per_s'] - 1:+.1%}")
+    assert next(r for r in rows if r[1] == "wanda")[column] == "—"  # not measured
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                    reason="llama-cpp-python not installed (bash scripts/setup.sh --with-llamacpp)")
+def test_gguf_table(results, tmp_path):
+    copy = tmp_path / "results"
+    shutil.copytree(results / "results" / "metrics", copy / "metrics")
+    from pruning.export import evaluate_gguf
+    from pruning.export.gguf import export_gguf
+
+    model = results / "results/models" / MODEL / "wanda/s0.50"
+    export_gguf(model, tmp_path / "model-f16.gguf", "f16")
+    record = evaluate_gguf(tmp_path / "model-f16.gguf", model, seqlen=128, max_windows=2, data_dir=str(DATA_DIR),
+                           generate_tokens=0, output=copy / "metrics" / MODEL / "wanda/s0.50/gguf-f16.json")
+    table = by_name(collect(copy))["gguf"]
+    header, row = cells(table.markdown())
+    assert header == ["model", "method", "ratio", "type", "GGUF size", "PPL (llama.cpp)", "PPL (transformers)",
+                      "difference"]
+    assert row == [MODEL, "wanda", "50%", "f16", f"{record['gguf']['bytes'] / 1e3:.1f} kB", f"{record['ppl']:.2f}",
+                   f"{record['reference']['ppl']:.2f}", f"{record['relative_difference']:+.2%}"]
+
+
+def test_written_tables_are_deterministic_and_traceable(results, tmp_path):
+    runs = collect(results / "results")
+    first = write_tables(runs, tmp_path / "a")
+    second = write_tables(collect(results / "results"), tmp_path / "b")
+    assert [p.name for p in first] == [p.name for p in second]
+    names = sorted(p.name for p in first)
+    assert names == sorted(f"{n}.{ext}" for n in ("summary", f"sparsity-{MODEL}", f"depth-{MODEL}", "layer-removal",
+                                                  "zeroshot") for ext in ("md", "csv"))
+    for a, b in zip(first, second):
+        assert a.read_bytes() == b.read_bytes(), a.name
+    for csv in (p for p in first if p.suffix == ".csv"):
+        frame = pd.read_csv(csv)
+        sources = [c for c in frame.columns if c.endswith("_file")]
+        assert sources, csv.name
+        for column in sources:
+            for path in frame[column].dropna():
+                assert (results / path).is_file(), f"{csv.name}: {path}"
+    plots = write_plots(runs, tmp_path / "plots")
+    assert [p.name for p in plots] == [f"sparsity-{MODEL}.png"]
+
+
+def test_unknown_metric_file_and_empty_results_are_errors(results, tmp_path):
+    stray = tmp_path / "metrics" / MODEL / "dense" / "base" / "ppl-old.json"
+    stray.parent.mkdir(parents=True)
+    stray.write_text("{}")
+    with pytest.raises(TableError, match="not a metric file name"):
+        load_runs([stray])
+    result = subprocess.run([sys.executable, "-m", "pruning", "tables", "--results", str(tmp_path / "nothing")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "nothing/metrics does not exist: no runs to tabulate" in result.stderr
+    assert not (tmp_path / "nothing").exists()
