@@ -77,7 +77,8 @@ def parse_ratio(token: str) -> Ratio:
         n, m = int(match["n"]), int(match["m"])
         return Ratio(token, "nm", (n, m), f"{n}:{m}")
     if match["blocks"]:
-        return Ratio(token, "num_blocks", int(match["blocks"]), match["blocks"])
+        blocks = int(match["blocks"])
+        return Ratio(token, "num_blocks", blocks, f"{blocks} block{'s' if blocks != 1 else ''}")
     if match["fv"]:
         value = float(match["fv"])
         return Ratio(token, "fraction", value, f"{value:.0%}")

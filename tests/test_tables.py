@@ -69,7 +69,7 @@ def by_name(runs) -> dict:
 
 def test_ratio_tokens_read_back():
     assert [parse_ratio(t).label for t in ("s0.50", "nm2-4", "nm4-8", "L4", "f0.25", "r0.30", "base", "custom")] == \
-        ["50%", "2:4", "4:8", "4", "25%", "30%", "dense", "custom"]
+        ["50%", "2:4", "4:8", "4 blocks", "25%", "30%", "dense", "custom"]
     ordered = sorted(map(parse_ratio, ["nm2-4", "s0.70", "base", "nm4-8", "s0.50"]), key=lambda r: r.order)
     assert [r.label for r in ordered] == ["dense", "50%", "70%", "4:8", "2:4"]  # Wanda paper column order
     with pytest.raises(TableError, match="unknown ratio token 's50'"):
