@@ -8,6 +8,7 @@ import copy
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -69,6 +70,16 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
+def pruning_commands(output: str) -> list[list[str]]:
+    """Arguments of every `python -m pruning ...` in the shell commands printed by a dry run with -p."""
+    commands = []
+    for line in output.splitlines():
+        if "python -m pruning " in line:
+            text = line.split("python -m pruning ", 1)[1].split(" > ", 1)[0]
+            commands.append(shlex.split(text))
+    return commands
+
+
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
@@ -116,6 +127,14 @@ def test_optional_evaluations_join_the_grid(tmp_path):
     assert "--option num_blocks=2 --option 'criterion=\"angular\"'" in result.stdout
     assert "--task boolq --num-fewshot 0 --batch-size 8 --limit 20" in result.stdout
     assert "--gguf results/gguf/smollm2-135m/depth-angular/L4/model-q8_0.gguf" in result.stdout
+    # every command line a job would run is accepted by the CLI it calls
+    from pruning.cli import build_parser
+
+    commands = pruning_commands(result.stdout)
+    assert {c[0] for c in commands} == {"fetch-model", "prune", "eval", "zeroshot", "convert", "gguf-eval", "speed"}
+    parser = build_parser()
+    for command in commands:
+        parser.parse_args(command)
 
 
 def test_lint_passes():

@@ -5,7 +5,8 @@
 #
 #   tests/slurm/cluster.sh start    install if missing, write /etc/slurm/{slurm,gres}.conf, start
 #                                   munged, slurmctld and slurmd, wait until the node is idle
-#   tests/slurm/cluster.sh stop     stop the three daemons by their pid files
+#   tests/slurm/cluster.sh stop     stop the three daemons by their pid files; slurm.conf is left
+#                                   without a cluster, so Slurm clients fail fast
 #   tests/slurm/cluster.sh status   sinfo
 #
 # Needs root and, the first time, apt access to Debian. Refuses to touch an /etc/slurm/slurm.conf it did
@@ -120,6 +121,13 @@ stop() {
   stop_pid slurmd "$SLURMD_PID"
   stop_pid slurmctld "$CTLD_PID"
   stop_pid munged "$MUNGE_PID"
+  # Leave a config without a cluster so that Slurm clients fail at once instead of waiting ~10 s for a
+  # controller that is gone (the Snakemake Slurm plugin runs `scontrol show config` whenever it loads).
+  if [ -f "$CONF_DIR/slurm.conf" ] && grep -qF "$MARKER" "$CONF_DIR/slurm.conf"; then
+    printf '%s\n# stopped: no cluster configured (tests/slurm/cluster.sh start writes it again)\n' "$MARKER" \
+      > "$CONF_DIR/slurm.conf"
+    rm -f "$CONF_DIR/gres.conf"
+  fi
 }
 
 case "${1:-}" in
