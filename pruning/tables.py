@@ -105,10 +105,6 @@ class Run:
     gguf: dict = field(default_factory=dict)
 
     @property
-    def label(self) -> str:
-        return f"{self.model} / {self.method} / {self.ratio.label}"
-
-    @property
     def library_method(self) -> str | None:
         return self.prune.get("method") if self.prune else None
 

@@ -321,7 +321,7 @@ def test_report_builds(tiny_run):
 CLUSTER_SCRIPT = REPO / "tests" / "slurm" / "cluster.sh"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def slurm_cluster():
     if os.geteuid() != 0:
         pytest.fail("the Slurm test needs root: tests/slurm/cluster.sh installs slurm-wlm and starts slurmctld/slurmd")

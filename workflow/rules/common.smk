@@ -34,7 +34,6 @@ RATIO_TOKENS = {
 }
 DENSE_METHOD, DENSE_TOKEN = "dense", "base"
 OPTIONS_ONLY_TOKEN = "custom"  # `all`/`distill` entries whose ratios live in `options`
-MASK_METHODS = ("magnitude", "wanda", "sparsegpt")
 LAYER_REMOVAL_METHODS = ("depth", "layers", "two_stage")
 DATA_FILE_SUFFIXES = (".txt", ".jsonl", ".gz")  # calibration/evaluation text given as a file (path from the repo)
 
