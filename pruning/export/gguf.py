@@ -11,6 +11,8 @@ sources, reimplemented here):
 - the `llama` and `deci` graphs rotate adjacent pairs (rope "NORM") while Hugging Face rotates the two
   halves of each head, so Q and K rows are interleaved per head (`rotary_interleave_order`);
 - Gemma's RMSNorm multiplies by (1 + w): the file stores w + 1;
+- GPT-2's Conv1D weights are stored [in, out] and are transposed; GPT-NeoX fuses q, k, v head by head
+  and llama.cpp splits [all q, all k, all v], so those rows are regrouped (`qkv_grouping_order`);
 - 1-D tensors (norms, biases) stay float32; a matrix whose rows do not split into q8_0 blocks of 32 is
   written as f16 instead (counted in the report).
 
@@ -777,12 +779,12 @@ def export_gguf(model_dir: str | os.PathLike, output: str | os.PathLike, outtype
         "tensors": len(plan.tensors) if outtype not in LLAMACPP_OUTTYPES else None,
         "bytes": output.stat().st_size,
         "seconds": round(time.perf_counter() - started, 3),
-        "gguf_version": _package_version("gguf"),
-        "llama_cpp_python": _package_version("llama_cpp_python") if outtype in LLAMACPP_OUTTYPES else None,
+        "gguf_version": package_version("gguf"),
+        "llama_cpp_python": package_version("llama_cpp_python") if outtype in LLAMACPP_OUTTYPES else None,
     }
 
 
-def _package_version(name: str) -> str | None:
+def package_version(name: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
