@@ -4,7 +4,8 @@ For smollm2-135m (30 layers): dense, depth-pruned 25 % of the layers (angular di
 two-stage at prune rate 0.25, and heads at 25 %, all calibrated on C4 (never the test split). Each
 model is saved and reloaded the way users load it (`pruning.load_model`), then measured:
 WikiText-2 test perplexity (512-token windows, capped at --max-windows) and CPU tokens/s for prefill and
-decode (batch 1, medians of --repeats runs after warm-up; `pruning.evaluation.speed.measure_hf`).
+decode (batch 1, `pruning.evaluation.speed.measure_hf`; one run of every model per round, --repeats rounds
+after a warm-up round, medians).
 Ratios are against the dense model measured in the same process. Prints a Markdown table.
 
     PRUNING_DATA_DIR=../shared/data .venv/bin/python benchmarks/structured_speed.py --out results/tables/structured_speed.md
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -46,7 +48,7 @@ def main() -> int:
     parser.add_argument("--max-windows", type=int, default=32, help="WikiText-2 test windows of 512 tokens scored")
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7, help="timing rounds after the warm-up round (default: 7)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: on a shared machine 2+ OpenMP threads spin-wait on each other "
                              "and decode timings become meaningless)")
@@ -56,42 +58,56 @@ def main() -> int:
 
     model_dir = pruning.fetch_model(args.model)
     layers = json.loads((Path(model_dir) / "config.json").read_text())["num_hidden_layers"]
-    rows, records = [], []
+    records = []
     with tempfile.TemporaryDirectory() as scratch:
-        dense_speed = None
         for label, method, arguments in variants(layers):
-            path, prune_seconds, result = model_dir, None, {}
+            record = {"variant": label, "method": method, "arguments": arguments, "path": model_dir,
+                      "prune_seconds": None, "result": {}}
             if method:
-                path = Path(scratch) / f"{method}-{len(records)}"
+                record["path"] = Path(scratch) / f"{method}-{len(records)}"
                 started = time.perf_counter()
-                report = pruning.prune(args.model, method, path, calib="c4", nsamples=args.nsamples,
+                report = pruning.prune(args.model, method, record["path"], calib="c4", nsamples=args.nsamples,
                                        seqlen=args.seqlen, device="cpu", progress=False, **arguments)
-                prune_seconds, result = time.perf_counter() - started, report["result"]
-            model, tokenizer = pruning.load_model(path)
-            ppl = perplexity(model, tokenizer, "wikitext2", "test", 512, args.max_windows)
-            speed = measure_hf(model, model.config.vocab_size, args.prompt_tokens, args.new_tokens, args.repeats)
-            dense_speed = dense_speed or speed
-            params = parameter_counts(model)["total"]
-            rows.append([label, str(len(pruning.get_adapter(model).decoder_layers(model))), f"{params / 1e6:.2f} M",
-                         f"{result.get('prune_ratio_percent', 0.0):.1f} %", f"{ppl['ppl']:.2f}",
-                         f"{speed['prefill_tokens_per_s']:.0f}", f"{speed['decode_tokens_per_s']:.1f}",
-                         f"{speed['prefill_tokens_per_s'] / dense_speed['prefill_tokens_per_s']:.2f}×",
-                         f"{speed['decode_tokens_per_s'] / dense_speed['decode_tokens_per_s']:.2f}×",
-                         "" if prune_seconds is None else f"{prune_seconds:.0f}"])
-            records.append({"variant": label, "method": method, "arguments": arguments, "parameters": params,
-                            "result": {k: result.get(k) for k in ("removed_layers", "ffn_removed_layers",
-                                                                  "mha_removed_layers", "removed_heads",
-                                                                  "parameters_removed", "prune_ratio_percent")},
-                            "perplexity": ppl, "speed": speed, "prune_seconds": prune_seconds})
-            print(f"done: {label}", flush=True)
+                record["prune_seconds"] = time.perf_counter() - started
+                record["result"] = {k: report["result"].get(k) for k in (
+                    "removed_layers", "ffn_removed_layers", "mha_removed_layers", "removed_heads",
+                    "parameters_removed", "prune_ratio_percent")}
+            model, tokenizer = pruning.load_model(record["path"])  # reloaded as users load it
+            record["perplexity"] = perplexity(model, tokenizer, "wikitext2", "test", 512, args.max_windows)
+            record["parameters"] = parameter_counts(model)["total"]
+            record["layers"] = len(pruning.get_adapter(model).decoder_layers(model))
+            records.append(record)
+            print(f"pruned and evaluated: {label}", flush=True)
+        # Timing rounds interleave the models (one run of each per round, the first round a warm-up), so a
+        # change in background load on the machine hits every model alike.
+        models = [pruning.load_model(r["path"])[0] for r in records]
+        runs = [{"prefill": [], "decode": []} for _ in records]
+        for round_index in range(args.repeats + 1):
+            for model, timing in zip(models, runs):
+                measured = measure_hf(model, model.config.vocab_size, args.prompt_tokens, args.new_tokens,
+                                      repeats=1, warmup=0)
+                if round_index:
+                    timing["prefill"].append(measured["prefill_seconds"]["median"])
+                    timing["decode"].append(measured["decode_seconds"]["median"])
+        for record, timing in zip(records, runs):
+            record["speed"] = {"prefill_tokens_per_s": args.prompt_tokens / statistics.median(timing["prefill"]),
+                               "decode_tokens_per_s": args.new_tokens / statistics.median(timing["decode"]),
+                               "prefill_seconds": timing["prefill"], "decode_seconds": timing["decode"]}
 
+    dense = records[0]["speed"]
+    rows = [[r["variant"], str(r["layers"]), f"{r['parameters'] / 1e6:.2f} M",
+             f"{(r['result'].get('prune_ratio_percent') or 0.0):.1f} %", f"{r['perplexity']['ppl']:.2f}",
+             f"{r['speed']['prefill_tokens_per_s']:.0f}", f"{r['speed']['decode_tokens_per_s']:.1f}",
+             f"{r['speed']['prefill_tokens_per_s'] / dense['prefill_tokens_per_s']:.2f}×",
+             f"{r['speed']['decode_tokens_per_s'] / dense['decode_tokens_per_s']:.2f}×",
+             "" if r["prune_seconds"] is None else f"{r['prune_seconds']:.0f}"] for r in records]
     header = ["model", "layers", "params", "removed", f"PPL (WikiText-2 test, 512 × {args.max_windows})",
               "prefill tok/s", "decode tok/s", "prefill ×", "decode ×", "prune s"]
     table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                       + ["| " + " | ".join(row) + " |" for row in rows])
     notes = (f"\n\n{args.model}; calibration C4 {args.nsamples}×{args.seqlen} (seed 0); CPU, {args.threads} threads, "
              f"float32, batch 1, prompt {args.prompt_tokens} tokens, {args.new_tokens} decode steps, median of "
-             f"{args.repeats} runs after 1 warm-up; torch {versions()['torch']}, transformers {versions()['transformers']}.")
+             f"{args.repeats} rounds after 1 warm-up round, models interleaved in every round; torch {versions()['torch']}, transformers {versions()['transformers']}.")
     print(table + notes)
     if args.out:
         atomic_write_text(args.out, table + notes + "\n")

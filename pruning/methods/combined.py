@@ -7,6 +7,7 @@ result is distilled from the model as it was before the first stage. Every stage
 from __future__ import annotations
 
 import copy
+from dataclasses import asdict
 
 from ..structure import numel, removal_report
 from .base import MethodError, PruneContext, PruningMethod, method_class, register
@@ -47,7 +48,7 @@ class Combined(PruningMethod):
     def options(self) -> dict:
         options = {"stages": [{"method": stage.name, **stage.options()} for stage in self.stages]}
         if self.settings:
-            options["distill"] = self.settings.__dict__.copy()
+            options["distill"] = asdict(self.settings)
         return options
 
     def prune(self, ctx: PruneContext) -> dict:
