@@ -20,6 +20,7 @@ rebuilds such a model exactly.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -252,31 +253,19 @@ def remove_feed_forward(model: nn.Module, adapter: ArchitectureAdapter, layer_in
     return before - numel(layer)
 
 
-class swapped_sub_block:
-    """Context manager: the layer's attention (or FFN) is removed inside, restored on exit. Used to
-    measure what removing a sub-block would cost without copying the model."""
-
-    def __init__(self, layer: nn.Module, adapter: ArchitectureAdapter, part: str, layer_index: int):
-        if part not in ("attention", "feed_forward"):
-            raise ValueError(f"part must be attention or feed_forward, got {part!r}")
-        self.layer, self.adapter = layer, adapter
-        if part == "attention":
-            self.paths = (adapter.attention, adapter.attention_norm)
-            self.stand_ins = (RemovedAttention(layer_index), nn.Identity())
-        else:
-            self.paths = (adapter.mlp, adapter.mlp_norm)
-            self.stand_ins = (RemovedFeedForward(), nn.Identity())
-
-    def __enter__(self):
-        self.saved = [self.layer.get_submodule(path) for path in self.paths]
-        for path, module in zip(self.paths, self.stand_ins):
-            _set(self.layer, path, module)
-        return self.layer
-
-    def __exit__(self, *exc):
-        for path, module in zip(self.paths, self.saved):
-            _set(self.layer, path, module)
-        return False
+@contextmanager
+def attention_swapped_out(layer: nn.Module, adapter: ArchitectureAdapter, layer_index: int):
+    """Inside the context the layer's attention (and its input norm) is removed; restored on exit. Measures
+    what removing it would cost without copying the model."""
+    paths = (adapter.attention, adapter.attention_norm)
+    saved = [layer.get_submodule(path) for path in paths]
+    _set(layer, adapter.attention, RemovedAttention(layer_index))
+    _set(layer, adapter.attention_norm, nn.Identity())
+    try:
+        yield layer
+    finally:
+        for path, module in zip(paths, saved):
+            _set(layer, path, module)
 
 
 def slice_feed_forward(model: nn.Module, adapter: ArchitectureAdapter, layer_index: int, keep_channels) -> int:
@@ -321,10 +310,6 @@ def _heterogeneous_class(base: type) -> type:
         _HETEROGENEOUS_CLASSES[base] = type(f"Heterogeneous{base.__name__}", (base,),
                                             {"model_type": HETEROGENEOUS_MODEL_TYPE, "pruning_base_class": base})
     return _HETEROGENEOUS_CLASSES[base]
-
-
-def is_heterogeneous(model: nn.Module) -> bool:
-    return getattr(model.config, STRUCTURE_KEY, None) is not None
 
 
 def record_structure(model: nn.Module, adapter: ArchitectureAdapter) -> bool:

@@ -429,7 +429,8 @@ def test_cli_structured_run_writes_a_reloadable_model(stories_dir, tmp_path, cap
     assert code == 0
     report = json.loads((out / "prune.json").read_text())
     assert [s["stage"] for s in report["result"]["stages"]] == ["heads", "layers"]
-    assert report["parameters"]["after"]["total"] == report["parameters"]["before"]["total"] - report["result"]["parameters_removed"]
+    parameters = report["parameters"]
+    assert parameters["after"]["total"] == parameters["before"]["total"] - report["result"]["parameters_removed"]
     model, _ = load_model(out)
     assert structure.numel(model) == report["parameters"]["after"]["total"]
     assert json.loads(capsys.readouterr().out)["prune_ratio_percent"] == report["result"]["prune_ratio_percent"]

@@ -43,7 +43,8 @@ def _window_name(start: int, size: int) -> str:
 class Depth(PruningMethod):
     name = "depth"
     needs_calibration = True
-    description = "remove the decoder layers (or blocks) that change hidden states least (angular/cosine), or the window whose removal costs the least calibration perplexity"
+    description = ("remove the layers (or blocks) that change hidden states least (angular/cosine), or the window "
+                   "of layers whose removal costs the least calibration perplexity")
 
     def __init__(self, num_blocks, criterion: str = "angular", tokens: str = "last", block_size: int = 1,
                  skip_blocks=()):

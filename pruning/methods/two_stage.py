@@ -18,8 +18,8 @@ import torch
 from ..engine import LayerStep, LayerwiseEngine
 from ..influence import SuffixLoss, SuffixLossError
 from ..similarity import MeanDistance
-from ..structure import (StructureError, attention_removed, feed_forward_removed, numel, removal_report, remove_attention,
-                         remove_feed_forward, require_sliceable, swapped_sub_block)
+from ..structure import (StructureError, attention_removed, attention_swapped_out, feed_forward_removed, numel,
+                         removal_report, remove_attention, remove_feed_forward, require_sliceable)
 from .base import MethodError, PruneContext, PruningMethod, register
 
 
@@ -145,7 +145,7 @@ class TwoStage(PruningMethod):
 
             def probe(step: LayerStep):
                 if step.index in candidates and step.index not in mha_removed:
-                    with swapped_sub_block(step.layer, adapter, "attention", step.index):
+                    with attention_swapped_out(step.layer, adapter, step.index):
                         losses[step.index] = suffix.mean_nll(step.inputs, list(layers[step.index:]))
                 return None
 
