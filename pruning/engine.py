@@ -164,6 +164,45 @@ class LayerwiseEngine:
         self.hidden = []
 
 
+class _SharedInputStatistics:
+    """One accumulator per distinct input tensor: modules that read the very same activation (q/k/v
+    after the attention norm, gate/up after the MLP norm) share the accumulator of the first of them,
+    so the statistics (for SparseGPT a d×d Hessian) are computed once instead of two or three times."""
+
+    def __init__(self, make: Callable[[str], object]):
+        self.make = make
+        self.stats: dict[str, object] = {}
+        self.source: dict[str, str] = {}  # module -> module whose accumulator it shares
+        self.previous: tuple[str, torch.Tensor] | None = None  # held, so its memory cannot be reused
+
+    def add(self, name: str, x: torch.Tensor) -> None:
+        previous = self.previous
+        same = previous is not None and x.data_ptr() == previous[1].data_ptr() and x.shape == previous[1].shape \
+            and x.stride() == previous[1].stride()
+        if name not in self.stats:
+            if same:
+                self.source[name] = self.source.get(previous[0], previous[0])
+                self.stats[name] = self.stats[previous[0]]
+            else:
+                self.stats[name] = self.make(name)
+        if name in self.source:
+            if not same:
+                raise RuntimeError(f"{name} no longer reads the same input as {self.source[name]}")
+            return
+        self.stats[name].add(x)
+        self.previous = (name, x)
+
+
+@contextmanager
+def input_statistics(modules: dict[str, nn.Module], make: Callable[[str], object]):
+    """Feed every module's input activations to an accumulator `make(name)` (with an `add(x)` method)
+    while the context is open; yields the dict name -> accumulator, shared where inputs are identical."""
+    shared = _SharedInputStatistics(make)
+    with input_hooks(modules, shared.add):
+        yield shared.stats
+    shared.previous = None
+
+
 @contextmanager
 def input_hooks(modules: dict[str, nn.Module], on_input: Callable[[str, torch.Tensor], None]):
     """Call `on_input(name, x)` with the input activations of each module while the context is open."""

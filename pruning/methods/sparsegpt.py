@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..adapters import weight_matrix
-from ..engine import LayerStep, LayerwiseEngine, input_hooks
+from ..engine import LayerStep, LayerwiseEngine, input_statistics
 from ..masks import sparsegpt_prune
 from ..ratios import MaskTarget
 from .base import MethodError, PruneContext, register
@@ -54,8 +54,11 @@ class SparseGPT(MaskingMethod):
 
         def visit(step: LayerStep):
             targets = ctx.adapter.linear_targets(ctx.model, step.index, ctx.ignore)
-            hessians = {name: HessianAccumulator(weight_matrix(m).shape[1], ctx.device) for name, m in targets.items()}
-            with input_hooks(targets, lambda name, x: hessians[name].add(x)):
+
+            def make(name):
+                return HessianAccumulator(weight_matrix(targets[name]).shape[1], ctx.device)
+
+            with input_statistics(targets, make) as hessians:
                 step.forward()
             for name, module in targets.items():
                 weight = weight_matrix(module)
@@ -63,7 +66,6 @@ class SparseGPT(MaskingMethod):
                                                       self.block_size, self.damp_fraction)
                 weight.copy_(new_weight)
                 solver[name] = info
-                del hessians[name]
             per_layer[step.index] = self.layer_report(targets)
 
         try:

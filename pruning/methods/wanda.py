@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..adapters import weight_matrix
-from ..engine import LayerStep, LayerwiseEngine, input_hooks
+from ..engine import LayerStep, LayerwiseEngine, input_statistics
 from ..masks import select_mask, wanda_scores
 from .base import PruneContext, register
 from .masking import MaskingMethod
@@ -42,8 +42,11 @@ class Wanda(MaskingMethod):
 
         def visit(step: LayerStep):
             targets = ctx.adapter.linear_targets(ctx.model, step.index, ctx.ignore)
-            stats = {name: InputSquareMean(weight_matrix(m).shape[1], ctx.device) for name, m in targets.items()}
-            with input_hooks(targets, lambda name, x: stats[name].add(x)):
+
+            def make(name):
+                return InputSquareMean(weight_matrix(targets[name]).shape[1], ctx.device)
+
+            with input_statistics(targets, make) as stats:
                 step.forward()
             for name, module in targets.items():
                 scores = wanda_scores(weight_matrix(module), stats[name].mean)
