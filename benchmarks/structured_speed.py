@@ -107,7 +107,8 @@ def main() -> int:
                       + ["| " + " | ".join(row) + " |" for row in rows])
     notes = (f"\n\n{args.model}; calibration C4 {args.nsamples}×{args.seqlen} (seed 0); CPU, {args.threads} threads, "
              f"float32, batch 1, prompt {args.prompt_tokens} tokens, {args.new_tokens} decode steps, median of "
-             f"{args.repeats} rounds after 1 warm-up round, models interleaved in every round; torch {versions()['torch']}, transformers {versions()['transformers']}.")
+             f"{args.repeats} rounds after 1 warm-up round, models interleaved in every round; "
+             f"torch {versions()['torch']}, transformers {versions()['transformers']}.")
     print(table + notes)
     if args.out:
         atomic_write_text(args.out, table + notes + "\n")
