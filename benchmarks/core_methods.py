@@ -2,9 +2,13 @@
 
 Prints (and writes with --out) a Markdown table of WikiText-2 test perplexity, prune wall time, peak RSS,
 and the ratio of prune time to the floor: one plain forward pass of the model over the same calibration
-tokens, measured in this script. Each prune runs in its own process so peak RSS is its own.
+tokens, measured by this script. Each prune runs in its own process so peak RSS is its own.
 
-    PRUNING_DATA_DIR=../shared/data .venv/bin/python benchmarks/core_methods.py --out results/tables/core_benchmark.md
+    PRUNING_DATA_DIR=../shared/data .venv/bin/python benchmarks/core_methods.py --out core_benchmark.md
+
+With --results DIR the prunes are not repeated: the table is built from the workflow's measured runs
+(DIR/metrics/{model}/{method}/{ratio}/prune.json and ppl.json, which record their own protocol) and only
+the floor is measured here; pass --threads to match the threads those jobs used.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import pruning
 from pruning.data import calibration_windows
 from pruning.io import atomic_write_text, peak_rss_mb
 
-PATTERNS = (("50%", ["--sparsity", "0.5"]), ("4:8", ["--nm", "4:8"]), ("2:4", ["--nm", "2:4"]))
+PATTERNS = (("50%", ["--sparsity", "0.5"], "s0.50"), ("4:8", ["--nm", "4:8"], "nm4-8"), ("2:4", ["--nm", "2:4"], "nm2-4"))
 METHODS = ("magnitude", "wanda", "sparsegpt")
 
 
@@ -38,6 +42,45 @@ def forward_floor(model_dir: Path, nsamples: int, seqlen: int, batch_size: int, 
     return time.perf_counter() - started
 
 
+def measured_rows(args, model_dir: Path, floor_seconds: float):
+    """Prune every method × pattern here, each in its own process."""
+    dense = pruning.evaluate_perplexity(str(model_dir), seqlen=512, max_windows=args.max_windows, device="cpu")
+    rows = [("dense", "-", dense["ppl"], None, None, None)]
+    with tempfile.TemporaryDirectory() as scratch:
+        for method in METHODS:
+            for label, ratio, token in PATTERNS:
+                out = Path(scratch) / f"{method}-{token}"
+                subprocess.run([sys.executable, "-m", "pruning", "prune", "--model", str(model_dir), "--method", method,
+                                *ratio, "--output-dir", str(out), "--calib", "c4", "--nsamples", str(args.nsamples),
+                                "--seqlen", str(args.seqlen), "--batch-size", str(args.batch_size), "--seed",
+                                str(args.seed), "--device", "cpu", "--quiet"], check=True, capture_output=True)
+                report = json.loads((out / "prune.json").read_text())
+                ppl = pruning.evaluate_perplexity(str(out), seqlen=512, max_windows=args.max_windows, device="cpu")
+                rows.append((method, label, ppl["ppl"], report["prune_seconds"], report["peak_rss_mb"],
+                             report["prune_seconds"] / floor_seconds))
+                print(f"{method} {label}: ppl {ppl['ppl']:.2f}, {report['prune_seconds']:.1f} s", file=sys.stderr)
+    protocol = f"calibration C4 {args.nsamples} x {args.seqlen} (seed {args.seed}, batch {args.batch_size})"
+    return rows, dense, protocol
+
+
+def result_rows(results: Path, model: str, floor_seconds: float):
+    """The same table from a workflow run's metric files."""
+    metrics = results / "metrics" / model
+    dense = json.loads((metrics / "dense" / "base" / "ppl.json").read_text())
+    rows = [("dense", "-", dense["ppl"], None, None, None)]
+    calibration = None
+    for method in METHODS:
+        for label, _, token in PATTERNS:
+            report = json.loads((metrics / method / token / "prune.json").read_text())
+            ppl = json.loads((metrics / method / token / "ppl.json").read_text())
+            calibration = report["calibration"] or calibration
+            rows.append((method, label, ppl["ppl"], report["prune_seconds"], report["peak_rss_mb"],
+                         report["prune_seconds"] / floor_seconds))
+    protocol = (f"runs from {results} (calibration {calibration['source']} {calibration['nsamples']} x "
+                f"{calibration['seqlen']}, seed {calibration['seed']})")
+    return rows, dense, protocol
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -46,9 +89,13 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-windows", type=int, default=64, help="WikiText-2 test windows scored (512 tokens each)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results", default=None, help="build the table from a workflow results directory")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--floor-only", action="store_true", help="measure the forward floor and exit (internal)")
     parser.add_argument("--out", default=None, help="also write the Markdown table here")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model_dir = pruning.fetch_model(args.model)
     if args.floor_only:
@@ -56,30 +103,20 @@ def main() -> int:
         print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_rss_mb()}))
         return 0
 
-    floor = json.loads(subprocess.run([sys.executable, __file__, "--floor-only", "--model", args.model,
-                                       "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen),
-                                       "--batch-size", str(args.batch_size), "--seed", str(args.seed)],
-                                      check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-    dense = pruning.evaluate_perplexity(str(model_dir), seqlen=512, max_windows=args.max_windows, device="cpu")
-    rows = [("dense", "-", dense["ppl"], None, None, None)]
-    with tempfile.TemporaryDirectory() as scratch:
-        for method in METHODS:
-            for label, ratio in PATTERNS:
-                out = Path(scratch) / f"{method}-{label.replace(':', '-').replace('%', '')}"
-                subprocess.run([sys.executable, "-m", "pruning", "prune", "--model", str(model_dir), "--method", method,
-                                *ratio, "--output-dir", str(out), "--calib", "c4", "--nsamples", str(args.nsamples),
-                                "--seqlen", str(args.seqlen), "--batch-size", str(args.batch_size), "--seed",
-                                str(args.seed), "--device", "cpu", "--quiet"], check=True, capture_output=True)
-                report = json.loads((out / "prune.json").read_text())
-                ppl = pruning.evaluate_perplexity(str(out), seqlen=512, max_windows=args.max_windows, device="cpu")
-                rows.append((method, label, ppl["ppl"], report["prune_seconds"], report["peak_rss_mb"],
-                             report["prune_seconds"] / floor["seconds"]))
-                print(f"{method} {label}: ppl {ppl['ppl']:.2f}, {report['prune_seconds']:.1f} s", file=sys.stderr)
+    command = [sys.executable, __file__, "--floor-only", "--model", args.model, "--nsamples", str(args.nsamples),
+               "--seqlen", str(args.seqlen), "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    floor = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    if args.results:
+        rows, dense, protocol = result_rows(Path(args.results), args.model, floor["seconds"])
+    else:
+        rows, dense, protocol = measured_rows(args, model_dir, floor["seconds"])
 
     lines = [
-        f"Model {args.model}; calibration C4 {args.nsamples} x {args.seqlen} (seed {args.seed}, batch {args.batch_size}); "
-        f"WikiText-2 test PPL, {dense['windows']} windows x 512 tokens; CPU, {torch.get_num_threads()} threads, float32. "
-        f"Floor: one plain forward pass over the calibration tokens = {floor['seconds']:.1f} s "
+        f"Model {args.model}; {protocol}; WikiText-2 test PPL, {dense['windows']} windows x {dense['seqlen']} tokens; "
+        f"CPU, float32. Floor: one plain forward pass over the calibration tokens ({args.nsamples} x {args.seqlen}, "
+        f"batch {args.batch_size}, {torch.get_num_threads()} threads) = {floor['seconds']:.1f} s "
         f"(peak RSS {floor['peak_rss_mb']:.0f} MiB).",
         "",
         "| method | pattern | PPL | prune time (s) | x floor | peak RSS (MiB) |",
