@@ -54,9 +54,11 @@ def load_model(path: str | os.PathLike, dtype: str = "float32", device: str = "c
         from .structure import load_heterogeneous
 
         model = load_heterogeneous(path, torch_dtype(dtype))
+        # the tokenizer would otherwise read config.json and warn about the unknown model type
+        tokenizer = AutoTokenizer.from_pretrained(path, config=model.config)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
-    tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
     model.eval()
     return model.to(resolve_device(device)), tokenizer
 
