@@ -262,8 +262,9 @@ def caption(runs: list[Run], notes: dict[str, str] | None = None, extra: str = "
             if text not in by_model.setdefault(run.model, []):
                 by_model[run.model].append(text)
     models = list(by_model)
-    if len(models) == 1:
-        evaluation = " / ".join(by_model[models[0]])
+    distinct = _unique(" / ".join(texts) for texts in by_model.values())
+    if len(distinct) == 1:  # one protocol for every model
+        evaluation = distinct[0]
     else:
         evaluation = "; ".join(f"{model}: {' / '.join(texts)}" for model, texts in by_model.items())
     parts = [f"Protocol: {evaluation}" if evaluation else "Protocol: no perplexity measured"]
@@ -327,8 +328,9 @@ def summary_table(runs: list[Run], notes=None) -> Table:
     (when speed.json exists), quality change (PPL against the model's dense run)."""
     dense = _dense_runs(runs)
     with_speed = any(r.speed for r in runs)
+    models = _unique(r.model for r in runs)
     rows, data = [], []
-    for run in runs:
+    for run in sorted(runs, key=lambda r: models.index(r.model)):  # grouped by model, order kept within
         params = run.parameters or {}
         reference = dense.get(run.model)
         ref_params = (reference.parameters if reference else None) or \
