@@ -20,7 +20,7 @@ from pruning.export.gguf import ZERO_FFN_WIDTH, bpe_pre_tokenizer, qkv_grouping_
 from conftest import tiny_config
 
 PROMPT = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her dog."
-LLAMA_CPP_REASON = "llama-cpp-python is not installed (pip install 'llm-pruning-zoo[llamacpp]')"
+LLAMA_CPP_REASON = "llama-cpp-python is not importable (install it: pip install 'llm-pruning-zoo[llamacpp]')"
 
 
 def run_cli(*args):
@@ -29,7 +29,7 @@ def run_cli(*args):
 
 @pytest.fixture(scope="module")
 def llama_cpp():
-    return pytest.importorskip("llama_cpp", reason=LLAMA_CPP_REASON)
+    return pytest.importorskip("llama_cpp", reason=LLAMA_CPP_REASON, exc_type=ImportError)
 
 
 def read(path):
