@@ -463,6 +463,34 @@ def layer_removal_table(runs: list[Run], notes=None) -> Table | None:
                                               "indices in the original model."))
 
 
+def two_stage_table(runs: list[Run], notes=None) -> Table | None:
+    """PP-LLMs layout: which layers lost their attention (MHA) and which their FFN, parameters removed, PPL."""
+    staged = [r for r in runs if r.library_method == "two_stage"]
+    if not staged:
+        return None
+    dense = _dense_runs(runs)
+    rows, data = [], []
+    for run in staged:
+        result = run.prune.get("result", {})
+        before, after = run.prune["parameters"]["before"]["total"], run.prune["parameters"]["after"]["total"]
+        mha, ffn = sorted(result.get("mha_removed_layers") or []), sorted(result.get("ffn_removed_layers") or [])
+        ratio = _prune_ratio_percent(run)
+        rows.append({"model": run.model, "method": run.method, "ratio": run.ratio.label,
+                     "MHA layers removed": f"{len(mha)} {mha}", "FFN layers removed": f"{len(ffn)} {ffn}",
+                     "params removed": f"{fmt_count(before - after)} ({ratio:.2f}%)",
+                     "PPL original": fmt_ppl(_ppl(dense.get(run.model))), "PPL": fmt_ppl(_ppl(run))})
+        data.append({"model": run.model, "method": run.method, "ratio": run.ratio.token,
+                     "mha_removed_layers": json.dumps(mha), "ffn_removed_layers": json.dumps(ffn),
+                     "parameters_removed": before - after, "prune_ratio_percent": ratio,
+                     "ppl_original": _ppl(dense.get(run.model)), "ppl": _ppl(run),
+                     "ppl_file": run.files.get("ppl"), "prune_file": run.files.get("prune")})
+    used = staged + [dense[m] for m in _unique(r.model for r in staged) if m in dense]
+    return Table(name="two-stage", title="Two-stage MHA/FFN removal", display=pd.DataFrame(rows),
+                 data=pd.DataFrame(data),
+                 caption=caption(used, notes, "Layer indices are those of the original model; parameters removed "
+                                              "count all parameters, embeddings included."))
+
+
 def _zeroshot_value(record: dict) -> float | None:
     metrics = record.get("metrics") or {}
     chosen = metrics.get(ZEROSHOT_METRIC)
@@ -538,7 +566,8 @@ def build_tables(runs: list[Run], notes: dict[str, str] | None = None) -> list[T
     tables = [summary_table(runs, notes)]
     tables += [sparsity_table(runs, model, notes) for model in models]
     tables += [depth_table(runs, model, notes) for model in models]
-    tables += [layer_removal_table(runs, notes), zeroshot_table(runs, notes), gguf_table(runs, notes)]
+    tables += [layer_removal_table(runs, notes), two_stage_table(runs, notes), zeroshot_table(runs, notes),
+               gguf_table(runs, notes)]
     return [t for t in tables if t is not None]
 
 

@@ -117,6 +117,22 @@ def test_layer_removal_table_quark_layout(results):
     assert set(data.prune_file) == {f"results/metrics/{MODEL}/{e}/{t}/prune.json" for e, t in expected}
 
 
+def test_two_stage_table_layout(results):
+    table = by_name(collect(results / "results"))["two-stage"]
+    rows = cells(table.markdown())
+    assert rows[0] == ["model", "method", "ratio", "MHA layers removed", "FFN layers removed", "params removed",
+                       "PPL original", "PPL"]
+    metrics = results / "results" / "metrics" / MODEL
+    report = read(metrics / "two_stage" / "r0.20" / "prune.json")
+    mha, ffn = sorted(report["result"]["mha_removed_layers"]), sorted(report["result"]["ffn_removed_layers"])
+    removed = report["parameters"]["before"]["total"] - report["parameters"]["after"]["total"]
+    assert len(rows) == 2 and rows[1][:3] == [MODEL, "two_stage", parse_ratio("r0.20").label]
+    assert rows[1][3] == f"{len(mha)} {mha}" and rows[1][4] == f"{len(ffn)} {ffn}"
+    assert rows[1][7] == f"{read(metrics / 'two_stage' / 'r0.20' / 'ppl.json')['ppl']:.2f}"
+    assert int(table.data.parameters_removed[0]) == removed > 0
+    assert f"({report['result']['prune_ratio_percent']:.2f}%)" in rows[1][5]
+
+
 def test_zeroshot_table_with_average(results):
     table = by_name(collect(results / "results"))["zeroshot"]
     rows = cells(table.markdown())
@@ -198,7 +214,7 @@ def test_written_tables_are_deterministic_and_traceable(results, tmp_path):
     assert [p.name for p in first] == [p.name for p in second]
     names = sorted(p.name for p in first)
     assert names == sorted(f"{n}.{ext}" for n in ("summary", f"sparsity-{MODEL}", f"depth-{MODEL}", "layer-removal",
-                                                  "zeroshot") for ext in ("md", "csv"))
+                                                  "two-stage", "zeroshot") for ext in ("md", "csv"))
     for a, b in zip(first, second):
         assert a.read_bytes() == b.read_bytes(), a.name
     for csv in (p for p in first if p.suffix == ".csv"):

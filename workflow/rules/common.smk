@@ -303,6 +303,8 @@ def table_names() -> list[str]:
             names.append(f"depth-{model}")
     if any(row["entry"]["method"] in LAYER_REMOVAL_METHODS for row in PRUNED):
         names.append("layer-removal")
+    if any(row["entry"]["method"] == "two_stage" for row in PRUNED):
+        names.append("two-stage")
     if ZEROSHOT_TASKS:
         names.append("zeroshot")
     if GGUF_OUTTYPES:
