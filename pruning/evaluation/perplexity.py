@@ -18,7 +18,7 @@ def token_windows(tokenizer, text: str, seqlen: int, max_windows: int | None = N
     if max_windows is not None:
         count = min(count, max_windows)
     if count < 1:
-        raise ValueError(f"evaluation text has {ids.numel()} tokens, fewer than one window of {seqlen}")
+        raise ValueError(f"text has {ids.numel()} tokens, fewer than one window of {seqlen}")
     return ids[: count * seqlen].reshape(count, seqlen)
 
 

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .. import zoo
 from ..data import DataError, calibration_documents, check_calibration_source
+from ..evaluation.perplexity import token_windows, windows_nll
 from .base import MethodError, PruneContext, PruningMethod, method_class, register
 
 NOT_A_BASE = ("distill", "all")
@@ -72,15 +73,14 @@ class DistillSettings:
 
 
 def training_windows(tokenizer, source: str, seqlen: int, data_dir=None) -> torch.Tensor:
-    """The training text tokenized once (documents joined by the end-of-text token) and cut into
-    non-overlapping windows of `seqlen` tokens."""
+    """The training text (documents joined by the end-of-text token) cut into non-overlapping windows of
+    `seqlen` tokens, as the perplexity evaluator cuts its text."""
     docs = calibration_documents(source, data_dir)
-    separator = tokenizer.eos_token or "\n\n"
-    ids = tokenizer(separator.join(docs), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-    count = ids.numel() // seqlen
-    if count < 1:
-        raise MethodError(f"distill: training_data {source} has {ids.numel()} tokens, fewer than train_seqlen={seqlen}")
-    return ids[:count * seqlen].reshape(count, seqlen)
+    text = (tokenizer.eos_token or "\n\n").join(docs)
+    try:
+        return token_windows(tokenizer, text, seqlen)
+    except ValueError as exc:
+        raise MethodError(f"distill: training_data {source}: {exc} (train_seqlen={seqlen})") from None
 
 
 def zero_masks(model: nn.Module, adapter) -> dict[nn.Module, torch.Tensor]:
@@ -94,15 +94,9 @@ def zero_masks(model: nn.Module, adapter) -> dict[nn.Module, torch.Tensor]:
     return masks
 
 
-@torch.no_grad()
 def mean_loss(model: nn.Module, windows: torch.Tensor, batch_size: int, device) -> float:
     """Mean next-token cross-entropy over `windows`."""
-    total, tokens = 0.0, 0
-    for start in range(0, windows.shape[0], batch_size):
-        batch = windows[start:start + batch_size].to(device)
-        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum").item()
-        tokens += batch[:, 1:].numel()
+    total, tokens = windows_nll(model, windows, batch_size, device)
     return total / tokens
 
 
