@@ -109,7 +109,7 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, target: MaskTar
     """
     W = weight.detach().clone().float()
     H = hessian.detach().clone().float()
-    rows, cols = W.shape
+    cols = W.shape[1]
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
@@ -117,34 +117,30 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, target: MaskTar
     if isinstance(target, NMPattern):
         block_size = target.m * max(1, block_size // target.m)  # groups never straddle blocks
     mask = torch.zeros_like(W, dtype=torch.bool)
+    nm = target if isinstance(target, NMPattern) else None
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
-        count = i2 - i1
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
+        # The block is held transposed (columns as contiguous rows) so the per-column updates are fast.
+        block = W[:, i1:i2].t().contiguous()  # becomes the pruned block, column by column
+        errors = torch.zeros_like(block)
         Hinv1 = Hinv[i1:i2, i1:i2]
         d = torch.diag(Hinv1)
-        if isinstance(target, Sparsity):
-            block_scores = W1 ** 2 / d.unsqueeze(0) ** 2
-            mask1 = select_mask(block_scores, target, per="matrix")
+        if nm is None:
+            removed_t = select_mask(block.t() ** 2 / d.unsqueeze(0) ** 2, target, per="matrix").t().contiguous()
         else:
-            mask1 = torch.zeros_like(W1, dtype=torch.bool)
-        for i in range(count):
-            w = W1[:, i]
-            if isinstance(target, NMPattern) and i % target.m == 0:
-                group = slice(i, min(i + target.m, count))
-                group_scores = W1[:, group] ** 2 / d[group].unsqueeze(0) ** 2
-                mask1[:, group] = nm_mask(group_scores, target)
-            q = w.clone()
-            q[mask1[:, i]] = 0.0
-            Q1[:, i] = q
-            err = (w - q) / d[i]
-            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
-            Err1[:, i] = err
-        W[:, i1:i2] = Q1
-        mask[:, i1:i2] = mask1
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+            removed_t = torch.zeros_like(block, dtype=torch.bool)
+        for i in range(i2 - i1):
+            if nm is not None and i % nm.m == 0:
+                group = slice(i, min(i + nm.m, i2 - i1))
+                removed_t[group] = nm_mask(block[group].t() ** 2 / d[group].unsqueeze(0) ** 2, nm).t()
+            column, removed = block[i], removed_t[i]
+            err = torch.where(removed, column, 0.0).div_(d[i])
+            column.masked_fill_(removed, 0.0)
+            block[i + 1:] -= torch.outer(Hinv1[i, i + 1:], err)
+            errors[i] = err
+        W[:, i1:i2] = block.t()
+        mask[:, i1:i2] = removed_t.t()
+        W[:, i2:] -= errors.t() @ Hinv[i1:i2, i2:]
     mask |= dead.unsqueeze(0).expand_as(mask) & (W == 0)
     W[mask] = 0.0
     info = {"damping_fraction": damping, "dead_inputs": int(dead.sum())}
