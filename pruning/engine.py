@@ -167,15 +167,23 @@ class LayerwiseEngine:
 class _SharedInputStatistics:
     """One accumulator per distinct input tensor: modules that read the very same activation (q/k/v
     after the attention norm, gate/up after the MLP norm) share the accumulator of the first of them,
-    so the statistics (for SparseGPT a d×d Hessian) are computed once instead of two or three times."""
+    so the statistics (for SparseGPT a d×d Hessian) are computed once instead of two or three times.
 
-    def __init__(self, make: Callable[[str], object]):
+    With `on_ready`, each module may receive exactly one input (one-pass mode, all calibration windows
+    in one batch) and `on_ready(name, accumulator)` runs right after it arrives, before the module runs.
+    """
+
+    def __init__(self, make: Callable[[str], object], on_ready: Callable[[str, object], None] | None = None):
         self.make = make
+        self.on_ready = on_ready
         self.stats: dict[str, object] = {}
         self.source: dict[str, str] = {}  # module -> module whose accumulator it shares
         self.previous: tuple[str, torch.Tensor] | None = None  # held, so its memory cannot be reused
+        self.ready: set[str] = set()
 
     def add(self, name: str, x: torch.Tensor) -> None:
+        if self.on_ready is not None and name in self.ready:
+            raise RuntimeError(f"{name} ran twice in one forward; one-pass pruning needs one call per module")
         previous = self.previous
         same = previous is not None and x.data_ptr() == previous[1].data_ptr() and x.shape == previous[1].shape \
             and x.stride() == previous[1].stride()
@@ -188,19 +196,26 @@ class _SharedInputStatistics:
         if name in self.source:
             if not same:
                 raise RuntimeError(f"{name} no longer reads the same input as {self.source[name]}")
-            return
-        self.stats[name].add(x)
-        self.previous = (name, x)
+        else:
+            self.stats[name].add(x)
+            self.previous = (name, x)
+        if self.on_ready is not None:
+            self.ready.add(name)
+            self.on_ready(name, self.stats[name])
 
 
 @contextmanager
-def input_statistics(modules: dict[str, nn.Module], make: Callable[[str], object]):
+def input_statistics(modules: dict[str, nn.Module], make: Callable[[str], object],
+                     on_ready: Callable[[str, object], None] | None = None):
     """Feed every module's input activations to an accumulator `make(name)` (with an `add(x)` method)
-    while the context is open; yields the dict name -> accumulator, shared where inputs are identical."""
-    shared = _SharedInputStatistics(make)
+    while the context is open; yields the dict name -> accumulator, shared where inputs are identical.
+    `on_ready` switches to one-pass mode (see `_SharedInputStatistics`)."""
+    shared = _SharedInputStatistics(make, on_ready)
     with input_hooks(modules, shared.add):
         yield shared.stats
     shared.previous = None
+    if on_ready is not None and shared.ready != set(modules):
+        raise RuntimeError(f"one-pass pruning: {sorted(set(modules) - shared.ready)} never ran in the layer's forward")
 
 
 @contextmanager

@@ -8,10 +8,11 @@ from conftest import TINY_FAMILIES, build_tiny_model
 import pruning
 from pruning.adapters import UnsupportedArchitecture, adapter_for_model_type, weight_matrix
 from pruning.data import calibration_windows
-from pruning.engine import LayerwiseEngine
+from pruning.engine import LayerwiseEngine, input_statistics
 from pruning.evaluation.perplexity import token_windows, windows_nll
 from pruning.masks import is_valid_nm
 from pruning.methods import MethodError, PruneContext
+from pruning.methods.wanda import InputSquareMean
 from pruning.ratios import NMPattern
 
 
@@ -30,12 +31,14 @@ def _untargeted_state(model):
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
-@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
-def test_exact_sparsity_and_nm_on_every_family(family, method):
+@pytest.mark.parametrize("method,options", [("magnitude", {}), ("wanda", {}), ("sparsegpt", {}),
+                                            ("wanda", {"one_pass": True}), ("sparsegpt", {"one_pass": True})],
+                         ids=["magnitude", "wanda", "sparsegpt", "wanda-one-pass", "sparsegpt-one-pass"])
+def test_exact_sparsity_and_nm_on_every_family(family, method, options):
     for ratio in ({"sparsity": 0.5}, {"nm": "2:4"}):
         model = build_tiny_model(family)
         before = _untargeted_state(model)
-        report = _prune_in_memory(model, method, **ratio)
+        report = _prune_in_memory(model, method, **ratio, **options)
         adapter = pruning.get_adapter(model)
         for index in range(adapter.num_layers(model)):
             for name, module in adapter.linear_targets(model, index).items():
@@ -110,13 +113,45 @@ def test_quality_ordering_on_stories260k(stories_setup):
         return torch.tensor(nll / tokens).exp().item()
 
     errors, ppls = {}, {"dense": ppl(dense)}
-    for method in ("magnitude", "wanda", "sparsegpt"):
+    for method in ("magnitude", "wanda", "sparsegpt", "wanda-one-pass", "sparsegpt-one-pass"):
         model = copy.deepcopy(dense)
-        _prune_in_memory(model, method, calibration=calibration, sparsity=0.5)
+        options = {"one_pass": True} if method.endswith("one-pass") else {}
+        _prune_in_memory(model, method.removesuffix("-one-pass"), calibration=calibration, sparsity=0.5, **options)
         errors[method] = first_layer_error(model)
         ppls[method] = ppl(model)
     assert errors["sparsegpt"] < errors["wanda"] < errors["magnitude"], errors
     assert ppls["dense"] < ppls["sparsegpt"] <= ppls["wanda"] < ppls["magnitude"], ppls
+    assert errors["sparsegpt-one-pass"] < errors["wanda-one-pass"] < errors["magnitude"], errors
+    assert ppls["dense"] < ppls["sparsegpt-one-pass"] <= ppls["wanda-one-pass"] < ppls["magnitude"], ppls
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_one_pass_prunes_each_linear_from_the_already_pruned_layer(stories_setup, method):
+    """One pass: q/k/v read the layer's unchanged input, so their masks equal the two-pass ones; o_proj
+    reads the output of the pruned q/k/v, so its statistics (and mask) differ."""
+    dense, _, calibration, _ = stories_setup
+    masks = {}
+    for one_pass in (False, True):
+        model = copy.deepcopy(dense)
+        _prune_in_memory(model, method, calibration=calibration, sparsity=0.5, one_pass=one_pass)
+        attention = model.model.layers[0].self_attn
+        masks[one_pass] = {name: getattr(attention, name).weight == 0 for name in ("q_proj", "k_proj", "v_proj", "o_proj")}
+    for name in ("q_proj", "k_proj", "v_proj"):
+        assert torch.equal(masks[False][name], masks[True][name]), name
+    assert not torch.equal(masks[False]["o_proj"], masks[True]["o_proj"])
+
+
+def test_one_pass_rejects_a_module_called_twice():
+    """One-pass pruning would prune a module on its first call and then see a second input: refused."""
+    linear = torch.nn.Linear(4, 4)
+    pruned = []
+    with pytest.raises(RuntimeError, match="ran twice"):
+        with input_statistics({"twice": linear}, lambda name: InputSquareMean(4, "cpu"),
+                              on_ready=lambda name, stats: pruned.append(name)):
+            linear(linear(torch.randn(2, 4)))
+    assert pruned == ["twice"]
+    with pytest.raises(MethodError, match="one_pass"):
+        pruning.build_method("wanda", sparsity=0.5, one_pass="yes")
 
 
 def test_same_seed_same_masks_different_seed_differs(stories_setup, stories_text):

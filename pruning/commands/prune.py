@@ -21,7 +21,7 @@ def add_parser(subparsers) -> None:
     ratio.add_argument("--sparsity", type=float, help="fraction of targeted weights to zero, in [0, 1)")
     ratio.add_argument("--nm", help="N:M pattern, N kept out of every M consecutive input weights (e.g. 2:4)")
     parser.add_argument("--option", action="append", metavar="KEY=VALUE",
-                        help="method option, repeatable (e.g. per=row for magnitude)")
+                        help="method option, repeatable (e.g. per=row for magnitude, one_pass=true for wanda/sparsegpt)")
     structured = parser.add_argument_group("structured pruning and distillation (PersLM-style flags)")
     structured.add_argument("--head-reduction", type=float, metavar="F",
                             help="fraction of attention heads to remove, in (0, 1) (methods heads, all)")

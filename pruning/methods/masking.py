@@ -5,9 +5,10 @@ import torch
 from torch import nn
 
 from ..adapters import weight_matrix
+from ..engine import LayerStep, LayerwiseEngine, input_statistics
 from ..masks import sparsity_of
 from ..ratios import MaskTarget, RatioError, mask_target
-from .base import MethodError, PruningMethod
+from .base import MethodError, PruneContext, PruningMethod
 
 
 class MaskingMethod(PruningMethod):
@@ -62,3 +63,69 @@ class MaskingMethod(PruningMethod):
     @torch.no_grad()
     def apply_mask(module: nn.Module, mask: torch.Tensor) -> None:
         weight_matrix(module)[mask] = 0
+
+
+class CalibratedMaskingMethod(MaskingMethod):
+    """A mask method that prunes each linear from statistics of its inputs, layer by layer on the engine.
+
+    Two-pass (default, as the reference implementations): every linear's statistics come from the
+    layer with its original weights, then the pruned layer is re-run to give the next layer's inputs.
+    One-pass (`one_pass=True`): all calibration windows go through the layer as one batch and each
+    linear is pruned the moment its input arrives, so later linears of the layer (o_proj, down_proj)
+    see the outputs of the already-pruned earlier ones (as GPTQ's true-sequential) and the pruned
+    layer's outputs come out of that single forward. It saves one layer forward per layer at the cost
+    of holding every window's activations at once.
+    """
+
+    def __init__(self, target: MaskTarget, one_pass: bool = False):
+        super().__init__(target)
+        if not isinstance(one_pass, bool):
+            raise MethodError(f"{self.name}: one_pass must be true or false, got {one_pass!r}")
+        self.one_pass = one_pass
+
+    def options(self) -> dict:
+        return {**super().options(), "one_pass": self.one_pass}
+
+    def statistics(self, weight: torch.Tensor, device: torch.device):
+        """A fresh accumulator (with `add(x)`) for a linear with this weight."""
+        raise NotImplementedError
+
+    def prune_module(self, name: str, module: nn.Module, statistics) -> None:
+        """Zero (and for SparseGPT update) the module's weight from its accumulated input statistics."""
+        raise NotImplementedError
+
+    def finish(self, report: dict) -> dict:
+        """Add method-specific totals to the summary."""
+        return report
+
+    @torch.no_grad()
+    def prune(self, ctx: PruneContext) -> dict:
+        input_ids, _ = ctx.calibration()
+        batch_size = input_ids.shape[0] if self.one_pass else ctx.batch_size
+        engine = LayerwiseEngine(ctx.model, ctx.adapter, ctx.device, batch_size, ctx.progress)
+        engine.capture(input_ids)
+        per_layer = {}
+
+        def visit(step: LayerStep):
+            targets = ctx.adapter.linear_targets(ctx.model, step.index, ctx.ignore)
+
+            def make(name):
+                return self.statistics(weight_matrix(targets[name]), ctx.device)
+
+            if self.one_pass:
+                def prune_now(name, statistics):
+                    self.prune_module(name, targets[name], statistics)
+
+                with input_statistics(targets, make, on_ready=prune_now):
+                    outputs = step.forward()
+            else:
+                with input_statistics(targets, make) as statistics:
+                    step.forward()
+                for name, module in targets.items():
+                    self.prune_module(name, module, statistics[name])
+                outputs = None  # the engine re-runs the pruned layer
+            per_layer[step.index] = self.layer_report(targets)
+            return outputs
+
+        engine.run(visit, description=self.name)
+        return self.finish(self.summary(per_layer))

@@ -4,11 +4,10 @@ from __future__ import annotations
 import torch
 
 from ..adapters import weight_matrix
-from ..engine import LayerStep, LayerwiseEngine, input_statistics
 from ..masks import sparsegpt_prune
 from ..ratios import MaskTarget
 from .base import MethodError, PruneContext, register
-from .masking import MaskingMethod
+from .masking import CalibratedMaskingMethod
 
 
 class HessianAccumulator:
@@ -28,53 +27,45 @@ class HessianAccumulator:
 
 
 @register
-class SparseGPT(MaskingMethod):
+class SparseGPT(CalibratedMaskingMethod):
     name = "sparsegpt"
     needs_calibration = True
     description = "Hessian-based pruning with weight updates (blocks of 128, lazy batch updates)"
 
-    def __init__(self, target: MaskTarget, block_size: int = 128, damp_fraction: float = 0.01):
-        super().__init__(target)
+    def __init__(self, target: MaskTarget, block_size: int = 128, damp_fraction: float = 0.01, one_pass: bool = False):
+        super().__init__(target, one_pass)
         if block_size < 1 or not 0 < damp_fraction < 1:
             raise MethodError("sparsegpt: block_size must be >= 1 and damp_fraction in (0, 1)")
         self.block_size = block_size
         self.damp_fraction = damp_fraction
+        self.solver: dict[str, dict] = {}
 
     def options(self) -> dict:
         return {**super().options(), "block_size": self.block_size, "damp_fraction": self.damp_fraction}
 
+    def statistics(self, weight, device):
+        return HessianAccumulator(weight.shape[1], device)
+
+    def prune_module(self, name, module, statistics):
+        weight = weight_matrix(module)
+        new_weight, _, info = sparsegpt_prune(weight, statistics.hessian, self.target, self.block_size,
+                                              self.damp_fraction)
+        weight.copy_(new_weight)
+        self.solver[name] = info
+
     @torch.no_grad()
     def prune(self, ctx: PruneContext) -> dict:
-        input_ids, _ = ctx.calibration()
-        engine = LayerwiseEngine(ctx.model, ctx.adapter, ctx.device, ctx.batch_size, ctx.progress)
-        engine.capture(input_ids)
-        per_layer, solver = {}, {}
+        self.solver = {}
         tf32 = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = False
-
-        def visit(step: LayerStep):
-            targets = ctx.adapter.linear_targets(ctx.model, step.index, ctx.ignore)
-
-            def make(name):
-                return HessianAccumulator(weight_matrix(targets[name]).shape[1], ctx.device)
-
-            with input_statistics(targets, make) as hessians:
-                step.forward()
-            for name, module in targets.items():
-                weight = weight_matrix(module)
-                new_weight, _, info = sparsegpt_prune(weight, hessians[name].hessian, self.target,
-                                                      self.block_size, self.damp_fraction)
-                weight.copy_(new_weight)
-                solver[name] = info
-            per_layer[step.index] = self.layer_report(targets)
-
         try:
-            engine.run(visit, description="sparsegpt")
+            return super().prune(ctx)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = tf32
-        report = self.summary(per_layer)
+
+    def finish(self, report: dict) -> dict:
         report["solver"] = {
-            "max_damping_fraction": max(i["damping_fraction"] for i in solver.values()),
-            "dead_inputs": sum(i["dead_inputs"] for i in solver.values()),
+            "max_damping_fraction": max(i["damping_fraction"] for i in self.solver.values()),
+            "dead_inputs": sum(i["dead_inputs"] for i in self.solver.values()),
         }
         return report

@@ -4,10 +4,9 @@ from __future__ import annotations
 import torch
 
 from ..adapters import weight_matrix
-from ..engine import LayerStep, LayerwiseEngine, input_statistics
 from ..masks import select_mask, wanda_scores
-from .base import PruneContext, register
-from .masking import MaskingMethod
+from .base import register
+from .masking import CalibratedMaskingMethod
 
 
 class InputSquareMean:
@@ -28,30 +27,14 @@ class InputSquareMean:
 
 
 @register
-class Wanda(MaskingMethod):
+class Wanda(CalibratedMaskingMethod):
     name = "wanda"
     needs_calibration = True
     description = "|W|·‖x‖ scores compared per output row, layer by layer on calibration data"
 
-    @torch.no_grad()
-    def prune(self, ctx: PruneContext) -> dict:
-        input_ids, _ = ctx.calibration()
-        engine = LayerwiseEngine(ctx.model, ctx.adapter, ctx.device, ctx.batch_size, ctx.progress)
-        engine.capture(input_ids)
-        per_layer = {}
+    def statistics(self, weight, device):
+        return InputSquareMean(weight.shape[1], device)
 
-        def visit(step: LayerStep):
-            targets = ctx.adapter.linear_targets(ctx.model, step.index, ctx.ignore)
-
-            def make(name):
-                return InputSquareMean(weight_matrix(targets[name]).shape[1], ctx.device)
-
-            with input_statistics(targets, make) as stats:
-                step.forward()
-            for name, module in targets.items():
-                scores = wanda_scores(weight_matrix(module), stats[name].mean)
-                self.apply_mask(module, select_mask(scores, self.target, per="row"))
-            per_layer[step.index] = self.layer_report(targets)
-
-        engine.run(visit, description="wanda")
-        return self.summary(per_layer)
+    def prune_module(self, name, module, statistics):
+        scores = wanda_scores(weight_matrix(module), statistics.mean)
+        self.apply_mask(module, select_mask(scores, self.target, per="row"))
