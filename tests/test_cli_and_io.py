@@ -129,3 +129,13 @@ def test_help_texts_name_the_methods_and_convention():
     assert result.returncode == 0
     for word in ("magnitude", "sparsegpt", "wanda", "N kept out of every M"):
         assert word in result.stdout
+
+
+def test_peak_rss_is_the_process_own_not_its_parents():
+    """A job started by a large parent must not report the parent's peak (getrusage keeps it across exec)."""
+    ballast = torch.ones(1024, 1024, 384)  # 1.5 GiB held by this (the parent) process
+    child = subprocess.run([sys.executable, "-c", "from pruning.io import peak_rss_mb; print(peak_rss_mb())"],
+                           capture_output=True, text=True, check=True)
+    assert float(child.stdout) < 1024, child.stdout
+    assert pruning.io.peak_rss_mb() > 1536
+    del ballast
