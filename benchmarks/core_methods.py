@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,11 @@ from pruning.io import atomic_write_text, peak_rss_mb
 
 PATTERNS = (("50%", ["--sparsity", "0.5"], "s0.50"), ("4:8", ["--nm", "4:8"], "nm4-8"), ("2:4", ["--nm", "2:4"], "nm2-4"))
 METHODS = ("magnitude", "wanda", "sparsegpt")
+# Rows measured here: each method as the reference implementations run it (two passes per layer), and
+# Wanda / SparseGPT in one-pass mode (each linear pruned as its input arrives, one layer forward).
+VARIANTS = (("magnitude", "magnitude", []), ("wanda", "wanda", []), ("sparsegpt", "sparsegpt", []),
+            ("wanda one-pass", "wanda", ["--option", "one_pass=true"]),
+            ("sparsegpt one-pass", "sparsegpt", ["--option", "one_pass=true"]))
 
 
 def forward_floor(model_dir: Path, nsamples: int, seqlen: int, batch_size: int, seed: int) -> float:
@@ -43,22 +49,27 @@ def forward_floor(model_dir: Path, nsamples: int, seqlen: int, batch_size: int, 
 
 
 def measured_rows(args, model_dir: Path, floor_seconds: float):
-    """Prune every method × pattern here, each in its own process."""
+    """Prune every method variant × pattern here, each in its own process with the floor's thread count."""
     dense = pruning.evaluate_perplexity(str(model_dir), seqlen=512, max_windows=args.max_windows, device="cpu")
     rows = [("dense", "-", dense["ppl"], None, None, None)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     with tempfile.TemporaryDirectory() as scratch:
-        for method in METHODS:
+        for name, method, options in VARIANTS:
+            if args.methods and name not in args.methods:
+                continue
             for label, ratio, token in PATTERNS:
-                out = Path(scratch) / f"{method}-{token}"
+                out = Path(scratch) / f"{name.replace(' ', '-')}-{token}"
                 subprocess.run([sys.executable, "-m", "pruning", "prune", "--model", str(model_dir), "--method", method,
-                                *ratio, "--output-dir", str(out), "--calib", "c4", "--nsamples", str(args.nsamples),
-                                "--seqlen", str(args.seqlen), "--batch-size", str(args.batch_size), "--seed",
-                                str(args.seed), "--device", "cpu", "--quiet"], check=True, capture_output=True)
+                                *ratio, *options, "--output-dir", str(out), "--calib", "c4", "--nsamples",
+                                str(args.nsamples), "--seqlen", str(args.seqlen), "--batch-size", str(args.batch_size),
+                                "--seed", str(args.seed), "--device", "cpu", "--quiet"],
+                               check=True, capture_output=True, env=env)
                 report = json.loads((out / "prune.json").read_text())
                 ppl = pruning.evaluate_perplexity(str(out), seqlen=512, max_windows=args.max_windows, device="cpu")
-                rows.append((method, label, ppl["ppl"], report["prune_seconds"], report["peak_rss_mb"],
+                rows.append((name, label, ppl["ppl"], report["prune_seconds"], report["peak_rss_mb"],
                              report["prune_seconds"] / floor_seconds))
-                print(f"{method} {label}: ppl {ppl['ppl']:.2f}, {report['prune_seconds']:.1f} s", file=sys.stderr)
+                print(f"{name} {label}: ppl {ppl['ppl']:.2f}, {report['prune_seconds']:.1f} s "
+                      f"({report['prune_seconds'] / floor_seconds:.2f}x floor)", file=sys.stderr)
     protocol = f"calibration C4 {args.nsamples} x {args.seqlen} (seed {args.seed}, batch {args.batch_size})"
     return rows, dense, protocol
 
@@ -91,6 +102,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", default=None, help="build the table from a workflow results directory")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--methods", nargs="+", choices=[name for name, _, _ in VARIANTS], default=None,
+                        help="measure only these rows (default: all)")
     parser.add_argument("--floor-only", action="store_true", help="measure the forward floor and exit (internal)")
     parser.add_argument("--out", default=None, help="also write the Markdown table here")
     args = parser.parse_args()
