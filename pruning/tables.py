@@ -413,14 +413,30 @@ def depth_table(runs: list[Run], model: str, notes=None) -> Table | None:
                  display=pd.DataFrame(rows), data=pd.DataFrame(data))
 
 
+def layer_ranges(indices: Iterable[int]) -> str:
+    """Sorted layer indices with consecutive runs written as ranges, Quark's way: [3, 10-14, 17]."""
+    parts, run = [], []
+    for index in sorted(indices):
+        if run and index != run[-1] + 1:
+            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+            run = []
+        run.append(index)
+    if run:
+        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return f"[{', '.join(parts)}]"
+
+
 def _removed_layers_text(result: dict) -> str:
+    """Quark's "deleted layers [a-b] total N"; for two-stage the attention and FFN sub-blocks apart."""
     parts = []
     if result.get("removed_layers"):
-        parts.append(str(sorted(result["removed_layers"])))
-    if result.get("mha_removed_layers"):
-        parts.append(f"attention {sorted(result['mha_removed_layers'])}")
-    if result.get("ffn_removed_layers"):
-        parts.append(f"FFN {sorted(result['ffn_removed_layers'])}")
+        layers = result["removed_layers"]
+        parts.append(f"{layer_ranges(layers)} total {len(layers)}")
+    mha, ffn = result.get("mha_removed_layers") or [], result.get("ffn_removed_layers") or []
+    if mha:
+        parts.append(f"attention {layer_ranges(mha)} total {len(mha)}")
+    if ffn:
+        parts.append(f"FFN {layer_ranges(ffn)} total {len(ffn)}")
     return "; ".join(parts) or MISSING
 
 

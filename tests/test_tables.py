@@ -13,7 +13,7 @@ import pytest
 
 import pruning
 from conftest import DATA_DIR, REPO
-from pruning.tables import (TableError, build_tables, collect, load_runs, parse_ratio, write_plots,
+from pruning.tables import (TableError, build_tables, collect, layer_ranges, load_runs, parse_ratio, write_plots,
                             write_tables)
 
 MODEL = "stories260K"
@@ -110,11 +110,18 @@ def test_layer_removal_table_quark_layout(results):
         assert row[4] == f"{read(metrics / entry / token / 'ppl.json')['ppl']:.2f}"
         assert row[5] == f"{report['prune_ratio_percent']:.2f}%"
         if entry == "two_stage":
-            assert row[6] == f"attention {sorted(report['mha_removed_layers'])}; FFN {sorted(report['ffn_removed_layers'])}"
+            mha, ffn = report["mha_removed_layers"], report["ffn_removed_layers"]
+            assert row[6] == f"attention {layer_ranges(mha)} total {len(mha)}; FFN {layer_ranges(ffn)} total {len(ffn)}"
         else:
-            assert row[6] == str(sorted(report["removed_layers"]))
+            assert row[6] == f"{layer_ranges(report['removed_layers'])} total {len(report['removed_layers'])}"
     data = table.data
     assert set(data.prune_file) == {f"results/metrics/{MODEL}/{e}/{t}/prune.json" for e, t in expected}
+
+
+def test_layer_ranges_quark_notation():
+    assert layer_ranges([15, 16, 17, 18]) == "[15-18]"
+    assert layer_ranges([25, 3, 10, 11, 12, 13, 14, 17]) == "[3, 10-14, 17, 25]"
+    assert layer_ranges([4]) == "[4]"
 
 
 def test_two_stage_table_layout(results):
