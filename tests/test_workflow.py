@@ -89,16 +89,18 @@ def read_json(path: Path) -> dict:
 def test_default_config_dry_run_job_counts(tmp_path):
     result = snakemake(tmp_path, "-n", "--cores", "2", config=DEFAULT_CONFIG)
     assert result.returncode == 0, result.stderr
-    # 2 models; 3 methods x (2 sparsities + 2 N:M) = 12 pruned runs per model; + 1 dense baseline each.
-    assert job_counts(result.stdout) == {"fetch_model": 2, "perplexity": 26, "prune": 24, "plots": 1, "tables": 1,
-                                         "all": 1, "total": 55}
-    assert "results/tables/sparsity-smollm2-135m.md" in result.stdout
+    # 2 models; 3 methods x (2 sparsities + 2 N:M) = 12 pruned runs per model; on smollm2 only, 13 structured
+    # runs (angular and cosine x 4 block counts, Quark x 2 windows, layers, heads, two_stage); + 1 dense each.
+    assert job_counts(result.stdout) == {"fetch_model": 2, "perplexity": 39, "prune": 37, "plots": 1, "tables": 1,
+                                         "all": 1, "total": 81}
+    for table in ("sparsity-smollm2-135m", "sparsity-stories260K", "depth-smollm2-135m", "layer-removal", "two-stage"):
+        assert f"results/tables/{table}.md" in result.stdout
     assert "results/plots/sparsity-stories260K.png" in result.stdout
 
 
 @pytest.mark.parametrize("target, expected", [
-    ("prune_all", {"fetch_model": 2, "prune": 24, "prune_all": 1, "total": 27}),
-    ("evaluate_all", {"fetch_model": 2, "prune": 24, "perplexity": 26, "evaluate_all": 1, "total": 53}),
+    ("prune_all", {"fetch_model": 2, "prune": 37, "prune_all": 1, "total": 40}),
+    ("evaluate_all", {"fetch_model": 2, "prune": 37, "perplexity": 39, "evaluate_all": 1, "total": 79}),
     ("results/metrics/stories260K/wanda/nm2-4/ppl.json", {"fetch_model": 1, "prune": 1, "perplexity": 1, "total": 3}),
     ("results/metrics/smollm2-135m/dense/base/ppl.json", {"fetch_model": 1, "perplexity": 1, "total": 2}),
 ])
@@ -118,10 +120,11 @@ def test_optional_evaluations_join_the_grid(tmp_path):
                                           "options": {"criterion": "angular"}, "models": ["smollm2-135m"]}
     result = snakemake(tmp_path, "-n", "--cores", "2", "-p", config=config)
     assert result.returncode == 0, result.stderr
-    rows = 26 + 2
+    pruned = 37 + 2
+    rows = pruned + 2
     assert job_counts(result.stdout) == {
-        "fetch_model": 2, "prune": 26, "perplexity": rows, "zeroshot": 2 * rows, "gguf_convert": 2 * rows,
-        "gguf_eval": 2 * rows, "speed": rows, "tables": 1, "plots": 1, "all": 1, "total": 2 + 26 + 8 * rows + 3}
+        "fetch_model": 2, "prune": pruned, "perplexity": rows, "zeroshot": 2 * rows, "gguf_convert": 2 * rows,
+        "gguf_eval": 2 * rows, "speed": rows, "tables": 1, "plots": 1, "all": 1, "total": 2 + pruned + 8 * rows + 3}
     for table in ("summary", "sparsity-smollm2-135m", "depth-smollm2-135m", "layer-removal", "zeroshot", "gguf"):
         assert f"results/tables/{table}.csv" in result.stdout
     assert "--option num_blocks=2 --option 'criterion=\"angular\"'" in result.stdout
