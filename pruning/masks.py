@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -80,17 +81,31 @@ def wanda_scores(weight: torch.Tensor, input_sq_mean: torch.Tensor) -> torch.Ten
     return weight.abs().float() * input_sq_mean.float().sqrt().unsqueeze(0)
 
 
-def _inverse_hessian_upper(hessian: torch.Tensor, damp_fraction: float) -> tuple[torch.Tensor, float]:
-    """Upper Cholesky factor of H⁻¹ after damping; raise damping tenfold until Cholesky succeeds."""
-    mean_diag = torch.mean(torch.diag(hessian)).item()
+@dataclass(frozen=True)
+class InverseHessian:
+    """What SparseGPT's solver needs from H: the upper Cholesky factor of the damped H⁻¹, the dead
+    inputs (H_jj = 0, their diagonal set to 1 first) and the damping that made Cholesky succeed.
+    Linears that read the same input share one."""
+
+    upper: torch.Tensor
+    dead: torch.Tensor
+    damping_fraction: float
+
+
+def inverse_hessian(hessian: torch.Tensor, damp_fraction: float = 0.01) -> InverseHessian:
+    """Damp H by damp_fraction · mean(diag H), raised tenfold with a warning until Cholesky succeeds."""
+    H = hessian.detach().clone().float()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    mean_diag = torch.mean(torch.diag(H)).item()
     fraction = damp_fraction
     for _ in range(6):
-        damped = hessian.clone()
+        damped = H.clone()
         damped.diagonal().add_(fraction * mean_diag)
         try:
             lower = torch.linalg.cholesky(damped)
-            inverse = torch.cholesky_inverse(lower)
-            return torch.linalg.cholesky(inverse, upper=True), fraction
+            upper = torch.linalg.cholesky(torch.cholesky_inverse(lower), upper=True)
+            return InverseHessian(upper, dead, fraction)
         except torch.linalg.LinAlgError:
             warnings.warn(f"SparseGPT: Cholesky failed with damping {fraction:g}·mean(diag H); retrying with {fraction * 10:g}")
             fraction *= 10
@@ -101,19 +116,24 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, target: MaskTar
                     damp_fraction: float = 0.01) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """SparseGPT (Frantar & Alistarh 2023): prune [out, in] `weight` given H = 2/n Σ x xᵀ.
 
-    Returns (new weight, prune mask, info). Work is in fp32. Dead inputs (H_jj = 0) are pruned first.
+    Returns (new weight, prune mask, info); see `sparsegpt_solve`.
+    """
+    return sparsegpt_solve(weight, inverse_hessian(hessian, damp_fraction), target, block_size)
+
+
+def sparsegpt_solve(weight: torch.Tensor, inverse: InverseHessian, target: MaskTarget,
+                    block_size: int = 128) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """SparseGPT's solver on a prepared `inverse_hessian`. Work is in fp32. Dead inputs are pruned first.
+
     Unstructured masks are chosen once per block of columns by w²/[H⁻¹]_jj² over the whole
     rows×block (adaptive mask selection); N:M masks inside the column loop every M columns from the
     already-updated weights. Errors propagate within the block column by column and to later blocks
     by the lazy batch update.
     """
     W = weight.detach().clone().float()
-    H = hessian.detach().clone().float()
     cols = W.shape[1]
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
+    dead, Hinv = inverse.dead, inverse.upper
     W[:, dead] = 0.0
-    Hinv, damping = _inverse_hessian_upper(H, damp_fraction)
     if isinstance(target, NMPattern):
         block_size = target.m * max(1, block_size // target.m)  # groups never straddle blocks
     mask = torch.zeros_like(W, dtype=torch.bool)
@@ -143,7 +163,7 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, target: MaskTar
         W[:, i2:] -= errors.t() @ Hinv[i1:i2, i2:]
     mask |= dead.unsqueeze(0).expand_as(mask) & (W == 0)
     W[mask] = 0.0
-    info = {"damping_fraction": damping, "dead_inputs": int(dead.sum())}
+    info = {"damping_fraction": inverse.damping_fraction, "dead_inputs": int(dead.sum())}
     return W.to(weight.dtype), mask, info
 
 

@@ -90,11 +90,12 @@ class CalibratedMaskingMethod(MaskingMethod):
         """A fresh accumulator (with `add(x)`) for a linear with this weight."""
         raise NotImplementedError
 
-    def prune_module(self, name: str, module: nn.Module, statistics) -> None:
-        """Zero (and for SparseGPT update) the module's weight from its accumulated input statistics."""
+    def prune_module(self, name: str, module: nn.Module, statistics) -> dict | None:
+        """Zero (and for SparseGPT update) the module's weight from its accumulated input statistics;
+        may return details that `finish` receives per module."""
         raise NotImplementedError
 
-    def finish(self, report: dict) -> dict:
+    def finish(self, report: dict, details: dict[str, dict]) -> dict:
         """Add method-specific totals to the summary."""
         return report
 
@@ -104,7 +105,7 @@ class CalibratedMaskingMethod(MaskingMethod):
         batch_size = input_ids.shape[0] if self.one_pass else ctx.batch_size
         engine = LayerwiseEngine(ctx.model, ctx.adapter, ctx.device, batch_size, ctx.progress)
         engine.capture(input_ids)
-        per_layer = {}
+        per_layer, details = {}, {}
 
         def visit(step: LayerStep):
             targets = ctx.adapter.linear_targets(ctx.model, step.index, ctx.ignore)
@@ -112,20 +113,22 @@ class CalibratedMaskingMethod(MaskingMethod):
             def make(name):
                 return self.statistics(weight_matrix(targets[name]), ctx.device)
 
-            if self.one_pass:
-                def prune_now(name, statistics):
-                    self.prune_module(name, targets[name], statistics)
+            def prune_one(name, statistics):
+                info = self.prune_module(name, targets[name], statistics)
+                if info is not None:
+                    details[name] = info
 
-                with input_statistics(targets, make, on_ready=prune_now):
+            if self.one_pass:
+                with input_statistics(targets, make, on_ready=prune_one):
                     outputs = step.forward()
             else:
                 with input_statistics(targets, make) as statistics:
                     step.forward()
-                for name, module in targets.items():
-                    self.prune_module(name, module, statistics[name])
+                for name in targets:
+                    prune_one(name, statistics[name])
                 outputs = None  # the engine re-runs the pruned layer
             per_layer[step.index] = self.layer_report(targets)
             return outputs
 
         engine.run(visit, description=self.name)
-        return self.finish(self.summary(per_layer))
+        return self.finish(self.summary(per_layer), details)
