@@ -17,6 +17,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 from typing import Iterable
 
@@ -415,15 +416,8 @@ def depth_table(runs: list[Run], model: str, notes=None) -> Table | None:
 
 def layer_ranges(indices: Iterable[int]) -> str:
     """Sorted layer indices with consecutive runs written as ranges, Quark's way: [3, 10-14, 17]."""
-    parts, run = [], []
-    for index in sorted(indices):
-        if run and index != run[-1] + 1:
-            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-            run = []
-        run.append(index)
-    if run:
-        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-    return f"[{', '.join(parts)}]"
+    runs = [[i for _, i in run] for _, run in groupby(enumerate(sorted(indices)), key=lambda p: p[1] - p[0])]
+    return "[" + ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs) + "]"
 
 
 def _removed_layers_text(result: dict) -> str:
