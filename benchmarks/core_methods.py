@@ -1,10 +1,11 @@
-"""Benchmark of the core methods on a real model: magnitude, Wanda and SparseGPT at 50 %, 4:8 and 2:4.
+"""Benchmark of the core methods on a real model: magnitude, Wanda and SparseGPT at 50 %, 4:8 and 2:4,
+Wanda and SparseGPT also in one-pass mode.
 
 Prints (and writes with --out) a Markdown table of WikiText-2 test perplexity, prune wall time, peak RSS,
 and the ratio of prune time to the floor: one plain forward pass of the model over the same calibration
 tokens, measured by this script. Each prune runs in its own process so peak RSS is its own.
 
-    PRUNING_DATA_DIR=../shared/data .venv/bin/python benchmarks/core_methods.py --out core_benchmark.md
+    PRUNING_DATA_DIR=../shared/data .venv/bin/python benchmarks/core_methods.py --threads 1 --out core_benchmark.md
 
 With --results DIR the prunes are not repeated: the table is built from the workflow's measured runs
 (DIR/metrics/{model}/{method}/{ratio}/prune.json and ppl.json, which record their own protocol) and only
@@ -70,7 +71,8 @@ def measured_rows(args, model_dir: Path, floor_seconds: float):
                              report["prune_seconds"] / floor_seconds))
                 print(f"{name} {label}: ppl {ppl['ppl']:.2f}, {report['prune_seconds']:.1f} s "
                       f"({report['prune_seconds'] / floor_seconds:.2f}x floor)", file=sys.stderr)
-    protocol = f"calibration C4 {args.nsamples} x {args.seqlen} (seed {args.seed}, batch {args.batch_size})"
+    protocol = (f"calibration C4 {args.nsamples} x {args.seqlen} (seed {args.seed}, batch {args.batch_size}; "
+                f"one-pass rows: all windows in one batch)")
     return rows, dense, protocol
 
 
