@@ -116,7 +116,8 @@ def table_specs(rows: Iterable[Mapping], *, zeroshot: bool, gguf: bool) -> list[
     specs += [TableSpec(f"sparsity-{m}", "sparsity", m) for m in models
               if any(r["model"] == m and kind in MASK_KINDS for r, kind in kinds)]
     specs += [TableSpec(f"depth-{m}", "depth", m) for m in models
-              if any(r["model"] == m and r["library_method"] == DEPTH_METHOD and kind == "num_blocks" for r, kind in kinds)]
+              if any(r["model"] == m and r["library_method"] == DEPTH_METHOD and kind == "num_blocks"
+                     for r, kind in kinds)]
     if any(row["library_method"] in LAYER_REMOVAL_METHODS for row in rows):
         specs.append(TableSpec("layer-removal", "layer_removal"))
     if any(row["library_method"] == TWO_STAGE_METHOD for row in rows):
