@@ -53,7 +53,7 @@ DISTILL_OPTIONS = (
     Option("learning_rate", float, "AdamW learning rate", default=5e-5, low=0, high=1, low_open=True),
     Option("temperature", float, "softmax temperature of the KL term", default=2.0, low=0, high=100, low_open=True),
     Option("ce_weight", float, "weight of the next-token cross-entropy (the rest is KL)", default=0.0, low=0, high=1),
-    Option("max_steps", int, "optimizer steps at most (null: no cap)", default=200, low=1),
+    Option("max_steps", int, "optimizer steps at most (null: no cap)", default=200, low=1, nullable=True),
     Option("train_seqlen", int, "tokens per training window", default=256, low=2),
     Option("train_batch_size", int, "windows per optimizer step", default=4, low=1),
     Option("loss_windows", int, "windows on which the loss before and after is measured", default=16, low=1),

@@ -18,7 +18,8 @@ class Option:
     """One keyword a method accepts. `ratio=True` marks the grid's ratio kinds (sparsity, nm, fraction, ...),
     which the workflow config lists under `ratios` rather than `options`.
 
-    A default of None means "not given" and is always accepted; `required` options have no default.
+    None (YAML null) stands for the default, or for "none" where `nullable` (e.g. no step cap); an option
+    whose default is None is optional. `required` options have no default.
     `check` converts or refuses a value beyond its type and range (raising ValueError with the reason).
     """
 
@@ -33,6 +34,7 @@ class Option:
     low_open: bool = False
     high_open: bool = False
     ratio: bool = False
+    nullable: bool = False
     check: Callable[[Any], Any] | None = None
 
     def allowed(self) -> str:
@@ -54,7 +56,9 @@ class Option:
 
     def parse(self, method: str, value):
         """The value, converted (int -> float for numbers) and checked, or a one-line MethodError."""
-        if value is None and not self.required:
+        if value is None and not self.nullable:
+            value = self.default
+        if value is None:
             return None
         if not self._has_type(value) or not self._in_range(value):
             raise MethodError(f"{method}: {self.name} must be {self.allowed()}, got {value!r}")
