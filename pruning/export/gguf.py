@@ -44,7 +44,8 @@ import gguf
 from gguf import GGMLQuantizationType as QType
 from gguf import LlamaFileType, MODEL_ARCH, MODEL_TENSOR
 
-from ..modeling import HETEROGENEOUS_MODEL_TYPE
+from .. import heterogeneous as heterogeneous_format
+from ..heterogeneous import LayerShape
 
 # Output types written directly by this module: tensor type for matrices and the file-type tag.
 DIRECT_OUTTYPES = {
@@ -164,13 +165,6 @@ FAMILIES = {
 
 def supported_model_types() -> list[str]:
     return sorted(FAMILIES)
-
-
-@dataclass(frozen=True)
-class LayerShape:
-    heads: int
-    kv_heads: int
-    ffn: int
 
 
 @dataclass
@@ -440,25 +434,12 @@ def add_vocabulary(writer: gguf.GGUFWriter, model_dir: Path, vocab: dict, vocab_
 # --------------------------------------------------------------------------------------------- plan
 
 def _layer_shapes(config: dict, hyper: Hyper, heterogeneous: bool) -> list[LayerShape]:
-    if heterogeneous:
-        records = config.get("pruning_layer_structure")
-        if not isinstance(records, list) or not records:
-            raise ExportError("heterogeneous config lacks a pruning_layer_structure list")
-        try:
-            layers = [LayerShape(int(r["num_attention_heads"]), int(r["num_key_value_heads"]), int(r["intermediate_size"]))
-                      for r in records]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ExportError(f"malformed pruning_layer_structure entry: {exc}") from None
-        if hyper.layers != len(layers):
-            raise ExportError(f"num_hidden_layers={hyper.layers} but pruning_layer_structure has {len(layers)} entries")
-    else:
-        layers = [LayerShape(hyper.heads, hyper.kv_heads, hyper.ffn)] * hyper.layers
-    for index, layer in enumerate(layers):
-        if min(layer.heads, layer.kv_heads, layer.ffn) < 0 or (layer.heads == 0) != (layer.kv_heads == 0) \
-                or (layer.kv_heads and layer.heads % layer.kv_heads):
-            raise ExportError(f"layer {index}: inconsistent structure {asdict(layer)} (heads must be a multiple "
-                              "of key-value heads; both zero when attention is removed)")
-    return layers
+    if not heterogeneous:
+        return [LayerShape(hyper.heads, hyper.kv_heads, hyper.ffn)] * hyper.layers
+    try:
+        return heterogeneous_format.layer_shapes(config)
+    except heterogeneous_format.FormatError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def _matrix_type(outtype: QType, shape: tuple[int, ...], name: str, plan: ExportPlan) -> QType:
@@ -478,8 +459,8 @@ def plan_export(model_dir: str | os.PathLike, outtype: str = "f16") -> ExportPla
     if not (model_dir / "config.json").is_file():
         raise ExportError(f"{model_dir} has no config.json: not a Hugging Face model directory")
     config = _read_json(model_dir / "config.json")
-    heterogeneous = config.get("model_type") == HETEROGENEOUS_MODEL_TYPE
-    model_type = config.get("pruning_base_model_type") if heterogeneous else config.get("model_type")
+    heterogeneous = heterogeneous_format.is_heterogeneous(config)
+    model_type = heterogeneous_format.base_model_type(config)
     if model_type not in FAMILIES:
         raise ExportError(f"architecture {model_type!r} cannot be exported to GGUF here; supported model types: "
                           f"{', '.join(supported_model_types())}")
