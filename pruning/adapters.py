@@ -1,7 +1,8 @@
 """Architecture adapters: where each model family keeps its decoder layers, attention, MLP and norms.
 
 Everything else in the library asks an adapter instead of naming modules itself, so supporting a new
-family means adding one `ArchitectureAdapter` entry here.
+family means adding one `ArchitectureAdapter` entry here; exporting it to GGUF adds one `GGUFFamily` entry
+under the same model type in pruning/export/gguf_families.py.
 """
 from __future__ import annotations
 

@@ -15,7 +15,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import pruning
 from pruning import structure
 from pruning.export import ExportError, export_gguf
-from pruning.export.gguf import ZERO_FFN_WIDTH, bpe_pre_tokenizer, qkv_grouping_order, rotary_interleave_order
+from pruning.export.gguf_families import FAMILIES
+from pruning.export.gguf_tensors import ZERO_FFN_WIDTH, qkv_grouping_order, rotary_interleave_order
+from pruning.export.gguf_vocab import bpe_pre_tokenizer
 
 from conftest import tiny_config
 
@@ -78,17 +80,26 @@ def models(stories_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(models, tmp_path_factory):
     """Every model in f32, f16 and q8_0, written once for the module."""
+    from importlib.metadata import version
+
     root = tmp_path_factory.mktemp("gguf_files")
+    gguf_version = version("gguf")
     files = {}
     for name, path in models.items():
         for outtype in ("f32", "f16", "q8_0"):
             files[name, outtype] = root / f"{name}-{outtype}.gguf"
             report = export_gguf(path, files[name, outtype], outtype)
             assert report["bytes"] == files[name, outtype].stat().st_size
+            assert report["gguf_version"] == gguf_version
     return files
 
 
 # ---------------------------------------------------------------------------------------- maths
+
+def test_every_gguf_family_is_a_pruning_family():
+    """A model type is added once for pruning (adapters.py) and once for GGUF (gguf_families.py)."""
+    assert set(FAMILIES) <= set(pruning.supported_model_types())
+
 
 def test_rotary_interleave_order_matches_llama_cpp_rope():
     assert rotary_interleave_order(1, 4).tolist() == [0, 2, 1, 3]

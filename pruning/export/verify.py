@@ -143,7 +143,6 @@ def evaluate_gguf(gguf_path: str | os.PathLike, model_dir: str | os.PathLike, *,
     from ..evaluation.perplexity import token_windows, windows_nll
     from ..io import atomic_write_json, git_commit, versions
     from ..modeling import load_model, parameter_counts, torch_dtype
-    from .gguf import package_version
 
     gguf_path = check_gguf_file(gguf_path)
     if seqlen < 2:
@@ -192,7 +191,7 @@ def evaluate_gguf(gguf_path: str | os.PathLike, model_dir: str | os.PathLike, *,
         "scored_tokens": scored,
         "tokenizer": str(model_path),
         "tokenizer_agreement": tokenizer_check,
-        "backend": {"name": "llama.cpp", "llama_cpp_python": package_version("llama_cpp_python"), "threads": n_threads,
+        "backend": {"name": "llama.cpp", "llama_cpp_python": versions("llama_cpp_python")["llama_cpp_python"], "threads": n_threads,
                     "n_ctx": seqlen, "kv_cache_type": "f16 (llama.cpp default)"},
         "model": str(model_path),
     }
