@@ -203,6 +203,20 @@ def test_heterogeneous_weights_must_fit_the_record(stories, tmp_path):
         load_model(tmp_path / "h")
 
 
+def test_sharded_heterogeneous_checkpoint_loads(stories, tmp_path):
+    """Sharded safetensors are read by transformers itself (no hand-written reader)."""
+    from pruning.heterogeneous import record_layer_shapes
+
+    model = fresh(stories)
+    structure.remove_feed_forward(model, pruning.get_adapter(model), 1)
+    assert record_layer_shapes(model)
+    model.save_pretrained(tmp_path / "h", max_shard_size="100KB")
+    stories[1].save_pretrained(tmp_path / "h")
+    assert (tmp_path / "h" / "model.safetensors.index.json").is_file()
+    again, _ = load_model(tmp_path / "h")
+    assert torch.equal(logits(again), logits(model))
+
+
 def test_uniform_again_saves_the_plain_config(stories, tmp_path):
     """A reloaded heterogeneous model whose odd layer is removed is saved as a plain llama model."""
     model = fresh(stories)
