@@ -65,7 +65,8 @@ def base_model_type(config) -> str | None:
 def layer_shapes(config) -> list[LayerShape]:
     """The validated per-layer record of a heterogeneous config (dict or transformers config)."""
     layers, records = _get(config, "num_hidden_layers"), _get(config, STRUCTURE_KEY)
-    base = LayerShape(*(_get(config, key) for key in LAYER_FIELDS))
+    heads = _get(config, "num_attention_heads")
+    base = LayerShape(heads, _get(config, "num_key_value_heads") or heads, _get(config, "intermediate_size"))
     if not is_heterogeneous(config) or not _get(config, BASE_TYPE_KEY):
         raise FormatError(f"not a heterogeneous pruned model (needs model_type {HETEROGENEOUS_MODEL_TYPE!r} "
                           f"and {BASE_TYPE_KEY})")

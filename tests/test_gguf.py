@@ -306,6 +306,20 @@ def test_bad_inputs_fail_before_any_file(stories_dir, tmp_path):
     assert list(out.iterdir()) == []
 
 
+def test_malformed_heterogeneous_record_is_refused_like_on_load(models, tmp_path):
+    """The export reads layer shapes through the format module: the same validation as loading."""
+    broken = tmp_path / "broken"
+    shutil.copytree(models["heterogeneous"], broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["pruning_layer_structure"][1]["num_key_value_heads"] = 3  # 4 query heads do not split into 3 groups
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ExportError, match=r"pruning_layer_structure\[1\].*does not fit"):
+        export_gguf(broken, tmp_path / "out.gguf", "f16")
+    with pytest.raises(ValueError, match=r"pruning_layer_structure\[1\].*does not fit"):
+        pruning.load_model(broken)
+    assert not (tmp_path / "out.gguf").exists()
+
+
 # ----------------------------------------------------------------------------- llama.cpp agreement
 
 def _llama_logits(llama_cpp, path, ids):
