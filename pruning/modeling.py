@@ -1,14 +1,14 @@
 """Load and save models: plain Hugging Face directories, and pruned models with unequal layers."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .io import atomic_directory, atomic_write_json
+from . import checks
+from .io import PRUNE_REPORT, atomic_directory, atomic_write_json
 
 # model_type written into config.json of models whose layers differ from each other (removed heads,
 # attention-free or FFN-free layers). Plain `from_pretrained` rejects it loudly; `load_model` rebuilds it.
@@ -38,18 +38,22 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def read_config(path: str | os.PathLike) -> dict:
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        raise ModelLoadError(f"{path} has no config.json: not a Hugging Face model directory")
-    return json.loads(config.read_text())
+    return checks.model_config(path)
 
 
 def load_model(path: str | os.PathLike, dtype: str = "float32", device: str = "cpu"):
     """(model, tokenizer) from a local directory, homogeneous or heterogeneous, in eval mode."""
+    path = Path(path)
+    config = checks.model_files(path)
+    with checks.model_read_errors(path):
+        model, tokenizer = _load(path, config, dtype)
+    model.eval()
+    return model.to(resolve_device(device)), tokenizer
+
+
+def _load(path: Path, config: dict, dtype: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = Path(path)
-    config = read_config(path)
     if config.get("model_type") == HETEROGENEOUS_MODEL_TYPE:
         from .structure import load_heterogeneous
 
@@ -59,8 +63,7 @@ def load_model(path: str | os.PathLike, dtype: str = "float32", device: str = "c
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
         tokenizer = AutoTokenizer.from_pretrained(path)
-    model.eval()
-    return model.to(resolve_device(device)), tokenizer
+    return model, tokenizer
 
 
 def parameter_counts(model: nn.Module) -> dict:
@@ -76,10 +79,10 @@ def parameter_counts(model: nn.Module) -> dict:
 
 
 def save_model(model: nn.Module, tokenizer, dest: str | os.PathLike, report: dict | None = None,
-               report_name: str = "prune.json") -> Path:
+               report_name: str = PRUNE_REPORT, overwrite: bool = False) -> Path:
     """Write a reloadable Hugging Face directory (safetensors) and its report, atomically."""
     dest = Path(dest)
-    with atomic_directory(dest) as tmp:
+    with atomic_directory(dest, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

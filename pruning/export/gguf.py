@@ -44,6 +44,9 @@ import gguf
 from gguf import GGMLQuantizationType as QType
 from gguf import LlamaFileType, MODEL_ARCH, MODEL_TENSOR
 
+from .. import __version__
+from ..checks import GGUF_OWNER_KEY
+from ..io import file_mode
 from ..modeling import HETEROGENEOUS_MODEL_TYPE
 
 # Output types written directly by this module: tensor type for matrices and the file-type tag.
@@ -642,6 +645,7 @@ def _transposed(load: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
 def _add_metadata(writer: gguf.GGUFWriter, plan: ExportPlan, file_type: LlamaFileType) -> None:
     hyper, layers = plan.hyper, plan.layers
     writer.add_name(plan.model_dir.name)
+    writer.add_string(GGUF_OWNER_KEY, __version__)  # marks the file as ours: a later convert may replace it
     prune_report = plan.model_dir / "prune.json"
     if prune_report.is_file():
         report = _read_json(prune_report)
@@ -757,6 +761,7 @@ def export_gguf(model_dir: str | os.PathLike, output: str | os.PathLike, outtype
             _llama_cpp_quantize(intermediate_file, scratch, outtype, threads)
         else:
             _write_plan(plan, scratch, DIRECT_OUTTYPES[outtype][1])
+        os.chmod(scratch, file_mode())  # mkstemp's 0600 would make shared results unreadable to others
         os.replace(scratch, output)
     finally:
         scratch.unlink(missing_ok=True)
