@@ -88,7 +88,10 @@ def is_our_file(path: Path) -> bool:
         if head == b"GGUF":
             from gguf import GGUFReader
 
-            return GGUF_OWNER_KEY in GGUFReader(path).fields
+            try:
+                return GGUF_OWNER_KEY in GGUFReader(path).fields
+            except Exception:  # noqa: BLE001 - a GGUF file the reader cannot parse is not one we wrote
+                return False
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError):
         return False
@@ -191,6 +194,21 @@ def safetensors_header(path: Path) -> dict:
     return header
 
 
+def pickled_tensors(path: Path) -> None:
+    """A pickled checkpoint holds only what torch.load(weights_only=True) accepts; tensors are memory-mapped,
+    not read."""
+    import torch
+
+    try:
+        torch.load(path, weights_only=True, mmap=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        reason = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), "not plain tensors")
+        raise _model_error(f"{path}: refused to unpickle ({reason}); only safetensors or plain-tensor "
+                           "checkpoints are loaded") from None
+    except (RuntimeError, OSError, EOFError) as exc:
+        raise _model_error(f"{path}: not a readable PyTorch checkpoint ({' '.join(str(exc).split())})") from None
+
+
 def _expected_shapes(path: Path, config: dict) -> dict[str, list[int]] | None:
     """Parameter shapes the config implies, from a weightless (meta) model; None where we cannot tell."""
     from .modeling import HETEROGENEOUS_MODEL_TYPE
@@ -215,6 +233,9 @@ def model_files(path: str | os.PathLike) -> dict:
     path = Path(path)
     config = model_config(path)
     headers = {file: safetensors_header(file) for file in sorted(path.glob("*.safetensors"))}
+    if not headers:
+        for file in sorted(path.glob("*.bin")):
+            pickled_tensors(file)
     expected = _expected_shapes(path, config) if headers else None
     if expected:
         for file, header in headers.items():
