@@ -14,7 +14,7 @@ import pickle
 from contextlib import contextmanager
 from pathlib import Path
 
-from .io import PRUNE_REPORT, OutputError, is_our_directory, replaceable_directory
+from .io import PRUNE_REPORT, OutputError, replaceable_directory
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 GGUF_OWNER_KEY = "pruning.version"  # written into every GGUF file this tool exports

@@ -52,8 +52,9 @@ def _share_like_directories(root: Path) -> None:
                 os.chmod(path, mode | (current & 0o111 & ~_umask()))
 
 
-def _scratch_prefix(dest: Path, kind: str = "tmp") -> str:
-    return f".{dest.name}.{kind}-{os.getpid()}@{_HOST}-"
+def scratch_prefix(dest: Path) -> str:
+    """Prefix of a scratch entry beside `dest` (the random part follows): names our process and host."""
+    return f".{dest.name}.tmp-{os.getpid()}@{_HOST}-"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -143,7 +144,7 @@ def atomic_directory(dest: str | os.PathLike, *, overwrite: bool = False):
     if not overwrite and not replaceable_directory(dest):
         raise OutputError(f"output directory {dest} exists and is not a previous result of this tool "
                           f"(no {PRUNE_REPORT}): refusing to replace it; remove it or choose another path")
-    tmp = Path(tempfile.mkdtemp(prefix=_scratch_prefix(dest), dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=scratch_prefix(dest), dir=dest.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would make shared results unreadable to others
     try:
         yield tmp
@@ -165,7 +166,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_scratch(path)
-    fd, tmp = tempfile.mkstemp(prefix=_scratch_prefix(path), dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=scratch_prefix(path), dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)

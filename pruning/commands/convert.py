@@ -30,7 +30,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from .. import zoo
     from ..export.gguf import export_gguf
-    from ..io import atomic_write_json, versions
+    from ..io import atomic_write_json, remove_stale_scratch, versions
 
     if args.outtype not in OUTTYPES:
         raise ExportError(f"unknown outtype {args.outtype!r}; use one of {', '.join(OUTTYPES)}")
@@ -44,6 +44,7 @@ def run(args) -> int:
     for output, what in outputs:
         checks.output_file(output, overwrite=args.overwrite, inputs=[path], what=what)
     checks.model_files(path)
+    remove_stale_scratch(args.output)
     report = export_gguf(path, args.output, args.outtype, intermediate=args.intermediate, threads=args.threads)
     if args.report:
         atomic_write_json(args.report, {**report, "versions": versions()})

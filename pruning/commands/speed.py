@@ -52,11 +52,8 @@ def run(args) -> int:
 
 
 def check_arguments(args) -> None:
-    """Counts, output and model files, and prompt + decode length against the model's positions."""
-    checks.positive(prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, repeats=args.repeats,
-                    threads=args.threads)
-    if args.warmup < 0:
-        raise ValueError(f"--warmup must be a whole number >= 0, got {args.warmup}")
+    """Output and model files, and prompt + decode length against the model's positions (speed() checks
+    the counts itself, also before loading)."""
     inputs = [args.model, args.gguf]
     checks.output_file(args.output, overwrite=args.overwrite, inputs=inputs)
     path = checks.local_model(args.model)

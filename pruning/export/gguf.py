@@ -46,7 +46,7 @@ from gguf import LlamaFileType, MODEL_ARCH, MODEL_TENSOR
 
 from .. import __version__
 from ..checks import GGUF_OWNER_KEY
-from ..io import file_mode
+from ..io import file_mode, scratch_prefix
 from ..modeling import HETEROGENEOUS_MODEL_TYPE
 
 # Output types written directly by this module: tensor type for matrices and the file-type tag.
@@ -751,7 +751,7 @@ def export_gguf(model_dir: str | os.PathLike, output: str | os.PathLike, outtype
             raise ExportError(f"intermediate type for llama.cpp quantization must be f16 or f32, got {intermediate!r}")
     plan = plan_export(model_dir, intermediate if outtype in LLAMACPP_OUTTYPES else outtype)
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, scratch = tempfile.mkstemp(prefix=f".{output.name}.tmp-", suffix=".gguf", dir=output.parent)
+    fd, scratch = tempfile.mkstemp(prefix=scratch_prefix(output), suffix=".gguf", dir=output.parent)
     os.close(fd)
     scratch = Path(scratch)
     intermediate_file = scratch.with_name(scratch.name + f".{intermediate}")
