@@ -74,15 +74,18 @@ def _last_touched(path: Path) -> float:
     return max(times)
 
 
+_SCRATCH = re.compile(r"\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)@(?P<host>[A-Za-z0-9._]+?)"
+                      r"(?:-[A-Za-z0-9_]{8}(?:\.[a-z0-9.]+)?)?")
+
+
 def is_stale_scratch(entry: Path, dest_name: str) -> bool:
-    """True for a scratch entry of ours beside `dest_name` whose writer is gone: same host and a dead pid,
-    or (another host, or a name without pid from an older version) untouched for STALE_SECONDS."""
+    """True for a scratch entry of ours whose writer is gone: named by this host and a dead pid, or (named by
+    another host, or an older version's `.DEST.tmp-XXXXXXXX` beside `dest_name`) untouched for STALE_SECONDS."""
+    ours = _SCRATCH.fullmatch(entry.name)
     name = re.escape(dest_name)
-    ours = re.fullmatch(rf"\.{name}\.(?:tmp|old)-(\d+)@([A-Za-z0-9._]+)(?:-[A-Za-z0-9_]+)?(?:\.[a-z0-9.]+)?",
-                        entry.name)
     legacy = re.fullmatch(rf"\.{name}\.tmp-[A-Za-z0-9_]{{8}}(?:\.[a-z0-9.]+)?|\.{name}\.old-\d+", entry.name)
-    if ours and ours.group(2) == _HOST:
-        return not _pid_alive(int(ours.group(1)))
+    if ours and ours["host"] == _HOST:
+        return not _pid_alive(int(ours["pid"]))
     if ours or legacy:
         try:
             return time.time() - _last_touched(entry) > STALE_SECONDS
@@ -92,11 +95,12 @@ def is_stale_scratch(entry: Path, dest_name: str) -> bool:
 
 
 def remove_stale_scratch(dest: str | os.PathLike) -> list[Path]:
-    """Remove leftovers of killed runs (`.NAME.tmp-*`, `.NAME.old-*`) beside `dest`; returns what went."""
+    """Remove leftovers of killed runs of ours (`.NAME.tmp-PID@HOST-*`, `.NAME.old-PID@HOST`) from the folder
+    `dest` is written to; returns what went."""
     dest = Path(dest)
     removed = []
     try:
-        candidates = [p for p in dest.parent.iterdir() if p.name.startswith(f".{dest.name}.")]
+        candidates = [p for p in dest.parent.iterdir() if p.name.startswith(".")]
     except OSError:
         return removed
     for entry in candidates:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -224,6 +225,13 @@ CASES = {
     "speed-output-under-a-file": (SPEED + ["--output", "{root}/afile/s.json"], "which is a file"),
     "speed-random-safetensors": (SPEED[:2] + ["{root}/random"] + SPEED[3:] + ["--output", "{root}/s.json"],
                                  "not a valid safetensors file"),
+    # gguf-eval
+    "gguf-eval-seqlen-beyond-positions": (["gguf-eval", "--gguf", "{root}/foreign.gguf", "--model", M, "--seqlen",
+                                           "1000"], "--seqlen 1000 exceeds the 512 positions"),
+    "gguf-eval-max-windows-0": (["gguf-eval", "--gguf", "{root}/foreign.gguf", "--model", M, "--seqlen", "64",
+                                 "--max-windows", "0"], "--max-windows must be"),
+    "gguf-eval-output-foreign": (["gguf-eval", "--gguf", "{root}/foreign.gguf", "--model", M, "--seqlen", "64",
+                                  "--output", "{root}/foreign.json"], "was not written by this tool"),
     # fetch-model
     "fetch-model-dest-under-a-file": (["fetch-model", M, "--dest", "{root}/afile/copy"], "which is a file"),
     "fetch-model-dest-user-directory": (["fetch-model", M, "--dest", "{root}/userdir"], "is not a previous result"),
@@ -403,20 +411,25 @@ def test_finding6_leftovers_of_killed_runs_are_removed(stories_dir, tmp_path):
     assert killed.returncode == -signal.SIGKILL
     leftover = [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp-")]
     assert len(leftover) == 1 and (leftover[0] / "model.safetensors").is_file()
-    host = socket.gethostname()
+    host = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    dead = finished.pid
     live = tmp_path / f".out.tmp-{os.getpid()}@{host}-abcdefgh"  # this test process: alive
+    elsewhere = tmp_path / f".out.tmp-{dead}@another.host-abcdefgh"  # another host's: judged by age only
+    other = tmp_path / f".other.tmp-{dead}@{host}-abcdefgh.gguf"  # ours, dead, beside another output
     legacy = tmp_path / ".out.tmp-k2j4h5g6"  # an older version's name, untouched for two hours
     recent_legacy = tmp_path / ".out.tmp-a1b2c3d4"
     foreign = tmp_path / ".out.tmp-mine"  # not our pattern
-    other = tmp_path / f".other.tmp-999999@{host}-abcdefgh"  # ours, but beside another output
-    for folder in (live, legacy, recent_legacy, foreign, other):
+    for folder in (live, elsewhere, legacy, recent_legacy, foreign):
         folder.mkdir()
+    other.write_bytes(b"GGUF")
     two_hours_ago = time.time() - 7200
     os.utime(legacy, (two_hours_ago, two_hours_ago))
     result = run_cli(*prune_args(stories_dir, tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["out", live.name, recent_legacy.name, foreign.name, other.name])
+        ["out", live.name, elsewhere.name, recent_legacy.name, foreign.name])
 
 
 def test_finding6_files_get_the_umask_mode_and_quiet_is_quiet(stories_dir, tmp_path):
