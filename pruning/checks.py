@@ -292,6 +292,21 @@ def local_model(spec: str) -> Path:
     return zoo.resolve(spec)
 
 
+def model_and_outputs(model: str, outputs=(), *, overwrite: bool = False, inputs=()) -> tuple[Path, dict]:
+    """Output files [(path or None, what), ...] checked against every input, then the model resolved and its
+    files checked; (model directory, config). Outputs are checked before a hub or embedded model is fetched,
+    and once more against the resolved directory."""
+    outputs = [(path, what) for path, what in outputs if path is not None]
+    if len({Path(path).expanduser().resolve() for path, _ in outputs}) < len(outputs):
+        raise OutputError(f"{' and '.join(what for _, what in outputs)} name the same file")
+    for path, what in outputs:
+        output_file(path, overwrite=overwrite, inputs=[model, *inputs], what=what)
+    directory = local_model(model)
+    for path, what in outputs:
+        output_file(path, overwrite=overwrite, inputs=[directory], what=what)
+    return directory, model_files(directory)
+
+
 def before_prune(model: str, output_dir, *, overwrite: bool = False, seqlen: int | None = None,
                  eval_seqlen: int | None = None, eval_max_windows: int | None = None, inputs=()) -> Path:
     """Everything api.prune can check before loading weights: output path and ownership, model files,
@@ -310,15 +325,6 @@ def before_evaluate(model: str, output=None, *, overwrite: bool = False, seqlen:
                     batch_size: int | None = None, max_windows: int | None = None, inputs=()) -> Path:
     """Everything a perplexity run can check before loading weights. Returns the model directory."""
     positive(batch_size=batch_size, max_windows=max_windows)
-    if output is not None:
-        output_file(output, overwrite=overwrite, inputs=[model, *inputs])
-    path = local_model(model)
-    if output is not None:
-        output_file(output, overwrite=overwrite, inputs=[path])
-    config = model_files(path)
+    path, config = model_and_outputs(model, [(output, "output")], overwrite=overwrite, inputs=inputs)
     check_lengths(path, config, {"--seqlen": seqlen})
     return path
-
-
-def same_path(a, b) -> bool:
-    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()

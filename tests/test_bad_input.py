@@ -207,7 +207,8 @@ CASES = {
                                 "unknown outtype 'q9'"),
     "convert-config-disagrees": (CONVERT[:2] + ["{root}/shape"] + CONVERT[3:] + ["--output", "{root}/m.gguf"],
                                  "the config and the weights disagree"),
-    "convert-report-is-output": (CONVERT + ["--output", "{root}/m.gguf", "--report", "{root}/m.gguf"], "same file"),
+    "convert-report-is-output": (CONVERT + ["--output", "{root}/m.gguf", "--report", "{root}/m.gguf"],
+                                 "output and report name the same file"),
     "convert-report-foreign": (CONVERT + ["--output", "{root}/m.gguf", "--report", "{root}/foreign.json"],
                                "report {root}/foreign.json exists and was not written by this tool"),
     # zeroshot

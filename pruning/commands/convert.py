@@ -28,22 +28,14 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from .. import zoo
     from ..export.gguf import export_gguf
     from ..io import atomic_write_json, remove_stale_scratch, versions
 
     if args.outtype not in OUTTYPES:
         raise ExportError(f"unknown outtype {args.outtype!r}; use one of {', '.join(OUTTYPES)}")
     checks.positive(threads=args.threads)
-    outputs = [(args.output, "output")] + ([(args.report, "report")] if args.report else [])
-    if args.report and checks.same_path(args.report, args.output):
-        raise ExportError(f"--report and --output name the same file {args.output}")
-    for output, what in outputs:
-        checks.output_file(output, overwrite=args.overwrite, inputs=[args.model], what=what)
-    path = checks.local_model(args.model)
-    for output, what in outputs:
-        checks.output_file(output, overwrite=args.overwrite, inputs=[path], what=what)
-    checks.model_files(path)
+    path, _ = checks.model_and_outputs(args.model, [(args.output, "output"), (args.report, "report")],
+                                       overwrite=args.overwrite)
     remove_stale_scratch(args.output)
     report = export_gguf(path, args.output, args.outtype, intermediate=args.intermediate, threads=args.threads)
     if args.report:

@@ -36,12 +36,9 @@ def run(args) -> int:
     from ..export.verify import evaluate_gguf
 
     checks.positive(max_windows=args.max_windows, threads=args.threads)
-    if args.output:
-        checks.output_file(args.output, overwrite=args.overwrite, inputs=[args.model, args.gguf, args.dataset])
-    path = checks.local_model(args.model)
-    if args.output:
-        checks.output_file(args.output, overwrite=args.overwrite, inputs=[path])
-    checks.check_lengths(path, checks.model_files(path), {"--seqlen": args.seqlen})
+    path, config = checks.model_and_outputs(args.model, [(args.output, "output")], overwrite=args.overwrite,
+                                            inputs=[args.gguf, args.dataset])
+    checks.check_lengths(path, config, {"--seqlen": args.seqlen})
     result = evaluate_gguf(args.gguf, args.model, dataset=args.dataset, split=args.split, seqlen=args.seqlen,
                            max_windows=args.max_windows, data_dir=args.data_dir, compare_hf=args.compare_hf,
                            generate_tokens=args.generate, threads=args.threads, output=args.output)

@@ -54,10 +54,7 @@ def run(args) -> int:
 def check_arguments(args) -> None:
     """Output and model files, and prompt + decode length against the model's positions (speed() checks
     the counts itself, also before loading)."""
-    inputs = [args.model, args.gguf]
-    checks.output_file(args.output, overwrite=args.overwrite, inputs=inputs)
-    path = checks.local_model(args.model)
-    checks.output_file(args.output, overwrite=args.overwrite, inputs=[path])
-    config = checks.model_files(path)
+    path, config = checks.model_and_outputs(args.model, [(args.output, "output")], overwrite=args.overwrite,
+                                            inputs=[args.gguf])
     checks.check_lengths(path, config, {f"--prompt-tokens {args.prompt_tokens} + --new-tokens {args.new_tokens} =":
                                         args.prompt_tokens + args.new_tokens})

@@ -38,10 +38,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    checks.output_file(args.output, overwrite=args.overwrite, inputs=[args.model])
-    path = checks.local_model(args.model)
-    checks.output_file(args.output, overwrite=args.overwrite, inputs=[path])
-    checks.model_files(path)
+    checks.model_and_outputs(args.model, [(args.output, "output")], overwrite=args.overwrite)
     if args.quiet:
         quiet_progress()
     result = zeroshot(args.model, args.task, limit=args.limit, num_fewshot=args.num_fewshot,
