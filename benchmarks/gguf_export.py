@@ -42,7 +42,7 @@ def median_seconds(action, repeats: int) -> float:
 def conversion_times(model_dir: Path, work: Path, repeats: int) -> dict:
     def hf_round_trip():
         model, tokenizer = pruning.load_model(model_dir)
-        pruning.save_model(model, tokenizer, work / "hf-copy")
+        pruning.save_model(model, tokenizer, work / "hf-copy", overwrite=True)  # its own scratch copy, saved each repeat
 
     times = {"hf load + save_pretrained": median_seconds(hf_round_trip, repeats)}
     for outtype in ("f16", "q8_0"):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from . import zoo
+from . import checks, zoo
 from .adapters import get_adapter
 from .data import calibration_windows, check_calibration_source, check_evaluation_dataset, data_dir
 from .evaluation.perplexity import perplexity
@@ -23,7 +23,8 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
           nsamples: int = 128, seqlen: int = 2048, seed: int = 0, device: str = "auto", dtype: str = "float32",
           data_dir_path: str | None = None, batch_size: int = 8, ignore: tuple[str, ...] = (),
           evaluate: bool = False, eval_dataset: str = "wikitext2", eval_seqlen: int | None = None,
-          eval_max_windows: int | None = None, progress: bool = True, **method_arguments) -> dict:
+          eval_max_windows: int | None = None, progress: bool = True, overwrite: bool = False,
+          **method_arguments) -> dict:
     """Prune `model` (any zoo spec) with `method` and save the result plus prune.json in `output_dir`."""
     measurement = Measurement(model)
     instance = method if isinstance(method, PruningMethod) else build_method(method, **method_arguments)
@@ -38,11 +39,12 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
     torch_dtype(dtype)
     zoo.check_spec(model)
     output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"output directory {output_dir} exists and is not a directory")
+    path = checks.before_prune(
+        model, output_dir, overwrite=overwrite, seqlen=seqlen if instance.needs_calibration else None,
+        eval_seqlen=(eval_seqlen or seqlen) if evaluate else None, eval_max_windows=eval_max_windows,
+        inputs=[calib, eval_dataset, *(method_arguments.get(k) for k in ("teacher_model", "training_data"))])
 
-    path = measurement.resolve()
-    net, tokenizer = load_model(path, dtype=dtype, device="cpu")
+    net, tokenizer = load_model(measurement.resolve(path), dtype=dtype, device="cpu")
     adapter = get_adapter(net)
     torch.manual_seed(seed)
     calibration_cache: dict = {}
@@ -89,21 +91,25 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
         "peak_cuda_mb": round(torch.cuda.max_memory_allocated(compute) / 2**20, 1) if compute.type == "cuda" else None,
     }
     report = measurement.finish(report, peak_rss=True)
-    save_model(net, tokenizer, output_dir, report)
+    save_model(net, tokenizer, output_dir, report, overwrite=overwrite)
     return report
 
 
 def evaluate_perplexity(model: str, *, dataset: str = "wikitext2", split: str = "test", seqlen: int = 512,
                         max_windows: int | None = None, batch_size: int = 4, device: str = "auto",
-                        dtype: str = "float32", data_dir_path: str | None = None, output: str | None = None) -> dict:
-    """Perplexity of a model directory or spec; written atomically to `output` when given."""
+                        dtype: str = "float32", data_dir_path: str | None = None, output: str | None = None,
+                        overwrite: bool = False) -> dict:
+    """Perplexity of a model directory or spec; written atomically to `output` when given (replacing only
+    an earlier result of ours unless `overwrite`)."""
     measurement = Measurement(model)
     check_evaluation_dataset(dataset)
     data_dir(data_dir_path)
     compute = resolve_device(device)
     torch_dtype(dtype)
     zoo.check_spec(model)
-    net, tokenizer = load_model(measurement.resolve(), dtype=dtype, device=str(compute))
+    path = checks.before_evaluate(model, output, overwrite=overwrite, seqlen=seqlen, batch_size=batch_size,
+                                  max_windows=max_windows, inputs=[dataset])
+    net, tokenizer = load_model(measurement.resolve(path), dtype=dtype, device=str(compute))
     result = perplexity(net, tokenizer, dataset, split, seqlen, max_windows, batch_size, data_dir_path)
     result["parameters"] = parameter_counts(net)
     return measurement.finish(result, output)

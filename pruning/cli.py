@@ -1,30 +1,67 @@
 """`python -m pruning ...`: each subcommand lives in `pruning/commands/<name>.py` with
-`add_parser(subparsers)` and `run(args) -> int`."""
+`add_parser(subparsers)` and `run(args) -> int`.
+
+Bad input (arguments, models, data, outputs) ends in one line on stderr and exit code 2, before any work
+where it can be checked up front; `--debug` (or PRUNING_DEBUG=1) shows the traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
+import pickle
 import sys
 
 COMMANDS = ("fetch_model", "methods", "prune", "evaluate", "convert", "gguf_eval", "zeroshot", "speed", "tables")
-EXPECTED_ERRORS = (ValueError, FileNotFoundError, PermissionError)
+DEBUG_ENV = "PRUNING_DEBUG"
+# ValueError covers the project's own errors (ModelLoadError, DataError, OutputError, ExportError, ...) and
+# JSON syntax errors; OSError covers missing, unreadable and misplaced files.
+EXPECTED_ERRORS = (ValueError, OSError, pickle.UnpicklingError)
+USAGE_ERROR = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line (argparse prints the whole usage block first)."""
+
+    def error(self, message: str):
+        self.exit(USAGE_ERROR, f"error: {self.prog}: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m pruning",
         description="Prune large language models, evaluate them and export them; see README.md.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of an error (also ${DEBUG_ENV}=1)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"pruning.commands.{name}").add_parser(subparsers)
+    for sub in subparsers.choices.values():
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help=f"show the traceback of an error (also ${DEBUG_ENV}=1)")
     return parser
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of `exc` on one line, with the file name OSError keeps apart."""
+    if isinstance(exc, json.JSONDecodeError):
+        message = f"invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+    elif isinstance(exc, OSError) and exc.filename and str(exc.filename) not in str(exc):
+        message = f"{exc.filename}: {exc.strerror or exc}"
+    else:
+        message = str(exc) or type(exc).__name__
+    return " ".join(message.split())
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return int(args.run(args) or 0)
     except EXPECTED_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        if debug:
+            raise
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return USAGE_ERROR

@@ -52,6 +52,24 @@ def _hub_error(what: str, exc: Exception) -> DataError:
     )
 
 
+def _jsonl_documents(path: Path, handle) -> list[str]:
+    """The 'text' field of every non-blank line; an error names the file and its real line number."""
+    docs = []
+    for number, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(record, dict) or "text" not in record:
+            raise DataError(f"{path}:{number}: no 'text' field (each line must be a JSON object with a 'text' string)")
+        if not isinstance(record["text"], str):
+            raise DataError(f"{path}:{number}: 'text' is {type(record['text']).__name__}, not a string")
+        docs.append(record["text"])
+    return docs
+
+
 def _read_documents(path: Path) -> list[str]:
     """Text of a local .txt (blank-line separated documents), .jsonl or .json.gz (field 'text') file."""
     if not path.is_file():
@@ -60,11 +78,11 @@ def _read_documents(path: Path) -> list[str]:
         if path.suffix in (".jsonl", ".gz"):
             opener = gzip.open if path.suffix == ".gz" else open
             with opener(path, "rt", encoding="utf-8") as handle:
-                docs = [json.loads(line)["text"] for line in handle if line.strip()]
+                docs = _jsonl_documents(path, handle)
         else:
             text = path.read_text(encoding="utf-8")
             docs = [d for d in text.split("\n\n") if d.strip()]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read data file {path}: {type(exc).__name__}: {exc}") from None
     if not docs:
         raise DataError(f"data file {path} holds no text")
@@ -83,11 +101,7 @@ def check_calibration_source(source: str) -> None:
             f"unknown calibration source {source!r}: use one of {', '.join(CALIBRATION_SOURCES)} "
             "or a readable .txt/.jsonl file"
         )
-    try:
-        with open(path, "rb") as handle:
-            handle.read(1)
-    except OSError as exc:
-        raise DataError(f"calibration file {path} is not readable: {exc}") from None
+    _read_documents(path)  # a local text file is small: read it all now rather than fail after loading the model
 
 
 def calibration_documents(source: str, data_root: str | os.PathLike | None = None) -> list[str]:
@@ -192,5 +206,8 @@ def evaluation_text(dataset: str, split: str = "test", data_root=None) -> str:
 
 
 def check_evaluation_dataset(dataset: str) -> None:
-    if dataset not in EVALUATION_DATASETS and not Path(dataset).is_file():
+    if dataset in EVALUATION_DATASETS:
+        return
+    if not Path(dataset).is_file():
         raise DataError(f"unknown evaluation dataset {dataset!r}: use one of {EVALUATION_DATASETS} or a local text file")
+    _read_documents(Path(dataset))

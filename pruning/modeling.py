@@ -1,21 +1,18 @@
 """Load and save models: plain Hugging Face directories, and pruned models with unequal layers."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from . import checks
+from .checks import ModelLoadError
 from .heterogeneous import is_heterogeneous, record_layer_shapes  # also registers the format with transformers
-from .io import atomic_directory, atomic_write_json
+from .io import PRUNE_REPORT, atomic_directory, atomic_write_json
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class ModelLoadError(ValueError):
-    pass
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -36,25 +33,24 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def read_config(path: str | os.PathLike) -> dict:
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        raise ModelLoadError(f"{path} has no config.json: not a Hugging Face model directory")
-    return json.loads(config.read_text())
+    return checks.model_config(path)
 
 
 def load_model(path: str | os.PathLike, dtype: str = "float32", device: str = "cpu"):
     """(model, tokenizer) from a local directory, homogeneous or heterogeneous (pruning/heterogeneous.py),
-    in eval mode."""
+    in eval mode. Files are checked first (config, safetensors headers, shapes), and what the loaders still
+    raise becomes one line naming the file."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
-    heterogeneous = is_heterogeneous(read_config(path))
-    model, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype), output_loading_info=True)
+    heterogeneous = is_heterogeneous(checks.model_files(path))
+    with checks.model_read_errors(path):
+        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype), output_loading_info=True)
+        tokenizer = AutoTokenizer.from_pretrained(path)
     if heterogeneous and (info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"]):
         raise ModelLoadError(f"{path}: weights do not fit the recorded layer structure (missing "
                              f"{sorted(info['missing_keys'])[:5]}, unexpected {sorted(info['unexpected_keys'])[:5]}, "
                              f"mismatched {sorted(info['mismatched_keys'])[:5]})")
-    tokenizer = AutoTokenizer.from_pretrained(path)
     model.eval()
     return model.to(resolve_device(device)), tokenizer
 
@@ -72,12 +68,12 @@ def parameter_counts(model: nn.Module) -> dict:
 
 
 def save_model(model: nn.Module, tokenizer, dest: str | os.PathLike, report: dict | None = None,
-               report_name: str = "prune.json") -> Path:
+               report_name: str = PRUNE_REPORT, overwrite: bool = False) -> Path:
     """Write a reloadable Hugging Face directory (safetensors) and its report, atomically; models with unequal
     layers get the heterogeneous record in their config first."""
     dest = Path(dest)
     record_layer_shapes(model)
-    with atomic_directory(dest) as tmp:
+    with atomic_directory(dest, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

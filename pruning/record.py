@@ -43,8 +43,10 @@ class Measurement:
         self.started = time.perf_counter()
         self.path: Path | None = None
 
-    def resolve(self) -> Path:
-        self.path = zoo.resolve(self.spec)
+    def resolve(self, path: str | os.PathLike | None = None) -> Path:
+        """The model directory: `path` where the early checks already resolved the spec, else resolved
+        (fetched if needed) now."""
+        self.path = Path(path) if path is not None else zoo.resolve(self.spec)
         return self.path
 
     def finish(self, result: dict, output: str | os.PathLike | None = None, *, peak_rss: bool = False) -> dict:

@@ -145,3 +145,45 @@ def test_peak_rss_is_the_process_own_not_its_parents():
     assert float(child.stdout) < 1024, child.stdout
     assert pruning.io.peak_rss_mb() > 1536
     del ballast
+
+
+def test_atomic_directory_replaces_only_what_it_made(tmp_path):
+    """The last guard, for library callers that skip pruning.checks: a user's folder is never replaced."""
+    from pruning.io import OutputError, atomic_directory
+
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("precious")
+    with pytest.raises(OutputError, match="not a previous result of this tool"):
+        with atomic_directory(user) as tmp:
+            (tmp / "prune.json").write_text("{}")
+    assert [p.name for p in user.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["user"]
+    with atomic_directory(user, overwrite=True) as tmp:
+        (tmp / "prune.json").write_text(json.dumps({"method": "magnitude", "versions": {}}))
+    with atomic_directory(user) as tmp:  # now ours: replaced without overwrite
+        (tmp / "prune.json").write_text(json.dumps({"method": "wanda", "versions": {}}))
+    assert json.loads((user / "prune.json").read_text())["method"] == "wanda"
+    (tmp_path / "empty").mkdir()
+    with atomic_directory(tmp_path / "empty") as tmp:
+        (tmp / "x").write_text("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "user"]
+
+
+def test_atomic_writes_honour_the_umask(tmp_path):
+    import os
+    import stat
+
+    from pruning.io import atomic_directory, atomic_write_text
+
+    previous = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        with atomic_directory(tmp_path / "d") as tmp:
+            (tmp / "weights").write_bytes(b"x")
+            os.chmod(tmp / "weights", 0o600)  # as safetensors and mkstemp leave them
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o750
+    assert stat.S_IMODE((tmp_path / "d" / "weights").stat().st_mode) == 0o640

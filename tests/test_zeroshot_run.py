@@ -75,7 +75,7 @@ def test_zeroshot_runs_a_heterogeneous_pruned_model(stories_dir, tmp_path):
 def test_unknown_task_fails_before_the_model_loads_and_keeps_a_good_result(stories_dir, tmp_path, capsys,
                                                                            monkeypatch):
     out = tmp_path / "zeroshot.json"
-    out.write_text('{"good": true}\n')
+    out.write_text('{"good": true, "versions": {"pruning": "0.1"}}\n')  # an earlier result of ours
 
     def no_model(*_, **__):
         raise AssertionError("the model must not be loaded for a bad task")
@@ -84,7 +84,7 @@ def test_unknown_task_fails_before_the_model_loads_and_keeps_a_good_result(stori
     assert main(["zeroshot", "--model", str(stories_dir), "--task", "arc_eazy", "--output", str(out)]) == 2
     error = capsys.readouterr().err
     assert "unknown task 'arc_eazy'" in error and "arc_easy" in error  # names the close match
-    assert out.read_text() == '{"good": true}\n'
+    assert out.read_text() == '{"good": true, "versions": {"pruning": "0.1"}}\n'
 
 
 def test_an_unreachable_hub_is_reported_before_the_model_loads(stories_dir, tmp_path, capsys, monkeypatch):

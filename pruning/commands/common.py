@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import yaml
 
@@ -44,3 +45,19 @@ def parse_options(pairs: list[str] | None) -> dict:
             raise ValueError(f"--option takes KEY=VALUE, got {pair!r}")
         options[key.replace("-", "_")] = yaml.safe_load(value)
     return options
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser, what: str = "output") -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace an existing {what} that this tool did not write (an earlier result of ours is "
+                             "always replaced; an input never is)")
+
+
+def quiet_progress() -> None:
+    """Silence the progress bars of transformers and huggingface_hub (weight loading, shard writing, downloads)."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 
+from .. import checks
 from ..export.gguf import DIRECT_OUTTYPES, LLAMACPP_OUTTYPES, OUTTYPES, ExportError
+from .common import add_overwrite_argument
 
 
 def add_parser(subparsers) -> None:
@@ -21,20 +23,22 @@ def add_parser(subparsers) -> None:
                         help="type of the temporary file llama.cpp quantizes from (k-quants only; default: f16)")
     parser.add_argument("--threads", type=int, default=None, help="threads for llama.cpp quantization")
     parser.add_argument("--report", default=None, help="also write the conversion report JSON here")
+    add_overwrite_argument(parser, "output or report file")
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from .. import zoo
     from ..export.gguf import export_gguf
-    from ..io import atomic_write_json
+    from ..io import atomic_write_json, remove_stale_scratch, versions
 
     if args.outtype not in OUTTYPES:
         raise ExportError(f"unknown outtype {args.outtype!r}; use one of {', '.join(OUTTYPES)}")
-    zoo.check_spec(args.model)
-    report = export_gguf(zoo.resolve(args.model), args.output, args.outtype, intermediate=args.intermediate,
-                         threads=args.threads)
+    checks.positive(threads=args.threads)
+    path, _ = checks.model_and_outputs(args.model, [(args.output, "output"), (args.report, "report")],
+                                       overwrite=args.overwrite)
+    remove_stale_scratch(args.output)
+    report = export_gguf(path, args.output, args.outtype, intermediate=args.intermediate, threads=args.threads)
     if args.report:
-        atomic_write_json(args.report, report)
+        atomic_write_json(args.report, {**report, "versions": versions()})
     print(json.dumps({k: report[k] for k in ("output", "outtype", "arch", "block_count", "bytes", "seconds")}, indent=2))
     return 0

@@ -1,7 +1,9 @@
 """fetch-model: resolve a model spec to a local Hugging Face directory."""
 from __future__ import annotations
 
-from .. import zoo
+from pathlib import Path
+
+from .. import checks, zoo
 
 
 def add_parser(subparsers) -> None:
@@ -16,5 +18,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    if args.dest:
+        checks.writable_location(args.dest, "--dest")
+        if Path(args.dest).exists() and not Path(args.dest).is_dir():
+            raise checks.OutputError(f"--dest {args.dest} exists and is not a directory")
     print(zoo.resolve(args.spec, args.dest))
     return 0

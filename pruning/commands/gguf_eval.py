@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from .. import checks
+from .common import add_overwrite_argument
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -25,12 +28,17 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--generate", type=int, default=16, help="greedy tokens to compare (default: 16; 0 = none)")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: torch's thread count)")
     parser.add_argument("--output", default=None, help="write the metrics JSON here (atomically)")
+    add_overwrite_argument(parser)
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
     from ..export.verify import evaluate_gguf
 
+    checks.positive(max_windows=args.max_windows, threads=args.threads)
+    path, config = checks.model_and_outputs(args.model, [(args.output, "output")], overwrite=args.overwrite,
+                                            inputs=[args.gguf, args.dataset])
+    checks.check_lengths(path, config, {"--seqlen": args.seqlen})
     result = evaluate_gguf(args.gguf, args.model, dataset=args.dataset, split=args.split, seqlen=args.seqlen,
                            max_windows=args.max_windows, data_dir=args.data_dir, compare_hf=args.compare_hf,
                            generate_tokens=args.generate, threads=args.threads, output=args.output)

@@ -7,7 +7,8 @@ from ..api import prune
 from ..data import CALIBRATION_SOURCES
 from ..methods import available_methods
 from ..methods.catalog import summary
-from .common import add_eval_arguments, add_runtime_arguments, parse_options, positive_int
+from .common import (add_eval_arguments, add_overwrite_argument, add_runtime_arguments, parse_options, positive_int,
+                     quiet_progress)
 
 
 def add_parser(subparsers) -> None:
@@ -43,6 +44,7 @@ def add_parser(subparsers) -> None:
                             help="passes over the training data, capped by --option max_steps=N (default: 1, max_steps 200)")
     structured.add_argument("--learning-rate", type=float, metavar="LR", help="AdamW learning rate for distillation (default: 5e-05)")
     parser.add_argument("--output-dir", required=True, help="where the pruned model and prune.json go")
+    add_overwrite_argument(parser, "output directory")
     parser.add_argument("--calib", default="c4",
                         help=f"calibration data: {', '.join(CALIBRATION_SOURCES)} or a .txt/.jsonl file (default: c4)")
     parser.add_argument("--nsamples", type=int, default=128, help="calibration windows (default: 128)")
@@ -54,11 +56,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--evaluate", action="store_true", help="measure perplexity before and after pruning")
     add_eval_arguments(parser, seqlen_default=None)
     add_runtime_arguments(parser)
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (ours, transformers', the hub's)")
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
+    if args.quiet:
+        quiet_progress()
     arguments = parse_options(args.option)
     if args.sparsity is not None:
         arguments["sparsity"] = args.sparsity
@@ -69,7 +73,8 @@ def run(args) -> int:
                    seqlen=args.seqlen, seed=args.seed, device=args.device, dtype=args.dtype,
                    data_dir_path=args.data_dir, batch_size=args.batch_size, ignore=tuple(args.ignore),
                    evaluate=args.evaluate, eval_dataset=args.dataset, eval_seqlen=args.eval_seqlen,
-                   eval_max_windows=args.max_windows, progress=not args.quiet, **arguments)
+                   eval_max_windows=args.max_windows, progress=not args.quiet, overwrite=args.overwrite,
+                   **arguments)
     summary = {k: report[k] for k in ("method", "options", "parameters", "prune_seconds")}
     summary["total_sparsity"] = report["result"].get("total_sparsity")
     summary["prune_ratio_percent"] = report["result"].get("prune_ratio_percent")

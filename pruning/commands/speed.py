@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 
+from .. import checks
 from ..evaluation.speed import speed
+from .common import add_overwrite_argument
 
 
 def add_parser(subparsers) -> None:
@@ -17,6 +19,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--model", required=True, help="model directory or zoo spec")
     parser.add_argument("--gguf", default=None, help="GGUF file of the same model, measured with llama-cpp-python")
     parser.add_argument("--output", required=True, help="result JSON (written atomically)")
+    add_overwrite_argument(parser)
     parser.add_argument("--prompt-tokens", type=int, default=128, help="prompt length (default: 128)")
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy decode steps (default: 32)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs; medians are reported (default: 5)")
@@ -30,6 +33,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    check_arguments(args)
     result = speed(args.model, gguf=args.gguf, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
                    repeats=args.repeats, warmup=args.warmup, seed=args.seed, device=args.device, dtype=args.dtype,
                    threads=args.threads, output=args.output)
@@ -45,3 +49,12 @@ def run(args) -> int:
     summary["note"] = result["sparse_speedup_note"]
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def check_arguments(args) -> None:
+    """Output and model files, and prompt + decode length against the model's positions (speed() checks
+    the counts itself, also before loading)."""
+    path, config = checks.model_and_outputs(args.model, [(args.output, "output")], overwrite=args.overwrite,
+                                            inputs=[args.gguf])
+    checks.check_lengths(path, config, {f"--prompt-tokens {args.prompt_tokens} + --new-tokens {args.new_tokens} =":
+                                        args.prompt_tokens + args.new_tokens})

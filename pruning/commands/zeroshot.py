@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 
 from ..evaluation.zeroshot import TASK_SOURCES, local_tasks, zeroshot
-from .common import add_runtime_arguments, positive_int
+from .. import checks
+from .common import add_overwrite_argument, add_runtime_arguments, positive_int, quiet_progress
 
 
 def _batch_size(value: str):
@@ -25,17 +26,21 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--model", required=True, help="model directory or zoo spec")
     parser.add_argument("--task", required=True, help="lm-eval task or group name, or <name>_local")
     parser.add_argument("--output", required=True, help="result JSON (written atomically)")
+    add_overwrite_argument(parser)
     parser.add_argument("--limit", type=int, default=None, help="score only the first N documents (quick runs)")
     parser.add_argument("--num-fewshot", type=int, default=0, help="in-context examples (default: 0)")
     parser.add_argument("--batch-size", type=_batch_size, default=8, help="requests per forward, or 'auto' (default: 8)")
     parser.add_argument("--source", choices=list(TASK_SOURCES), default="auto",
                         help="; ".join(f"{k}: {v}" for k, v in TASK_SOURCES.items()) + " (default: auto)")
-    parser.add_argument("--quiet", action="store_true", help="only errors from lm-eval's logging")
+    parser.add_argument("--quiet", action="store_true", help="only errors from lm-eval's logging, no progress bars")
     add_runtime_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
+    checks.model_and_outputs(args.model, [(args.output, "output")], overwrite=args.overwrite)
+    if args.quiet:
+        quiet_progress()
     result = zeroshot(args.model, args.task, limit=args.limit, num_fewshot=args.num_fewshot,
                       batch_size=args.batch_size, device=args.device, dtype=args.dtype, data_dir_path=args.data_dir,
                       source=args.source, output=args.output, quiet=args.quiet)

@@ -23,7 +23,9 @@ import gguf
 from gguf import LlamaFileType
 from gguf.lazy import LazyNumpyTensor
 
-from ..io import versions
+from .. import __version__
+from ..checks import GGUF_OWNER_KEY
+from ..io import file_mode, scratch_prefix, versions
 from .gguf_families import supported_model_types
 from .gguf_hparams import ExportError, add_hyperparameters
 from .gguf_tensors import DIRECT_OUTTYPES, LLAMACPP_OUTTYPES, OUTTYPES, ExportPlan, PlannedTensor, plan_export
@@ -49,6 +51,7 @@ def _write_plan(plan: ExportPlan, path: Path, file_type: LlamaFileType) -> None:
     writer = gguf.GGUFWriter(path, plan.arch_name)
     try:
         writer.add_name(plan.model_dir.name)
+        writer.add_string(GGUF_OWNER_KEY, __version__)  # marks the file as ours: a later convert may replace it
         prune_report = plan.model_dir / "prune.json"
         if prune_report.is_file():
             report = read_json(prune_report)
@@ -100,7 +103,7 @@ def export_gguf(model_dir: str | os.PathLike, output: str | os.PathLike, outtype
             raise ExportError(f"intermediate type for llama.cpp quantization must be f16 or f32, got {intermediate!r}")
     plan = plan_export(model_dir, intermediate if outtype in LLAMACPP_OUTTYPES else outtype)
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, scratch = tempfile.mkstemp(prefix=f".{output.name}.tmp-", suffix=".gguf", dir=output.parent)
+    fd, scratch = tempfile.mkstemp(prefix=scratch_prefix(output), suffix=".gguf", dir=output.parent)
     os.close(fd)
     scratch = Path(scratch)
     intermediate_file = scratch.with_name(scratch.name + f".{intermediate}")
@@ -110,6 +113,7 @@ def export_gguf(model_dir: str | os.PathLike, output: str | os.PathLike, outtype
             _llama_cpp_quantize(intermediate_file, scratch, outtype, threads)
         else:
             _write_plan(plan, scratch, DIRECT_OUTTYPES[outtype][1])
+        os.chmod(scratch, file_mode())  # mkstemp's 0600 would make shared results unreadable to others
         os.replace(scratch, output)
     finally:
         scratch.unlink(missing_ok=True)

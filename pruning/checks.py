@@ -1,0 +1,332 @@
+"""Checks that need no model weights, run before any work: output paths, model files, sequence lengths and
+counts. They read at most config.json and safetensors headers, so a bad argument is refused in a second
+instead of after hours of pruning or evaluation, and every refusal is one line naming the file or argument.
+
+Output rule: an existing output is replaced only if this tool wrote it (a directory holding our prune.json,
+a JSON record with our `versions`, a GGUF file with our metadata key), or with `overwrite`; never when the
+output is, contains or lies inside an input.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from contextlib import contextmanager
+from pathlib import Path
+
+from .io import PRUNE_REPORT, OutputError, replaceable_directory
+
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+GGUF_OWNER_KEY = "pruning.version"  # written into every GGUF file this tool exports
+_MAX_SAFETENSORS_HEADER = 100 * 2**20
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+class ModelLoadError(ValueError):
+    """A model directory that cannot be read as it is (config, weights, structure)."""
+
+
+def _model_error(message: str) -> Exception:
+    return ModelLoadError(message)
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+def _local(paths) -> list[Path]:
+    """The inputs that are local files or folders, resolved (hub ids and dataset names drop out)."""
+    found = []
+    for item in paths:
+        if item is None:
+            continue
+        path = Path(str(item)).expanduser()
+        if path.exists():
+            found.append(path.resolve())
+    return found
+
+
+def _check_against_inputs(what: str, dest: Path, inputs) -> None:
+    resolved = dest.resolve()
+    for source in _local(inputs):
+        if resolved == source:
+            raise OutputError(f"{what} {dest} is the input {source}; choose another path")
+        if source in resolved.parents:
+            raise OutputError(f"{what} {dest} is inside the input {source}; choose a path outside it")
+        if resolved in source.parents:
+            raise OutputError(f"{what} {dest} contains the input {source}; replacing it would delete that input")
+
+
+def writable_location(dest: str | os.PathLike, what: str = "output") -> None:
+    """The folder `dest` will be created in exists (or can be made) and this process may write there."""
+    dest = Path(dest)
+    anchor = dest.parent
+    while not os.path.lexists(anchor) and anchor != anchor.parent:
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        raise OutputError(f"{what} {dest} lies under {anchor}, which is a file, not a directory")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} {dest}: cannot write in {anchor} (permission denied or read-only file system)")
+
+
+def output_directory(dest: str | os.PathLike, *, overwrite: bool = False, inputs=()) -> Path:
+    """Refuse, before any work, an output directory that cannot be written or must not be replaced."""
+    dest = Path(dest).expanduser()
+    _check_against_inputs("output directory", dest, inputs)
+    writable_location(dest, "output directory")
+    if os.path.lexists(dest):
+        if not dest.is_dir():
+            raise OutputError(f"output directory {dest} exists and is not a directory")
+        if not overwrite and not replaceable_directory(dest):
+            raise OutputError(f"output directory {dest} exists and is not a previous result of this tool (no "
+                              f"{PRUNE_REPORT}); refusing to replace it: remove it, choose another, or pass --overwrite")
+    return dest
+
+
+def is_our_file(path: Path) -> bool:
+    """A file this tool wrote: a JSON record with our `versions`, or a GGUF file with GGUF_OWNER_KEY."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+        if head == b"GGUF":
+            from gguf import GGUFReader
+
+            try:
+                return GGUF_OWNER_KEY in GGUFReader(path).fields
+            except Exception:  # noqa: BLE001 - a GGUF file the reader cannot parse is not one we wrote
+                return False
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("versions"), dict) and "pruning" in data["versions"]
+
+
+def output_file(path: str | os.PathLike, *, overwrite: bool = False, inputs=(), what: str = "output") -> Path:
+    """Refuse, before any work, an output file that cannot be written or must not be replaced."""
+    path = Path(path).expanduser()
+    _check_against_inputs(what, path, inputs)
+    writable_location(path, what)
+    if path.is_dir():
+        raise OutputError(f"{what} {path} is a directory; give a file name")
+    if os.path.lexists(path):
+        if not path.is_file():
+            raise OutputError(f"{what} {path} exists and is not a regular file")
+        if not overwrite and path.stat().st_size and not is_our_file(path):
+            raise OutputError(f"{what} {path} exists and was not written by this tool; refusing to replace it: "
+                              "remove it, choose another, or pass --overwrite")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+def read_json_file(path: Path, what: str = "JSON file"):
+    """Parsed JSON; a read or syntax error names the file and the line."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise _model_error(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _model_error(f"cannot read {what} {path}: {exc}") from None
+
+
+def model_config(path: str | os.PathLike) -> dict:
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise _model_error(f"{path} has no config.json: not a Hugging Face model directory")
+    config = read_json_file(config_file, "config")
+    if not isinstance(config, dict):
+        raise _model_error(f"{config_file}: not a JSON object")
+    return config
+
+
+def model_positions(config: dict) -> tuple[str, int] | None:
+    """(key, value) of the largest sequence the model's position encoding was built for, if it declares one."""
+    for key in POSITION_KEYS:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return key, value
+    return None
+
+
+def check_lengths(path: str | os.PathLike, config: dict, lengths: dict[str, int | None]) -> None:
+    """Every token length ({"--seqlen": 2048, ...}; None: not used) fits the model's positions."""
+    positions = model_positions(config)
+    if positions is None:
+        return
+    key, limit = positions
+    for label, value in lengths.items():
+        if value is not None and value > limit:
+            raise ValueError(f"{label} {value} exceeds the {limit} positions of the model {path} "
+                             f"({key} in config.json)")
+
+
+def safetensors_header(path: Path) -> dict:
+    """The header of a safetensors file, checked against the file's size (truncated or foreign files)."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise _model_error(f"{path}: {size} bytes, too short for a safetensors header (truncated?)")
+        length = int.from_bytes(prefix, "little")
+        if length > min(size - 8, _MAX_SAFETENSORS_HEADER):
+            raise _model_error(f"{path}: not a valid safetensors file (header length {length} does not fit "
+                               f"its {size} bytes; truncated or another format)")
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw)
+        if not isinstance(header, dict):
+            raise ValueError("not an object")
+    except (ValueError, UnicodeDecodeError):
+        raise _model_error(f"{path}: not a valid safetensors file (its header is not JSON)") from None
+    data = size - 8 - length
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, end = info["data_offsets"]
+            count = 1
+            for dim in info["shape"]:
+                count *= dim
+            expected = count * _DTYPE_BYTES.get(info["dtype"], 0)
+        except (KeyError, TypeError, ValueError):
+            raise _model_error(f"{path}: not a valid safetensors file (bad entry for {name})") from None
+        if end > data:
+            raise _model_error(f"{path}: truncated: tensor {name} ends at byte {end} of {data} data bytes")
+        if info["dtype"] in _DTYPE_BYTES and end - begin != expected:
+            raise _model_error(f"{path}: corrupt: tensor {name} has {end - begin} bytes for shape {info['shape']}")
+    return header
+
+
+def pickled_tensors(path: Path) -> None:
+    """A pickled checkpoint holds only what torch.load(weights_only=True) accepts; tensors are memory-mapped,
+    not read."""
+    import torch
+
+    try:
+        torch.load(path, weights_only=True, mmap=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        reason = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), "not plain tensors")
+        raise _model_error(f"{path}: refused to unpickle ({reason}); only safetensors or plain-tensor "
+                           "checkpoints are loaded") from None
+    except (RuntimeError, OSError, EOFError) as exc:
+        raise _model_error(f"{path}: not a readable PyTorch checkpoint ({' '.join(str(exc).split())})") from None
+
+
+def _expected_shapes(path: Path, config: dict) -> dict[str, list[int]] | None:
+    """Parameter shapes the config implies, from a weightless (meta) model; None where we cannot tell."""
+    from . import heterogeneous  # noqa: F401  (registers the format, so its layer shapes are built too)
+
+    if config.get("quantization_config"):
+        return None  # packed quantized tensors keep the parameter names with other shapes
+    try:
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        with init_empty_weights(include_buffers=False):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    except Exception:  # noqa: BLE001 - an unknown architecture is reported by the real load
+        return None
+    return {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def model_files(path: str | os.PathLike) -> dict:
+    """config.json readable, every safetensors header sound and its shapes those the config implies.
+
+    Returns the config. Weights are not read, only headers (kilobytes)."""
+    path = Path(path)
+    config = model_config(path)
+    headers = {file: safetensors_header(file) for file in sorted(path.glob("*.safetensors"))}
+    if not headers:
+        for file in sorted(path.glob("*.bin")):
+            pickled_tensors(file)
+    expected = _expected_shapes(path, config) if headers else None
+    if expected:
+        for file, header in headers.items():
+            wrong = [(name, info["shape"], expected[name]) for name, info in header.items()
+                     if name in expected and list(info["shape"]) != expected[name]]
+            if wrong:
+                name, found, wanted = wrong[0]
+                more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+                raise _model_error(f"{file}: tensor {name} has shape {found} but {path / 'config.json'} implies "
+                                   f"{wanted}{more}: the config and the weights disagree")
+    return config
+
+
+@contextmanager
+def model_read_errors(path: str | os.PathLike):
+    """Turn what the loaders raise for unreadable weights into one line naming the file (the checks in
+    `model_files` catch most of it earlier; this covers pickles and what headers cannot show)."""
+    from safetensors import SafetensorError
+
+    path = Path(path)
+    try:
+        yield
+    except pickle.UnpicklingError as exc:
+        files = ", ".join(str(f) for f in sorted(path.glob("*.bin"))) or str(path)
+        reason = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), "not plain tensors")
+        raise _model_error(f"{files}: refused to unpickle ({reason}); only safetensors or plain-tensor "
+                           "checkpoints are loaded") from None
+    except SafetensorError as exc:
+        raise _model_error(f"{path}: unreadable safetensors weights ({exc})") from None
+    except RuntimeError as exc:
+        if "mismatch" not in str(exc):
+            raise
+        raise _model_error(f"{path}: the weights do not fit config.json (shape mismatch)") from None
+    except OSError as exc:
+        raise _model_error(f"{path}: cannot read the model ({exc})") from None
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+def positive(**values) -> None:
+    """Every given count is a whole number >= 1 (None means 'not given')."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
+
+
+def local_model(spec: str) -> Path:
+    """The local directory of a model spec, resolved through the zoo (a fetch for hub ids and embedded models)."""
+    from . import zoo
+
+    zoo.check_spec(spec)
+    return zoo.resolve(spec)
+
+
+def model_and_outputs(model: str, outputs=(), *, overwrite: bool = False, inputs=()) -> tuple[Path, dict]:
+    """Output files [(path or None, what), ...] checked against every input, then the model resolved and its
+    files checked; (model directory, config). Outputs are checked before a hub or embedded model is fetched,
+    and once more against the resolved directory."""
+    outputs = [(path, what) for path, what in outputs if path is not None]
+    if len({Path(path).expanduser().resolve() for path, _ in outputs}) < len(outputs):
+        raise OutputError(f"{' and '.join(what for _, what in outputs)} name the same file")
+    for path, what in outputs:
+        output_file(path, overwrite=overwrite, inputs=[model, *inputs], what=what)
+    directory = local_model(model)
+    for path, what in outputs:
+        output_file(path, overwrite=overwrite, inputs=[directory], what=what)
+    return directory, model_files(directory)
+
+
+def before_prune(model: str, output_dir, *, overwrite: bool = False, seqlen: int | None = None,
+                 eval_seqlen: int | None = None, eval_max_windows: int | None = None, inputs=()) -> Path:
+    """Everything api.prune can check before loading weights: output path and ownership, model files,
+    sequence lengths against the model's positions. Pass `seqlen` only when the method calibrates and
+    `eval_seqlen` only when it evaluates. Returns the model directory."""
+    positive(max_windows=eval_max_windows)
+    output_directory(output_dir, overwrite=overwrite, inputs=[model, *inputs])
+    path = local_model(model)
+    output_directory(output_dir, overwrite=overwrite, inputs=[path])
+    config = model_files(path)
+    check_lengths(path, config, {"--seqlen": seqlen, "--eval-seqlen": eval_seqlen})
+    return path
+
+
+def before_evaluate(model: str, output=None, *, overwrite: bool = False, seqlen: int | None = None,
+                    batch_size: int | None = None, max_windows: int | None = None, inputs=()) -> Path:
+    """Everything a perplexity run can check before loading weights. Returns the model directory."""
+    positive(batch_size=batch_size, max_windows=max_windows)
+    path, config = model_and_outputs(model, [(output, "output")], overwrite=overwrite, inputs=inputs)
+    check_lengths(path, config, {"--seqlen": seqlen})
+    return path
