@@ -186,7 +186,7 @@ CASES = {
     "eval-seqlen-beyond-positions": (EVAL + ["--seqlen", "100000", "--max-windows", "1"],
                                      "--seqlen 100000 exceeds the 512 positions"),
     "eval-max-windows-0": (EVAL + ["--seqlen", "64", "--max-windows", "0"], "--max-windows must be a whole number >= 1"),
-    "eval-batch-size-0": (EVAL + ["--seqlen", "64", "--batch-size", "0"], "--batch-size must be a whole number >= 1"),
+    "eval-batch-size-0": (EVAL + ["--seqlen", "64", "--batch-size", "0"], "--batch-size: must be a whole number >= 1"),
     "eval-output-is-a-directory": (EVAL + ["--seqlen", "64", "--output", "{root}/userdir"], "is a directory"),
     "eval-output-under-a-file": (EVAL + ["--seqlen", "64", "--output", "{root}/afile/ppl.json"], "which is a file"),
     "eval-output-foreign-file": (EVAL + ["--seqlen", "64", "--output", "{root}/foreign.json"],
@@ -213,7 +213,7 @@ CASES = {
                                "report {root}/foreign.json exists and was not written by this tool"),
     # zeroshot
     "zeroshot-output-is-a-directory": (ZEROSHOT + ["--output", "{root}/userdir"], "is a directory"),
-    "zeroshot-batch-size-0": (ZEROSHOT + ["--output", "{root}/z.json", "--batch-size", "0"], "batch_size must be"),
+    "zeroshot-batch-size-0": (ZEROSHOT + ["--output", "{root}/z.json", "--batch-size", "0"], "--batch-size: must be a whole number >= 1"),
     "zeroshot-limit-0": (ZEROSHOT[:-1] + ["0", "--output", "{root}/z.json"], "limit must be"),
     "zeroshot-blocked-pickle": (ZEROSHOT[:2] + ["{root}/pickle"] + ZEROSHOT[3:] + ["--output", "{root}/z.json"],
                                 "refused to unpickle"),

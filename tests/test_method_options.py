@@ -195,7 +195,7 @@ def test_batch_size_zero_is_refused_before_loading(stories_dir, tmp_path, capsys
     with pytest.raises(SystemExit) as exit_:
         cli_main([argv[0], "--model", str(stories_dir), *argv[1:], "--batch-size", "0", "--device", "cpu"])
     assert exit_.value.code == 2
-    assert "--batch-size: must be an integer >= 1, got '0'" in capsys.readouterr().err
+    assert "--batch-size: must be a whole number >= 1, got '0'" in capsys.readouterr().err
     assert not out.exists()
 
 
