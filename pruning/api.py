@@ -27,6 +27,7 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
           **method_arguments) -> dict:
     """Prune `model` (any zoo spec) with `method` and save the result plus prune.json in `output_dir`."""
     measurement = Measurement(model)
+    checks.positive(batch_size=batch_size)
     instance = method if isinstance(method, PruningMethod) else build_method(method, **method_arguments)
     if instance.needs_calibration:
         check_calibration_source(calib)
