@@ -182,6 +182,25 @@ BAD_CONFIGS = {
     "method named dense": (lambda c: c["methods"].update(dense={"method": "magnitude", "ratios": {"sparsity": [0.5]}}),
                            "config.methods: 'dense' should not be valid"),
     "bad device": (lambda c: c.update(device="tpu"), "config.device: 'tpu' does not match"),
+    # what only the library knows, asked before any job (each of these used to fail inside the job)
+    "unknown method option": (lambda c: c["methods"]["magnitude"].update(options={"bogus": 1}),
+                              "config.methods.magnitude.options: magnitude: unknown option(s) ['bogus']"),
+    "bad option value": (lambda c: c["methods"]["magnitude"].update(options={"per": "banana"}),
+                         "config.methods.magnitude.options: magnitude: per must be 'matrix' or 'row', got 'banana'"),
+    "option repeating a ratio": (lambda c: c["methods"]["magnitude"].update(options={"sparsity": 0.3}),
+                                 "config.methods.magnitude.options.sparsity: sparsity is already given in ratios"),
+    "more blocks than layers": (lambda c: c["methods"].update(depth={"method": "depth", "ratios": {"num_blocks": [2, 8]}}),
+                                "config.methods.depth.ratios.num_blocks[1]: depth: removing 8 of 5 layers would leave "
+                                "none (model stories260K)"),
+    "missing calibration file": (lambda c: c["protocols"]["tiny"]["calibration"].update(source="no/such/calib.jsonl"),
+                                 f"config.protocols.tiny.calibration.source: unknown calibration source "
+                                 f"'{REPO / 'no/such/calib.jsonl'}'"),
+    "unknown zero-shot task": (lambda c: c.update(zeroshot={"tasks": ["arc_easy", "nosuchtask"]}),
+                               "config.zeroshot.tasks[1]: unknown task 'nosuchtask': not an lm-eval task or group"),
+    "malformed hub id": (lambda c: c["models"].update(qwen="Qwen/Qwen2.5 0.5B"),
+                         "config.models.qwen: model 'Qwen/Qwen2.5 0.5B' not found"),
+    "GGUF speed type without a gguf section": (lambda c: c.update(speed={"enabled": True, "gguf_outtype": "q4_0"}),
+                                               "config.speed.gguf_outtype: 'q4_0' is not listed in gguf.outtypes"),
 }
 
 
@@ -205,6 +224,20 @@ def test_bad_config_rejected_naming_the_key(bad_config_runs, case):
     assert "invalid workflow config" in output
     assert BAD_CONFIGS[case][1] in output, output[-2000:]
     assert not any((workdir / name).exists() for name in ("results", "resources", "logs", "benchmarks"))
+
+
+def test_duplicate_key_rejected(tmp_path):
+    """YAML keeps the last of two equal keys without a word: a config file that writes one twice is refused."""
+    text = yaml.safe_dump(TINY_CONFIG, sort_keys=False)
+    text = text.replace("methods:\n", "methods:\n  wanda:\n    method: wanda\n    ratios: {sparsity: [0.6]}\n", 1)
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    command = _command(tmp_path, ["-n", "--cores", "1", "--configfile", str(path), "--replace-workflow-config"], None)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "invalid workflow config" in output
+    assert f"config.methods.wanda: written twice in {path}" in output, output[-2000:]
 
 
 # ---- a tiny real run: killed mid-way, resumed with --rerun-incomplete, ends in the tables ---------------

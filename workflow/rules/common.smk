@@ -46,17 +46,45 @@ def _key(path) -> str:
     return text
 
 
-def _schema_errors(cfg: dict, schema: dict) -> list[str]:
-    """Every schema violation, each naming its key; `if/then` failures are reported at the leaf."""
-    messages = []
-    validator = jsonschema.Draft202012Validator(schema)
-    for error in validator.iter_errors(cfg):
-        leaves = [error]
-        while any(e.context for e in leaves):
-            leaves = [c for e in leaves for c in (e.context or [e])]
-        for leaf in leaves:
-            messages.append(f"{_key(leaf.absolute_path)}: {leaf.message}")
-    return sorted(set(messages))
+def _schema_messages(error: Exception) -> list[str]:
+    """The violation `validate` stopped at, naming its key; `if/then`/`oneOf` failures at their leaves."""
+    cause = error.__context__  # validate() raises WorkflowError inside `except ValidationError`
+    if not isinstance(cause, jsonschema.ValidationError):
+        return [str(error)]
+    leaves = [cause]
+    while any(e.context for e in leaves):
+        leaves = [c for e in leaves for c in (e.context or [e])]
+    return sorted({f"{_key(leaf.absolute_path)}: {leaf.message}" for leaf in leaves})
+
+
+def _config_files() -> list[Path]:
+    """The YAML/JSON files the config was read from: --configfile ones, and config/config.yaml unless replaced."""
+    settings = workflow.config_settings
+    files = settings.configfiles if settings.replace_workflow_config else workflow.configfiles
+    return list(dict.fromkeys(Path(f) for f in files))
+
+
+def _duplicate_keys(path: Path) -> list[str]:
+    """Keys written twice in one mapping of a config file (YAML keeps only the last one, silently)."""
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return []  # Snakemake itself reports a file it cannot read
+    errors, todo = [], [(root, "config")]
+    while todo:
+        node, key = todo.pop()
+        if isinstance(node, yaml.MappingNode):
+            lines = {}
+            for name, value in node.value:
+                if isinstance(name, yaml.ScalarNode) and name.tag != "tag:yaml.org,2002:merge":
+                    if name.value in lines:
+                        errors.append(f"{key}.{name.value}: written twice in {path} (lines {lines[name.value]} and "
+                                      f"{name.start_mark.line + 1}); remove one (YAML would keep only the last)")
+                    lines.setdefault(name.value, name.start_mark.line + 1)
+                todo.append((value, f"{key}.{name.value}"))
+        elif isinstance(node, yaml.SequenceNode):
+            todo.extend((item, f"{key}[{index}]") for index, item in enumerate(node.value))
+    return errors
 
 
 def _resolve_path(text: str) -> Path:
@@ -67,6 +95,11 @@ def _resolve_path(text: str) -> Path:
 
 def _is_path_spec(spec: str) -> bool:
     return spec.startswith((".", os.sep, "~")) or (REPO / spec).is_dir()
+
+
+def _data_argument(source: str) -> str:
+    """A calibration/evaluation source as jobs get it: files (by suffix) made absolute, names unchanged."""
+    return str(_resolve_path(source)) if Path(source).suffix in DATA_FILE_SUFFIXES else source
 
 
 def _two_decimals(value: float) -> bool:
@@ -101,26 +134,121 @@ def _semantic_errors(cfg: dict) -> list[str]:
                 if not _two_decimals(value):
                     errors.append(f"config.methods.{name}.ratios.{kind}[{index}]: {value} has more than two "
                                   f"decimals (its file token {RATIO_TOKENS[kind](value)} would not name it)")
-        if not ratios and entry["method"] in ("all", "distill") and not entry.get("options"):
+        for kind in sorted(set(ratios) & set(entry["options"])):
+            errors.append(f"config.methods.{name}.options.{kind}: {kind} is already given in ratios")
+        if not ratios and entry["method"] in ("all", "distill") and not entry["options"]:
             errors.append(f"config.methods.{name}: {entry['method']} without ratios needs its ratios in options")
-    data = cfg.get("data_dir")
+    data = cfg["data_dir"]
     if data and not _resolve_path(data).is_dir():
         errors.append(f"config.data_dir: {_resolve_path(data)} is not a directory")
-    speed = cfg.get("speed", {})
-    if speed.get("enabled") and speed.get("gguf_outtype") and speed["gguf_outtype"] not in cfg["gguf"]["outtypes"]:
+    speed = cfg["speed"]
+    if speed["enabled"] and speed["gguf_outtype"] and speed["gguf_outtype"] not in cfg["gguf"]["outtypes"]:
         errors.append(f"config.speed.gguf_outtype: {speed['gguf_outtype']!r} is not listed in gguf.outtypes")
     return errors
 
 
+def _model_layers(name: str, spec: str) -> int | None:
+    """Decoder layers of a model from a config.json readable offline: the local directory, the zoo's or the
+    hub's cache, or the copy fetched into resources/; None when there is none yet (the check is skipped)."""
+    from pruning import zoo
+
+    candidates = []
+    if _is_path_spec(spec):
+        candidates.append(_resolve_path(spec) / "config.json")
+    elif spec in zoo.EMBEDDED:
+        candidates.append(zoo.cache_dir() / "models" / spec / "config.json")
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(spec, "config.json")
+        if isinstance(cached, str):
+            candidates.append(Path(cached))
+    candidates.append(Path("resources", "models", name, "config.json"))
+    for path in candidates:
+        try:
+            return int(json.loads(path.read_text())["num_hidden_layers"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def _library_errors(cfg: dict) -> list[str]:
+    """What the jobs would refuse, asked of the library before any job: model specs, every method entry
+    with each of its ratios (options, and layer counts against each model's depth), the protocol's data
+    and the zero-shot task names. Imports the library (and torch) only here."""
+    from pruning import api, zoo
+    from pruning.data import check_calibration_source, check_evaluation_dataset
+    from pruning.evaluation.zeroshot import resolve_task
+
+    errors = []
+    specs = {name: entry if isinstance(entry, str) else entry["spec"] for name, entry in cfg["models"].items()}
+    for name, spec in specs.items():
+        if not _is_path_spec(spec):
+            try:
+                zoo.check_spec(spec)
+            except ValueError as exc:
+                errors.append(f"config.models.{name}: {exc}")
+    layers = {}
+    for name, entry in cfg["methods"].items():
+        method, options = entry["method"], entry["options"]
+        ratios = [(kind, index, value) for kind, values in entry.get("ratios", {}).items()
+                  for index, value in enumerate(values)] or [(None, None, None)]
+        for kind, index, value in ratios:
+            ratio = {kind: value} if kind else {}
+            where = f"config.methods.{name}" + (f".ratios.{kind}[{index}]" if kind else "")
+            try:
+                instance = api.build_method(method, **options, **ratio)
+            except (ValueError, TypeError) as exc:
+                if options and ratio:
+                    try:
+                        api.build_method(method, **ratio)
+                        where = f"config.methods.{name}.options"  # the ratio alone is fine
+                    except (ValueError, TypeError):
+                        pass
+                errors.append(f"{where}: {exc}")
+                continue
+            if method not in ("depth", "layers"):  # their plan needs only the layer count
+                continue
+            for model in entry.get("models", list(specs)):
+                if model not in layers:
+                    layers[model] = _model_layers(model, specs[model])
+                if layers[model] is None:
+                    continue
+                try:
+                    instance.plan(layers[model])
+                except ValueError as exc:
+                    errors.append(f"{where}: {exc} (model {model})")
+    protocol = cfg["protocols"][cfg["protocol"]]
+    for part, check, field in (("calibration", check_calibration_source, "source"),
+                               ("evaluation", check_evaluation_dataset, "dataset")):
+        try:
+            check(_data_argument(protocol[part][field]))
+        except ValueError as exc:
+            errors.append(f"config.protocols.{cfg['protocol']}.{part}.{field}: {exc}")
+    data = str(_resolve_path(cfg["data_dir"])) if cfg["data_dir"] else None
+    for index, task in enumerate(cfg["zeroshot"]["tasks"]):
+        try:
+            resolve_task(task, "auto", data)
+        except ValueError as exc:
+            errors.append(f"config.zeroshot.tasks[{index}]: {exc}")
+    return list(dict.fromkeys(errors))
+
+
 def check_config(cfg: dict) -> None:
-    """Reject a bad config before any job, with every problem and its key; then fill the defaults."""
-    schema = yaml.safe_load(SCHEMA.read_text())
-    errors = _schema_errors(cfg, schema)
+    """Reject a bad config before any job, naming the key of each problem; fills the schema's defaults.
+    Order: keys written twice in a config file, the schema (`validate`), the cross-checks, then what the
+    library itself would refuse inside a job."""
+    errors = [e for path in _config_files() for e in _duplicate_keys(path)]
+    try:
+        validate(cfg, schema=str(SCHEMA))
+    except WorkflowError as error:
+        errors += _schema_messages(error)
     if not errors:
         errors = _semantic_errors(cfg)
+    if not errors:
+        errors = _library_errors(cfg)
     if errors:
         raise WorkflowError("invalid workflow config:\n  " + "\n  ".join(errors))
-    validate(cfg, schema=str(SCHEMA))
 
 
 check_config(config)
@@ -217,16 +345,14 @@ def prune_arguments(wildcards) -> str:
 
 def calibration_arguments() -> str:
     c = CALIBRATION
-    source = _resolve_path(c["source"]) if Path(c["source"]).suffix in DATA_FILE_SUFFIXES else c["source"]
-    return _quote(["--calib", source,
+    return _quote(["--calib", _data_argument(c["source"]),
                    "--nsamples", c["nsamples"], "--seqlen", c["seqlen"], "--seed", c["seed"],
                    "--batch-size", c["batch_size"]])
 
 
 def evaluation_arguments(batch: bool = True) -> str:
     e = EVALUATION
-    dataset = _resolve_path(e["dataset"]) if Path(e["dataset"]).suffix in DATA_FILE_SUFFIXES else e["dataset"]
-    args = ["--dataset", dataset, "--split", e["split"], "--seqlen", e["seqlen"]]
+    args = ["--dataset", _data_argument(e["dataset"]), "--split", e["split"], "--seqlen", e["seqlen"]]
     if e["max_windows"] is not None:
         args += ["--max-windows", e["max_windows"]]
     if batch:
