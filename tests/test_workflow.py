@@ -140,6 +140,29 @@ def test_optional_evaluations_join_the_grid(tmp_path):
         parser.parse_args(command)
 
 
+def job_resources(output: str, rule: str) -> dict[str, str]:
+    """The resources a dry run prints for the first job of `rule`."""
+    block = output.split(f"rule {rule}:", 1)[1]
+    line = next(line for line in block.splitlines() if line.strip().startswith("resources:"))
+    return dict(item.split("=", 1) for item in line.split(":", 1)[1].strip().split(", "))
+
+
+def test_resources_from_the_rules_through_the_slurm_profile(tmp_path):
+    """Memory, runtime and GPUs come from the rules (one table in common.smk); the Slurm profile adds only
+    account and partition, and --set-resources still overrides per rule."""
+    config = {**TINY_CONFIG, "device": "cuda"}
+    profile = ["--workflow-profile", str(REPO / "profiles" / "slurm")]
+    result = snakemake(tmp_path, "-n", *profile, config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    prune = job_resources(result.stdout + result.stderr, "prune")
+    assert (prune["mem_mb"], prune["runtime"], prune["gpu"]) == ("32000", "240", "1")
+    assert (prune["slurm_account"], prune["slurm_partition"]) == ("your-account", "your-partition")
+    perplexity = job_resources(result.stdout + result.stderr, "perplexity")
+    assert (perplexity["mem_mb"], perplexity["runtime"], perplexity["gpu"]) == ("16000", "120", "1")
+    result = snakemake(tmp_path, "-n", *profile, "--set-resources", "prune:mem_mb=64000", config=config)
+    assert job_resources(result.stdout + result.stderr, "prune")["mem_mb"] == "64000"
+
+
 def test_lint_passes():
     result = subprocess.run([PYTHON, "-m", "snakemake", "--lint", "--snakefile", str(REPO / "Snakefile")],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -373,9 +396,10 @@ def slurm_test_profile(folder: Path) -> Path:
     """profiles/slurm with its placeholders set for the test cluster and memory requests that fit it."""
     profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
     assert profile["default-resources"]["slurm_account"] == "your-account"
-    profile["default-resources"].update(slurm_account="root", slurm_partition="debug", mem_mb=1000)
-    for resources in profile["set-resources"].values():
-        resources["mem_mb"] = 1000
+    profile["default-resources"].update(slurm_account="root", slurm_partition="debug")
+    # the test node has 8000 MB: every submitted job asks for 1000 (the rules ask for 16-32 GB)
+    profile["set-resources"] = {rule: {"mem_mb": 1000} for rule in
+                                ("prune", "perplexity", "zeroshot", "gguf_convert", "gguf_eval", "speed")}
     profile["slurm-init-seconds-before-status-checks"] = 2
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(profile))

@@ -1,5 +1,6 @@
-"""Config checks, the grid (one row per real job) and input/param functions. Kept free of the `pruning`
-import so that building the DAG stays fast; jobs call the library through `python -m pruning`."""
+"""Config checks, the grid (one row per real job), job resources and input/param functions. Only the config
+check imports the `pruning` library (and so torch), to ask it what a job would refuse; jobs call the library
+through `python -m pruning`."""
 import json
 import math
 import os
@@ -17,7 +18,11 @@ REPO = Path(workflow.basedir).resolve()
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 # Jobs run `python -m pruning` from this checkout: the Python that runs Snakemake comes first on PATH
-# (a conda env activated by --sdm conda still goes before it) and the checkout on PYTHONPATH.
+# (a conda env activated by --sdm conda still goes before it) and the checkout on PYTHONPATH; both reach
+# Slurm jobs, which sbatch starts with the submitting environment. The conda env cannot install the
+# checkout instead: Snakemake copies workflow/envs/pruning.yaml to .snakemake/conda/<hash>.yaml in the
+# working directory and conda runs pip from that folder, so a relative `-e ../..` would name the working
+# directory, which is this checkout only when Snakemake runs from it.
 os.environ.update(
     PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
@@ -61,7 +66,7 @@ def _config_files() -> list[Path]:
     """The YAML/JSON files the config was read from: --configfile ones, and config/config.yaml unless replaced."""
     settings = workflow.config_settings
     files = settings.configfiles if settings.replace_workflow_config else workflow.configfiles
-    return list(dict.fromkeys(Path(f) for f in files))
+    return list(dict.fromkeys(Path(f).resolve() for f in files))
 
 
 def _duplicate_keys(path: Path) -> list[str]:
@@ -70,21 +75,27 @@ def _duplicate_keys(path: Path) -> list[str]:
         root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
     except (OSError, yaml.YAMLError):
         return []  # Snakemake itself reports a file it cannot read
-    errors, todo = [], [(root, "config")]
-    while todo:
-        node, key = todo.pop()
+    visited = set()  # an alias may point back at a node already walked
+
+    def walk(node, key):
+        if id(node) in visited:
+            return
+        visited.add(id(node))
         if isinstance(node, yaml.MappingNode):
             lines = {}
             for name, value in node.value:
                 if isinstance(name, yaml.ScalarNode) and name.tag != "tag:yaml.org,2002:merge":
+                    line = name.start_mark.line + 1
                     if name.value in lines:
-                        errors.append(f"{key}.{name.value}: written twice in {path} (lines {lines[name.value]} and "
-                                      f"{name.start_mark.line + 1}); remove one (YAML would keep only the last)")
-                    lines.setdefault(name.value, name.start_mark.line + 1)
-                todo.append((value, f"{key}.{name.value}"))
+                        yield (f"{key}.{name.value}: written twice in {path} (lines {lines[name.value]} and {line}); "
+                               "remove one (YAML would keep only the last)")
+                    lines.setdefault(name.value, line)
+                yield from walk(value, f"{key}.{name.value}")
         elif isinstance(node, yaml.SequenceNode):
-            todo.extend((item, f"{key}[{index}]") for index, item in enumerate(node.value))
-    return errors
+            for index, item in enumerate(node.value):
+                yield from walk(item, f"{key}[{index}]")
+
+    return list(walk(root, "config"))
 
 
 def _resolve_path(text: str) -> Path:
@@ -257,6 +268,32 @@ PROTOCOL = config["protocols"][config["protocol"]]
 CALIBRATION, EVALUATION = PROTOCOL["calibration"], PROTOCOL["evaluation"]
 DATA_DIR = str(_resolve_path(config["data_dir"])) if config["data_dir"] else None
 GPUS = config["gpus_per_job"] if config["gpus_per_job"] is not None else int(config["device"].startswith("cuda"))
+
+# What each rule's jobs ask for: memory (MB) and runtime (minutes) of the first attempt, each retry
+# (--retries) asking for that much again, and whether the job takes the config's GPUs (gpus_per_job, or 1
+# when device is cuda). The one place these are set; a profile or the command line overrides them per rule
+# as Snakemake always allows (set-resources, --set-resources prune:mem_mb=64000).
+JOB_RESOURCES = {
+    "fetch_model": dict(mem_mb=8000, runtime=60, gpu=False),
+    "prune": dict(mem_mb=32000, runtime=240, gpu=True),
+    "perplexity": dict(mem_mb=16000, runtime=120, gpu=True),
+    "zeroshot": dict(mem_mb=16000, runtime=240, gpu=True),
+    "gguf_convert": dict(mem_mb=16000, runtime=60, gpu=False),
+    "gguf_eval": dict(mem_mb=16000, runtime=120, gpu=False),  # llama.cpp on CPU
+    "speed": dict(mem_mb=16000, runtime=60, gpu=True),
+    "tables": dict(mem_mb=2000, runtime=10, gpu=False),
+    "plots": dict(mem_mb=2000, runtime=10, gpu=False),
+}
+
+
+def job_resources(rule: str) -> dict:
+    """The `resources:` of `rule`, from JOB_RESOURCES."""
+    need = JOB_RESOURCES[rule]
+    resources = dict(mem_mb=lambda wildcards, attempt: need["mem_mb"] * attempt,
+                     runtime=lambda wildcards, attempt: need["runtime"] * attempt)
+    if need["gpu"]:
+        resources["gpu"] = GPUS
+    return resources
 MODEL_SPECS = {name: entry if isinstance(entry, str) else entry["spec"] for name, entry in config["models"].items()}
 MODEL_NOTES = {name: entry["note"] for name, entry in config["models"].items()
                if isinstance(entry, dict) and entry.get("note")}
