@@ -263,6 +263,23 @@ def test_duplicate_key_rejected(tmp_path):
     assert f"config.methods.wanda: written twice in {path}" in output, output[-2000:]
 
 
+def test_depth_checked_where_the_model_config_is_readable_offline(tmp_path):
+    """A hub model not in any cache has no readable config.json: its depth is not checked (the job will
+    check it); once fetched into resources/models/, the fetched config.json is."""
+    config = _bad(lambda c: (c["models"].update(hubmodel="no-such-org/no-such-model"),
+                             c["methods"].update(depth={"method": "depth", "ratios": {"num_blocks": [8]},
+                                                        "models": ["hubmodel"]})))
+    result = snakemake(tmp_path, "-n", "--cores", "1", config=config)
+    assert result.returncode == 0, result.stderr[-2000:]
+    fetched = tmp_path / "resources" / "models" / "hubmodel"
+    fetched.mkdir(parents=True)
+    (fetched / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 6}))
+    result = snakemake(tmp_path, "-n", "--cores", "1", config=config)
+    assert result.returncode != 0
+    assert ("config.methods.depth.ratios.num_blocks[0]: depth: removing 8 of 6 layers would leave none "
+            "(model hubmodel)") in result.stdout + result.stderr
+
+
 # ---- a tiny real run: killed mid-way, resumed with --rerun-incomplete, ends in the tables ---------------
 
 def _metric_files(workdir: Path) -> dict[Path, tuple[bytes, int]]:
