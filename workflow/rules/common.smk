@@ -183,65 +183,96 @@ def _model_layers(name: str, spec: str) -> int | None:
     return None
 
 
-def _library_errors(cfg: dict) -> list[str]:
-    """What the jobs would refuse, asked of the library before any job: model specs, every method entry
-    with each of its ratios (options, and layer counts against each model's depth), the protocol's data
-    and the zero-shot task names. Imports the library (and torch) only here."""
-    from pruning import api, zoo
-    from pruning.data import check_calibration_source, check_evaluation_dataset
-    from pruning.evaluation.zeroshot import resolve_task
+def _spec_errors(specs: dict) -> list[str]:
+    """Embedded names and hub ids the zoo cannot resolve (directories were checked before)."""
+    from pruning import zoo
 
     errors = []
-    specs = {name: entry if isinstance(entry, str) else entry["spec"] for name, entry in cfg["models"].items()}
     for name, spec in specs.items():
         if not _is_path_spec(spec):
             try:
                 zoo.check_spec(spec)
             except ValueError as exc:
                 errors.append(f"config.models.{name}: {exc}")
-    layers = {}
-    for name, entry in cfg["methods"].items():
-        method, options = entry["method"], entry["options"]
+    return errors
+
+
+def _method_errors(methods: dict, specs: dict) -> list[str]:
+    """Each method entry built with each of its ratios, as `python -m pruning prune` builds it (unknown
+    options, bad values); depth/layers entries also planned against each model's layer count."""
+    from pruning.methods import method_class
+
+    errors, layers = [], {}
+    for name, entry in methods.items():
+        build = method_class(entry["method"]).build
+        options = entry["options"]
         ratios = [(kind, index, value) for kind, values in entry.get("ratios", {}).items()
                   for index, value in enumerate(values)] or [(None, None, None)]
         for kind, index, value in ratios:
             ratio = {kind: value} if kind else {}
             where = f"config.methods.{name}" + (f".ratios.{kind}[{index}]" if kind else "")
             try:
-                instance = api.build_method(method, **options, **ratio)
+                instance = build(**options, **ratio)
             except (ValueError, TypeError) as exc:
                 if options and ratio:
                     try:
-                        api.build_method(method, **ratio)
+                        build(**ratio)
                         where = f"config.methods.{name}.options"  # the ratio alone is fine
                     except (ValueError, TypeError):
                         pass
                 errors.append(f"{where}: {exc}")
                 continue
-            if method not in ("depth", "layers"):  # their plan needs only the layer count
+            if entry["method"] not in ("depth", "layers"):  # the methods whose plan needs only a layer count
                 continue
             for model in entry.get("models", list(specs)):
                 if model not in layers:
                     layers[model] = _model_layers(model, specs[model])
-                if layers[model] is None:
-                    continue
-                try:
-                    instance.plan(layers[model])
-                except ValueError as exc:
-                    errors.append(f"{where}: {exc} (model {model})")
-    protocol = cfg["protocols"][cfg["protocol"]]
-    for part, check, field in (("calibration", check_calibration_source, "source"),
-                               ("evaluation", check_evaluation_dataset, "dataset")):
+                if layers[model] is not None:
+                    try:
+                        instance.plan(layers[model])
+                    except ValueError as exc:
+                        errors.append(f"{where}: {exc} (model {model})")
+    return errors
+
+
+def _data_errors(protocol_name: str, protocol: dict) -> list[str]:
+    """The protocol's calibration source and evaluation dataset: known names, or files that exist."""
+    from pruning.data import check_calibration_source, check_evaluation_dataset
+
+    errors = []
+    for part, field, check in (("calibration", "source", check_calibration_source),
+                               ("evaluation", "dataset", check_evaluation_dataset)):
         try:
             check(_data_argument(protocol[part][field]))
         except ValueError as exc:
-            errors.append(f"config.protocols.{cfg['protocol']}.{part}.{field}: {exc}")
-    data = str(_resolve_path(cfg["data_dir"])) if cfg["data_dir"] else None
-    for index, task in enumerate(cfg["zeroshot"]["tasks"]):
+            errors.append(f"config.protocols.{protocol_name}.{part}.{field}: {exc}")
+    return errors
+
+
+def _task_errors(tasks: list, data_dir: str | None) -> list[str]:
+    """Zero-shot task names: a local copy in the data directory, else a task in lm-eval's list."""
+    if not tasks:
+        return []
+    from pruning.evaluation.zeroshot import resolve_task
+
+    errors = []
+    for index, task in enumerate(tasks):
         try:
-            resolve_task(task, "auto", data)
+            resolve_task(task, "auto", data_dir)
         except ValueError as exc:
             errors.append(f"config.zeroshot.tasks[{index}]: {exc}")
+    return errors
+
+
+def _library_errors(cfg: dict) -> list[str]:
+    """What a job would refuse, asked of the library before any job. Specs, method options and data need
+    no torch; depth/layers plans against a known layer count and zero-shot task names import it (about a
+    second), only when the config has them."""
+    specs = {name: entry if isinstance(entry, str) else entry["spec"] for name, entry in cfg["models"].items()}
+    data_dir = str(_resolve_path(cfg["data_dir"])) if cfg["data_dir"] else None
+    errors = [*_spec_errors(specs), *_method_errors(cfg["methods"], specs),
+              *_data_errors(cfg["protocol"], cfg["protocols"][cfg["protocol"]]),
+              *_task_errors(cfg["zeroshot"]["tasks"], data_dir)]
     return list(dict.fromkeys(errors))
 
 
