@@ -205,13 +205,15 @@ BAD_CONFIGS = {
     "method named dense": (lambda c: c["methods"].update(dense={"method": "magnitude", "ratios": {"sparsity": [0.5]}}),
                            "config.methods: 'dense' should not be valid"),
     "bad device": (lambda c: c.update(device="tpu"), "config.device: 'tpu' does not match"),
-    # what only the library knows, asked before any job (each of these used to fail inside the job)
+    # what only the library knows, asked before any job (each of these used to fail inside the job); a
+    # pattern where the wording is the library's (its option declarations) and only the key and value matter
     "unknown method option": (lambda c: c["methods"]["magnitude"].update(options={"bogus": 1}),
-                              "config.methods.magnitude.options: magnitude: unknown option(s) ['bogus']"),
+                              re.compile(r"config\.methods\.magnitude\.options: .*'bogus'")),
     "bad option value": (lambda c: c["methods"]["magnitude"].update(options={"per": "banana"}),
-                         "config.methods.magnitude.options: magnitude: per must be 'matrix' or 'row', got 'banana'"),
-    "option repeating a ratio": (lambda c: c["methods"]["magnitude"].update(options={"sparsity": 0.3}),
-                                 "config.methods.magnitude.options.sparsity: sparsity is already given in ratios"),
+                         re.compile(r"config\.methods\.magnitude\.options: magnitude: per .*'banana'")),
+    "option repeating a ratio": (lambda c: c["methods"].update(combined={"method": "all", "ratios": {"sparsity": [0.5]},
+                                                                         "options": {"sparsity": 0.3}}),
+                                 "config.methods.combined.options.sparsity: sparsity is already given in ratios"),
     "more blocks than layers": (lambda c: c["methods"].update(depth={"method": "depth", "ratios": {"num_blocks": [2, 8]}}),
                                 "config.methods.depth.ratios.num_blocks[1]: depth: removing 8 of 5 layers would leave "
                                 "none (model stories260K)"),
@@ -245,7 +247,8 @@ def test_bad_config_rejected_naming_the_key(bad_config_runs, case):
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "invalid workflow config" in output
-    assert BAD_CONFIGS[case][1] in output, output[-2000:]
+    expected = BAD_CONFIGS[case][1]
+    assert (expected.search(output) if isinstance(expected, re.Pattern) else expected in output), output[-2000:]
     assert not any((workdir / name).exists() for name in ("results", "resources", "logs", "benchmarks"))
 
 
