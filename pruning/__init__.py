@@ -4,14 +4,44 @@ evaluation and export. Usable without Snakemake:
     import pruning
     report = pruning.prune("smollm2-135m", "wanda", "out/wanda-50", sparsity=0.5)
     model, tokenizer = pruning.load_model("out/wanda-50")
+
+The public names are imported on first use (PEP 562), so `import pruning` and torch-free modules such
+as `pruning.grid` stay cheap for the Snakefile, which builds its DAG without loading torch.
 """
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
 __version__ = "0.1.0"
 
-from .adapters import get_adapter, supported_model_types  # noqa: E402
-from .api import build_method, evaluate_perplexity, prune  # noqa: E402
-from .methods import available_methods  # noqa: E402
-from .modeling import load_model, save_model  # noqa: E402
-from .zoo import resolve as fetch_model  # noqa: E402
+# public name -> (submodule, attribute)
+_EXPORTS = {
+    "available_methods": ("methods", "available_methods"),
+    "build_method": ("api", "build_method"),
+    "evaluate_perplexity": ("api", "evaluate_perplexity"),
+    "fetch_model": ("zoo", "resolve"),
+    "get_adapter": ("adapters", "get_adapter"),
+    "load_model": ("modeling", "load_model"),
+    "prune": ("api", "prune"),
+    "save_model": ("modeling", "save_model"),
+    "supported_model_types": ("adapters", "supported_model_types"),
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["available_methods", "build_method", "evaluate_perplexity", "fetch_model", "get_adapter",
-           "load_model", "prune", "save_model", "supported_model_types"]
+
+def __getattr__(name: str):
+    """A public name, or a submodule (`pruning.io` after a bare `import pruning`), imported on first use."""
+    if name in _EXPORTS:
+        module, attribute = _EXPORTS[name]
+        value = getattr(importlib.import_module(f".{module}", __name__), attribute)
+    elif importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -4,7 +4,6 @@ Every argument is validated before a model is loaded, and outputs appear only wh
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -15,22 +14,14 @@ from . import zoo
 from .adapters import get_adapter
 from .data import calibration_windows, check_calibration_source, check_evaluation_dataset, data_dir
 from .evaluation.perplexity import perplexity
-from .io import atomic_write_json, git_commit, peak_rss_mb, versions
 from .methods import PruneContext, PruningMethod, method_class
-from .modeling import load_model, parameter_counts, read_config, resolve_device, save_model, torch_dtype
+from .modeling import load_model, parameter_counts, resolve_device, save_model, torch_dtype
+from .record import Measurement
 
 
 def build_method(name: str, **arguments) -> PruningMethod:
     """A method instance from its name and arguments (ratio and options), validated."""
     return method_class(name).build(**arguments)
-
-
-def _model_info(path: Path, spec: str) -> dict:
-    info = {"spec": spec, "path": str(path), "model_type": read_config(path).get("model_type")}
-    zoo_file = path / "zoo.json"
-    if zoo_file.is_file():
-        info["zoo"] = json.loads(zoo_file.read_text())
-    return info
 
 
 def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike, *, calib: str = "c4",
@@ -39,7 +30,7 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
           evaluate: bool = False, eval_dataset: str = "wikitext2", eval_seqlen: int | None = None,
           eval_max_windows: int | None = None, progress: bool = True, **method_arguments) -> dict:
     """Prune `model` (any zoo spec) with `method` and save the result plus prune.json in `output_dir`."""
-    started = time.perf_counter()
+    measurement = Measurement(model)
     instance = method if isinstance(method, PruningMethod) else build_method(method, **method_arguments)
     if instance.needs_calibration:
         check_calibration_source(calib)
@@ -55,7 +46,7 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"output directory {output_dir} exists and is not a directory")
 
-    path = zoo.resolve(model)
+    path = measurement.resolve()
     net, tokenizer = load_model(path, dtype=dtype, device="cpu")
     adapter = get_adapter(net)
     torch.manual_seed(seed)
@@ -90,7 +81,6 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
     report = {
         "method": instance.name,
         "options": instance.options(),
-        "model": _model_info(path, model),
         "calibration": calibration_cache.get("protocol"),
         "seed": seed,
         "device": str(compute),
@@ -100,12 +90,9 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
         "result": method_report,
         "evaluation": evaluation or None,
         "prune_seconds": round(prune_seconds, 3),
-        "wall_seconds": round(time.perf_counter() - started, 3),
-        "peak_rss_mb": peak_rss_mb(),
         "peak_cuda_mb": round(torch.cuda.max_memory_allocated(compute) / 2**20, 1) if compute.type == "cuda" else None,
-        "versions": versions(),
-        "git_commit": git_commit(),
     }
+    report = measurement.finish(report, peak_rss=True)
     save_model(net, tokenizer, output_dir, report)
     return report
 
@@ -114,20 +101,13 @@ def evaluate_perplexity(model: str, *, dataset: str = "wikitext2", split: str = 
                         max_windows: int | None = None, batch_size: int = 4, device: str = "auto",
                         dtype: str = "float32", data_dir_path: str | None = None, output: str | None = None) -> dict:
     """Perplexity of a model directory or spec; written atomically to `output` when given."""
+    measurement = Measurement(model)
     check_evaluation_dataset(dataset)
     data_dir(data_dir_path)
     compute = resolve_device(device)
     torch_dtype(dtype)
     zoo.check_spec(model)
-    path = zoo.resolve(model)
-    net, tokenizer = load_model(path, dtype=dtype, device=str(compute))
+    net, tokenizer = load_model(measurement.resolve(), dtype=dtype, device=str(compute))
     result = perplexity(net, tokenizer, dataset, split, seqlen, max_windows, batch_size, data_dir_path)
-    result.update(model=_model_info(path, model), parameters=parameter_counts(net), versions=versions(),
-                  git_commit=git_commit())
-    prune_report = path / "prune.json"
-    if prune_report.is_file():
-        pruned = json.loads(prune_report.read_text())
-        result["pruning"] = {k: pruned.get(k) for k in ("method", "options", "calibration", "seed")}
-    if output:
-        atomic_write_json(output, result)
-    return result
+    result["parameters"] = parameter_counts(net)
+    return measurement.finish(result, output)

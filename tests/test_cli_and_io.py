@@ -40,7 +40,7 @@ def test_saved_model_reloads_with_identical_logits(pruned_dir):
     assert report["parameters"]["after"]["nonzero"] == pruning.modeling.parameter_counts(plain)["nonzero"]
 
 
-def test_prune_json_records_the_protocol(pruned_dir):
+def test_prune_json_records_the_protocol(pruned_dir, stories_dir):
     report = json.loads((pruned_dir / "prune.json").read_text())
     assert report["method"] == "sparsegpt"
     assert report["options"]["target"] == {"kind": "nm", "n": 2, "m": 4, "convention": "N kept out of every M"}
@@ -55,6 +55,8 @@ def test_prune_json_records_the_protocol(pruned_dir):
     assert report["evaluation"]["before"]["ppl"] < report["evaluation"]["after"]["ppl"]
     for key in ("prune_seconds", "wall_seconds", "peak_rss_mb", "versions", "git_commit", "dtype", "device"):
         assert key in report
+    assert report["model"]["spec"] == str(stories_dir) and "pruning" not in report["model"]
+    assert report["wall_seconds"] >= report["prune_seconds"] > 0
     assert report["versions"]["torch"] == torch.__version__
 
 
@@ -66,7 +68,11 @@ def test_eval_command_writes_protocol(pruned_dir, stories_text, tmp_path):
     metrics = json.loads(out.read_text())
     report = json.loads((pruned_dir / "prune.json").read_text())
     assert metrics["ppl"] == pytest.approx(report["evaluation"]["after"]["ppl"], rel=1e-6)
-    assert metrics["pruning"]["method"] == "sparsegpt"
+    assert metrics["model"]["spec"] == str(pruned_dir) and metrics["model"]["model_type"] == "llama"
+    assert metrics["model"]["pruning"] == {key: report[key] for key in ("method", "options", "calibration", "seed")}
+    assert metrics["model"]["pruning"]["method"] == "sparsegpt"
+    for key in ("wall_seconds", "versions", "git_commit", "parameters"):
+        assert key in metrics
     assert metrics["windows"] == 8 and metrics["seqlen"] == 64 and metrics["dtype"] == "float32"
 
 

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from pruning.cli import main
-from pruning.evaluation.speed import (CPU_SPARSITY_NOTE, is_semi_structured_24, measure_gguf, measure_hf,
-                                      measure_semi_structured, prompt_ids)
+from pruning.evaluation.speed import CPU_SPARSITY_NOTE, measure_gguf, measure_hf, measure_semi_structured, prompt_ids
 from pruning.modeling import load_model, parameter_counts
 
 SETTINGS = ["--prompt-tokens", "16", "--new-tokens", "5", "--repeats", "3", "--warmup", "1", "--device", "cpu",
@@ -48,6 +47,8 @@ def test_speed_command_records_sizes_medians_and_settings(stories_dir, tmp_path)
     assert result["semi_structured_24"] is None
     assert result["gguf"] is None
     assert result["versions"]["torch"] == torch.__version__
+    assert result["model"] == {"spec": str(stories_dir), "path": str(stories_dir.resolve()), "model_type": "llama"}
+    assert result["wall_seconds"] > 0 and "git_commit" in result
 
 
 def test_decode_loop_reproduces_greedy_generation(stories_dir):
@@ -76,11 +77,7 @@ def test_llama_cpp_speed_on_an_exported_gguf(stories_dir, tmp_path):
     assert measured["greedy_tokens"][:4] == result["hf"]["greedy_tokens"][:4]
 
 
-def test_semi_structured_pattern_detection_and_cpu_refusal(stories_dir):
-    weight = torch.tensor([[1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 3.0]])
-    assert is_semi_structured_24(weight)
-    assert not is_semi_structured_24(torch.tensor([[1.0, 1.0, 2.0, 0.0]]))
-    assert not is_semi_structured_24(torch.ones(2, 6))  # columns not a multiple of 4
+def test_semi_structured_kernels_refuse_the_cpu(stories_dir):
     model, _ = load_model(stories_dir)
     with pytest.raises(ValueError, match="CUDA"):
         measure_semi_structured(model, 512)

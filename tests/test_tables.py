@@ -1,20 +1,25 @@
 """pruning.tables on real runs of stories260K (structured, depth, Wanda; perplexity, zero-shot, speed, GGUF):
-every cell equals its metric file, layouts as in the papers, deterministic bytes, clear errors."""
+every cell equals its metric file, layouts as in the papers, deterministic bytes, clear errors, no row that
+mixes two prunes; and the grid contract (pruning.grid) that the workflow and the tables share."""
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 import pruning
 from conftest import DATA_DIR, REPO
-from pruning.tables import (TableError, build_tables, collect, layer_ranges, load_runs, parse_ratio, write_plots,
-                            write_tables)
+from pruning.grid import GridError, grid_rows, parse_ratio, plot_specs, ratio_token, table_specs
+from pruning.plots import write_plots
+from pruning.results import TableError, collect, read_metrics
+from pruning.tables import build_tables, layer_ranges, write_tables
 
 MODEL = "stories260K"
 EVAL = dict(dataset="wikitext2", seqlen=128, max_windows=4, device="cpu", data_dir_path=str(DATA_DIR))
@@ -42,8 +47,9 @@ def results(tmp_path_factory, stories_dir):
         out = root / "results" / "models" / MODEL / entry / token
         pruning.prune(str(stories_dir), method, out, calib="c4", nsamples=4, seqlen=64, device="cpu",
                       data_dir_path=str(DATA_DIR), progress=False, **arguments)
+        (metrics / entry / token).mkdir(parents=True)
+        shutil.copy(out / "prune.json", metrics / entry / token / "prune.json")  # as the prune rule does
         pruning.evaluate_perplexity(str(out), output=str(metrics / entry / token / "ppl.json"), **EVAL)
-        shutil.copy(out / "prune.json", metrics / entry / token / "prune.json")
         models[(entry, token)] = out
     from pruning.evaluation.zeroshot import zeroshot
 
@@ -63,8 +69,15 @@ def cells(markdown: str) -> list[list[str]]:
     return [[c.strip() for c in line.strip("|").split("|")] for line in lines[:1] + lines[2:]]
 
 
-def by_name(runs) -> dict:
-    return {table.name: table for table in build_tables(runs)}
+def by_name(metrics) -> dict:
+    return {table.name: table for table in build_tables(metrics)}
+
+
+def value_of(data: pd.DataFrame, method: str, ratio: str, metric: str, file: str = "prune.json"):
+    """One number of a table's long-form data."""
+    match = data[(data.method == method) & (data.ratio == ratio) & (data.metric == metric) & data.file.str.endswith(file)]
+    assert len(match) == 1, (method, ratio, metric, file)
+    return match.value.iloc[0]
 
 
 def test_ratio_tokens_read_back():
@@ -72,8 +85,35 @@ def test_ratio_tokens_read_back():
         ["50%", "2:4", "4:8", "4 blocks", "25%", "30%", "dense", "custom"]
     ordered = sorted(map(parse_ratio, ["nm2-4", "s0.70", "base", "nm4-8", "s0.50"]), key=lambda r: r.order)
     assert [r.label for r in ordered] == ["dense", "50%", "70%", "4:8", "2:4"]  # Wanda paper column order
-    with pytest.raises(TableError, match="unknown ratio token 's50'"):
+    with pytest.raises(GridError, match="unknown ratio token 's50'"):
         parse_ratio("s50")
+
+
+@pytest.mark.parametrize("kind, value, token, parsed", [
+    ("sparsity", 0.5, "s0.50", 0.5), ("sparsity", 0.05, "s0.05", 0.05), ("nm", "2:4", "nm2-4", (2, 4)),
+    ("nm", "16:32", "nm16-32", (16, 32)), ("num_blocks", 8, "L8", 8), ("fraction", 0.25, "f0.25", 0.25),
+    ("prune_rate", 0.3, "r0.30", 0.3)])
+def test_ratio_tokens_round_trip(kind, value, token, parsed):
+    assert ratio_token(kind, value) == token
+    assert (parse_ratio(token).kind, parse_ratio(token).value) == (kind, parsed)
+
+
+def test_grid_contract_names_the_tables_of_the_library(results, tmp_path):
+    """The workflow's table list (from the config rows) and the tables written from the metric files of the
+    same grid are the same list, because both ask pruning.grid."""
+    methods = {"wanda": {"method": "wanda", "ratios": {"sparsity": [0.5]}},
+               **{e: {"method": "depth", "ratios": {"num_blocks": [1, 2]}, "options": {"criterion": e[6:]}}
+                  for e in ("depth-angular", "depth-cosine")},
+               "layers": {"method": "layers", "ratios": {"fraction": [0.4]}},
+               "two_stage": {"method": "two_stage", "ratios": {"prune_rate": [0.2]}}}
+    rows = grid_rows([MODEL], methods)
+    assert [(r["method"], r["ratio"]) for r in rows] == [("dense", "base")] + [(e, t) for e, t, _, _ in PRUNED]
+    expected = table_specs(rows, zeroshot=True, gguf=False)
+    written = write_tables(collect(results / "results"), tmp_path)
+    assert [p.name for p in written] == [f"{spec.name}.{ext}" for spec in expected for ext in ("md", "csv")]
+    assert [spec.name for spec in plot_specs(rows)] == [f"sparsity-{MODEL}"]
+    assert "torch" not in subprocess.run([sys.executable, "-c", "import sys, pruning.grid; print(*sys.modules)"],
+                                         capture_output=True, text=True, check=True).stdout.split()
 
 
 def test_depth_table_prunegpt_layout(results):
@@ -115,7 +155,8 @@ def test_layer_removal_table_quark_layout(results):
         else:
             assert row[6] == f"{layer_ranges(report['removed_layers'])} total {len(report['removed_layers'])}"
     data = table.data
-    assert set(data.prune_file) == {f"results/metrics/{MODEL}/{e}/{t}/prune.json" for e, t in expected}
+    assert set(data.file[data.file.str.endswith("prune.json")]) == \
+        {f"results/metrics/{MODEL}/{e}/{t}/prune.json" for e, t in expected}
 
 
 def test_layer_ranges_quark_notation():
@@ -136,7 +177,9 @@ def test_two_stage_table_layout(results):
     assert len(rows) == 2 and rows[1][:3] == [MODEL, "two_stage", parse_ratio("r0.20").label]
     assert rows[1][3] == f"{len(mha)} {mha}" and rows[1][4] == f"{len(ffn)} {ffn}"
     assert rows[1][7] == f"{read(metrics / 'two_stage' / 'r0.20' / 'ppl.json')['ppl']:.2f}"
-    assert int(table.data.parameters_removed[0]) == removed > 0
+    data = table.data
+    before, after = (value_of(data, "two_stage", "r0.20", f"parameters.{when}.total") for when in ("before", "after"))
+    assert before - after == removed > 0
     assert f"({report['result']['prune_ratio_percent']:.2f}%)" in rows[1][5]
 
 
@@ -155,21 +198,23 @@ def test_zeroshot_table_with_average(results):
 def test_summary_sizes_and_quality(results):
     runs = collect(results / "results")
     table = by_name(runs)["summary"]
-    data = table.data.set_index(["method", "ratio"])
-    dense = data.loc[("dense", "base")]
+    data = table.data
+    dense, wanda, layers = ({metric: value_of(data, method, token, metric, "ppl.json")
+                             for metric in ("ppl", "parameters.total", "parameters.nonzero")}
+                            for method, token in (("dense", "base"), ("wanda", "s0.50"), ("layers", "f0.40")))
     rows = {(r[1], r[2]): r for r in cells(table.markdown())[1:]}
     header = cells(table.markdown())[0]
     bytes_column = header.index("size reduction (bytes)")
     nonzero_column = header.index("size reduction (non-zero params)")
     # unstructured zeros shrink the non-zero count, not the dense bytes; removed layers shrink both
-    wanda = data.loc[("wanda", "s0.50")]
     assert rows[("wanda", "50%")][bytes_column] == "0.0%"
-    assert rows[("wanda", "50%")][nonzero_column] == f"{1 - wanda.nonzero_parameters / dense.nonzero_parameters:.1%}"
-    layers = data.loc[("layers", "f0.40")]
-    assert layers.weight_bytes_dense_storage == layers.parameters * 4
-    assert rows[("layers", "40%")][bytes_column] == f"{1 - layers.parameters / dense.parameters:.1%}"
-    change = layers.ppl - dense.ppl
-    assert rows[("layers", "40%")][header.index("quality change (PPL)")] == f"{change:+.2f} ({change / dense.ppl:+.1%})"
+    assert rows[("wanda", "50%")][nonzero_column] == \
+        f"{1 - wanda['parameters.nonzero'] / dense['parameters.nonzero']:.1%}"
+    assert rows[("layers", "40%")][header.index("weights (dense storage)")] == \
+        f"{layers['parameters.total'] * 4 / 1e3:.1f} kB"  # float32
+    assert rows[("layers", "40%")][bytes_column] == f"{1 - layers['parameters.total'] / dense['parameters.total']:.1%}"
+    change = layers["ppl"] - dense["ppl"]
+    assert rows[("layers", "40%")][header.index("quality change (PPL)")] == f"{change:+.2f} ({change / dense['ppl']:+.1%})"
     assert "speed change (prefill / decode)" not in header  # no speed.json yet
 
 
@@ -224,13 +269,16 @@ def test_written_tables_are_deterministic_and_traceable(results, tmp_path):
                                                   "two-stage", "zeroshot") for ext in ("md", "csv"))
     for a, b in zip(first, second):
         assert a.read_bytes() == b.read_bytes(), a.name
-    for csv in (p for p in first if p.suffix == ".csv"):
-        frame = pd.read_csv(csv)
-        sources = [c for c in frame.columns if c.endswith("_file")]
-        assert sources, csv.name
-        for column in sources:
-            for path in frame[column].dropna():
-                assert (results / path).is_file(), f"{csv.name}: {path}"
+    for csv in (p for p in first if p.suffix == ".csv"):  # long form: every value is the one in its file
+        frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
+        assert list(frame.columns) == ["model", "method", "ratio", "key", "metric", "value", "file"], csv.name
+        assert len(frame) > 0
+        for row in frame.itertuples():
+            record = read(results / row.file)
+            for part in row.metric.split("."):
+                record = record[part]
+            assert row.value == ("" if record is None else str(record)), f"{csv.name}: {row.file} {row.metric}"
+            assert row.file == f"results/metrics/{row.model}/{row.method}/{row.ratio}/{Path(row.file).name}"
     plots = write_plots(runs, tmp_path / "plots")
     assert [p.name for p in plots] == [f"sparsity-{MODEL}.png"]
 
@@ -240,9 +288,48 @@ def test_unknown_metric_file_and_empty_results_are_errors(results, tmp_path):
     stray.parent.mkdir(parents=True)
     stray.write_text("{}")
     with pytest.raises(TableError, match="not a metric file name"):
-        load_runs([stray])
+        read_metrics([stray])
     result = subprocess.run([sys.executable, "-m", "pruning", "tables", "--results", str(tmp_path / "nothing")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "nothing/metrics does not exist: no runs to tabulate" in result.stderr
     assert not (tmp_path / "nothing").exists()
+
+
+def test_run_mixing_two_prunes_is_refused(results, tmp_path):
+    """A failed workflow job must not leave a row that mixes an old measurement with a new model: a ppl.json
+    older than its prune.json, one that measured other options, or a prune.json gone (its prune job failed)
+    are refused in one line naming the file, exit code 2, nothing written."""
+    def case(name, change) -> tuple[Path, str]:
+        copy = tmp_path / name / "results"
+        shutil.copytree(results / "results" / "metrics", copy / "metrics")  # keeps the times
+        folder = copy / "metrics" / MODEL / "wanda" / "s0.50"
+        return copy, change(folder)
+
+    def pruned_again(folder):  # the prune re-ran after the evaluation, whose new run then failed
+        later = (folder / "ppl.json").stat().st_mtime_ns + 10**9
+        os.utime(folder / "prune.json", ns=(later, later))
+        return f"{folder / 'ppl.json'} is older than {folder / 'prune.json'}"
+
+    def other_options(folder):  # the config changed and only the prune ran again
+        report, written = read(folder / "prune.json"), (folder / "prune.json").stat().st_mtime_ns
+        report["options"]["target"]["sparsity"] = 0.6
+        (folder / "prune.json").write_text(json.dumps(report))
+        os.utime(folder / "prune.json", ns=(written, written))
+        return f"{folder / 'ppl.json'} measured another prune than {folder / 'prune.json'}"
+
+    def prune_failed(folder):  # Snakemake removed the outputs of the failed prune job
+        (folder / "prune.json").unlink()
+        return f"{folder}: ppl.json without prune.json"
+
+    for change in (pruned_again, other_options, prune_failed):
+        copy, message = case(change.__name__, change)
+        with pytest.raises(TableError, match="re-run"):
+            collect(copy)
+        result = subprocess.run([sys.executable, "-m", "pruning", "tables", "--results", str(copy),
+                                 "--plots", str(copy / "plots")], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+        assert not (copy / "tables").exists() and not (copy / "plots").exists()
+    copy, _ = case("untouched", lambda folder: "")
+    assert collect(copy).run.nunique() == 1 + len(PRUNED)

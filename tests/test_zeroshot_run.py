@@ -42,6 +42,8 @@ def test_zeroshot_command_writes_one_complete_result(stories_dir, tmp_path):
     assert result["lm_eval_version"] == lm_eval.__version__ == "0.4.13"
     assert result["parameters"] == {"total": 260_032, "nonzero": 260_032}
     assert {"torch", "transformers", "pruning"} <= set(result["versions"])
+    assert result["model"] == {"spec": str(stories_dir), "path": str(stories_dir.resolve()), "model_type": "llama"}
+    assert result["wall_seconds"] > 0 and "git_commit" in result
 
 
 def test_our_model_object_scores_what_lm_eval_scores_loading_the_directory(stories_dir):

@@ -8,8 +8,10 @@ def add_parser(subparsers) -> None:
         description="Read every run under RESULTS/metrics/{model}/{method}/{ratio}/ (ppl.json, prune.json, "
                     "zeroshot-*.json, gguf-*.json, speed.json) and write the sparsity table per model, the "
                     "performance-impact summary, the depth and layer-removal tables, the zero-shot and GGUF tables "
-                    "(those the runs support), each as .md with a protocol caption and .csv naming the metric file "
-                    "behind every number.")
+                    "(those the runs support), each as .md with a protocol caption and a long-form .csv (model, method, "
+                    "ratio, key, metric, value, file) naming the metric file behind every number. A run whose metric "
+                    "files come from another prune than its prune.json (older, other options, or prune.json missing) "
+                    "is refused with exit code 2.")
     parser.add_argument("--results", default="results", help="results folder holding metrics/ (default: results)")
     parser.add_argument("--out", default=None, help="where the tables go (default: RESULTS/tables)")
     parser.add_argument("--plots", default=None, help="also write PNG plots here (e.g. results/plots)")
@@ -21,7 +23,9 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from ..tables import collect, write_plots, write_tables
+    from ..plots import write_plots
+    from ..results import collect
+    from ..tables import write_tables
 
     notes = {}
     for pair in args.note:
@@ -29,10 +33,10 @@ def run(args) -> int:
         if not sep or not model:
             raise ValueError(f"--note takes MODEL=TEXT, got {pair!r}")
         notes[model] = text
-    runs = collect(args.results)
-    written = write_tables(runs, args.out or Path(args.results) / "tables", notes)
+    metrics = collect(args.results)
+    written = write_tables(metrics, args.out or Path(args.results) / "tables", notes)
     if args.plots:
-        written += write_plots(runs, args.plots)
+        written += write_plots(metrics, args.plots)
     for path in written:
         print(path)
     return 0

@@ -16,6 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..masks import is_valid_nm
+from ..ratios import NMPattern
+
+SEMI_STRUCTURED = NMPattern(2, 4)  # the pattern of torch's semi-structured sparse kernels
 CPU_SPARSITY_NOTE = ("CPU: zeros in the weights are still multiplied by dense kernels, so unstructured and N:M "
                      "(2:4) sparsity give no speed-up here; only smaller shapes (structured pruning: heads, layers, "
                      "depth) or a smaller number format (GGUF quantization) change CPU speed.")
@@ -50,6 +54,24 @@ def prompt_ids(vocab_size: int, prompt_tokens: int, seed: int = 0) -> torch.Tens
 def _summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values),
             "runs": [round(v, 3) for v in values]}
+
+
+def _throughput(run, prompt_tokens: int, new_tokens: int, repeats: int, warmup: int) -> dict:
+    """The timing protocol of the module docstring around `run() -> (prefill s, decode s, greedy tokens)`."""
+    for _ in range(warmup):
+        run()
+    prefill, decode, tokens = [], [], None
+    for _ in range(repeats):
+        p, d, tokens = run()
+        prefill.append(p)
+        decode.append(d)
+    return {
+        "prefill_tokens_per_s": prompt_tokens / statistics.median(prefill),
+        "decode_tokens_per_s": new_tokens / statistics.median(decode),
+        "prefill_seconds": _summary(prefill),
+        "decode_seconds": _summary(decode),
+        "greedy_tokens": tokens,
+    }
 
 
 def _check_settings(prompt_tokens: int, new_tokens: int, repeats: int, warmup: int) -> None:
@@ -95,23 +117,12 @@ def measure_hf(model: nn.Module, vocab_size: int, prompt_tokens: int = 128, new_
     _check_settings(prompt_tokens, new_tokens, repeats, warmup)
     device = next(model.parameters()).device
     ids = prompt_ids(vocab_size, prompt_tokens, seed).to(device)
-    for _ in range(warmup):
-        _hf_run(model, ids, new_tokens)
-    prefill, decode, tokens = [], [], None
-    for _ in range(repeats):
-        p, d, tokens = _hf_run(model, ids, new_tokens)
-        prefill.append(p)
-        decode.append(d)
     return {
         "backend": "transformers",
         "device": str(device),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
-        "prefill_tokens_per_s": prompt_tokens / statistics.median(prefill),
-        "decode_tokens_per_s": new_tokens / statistics.median(decode),
-        "prefill_seconds": _summary(prefill),
-        "decode_seconds": _summary(decode),
-        "greedy_tokens": tokens,
+        **_throughput(lambda: _hf_run(model, ids, new_tokens), prompt_tokens, new_tokens, repeats, warmup),
     }
 
 
@@ -145,33 +156,14 @@ def measure_gguf(gguf: str | os.PathLike, prompt_tokens: int = 128, new_tokens: 
             tokens.append(int(token))
         return prefill, time.perf_counter() - start, tokens
 
-    for _ in range(warmup):
-        run()
-    prefill, decode, tokens = [], [], None
-    for _ in range(repeats):
-        p, d, tokens = run()
-        prefill.append(p)
-        decode.append(d)
     return {
         "backend": "llama.cpp",
         "llama_cpp_python": llama_cpp.__version__,
         "device": "cpu",
         "threads": threads,
         "load_seconds": round(load_seconds, 3),
-        "prefill_tokens_per_s": prompt_tokens / statistics.median(prefill),
-        "decode_tokens_per_s": new_tokens / statistics.median(decode),
-        "prefill_seconds": _summary(prefill),
-        "decode_seconds": _summary(decode),
-        "greedy_tokens": tokens,
+        **_throughput(run, prompt_tokens, new_tokens, repeats, warmup),
     }
-
-
-def is_semi_structured_24(weight: torch.Tensor) -> bool:
-    """True when every group of 4 consecutive input weights of every row holds at most 2 non-zeros."""
-    rows, columns = weight.shape
-    if columns % 4:
-        return False
-    return bool(((weight.reshape(rows, columns // 4, 4) != 0).sum(-1) <= 2).all())
 
 
 def semi_structured_24(model: nn.Module) -> dict:
@@ -188,7 +180,7 @@ def semi_structured_24(model: nn.Module) -> dict:
     converted, dense, rejected, kernels = [], [], {}, set()
     for index in range(adapter.num_layers(model)):
         for name, module in adapter.linear_targets(model, index).items():
-            if not isinstance(module, nn.Linear) or not is_semi_structured_24(module.weight):
+            if not isinstance(module, nn.Linear) or not is_valid_nm(module.weight, SEMI_STRUCTURED):
                 dense.append(name)
                 continue
             try:
@@ -237,16 +229,6 @@ def measure_semi_structured(model: nn.Module, vocab_size: int, dtype: torch.dtyp
     }
 
 
-def _check_gguf(gguf: str | os.PathLike) -> Path:
-    path = Path(gguf)
-    if not path.is_file():
-        raise FileNotFoundError(f"GGUF file {path} does not exist")
-    with open(path, "rb") as handle:
-        if handle.read(4) != b"GGUF":
-            raise ValueError(f"{path} is not a GGUF file (no GGUF magic)")
-    return path
-
-
 def count_24_linears(model: nn.Module) -> dict:
     """How many of the decoder layers' linear modules hold 2:4-sparse weights."""
     from ..adapters import get_adapter, weight_matrix
@@ -254,7 +236,7 @@ def count_24_linears(model: nn.Module) -> dict:
     adapter = get_adapter(model)
     modules = [module for index in range(adapter.num_layers(model))
                for module in adapter.linear_targets(model, index).values()]
-    return {"sparse_2_4": sum(is_semi_structured_24(weight_matrix(m)) for m in modules), "total": len(modules)}
+    return {"sparse_2_4": sum(is_valid_nm(weight_matrix(m), SEMI_STRUCTURED) for m in modules), "total": len(modules)}
 
 
 def speed(model: str, *, gguf: str | None = None, prompt_tokens: int = 128, new_tokens: int = 32, repeats: int = 5,
@@ -265,20 +247,20 @@ def speed(model: str, *, gguf: str | None = None, prompt_tokens: int = 128, new_
     Every argument is checked before the model is loaded.
     """
     from .. import zoo
-    from ..io import atomic_write_json, git_commit, versions
+    from ..export.verify import check_gguf_file
     from ..modeling import load_model, resolve_device, torch_dtype
-    from .zeroshot import model_record
+    from ..record import Measurement
 
-    started = time.perf_counter()
+    measurement = Measurement(model)
     _check_settings(prompt_tokens, new_tokens, repeats, warmup)
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
     compute = resolve_device(device)
     torch_dtype(dtype)
     zoo.check_spec(model)
-    gguf_path = _check_gguf(gguf) if gguf is not None else None
+    gguf_path = check_gguf_file(gguf) if gguf is not None else None
 
-    path = zoo.resolve(model)
+    path = measurement.resolve()
     net, _ = load_model(path, dtype=dtype, device=str(compute))
     vocab_size = net.get_output_embeddings().weight.shape[0]
     settings = dict(prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats, warmup=warmup, seed=seed)
@@ -297,7 +279,6 @@ def speed(model: str, *, gguf: str | None = None, prompt_tokens: int = 128, new_
     finally:
         torch.set_num_threads(previous_threads)
     record = {
-        "model": model_record(path, model),
         "settings": {**settings, "batch_size": 1, "prompt": "seeded random token ids", "device": str(compute),
                      "dtype": dtype, "threads": threads},
         "load_average_1m_before": round(load_average, 2),
@@ -307,10 +288,5 @@ def speed(model: str, *, gguf: str | None = None, prompt_tokens: int = 128, new_
         "semi_structured_24": semi_structured,
         "gguf": measured_gguf,
         "sparse_speedup_note": CPU_SPARSITY_NOTE if compute.type == "cpu" else CUDA_DENSE_NOTE,
-        "seconds": round(time.perf_counter() - started, 3),
-        "versions": versions(),
-        "git_commit": git_commit(),
     }
-    if output:
-        atomic_write_json(output, record)
-    return record
+    return measurement.finish(record, output)

@@ -14,16 +14,14 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
-import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import zoo
 from ..data import DataError, data_dir
-from ..io import atomic_write_json, git_commit, versions
-from ..modeling import load_model, parameter_counts, read_config, resolve_device, torch_dtype
+from ..modeling import load_model, parameter_counts, resolve_device, torch_dtype
+from ..record import Measurement
 
 LOCAL_TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 LOCAL_SUFFIX = "_local"
@@ -172,16 +170,6 @@ def _metrics(entry: dict) -> dict:
     return metrics
 
 
-def model_record(path: Path, spec: str) -> dict:
-    """Which model was measured, and how it was pruned (from its prune.json)."""
-    info = {"spec": spec, "path": str(path), "model_type": read_config(path).get("model_type")}
-    prune_report = path / "prune.json"
-    if prune_report.is_file():
-        pruned = json.loads(prune_report.read_text())
-        info["pruning"] = {k: pruned.get(k) for k in ("method", "options", "calibration", "seed")}
-    return info
-
-
 def _check_settings(limit, num_fewshot, batch_size) -> None:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a whole number of documents >= 1, got {limit!r}")
@@ -198,7 +186,7 @@ def zeroshot(model: str, task: str, *, limit: int | None = None, num_fewshot: in
 
     Every argument, the task name and its documents are checked before the model is loaded.
     """
-    started = time.perf_counter()
+    measurement = Measurement(model)
     _check_settings(limit, num_fewshot, batch_size)
     compute = resolve_device(device)
     torch_dtype(dtype)
@@ -211,8 +199,7 @@ def zeroshot(model: str, task: str, *, limit: int | None = None, num_fewshot: in
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
-    path = zoo.resolve(model)
-    net, tokenizer = load_model(path, dtype=dtype, device=str(compute))
+    net, tokenizer = load_model(measurement.resolve(), dtype=dtype, device=str(compute))
     lm = HFLM(pretrained=net, tokenizer=tokenizer, backend="causal", batch_size=batch_size, device=str(compute))
     evaluated = lm_eval.simple_evaluate(model=lm, tasks=[task_object], task_manager=manager, num_fewshot=num_fewshot,
                                         limit=limit, log_samples=False, **SEEDS)
@@ -238,7 +225,6 @@ def zeroshot(model: str, task: str, *, limit: int | None = None, num_fewshot: in
         "subtasks": subtasks or None,
         "task_config": {key: config[key] for key in CONFIG_KEYS if key in config} or None,
         "task_version": evaluated.get("versions", {}).get(name),
-        "model": model_record(path, model),
         "parameters": parameter_counts(net),
         "dtype": dtype,
         "device": str(compute),
@@ -247,10 +233,5 @@ def zeroshot(model: str, task: str, *, limit: int | None = None, num_fewshot: in
         "max_length": lm.max_length,
         "seeds": SEEDS,
         "lm_eval_version": lm_eval.__version__,
-        "seconds": round(time.perf_counter() - started, 3),
-        "versions": versions(),
-        "git_commit": git_commit(),
     }
-    if output:
-        atomic_write_json(output, record)
-    return record
+    return measurement.finish(record, output)

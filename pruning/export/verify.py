@@ -24,6 +24,7 @@ GGUF_MAGIC = b"GGUF"
 
 
 def check_gguf_file(path: str | os.PathLike) -> Path:
+    """`path` as a Path, if it is a file that starts with the GGUF magic; checked before any work."""
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"GGUF file {path} does not exist")
@@ -141,10 +142,11 @@ def evaluate_gguf(gguf_path: str | os.PathLike, model_dir: str | os.PathLike, *,
     from .. import zoo
     from ..data import check_evaluation_dataset, data_dir as resolve_data_dir, evaluation_text
     from ..evaluation.perplexity import token_windows, windows_nll
-    from ..io import atomic_write_json, git_commit, versions
     from ..modeling import load_model, parameter_counts, torch_dtype
+    from ..record import Measurement
     from .gguf import package_version
 
+    measurement = Measurement(model_dir)
     gguf_path = check_gguf_file(gguf_path)
     if seqlen < 2:
         raise ExportError(f"seqlen must be >= 2, got {seqlen}")
@@ -157,7 +159,7 @@ def evaluate_gguf(gguf_path: str | os.PathLike, model_dir: str | os.PathLike, *,
     torch_dtype(hf_dtype)
     require_llama_cpp("gguf-eval")
     zoo.check_spec(str(model_dir))
-    model_path = zoo.resolve(str(model_dir))
+    model_path = measurement.resolve()
 
     from transformers import AutoTokenizer
 
@@ -194,7 +196,6 @@ def evaluate_gguf(gguf_path: str | os.PathLike, model_dir: str | os.PathLike, *,
         "tokenizer_agreement": tokenizer_check,
         "backend": {"name": "llama.cpp", "llama_cpp_python": package_version("llama_cpp_python"), "threads": n_threads,
                     "n_ctx": seqlen, "kv_cache_type": "f16 (llama.cpp default)"},
-        "model": str(model_path),
     }
     if compare_hf:
         model, _ = load_model(model_path, dtype=hf_dtype, device="cpu")
@@ -211,7 +212,4 @@ def evaluate_gguf(gguf_path: str | os.PathLike, model_dir: str | os.PathLike, *,
                                 "agreeing_prefix": agreeing_prefix(hf_generation, gguf_generation)}
     else:
         result["generation"] = {"prompt_tokens": len(prompt), "new_tokens": generate_tokens, "gguf": gguf_generation}
-    result.update(versions=versions(), git_commit=git_commit())
-    if output:
-        atomic_write_json(output, result)
-    return result
+    return measurement.finish(result, output)

@@ -1,6 +1,6 @@
-"""Config checks, the grid (one row per real job), job resources and input/param functions. Only the config
-check imports the `pruning` library (and so torch), to ask it what a job would refuse; jobs call the library
-through `python -m pruning`."""
+"""Config checks, the grid (one row per real job), job resources and input/param functions. Building the
+DAG imports only torch-free parts of the library: the grid contract (`pruning.grid`) and the checks that ask
+it what a job would refuse; jobs call the library through `python -m pruning`."""
 import json
 import math
 import os
@@ -15,6 +15,10 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 REPO = Path(workflow.basedir).resolve()
+sys.path.insert(0, str(REPO))  # the grid contract of this checkout, whichever `pruning` is installed
+from pruning.grid import (DENSE_METHOD, DENSE_TOKEN, OPTIONS_ONLY_TOKEN, RATIO_TOKENS, grid_rows, plot_specs,
+                          table_specs)
+
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 # Jobs run `python -m pruning` from this checkout: the Python that runs Snakemake comes first on PATH
@@ -28,18 +32,6 @@ os.environ.update(
     PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
 )
 
-# Ratio kind -> how its workflow token is written and how it reaches `python -m pruning prune`.
-# Tokens are fixed by the project's contract: s0.50, nm2-4, L4, f0.25, r0.25.
-RATIO_TOKENS = {
-    "sparsity": lambda v: f"s{v:.2f}",
-    "nm": lambda v: "nm{}-{}".format(*v.split(":")),
-    "num_blocks": lambda v: f"L{v}",
-    "fraction": lambda v: f"f{v:.2f}",
-    "prune_rate": lambda v: f"r{v:.2f}",
-}
-DENSE_METHOD, DENSE_TOKEN = "dense", "base"
-OPTIONS_ONLY_TOKEN = "custom"  # `all`/`distill` entries whose ratios live in `options`
-LAYER_REMOVAL_METHODS = ("depth", "layers", "two_stage")
 DATA_FILE_SUFFIXES = (".txt", ".jsonl", ".gz")  # calibration/evaluation text given as a file (path from the repo)
 
 
@@ -330,22 +322,7 @@ MODEL_NOTES = {name: entry["note"] for name, entry in config["models"].items()
                if isinstance(entry, dict) and entry.get("note")}
 
 
-def _grid() -> list[dict]:
-    """One row per (model, method entry, ratio): the dense baseline of each model first, then config order."""
-    rows = [dict(model=model, method=DENSE_METHOD, ratio=DENSE_TOKEN, kind=None, value=None, entry=None)
-            for model in config["models"]]
-    for name, entry in config["methods"].items():
-        ratios = [(kind, value) for kind, values in entry.get("ratios", {}).items() for value in values]
-        for model in entry.get("models", list(config["models"])):
-            if not ratios:
-                rows.append(dict(model=model, method=name, ratio=OPTIONS_ONLY_TOKEN, kind=None, value=None, entry=entry))
-            for kind, value in ratios:
-                rows.append(dict(model=model, method=name, ratio=RATIO_TOKENS[kind](value), kind=kind, value=value,
-                                 entry=entry))
-    return rows
-
-
-GRID = _grid()
+GRID = grid_rows(config["models"], config["methods"])
 RUNS = {(row["model"], row["method"], row["ratio"]): row for row in GRID}
 PRUNED = [row for row in GRID if row["method"] != DENSE_METHOD]
 ZEROSHOT_TASKS = config["zeroshot"]["tasks"]
@@ -483,29 +460,10 @@ def all_metric_files() -> list[str]:
     return [path for row in GRID for path in run_metric_files(row)]
 
 
-def _has(model: str, predicate) -> bool:
-    return any(row["model"] == model and predicate(row) for row in PRUNED)
-
-
 def table_names() -> list[str]:
-    """The tables pruning.tables writes for this grid (same rules as the library: by ratio kind and method)."""
-    names = ["summary"]
-    for model in config["models"]:
-        if _has(model, lambda r: r["kind"] in ("sparsity", "nm")):
-            names.append(f"sparsity-{model}")
-        if _has(model, lambda r: r["entry"]["method"] == "depth" and r["kind"] == "num_blocks"):
-            names.append(f"depth-{model}")
-    if any(row["entry"]["method"] in LAYER_REMOVAL_METHODS for row in PRUNED):
-        names.append("layer-removal")
-    if any(row["entry"]["method"] == "two_stage" for row in PRUNED):
-        names.append("two-stage")
-    if ZEROSHOT_TASKS:
-        names.append("zeroshot")
-    if GGUF_OUTTYPES:
-        names.append("gguf")
-    return names
+    """The tables pruning.tables writes for this grid (pruning.grid decides for both)."""
+    return [spec.name for spec in table_specs(GRID, zeroshot=bool(ZEROSHOT_TASKS), gguf=bool(GGUF_OUTTYPES))]
 
 
 def plot_names() -> list[str]:
-    return [f"sparsity-{model}" for model in config["models"]
-            if _has(model, lambda r: r["kind"] in ("sparsity", "nm"))]
+    return [spec.name for spec in plot_specs(GRID)]

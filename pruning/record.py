@@ -1,0 +1,60 @@
+"""The provenance every result file ends with (prune.json, perplexity, zero-shot, speed, gguf-eval): which model
+was measured, how long the whole call took, with which software at which commit; written atomically.
+
+    measurement = Measurement(spec)        # first: the clock starts
+    ...check every argument...
+    path = measurement.resolve()           # the model directory, fetched if needed (so only after the checks)
+    ...load and measure...
+    return measurement.finish(result, output)
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from . import zoo
+from .io import atomic_write_json, git_commit, peak_rss_mb, versions
+from .modeling import read_config
+
+PRUNING_KEYS = ("method", "options", "calibration", "seed")  # what a measured model's prune.json contributes
+
+
+def model_record(path: Path, spec: str) -> dict:
+    """The spec asked for, the directory it resolved to, its model_type, and where the directory has them its zoo
+    entry (zoo.json: e.g. weights dequantized from 4 bits) and how it was pruned (its prune.json)."""
+    info = {"spec": spec, "path": str(path), "model_type": read_config(path).get("model_type")}
+    zoo_file = path / "zoo.json"
+    if zoo_file.is_file():
+        info["zoo"] = json.loads(zoo_file.read_text())
+    prune_report = path / "prune.json"
+    if prune_report.is_file():
+        pruned = json.loads(prune_report.read_text())
+        info["pruning"] = {key: pruned.get(key) for key in PRUNING_KEYS}
+    return info
+
+
+class Measurement:
+    """One measuring call on one model: created first, resolved once the arguments are checked, finished last."""
+
+    def __init__(self, spec: str | os.PathLike):
+        self.spec = str(spec)
+        self.started = time.perf_counter()
+        self.path: Path | None = None
+
+    def resolve(self) -> Path:
+        self.path = zoo.resolve(self.spec)
+        return self.path
+
+    def finish(self, result: dict, output: str | os.PathLike | None = None, *, peak_rss: bool = False) -> dict:
+        """`result` plus `model`, `wall_seconds` (since creation), `peak_rss_mb` if asked, `versions` and
+        `git_commit`; written atomically to `output` when given."""
+        result["model"] = model_record(self.path, self.spec)
+        result["wall_seconds"] = round(time.perf_counter() - self.started, 3)
+        if peak_rss:
+            result["peak_rss_mb"] = peak_rss_mb()
+        result.update(versions=versions(), git_commit=git_commit())
+        if output:
+            atomic_write_json(output, result)
+        return result
