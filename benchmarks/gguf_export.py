@@ -154,11 +154,10 @@ def main() -> int:
             notes[name] = note
             if path is not None:
                 rows += evaluate(name, path, windows, args.outtypes, work, args.threads, args.generate)
-    from pruning.export.gguf import package_version
 
     settings = {"model": args.model, "repeats": args.repeats, "windows": int(windows.shape[0]), "seqlen": args.seqlen,
                 "scored_tokens": int(windows.shape[0]) * (args.seqlen - 1), "threads": args.threads,
-                "generate": args.generate, "llama_cpp_python": package_version("llama_cpp_python"),
+                "generate": args.generate, "llama_cpp_python": versions("llama_cpp_python")["llama_cpp_python"],
                 "calibration": {"source": "c4", "nsamples": args.nsamples, "seqlen": args.calib_seqlen, "seed": 0}}
     table = markdown(times, rows, notes, settings)
     print(table)

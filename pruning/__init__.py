@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 # public name -> (submodule, attribute)
 _EXPORTS = {
     "available_methods": ("methods", "available_methods"),
-    "build_method": ("api", "build_method"),
+    "build_method": ("methods", "build_method"),
     "evaluate_perplexity": ("api", "evaluate_perplexity"),
     "fetch_model": ("zoo", "resolve"),
     "get_adapter": ("adapters", "get_adapter"),

@@ -1,7 +1,8 @@
 """Architecture adapters: where each model family keeps its decoder layers, attention, MLP and norms.
 
 Everything else in the library asks an adapter instead of naming modules itself, so supporting a new
-family means adding one `ArchitectureAdapter` entry here.
+family means adding one `ArchitectureAdapter` entry here; exporting it to GGUF adds one `GGUFFamily` entry
+under the same model type in pruning/export/gguf_families.py.
 """
 from __future__ import annotations
 
@@ -190,6 +191,10 @@ def adapter_for_model_type(model_type: str) -> ArchitectureAdapter:
 
 
 def get_adapter(model_or_config) -> ArchitectureAdapter:
+    """The adapter of a model or config; a config subclass (such as the heterogeneous format's, see
+    pruning/heterogeneous.py) is adapted like the transformers config class it extends."""
     config = getattr(model_or_config, "config", model_or_config)
-    model_type = getattr(config, "pruning_base_model_type", None) or getattr(config, "model_type", None)
-    return adapter_for_model_type(model_type)
+    for config_class in type(config).__mro__:
+        if getattr(config_class, "model_type", None) in _BY_MODEL_TYPE:
+            return _BY_MODEL_TYPE[config_class.model_type]
+    return adapter_for_model_type(getattr(config, "model_type", None))

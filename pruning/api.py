@@ -14,14 +14,9 @@ from . import zoo
 from .adapters import get_adapter
 from .data import calibration_windows, check_calibration_source, check_evaluation_dataset, data_dir
 from .evaluation.perplexity import perplexity
-from .methods import PruneContext, PruningMethod, method_class
+from .methods import PruneContext, PruningMethod, build_method
 from .modeling import load_model, parameter_counts, resolve_device, save_model, torch_dtype
 from .record import Measurement
-
-
-def build_method(name: str, **arguments) -> PruningMethod:
-    """A method instance from its name and arguments (ratio and options), validated."""
-    return method_class(name).build(**arguments)
 
 
 def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike, *, calib: str = "c4",
@@ -58,6 +53,10 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
             calibration_cache["windows"], calibration_cache["protocol"] = windows, protocol.as_dict()
         return calibration_cache["windows"], calibration_cache["protocol"]
 
+    ctx = PruneContext(model=net, tokenizer=tokenizer, adapter=adapter, device=compute, calibration=calibration,
+                       seed=seed, batch_size=batch_size, progress=progress, ignore=tuple(ignore),
+                       extras={"data_dir": data_dir_path, "model_path": str(path)})
+    instance.check_model(ctx)
     eval_settings = dict(dataset=eval_dataset, seqlen=eval_seqlen or seqlen, max_windows=eval_max_windows,
                          data_dir=data_dir_path)
     evaluation = {}
@@ -67,9 +66,6 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
     before = parameter_counts(net)
     if compute.type == "cuda":
         torch.cuda.reset_peak_memory_stats(compute)
-    ctx = PruneContext(model=net, tokenizer=tokenizer, adapter=adapter, device=compute, calibration=calibration,
-                       seed=seed, batch_size=batch_size, progress=progress, ignore=tuple(ignore),
-                       extras={"data_dir": data_dir_path, "model_path": str(path)})
     prune_started = time.perf_counter()
     method_report = instance.prune(ctx)
     prune_seconds = time.perf_counter() - prune_started

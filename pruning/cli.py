@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("fetch_model", "prune", "evaluate", "convert", "gguf_eval", "zeroshot", "speed", "tables")
+COMMANDS = ("fetch_model", "methods", "prune", "evaluate", "convert", "gguf_eval", "zeroshot", "speed", "tables")
 EXPECTED_ERRORS = (ValueError, FileNotFoundError, PermissionError)
 
 

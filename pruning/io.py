@@ -54,17 +54,28 @@ def atomic_write_json(path: str | os.PathLike, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def versions() -> dict:
+def versions(*packages: str) -> dict:
+    """Versions of the software behind a result, plus those of `packages` (distribution names; None where
+    not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import torch
     import transformers
 
     from . import __version__
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
 
     return {
         "pruning": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        **{name: installed(name) for name in packages},
     }
 
 

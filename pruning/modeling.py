@@ -8,11 +8,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .heterogeneous import is_heterogeneous, record_layer_shapes  # also registers the format with transformers
 from .io import atomic_directory, atomic_write_json
 
-# model_type written into config.json of models whose layers differ from each other (removed heads,
-# attention-free or FFN-free layers). Plain `from_pretrained` rejects it loudly; `load_model` rebuilds it.
-HETEROGENEOUS_MODEL_TYPE = "pruning_heterogeneous"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -45,20 +43,18 @@ def read_config(path: str | os.PathLike) -> dict:
 
 
 def load_model(path: str | os.PathLike, dtype: str = "float32", device: str = "cpu"):
-    """(model, tokenizer) from a local directory, homogeneous or heterogeneous, in eval mode."""
+    """(model, tokenizer) from a local directory, homogeneous or heterogeneous (pruning/heterogeneous.py),
+    in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
-    config = read_config(path)
-    if config.get("model_type") == HETEROGENEOUS_MODEL_TYPE:
-        from .structure import load_heterogeneous
-
-        model = load_heterogeneous(path, torch_dtype(dtype))
-        # the tokenizer would otherwise read config.json and warn about the unknown model type
-        tokenizer = AutoTokenizer.from_pretrained(path, config=model.config)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
-        tokenizer = AutoTokenizer.from_pretrained(path)
+    heterogeneous = is_heterogeneous(read_config(path))
+    model, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype), output_loading_info=True)
+    if heterogeneous and (info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"]):
+        raise ModelLoadError(f"{path}: weights do not fit the recorded layer structure (missing "
+                             f"{sorted(info['missing_keys'])[:5]}, unexpected {sorted(info['unexpected_keys'])[:5]}, "
+                             f"mismatched {sorted(info['mismatched_keys'])[:5]})")
+    tokenizer = AutoTokenizer.from_pretrained(path)
     model.eval()
     return model.to(resolve_device(device)), tokenizer
 
@@ -77,8 +73,10 @@ def parameter_counts(model: nn.Module) -> dict:
 
 def save_model(model: nn.Module, tokenizer, dest: str | os.PathLike, report: dict | None = None,
                report_name: str = "prune.json") -> Path:
-    """Write a reloadable Hugging Face directory (safetensors) and its report, atomically."""
+    """Write a reloadable Hugging Face directory (safetensors) and its report, atomically; models with unequal
+    layers get the heterogeneous record in their config first."""
     dest = Path(dest)
+    record_layer_shapes(model)
     with atomic_directory(dest) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:

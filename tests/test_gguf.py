@@ -15,7 +15,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import pruning
 from pruning import structure
 from pruning.export import ExportError, export_gguf
-from pruning.export.gguf import ZERO_FFN_WIDTH, bpe_pre_tokenizer, qkv_grouping_order, rotary_interleave_order
+from pruning.export.gguf_families import FAMILIES
+from pruning.export.gguf_tensors import ZERO_FFN_WIDTH, qkv_grouping_order, rotary_interleave_order
+from pruning.export.gguf_vocab import bpe_pre_tokenizer
 
 from conftest import tiny_config
 
@@ -78,17 +80,26 @@ def models(stories_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(models, tmp_path_factory):
     """Every model in f32, f16 and q8_0, written once for the module."""
+    from importlib.metadata import version
+
     root = tmp_path_factory.mktemp("gguf_files")
+    gguf_version = version("gguf")
     files = {}
     for name, path in models.items():
         for outtype in ("f32", "f16", "q8_0"):
             files[name, outtype] = root / f"{name}-{outtype}.gguf"
             report = export_gguf(path, files[name, outtype], outtype)
             assert report["bytes"] == files[name, outtype].stat().st_size
+            assert report["gguf_version"] == gguf_version
     return files
 
 
 # ---------------------------------------------------------------------------------------- maths
+
+def test_every_gguf_family_is_a_pruning_family():
+    """A model type is added once for pruning (adapters.py) and once for GGUF (gguf_families.py)."""
+    assert set(FAMILIES) <= set(pruning.supported_model_types())
+
 
 def test_rotary_interleave_order_matches_llama_cpp_rope():
     assert rotary_interleave_order(1, 4).tolist() == [0, 2, 1, 3]
@@ -293,6 +304,20 @@ def test_bad_inputs_fail_before_any_file(stories_dir, tmp_path):
     result = run_cli("gguf-eval", "--gguf", not_gguf, "--model", stories_dir, "--seqlen", 64, "--output", out / "g.json")
     assert result.returncode == 2 and "not a GGUF file" in result.stderr
     assert list(out.iterdir()) == []
+
+
+def test_malformed_heterogeneous_record_is_refused_like_on_load(models, tmp_path):
+    """The export reads layer shapes through the format module: the same validation as loading."""
+    broken = tmp_path / "broken"
+    shutil.copytree(models["heterogeneous"], broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["pruning_layer_structure"][1]["num_key_value_heads"] = 3  # 4 query heads do not split into 3 groups
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ExportError, match=r"pruning_layer_structure\[1\].*does not fit"):
+        export_gguf(broken, tmp_path / "out.gguf", "f16")
+    with pytest.raises(ValueError, match=r"pruning_layer_structure\[1\].*does not fit"):
+        pruning.load_model(broken)
+    assert not (tmp_path / "out.gguf").exists()
 
 
 # ----------------------------------------------------------------------------- llama.cpp agreement

@@ -16,7 +16,7 @@ from pruning.evaluation.perplexity import windows_nll
 from pruning.methods import MethodError, PruneContext
 from pruning.methods.heads import magnitude_importance
 from pruning.methods.two_stage import counts_for_rate
-from pruning.modeling import load_model, save_model
+from pruning.modeling import ModelLoadError, load_model, save_model
 from pruning.similarity import evenly_spread, select_blocks, token_cosines
 
 
@@ -53,14 +53,14 @@ def logits(model, ids=None):
 
 
 def assert_reloads(model, tokenizer, path, plain: bool):
+    """Save, then reload with plain `from_pretrained` (`plain`; heterogeneous models too, once pruning is
+    imported) or with `load_model` (which also checks that every tensor fits)."""
     save_model(model, tokenizer, path)
     expected = logits(model)
-    if plain:
+    if plain or tokenizer is None:  # tiny random models have no tokenizer for load_model
         from transformers import AutoModelForCausalLM
 
         again = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    elif tokenizer is None:  # tiny random models have no tokenizer to reload
-        again = structure.load_heterogeneous(path, torch.float32)
     else:
         again, _ = load_model(path)
     assert torch.equal(logits(again), expected)
@@ -143,7 +143,7 @@ def test_sliced_attention_computes_what_the_original_does_without_those_heads(st
     assert not torch.allclose(logits(model), logits(stories[0]), atol=1e-3)
 
 
-def test_heterogeneous_model_reloads_generates_and_refuses_plain_from_pretrained(stories, tmp_path):
+def test_heterogeneous_model_reloads_with_plain_from_pretrained_and_generates(stories, tmp_path):
     from transformers import AutoModelForCausalLM
 
     model = fresh(stories)
@@ -165,8 +165,10 @@ def test_heterogeneous_model_reloads_generates_and_refuses_plain_from_pretrained
         {"num_attention_heads": 8, "num_key_value_heads": 4, "intermediate_size": 0},
         {"num_attention_heads": 8, "num_key_value_heads": 4, "intermediate_size": 100},
         {"num_attention_heads": 8, "num_key_value_heads": 4, "intermediate_size": 172}]
-    with pytest.raises(ValueError, match="pruning_heterogeneous"):
-        AutoModelForCausalLM.from_pretrained(path)
+    plain = AutoModelForCausalLM.from_pretrained(path).eval()  # the format is registered with transformers
+    assert torch.equal(logits(plain), logits(model))
+    save_model(again, stories[1], tmp_path / "again")  # reloaded and saved again: the same config.json
+    assert (tmp_path / "again" / "config.json").read_text() == (path / "config.json").read_text()
     # unequal layers run under generate with a KV cache (layer 0 has no attention): same as uncached greedy
     ids = probe_ids()[:1, :6]
     generated = again.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
@@ -185,6 +187,46 @@ def test_heterogeneous_record_is_validated_on_load(stories, tmp_path):
     (tmp_path / "h" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="one entry per layer"):
         load_model(tmp_path / "h")
+
+
+def test_heterogeneous_weights_must_fit_the_record(stories, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = fresh(stories)
+    structure.slice_heads(model, pruning.get_adapter(model), 1, [0, 1, 2, 3])
+    save_model(model, stories[1], tmp_path / "h")
+    weights = tmp_path / "h" / "model.safetensors"
+    tensors = load_file(weights)
+    del tensors["model.layers.3.mlp.up_proj.weight"]
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match="missing.*layers.3.mlp.up_proj"):
+        load_model(tmp_path / "h")
+
+
+def test_sharded_heterogeneous_checkpoint_loads(stories, tmp_path):
+    """Sharded safetensors are read by transformers itself (no hand-written reader)."""
+    from pruning.heterogeneous import record_layer_shapes
+
+    model = fresh(stories)
+    structure.remove_feed_forward(model, pruning.get_adapter(model), 1)
+    assert record_layer_shapes(model)
+    model.save_pretrained(tmp_path / "h", max_shard_size="100KB")
+    stories[1].save_pretrained(tmp_path / "h")
+    assert (tmp_path / "h" / "model.safetensors.index.json").is_file()
+    again, _ = load_model(tmp_path / "h")
+    assert torch.equal(logits(again), logits(model))
+
+
+def test_uniform_again_saves_the_plain_config(stories, tmp_path):
+    """A reloaded heterogeneous model whose odd layer is removed is saved as a plain llama model."""
+    model = fresh(stories)
+    structure.remove_attention(model, pruning.get_adapter(model), 2)
+    save_model(model, stories[1], tmp_path / "h")
+    again, tokenizer = load_model(tmp_path / "h")
+    structure.remove_layers(again, pruning.get_adapter(again), [2])
+    assert_reloads(again, tokenizer, tmp_path / "plain", plain=True)
+    config = json.loads((tmp_path / "plain" / "config.json").read_text())
+    assert config["model_type"] == "llama" and "pruning_layer_structure" not in config
 
 
 # --------------------------------------------------------------------------------------- similarity

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from ..api import evaluate_perplexity
-from .common import add_runtime_arguments
+from .common import add_runtime_arguments, positive_int
 
 
 def add_parser(subparsers) -> None:
@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--split", default="test", help="wikitext2 split (default: test)")
     parser.add_argument("--seqlen", type=int, required=True, help="tokens per window (always explicit)")
     parser.add_argument("--max-windows", type=int, default=None, help="score at most this many windows")
-    parser.add_argument("--batch-size", type=int, default=4, help="windows per forward (default: 4)")
+    parser.add_argument("--batch-size", type=positive_int, default=4, help="windows per forward (default: 4)")
     parser.add_argument("--output", default=None, help="write the result JSON here (atomically)")
     add_runtime_arguments(parser)
     parser.set_defaults(run=run)

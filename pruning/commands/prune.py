@@ -6,7 +6,8 @@ import json
 from ..api import prune
 from ..data import CALIBRATION_SOURCES
 from ..methods import available_methods
-from .common import add_eval_arguments, add_runtime_arguments, parse_options
+from ..methods.catalog import summary
+from .common import add_eval_arguments, add_runtime_arguments, parse_options, positive_int
 
 
 def add_parser(subparsers) -> None:
@@ -14,14 +15,17 @@ def add_parser(subparsers) -> None:
         "prune", help="prune a model and save it (HF directory + prune.json)",
         description="Prune MODEL with METHOD and save a reloadable Hugging Face directory with prune.json "
                     "(method, ratio, per-layer sparsity, parameter counts, calibration protocol, time, memory, "
-                    "versions). Nothing is written unless the whole run succeeds.")
+                    "versions). Nothing is written unless the whole run succeeds.",
+        epilog=f"Method options (--option KEY=VALUE; `python -m pruning methods` shows types, ranges, defaults): "
+               f"{summary()}.")
     parser.add_argument("--model", required=True, help="local directory, embedded name (smollm2-135m) or hub id")
     parser.add_argument("--method", required=True, help=f"one of: {', '.join(available_methods())}")
     ratio = parser.add_mutually_exclusive_group()
     ratio.add_argument("--sparsity", type=float, help="fraction of targeted weights to zero, in [0, 1)")
     ratio.add_argument("--nm", help="N:M pattern, N kept out of every M consecutive input weights (e.g. 2:4)")
     parser.add_argument("--option", action="append", metavar="KEY=VALUE",
-                        help="method option, repeatable (e.g. per=row for magnitude, one_pass=true for wanda/sparsegpt)")
+                        help="method option, repeatable, value read as YAML (e.g. per=row for magnitude, one_pass=true "
+                             "for wanda/sparsegpt, skip_blocks=[0,-1] for depth); unknown keys are refused")
     structured = parser.add_argument_group("structured pruning and distillation (PersLM-style flags)")
     structured.add_argument("--head-reduction", type=float, metavar="F",
                             help="fraction of attention heads to remove, in (0, 1) (methods heads, all)")
@@ -44,7 +48,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--nsamples", type=int, default=128, help="calibration windows (default: 128)")
     parser.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration window (default: 2048)")
     parser.add_argument("--seed", type=int, default=0, help="seed for calibration sampling (default: 0)")
-    parser.add_argument("--batch-size", type=int, default=8, help="calibration windows per layer forward (default: 8)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="calibration windows per layer forward (default: 8)")
     parser.add_argument("--ignore", action="append", default=[], metavar="GLOB",
                         help="skip linear modules whose full name matches (e.g. '*.mlp.down_proj'), repeatable")
     parser.add_argument("--evaluate", action="store_true", help="measure perplexity before and after pruning")

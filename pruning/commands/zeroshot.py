@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 
 from ..evaluation.zeroshot import TASK_SOURCES, local_tasks, zeroshot
-from .common import add_runtime_arguments
+from .common import add_runtime_arguments, positive_int
 
 
 def _batch_size(value: str):
-    return value if value == "auto" else int(value)
+    return value if value == "auto" else positive_int(value)
 
 
 def add_parser(subparsers) -> None:

@@ -143,8 +143,8 @@ def evaluate_gguf(gguf_path: str | os.PathLike, model_dir: str | os.PathLike, *,
     from ..data import check_evaluation_dataset, data_dir as resolve_data_dir, evaluation_text
     from ..evaluation.perplexity import token_windows, windows_nll
     from ..modeling import load_model, parameter_counts, torch_dtype
+    from ..io import versions
     from ..record import Measurement
-    from .gguf import package_version
 
     measurement = Measurement(model_dir)
     gguf_path = check_gguf_file(gguf_path)
@@ -194,7 +194,7 @@ def evaluate_gguf(gguf_path: str | os.PathLike, model_dir: str | os.PathLike, *,
         "scored_tokens": scored,
         "tokenizer": str(model_path),
         "tokenizer_agreement": tokenizer_check,
-        "backend": {"name": "llama.cpp", "llama_cpp_python": package_version("llama_cpp_python"), "threads": n_threads,
+        "backend": {"name": "llama.cpp", "llama_cpp_python": versions("llama_cpp_python")["llama_cpp_python"], "threads": n_threads,
                     "n_ctx": seqlen, "kv_cache_type": "f16 (llama.cpp default)"},
     }
     if compare_hf:

@@ -1,17 +1,34 @@
-"""The small interface every pruning method implements, and the registry that finds them by name."""
+"""The small interface every pruning method implements, and the registry that finds them by name.
+
+Importing a method module never imports torch (torch and the modules built on it are imported inside
+the functions that run on a model), so validating method arguments stays cheap for the workflow's
+config check."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import nn
+from .options import MethodError, Option, parse_options
 
-from ..adapters import ArchitectureAdapter
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from ..adapters import ArchitectureAdapter
+
+__all__ = ["MethodError", "PruneContext", "PruningMethod", "available_methods", "method_class", "no_grad", "register"]
 
 
-class MethodError(ValueError):
-    """Bad method name or options."""
+def no_grad(function):
+    """`torch.no_grad()` as a decorator that imports torch only when the function runs."""
+    @functools.wraps(function)
+    def without_gradients(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return function(*args, **kwargs)
+    return without_gradients
 
 
 @dataclass
@@ -33,29 +50,45 @@ class PruneContext:
     ignore: tuple[str, ...] = ()
     extras: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise MethodError(f"batch size must be an integer >= 1, got {self.batch_size!r}")
+
 
 class PruningMethod:
-    """A method is constructed from validated options, then `prune(ctx)` changes the model in place
+    """A method declares its keywords in OPTIONS; `build` checks arguments against them (no model
+    needed) and constructs the method, each option an attribute of the same name. `check_model(ctx)`
+    refuses what needs the model to be known, before any work; `prune(ctx)` changes the model in place
     and returns its report (merged into prune.json)."""
 
     name: ClassVar[str]
     needs_calibration: ClassVar[bool] = False
     description: ClassVar[str] = ""
+    OPTIONS: ClassVar[tuple[Option, ...]] = ()
+    COMPOSITE: ClassVar[bool] = False  # runs other methods, whose ratios and options it passes on
+
+    def __init__(self, **values):
+        vars(self).update(values)
 
     @classmethod
     def build(cls, **arguments) -> "PruningMethod":
-        """Construct from keyword arguments (ratio and options), rejecting unknown ones by name."""
-        try:
-            return cls(**arguments)
-        except TypeError as exc:
-            raise MethodError(f"{cls.name}: bad arguments {sorted(arguments)} ({exc})") from None
+        """Construct from keyword arguments (ratio and options), validated against OPTIONS."""
+        return cls(**parse_options(cls.name, cls.OPTIONS, arguments))
 
-    def prune(self, ctx: PruneContext) -> dict:
-        raise NotImplementedError
+    @classmethod
+    def option(cls, name: str) -> Option:
+        """The declaration of one option (for composite methods that reuse it under another name)."""
+        return next(option for option in cls.OPTIONS if option.name == name)
 
     def options(self) -> dict:
         """The options that identify this run (recorded in prune.json)."""
-        return {}
+        return {option.name: getattr(self, option.name) for option in self.OPTIONS}
+
+    def check_model(self, ctx: PruneContext) -> None:
+        """Refuse, before any calibration or evaluation, what this model makes impossible."""
+
+    def prune(self, ctx: PruneContext) -> dict:
+        raise NotImplementedError
 
 
 _REGISTRY: dict[str, type[PruningMethod]] = {}

@@ -7,51 +7,77 @@ result is distilled from the model as it was before the first stage. Every stage
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict
+from dataclasses import replace
 
-from ..structure import numel, removal_report
-from .base import MethodError, PruneContext, PruningMethod, method_class, register
-from .distill import DistillSettings, distill_model, load_teacher, split_arguments, training_windows
+from .base import MethodError, PruneContext, PruningMethod, available_methods, method_class, register
+from .distill import DISTILL_OPTIONS, DistillSettings, distill_model, load_teacher, training_windows
 from .heads import Heads
 from .layers import Layers
+from .masking import TARGET_OPTIONS, MaskingMethod
+from .options import Option, parse_options
+
+
+def mask_methods() -> list[str]:
+    return [name for name in available_methods() if issubclass(method_class(name), MaskingMethod)]
+
+
+def _mask_method(name: str) -> str:
+    if name not in mask_methods():
+        raise ValueError(f"must be a mask-based method ({', '.join(mask_methods())}), got {name!r}")
+    return name
 
 
 @register
 class Combined(PruningMethod):
     name = "all"
     description = "heads, then layers, then sparsity, then (with training_data) distillation; each stage reported"
+    COMPOSITE = True
+    OPTIONS = (
+        replace(Heads.option("fraction"), name="head_fraction", required=False, ratio=False,
+                help="fraction of attention heads to remove (heads stage; skipped when not given)"),
+        replace(Layers.option("fraction"), name="layer_fraction", required=False, ratio=False,
+                help="fraction of decoder layers to remove (layers stage; skipped when not given)"),
+        *TARGET_OPTIONS,
+        Option("sparsity_method", str, "mask-based method of the sparsity stage", default="wanda", check=_mask_method),
+        replace(Heads.option("importance"), name="head_importance"),
+        Heads.option("gqa"),
+        *(replace(o, required=False, help=o.help + " (distillation stage; runs when training_data is given)")
+          if o.name == "training_data" else o for o in DISTILL_OPTIONS),
+    )
 
     def __init__(self, stages: list[PruningMethod], settings: DistillSettings | None):
         self.stages, self.settings = stages, settings
         self.needs_calibration = any(stage.needs_calibration for stage in stages)
 
     @classmethod
-    def build(cls, head_fraction=None, layer_fraction=None, sparsity=None, nm=None, sparsity_method="wanda",
-              head_importance="magnitude", gqa="query", **arguments) -> "Combined":
-        settings, unknown = split_arguments(arguments)
-        if unknown:
-            raise MethodError(f"all: unknown option(s) {sorted(unknown)}")
+    def build(cls, **arguments) -> "Combined":
+        values = parse_options(cls.name, cls.OPTIONS, arguments)
         stages: list[PruningMethod] = []
-        if head_fraction is not None:
-            stages.append(Heads.build(fraction=head_fraction, importance=head_importance, gqa=gqa))
-        if layer_fraction is not None:
-            stages.append(Layers.build(fraction=layer_fraction))
-        if sparsity is not None or nm is not None:
-            if sparsity_method in ("heads", "layers", "depth", "two_stage", "distill", "all"):
-                raise MethodError(f"all: sparsity_method must be a mask-based method (magnitude, wanda, sparsegpt), "
-                                  f"got {sparsity_method!r}")
-            stages.append(method_class(sparsity_method).build(sparsity=sparsity, nm=nm))
+        if values["head_fraction"] is not None:
+            stages.append(Heads.build(fraction=values["head_fraction"], importance=values["head_importance"],
+                                      gqa=values["gqa"]))
+        if values["layer_fraction"] is not None:
+            stages.append(Layers.build(fraction=values["layer_fraction"]))
+        if values["sparsity"] is not None or values["nm"] is not None:
+            stages.append(method_class(values["sparsity_method"]).build(sparsity=values["sparsity"], nm=values["nm"]))
         if not stages:
             raise MethodError("all needs at least one of head_fraction, layer_fraction, sparsity or nm")
-        return cls(stages, DistillSettings(**settings) if settings else None)
+        distill = {o.name: arguments[o.name] for o in DISTILL_OPTIONS if o.name in arguments}
+        return cls(stages, DistillSettings(**distill) if distill else None)
 
     def options(self) -> dict:
         options = {"stages": [{"method": stage.name, **stage.options()} for stage in self.stages]}
         if self.settings:
-            options["distill"] = asdict(self.settings)
+            options["distill"] = vars(self.settings)
         return options
 
+    def check_model(self, ctx: PruneContext) -> None:
+        for stage in self.stages:
+            stage.check_model(ctx)
+
     def prune(self, ctx: PruneContext) -> dict:
+        from ..structure import numel, removal_report
+
         before = numel(ctx.model)
         windows = teacher = None
         if self.settings:

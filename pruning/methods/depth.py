@@ -17,22 +17,16 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import TYPE_CHECKING
 
-import torch
+from .base import MethodError, PruneContext, PruningMethod, no_grad, register
+from .options import Option
 
-from ..engine import LayerStep, LayerwiseEngine
-from ..influence import SuffixLoss, SuffixLossError
-from ..similarity import (CRITERIA, TOKENS, MeanDistance, allowed_block_starts, max_blocks, select_blocks)
-from ..structure import numel, removal_report, remove_layers
-from .base import MethodError, PruneContext, PruningMethod, register
+if TYPE_CHECKING:
+    from ..engine import LayerStep, LayerwiseEngine
 
-DEPTH_CRITERIA = CRITERIA + ("perplexity",)
-
-
-def _positive_int(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise MethodError(f"depth: {what} must be an integer >= 1, got {value!r}")
-    return value
+DEPTH_CRITERIA = ("angular", "cosine", "perplexity")  # similarity.CRITERIA, then Quark's perplexity windows
+TOKENS = ("last", "all")  # similarity.TOKENS
 
 
 def _window_name(start: int, size: int) -> str:
@@ -46,41 +40,36 @@ class Depth(PruningMethod):
     description = ("remove the layers (or blocks) that change hidden states least (angular/cosine), or the window "
                    "of layers whose removal costs the least calibration perplexity")
 
-    def __init__(self, num_blocks, criterion: str = "angular", tokens: str = "last", block_size: int = 1,
-                 skip_blocks=()):
-        self.num_blocks = _positive_int(num_blocks, "num_blocks")
-        self.block_size = _positive_int(block_size, "block_size")
-        if criterion not in DEPTH_CRITERIA:
-            raise MethodError(f"depth: criterion must be one of {', '.join(DEPTH_CRITERIA)}, got {criterion!r}")
-        if tokens not in TOKENS:
-            raise MethodError(f"depth: tokens must be one of {', '.join(TOKENS)}, got {tokens!r}")
-        if criterion == "perplexity" and block_size != 1:
+    OPTIONS = (
+        Option("num_blocks", int, "number of layers, or blocks of block_size layers, to remove", required=True,
+               low=1, ratio=True),
+        Option("criterion", str, "block score: hidden-state change (angular, cosine) or calibration perplexity "
+                                 "without the window (perplexity)", default="angular", choices=DEPTH_CRITERIA),
+        Option("skip_blocks", list, "layers that must stay (negative indices count from the end)", default=()),
+        Option("tokens", str, "hidden states compared on the last token or on all tokens (angular, cosine)",
+               default="last", choices=TOKENS),
+        Option("block_size", int, "consecutive layers per removed block (angular, cosine)", default=1, low=1),
+    )
+
+    def __init__(self, **values):
+        super().__init__(**values)
+        if self.criterion == "perplexity" and self.block_size != 1:
             raise MethodError("depth: criterion perplexity removes one window of num_blocks consecutive layers; "
                               "block_size does not apply (leave it at 1)")
-        if isinstance(skip_blocks, (str, bytes)) or not all(
-                isinstance(i, int) and not isinstance(i, bool) for i in (skip_blocks or ())):
-            raise MethodError(f"depth: skip_blocks must be a list of layer indices, got {skip_blocks!r}")
-        self.criterion, self.tokens = criterion, tokens
-        self.skip_blocks = list(skip_blocks or ())
-
-    @classmethod
-    def build(cls, num_blocks=None, **options) -> "Depth":
-        if num_blocks is None:
-            raise MethodError("depth needs num_blocks= (number of layers, or blocks of block_size layers, to remove)")
-        try:
-            return cls(num_blocks, **options)
-        except TypeError:
-            raise MethodError(f"depth: unknown option(s) {sorted(options)}; options: criterion, tokens, "
-                              "block_size, skip_blocks") from None
 
     def options(self) -> dict:
-        options = {"num_blocks": self.num_blocks, "criterion": self.criterion, "skip_blocks": self.skip_blocks}
-        if self.criterion != "perplexity":
-            options.update(tokens=self.tokens, block_size=self.block_size)
+        options = super().options()
+        if self.criterion == "perplexity":
+            del options["tokens"], options["block_size"]
         return options
+
+    def check_model(self, ctx: PruneContext) -> None:
+        self.plan(ctx.adapter.num_layers(ctx.model))
 
     def plan(self, num_layers: int) -> tuple[int, list[int]]:
         """(window size, allowed window starts) for a model of `num_layers` layers, or a clear error."""
+        from ..similarity import allowed_block_starts, max_blocks
+
         bad = [i for i in self.skip_blocks if not -num_layers <= i < num_layers]
         if bad:
             raise MethodError(f"depth: skip_blocks {bad} out of range for a model with {num_layers} layers")
@@ -97,8 +86,12 @@ class Depth(PruningMethod):
                               f"while keeping skip_blocks {self.skip_blocks}; lower num_blocks or skip fewer layers")
         return size, starts
 
-    @torch.no_grad()
+    @no_grad
     def prune(self, ctx: PruneContext) -> dict:
+        from ..engine import LayerwiseEngine
+        from ..similarity import select_blocks
+        from ..structure import numel, removal_report, remove_layers
+
         num_layers = ctx.adapter.num_layers(ctx.model)
         size, starts = self.plan(num_layers)
         input_ids, _ = ctx.calibration()
@@ -119,6 +112,8 @@ class Depth(PruningMethod):
 
     def _similarity_scores(self, engine: LayerwiseEngine, size: int, starts: list[int]) -> dict[int, float]:
         """Mean distance between the input of layer s and the output of layer s+size-1, for each start s."""
+        from ..similarity import MeanDistance
+
         meters = {s: MeanDistance(self.criterion, self.tokens) for s in starts}
         recent: deque = deque(maxlen=size)  # inputs of the last `size` layers
 
@@ -138,6 +133,8 @@ class Depth(PruningMethod):
     def _perplexity_windows(self, ctx: PruneContext, engine: LayerwiseEngine, input_ids, size: int,
                             starts: list[int]) -> dict:
         """Quark: calibration perplexity with each allowed window of `size` layers removed."""
+        from ..influence import SuffixLoss, SuffixLossError
+
         suffix = SuffixLoss(ctx.model, ctx.adapter, engine, input_ids)
         try:
             suffix.verify()

@@ -11,70 +11,68 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
-
-import torch
-import torch.nn.functional as F
-from torch import nn
-from tqdm.auto import tqdm
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 from .. import zoo
-from ..data import DataError, calibration_documents, check_calibration_source
-from ..evaluation.perplexity import token_windows, windows_nll
 from .base import MethodError, PruneContext, PruningMethod, method_class, register
+from .options import Option, parse_options, refuse_unknown, split_arguments
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 NOT_A_BASE = ("distill", "all")
 
 
-@dataclass(frozen=True)
-class DistillSettings:
-    training_data: str
-    teacher_model: str | None = None
-    epochs: int = 1
-    learning_rate: float = 5e-5
-    temperature: float = 2.0
-    ce_weight: float = 0.0
-    max_steps: int | None = 200
-    train_seqlen: int = 256
-    train_batch_size: int = 4
-    loss_windows: int = 16
+def _training_source(source: str) -> str:
+    from ..data import check_calibration_source  # the data module needs torch; only distillation checks this
 
-    def __post_init__(self):
-        def integer(name, minimum, value):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise MethodError(f"distill: {name} must be an integer >= {minimum}, got {value!r}")
+    check_calibration_source(source)
+    return source
 
-        def number(name, value, low, high, low_open=True):
-            ok = not isinstance(value, bool) and isinstance(value, (int, float)) and (
-                (low < value if low_open else low <= value) and value <= high)
-            if not ok:
-                raise MethodError(f"distill: {name} must be a number in {'(' if low_open else '['}{low}, {high}], got {value!r}")
 
-        if not self.training_data:
-            raise MethodError("distill needs training_data= (a local .txt/.jsonl file, or a calibration source such as c4)")
-        try:
-            check_calibration_source(str(self.training_data))
-        except DataError as exc:
-            raise MethodError(f"distill: training_data: {exc}") from None
-        if self.teacher_model is not None:
-            try:
-                zoo.check_spec(self.teacher_model)
-            except ValueError as exc:
-                raise MethodError(f"distill: teacher_model: {exc}") from None
-        integer("epochs", 1, self.epochs)
-        if self.max_steps is not None:
-            integer("max_steps", 1, self.max_steps)
-        integer("train_seqlen", 2, self.train_seqlen)
-        integer("train_batch_size", 1, self.train_batch_size)
-        integer("loss_windows", 1, self.loss_windows)
-        number("learning_rate", self.learning_rate, 0, 1)
-        number("temperature", self.temperature, 0, 100)
-        number("ce_weight", self.ce_weight, 0, 1, low_open=False)
+def _teacher_spec(spec: str) -> str:
+    zoo.check_spec(spec)
+    return spec
+
+
+def _base_method(name: str) -> str:
+    if name in NOT_A_BASE:
+        raise ValueError(f"cannot be {name!r}; use method all with training_data to distill after the combined stages")
+    method_class(name)
+    return name
+
+
+DISTILL_OPTIONS = (
+    Option("training_data", str, "local .txt/.jsonl text (or a calibration source such as c4) to distill on",
+           required=True, check=_training_source),
+    Option("teacher_model", str, "teacher directory, embedded name or hub id (default: the model before pruning)",
+           check=_teacher_spec),
+    Option("epochs", int, "passes over the training data, capped by max_steps", default=1, low=1),
+    Option("learning_rate", float, "AdamW learning rate", default=5e-5, low=0, high=1, low_open=True),
+    Option("temperature", float, "softmax temperature of the KL term", default=2.0, low=0, high=100, low_open=True),
+    Option("ce_weight", float, "weight of the next-token cross-entropy (the rest is KL)", default=0.0, low=0, high=1),
+    Option("max_steps", int, "optimizer steps at most (null: no cap)", default=200, low=1, nullable=True),
+    Option("train_seqlen", int, "tokens per training window", default=256, low=2),
+    Option("train_batch_size", int, "windows per optimizer step", default=4, low=1),
+    Option("loss_windows", int, "windows on which the loss before and after is measured", default=16, low=1),
+)
+
+
+class DistillSettings(SimpleNamespace):
+    """The DISTILL_OPTIONS values, checked, with their defaults."""
+
+    def __init__(self, **arguments):
+        super().__init__(**parse_options("distill", DISTILL_OPTIONS, arguments))
 
 
 def training_windows(tokenizer, source: str, seqlen: int, data_dir=None) -> torch.Tensor:
     """The training text (documents joined by the end-of-text token) cut into non-overlapping windows of
     `seqlen` tokens, as the perplexity evaluator cuts its text."""
+    from ..data import calibration_documents
+    from ..evaluation.perplexity import token_windows
+
     docs = calibration_documents(source, data_dir)
     text = (tokenizer.eos_token or "\n\n").join(docs)
     try:
@@ -96,6 +94,8 @@ def zero_masks(model: nn.Module, adapter) -> dict[nn.Module, torch.Tensor]:
 
 def mean_loss(model: nn.Module, windows: torch.Tensor, batch_size: int, device) -> float:
     """Mean next-token cross-entropy over `windows`."""
+    from ..evaluation.perplexity import windows_nll
+
     total, tokens = windows_nll(model, windows, batch_size, device)
     return total / tokens
 
@@ -103,6 +103,10 @@ def mean_loss(model: nn.Module, windows: torch.Tensor, batch_size: int, device) 
 def distill_model(student: nn.Module, teacher: nn.Module, adapter, windows: torch.Tensor, settings: DistillSettings,
                   device, seed: int = 0, progress: bool = True) -> dict:
     """Train `student` towards `teacher` on `windows`; masks and structure stay as they are."""
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
     home = next(student.parameters()).device
     student.to(device)
     teacher.to(device).eval()
@@ -161,12 +165,6 @@ def distill_model(student: nn.Module, teacher: nn.Module, adapter, windows: torc
             "masked_modules": len(masks)}
 
 
-def split_arguments(arguments: dict) -> tuple[dict, dict]:
-    """(distillation settings, the rest) from one keyword set."""
-    names = set(DistillSettings.__dataclass_fields__)
-    return {k: v for k, v in arguments.items() if k in names}, {k: v for k, v in arguments.items() if k not in names}
-
-
 def load_teacher(settings: DistillSettings, student: nn.Module):
     """The teacher named in the settings (float32, CPU), checked to share the student's vocabulary."""
     from ..modeling import load_model
@@ -183,26 +181,27 @@ class Distill(PruningMethod):
     name = "distill"
     description = "prune with base_method, then recover by knowledge distillation from the unpruned teacher"
 
+    COMPOSITE = True
+    OPTIONS = (Option("base_method", str, "the pruning method run before distillation; its ratio and options "
+                                          "are given alongside", required=True, check=_base_method),) + DISTILL_OPTIONS
+
     def __init__(self, base: PruningMethod, settings: DistillSettings):
         self.base, self.settings = base, settings
         self.needs_calibration = base.needs_calibration
 
     @classmethod
-    def build(cls, base_method=None, **arguments) -> "Distill":
-        if base_method is None:
-            raise MethodError("distill needs base_method= (the pruning method to run before distillation)")
-        if base_method in NOT_A_BASE:
-            raise MethodError(f"distill: base_method cannot be {base_method!r}; use method all with training_data "
-                              "to distill after the combined stages")
-        settings, base_arguments = split_arguments(arguments)
-        try:
-            settings = DistillSettings(**settings)
-        except TypeError as exc:
-            raise MethodError(f"distill: {exc}") from None
-        return cls(method_class(base_method).build(**base_arguments), settings)
+    def build(cls, **arguments) -> "Distill":
+        own, base_arguments = split_arguments(cls.OPTIONS, arguments)
+        base_class = method_class(parse_options(cls.name, cls.OPTIONS, own)["base_method"])
+        refuse_unknown(cls.name, cls.OPTIONS + base_class.OPTIONS, arguments)
+        own.pop("base_method")
+        return cls(base_class.build(**base_arguments), DistillSettings(**own))
 
     def options(self) -> dict:
-        return {"base_method": self.base.name, **self.base.options(), **asdict(self.settings)}
+        return {"base_method": self.base.name, **self.base.options(), **vars(self.settings)}
+
+    def check_model(self, ctx: PruneContext) -> None:
+        self.base.check_model(ctx)
 
     def prune(self, ctx: PruneContext) -> dict:
         windows = training_windows(ctx.tokenizer, self.settings.training_data, self.settings.train_seqlen,

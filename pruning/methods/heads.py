@@ -15,12 +15,13 @@ Importance of a query head:
 """
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from ..engine import LayerStep, LayerwiseEngine, input_hooks
-from ..structure import (StructureError, check_fraction, head_counts, numel, removal_report, require_sliceable,
-                         rounded_count, slice_heads)
-from .base import MethodError, PruneContext, PruningMethod, register
+from .base import MethodError, PruneContext, PruningMethod, no_grad, register
+from .options import Option
+
+if TYPE_CHECKING:
+    import torch
 
 IMPORTANCE = ("magnitude", "activation")
 GQA_MODES = ("query", "group")
@@ -38,6 +39,8 @@ class HeadContribution:
     """Running mean over tokens of the norm of each head's contribution W_o[:, h] · x_h."""
 
     def __init__(self, o_weight: torch.Tensor, heads: int):
+        import torch
+
         self.weight = o_weight.float().reshape(o_weight.shape[0], heads, -1)  # [hidden, heads, head_dim]
         self.heads = heads
         self.total = torch.zeros(heads, dtype=torch.float64)
@@ -74,38 +77,33 @@ class Heads(PruningMethod):
     name = "heads"
     description = "remove the least important attention query heads (GQA-consistent), slicing q/k/v/o"
 
-    def __init__(self, fraction, importance: str = "magnitude", gqa: str = "query"):
-        try:
-            self.fraction = check_fraction(fraction, "heads: fraction")
-        except StructureError as exc:
-            raise MethodError(str(exc)) from None
-        if importance not in IMPORTANCE:
-            raise MethodError(f"heads: importance must be one of {', '.join(IMPORTANCE)}, got {importance!r}")
-        if gqa not in GQA_MODES:
-            raise MethodError(f"heads: gqa must be one of {', '.join(GQA_MODES)}, got {gqa!r}")
-        self.importance, self.gqa = importance, gqa
-        self.needs_calibration = importance == "activation"
+    OPTIONS = (
+        Option("fraction", float, "fraction of attention heads to remove, e.g. 0.25", required=True,
+               low=0, high=1, low_open=True, high_open=True, ratio=True),
+        Option("importance", str, "head score: weight norms (magnitude) or mean contribution on calibration data "
+                                  "(activation)", default="magnitude", choices=IMPORTANCE),
+        Option("gqa", str, "removal unit: one query head per key-value group, or whole groups", default="query",
+               choices=GQA_MODES),
+    )
 
-    @classmethod
-    def build(cls, fraction=None, **options) -> "Heads":
-        if fraction is None:
-            raise MethodError("heads needs fraction= (fraction of attention heads to remove, e.g. 0.25)")
-        try:
-            return cls(fraction, **options)
-        except TypeError:
-            raise MethodError(f"heads: unknown option(s) {sorted(options)}; options: importance, gqa") from None
+    def __init__(self, **values):
+        super().__init__(**values)
+        self.needs_calibration = self.importance == "activation"
 
-    def options(self) -> dict:
-        return {"fraction": self.fraction, "importance": self.importance, "gqa": self.gqa}
+    def check_model(self, ctx: PruneContext) -> None:
+        self.plan(ctx)
 
-    @torch.no_grad()
-    def prune(self, ctx: PruneContext) -> dict:
+    def plan(self, ctx: PruneContext) -> tuple[list[tuple[int, int]], int]:
+        """(query and key-value heads per layer, heads to remove), or a clear error before any change."""
+        import torch
+
+        from ..structure import StructureError, head_counts, require_sliceable, rounded_count
+
         try:
             require_sliceable(ctx.model, ctx.adapter, "head pruning")
         except StructureError as exc:
             raise MethodError(str(exc)) from None
-        layers = ctx.adapter.decoder_layers(ctx.model)
-        counts = [head_counts(layer, ctx.adapter) for layer in layers]
+        counts = [head_counts(layer, ctx.adapter) for layer in ctx.adapter.decoder_layers(ctx.model)]
         total_heads = sum(q for q, _ in counts)
         target = rounded_count(self.fraction, total_heads)
         removable = sum(len(removal_units(torch.zeros(q), kv, self.gqa)) * self._unit_size(q, kv)
@@ -113,6 +111,14 @@ class Heads(PruningMethod):
         if target == 0 or target > removable:
             raise MethodError(f"heads: fraction {self.fraction} of {total_heads} heads is {target} heads; between 1 and "
                               f"{removable} can be removed with gqa={self.gqa} (each layer keeps some attention)")
+        return counts, target
+
+    @no_grad
+    def prune(self, ctx: PruneContext) -> dict:
+        from ..structure import numel, removal_report, slice_heads
+
+        counts, target = self.plan(ctx)
+        total_heads = sum(q for q, _ in counts)
         scores = self._scores(ctx, counts)
         units = []
         for index, (q, kv) in enumerate(counts):
@@ -139,6 +145,8 @@ class Heads(PruningMethod):
         return kv_heads if self.gqa == "query" and group > 1 else group
 
     def _scores(self, ctx: PruneContext, counts) -> dict[int, torch.Tensor]:
+        from ..engine import LayerStep, LayerwiseEngine, input_hooks
+
         layers = ctx.adapter.decoder_layers(ctx.model)
         q_path, *_, o_path = ctx.adapter.attention_projections
         if self.importance == "magnitude":

@@ -2,37 +2,24 @@
 evenly over the interior so the first and last layers stay. Needs no data; works for every family."""
 from __future__ import annotations
 
-import torch
-
-from ..similarity import evenly_spread
-from ..structure import StructureError, check_fraction, numel, removal_report, remove_layers, rounded_count
-from .base import MethodError, PruneContext, PruningMethod, register
+from .base import MethodError, PruneContext, PruningMethod, no_grad, register
+from .options import Option
 
 
 @register
 class Layers(PruningMethod):
     name = "layers"
     description = "remove a fraction of decoder layers evenly spread, keeping the first and last (no data)"
-
-    def __init__(self, fraction):
-        try:
-            self.fraction = check_fraction(fraction, "layers: fraction")
-        except StructureError as exc:
-            raise MethodError(str(exc)) from None
-
-    @classmethod
-    def build(cls, fraction=None, **options) -> "Layers":
-        if fraction is None:
-            raise MethodError("layers needs fraction= (fraction of decoder layers to remove, e.g. 0.25)")
-        if options:
-            raise MethodError(f"layers: unknown option(s) {sorted(options)}")
-        return cls(fraction)
-
-    def options(self) -> dict:
-        return {"fraction": self.fraction}
+    OPTIONS = (
+        Option("fraction", float, "fraction of decoder layers to remove, e.g. 0.25", required=True,
+               low=0, high=1, low_open=True, high_open=True, ratio=True),
+    )
 
     def plan(self, num_layers: int) -> list[int]:
         """The layers to remove, or a clear error when the fraction cannot be honoured."""
+        from ..similarity import evenly_spread
+        from ..structure import rounded_count
+
         count = rounded_count(self.fraction, num_layers)
         if count == 0:
             raise MethodError(f"layers: fraction {self.fraction} of {num_layers} layers removes no layer")
@@ -41,8 +28,13 @@ class Layers(PruningMethod):
                               f"first and last stay, so at most {max(0, num_layers - 2)} can go")
         return evenly_spread(num_layers, count)
 
-    @torch.no_grad()
+    def check_model(self, ctx: PruneContext) -> None:
+        self.plan(ctx.adapter.num_layers(ctx.model))
+
+    @no_grad
     def prune(self, ctx: PruneContext) -> dict:
+        from ..structure import numel, removal_report, remove_layers
+
         num_layers = ctx.adapter.num_layers(ctx.model)
         drop = self.plan(num_layers)
         before = numel(ctx.model)

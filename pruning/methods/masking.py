@@ -1,38 +1,60 @@
-"""Shared orchestration for mask-based methods: which modules, which target, and the sparsity report."""
+"""Shared orchestration for mask-based methods: their options, which modules, which target, and the
+sparsity report."""
 from __future__ import annotations
 
-import torch
-from torch import nn
+from ..ratios import MaskTarget, NMPattern, RatioError, mask_target, parse_nm
+from .base import MethodError, PruneContext, PruningMethod, no_grad
+from .options import Option
 
-from ..adapters import weight_matrix
-from ..engine import LayerStep, LayerwiseEngine, input_statistics
-from ..masks import sparsity_of
-from ..ratios import MaskTarget, RatioError, mask_target
-from .base import MethodError, PruneContext, PruningMethod
+TARGET_OPTIONS = (
+    Option("sparsity", float, "fraction of the targeted weights to zero", low=0, high=1, high_open=True, ratio=True),
+    Option("nm", str, "N:M pattern, N kept out of every M consecutive input weights (e.g. 2:4)", ratio=True,
+           check=lambda text: parse_nm(text).describe()),
+)
+ONE_PASS = Option("one_pass", bool, "prune each linear as its input arrives, one forward per layer "
+                                    "(true-sequential, holds every window's activations at once)", default=False)
 
 
 class MaskingMethod(PruningMethod):
-    """Zeroes weights of every linear inside the decoder layers to reach `target`."""
+    """Zeroes weights of every linear inside the decoder layers to reach `target` (a sparsity or N:M)."""
 
-    def __init__(self, target: MaskTarget):
-        self.target = target
+    OPTIONS = TARGET_OPTIONS
 
-    @classmethod
-    def build(cls, sparsity=None, nm=None, **options) -> "MaskingMethod":
+    def __init__(self, **values):
+        super().__init__(**values)
         try:
-            target = mask_target(sparsity, nm)
+            self.target: MaskTarget = mask_target(values["sparsity"], values["nm"])
         except RatioError as exc:
-            raise MethodError(f"{cls.name}: {exc}") from None
-        try:
-            return cls(target, **options)
-        except TypeError:
-            raise MethodError(f"{cls.name}: unknown option(s) {sorted(options)}") from None
+            raise MethodError(f"{self.name}: {exc}") from None
 
     def options(self) -> dict:
-        return {"target": self.target.as_dict()}
+        rest = {k: v for k, v in super().options().items() if k not in ("sparsity", "nm")}
+        return {"target": self.target.as_dict(), **rest}
+
+    def check_model(self, ctx: PruneContext) -> None:
+        """At least one linear is targeted, and an N:M group fits in every targeted input width."""
+        from ..adapters import weight_matrix
+
+        targets = {name: module for modules in self.targets(ctx).values() for name, module in modules.items()}
+        if not targets:
+            raise MethodError(f"{self.name}: ignore patterns {list(ctx.ignore)} leave no linear module to prune")
+        if isinstance(self.target, NMPattern):
+            name, width = min(((n, weight_matrix(m).shape[1]) for n, m in targets.items()), key=lambda t: t[1])
+            if self.target.m > width:
+                raise MethodError(f"{self.name}: N:M {self.target.describe()} needs M <= the input width of every "
+                                  f"targeted linear; {name} has {width} (ignore it or use a smaller M)")
 
     @staticmethod
-    def layer_report(targets: dict[str, nn.Module]) -> dict[str, dict]:
+    def targets(ctx: PruneContext) -> dict[int, dict]:
+        """{layer index: {full name: module}} of the linears this run prunes (after `ctx.ignore`)."""
+        return {index: ctx.adapter.linear_targets(ctx.model, index, ctx.ignore)
+                for index in range(ctx.adapter.num_layers(ctx.model))}
+
+    @staticmethod
+    def layer_report(targets: dict) -> dict[str, dict]:
+        from ..adapters import weight_matrix
+        from ..masks import sparsity_of
+
         report = {}
         for name, module in targets.items():
             weight = weight_matrix(module)
@@ -60,8 +82,9 @@ class MaskingMethod(PruningMethod):
         }
 
     @staticmethod
-    @torch.no_grad()
-    def apply_mask(module: nn.Module, mask: torch.Tensor) -> None:
+    def apply_mask(module, mask) -> None:
+        from ..adapters import weight_matrix
+
         weight_matrix(module)[mask] = 0
 
 
@@ -77,20 +100,13 @@ class CalibratedMaskingMethod(MaskingMethod):
     of holding every window's activations at once.
     """
 
-    def __init__(self, target: MaskTarget, one_pass: bool = False):
-        super().__init__(target)
-        if not isinstance(one_pass, bool):
-            raise MethodError(f"{self.name}: one_pass must be true or false, got {one_pass!r}")
-        self.one_pass = one_pass
+    OPTIONS = TARGET_OPTIONS + (ONE_PASS,)
 
-    def options(self) -> dict:
-        return {**super().options(), "one_pass": self.one_pass}
-
-    def statistics(self, weight: torch.Tensor, device: torch.device):
+    def statistics(self, weight, device):
         """A fresh accumulator (with `add(x)`) for a linear with this weight."""
         raise NotImplementedError
 
-    def prune_module(self, name: str, module: nn.Module, statistics) -> dict | None:
+    def prune_module(self, name: str, module, statistics) -> dict | None:
         """Zero (and for SparseGPT update) the module's weight from its accumulated input statistics;
         may return details that `finish` receives per module."""
         raise NotImplementedError
@@ -99,8 +115,12 @@ class CalibratedMaskingMethod(MaskingMethod):
         """Add method-specific totals to the summary."""
         return report
 
-    @torch.no_grad()
+    @no_grad
     def prune(self, ctx: PruneContext) -> dict:
+        from ..adapters import weight_matrix
+        from ..engine import LayerStep, LayerwiseEngine, input_statistics
+
+        self.check_model(ctx)
         input_ids, _ = ctx.calibration()
         batch_size = input_ids.shape[0] if self.one_pass else ctx.batch_size
         engine = LayerwiseEngine(ctx.model, ctx.adapter, ctx.device, batch_size, ctx.progress)

@@ -1,19 +1,23 @@
 """SparseGPT (Frantar & Alistarh 2023): OBS-style pruning with error compensation, layer by layer."""
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from ..adapters import weight_matrix
-from ..masks import InverseHessian, inverse_hessian, sparsegpt_solve
-from ..ratios import MaskTarget
-from .base import MethodError, PruneContext, register
+from .base import PruneContext, no_grad, register
 from .masking import CalibratedMaskingMethod
+from .options import Option
+
+if TYPE_CHECKING:
+    import torch
+    from ..masks import InverseHessian
 
 
 class HessianAccumulator:
     """H = (2/n) Σ x xᵀ over calibration tokens, in fp32 with TF32 disabled."""
 
     def __init__(self, features: int, device):
+        import torch
+
         self.hessian = torch.zeros(features, features, dtype=torch.float32, device=device)
         self.tokens = 0
         self._inverse: InverseHessian | None = None
@@ -29,6 +33,8 @@ class HessianAccumulator:
 
     def inverse(self, damp_fraction: float) -> InverseHessian:
         """Computed once and reused by every linear sharing this accumulator (q/k/v, gate/up)."""
+        from ..masks import inverse_hessian
+
         if self._inverse is None:
             self._inverse = inverse_hessian(self.hessian, damp_fraction)
         return self._inverse
@@ -40,28 +46,29 @@ class SparseGPT(CalibratedMaskingMethod):
     needs_calibration = True
     description = "Hessian-based pruning with weight updates (blocks of 128, lazy batch updates)"
 
-    def __init__(self, target: MaskTarget, block_size: int = 128, damp_fraction: float = 0.01, one_pass: bool = False):
-        super().__init__(target, one_pass)
-        if block_size < 1 or not 0 < damp_fraction < 1:
-            raise MethodError("sparsegpt: block_size must be >= 1 and damp_fraction in (0, 1)")
-        self.block_size = block_size
-        self.damp_fraction = damp_fraction
-
-    def options(self) -> dict:
-        return {**super().options(), "block_size": self.block_size, "damp_fraction": self.damp_fraction}
+    OPTIONS = CalibratedMaskingMethod.OPTIONS + (
+        Option("block_size", int, "columns solved together before the lazy batch update", default=128, low=1),
+        Option("damp_fraction", float, "dampening added to the Hessian diagonal, as a fraction of its mean",
+               default=0.01, low=0, high=1, low_open=True, high_open=True),
+    )
 
     def statistics(self, weight, device):
         return HessianAccumulator(weight.shape[1], device)
 
     def prune_module(self, name, module, statistics):
+        from ..adapters import weight_matrix
+        from ..masks import sparsegpt_solve
+
         weight = weight_matrix(module)
         new_weight, _, info = sparsegpt_solve(weight, statistics.inverse(self.damp_fraction), self.target,
                                               self.block_size)
         weight.copy_(new_weight)
         return info
 
-    @torch.no_grad()
+    @no_grad
     def prune(self, ctx: PruneContext) -> dict:
+        import torch
+
         tf32 = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = False
         try:

@@ -13,18 +13,19 @@ pair when none does. A removed sub-block takes its input norm with it; the resid
 """
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from ..engine import LayerStep, LayerwiseEngine
-from ..influence import SuffixLoss, SuffixLossError
-from ..similarity import MeanDistance
-from ..structure import (StructureError, attention_removed, attention_swapped_out, feed_forward_removed, numel,
-                         removal_report, remove_attention, remove_feed_forward, require_sliceable)
-from .base import MethodError, PruneContext, PruningMethod, register
+from .base import MethodError, PruneContext, PruningMethod, no_grad, register
+from .options import Option
+
+if TYPE_CHECKING:
+    from ..engine import LayerStep
 
 
 def sub_block_sizes(layer, adapter) -> tuple[int, int]:
     """(FFN parameters incl. its norm, attention parameters incl. its norm) of one intact layer."""
+    from ..structure import numel
+
     ffn = numel(adapter.layer_part(layer, adapter.mlp)) + numel(adapter.layer_part(layer, adapter.mlp_norm))
     attention = numel(adapter.layer_part(layer, adapter.attention)) + numel(adapter.layer_part(layer, adapter.attention_norm))
     return ffn, attention
@@ -40,50 +41,45 @@ def counts_for_rate(target: float, ffn_size: int, attention_size: int, num_layer
     return max((p for p in pairs if error[p] <= tolerance), key=lambda p: (p[0], -error[p], -p[1]))
 
 
-def _count(value, what: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise MethodError(f"two_stage: {what} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 @register
 class TwoStage(PruningMethod):
     name = "two_stage"
     needs_calibration = True
     description = "PP-LLMs: FFN removed in the lowest block-influence layers, then attention removed greedily by calibration loss"
 
-    def __init__(self, prune_rate=None, ffn_layers=None, attention_layers=None):
-        if prune_rate is not None:
-            if ffn_layers is not None or attention_layers is not None:
+    OPTIONS = (
+        Option("prune_rate", float, "fraction of all parameters to remove (sets both counts)", ratio=True,
+               low=0, high=1, low_open=True, high_open=True),
+        Option("ffn_layers", int, "FFN sub-blocks to remove (instead of prune_rate)", low=1),
+        Option("attention_layers", int, "attention sub-blocks to remove, among the FFN-removed layers", low=0),
+    )
+
+    def __init__(self, **values):
+        super().__init__(**values)
+        if self.prune_rate is not None:
+            if self.ffn_layers is not None or self.attention_layers is not None:
                 raise MethodError("two_stage: give either prune_rate or ffn_layers/attention_layers, not both")
-            if isinstance(prune_rate, bool) or not isinstance(prune_rate, (int, float)) or not 0 < prune_rate < 1:
-                raise MethodError(f"two_stage: prune_rate must be a number in (0, 1), got {prune_rate!r}")
-            prune_rate = float(prune_rate)
-        elif ffn_layers is None:
+        elif self.ffn_layers is None:
             raise MethodError("two_stage needs prune_rate= (fraction of parameters to remove) or ffn_layers= "
                               "[and attention_layers=]")
         else:
-            ffn_layers = _count(ffn_layers, "ffn_layers", 1)
-            attention_layers = _count(attention_layers or 0, "attention_layers", 0)
-            if attention_layers > ffn_layers:
-                raise MethodError(f"two_stage: attention is removed only from the {ffn_layers} FFN-removed candidate "
-                                  f"layers, so attention_layers ({attention_layers}) must be <= ffn_layers")
-        self.prune_rate, self.ffn_layers, self.attention_layers = prune_rate, ffn_layers, attention_layers
-
-    @classmethod
-    def build(cls, prune_rate=None, **options) -> "TwoStage":
-        try:
-            return cls(prune_rate, **options)
-        except TypeError:
-            raise MethodError(f"two_stage: unknown option(s) {sorted(options)}; options: ffn_layers, attention_layers") from None
+            self.attention_layers = self.attention_layers or 0
+            if self.attention_layers > self.ffn_layers:
+                raise MethodError(f"two_stage: attention is removed only from the {self.ffn_layers} FFN-removed "
+                                  f"candidate layers, so attention_layers ({self.attention_layers}) must be <= ffn_layers")
 
     def options(self) -> dict:
         if self.prune_rate is not None:
             return {"prune_rate": self.prune_rate}
         return {"ffn_layers": self.ffn_layers, "attention_layers": self.attention_layers}
 
+    def check_model(self, ctx: PruneContext) -> None:
+        self.plan(ctx)
+
     def plan(self, ctx: PruneContext) -> tuple[int, int, dict]:
         """(FFN count, attention count, sizing facts), checked against the model before any change."""
+        from ..structure import StructureError, attention_removed, feed_forward_removed, numel, require_sliceable
+
         try:
             require_sliceable(ctx.model, ctx.adapter, "two_stage")
         except StructureError as exc:
@@ -109,8 +105,14 @@ class TwoStage(PruningMethod):
             raise MethodError(f"two_stage: {ffn} FFN blocks asked, the model has {len(layers)} layers (one must keep its FFN)")
         return ffn, attention, facts
 
-    @torch.no_grad()
+    @no_grad
     def prune(self, ctx: PruneContext) -> dict:
+        from ..engine import LayerwiseEngine
+        from ..influence import SuffixLoss, SuffixLossError
+        from ..similarity import MeanDistance
+        from ..structure import (attention_swapped_out, numel, removal_report, remove_attention,
+                                 remove_feed_forward)
+
         ffn_count, attention_count, facts = self.plan(ctx)
         adapter, layers = ctx.adapter, ctx.adapter.decoder_layers(ctx.model)
         input_ids, _ = ctx.calibration()

@@ -1,0 +1,269 @@
+"""The heterogeneous-model format: pruned models whose decoder layers differ from each other.
+
+A standard transformers config describes every layer alike. A model with removed heads, attention-free or
+FFN-free layers is saved with the base family's config plus a record of every layer:
+
+    "model_type": "pruning_heterogeneous", "pruning_base_model_type": "llama",
+    "pruning_layer_structure": [{"num_attention_heads": 8, "num_key_value_heads": 4, "intermediate_size": 0}, ...]
+
+(0 heads: attention removed; 0 intermediate size: FFN removed). This module is the one home of that format:
+its names, the per-layer `LayerShape`, how a removed sub-block looks in memory (`RemovedAttention`,
+`RemovedFeedForward`), reading shapes off the modules, writing the record into a config (`record_layer_shapes`,
+called once before saving), reading and validating it (`layer_shapes`), and loading: importing this module
+registers the format with transformers' `AutoConfig` / `AutoModelForCausalLM`, so a plain
+`AutoModelForCausalLM.from_pretrained(dir)` rebuilds such a model (base architecture reshaped layer by layer,
+then the weights loaded by transformers itself).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+from .adapters import ArchitectureAdapter, adapter_for_model_type, supported_model_types
+
+HETEROGENEOUS_MODEL_TYPE = "pruning_heterogeneous"
+BASE_TYPE_KEY = "pruning_base_model_type"
+STRUCTURE_KEY = "pruning_layer_structure"
+LAYER_FIELDS = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
+
+
+class FormatError(ValueError):
+    """A heterogeneous record that does not describe a loadable model."""
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """One decoder layer: query heads, key-value heads and FFN width (0 = sub-block removed)."""
+
+    heads: int
+    kv_heads: int
+    ffn: int
+
+    def to_record(self) -> dict:
+        return dict(zip(LAYER_FIELDS, (self.heads, self.kv_heads, self.ffn)))
+
+
+def _get(config, key: str, default=None):
+    return config.get(key, default) if isinstance(config, dict) else getattr(config, key, default)
+
+
+def is_heterogeneous(config) -> bool:
+    """Whether a config (dict or transformers config) carries the heterogeneous record."""
+    return _get(config, "model_type") == HETEROGENEOUS_MODEL_TYPE
+
+
+def base_model_type(config) -> str | None:
+    """The family's model type: the recorded base type of a heterogeneous config, else `model_type`."""
+    return _get(config, BASE_TYPE_KEY) if is_heterogeneous(config) else _get(config, "model_type")
+
+
+def layer_shapes(config) -> list[LayerShape]:
+    """The validated per-layer record of a heterogeneous config (dict or transformers config)."""
+    layers, records = _get(config, "num_hidden_layers"), _get(config, STRUCTURE_KEY)
+    heads = _get(config, "num_attention_heads")
+    base = LayerShape(heads, _get(config, "num_key_value_heads") or heads, _get(config, "intermediate_size"))
+    if not is_heterogeneous(config) or not _get(config, BASE_TYPE_KEY):
+        raise FormatError(f"not a heterogeneous pruned model (needs model_type {HETEROGENEOUS_MODEL_TYPE!r} "
+                          f"and {BASE_TYPE_KEY})")
+    if not isinstance(records, list) or len(records) != layers:
+        raise FormatError(f"{STRUCTURE_KEY} must list one entry per layer ({layers}), got {records!r:.200}")
+    shapes = []
+    for index, entry in enumerate(records):
+        if not isinstance(entry, dict) or set(entry) != set(LAYER_FIELDS):
+            raise FormatError(f"{STRUCTURE_KEY}[{index}] must have exactly the keys {LAYER_FIELDS}, got {entry!r}")
+        shape = LayerShape(*(entry[key] for key in LAYER_FIELDS))
+        if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                   for x in (shape.heads, shape.kv_heads, shape.ffn)):
+            raise FormatError(f"{STRUCTURE_KEY}[{index}] values must be non-negative integers, got {entry!r}")
+        if (shape.heads == 0) != (shape.kv_heads == 0) or (shape.kv_heads and shape.heads % shape.kv_heads) \
+                or shape.heads > base.heads or shape.kv_heads > base.kv_heads or shape.ffn > base.ffn:
+            raise FormatError(f"{STRUCTURE_KEY}[{index}] = {entry} does not fit the base config "
+                              f"{base.to_record()} (heads a multiple of key-value heads, both 0 when removed)")
+        shapes.append(shape)
+    return shapes
+
+
+# ------------------------------------------------------------------------------------ in memory
+
+class RemovedAttention(nn.Module):
+    """Stands in for a removed attention sub-block: adds nothing to the residual stream.
+
+    With a KV cache it stores one zero per token (a single head of size 1), so that the cache still
+    knows how many tokens were seen when the model's first layer is one of these.
+    """
+
+    def __init__(self, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask=None, past_key_values=None, **kwargs):
+        if past_key_values is not None:
+            placeholder = hidden_states.new_zeros(hidden_states.shape[0], 1, hidden_states.shape[1], 1)
+            past_key_values.update(placeholder, placeholder, self.layer_idx)
+        return torch.zeros_like(hidden_states), None
+
+
+class RemovedFeedForward(nn.Module):
+    """Stands in for a removed FFN sub-block: adds nothing to the residual stream."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(hidden_states)
+
+
+def set_module(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, module)
+
+
+def install_removed_attention(layer: nn.Module, adapter: ArchitectureAdapter, layer_index: int) -> None:
+    """Replace one layer's attention and the norm feeding it by their removed stand-ins."""
+    set_module(layer, adapter.attention, RemovedAttention(layer_index))
+    set_module(layer, adapter.attention_norm, nn.Identity())
+
+
+def install_removed_feed_forward(layer: nn.Module, adapter: ArchitectureAdapter) -> None:
+    set_module(layer, adapter.mlp, RemovedFeedForward())
+    set_module(layer, adapter.mlp_norm, nn.Identity())
+
+
+def attention_removed(layer: nn.Module, adapter: ArchitectureAdapter) -> bool:
+    return isinstance(adapter.layer_part(layer, adapter.attention), RemovedAttention)
+
+
+def feed_forward_removed(layer: nn.Module, adapter: ArchitectureAdapter) -> bool:
+    return isinstance(adapter.layer_part(layer, adapter.mlp), RemovedFeedForward)
+
+
+def head_counts(layer: nn.Module, adapter: ArchitectureAdapter) -> tuple[int, int]:
+    """(query heads, key-value heads) of one decoder layer; (0, 0) when its attention is removed."""
+    if attention_removed(layer, adapter):
+        return 0, 0
+    head_dim = getattr(adapter.layer_part(layer, adapter.attention), adapter.head_dim_attribute)
+    q, k = (adapter.layer_part(layer, path) for path in adapter.attention_projections[:2])
+    return q.out_features // head_dim, k.out_features // head_dim
+
+
+def ffn_width(layer: nn.Module, adapter: ArchitectureAdapter) -> int:
+    if feed_forward_removed(layer, adapter):
+        return 0
+    return adapter.layer_part(layer, adapter.mlp_projections[-1]).in_features
+
+
+def layer_structure(model: nn.Module, adapter: ArchitectureAdapter) -> list[LayerShape]:
+    """Every decoder layer's shape, read from the modules themselves."""
+    return [LayerShape(*head_counts(layer, adapter), ffn_width(layer, adapter))
+            for layer in adapter.decoder_layers(model)]
+
+
+def _resized(linear: nn.Linear, rows: int, columns: int) -> nn.Linear:
+    return nn.Linear(columns, rows, bias=linear.bias is not None, device=linear.weight.device, dtype=linear.weight.dtype)
+
+
+def shape_layers(model: nn.Module, adapter: ArchitectureAdapter, shapes: list[LayerShape]) -> None:
+    """Give a freshly built model the recorded layer shapes (new, unloaded projections of the right sizes)."""
+    config = model.config
+    for index, (layer, shape) in enumerate(zip(adapter.decoder_layers(model), shapes)):
+        if shape.heads == 0:
+            install_removed_attention(layer, adapter, index)
+        elif (shape.heads, shape.kv_heads) != (config.num_attention_heads, config.num_key_value_heads):
+            attention = adapter.layer_part(layer, adapter.attention)
+            head_dim = getattr(attention, adapter.head_dim_attribute)
+            q, k, v, o = (adapter.layer_part(layer, path) for path in adapter.attention_projections)
+            sizes = {q: (shape.heads * head_dim, q.in_features), k: (shape.kv_heads * head_dim, k.in_features),
+                     v: (shape.kv_heads * head_dim, v.in_features), o: (o.out_features, shape.heads * head_dim)}
+            for path, linear in zip(adapter.attention_projections, (q, k, v, o)):
+                set_module(layer, path, _resized(linear, *sizes[linear]))
+            setattr(attention, adapter.kv_groups_attribute, shape.heads // shape.kv_heads)
+        if shape.ffn == 0:
+            install_removed_feed_forward(layer, adapter)
+        elif shape.ffn != config.intermediate_size:
+            *inputs, down = adapter.mlp_projections
+            for path in inputs:
+                linear = adapter.layer_part(layer, path)
+                set_module(layer, path, _resized(linear, shape.ffn, linear.in_features))
+            linear = adapter.layer_part(layer, down)
+            set_module(layer, down, _resized(linear, linear.out_features, shape.ffn))
+
+
+# -------------------------------------------------------------------------- config and transformers
+
+class HeterogeneousConfig(PretrainedConfig):
+    """What `AutoConfig` finds for model_type "pruning_heterogeneous": it reads the recorded base type and
+    returns the base family's config (as its heterogeneous subclass), validated."""
+
+    model_type = HETEROGENEOUS_MODEL_TYPE
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        base_type = config_dict.get(BASE_TYPE_KEY)
+        if base_type not in CONFIG_MAPPING or base_type == HETEROGENEOUS_MODEL_TYPE:
+            raise FormatError(f"heterogeneous model with base model type {base_type!r}: not a model type this "
+                              "transformers version knows")
+        if base_type not in adapter_for_model_type(base_type).sliceable_model_types:
+            raise FormatError(f"heterogeneous layers are not supported for {base_type!r}")
+        plain = {k: v for k, v in config_dict.items() if k not in ("model_type", BASE_TYPE_KEY, STRUCTURE_KEY)}
+        loaded = heterogeneous_config_class(CONFIG_MAPPING[base_type]).from_dict(plain, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        setattr(config, BASE_TYPE_KEY, base_type)
+        setattr(config, STRUCTURE_KEY, config_dict.get(STRUCTURE_KEY))
+        layer_shapes(config)
+        return loaded
+
+
+_CONFIG_CLASSES: dict[type, type] = {}
+
+
+def heterogeneous_config_class(base: type) -> type:
+    """The heterogeneous subclass of a family's config class (serialized with the heterogeneous model_type),
+    registered with `AutoModelForCausalLM` together with its model class."""
+    if base not in _CONFIG_CLASSES:
+        config_class = type(f"Heterogeneous{base.__name__}", (base,),
+                            {"model_type": HETEROGENEOUS_MODEL_TYPE, "base_config_class": base, "__module__": __name__})
+        base_model = MODEL_FOR_CAUSAL_LM_MAPPING[base]
+
+        def __init__(self, config, *args, **kwargs):
+            base_model.__init__(self, config, *args, **kwargs)
+            shape_layers(self, adapter_for_model_type(config.base_config_class.model_type), layer_shapes(config))
+
+        # named like its base, so that `architectures` in a re-saved config.json stays e.g. LlamaForCausalLM
+        model_class = type(base_model.__name__, (base_model,), {"config_class": config_class, "__init__": __init__,
+                                                                "__module__": __name__,
+                                                                "__qualname__": f"Heterogeneous{base_model.__name__}"})
+        AutoModelForCausalLM.register(config_class, model_class, exist_ok=True)
+        _CONFIG_CLASSES[base] = config_class
+    return _CONFIG_CLASSES[base]
+
+
+def record_layer_shapes(model: nn.Module) -> bool:
+    """Make the config describe the modules, before saving: the heterogeneous record when some layer
+    differs from the base config (only families that can slice have such layers), the plain config
+    otherwise. Returns whether the model is heterogeneous."""
+    config = model.config
+    base_type = base_model_type(config)
+    if base_type not in supported_model_types():
+        return False
+    adapter = adapter_for_model_type(base_type)
+    if base_type not in adapter.sliceable_model_types:
+        return False
+    shapes = layer_structure(model, adapter)
+    uniform = LayerShape(*(getattr(config, key) for key in LAYER_FIELDS))
+    base_class = getattr(type(config), "base_config_class", type(config))
+    if all(shape == uniform for shape in shapes):
+        if base_class is not type(config):
+            config.__class__ = base_class
+            for key in (BASE_TYPE_KEY, STRUCTURE_KEY):
+                config.__dict__.pop(key, None)
+        return False
+    if base_class is type(config):
+        setattr(config, BASE_TYPE_KEY, base_class.model_type)
+        config.__class__ = heterogeneous_config_class(base_class)
+    setattr(config, STRUCTURE_KEY, [shape.to_record() for shape in shapes])
+    return True
+
+
+AutoConfig.register(HETEROGENEOUS_MODEL_TYPE, HeterogeneousConfig, exist_ok=True)

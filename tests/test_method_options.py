@@ -1,0 +1,206 @@
+"""Method options come from one declaration per method: validation without a model (and without torch),
+the prune.json record, the CLI listing and the workflow schema's method rules all agree with it; and what
+needs the model (ignore globs, N:M width, batch size) is refused before any calibration or evaluation."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import pruning
+import pruning.api
+from pruning import grid
+from pruning.cli import main as cli_main
+from pruning.methods import MethodError, available_methods, check_arguments, method_class
+from pruning.methods.catalog import is_composite, ratio_kinds, schema_rules
+
+REPO = Path(__file__).resolve().parent.parent
+SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+
+# The least each method needs; every other option keeps its default.
+MINIMAL = {
+    "magnitude": {"sparsity": 0.5}, "wanda": {"sparsity": 0.5}, "sparsegpt": {"nm": "2:4"},
+    "heads": {"fraction": 0.25}, "layers": {"fraction": 0.25}, "depth": {"num_blocks": 1},
+    "two_stage": {"prune_rate": 0.2}, "all": {"sparsity": 0.5},
+    "distill": {"base_method": "layers", "fraction": 0.25, "training_data": "c4"},
+}
+
+
+def bad_value(option):
+    """A value the declaration refuses: wrong choice, wrong type, or out of range."""
+    if option.choices:
+        return "banana"
+    if option.type is bool:
+        return "yes"
+    if option.type is list:
+        return "0,1"
+    if option.type is str:
+        return 5
+    if option.low is not None:
+        return option.low - 1
+    return "many"
+
+
+def test_every_method_is_covered_here():
+    assert sorted(MINIMAL) == available_methods()
+
+
+def test_schema_method_rules_are_the_registry_s():
+    method = SCHEMA["$defs"]["method"]
+    assert sorted(method["properties"]["method"]["enum"]) == available_methods()
+    assert method["allOf"] == schema_rules(), "run `python -m pruning methods --schema` and paste it into allOf"
+    kinds = {kind for name in available_methods() for kind in ratio_kinds(name)}
+    assert kinds == set(SCHEMA["$defs"]["ratio_lists"]["properties"]) == set(grid.RATIO_TOKENS)
+
+
+@pytest.mark.parametrize("name", sorted(MINIMAL))
+def test_minimal_arguments_pass_and_record_every_option(name):
+    record = check_arguments(name, **MINIMAL[name])
+    json.dumps(record)  # what prune.json stores
+    if not is_composite(name):
+        declared = {o.name for o in method_class(name).OPTIONS}
+        recorded = set(record) | ({"sparsity", "nm"} if "target" in record else set())
+        assert recorded - {"target"} <= declared
+
+
+@pytest.mark.parametrize("name", sorted(MINIMAL))
+def test_unknown_option_is_refused_naming_it_and_the_valid_ones(name):
+    with pytest.raises(MethodError) as error:
+        check_arguments(name, **MINIMAL[name], bogus=1)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(name) and "bogus" in message
+    for option in method_class(name).OPTIONS:
+        assert option.name in message
+
+
+@pytest.mark.parametrize("name,option", [(name, option) for name in sorted(MINIMAL)
+                                         for option in method_class(name).OPTIONS])
+def test_every_declared_option_refuses_a_bad_value_naming_what_is_allowed(name, option):
+    arguments = {**MINIMAL[name], option.name: bad_value(option)}
+    with pytest.raises(MethodError) as error:
+        check_arguments(name, **arguments)
+    message = str(error.value)
+    assert "\n" not in message and option.name in message
+    if option.check is None:
+        assert option.allowed() in message
+
+
+def test_per_banana_and_other_known_bad_options():
+    with pytest.raises(MethodError, match=r"^magnitude: per must be one of matrix, row, got 'banana'$"):
+        check_arguments("magnitude", sparsity=0.5, per="banana")
+    with pytest.raises(MethodError, match=r"^sparsegpt: block_size must be an integer >= 1, got 0$"):
+        check_arguments("sparsegpt", sparsity=0.5, block_size=0)
+    with pytest.raises(MethodError, match=r"^distill: unknown option per; valid options: base_method, .*fraction$"):
+        check_arguments("distill", base_method="layers", fraction=0.2, training_data="c4", per="row")
+
+
+def test_records_keep_their_published_layout():
+    assert check_arguments("sparsegpt", nm="2:4") == {
+        "target": {"kind": "nm", "n": 2, "m": 4, "convention": "N kept out of every M"},
+        "one_pass": False, "block_size": 128, "damp_fraction": 0.01}
+    assert check_arguments("depth", num_blocks=2, criterion="perplexity") == {
+        "num_blocks": 2, "criterion": "perplexity", "skip_blocks": []}
+    assert list(check_arguments("depth", num_blocks=2)) == ["num_blocks", "criterion", "skip_blocks", "tokens",
+                                                            "block_size"]
+    assert check_arguments("magnitude", sparsity=0.5, per=None)["per"] == "matrix"  # YAML null: the default
+    assert check_arguments("distill", **MINIMAL["distill"], max_steps=None)["max_steps"] is None  # nullable: no cap
+    assert check_arguments("two_stage", ffn_layers=2) == {"ffn_layers": 2, "attention_layers": 0}
+    assert check_arguments("all", layer_fraction=0.2, nm="2:4", sparsity_method="magnitude") == {"stages": [
+        {"method": "layers", "fraction": 0.2},
+        {"method": "magnitude", "target": {"kind": "nm", "n": 2, "m": 4, "convention": "N kept out of every M"},
+         "per": "matrix"}]}
+
+
+def test_depth_choices_are_the_similarity_module_s():
+    from pruning import similarity
+    from pruning.methods import depth
+
+    assert depth.DEPTH_CRITERIA == similarity.CRITERIA + ("perplexity",)
+    assert depth.TOKENS == similarity.TOKENS
+
+
+def test_checking_arguments_imports_no_torch():
+    """The workflow checks every grid entry with check_arguments; that must not cost a torch import."""
+    code = (
+        "import sys\n"
+        "from pruning.methods import check_arguments\n"
+        "for name in ('magnitude', 'wanda', 'sparsegpt', 'heads', 'layers', 'depth', 'two_stage', 'all'):\n"
+        "    check_arguments(name, **{'heads': {'fraction': 0.2}, 'layers': {'fraction': 0.2}, "
+        "'depth': {'num_blocks': 1}, 'two_stage': {'prune_rate': 0.2}}.get(name, {'sparsity': 0.5}))\n"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('pruning'))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+
+
+def test_methods_command_lists_every_option(capsys):
+    assert cli_main(["methods"]) == 0
+    listing = capsys.readouterr().out
+    for name in available_methods():
+        assert f"\n{name}: " in f"\n{listing}"
+        for option in method_class(name).OPTIONS:
+            assert f"  {option.name} ({option.allowed()}" in listing
+    with pytest.raises(SystemExit):
+        cli_main(["prune", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "magnitude: sparsity, nm, per;" in help_text and "python -m pruning methods" in help_text
+
+
+# ------------------------------------------------------------------ checks that need the model, before work
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail the test if calibration or evaluation starts."""
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("work started before the check")
+    monkeypatch.setattr(pruning.api, "calibration_windows", refuse)
+    monkeypatch.setattr(pruning.api, "perplexity", refuse)
+
+
+@pytest.mark.parametrize("method,argv,message", [
+    ("wanda", ["--sparsity", "0.5", "--ignore", "*"], "leave no linear module to prune"),
+    ("magnitude", ["--sparsity", "0.5", "--ignore", "*proj"], "leave no linear module to prune"),
+    ("sparsegpt", ["--nm", "2:128"], "M <= the input width .*q_proj has 64"),
+    ("wanda", ["--nm", "2:128", "--ignore", "*_proj", "--ignore", "*.up_proj"], "leave no linear"),
+    ("all", ["--layer-reduction", "0.2", "--nm", "2:128"], "q_proj has 64"),
+])
+def test_model_dependent_refusals_come_before_calibration(stories_dir, tmp_path, capsys, no_work, method, argv,
+                                                          message):
+    out = tmp_path / "out"
+    code = cli_main(["prune", "--model", str(stories_dir), "--method", method, *argv, "--output-dir", str(out),
+                     "--evaluate", "--quiet", "--device", "cpu", "--nsamples", "2", "--seqlen", "16"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after transformers' loading bar (issue 10, --quiet)
+    assert code == 2 and error.startswith("error: ") and re.search(message, error), error
+    assert not out.exists()
+
+
+def test_nm_that_fits_every_targeted_width_is_accepted(stories_dir, tmp_path, capsys):
+    """M = 64 fits q/k/v/o/gate/up (64 wide) and down (172 wide, a trailing partial group)."""
+    out = tmp_path / "out"
+    assert cli_main(["prune", "--model", str(stories_dir), "--method", "magnitude", "--nm", "2:64",
+                     "--output-dir", str(out), "--quiet", "--device", "cpu"]) == 0
+    report = json.loads((out / "prune.json").read_text())
+    assert report["options"] == check_arguments("magnitude", nm="2:64")
+
+
+@pytest.mark.parametrize("command", [
+    ["prune", "--method", "magnitude", "--sparsity", "0.5", "--output-dir", "OUT"],
+    ["eval", "--ppl", "--seqlen", "16", "--output", "OUT"],
+])
+def test_batch_size_zero_is_refused_before_loading(stories_dir, tmp_path, capsys, command):
+    out = tmp_path / "out"
+    argv = [str(out) if a == "OUT" else a for a in command]
+    with pytest.raises(SystemExit) as exit_:
+        cli_main([argv[0], "--model", str(stories_dir), *argv[1:], "--batch-size", "0", "--device", "cpu"])
+    assert exit_.value.code == 2
+    assert "--batch-size: must be an integer >= 1, got '0'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_library_refuses_batch_size_zero_before_work(stories_dir, tmp_path, no_work):
+    with pytest.raises(MethodError, match="batch size must be an integer >= 1, got 0"):
+        pruning.prune(str(stories_dir), "wanda", tmp_path / "out", sparsity=0.5, batch_size=0, device="cpu",
+                      progress=False, evaluate=True)
+    assert not (tmp_path / "out").exists()
