@@ -190,31 +190,31 @@ def _spec_errors(specs: dict) -> list[str]:
 
 
 def _method_errors(methods: dict, specs: dict) -> list[str]:
-    """Each method entry built with each of its ratios, as `python -m pruning prune` builds it (unknown
-    options, bad values); depth/layers entries also planned against each model's layer count."""
-    from pruning.methods import method_class
+    """Each method entry built with each of its ratios by the library's option declarations, as `python -m
+    pruning prune` builds it (unknown options, bad values; no torch); depth/layers entries also planned
+    against each model's layer count."""
+    from pruning.methods import build_method
 
     errors, layers = [], {}
     for name, entry in methods.items():
-        build = method_class(entry["method"]).build
-        options = entry["options"]
+        method, options = entry["method"], entry["options"]
         ratios = [(kind, index, value) for kind, values in entry.get("ratios", {}).items()
                   for index, value in enumerate(values)] or [(None, None, None)]
         for kind, index, value in ratios:
             ratio = {kind: value} if kind else {}
             where = f"config.methods.{name}" + (f".ratios.{kind}[{index}]" if kind else "")
             try:
-                instance = build(**options, **ratio)
+                instance = build_method(method, **options, **ratio)
             except (ValueError, TypeError) as exc:
                 if options and ratio:
                     try:
-                        build(**ratio)
+                        build_method(method, **ratio)
                         where = f"config.methods.{name}.options"  # the ratio alone is fine
                     except (ValueError, TypeError):
                         pass
                 errors.append(f"{where}: {exc}")
                 continue
-            if entry["method"] not in ("depth", "layers"):  # the methods whose plan needs only a layer count
+            if method not in ("depth", "layers"):  # the methods whose plan needs only a layer count
                 continue
             for model in entry.get("models", list(specs)):
                 if model not in layers:
