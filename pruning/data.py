@@ -12,8 +12,10 @@ import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 DATA_DIR_ENV = "PRUNING_DATA_DIR"
 C4_HUB = ("allenai/c4", "en/c4-train.00000-of-01024.json.gz")
@@ -147,6 +149,8 @@ def calibration_windows(tokenizer, source: str, nsamples: int, seqlen: int, seed
     than `seqlen`. If too few documents are that long, the remaining windows are cut from all
     documents concatenated, so the loop always ends.
     """
+    import torch  # here, not at the top: the workflow's config check imports this module
+
     if nsamples < 1 or seqlen < 2:
         raise DataError(f"calibration needs nsamples >= 1 and seqlen >= 2, got {nsamples} x {seqlen}")
     docs = calibration_documents(source, data_root)

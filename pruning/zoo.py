@@ -68,8 +68,17 @@ def is_model_dir(path: Path) -> bool:
 
 
 def looks_like_hub_id(spec: str) -> bool:
+    """`org/name`, spelt as the hub allows (huggingface_hub's own check: characters, length, no `--`/`..`)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
     parts = spec.split("/")
-    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
+    if len(parts) != 2 or not all(parts) or spec.startswith((".", "/", "~")):
+        return False
+    try:
+        validate_repo_id(spec)
+    except HFValidationError:
+        return False
+    return True
 
 
 def check_spec(spec: str) -> None:

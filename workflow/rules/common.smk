@@ -1,6 +1,6 @@
-"""Config checks, the grid (one row per real job) and input/param functions. Of the library only the
-torch-free grid contract (`pruning.grid`) is imported, so that building the DAG stays fast; jobs call the
-library through `python -m pruning`."""
+"""Config checks, the grid (one row per real job), job resources and input/param functions. Building the
+DAG imports only torch-free parts of the library: the grid contract (`pruning.grid`) and the checks that ask
+it what a job would refuse; jobs call the library through `python -m pruning`."""
 import json
 import math
 import os
@@ -22,7 +22,11 @@ from pruning.grid import (DENSE_METHOD, DENSE_TOKEN, OPTIONS_ONLY_TOKEN, RATIO_T
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 # Jobs run `python -m pruning` from this checkout: the Python that runs Snakemake comes first on PATH
-# (a conda env activated by --sdm conda still goes before it) and the checkout on PYTHONPATH.
+# (a conda env activated by --sdm conda still goes before it) and the checkout on PYTHONPATH; both reach
+# Slurm jobs, which sbatch starts with the submitting environment. The conda env cannot install the
+# checkout instead: Snakemake copies workflow/envs/pruning.yaml to .snakemake/conda/<hash>.yaml in the
+# working directory and conda runs pip from that folder, so a relative `-e ../..` would name the working
+# directory, which is this checkout only when Snakemake runs from it.
 os.environ.update(
     PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
@@ -39,17 +43,51 @@ def _key(path) -> str:
     return text
 
 
-def _schema_errors(cfg: dict, schema: dict) -> list[str]:
-    """Every schema violation, each naming its key; `if/then` failures are reported at the leaf."""
-    messages = []
-    validator = jsonschema.Draft202012Validator(schema)
-    for error in validator.iter_errors(cfg):
-        leaves = [error]
-        while any(e.context for e in leaves):
-            leaves = [c for e in leaves for c in (e.context or [e])]
-        for leaf in leaves:
-            messages.append(f"{_key(leaf.absolute_path)}: {leaf.message}")
-    return sorted(set(messages))
+def _schema_messages(error: Exception) -> list[str]:
+    """The violation `validate` stopped at, naming its key; `if/then`/`oneOf` failures at their leaves."""
+    cause = error.__context__  # validate() raises WorkflowError inside `except ValidationError`
+    if not isinstance(cause, jsonschema.ValidationError):
+        return [str(error)]
+    leaves = [cause]
+    while any(e.context for e in leaves):
+        leaves = [c for e in leaves for c in (e.context or [e])]
+    return sorted({f"{_key(leaf.absolute_path)}: {leaf.message}" for leaf in leaves})
+
+
+def _config_files() -> list[Path]:
+    """The YAML/JSON files the config was read from: --configfile ones, and config/config.yaml unless replaced."""
+    settings = workflow.config_settings
+    files = settings.configfiles if settings.replace_workflow_config else workflow.configfiles
+    return list(dict.fromkeys(Path(f).resolve() for f in files))
+
+
+def _duplicate_keys(path: Path) -> list[str]:
+    """Keys written twice in one mapping of a config file (YAML keeps only the last one, silently)."""
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return []  # Snakemake itself reports a file it cannot read
+    visited = set()  # an alias may point back at a node already walked
+
+    def walk(node, key):
+        if id(node) in visited:
+            return
+        visited.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            lines = {}
+            for name, value in node.value:
+                if isinstance(name, yaml.ScalarNode) and name.tag != "tag:yaml.org,2002:merge":
+                    line = name.start_mark.line + 1
+                    if name.value in lines:
+                        yield (f"{key}.{name.value}: written twice in {path} (lines {lines[name.value]} and {line}); "
+                               "remove one (YAML would keep only the last)")
+                    lines.setdefault(name.value, line)
+                yield from walk(value, f"{key}.{name.value}")
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                yield from walk(item, f"{key}[{index}]")
+
+    return list(walk(root, "config"))
 
 
 def _resolve_path(text: str) -> Path:
@@ -60,6 +98,11 @@ def _resolve_path(text: str) -> Path:
 
 def _is_path_spec(spec: str) -> bool:
     return spec.startswith((".", os.sep, "~")) or (REPO / spec).is_dir()
+
+
+def _data_argument(source: str) -> str:
+    """A calibration/evaluation source as jobs get it: files (by suffix) made absolute, names unchanged."""
+    return str(_resolve_path(source)) if Path(source).suffix in DATA_FILE_SUFFIXES else source
 
 
 def _two_decimals(value: float) -> bool:
@@ -94,26 +137,152 @@ def _semantic_errors(cfg: dict) -> list[str]:
                 if not _two_decimals(value):
                     errors.append(f"config.methods.{name}.ratios.{kind}[{index}]: {value} has more than two "
                                   f"decimals (its file token {RATIO_TOKENS[kind](value)} would not name it)")
-        if not ratios and entry["method"] in ("all", "distill") and not entry.get("options"):
+        for kind in sorted(set(ratios) & set(entry["options"])):
+            errors.append(f"config.methods.{name}.options.{kind}: {kind} is already given in ratios")
+        if not ratios and entry["method"] in ("all", "distill") and not entry["options"]:
             errors.append(f"config.methods.{name}: {entry['method']} without ratios needs its ratios in options")
-    data = cfg.get("data_dir")
+    data = cfg["data_dir"]
     if data and not _resolve_path(data).is_dir():
         errors.append(f"config.data_dir: {_resolve_path(data)} is not a directory")
-    speed = cfg.get("speed", {})
-    if speed.get("enabled") and speed.get("gguf_outtype") and speed["gguf_outtype"] not in cfg["gguf"]["outtypes"]:
+    speed = cfg["speed"]
+    if speed["enabled"] and speed["gguf_outtype"] and speed["gguf_outtype"] not in cfg["gguf"]["outtypes"]:
         errors.append(f"config.speed.gguf_outtype: {speed['gguf_outtype']!r} is not listed in gguf.outtypes")
     return errors
 
 
+def _model_layers(name: str, spec: str) -> int | None:
+    """Decoder layers of a model from a config.json readable offline: the local directory, the zoo's or the
+    hub's cache, or the copy fetched into resources/; None when there is none yet (the check is skipped)."""
+    from pruning import zoo
+
+    candidates = []
+    if _is_path_spec(spec):
+        candidates.append(_resolve_path(spec) / "config.json")
+    elif spec in zoo.EMBEDDED:
+        candidates.append(zoo.cache_dir() / "models" / spec / "config.json")
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(spec, "config.json")
+        if isinstance(cached, str):
+            candidates.append(Path(cached))
+    candidates.append(Path("resources", "models", name, "config.json"))
+    for path in candidates:
+        try:
+            return int(json.loads(path.read_text())["num_hidden_layers"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def _spec_errors(specs: dict) -> list[str]:
+    """Embedded names and hub ids the zoo cannot resolve (directories were checked before)."""
+    from pruning import zoo
+
+    errors = []
+    for name, spec in specs.items():
+        if not _is_path_spec(spec):
+            try:
+                zoo.check_spec(spec)
+            except ValueError as exc:
+                errors.append(f"config.models.{name}: {exc}")
+    return errors
+
+
+def _method_errors(methods: dict, specs: dict) -> list[str]:
+    """Each method entry built with each of its ratios by the library's option declarations, as `python -m
+    pruning prune` builds it (unknown options, bad values; no torch); depth/layers entries also planned
+    against each model's layer count."""
+    from pruning.methods import build_method
+
+    errors, layers = [], {}
+    for name, entry in methods.items():
+        method, options = entry["method"], entry["options"]
+        ratios = [(kind, index, value) for kind, values in entry.get("ratios", {}).items()
+                  for index, value in enumerate(values)] or [(None, None, None)]
+        for kind, index, value in ratios:
+            ratio = {kind: value} if kind else {}
+            where = f"config.methods.{name}" + (f".ratios.{kind}[{index}]" if kind else "")
+            try:
+                instance = build_method(method, **options, **ratio)
+            except (ValueError, TypeError) as exc:
+                if options and ratio:
+                    try:
+                        build_method(method, **ratio)
+                        where = f"config.methods.{name}.options"  # the ratio alone is fine
+                    except (ValueError, TypeError):
+                        pass
+                errors.append(f"{where}: {exc}")
+                continue
+            if method not in ("depth", "layers"):  # the methods whose plan needs only a layer count
+                continue
+            for model in entry.get("models", list(specs)):
+                if model not in layers:
+                    layers[model] = _model_layers(model, specs[model])
+                if layers[model] is not None:
+                    try:
+                        instance.plan(layers[model])
+                    except ValueError as exc:
+                        errors.append(f"{where}: {exc} (model {model})")
+    return errors
+
+
+def _data_errors(protocol_name: str, protocol: dict) -> list[str]:
+    """The protocol's calibration source and evaluation dataset: known names, or files that exist."""
+    from pruning.data import check_calibration_source, check_evaluation_dataset
+
+    errors = []
+    for part, field, check in (("calibration", "source", check_calibration_source),
+                               ("evaluation", "dataset", check_evaluation_dataset)):
+        try:
+            check(_data_argument(protocol[part][field]))
+        except ValueError as exc:
+            errors.append(f"config.protocols.{protocol_name}.{part}.{field}: {exc}")
+    return errors
+
+
+def _task_errors(tasks: list, data_dir: str | None) -> list[str]:
+    """Zero-shot task names: a local copy in the data directory, else a task in lm-eval's list."""
+    if not tasks:
+        return []
+    from pruning.evaluation.zeroshot import resolve_task
+
+    errors = []
+    for index, task in enumerate(tasks):
+        try:
+            resolve_task(task, "auto", data_dir)
+        except ValueError as exc:
+            errors.append(f"config.zeroshot.tasks[{index}]: {exc}")
+    return errors
+
+
+def _library_errors(cfg: dict) -> list[str]:
+    """What a job would refuse, asked of the library before any job. Specs, method options and data need
+    no torch; depth/layers plans against a known layer count and zero-shot task names import it (about a
+    second), only when the config has them."""
+    specs = {name: entry if isinstance(entry, str) else entry["spec"] for name, entry in cfg["models"].items()}
+    data_dir = str(_resolve_path(cfg["data_dir"])) if cfg["data_dir"] else None
+    errors = [*_spec_errors(specs), *_method_errors(cfg["methods"], specs),
+              *_data_errors(cfg["protocol"], cfg["protocols"][cfg["protocol"]]),
+              *_task_errors(cfg["zeroshot"]["tasks"], data_dir)]
+    return list(dict.fromkeys(errors))
+
+
 def check_config(cfg: dict) -> None:
-    """Reject a bad config before any job, with every problem and its key; then fill the defaults."""
-    schema = yaml.safe_load(SCHEMA.read_text())
-    errors = _schema_errors(cfg, schema)
+    """Reject a bad config before any job, naming the key of each problem; fills the schema's defaults.
+    Order: keys written twice in a config file, the schema (`validate`), the cross-checks, then what the
+    library itself would refuse inside a job."""
+    errors = [e for path in _config_files() for e in _duplicate_keys(path)]
+    try:
+        validate(cfg, schema=str(SCHEMA))
+    except WorkflowError as error:
+        errors += _schema_messages(error)
     if not errors:
         errors = _semantic_errors(cfg)
+    if not errors:
+        errors = _library_errors(cfg)
     if errors:
         raise WorkflowError("invalid workflow config:\n  " + "\n  ".join(errors))
-    validate(cfg, schema=str(SCHEMA))
 
 
 check_config(config)
@@ -122,6 +291,32 @@ PROTOCOL = config["protocols"][config["protocol"]]
 CALIBRATION, EVALUATION = PROTOCOL["calibration"], PROTOCOL["evaluation"]
 DATA_DIR = str(_resolve_path(config["data_dir"])) if config["data_dir"] else None
 GPUS = config["gpus_per_job"] if config["gpus_per_job"] is not None else int(config["device"].startswith("cuda"))
+
+# What each rule's jobs ask for: memory (MB) and runtime (minutes) of the first attempt, each retry
+# (--retries) asking for that much again, and whether the job takes the config's GPUs (gpus_per_job, or 1
+# when device is cuda). The one place these are set; a profile or the command line overrides them per rule
+# as Snakemake always allows (set-resources, --set-resources prune:mem_mb=64000).
+JOB_RESOURCES = {
+    "fetch_model": dict(mem_mb=8000, runtime=60, gpu=False),
+    "prune": dict(mem_mb=32000, runtime=240, gpu=True),
+    "perplexity": dict(mem_mb=16000, runtime=120, gpu=True),
+    "zeroshot": dict(mem_mb=16000, runtime=240, gpu=True),
+    "gguf_convert": dict(mem_mb=16000, runtime=60, gpu=False),
+    "gguf_eval": dict(mem_mb=16000, runtime=120, gpu=False),  # llama.cpp on CPU
+    "speed": dict(mem_mb=16000, runtime=60, gpu=True),
+    "tables": dict(mem_mb=2000, runtime=10, gpu=False),
+    "plots": dict(mem_mb=2000, runtime=10, gpu=False),
+}
+
+
+def job_resources(rule: str) -> dict:
+    """The `resources:` of `rule`, from JOB_RESOURCES."""
+    need = JOB_RESOURCES[rule]
+    resources = dict(mem_mb=lambda wildcards, attempt: need["mem_mb"] * attempt,
+                     runtime=lambda wildcards, attempt: need["runtime"] * attempt)
+    if need["gpu"]:
+        resources["gpu"] = GPUS
+    return resources
 MODEL_SPECS = {name: entry if isinstance(entry, str) else entry["spec"] for name, entry in config["models"].items()}
 MODEL_NOTES = {name: entry["note"] for name, entry in config["models"].items()
                if isinstance(entry, dict) and entry.get("note")}
@@ -195,16 +390,14 @@ def prune_arguments(wildcards) -> str:
 
 def calibration_arguments() -> str:
     c = CALIBRATION
-    source = _resolve_path(c["source"]) if Path(c["source"]).suffix in DATA_FILE_SUFFIXES else c["source"]
-    return _quote(["--calib", source,
+    return _quote(["--calib", _data_argument(c["source"]),
                    "--nsamples", c["nsamples"], "--seqlen", c["seqlen"], "--seed", c["seed"],
                    "--batch-size", c["batch_size"]])
 
 
 def evaluation_arguments(batch: bool = True) -> str:
     e = EVALUATION
-    dataset = _resolve_path(e["dataset"]) if Path(e["dataset"]).suffix in DATA_FILE_SUFFIXES else e["dataset"]
-    args = ["--dataset", dataset, "--split", e["split"], "--seqlen", e["seqlen"]]
+    args = ["--dataset", _data_argument(e["dataset"]), "--split", e["split"], "--seqlen", e["seqlen"]]
     if e["max_windows"] is not None:
         args += ["--max-windows", e["max_windows"]]
     if batch:

@@ -16,9 +16,7 @@ rule perplexity:
         "benchmarks/perplexity/{model}/{method}/{ratio}.tsv"
     threads: config["threads"]
     resources:
-        mem_mb=lambda wildcards, attempt: 8000 * attempt,
-        runtime=lambda wildcards, attempt: 120 * attempt,
-        gpu=GPUS,
+        **job_resources("perplexity"),
     conda:
         "../envs/pruning.yaml"
     shell:
@@ -40,9 +38,7 @@ rule zeroshot:
         "benchmarks/zeroshot/{model}/{method}/{ratio}/{task}.tsv"
     threads: config["threads"]
     resources:
-        mem_mb=lambda wildcards, attempt: 8000 * attempt,
-        runtime=lambda wildcards, attempt: 240 * attempt,
-        gpu=GPUS,
+        **job_resources("zeroshot"),
     conda:
         "../envs/pruning.yaml"
     shell:
@@ -61,8 +57,7 @@ rule gguf_convert:
         "benchmarks/gguf_convert/{model}/{method}/{ratio}/{outtype}.tsv"
     threads: config["threads"]
     resources:
-        mem_mb=lambda wildcards, attempt: 8000 * attempt,
-        runtime=lambda wildcards, attempt: 60 * attempt,
+        **job_resources("gguf_convert"),
     conda:
         "../envs/pruning.yaml"
     shell:
@@ -85,8 +80,7 @@ rule gguf_eval:
         "benchmarks/gguf_eval/{model}/{method}/{ratio}/{outtype}.tsv"
     threads: config["threads"]
     resources:
-        mem_mb=lambda wildcards, attempt: 8000 * attempt,
-        runtime=lambda wildcards, attempt: 120 * attempt,
+        **job_resources("gguf_eval"),
     conda:
         "../envs/pruning.yaml"
     shell:
@@ -108,9 +102,7 @@ rule speed:
         "benchmarks/speed/{model}/{method}/{ratio}.tsv"
     threads: config["threads"]
     resources:
-        mem_mb=lambda wildcards, attempt: 8000 * attempt,
-        runtime=lambda wildcards, attempt: 60 * attempt,
-        gpu=GPUS,
+        **job_resources("speed"),
     conda:
         "../envs/pruning.yaml"
     shell:

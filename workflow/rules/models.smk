@@ -12,8 +12,7 @@ rule fetch_model:
         "benchmarks/fetch_model/{model}.tsv"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=60,
+        **job_resources("fetch_model"),
     conda:
         "../envs/pruning.yaml"
     shell:
@@ -38,9 +37,7 @@ rule prune:
         "benchmarks/prune/{model}/{method}/{ratio}.tsv"
     threads: config["threads"]
     resources:
-        mem_mb=lambda wildcards, attempt: 16000 * attempt,
-        runtime=lambda wildcards, attempt: 240 * attempt,
-        gpu=GPUS,
+        **job_resources("prune"),
     conda:
         "../envs/pruning.yaml"
     shell:

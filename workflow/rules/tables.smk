@@ -25,8 +25,7 @@ rule tables:
         "benchmarks/tables/tables.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources("tables"),
     conda:
         "../envs/pruning.yaml"
     script:
@@ -48,8 +47,7 @@ rule plots:
         "benchmarks/tables/plots.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **job_resources("plots"),
     conda:
         "../envs/pruning.yaml"
     script:
