@@ -9,8 +9,10 @@ hardly changes the residual stream, so removing it costs little.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch only where tensors are scored, so the names and plans below import cheaply
+    import torch
 
 CRITERIA = ("angular", "cosine")
 TOKENS = ("last", "all")
@@ -30,7 +32,7 @@ def token_cosines(h_in: torch.Tensor, h_out: torch.Tensor, tokens: str = "all") 
 
 def distances(cosines: torch.Tensor, criterion: str) -> torch.Tensor:
     if criterion == "angular":
-        return torch.arccos(cosines) / math.pi
+        return cosines.arccos() / math.pi
     if criterion == "cosine":
         return 1.0 - cosines
     raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
@@ -40,7 +42,8 @@ class MeanDistance:
     """Running mean of the per-token distance over calibration batches."""
 
     def __init__(self, criterion: str, tokens: str):
-        distances(torch.ones(1, dtype=torch.float64), criterion)  # validates the criterion
+        if criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
         self.criterion, self.tokens = criterion, tokens
         self.total, self.count = 0.0, 0
 

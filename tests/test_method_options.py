@@ -114,14 +114,6 @@ def test_records_keep_their_published_layout():
          "per": "matrix"}]}
 
 
-def test_depth_choices_are_the_similarity_module_s():
-    from pruning import similarity
-    from pruning.methods import depth
-
-    assert depth.DEPTH_CRITERIA == similarity.CRITERIA + ("perplexity",)
-    assert depth.TOKENS == similarity.TOKENS
-
-
 def test_checking_arguments_imports_no_torch():
     """The workflow checks every grid entry with check_arguments; that must not cost a torch import."""
     code = (

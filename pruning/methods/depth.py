@@ -20,13 +20,13 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from .base import MethodError, PruneContext, PruningMethod, no_grad, register
+from ..similarity import CRITERIA, TOKENS
 from .options import Option
 
 if TYPE_CHECKING:
     from ..engine import LayerStep, LayerwiseEngine
 
-DEPTH_CRITERIA = ("angular", "cosine", "perplexity")  # similarity.CRITERIA, then Quark's perplexity windows
-TOKENS = ("last", "all")  # similarity.TOKENS
+DEPTH_CRITERIA = CRITERIA + ("perplexity",)  # hidden-state change, then Quark's perplexity windows
 
 
 def _window_name(start: int, size: int) -> str:
