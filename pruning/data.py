@@ -54,9 +54,10 @@ def _hub_error(what: str, exc: Exception) -> DataError:
     )
 
 
-def _jsonl_documents(path: Path, handle) -> list[str]:
-    """The 'text' field of every non-blank line; an error names the file and its real line number."""
-    docs = []
+def jsonl_records(path: Path, handle, fields: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
+    """(line number, object) of every non-blank line, each holding `fields`; an error names the file and its
+    real line number."""
+    records = []
     for number, line in enumerate(handle, start=1):
         if not line.strip():
             continue
@@ -64,8 +65,18 @@ def _jsonl_documents(path: Path, handle) -> list[str]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(record, dict) or "text" not in record:
-            raise DataError(f"{path}:{number}: no 'text' field (each line must be a JSON object with a 'text' string)")
+        missing = [name for name in fields if not isinstance(record, dict) or name not in record]
+        if missing:
+            raise DataError(f"{path}:{number}: no {', '.join(map(repr, missing))} field (each line must be a JSON "
+                            f"object with {', '.join(map(repr, fields))})")
+        records.append((number, record))
+    return records
+
+
+def _jsonl_documents(path: Path, handle) -> list[str]:
+    """The 'text' string of every non-blank line."""
+    docs = []
+    for number, record in jsonl_records(path, handle, ("text",)):
         if not isinstance(record["text"], str):
             raise DataError(f"{path}:{number}: 'text' is {type(record['text']).__name__}, not a string")
         docs.append(record["text"])

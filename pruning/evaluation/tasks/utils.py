@@ -6,14 +6,13 @@ themselves live in the YAMLs and follow lm-eval's own task definitions for the s
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import datasets
 # HellaSwag: lm-eval's own preprocessing, reused rather than copied.
 from lm_eval.tasks.hellaswag.utils import process_docs as hellaswag_process_docs  # noqa: F401
 
-from pruning.data import DataError, data_dir as resolve_data_dir
+from pruning.data import DataError, data_dir as resolve_data_dir, jsonl_records
 
 BOOLQ_PREFIX = "Passage: "
 
@@ -32,19 +31,8 @@ def load_jsonl(data_dir: str | None = None, local_file: str = "", local_split: s
                local_fields: tuple[str, ...] | list[str] = (), **_) -> datasets.DatasetDict:
     """One split from a JSON-lines file, every row checked for the fields the task's prompt reads."""
     path = local_path(data_dir, local_file)
-    rows = []
     with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: not JSON ({exc})") from None
-            missing = [name for name in local_fields if name not in row]
-            if missing:
-                raise DataError(f"{path}:{number}: missing field(s) {missing}; expected {list(local_fields)}")
-            rows.append(row)
+        rows = [row for _, row in jsonl_records(path, handle, tuple(local_fields))]
     if not rows:
         raise DataError(f"{path} holds no documents")
     return datasets.DatasetDict({local_split: datasets.Dataset.from_list(rows)})
