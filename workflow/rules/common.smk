@@ -306,6 +306,7 @@ JOB_RESOURCES = {
     "speed": dict(mem_mb=16000, runtime=60, gpu=True),
     "tables": dict(mem_mb=2000, runtime=10, gpu=False),
     "plots": dict(mem_mb=2000, runtime=10, gpu=False),
+    "publish": dict(mem_mb=2000, runtime=10, gpu=False),
 }
 
 
@@ -467,3 +468,9 @@ def table_names() -> list[str]:
 
 def plot_names() -> list[str]:
     return [spec.name for spec in plot_specs(GRID)]
+
+
+# Where `snakemake publish` copies a finished run's tables and plots: the only tracked results. The workflow
+# itself writes only ignored paths (results/tables, results/plots, ...), so a fresh clone runs the grid.
+PUBLISHED_TABLES = "results/published/tables"
+PUBLISHED_PLOTS = "results/published/plots"
