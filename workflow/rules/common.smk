@@ -246,7 +246,7 @@ def _data_errors(protocol_name: str, protocol: dict) -> list[str]:
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")  # Hugging Face's own switches, set = offline
 
 
-def offline_variable() -> str | None:
+def _offline_variable() -> str | None:
     """The variable that puts this run offline (truthy as huggingface_hub reads it), or None."""
     return next((name for name in OFFLINE_VARIABLES
                  if os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}), None)
@@ -259,7 +259,7 @@ def _task_errors(tasks: list, data_dir: str | None) -> list[str]:
         return []
     from pruning.evaluation.zeroshot import resolve_task
 
-    errors, offline = [], offline_variable()
+    errors, offline = [], _offline_variable()
     for index, task in enumerate(tasks):
         try:
             choice = resolve_task(task, "auto", data_dir)
