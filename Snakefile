@@ -3,6 +3,8 @@
 #   snakemake --cores 2                                   # the whole grid, locally
 #   snakemake --workflow-profile profiles/slurm           # the same grid on a Slurm cluster
 #   snakemake prune_all | evaluate_all | tables | plots   # parts
+#   snakemake publish                                     # copy the finished run's tables and plots to the
+#                                                         # tracked results/published/ (checked first)
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -28,6 +30,7 @@ localrules:
     evaluate_all,
     tables,
     plots,
+    publish,
 
 
 rule all:

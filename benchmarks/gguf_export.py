@@ -7,7 +7,7 @@
    the same token windows (`--seqlen` tokens, at most `--max-windows` of them, every shifted target
    scored), with file size, load time and how many greedy tokens agree with the HF model.
 
-    PRUNING_DATA_DIR=../shared/data .venv/bin/python benchmarks/gguf_export.py --out results/tables/gguf_export.md
+    PRUNING_DATA_DIR=../shared/data .venv/bin/python benchmarks/gguf_export.py --out results/benchmarks/gguf_export.md
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ decode (batch 1, `pruning.evaluation.speed.measure_hf`; one run of every model p
 after a warm-up round, medians).
 Ratios are against the dense model measured in the same process. Prints a Markdown table.
 
-    PRUNING_DATA_DIR=../shared/data .venv/bin/python benchmarks/structured_speed.py --out results/tables/structured_speed.md
+    PRUNING_DATA_DIR=../shared/data .venv/bin/python benchmarks/structured_speed.py --out results/benchmarks/structured_speed.md
 """
 from __future__ import annotations
 

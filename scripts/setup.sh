@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
-# Create .venv and install the project. torch goes in first so that no requirement drags in a
-# multi-GB CUDA build on a CPU machine. Options:
-#   --with-llamacpp  also build llama-cpp-python from source (about 6 minutes on 2 cores), which the
-#                    GGUF verification and k-quant export need
+# Create .venv and install everything the default grid and the tests need, llama-cpp-python included
+# (built from source: about 6 minutes on 2 cores the first time; pip keeps it once installed).
+# torch goes in first so that no requirement drags in a multi-GB CUDA build on a CPU machine.
+# `--with-llamacpp` (the former opt-in) is still accepted and changes nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
-WITH_LLAMACPP=0
 for arg in "$@"; do
   case "$arg" in
-    --with-llamacpp) WITH_LLAMACPP=1 ;;
+    --with-llamacpp) ;;
     *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -17,9 +16,8 @@ PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==${TORCH_VERSION}"
-.venv/bin/python -m pip install -q -e ".[test]"
-if [ "$WITH_LLAMACPP" = 1 ] && ! .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
-  echo "building llama-cpp-python from source (several minutes)..."
-  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" .venv/bin/python -m pip install -q ".[llamacpp]"
-fi
-.venv/bin/python -c "import torch, transformers, pruning; print('ready: torch', torch.__version__, '| transformers', transformers.__version__, '| pruning', pruning.__version__)"
+# One editable install with both extras: a second, non-editable `pip install ".[llamacpp]"` would replace the
+# editable project with a copy of today's checkout.
+.venv/bin/python -c "import llama_cpp" 2>/dev/null || echo "building llama-cpp-python from source (several minutes)..."
+CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" .venv/bin/python -m pip install -q -e ".[test,llamacpp]"
+.venv/bin/python -c "import torch, transformers, llama_cpp, pruning; print('ready: torch', torch.__version__, '| transformers', transformers.__version__, '| llama-cpp-python', llama_cpp.__version__, '| pruning', pruning.__version__)"

@@ -1,6 +1,7 @@
-"""The Snakemake workflow: job counts of the default grid, config checks, lint, a tiny real run (killed
-mid-way, then finished with --rerun-incomplete) that ends in the tables, and the same run on a real
-single-node Slurm (tests/slurm/cluster.sh) giving the same numbers."""
+"""The Snakemake workflow: job counts of the default grid (also as a fresh clone runs the README's main
+command), config checks (optional parts included), lint, a tiny real run (killed mid-way, then finished with
+--rerun-incomplete) that ends in the tables and publishes them, and the same run on a real single-node Slurm
+(tests/slurm/cluster.sh) giving the same numbers."""
 from __future__ import annotations
 
 import base64
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import DATA_DIR, REPO, STORIES
+from conftest import DATA_DIR, REPO, SHARED, STORIES
 
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 PYTHON = str(VENV_PYTHON if VENV_PYTHON.exists() else Path(sys.executable))
@@ -38,6 +39,10 @@ TINY_CONFIG = {
     "threads": 1,
     "keep_models": False,
 }
+# Every job of the default grid: 2 models; 3 methods x (2 sparsities + 2 N:M) = 12 pruned runs per model; on
+# smollm2 only, 13 structured runs (angular and cosine x 4 block counts, Quark x 2 windows, layers, heads,
+# two_stage); + 1 dense each.
+DEFAULT_GRID_JOBS = {"fetch_model": 2, "perplexity": 39, "prune": 37, "plots": 1, "tables": 1, "all": 1, "total": 81}
 TINY_ROWS = [("dense", "base"), ("magnitude", "s0.50"), ("magnitude", "nm2-4"), ("wanda", "s0.50"), ("wanda", "nm2-4")]
 
 
@@ -89,13 +94,48 @@ def read_json(path: Path) -> dict:
 def test_default_config_dry_run_job_counts(tmp_path):
     result = snakemake(tmp_path, "-n", "--cores", "2", config=DEFAULT_CONFIG)
     assert result.returncode == 0, result.stderr
-    # 2 models; 3 methods x (2 sparsities + 2 N:M) = 12 pruned runs per model; on smollm2 only, 13 structured
-    # runs (angular and cosine x 4 block counts, Quark x 2 windows, layers, heads, two_stage); + 1 dense each.
-    assert job_counts(result.stdout) == {"fetch_model": 2, "perplexity": 39, "prune": 37, "plots": 1, "tables": 1,
-                                         "all": 1, "total": 81}
+    assert job_counts(result.stdout) == DEFAULT_GRID_JOBS
     for table in ("sparsity-smollm2-135m", "sparsity-stories260K", "depth-smollm2-135m", "layer-removal", "two-stage"):
         assert f"results/tables/{table}.md" in result.stdout
     assert "results/plots/sparsity-stories260K.png" in result.stdout
+
+
+def readme_main_command() -> list[str]:
+    """The README's main command, its first code block: `bash scripts/setup.sh && <the grid run>`; the run's
+    arguments."""
+    block = (REPO / "README.md").read_text(encoding="utf-8").split("```bash\n", 1)[1].split("```", 1)[0]
+    setup, run = block.strip().split(" && ")
+    assert setup == "bash scripts/setup.sh"
+    return shlex.split(run)
+
+
+def test_fresh_clone_plans_the_whole_default_grid(tmp_path):
+    """A fresh clone of the committed HEAD, `../shared` beside it: the README's main command (dry run) plans
+    every job of the default grid (the published tables do not satisfy `all`), and the plan writes nothing
+    git tracks or sees. The clone has no .venv: the command runs with this test's Python."""
+    clone = tmp_path / "llm-pruning-zoo"
+    cloned = subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(REPO), str(clone)],
+                            capture_output=True, text=True, timeout=300)
+    assert cloned.returncode == 0, cloned.stderr
+    (tmp_path / "shared").symlink_to(SHARED, target_is_directory=True)
+    command = readme_main_command()
+    assert command[:3] == [".venv/bin/python", "-m", "snakemake"]
+    result = subprocess.run([PYTHON, *command[1:], "-n"], cwd=clone, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert job_counts(result.stdout) == DEFAULT_GRID_JOBS
+    assert (clone / "results" / "published" / "tables").is_dir()
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=clone,
+                            capture_output=True, text=True, check=True)
+    assert status.stdout == ""
+
+
+def test_publish_plans_the_grid_then_itself(tmp_path):
+    """`snakemake publish` depends on the whole grid (every table, plot and metric file), so it runs last."""
+    result = snakemake(tmp_path, "-n", "--cores", "2", "publish", config=DEFAULT_CONFIG)
+    assert result.returncode == 0, result.stderr
+    expected = {**DEFAULT_GRID_JOBS, "publish": 1}
+    del expected["all"]
+    assert job_counts(result.stdout) == expected
 
 
 @pytest.mark.parametrize("target, expected", [
@@ -283,6 +323,67 @@ def test_depth_checked_where_the_model_config_is_readable_offline(tmp_path):
             "(model hubmodel)") in result.stdout + result.stderr
 
 
+# ---- optional parts a config asks for: refused before any job, naming the key and the part ---------------
+
+def _without_llama_cpp(folder: Path) -> dict:
+    """An environment whose Python cannot import llama_cpp, as one without llama-cpp-python: a sitecustomize
+    on PYTHONPATH marks the module absent (sys.modules[name] = None: import raises, find_spec says None)."""
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text('import sys\nsys.modules["llama_cpp"] = None\n')
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
+
+
+def _refused(result: subprocess.CompletedProcess, workdir: Path) -> str:
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "invalid workflow config" in output, output[-2000:]
+    assert not any((workdir / name).exists() for name in ("results", "resources", "logs", "benchmarks"))
+    return output
+
+
+def test_gguf_and_llama_cpp_speed_refused_without_llama_cpp(tmp_path):
+    config = {**TINY_CONFIG, "gguf": {"outtypes": ["f16", "q4_k_m"]},
+              "speed": {"enabled": True, "gguf_outtype": "q4_k_m"}}
+    env = _without_llama_cpp(tmp_path / "no-llama-cpp")
+    blocked = subprocess.run([PYTHON, "-c", "import importlib.util; print(importlib.util.find_spec('llama_cpp'))"],
+                             env=env, capture_output=True, text=True)
+    assert blocked.stdout.strip() == "None"
+    output = _refused(snakemake(tmp_path / "run", "-n", "--cores", "1", config=config, env=env), tmp_path / "run")
+    needs = f"which needs llama-cpp-python: {PYTHON} cannot import it (bash scripts/setup.sh installs it)"
+    assert f"config.gguf.outtypes[0]: 'f16' is evaluated in llama.cpp, as every GGUF file of the grid (gguf_eval), {needs}" in output
+    assert f"config.gguf.outtypes[1]: 'q4_k_m' is made by llama.cpp's quantizer and evaluated in llama.cpp, {needs}" in output
+    assert "config.speed.gguf_outtype: timing 'q4_k_m' in llama.cpp needs llama-cpp-python" in output
+    # without a GGUF section nothing needs it
+    plain = snakemake(tmp_path / "plain", "-n", "--cores", "1", config=TINY_CONFIG, env=env)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+
+
+def test_cuda_device_refused_without_cuda(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: device cuda is accepted here")
+    output = _refused(snakemake(tmp_path, "-n", "--cores", "1", config={**TINY_CONFIG, "device": "cuda"}), tmp_path)
+    assert f"config.device: 'cuda' needs CUDA, which torch {torch.__version__} here has not" in output
+    # submitted to a cluster (--jobs), the jobs run on its nodes: not checked on this host
+    # (test_resources_from_the_rules_through_the_slurm_profile plans device cuda through profiles/slurm)
+
+
+@pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"])
+def test_online_only_task_refused_offline(tmp_path, variable):
+    """mmlu has no local copy: offline it is refused; arc_easy (a local copy in data_dir) is not."""
+    config = {**TINY_CONFIG, "zeroshot": {"tasks": ["arc_easy", "mmlu"]}}
+    online = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    output = _refused(snakemake(tmp_path, "-n", "--cores", "1", config=config, env={**online, variable: "1"}),
+                      tmp_path)
+    assert (f"config.zeroshot.tasks[1]: 'mmlu' has no local copy in {DATA_DIR}, so its documents come from the "
+            f"Hugging Face hub, and {variable} is set (offline)") in output
+    assert "config.zeroshot.tasks[0]" not in output
+    if variable == "HF_HUB_OFFLINE":  # online, the same config plans its jobs
+        result = snakemake(tmp_path, "-n", "--cores", "1", config=config, env=online)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert job_counts(result.stdout)["zeroshot"] == 2 * len(TINY_ROWS)
+
+
 # ---- a tiny real run: killed mid-way, resumed with --rerun-incomplete, ends in the tables ---------------
 
 def _metric_files(workdir: Path) -> dict[Path, tuple[bytes, int]]:
@@ -394,6 +495,33 @@ def test_report_builds(tiny_run):
     assert result.returncode == 0, result.stderr[-3000:]
     html = (workdir / "report.html").read_text()
     assert "sparsity-stories260K" in html
+
+
+def test_publish_copies_the_checked_tables(tiny_run):
+    """`snakemake publish` on a finished run: only the publish job runs, the published folders become exactly
+    this run's tables and plots (a stale table of another grid goes); a file that is not a table or plot in
+    them is refused, naming it, and nothing is replaced."""
+    workdir = tiny_run["workdir"]
+    assert tiny_run["resumed"].returncode == 0
+    published = workdir / "results" / "published"
+    (published / "tables").mkdir(parents=True)
+    (published / "tables" / "depth-old-grid.md").write_text("| a table of an older grid |\n")
+    result = snakemake(workdir, "--cores", "1", "publish", config=TINY_CONFIG, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert job_counts(result.stdout + result.stderr) == {"publish": 1, "total": 1}
+    for kind in ("tables", "plots"):
+        made = {p.name: p.read_bytes() for p in (workdir / "results" / kind).iterdir()}
+        assert {p.name: p.read_bytes() for p in (published / kind).iterdir()} == made, kind
+    assert len(list((published / "tables").iterdir())) == 4
+
+    (published / "plots" / "notes.txt").write_text("someone's notes\n")
+    before = {p: p.read_bytes() for p in published.rglob("*") if p.is_file()}
+    result = snakemake(workdir, "--cores", "1", "publish", config=TINY_CONFIG, timeout=300)
+    assert result.returncode != 0
+    log = (workdir / "logs" / "publish.log").read_text()
+    assert "publish: refused, nothing replaced" in log
+    assert f"results/published/plots/notes.txt: not a table or plot, would be deleted; move it away first" in log
+    assert {p: p.read_bytes() for p in published.rglob("*") if p.is_file()} == before
 
 
 # ---- the same tiny run through sbatch on a real single-node Slurm -------------------------------------

@@ -1,6 +1,7 @@
 """Config checks, the grid (one row per real job), job resources and input/param functions. Building the
 DAG imports only torch-free parts of the library: the grid contract (`pruning.grid`) and the checks that ask
 it what a job would refuse; jobs call the library through `python -m pruning`."""
+import importlib.util
 import json
 import math
 import os
@@ -12,6 +13,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 from snakemake.exceptions import WorkflowError
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
 REPO = Path(workflow.basedir).resolve()
@@ -241,30 +243,85 @@ def _data_errors(protocol_name: str, protocol: dict) -> list[str]:
     return errors
 
 
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")  # Hugging Face's own switches, set = offline
+
+
+def _offline_variable() -> str | None:
+    """The variable that puts this run offline (truthy as huggingface_hub reads it), or None."""
+    return next((name for name in OFFLINE_VARIABLES
+                 if os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}), None)
+
+
 def _task_errors(tasks: list, data_dir: str | None) -> list[str]:
-    """Zero-shot task names: a local copy in the data directory, else a task in lm-eval's list."""
+    """Zero-shot task names: a local copy in the data directory, else a task in lm-eval's list, which needs
+    the hub: refused when offline."""
     if not tasks:
         return []
     from pruning.evaluation.zeroshot import resolve_task
 
-    errors = []
+    errors, offline = [], _offline_variable()
     for index, task in enumerate(tasks):
         try:
-            resolve_task(task, "auto", data_dir)
+            choice = resolve_task(task, "auto", data_dir)
         except ValueError as exc:
             errors.append(f"config.zeroshot.tasks[{index}]: {exc}")
+            continue
+        if choice.source == "hub" and offline:
+            where = f"in {choice.data_dir}" if choice.data_dir else "(no data_dir)"
+            errors.append(f"config.zeroshot.tasks[{index}]: {task!r} has no local copy {where}, so its documents "
+                          f"come from the Hugging Face hub, and {offline} is set (offline); use a task with a "
+                          "local copy or run online")
     return errors
 
 
+def _llama_cpp_errors(cfg: dict) -> list[str]:
+    """GGUF outputs (each evaluated in llama.cpp; k-quants also made by its quantizer) and llama.cpp speed
+    need llama-cpp-python in the Python that runs the jobs: this one, unless --sdm conda gives them theirs."""
+    asked = cfg["gguf"]["outtypes"] or (cfg["speed"]["enabled"] and cfg["speed"]["gguf_outtype"])
+    if (not asked or importlib.util.find_spec("llama_cpp") is not None
+            or DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method):
+        return []
+    from pruning.export.gguf_tensors import LLAMACPP_OUTTYPES
+
+    missing = f"llama-cpp-python: {sys.executable} cannot import it (bash scripts/setup.sh installs it)"
+    errors = []
+    for index, outtype in enumerate(cfg["gguf"]["outtypes"]):
+        uses = ("made by llama.cpp's quantizer and evaluated in llama.cpp" if outtype in LLAMACPP_OUTTYPES
+                else "evaluated in llama.cpp, as every GGUF file of the grid (gguf_eval)")
+        errors.append(f"config.gguf.outtypes[{index}]: {outtype!r} is {uses}, which needs {missing}")
+    if cfg["speed"]["enabled"] and cfg["speed"]["gguf_outtype"]:
+        errors.append(f"config.speed.gguf_outtype: timing {cfg['speed']['gguf_outtype']!r} in llama.cpp needs {missing}")
+    return errors
+
+
+def _device_errors(device: str) -> list[str]:
+    """`device: cuda[:N]` needs CUDA where the jobs run: checked here when they run on this machine (a
+    cluster executor, given --jobs, runs them on its nodes). Imports torch only for a cuda device."""
+    if not device.startswith("cuda") or workflow.resource_settings.nodes is not None:
+        return []
+    import torch
+
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU visible"
+        return [f"config.device: {device!r} needs CUDA, which torch {torch.__version__} here has not ({build}); "
+                "use cpu, or submit to GPU nodes (--workflow-profile profiles/slurm)"]
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        return [f"config.device: {device!r} but this machine has {torch.cuda.device_count()} CUDA device(s)"]
+    return []
+
+
 def _library_errors(cfg: dict) -> list[str]:
-    """What a job would refuse, asked of the library before any job. Specs, method options and data need
-    no torch; depth/layers plans against a known layer count and zero-shot task names import it (about a
-    second), only when the config has them."""
+    """What a job would refuse, asked of the library before any job, and the optional parts the config
+    needs (llama-cpp-python, CUDA, the network). Specs, method options and data need no torch; depth/layers
+    plans against a known layer count, zero-shot task names and a cuda device import it (about a second),
+    only when the config has them."""
     specs = {name: entry if isinstance(entry, str) else entry["spec"] for name, entry in cfg["models"].items()}
     data_dir = str(_resolve_path(cfg["data_dir"])) if cfg["data_dir"] else None
     errors = [*_spec_errors(specs), *_method_errors(cfg["methods"], specs),
               *_data_errors(cfg["protocol"], cfg["protocols"][cfg["protocol"]]),
-              *_task_errors(cfg["zeroshot"]["tasks"], data_dir)]
+              *_task_errors(cfg["zeroshot"]["tasks"], data_dir), *_llama_cpp_errors(cfg),
+              *_device_errors(cfg["device"])]
     return list(dict.fromkeys(errors))
 
 
@@ -306,6 +363,7 @@ JOB_RESOURCES = {
     "speed": dict(mem_mb=16000, runtime=60, gpu=True),
     "tables": dict(mem_mb=2000, runtime=10, gpu=False),
     "plots": dict(mem_mb=2000, runtime=10, gpu=False),
+    "publish": dict(mem_mb=2000, runtime=10, gpu=False),
 }
 
 
@@ -467,3 +525,9 @@ def table_names() -> list[str]:
 
 def plot_names() -> list[str]:
     return [spec.name for spec in plot_specs(GRID)]
+
+
+# Where `snakemake publish` copies a finished run's tables and plots: the only tracked results. The workflow
+# itself writes only ignored paths (results/tables, results/plots, ...), so a fresh clone runs the grid.
+PUBLISHED_TABLES = "results/published/tables"
+PUBLISHED_PLOTS = "results/published/plots"

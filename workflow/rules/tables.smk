@@ -52,3 +52,27 @@ rule plots:
         "../envs/pruning.yaml"
     script:
         "../scripts/plots.py"
+
+
+# `snakemake publish`: the only rule that writes a tracked path. Its inputs are this run's tables and plots
+# and every metric file of the grid, so it runs last; it has no output (and no benchmark, which Snakemake
+# would count as one), so it always runs when asked for.
+rule publish:
+    input:
+        md=rules.tables.output.md,
+        csv=rules.tables.output.csv,
+        plots=rules.plots.output,
+        metrics=all_metric_files(),
+    params:
+        runs=[[row["model"], row["method"], row["ratio"]] for row in GRID],
+        tables=PUBLISHED_TABLES,
+        plots=PUBLISHED_PLOTS,
+    log:
+        "logs/publish.log",
+    threads: 1
+    resources:
+        **job_resources("publish"),
+    conda:
+        "../envs/pruning.yaml"
+    script:
+        "../scripts/publish.py"
