@@ -63,8 +63,9 @@ def _speed_caption(rows: pd.DataFrame) -> str:
     if settings.empty:
         return "Decode speed-up: not measured (speed.json)."
     described = ordered_unique(
-        "{settings.prompt_tokens}-token prompt, {settings.new_tokens} new tokens, {settings.threads} thread(s) on "
-        "{settings.device}".format(**dict(zip(group.metric, group.value))) for _, group in settings.groupby("run"))
+        "{prompt_tokens}-token prompt, {new_tokens} new tokens, {threads} thread(s) on {device}".format(
+            **{metric.removeprefix("settings."): value for metric, value in zip(group.metric, group.value)})
+        for _, group in settings.groupby("run"))
     return (f"Decode speed-up: decode tokens/s at batch 1 against the dense model ({'; '.join(described)}), "
             "Hugging Face and llama.cpp (the GGUF of speed.json).")
 
