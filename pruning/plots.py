@@ -102,6 +102,9 @@ def plot_structured(results: Results, model: str, path: str | os.PathLike) -> Pa
             curve.insert(0, (0.0, reference))
         ax.plot(*zip(*curve), marker="o", color=f"C{index}", label=method)
     _log_y(ax)
+    import matplotlib.ticker
+
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.LogFormatter(minor_thresholds=(2, 0.4)))  # labels within a decade
     ax.set_xlabel("parameters removed (% of all parameters)")
     ax.set_ylabel("perplexity")
     ax.set_title(f"{model}: perplexity against parameters removed")
