@@ -19,6 +19,12 @@ OPTIONS_ONLY_TOKEN = "custom"  # `all`/`distill` entries whose ratios live in `o
 DEPTH_METHOD, TWO_STAGE_METHOD = "depth", "two_stage"
 LAYER_REMOVAL_METHODS = (DEPTH_METHOD, "layers", TWO_STAGE_METHOD)
 MASK_KINDS = ("sparsity", "nm")  # ratio kinds that zero weights in place: the sparsity table and plot
+# The PersLM "Performance Impact" families, in its order; `all` (heads, layers, sparsity, distillation) stands apart.
+METHOD_FAMILIES = {"head pruning": ("heads",), "layer/depth pruning": ("depth", "layers"),
+                   "magnitude / Wanda / SparseGPT": ("magnitude", "wanda", "sparsegpt"), "distillation": ("distill",),
+                   "two-stage": (TWO_STAGE_METHOD,), "combined (all)": ("all",)}
+RETRAINING_METHODS = ("distill",)  # and `all` when it was given training_data (recorded in prune.json)
+COMPARED_MASKS = ("s0.50", "nm2-4")  # the skill document's settings of the mask-based methods
 
 # Ratio kind -> its token; the config's ratio lists are keyed by these kinds.
 RATIO_TOKENS = {
@@ -106,9 +112,36 @@ class TableSpec(NamedTuple):
     model: str | None = None
 
 
+def family(library_method: str) -> str | None:
+    """The PersLM method family of a library method (None for dense)."""
+    return next((name for name, methods in METHOD_FAMILIES.items() if library_method in methods), None)
+
+
+def compared_rows(rows: Iterable[Mapping]) -> list[Mapping]:
+    """The rows of the skill document's "Performance Comparison": each method entry (`method`) of each model at
+    50 % and at 2:4 when it has them, every other entry at its smallest ratio in the grid; only models with a
+    dense row. `rows` need model, method, ratio and library_method."""
+    rows = list(rows)
+    dense = {row["model"] for row in rows if row["library_method"] == DENSE_METHOD}
+    picked, smallest = set(), {}  # row indices; (model, entry) -> index of its smallest structured ratio
+    for index, row in enumerate(rows):
+        if row["model"] not in dense or row["library_method"] == DENSE_METHOD:
+            continue
+        ratio = parse_ratio(row["ratio"])
+        if ratio.kind in MASK_KINDS:
+            if row["ratio"] in COMPARED_MASKS:
+                picked.add(index)
+            continue
+        key = (row["model"], row["method"])
+        if key not in smallest or ratio.order < parse_ratio(rows[smallest[key]]["ratio"]).order:
+            smallest[key] = index
+    return [rows[index] for index in sorted(picked | set(smallest.values()))]
+
+
 def table_specs(rows: Iterable[Mapping], *, zeroshot: bool, gguf: bool) -> list[TableSpec]:
-    """The tables a grid produces. `rows` need model, ratio (token) and library_method; they come from a
-    config (`grid_rows`) or from metric files (`pruning.tables`), so both agree by construction."""
+    """The tables a grid produces. `rows` need model, method, ratio (token) and library_method; they come from
+    a config (`grid_rows`) or from metric files (`pruning.tables`), so both agree by construction. The
+    comparison and impact tables read speed and GGUF files where they exist and show a dash elsewhere."""
     rows = list(rows)
     models = list(dict.fromkeys(row["model"] for row in rows))
     kinds = [(row, parse_ratio(row["ratio"]).kind) for row in rows]
@@ -123,13 +156,45 @@ def table_specs(rows: Iterable[Mapping], *, zeroshot: bool, gguf: bool) -> list[
     if any(row["library_method"] == TWO_STAGE_METHOD for row in rows):
         specs.append(TableSpec("two-stage", "two_stage"))
     if zeroshot:
-        specs.append(TableSpec("zeroshot", "zeroshot"))
+        specs += [TableSpec("zeroshot", "zeroshot"), TableSpec("downstream", "downstream")]
     if gguf:
         specs.append(TableSpec("gguf", "gguf"))
+    if compared_rows(rows):
+        specs.append(TableSpec("comparison", "comparison"))
+    if any(family(row["library_method"]) for row in rows):
+        specs.append(TableSpec("impact", "impact"))
     return specs
 
 
-def plot_specs(rows: Iterable[Mapping]) -> list[TableSpec]:
-    """The plots a grid produces: PPL against sparsity for every model with a sparsity or N:M run."""
-    return [spec._replace(layout="sparsity_plot")
-            for spec in table_specs(rows, zeroshot=False, gguf=False) if spec.layout == "sparsity"]
+def _structured(row: Mapping) -> bool:
+    """A row that removes parameters (heads, layers, sub-blocks) rather than zeroing weights in place."""
+    return row["library_method"] != DENSE_METHOD and parse_ratio(row["ratio"]).kind not in MASK_KINDS
+
+
+def plot_specs(rows: Iterable[Mapping], *, zeroshot: bool = False, speed: bool = False) -> list[TableSpec]:
+    """The plots a grid produces: PPL against sparsity for every model with a sparsity or N:M run, PPL against
+    parameters removed for every model with a structured run and its dense row, and the zero-shot average
+    against decode speed-up when every row has both (and some model a pruned and a dense row)."""
+    rows = list(rows)
+    dense = {row["model"] for row in rows if row["library_method"] == DENSE_METHOD}
+    specs = [spec._replace(layout="sparsity_plot")
+             for spec in table_specs(rows, zeroshot=False, gguf=False) if spec.layout == "sparsity"]
+    specs += [TableSpec(f"structured-{m}", "structured_plot", m) for m in dict.fromkeys(r["model"] for r in rows)
+              if m in dense and any(r["model"] == m and _structured(r) for r in rows)]
+    if zeroshot and speed and any(r["model"] in dense and r["library_method"] != DENSE_METHOD for r in rows):
+        specs.append(TableSpec("zeroshot-speed", "zeroshot_speed_plot"))
+    return specs
+
+
+def task_fewshot(tasks: Iterable[str], num_fewshot: int | Mapping[str, int]) -> dict[str, int]:
+    """In-context examples per zero-shot task from the config's `zeroshot.num_fewshot`: one number for every
+    task, or a map task -> shots (PruneGPT: winogrande 5, boolq 0, hellaswag 10, arc_challenge 25, mmlu 5,
+    gsm8k 5) where a task it leaves out runs 0-shot. A map key that names no task is refused: a misspelt
+    task would otherwise run 0-shot unnoticed."""
+    tasks = list(tasks)
+    if not isinstance(num_fewshot, Mapping):
+        return {task: num_fewshot for task in tasks}
+    unknown = [task for task in num_fewshot if task not in tasks]
+    if unknown:
+        raise GridError(f"{', '.join(map(repr, unknown))} not in zeroshot.tasks ({', '.join(tasks)})")
+    return {task: num_fewshot.get(task, 0) for task in tasks}

@@ -160,9 +160,9 @@ class Results:
                                        for run, kind in self.runs.kind.items()]
 
     def grid_rows(self) -> list[dict]:
-        """The runs as `pruning.grid.table_specs` reads them, like the rows of a workflow config."""
-        return [{"model": run.model, "ratio": run.ratio.token, "library_method": run.library_method}
-                for run in self.runs.itertuples()]
+        """The runs as `pruning.grid.table_specs` reads them, like the rows of a workflow config (plus `run`)."""
+        return [{"run": run.Index, "model": run.model, "method": run.method, "ratio": run.ratio.token,
+                 "library_method": run.library_method} for run in self.runs.itertuples()]
 
     def ids(self, mask: pd.Series | None = None) -> list[int]:
         return list(self.runs.index if mask is None else self.runs.index[mask])

@@ -16,10 +16,12 @@ import pytest
 
 import pruning
 from conftest import DATA_DIR, REPO
-from pruning.grid import GridError, grid_rows, parse_ratio, plot_specs, ratio_token, table_specs
+from pruning.grid import (GridError, compared_rows, grid_rows, parse_ratio, plot_specs, ratio_token, table_specs,
+                          task_fewshot)
 from pruning.plots import write_plots
 from pruning.results import TableError, collect, read_metrics
 from pruning.tables import build_tables, layer_ranges, write_tables
+from pruning.tables.common import fmt_bytes
 
 MODEL = "stories260K"
 EVAL = dict(dataset="wikitext2", seqlen=128, max_windows=4, device="cpu", data_dir_path=str(DATA_DIR))
@@ -111,7 +113,9 @@ def test_grid_contract_names_the_tables_of_the_library(results, tmp_path):
     expected = table_specs(rows, zeroshot=True, gguf=False)
     written = write_tables(collect(results / "results"), tmp_path)
     assert [p.name for p in written] == [f"{spec.name}.{ext}" for spec in expected for ext in ("md", "csv")]
-    assert [spec.name for spec in plot_specs(rows)] == [f"sparsity-{MODEL}"]
+    assert [spec.name for spec in plot_specs(rows)] == [f"sparsity-{MODEL}", f"structured-{MODEL}"]
+    assert [spec.name for spec in plot_specs(rows, zeroshot=True, speed=True)][-1] == "zeroshot-speed"
+    assert [spec.name for spec in plot_specs(rows, zeroshot=True)] == [f"sparsity-{MODEL}", f"structured-{MODEL}"]
     assert "torch" not in subprocess.run([sys.executable, "-c", "import sys, pruning.grid; print(*sys.modules)"],
                                          capture_output=True, text=True, check=True).stdout.split()
 
@@ -138,7 +142,8 @@ def test_layer_removal_table_quark_layout(results):
     runs = collect(results / "results")
     table = by_name(runs)["layer-removal"]
     rows = cells(table.markdown())
-    assert rows[0] == ["model", "method", "ratio", "PPL original", "PPL after", "prune ratio", "deleted layers"]
+    assert rows[0] == ["model", "method", "ratio", "PPL original", "PPL after", "prune ratio", "deleted",
+                       "deleted layers"]
     metrics = results / "results" / "metrics" / MODEL
     dense_ppl = read(metrics / "dense/base/ppl.json")["ppl"]
     expected = [(e, t) for e, t, m, _ in PRUNED if m in ("depth", "layers", "two_stage")]
@@ -149,14 +154,21 @@ def test_layer_removal_table_quark_layout(results):
         assert row[3] == f"{dense_ppl:.2f}"
         assert row[4] == f"{read(metrics / entry / token / 'ppl.json')['ppl']:.2f}"
         assert row[5] == f"{report['prune_ratio_percent']:.2f}%"
+        # Quark's "delete 3 layer [11-13] total 32": the number after "total" is the model's layer count
         if entry == "two_stage":
             mha, ffn = report["mha_removed_layers"], report["ffn_removed_layers"]
-            assert row[6] == f"attention {layer_ranges(mha)} total {len(mha)}; FFN {layer_ranges(ffn)} total {len(ffn)}"
+            assert len(report["scores"]) == 5  # block influence of every layer of stories260K
+            assert row[6] == f"delete {len(mha)} attention, {len(ffn)} FFN"
+            assert row[7] == f"attention {layer_ranges(mha)}; FFN {layer_ranges(ffn)} total 5"
         else:
-            assert row[6] == f"{layer_ranges(report['removed_layers'])} total {len(report['removed_layers'])}"
+            removed = report["removed_layers"]
+            assert report["layers_before"] == 5
+            assert row[6] == f"delete {len(removed)} layer"
+            assert row[7] == f"{layer_ranges(removed)} total 5"
     data = table.data
     assert set(data.file[data.file.str.endswith("prune.json")]) == \
         {f"results/metrics/{MODEL}/{e}/{t}/prune.json" for e, t in expected}
+    assert "[11-13] total 32 is layers 11 to 13 of a 32-layer model" in table.caption
 
 
 def test_layer_ranges_quark_notation():
@@ -266,7 +278,8 @@ def test_written_tables_are_deterministic_and_traceable(results, tmp_path):
     assert [p.name for p in first] == [p.name for p in second]
     names = sorted(p.name for p in first)
     assert names == sorted(f"{n}.{ext}" for n in ("summary", f"sparsity-{MODEL}", f"depth-{MODEL}", "layer-removal",
-                                                  "two-stage", "zeroshot") for ext in ("md", "csv"))
+                                                  "two-stage", "zeroshot", "downstream", "comparison", "impact")
+                           for ext in ("md", "csv"))
     for a, b in zip(first, second):
         assert a.read_bytes() == b.read_bytes(), a.name
     for csv in (p for p in first if p.suffix == ".csv"):  # long form: every value is the one in its file
@@ -280,7 +293,7 @@ def test_written_tables_are_deterministic_and_traceable(results, tmp_path):
             assert row.value == ("" if record is None else str(record)), f"{csv.name}: {row.file} {row.metric}"
             assert row.file == f"results/metrics/{row.model}/{row.method}/{row.ratio}/{Path(row.file).name}"
     plots = write_plots(runs, tmp_path / "plots")
-    assert [p.name for p in plots] == [f"sparsity-{MODEL}.png"]
+    assert [p.name for p in plots] == [f"sparsity-{MODEL}.png", f"structured-{MODEL}.png"]
 
 
 def test_unknown_metric_file_and_empty_results_are_errors(results, tmp_path):
@@ -333,3 +346,162 @@ def test_run_mixing_two_prunes_is_refused(results, tmp_path):
         assert not (copy / "tables").exists() and not (copy / "plots").exists()
     copy, _ = case("untouched", lambda folder: "")
     assert collect(copy).run.nunique() == 1 + len(PRUNED)
+
+
+# ---- the documents' cross-method layouts, on a copy with per-task shots, speed and GGUF measured ----------
+
+SHOTS = {"winogrande": 5, "boolq": 0, "arc_easy": 0, "gsm8k": 1}  # PruneGPT's per-task shots, smaller for speed
+MEASURED = [("dense", "base"), ("layers", "f0.40"), ("wanda", "s0.50")]  # zero-shot and speed, in table order
+HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
+
+
+def test_task_fewshot_and_compared_rows():
+    assert task_fewshot(["boolq", "gsm8k"], 3) == {"boolq": 3, "gsm8k": 3}
+    assert task_fewshot(["boolq", "gsm8k", "winogrande"], {"gsm8k": 5, "winogrande": 5}) == \
+        {"boolq": 0, "gsm8k": 5, "winogrande": 5}
+    with pytest.raises(GridError, match="'winogrand' not in zeroshot.tasks"):
+        task_fewshot(["winogrande"], {"winogrand": 5})
+    methods = {"wanda": {"method": "wanda", "ratios": {"sparsity": [0.7, 0.5], "nm": ["4:8", "2:4"]}},
+               "angular": {"method": "depth", "ratios": {"num_blocks": [4, 2]}, "models": ["a"]}}
+    picked = [(r["model"], r["method"], r["ratio"]) for r in compared_rows(grid_rows(["a", "b"], methods))]
+    assert picked == [("a", "wanda", "s0.50"), ("a", "wanda", "nm2-4"), ("b", "wanda", "s0.50"),
+                      ("b", "wanda", "nm2-4"), ("a", "angular", "L2")]
+    assert compared_rows([r for r in grid_rows(["a"], methods) if r["method"] != "dense"]) == []  # no baseline
+
+
+@pytest.fixture(scope="module")
+def measured(results, tmp_path_factory):
+    """The runs above plus zero-shot with per-task shots (GSM8K included), speed.json and, with llama.cpp,
+    GGUF q4_k_m on the dense, Wanda 50 % and layer-pruned rows."""
+    from pruning.evaluation.speed import speed
+    from pruning.evaluation.zeroshot import zeroshot
+
+    root = tmp_path_factory.mktemp("measured") / "results"
+    shutil.copytree(results / "results" / "metrics", root / "metrics")
+    for path in (root / "metrics").glob("*/*/*/zeroshot-*.json"):
+        path.unlink()  # measured again below, with the shots of SHOTS
+    models = {(e, t): results / "results/models" / MODEL / e / t for e, t in MEASURED}
+    models[("dense", "base")] = REPO.parent / "shared/models/stories260K"
+    for (entry, token), model in models.items():
+        folder = root / "metrics" / MODEL / entry / token
+        for task, shots in SHOTS.items():
+            zeroshot(str(model), task, limit=2 if task == "gsm8k" else 8, num_fewshot=shots, device="cpu",
+                     data_dir_path=str(DATA_DIR), output=str(folder / f"zeroshot-{task}.json"), quiet=True)
+        speed(str(model), prompt_tokens=8, new_tokens=4, repeats=1, warmup=0, device="cpu", threads=1,
+              output=str(folder / "speed.json"))
+        if HAS_LLAMA_CPP and entry != "layers":
+            from pruning.export import evaluate_gguf
+            from pruning.export.gguf import export_gguf
+
+            gguf = root.parent / f"{entry}-q4_k_m.gguf"
+            export_gguf(model, gguf, "q4_k_m")
+            evaluate_gguf(gguf, model, seqlen=128, max_windows=2, data_dir=str(DATA_DIR), generate_tokens=0,
+                          output=folder / "gguf-q4_k_m.json")
+    return root
+
+
+def headline(record: dict) -> float:
+    metrics = record["metrics"]
+    name = next(n for n in ("exact_match,strict-match", "acc_norm", "acc") if n in metrics)
+    return metrics[name]["value"]
+
+
+def measured_file(root, entry, token, name):
+    return read(root / "metrics" / MODEL / entry / token / name)
+
+
+def test_downstream_table_prunegpt_layout(measured):
+    table = by_name(collect(measured))["downstream"]
+    header, *rows = cells(table.markdown())
+    assert header == ["task", f"{MODEL} · dense", f"{MODEL} · layers · 40%", f"{MODEL} · wanda · 50%"]
+    assert [r[0] for r in rows] == ["Winogrande (5-shot)", "BoolQ (0-shot)", "ARC-Easy (0-shot)", "GSM8K (1-shot)",
+                                    "Average"]
+    for column, (entry, token) in enumerate(MEASURED, start=1):
+        scores = [headline(measured_file(measured, entry, token, f"zeroshot-{task}.json"))
+                  for task in ("winogrande", "boolq", "arc_easy", "gsm8k")]
+        assert [r[column] for r in rows] == [f"{100 * v:.2f}" for v in scores] + [f"{100 * sum(scores) / 4:.2f}"]
+    assert ("each task's headline metric × 100 (Winogrande acc, BoolQ acc, ARC-Easy acc_norm, GSM8K exact_match "
+            "(strict-match filter))") in table.caption
+    assert "first 2, 8 documents per task" in table.caption
+    shown = table.data[table.data.metric.str.startswith("metrics.")]
+    assert sorted(set(shown.metric)) == ["metrics.acc.value", "metrics.acc_norm.value",
+                                         "metrics.exact_match,strict-match.value"]
+    assert len(shown) == 4 * len(MEASURED)
+
+
+def test_comparison_table_skill_layout(measured):
+    table = by_name(collect(measured))["comparison"]
+    header, *rows = cells(table.markdown())
+    assert header == ["model", "method", "setting", "accuracy loss (points)", "PPL change", "decode speed-up (HF)",
+                      "decode speed-up (llama.cpp)", "memory (GGUF q4_k_m)", "memory (dense fp32)", "retraining"]
+    # 50 % for the mask-based method, the smallest ratio of each structured entry
+    assert [(r[1], r[2]) for r in rows] == [("depth-angular", "1 block"), ("depth-cosine", "1 block"),
+                                            ("layers", "40%"), ("two_stage", "20%"), ("wanda", "50%")]
+    dense_ppl = measured_file(measured, "dense", "base", "ppl.json")
+    dense_speed = measured_file(measured, "dense", "base", "speed.json")["hf"]["decode_tokens_per_s"]
+    dense_score = sum(headline(measured_file(measured, "dense", "base", f"zeroshot-{t}.json")) for t in SHOTS) / 4
+    for row in rows:
+        entry, token = row[1], {"1 block": "L1", "40%": "f0.40", "20%": "r0.20", "50%": "s0.50"}[row[2]]
+        ppl = measured_file(measured, entry, token, "ppl.json")
+        change = ppl["ppl"] - dense_ppl["ppl"]
+        assert row[4] == f"{change:+.2f} ({change / dense_ppl['ppl']:+.1%})"
+        assert row[8] == fmt_bytes(ppl["parameters"]["total"] * 4)
+        assert row[9] == "no"
+        assert row[6] == "—"  # speed.json measured no GGUF
+        if (entry, token) in MEASURED:
+            score = sum(headline(measured_file(measured, entry, token, f"zeroshot-{t}.json")) for t in SHOTS) / 4
+            assert row[3] == f"{100 * (dense_score - score):+.2f}"
+            decode = measured_file(measured, entry, token, "speed.json")["hf"]["decode_tokens_per_s"]
+            assert row[5] == f"{decode / dense_speed:.2f}×"
+        else:  # not measured: a dash, never a number
+            assert row[3] == row[5] == "—"
+        if HAS_LLAMA_CPP and entry == "wanda":
+            assert row[7] == fmt_bytes(measured_file(measured, entry, token, "gguf-q4_k_m.json")["gguf"]["bytes"])
+        else:
+            assert row[7] == "—"
+    assert "Decode speed-up: decode tokens/s at batch 1 against the dense model (8-token prompt, 4 new tokens, " \
+           "1 thread(s) on cpu)" in table.caption
+
+
+def test_impact_table_per_method_family(measured):
+    table = by_name(collect(measured))["impact"]
+    header, *rows = cells(table.markdown())
+    assert header == ["method family", "methods", "runs", "size reduction (non-zero params)",
+                      "size reduction (dense bytes)", "speed improvement (decode, HF)", "quality impact (PPL)",
+                      "quality impact (zero-shot points)"]
+    families = {"layer/depth pruning": [(e, t) for e, t, m, _ in PRUNED if m in ("depth", "layers")],
+                "magnitude / Wanda / SparseGPT": [("wanda", "s0.50")], "two-stage": [("two_stage", "r0.20")]}
+    assert [r[0] for r in rows] == list(families)
+    dense = measured_file(measured, "dense", "base", "ppl.json")
+    dense_speed = measured_file(measured, "dense", "base", "speed.json")["hf"]["decode_tokens_per_s"]
+
+    def span(values, fmt):
+        low, high = fmt(min(values)), fmt(max(values))
+        return low if low == high else f"{low} – {high}"
+
+    for row in rows:
+        runs = families[row[0]]
+        ppl = [measured_file(measured, e, t, "ppl.json") for e, t in runs]
+        assert row[1] == ", ".join(dict.fromkeys(e for e, _ in sorted(runs))) and row[2] == str(len(runs))
+        assert row[3] == span([1 - p["parameters"]["nonzero"] / dense["parameters"]["nonzero"] for p in ppl],
+                              "{:.1%}".format)
+        assert row[4] == span([1 - p["parameters"]["total"] / dense["parameters"]["total"] for p in ppl], "{:.1%}".format)
+        assert row[6] == span([p["ppl"] / dense["ppl"] - 1 for p in ppl], "{:+.1%}".format)
+        timed = [(e, t) for e, t in runs if (e, t) in MEASURED]
+        assert row[5] == (span([measured_file(measured, e, t, "speed.json")["hf"]["decode_tokens_per_s"] / dense_speed - 1
+                                for e, t in timed], "{:+.1%}".format) if timed else "—")
+    assert rows[1][4] == "0.0%" != rows[1][3]  # Wanda zeros weights: no bytes saved when stored densely
+
+
+def test_plots_from_measured_runs(measured, tmp_path):
+    runs = collect(measured)
+    first, second = write_plots(runs, tmp_path / "a"), write_plots(collect(measured), tmp_path / "b")
+    assert [p.name for p in first] == [f"sparsity-{MODEL}.png", f"structured-{MODEL}.png", "zeroshot-speed.png"]
+    for a, b in zip(first, second):
+        assert a.read_bytes() == b.read_bytes() and a.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", a.name
+    from pruning.plots import plot_structured, plot_zeroshot_speed
+    from pruning.results import Results
+
+    without_dense = Results(runs[runs.method != "dense"].reset_index(drop=True))
+    assert plot_structured(without_dense, MODEL, tmp_path / "x.png") is None  # no baseline, no plot
+    assert plot_zeroshot_speed(without_dense, tmp_path / "y.png") is None and not list(tmp_path.glob("[xy].png"))

@@ -180,6 +180,24 @@ def test_optional_evaluations_join_the_grid(tmp_path):
         parser.parse_args(command)
 
 
+
+def test_per_task_shots_and_the_tables_and_plots_they_add(tmp_path):
+    """zeroshot.num_fewshot as a map task -> shots (PruneGPT's): each task's jobs get its own shots, a task the
+    map leaves out runs 0-shot; zero-shot and speed add the downstream table and the zero-shot/speed plot."""
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    config["zeroshot"] = {"tasks": ["winogrande", "boolq", "gsm8k"], "num_fewshot": {"winogrande": 5, "gsm8k": 5},
+                          "limit": 4}
+    config["speed"] = {"enabled": True}
+    result = snakemake(tmp_path, "-n", "--cores", "2", "-p", config=config)
+    assert result.returncode == 0, result.stderr
+    for task, shots in (("winogrande", 5), ("boolq", 0), ("gsm8k", 5)):
+        lines = [line for line in result.stdout.splitlines() if f"--task {task} " in line]
+        assert len(lines) == 39 and all(f"--num-fewshot {shots} " in line for line in lines), task
+    for name in ("tables/downstream.md", "tables/comparison.md", "tables/impact.md", "plots/zeroshot-speed.png",
+                 "plots/structured-smollm2-135m.png"):
+        assert f"results/{name}" in result.stdout, name
+
+
 def job_resources(output: str, rule: str) -> dict[str, str]:
     """The resources a dry run prints for the first job of `rule`."""
     block = output.split(f"rule {rule}:", 1)[1]
@@ -264,6 +282,8 @@ BAD_CONFIGS = {
                                "config.zeroshot.tasks[1]: unknown task 'nosuchtask': not an lm-eval task or group"),
     "malformed hub id": (lambda c: c["models"].update(qwen="Qwen/Qwen2.5 0.5B"),
                          "config.models.qwen: model 'Qwen/Qwen2.5 0.5B' not found"),
+    "shots for a task not run": (lambda c: c.update(zeroshot={"tasks": ["winogrande"], "num_fewshot": {"winogrand": 5}}),
+                                 "config.zeroshot.num_fewshot: 'winogrand' not in zeroshot.tasks (winogrande)"),
     "GGUF speed type without a gguf section": (lambda c: c.update(speed={"enabled": True, "gguf_outtype": "q4_0"}),
                                                "config.speed.gguf_outtype: 'q4_0' is not listed in gguf.outtypes"),
 }

@@ -133,3 +133,18 @@ def test_a_missing_local_file_is_reported_before_the_model_loads(stories_dir, tm
                  "--data-dir", str(partial)]) == 2
     assert "zeroshot/boolq.jsonl not found" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_local_gsm8k_generates_and_scores_exact_match(stories_dir):
+    """GSM8K offline: generation scored by lm-eval's exact match under both of its filters, few-shot examples
+    from the test split (the only one the local copy has), recorded."""
+    result = zeroshot(str(stories_dir), "gsm8k", limit=2, num_fewshot=1, device="cpu", quiet=True,
+                      data_dir_path=str(DATA_DIR))
+    assert (result["lm_eval_task"], result["source"]["kind"], result["source"]["mirrors"]) == ("gsm8k_local", "local", "gsm8k")
+    assert set(result["metrics"]) == {"exact_match,strict-match", "exact_match,flexible-extract"}
+    for metric in result["metrics"].values():
+        assert metric["value"] * 2 == round(metric["value"] * 2)  # a count of 2 problems
+    assert (result["n_docs"], result["n_docs_total"], result["num_fewshot"]) == (2, 1319, 1)
+    assert result["fewshot_split"] == {"gsm8k_local": "test"}
+    assert result["task_config"]["output_type"] == "generate_until"
+    assert result["task_config"]["doc_to_text"] == "Question: {{question}}\nAnswer:"

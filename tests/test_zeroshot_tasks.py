@@ -151,8 +151,46 @@ def test_local_task_builds_lm_eval_requests(name, local_manager):
     assert sorted(ours._metric_fn_list) == sorted(theirs._metric_fn_list)
 
 
+def _gsm8k(rows):
+    return [{"question": r["context"], "answer": f"{r['chain_of_thought']}\n#### {r['answer']}"} for r in rows]
+
+
+def test_local_gsm8k_builds_lm_eval_requests_and_scores(local_manager):
+    """Generation task: the same prompts and stop sequences as lm-eval's gsm8k, the same filters and metric,
+    so the same generated text scores the same under both filters."""
+    rows = _rows("gsm8k.jsonl")
+    assert len(rows) == 1319
+    ours = local_manager.load([local_tasks()["gsm8k"]])["tasks"]["gsm8k_local"]
+    theirs = lm_eval_task("gsm8k/gsm8k.yaml", _gsm8k(rows))
+    assert len(ours.eval_docs) == len(theirs.eval_docs) == 1319
+    for task in (ours, theirs):
+        task.set_config(key="num_fewshot", value=0)
+        task.build_all_requests(samples=list(range(100)))
+    assert [i.arguments for i in ours.instances] == [i.arguments for i in theirs.instances]
+    assert ours.instances[0].arguments[0].startswith("Question: Janet’s ducks lay 16 eggs")
+    assert ours.instances[0].arguments[0].endswith("\nAnswer:")
+    for key in ("metric_list", "filter_list", "generation_kwargs", "output_type", "repeats", "doc_to_text",
+                "doc_to_target"):
+        assert getattr(ours.config, key) == getattr(theirs.config, key), key
+    assert (ours.config.test_split, ours.config.fewshot_split) == ("test", "test")  # no train split offline
+    doc = ours.eval_docs[0]
+    assert doc["answer"].endswith("\n#### 18") and doc == theirs.eval_docs[0]
+    cases = {" She sells 9 eggs.\n#### 18": {"strict-match": 1.0, "flexible-extract": 1.0},
+             " She makes $18.": {"strict-match": 0.0, "flexible-extract": 1.0},
+             " #### 17": {"strict-match": 0.0, "flexible-extract": 0.0}}
+    for task in (ours, theirs):
+        for answer, expected in cases.items():
+            scored = {}
+            for ensemble in task._filters:
+                responses = [[answer]]
+                for step in ensemble.filters:
+                    responses = step().apply(responses, [doc])
+                scored[ensemble.name] = task.process_results(doc, [list(responses)[0]])["exact_match"]
+            assert scored == expected, answer
+
+
 def test_every_local_task_is_compared():
-    assert set(local_tasks()) == set(CASES)
+    assert set(local_tasks()) == set(CASES) | {"gsm8k"}
 
 
 def test_task_names_resolve_to_local_copies_only_with_a_data_dir(monkeypatch):

@@ -7,14 +7,16 @@ def add_parser(subparsers) -> None:
         "tables", help="comparison tables (Markdown + CSV) and plots from results/metrics",
         description="Read every run under RESULTS/metrics/{model}/{method}/{ratio}/ (ppl.json, prune.json, "
                     "zeroshot-*.json, gguf-*.json, speed.json) and write the sparsity table per model, the "
-                    "performance-impact summary, the depth and layer-removal tables, the zero-shot and GGUF tables "
-                    "(those the runs support), each as .md with a protocol caption and a long-form .csv (model, method, "
+                    "performance-impact summary, the depth, layer-removal and two-stage tables, the zero-shot and "
+                    "downstream-task tables, the GGUF table, the performance comparison and the impact per method "
+                    "family (those the runs support), each as .md with a protocol caption and a long-form .csv (model, method, "
                     "ratio, key, metric, value, file) naming the metric file behind every number. A run whose metric "
                     "files come from another prune than its prune.json (older, other options, or prune.json missing) "
                     "is refused with exit code 2.")
     parser.add_argument("--results", default="results", help="results folder holding metrics/ (default: results)")
     parser.add_argument("--out", default=None, help="where the tables go (default: RESULTS/tables)")
-    parser.add_argument("--plots", default=None, help="also write PNG plots here (e.g. results/plots)")
+    parser.add_argument("--plots", default=None, help="also write PNG plots here (e.g. results/plots): PPL against sparsity and against "
+                        "parameters removed, zero-shot average against decode speed-up (those the runs support)")
     parser.add_argument("--note", action="append", default=[], metavar="MODEL=TEXT",
                         help="caption note for a model, repeatable (e.g. 'stories260K=out of domain for WikiText')")
     parser.set_defaults(run=run)

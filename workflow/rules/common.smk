@@ -18,8 +18,8 @@ from snakemake.utils import validate
 
 REPO = Path(workflow.basedir).resolve()
 sys.path.insert(0, str(REPO))  # the grid contract of this checkout, whichever `pruning` is installed
-from pruning.grid import (DENSE_METHOD, DENSE_TOKEN, OPTIONS_ONLY_TOKEN, RATIO_TOKENS, grid_rows, plot_specs,
-                          table_specs)
+from pruning.grid import (DENSE_METHOD, DENSE_TOKEN, OPTIONS_ONLY_TOKEN, RATIO_TOKENS, GridError, grid_rows,
+                          plot_specs, table_specs, task_fewshot)
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -479,9 +479,20 @@ def gguf_output(path: str):
     return path if config["keep_models"] else temp(path)
 
 
-def zeroshot_arguments() -> str:
+def _task_shots() -> dict:
+    try:
+        return task_fewshot(ZEROSHOT_TASKS, config["zeroshot"]["num_fewshot"])
+    except GridError as exc:
+        raise WorkflowError(f"invalid workflow config:\n  config.zeroshot.num_fewshot: {exc}") from None
+
+
+ZEROSHOT_SHOTS = _task_shots()
+
+
+def zeroshot_arguments(wildcards) -> str:
+    """The zeroshot job's settings; shots per task (config.zeroshot.num_fewshot, a number or a map)."""
     z = config["zeroshot"]
-    args = ["--num-fewshot", z["num_fewshot"], "--batch-size", z["batch_size"]]
+    args = ["--num-fewshot", ZEROSHOT_SHOTS[wildcards.task], "--batch-size", z["batch_size"]]
     if z["limit"] is not None:
         args += ["--limit", z["limit"]]
     return _quote(args)
@@ -524,7 +535,7 @@ def table_names() -> list[str]:
 
 
 def plot_names() -> list[str]:
-    return [spec.name for spec in plot_specs(GRID)]
+    return [spec.name for spec in plot_specs(GRID, zeroshot=bool(ZEROSHOT_TASKS), speed=config["speed"]["enabled"])]
 
 
 # Where `snakemake publish` copies a finished run's tables and plots: the only tracked results. The workflow

@@ -30,7 +30,7 @@ rule zeroshot:
     output:
         "results/metrics/{model}/{method}/{ratio}/zeroshot-{task}.json",
     params:
-        settings=zeroshot_arguments(),
+        settings=zeroshot_arguments,
         runtime=runtime_arguments(),
     log:
         "logs/zeroshot/{model}/{method}/{ratio}/{task}.log",

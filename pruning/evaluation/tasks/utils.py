@@ -50,3 +50,11 @@ def boolq_doc_to_text(doc: dict) -> str:
     if not query.startswith(BOOLQ_PREFIX):
         raise DataError(f"boolq query does not start with {BOOLQ_PREFIX!r}: {query[:60]!r}")
     return query[len(BOOLQ_PREFIX):] + "\nAnswer:"
+
+
+def gsm8k_process_docs(dataset: datasets.Dataset) -> datasets.Dataset:
+    """The hub's GSM8K schema from the local fields: question, and answer "<reasoning>\\n#### <number>" (what
+    lm-eval's gsm8k prompt, target and "#### " filter read)."""
+    return dataset.map(lambda doc: {"question": doc["context"],
+                                    "answer": f"{doc['chain_of_thought']}\n#### {doc['answer']}"},
+                       remove_columns=dataset.column_names)
