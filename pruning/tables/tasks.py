@@ -30,7 +30,8 @@ def headline_scores(results: Results, ids: list[int]) -> tuple[pd.DataFrame, pd.
     names = values.metric.str.slice(len("metrics."), -len(".value"))
     headline = {task: headline_metric(names[values.key == task]) for task in ordered_unique(values.key)}
     shown = {(task, f"metrics.{metric}.value") for task, metric in headline.items() if metric}
-    keep = [(key, metric) in shown or metric in SETTINGS for key, metric in zip(zeroshot.key, zeroshot.metric)]
+    keep = pd.Series([(key, metric) in shown or metric in SETTINGS for key, metric in zip(zeroshot.key, zeroshot.metric)],
+                     index=zeroshot.index, dtype=bool)  # a Series: an empty list would select columns, not rows
     rows = zeroshot[keep]
     shots = rows[rows.metric == "num_fewshot"].set_index(["run", "key"]).value
     scores = rows[rows.metric.str.startswith("metrics.")]
