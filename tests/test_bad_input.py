@@ -445,6 +445,10 @@ def test_finding6_files_get_the_umask_mode_and_quiet_is_quiet(stories_dir, tmp_p
                      "--output", tmp_path / "ppl.json", "--device", "cpu", "--quiet", umask=0o002)
     assert result.returncode == 0, result.stderr
     assert "%|" not in result.stderr, result.stderr
+    result = run_cli("zeroshot", "--model", out, "--task", "arc_easy", "--limit", 2, "--output", tmp_path / "z.json",
+                     "--device", "cpu", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "%|" not in result.stderr and "it/s" not in result.stderr, result.stderr  # lm-eval's own bars too
     result = run_cli("convert", "--model", out, "--outtype", "f16", "--output", tmp_path / "m.gguf", umask=0o002)
     assert result.returncode == 0, result.stderr
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [out, *out.iterdir(), tmp_path / "ppl.json",

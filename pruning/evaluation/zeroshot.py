@@ -15,6 +15,7 @@ import difflib
 import functools
 import hashlib
 import logging
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,6 +171,20 @@ def _metrics(entry: dict) -> dict:
     return metrics
 
 
+@contextmanager
+def _request_bars_silenced():
+    """lm-eval 0.4 builds requests under a tqdm bar that takes no disable argument: quiet runs swap in a
+    disabled one for the evaluation (lm-eval is pinned, so the module global is known)."""
+    from lm_eval.api import task as task_module
+
+    original = task_module.tqdm
+    task_module.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        task_module.tqdm = original
+
+
 def _check_settings(limit, num_fewshot, batch_size) -> None:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a whole number of documents >= 1, got {limit!r}")
@@ -201,8 +216,12 @@ def zeroshot(model: str, task: str, *, limit: int | None = None, num_fewshot: in
 
     net, tokenizer = load_model(measurement.resolve(), dtype=dtype, device=str(compute))
     lm = HFLM(pretrained=net, tokenizer=tokenizer, backend="causal", batch_size=batch_size, device=str(compute))
-    evaluated = lm_eval.simple_evaluate(model=lm, tasks=[task_object], task_manager=manager, num_fewshot=num_fewshot,
-                                        limit=limit, log_samples=False, **SEEDS)
+    if quiet:  # lm-eval's request bars take disable=disable_tqdm, which the evaluator never sets
+        for request_type in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
+            setattr(lm, request_type, functools.partial(getattr(lm, request_type), disable_tqdm=True))
+    with _request_bars_silenced() if quiet else nullcontext():
+        evaluated = lm_eval.simple_evaluate(model=lm, tasks=[task_object], task_manager=manager,
+                                            num_fewshot=num_fewshot, limit=limit, log_samples=False, **SEEDS)
     name = choice.lm_eval_name
     results = evaluated["results"]
     samples = evaluated["n-samples"]
