@@ -152,9 +152,9 @@ def _semantic_errors(cfg: dict) -> list[str]:
     return errors
 
 
-def _model_layers(name: str, spec: str) -> int | None:
-    """Decoder layers of a model from a config.json readable offline: the local directory, the zoo's or the
-    hub's cache, or the copy fetched into resources/; None when there is none yet (the check is skipped)."""
+def _model_config(name: str, spec: str) -> dict | None:
+    """A model's config.json where it is readable offline: the local directory, the zoo's or the hub's cache,
+    or the copy fetched into resources/; None when there is none yet (the checks that need it are skipped)."""
     from pruning import zoo
 
     candidates = []
@@ -165,16 +165,26 @@ def _model_layers(name: str, spec: str) -> int | None:
     else:
         from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(spec, "config.json")
+        try:
+            cached = try_to_load_from_cache(spec, "config.json")
+        except ValueError:  # not a repo id: _spec_errors names it
+            cached = None
         if isinstance(cached, str):
             candidates.append(Path(cached))
     candidates.append(Path("resources", "models", name, "config.json"))
     for path in candidates:
         try:
-            return int(json.loads(path.read_text())["num_hidden_layers"])
-        except (OSError, ValueError, KeyError, TypeError):
+            config = json.loads(path.read_text())
+        except (OSError, ValueError):
             continue
+        if isinstance(config, dict):
+            return config
     return None
+
+
+def _model_layers(config: dict | None) -> int | None:
+    layers = (config or {}).get("num_hidden_layers")
+    return layers if isinstance(layers, int) and not isinstance(layers, bool) else None
 
 
 def _spec_errors(specs: dict) -> list[str]:
@@ -191,13 +201,13 @@ def _spec_errors(specs: dict) -> list[str]:
     return errors
 
 
-def _method_errors(methods: dict, specs: dict) -> list[str]:
+def _method_errors(methods: dict, specs: dict, configs: dict) -> list[str]:
     """Each method entry built with each of its ratios by the library's option declarations, as `python -m
     pruning prune` builds it (unknown options, bad values; no torch); depth/layers entries also planned
     against each model's layer count."""
     from pruning.methods import build_method
 
-    errors, layers = [], {}
+    errors = []
     for name, entry in methods.items():
         method, options = entry["method"], entry["options"]
         ratios = [(kind, index, value) for kind, values in entry.get("ratios", {}).items()
@@ -219,13 +229,38 @@ def _method_errors(methods: dict, specs: dict) -> list[str]:
             if method not in ("depth", "layers"):  # the methods whose plan needs only a layer count
                 continue
             for model in entry.get("models", list(specs)):
-                if model not in layers:
-                    layers[model] = _model_layers(model, specs[model])
-                if layers[model] is not None:
+                layers = _model_layers(configs[model])
+                if layers is not None:
                     try:
-                        instance.plan(layers[model])
+                        instance.plan(layers)
                     except ValueError as exc:
                         errors.append(f"{where}: {exc} (model {model})")
+    return errors
+
+
+def _length_errors(cfg: dict, configs: dict) -> list[str]:
+    """Token lengths a job would refuse, against each model's positions (its config.json, where readable):
+    the calibration seqlen where a calibrating method prunes the model, the evaluation seqlen on every
+    model, and prompt + new tokens when speed is measured."""
+    from pruning.checks import model_positions
+    from pruning.methods import method_class
+
+    name = cfg["protocol"]
+    protocol, speed = cfg["protocols"][name], cfg["speed"]
+    errors = []
+    for model, config in configs.items():
+        positions = model_positions(config) if config else None
+        if positions is None:
+            continue
+        field, limit = positions
+        lengths = {f"config.protocols.{name}.evaluation.seqlen": protocol["evaluation"]["seqlen"]}
+        if any(method_class(entry["method"]).needs_calibration and model in entry.get("models", configs)
+               for entry in cfg["methods"].values()):
+            lengths[f"config.protocols.{name}.calibration.seqlen"] = protocol["calibration"]["seqlen"]
+        if speed["enabled"]:
+            lengths["config.speed.prompt_tokens"] = speed["prompt_tokens"] + speed["new_tokens"]
+        errors += [f"{key}: {value} tokens exceed the {limit} positions of model {model} ({field} in its config.json)"
+                   for key, value in lengths.items() if value > limit]
     return errors
 
 
@@ -318,7 +353,8 @@ def _library_errors(cfg: dict) -> list[str]:
     only when the config has them."""
     specs = {name: entry if isinstance(entry, str) else entry["spec"] for name, entry in cfg["models"].items()}
     data_dir = str(_resolve_path(cfg["data_dir"])) if cfg["data_dir"] else None
-    errors = [*_spec_errors(specs), *_method_errors(cfg["methods"], specs),
+    configs = {name: _model_config(name, spec) for name, spec in specs.items()}
+    errors = [*_spec_errors(specs), *_method_errors(cfg["methods"], specs, configs), *_length_errors(cfg, configs),
               *_data_errors(cfg["protocol"], cfg["protocols"][cfg["protocol"]]),
               *_task_errors(cfg["zeroshot"]["tasks"], data_dir), *_llama_cpp_errors(cfg),
               *_device_errors(cfg["device"])]
