@@ -470,8 +470,9 @@ def test_tiny_run_tables(tiny_run):
     workdir = tiny_run["workdir"]
     assert tiny_run["resumed"].returncode == 0, tiny_run["resumed"].stderr[-3000:]
     tables, plots = workdir / "results" / "tables", workdir / "results" / "plots"
-    assert sorted(p.name for p in tables.iterdir()) == ["sparsity-stories260K.csv", "sparsity-stories260K.md",
-                                                        "summary.csv", "summary.md"]
+    assert sorted(p.name for p in tables.iterdir()) == sorted(
+        f"{name}.{suffix}" for name in ("comparison", "impact", "sparsity-stories260K", "summary")
+        for suffix in ("csv", "md"))
     assert [p.name for p in plots.iterdir()] == ["sparsity-stories260K.png"]
     assert (plots / "sparsity-stories260K.png").read_bytes()[:4] == b"\x89PNG"
     ppl = {(m, r): read_json(workdir / f"results/metrics/stories260K/{m}/{r}/ppl.json")["ppl"] for m, r in TINY_ROWS}
@@ -538,7 +539,7 @@ def test_publish_copies_the_checked_tables(tiny_run):
     for kind in ("tables", "plots"):
         made = {p.name: p.read_bytes() for p in (workdir / "results" / kind).iterdir()}
         assert {p.name: p.read_bytes() for p in (published / kind).iterdir()} == made, kind
-    assert len(list((published / "tables").iterdir())) == 4
+    assert len(list((published / "tables").iterdir())) == 8
 
     (published / "plots" / "notes.txt").write_text("someone's notes\n")
     before = {p: p.read_bytes() for p in published.rglob("*") if p.is_file()}
