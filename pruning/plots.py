@@ -29,6 +29,15 @@ def _log_y(ax) -> None:
     ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
+def _perplexity_axes(ax, xlabel: str, title: str) -> None:
+    """Labels, grid and legend of a perplexity-against-something plot."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("perplexity")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def _save(fig, path: str | os.PathLike) -> Path:
     """Written atomically, without the matplotlib version in the metadata (same data, same bytes)."""
     import matplotlib.pyplot as plt
@@ -69,11 +78,7 @@ def plot_sparsity(results: Results, model: str, path: str | os.PathLike) -> Path
                         fontsize=7, color=color)
     _log_y(ax)
     ax.margins(x=0.1)
-    ax.set_xlabel("sparsity of decoder linear layers (open squares: N:M)")
-    ax.set_ylabel("perplexity")
-    ax.set_title(f"{model}: perplexity against sparsity")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    _perplexity_axes(ax, "sparsity of decoder linear layers (open squares: N:M)", f"{model}: perplexity against sparsity")
     return _save(fig, path)
 
 
@@ -105,11 +110,7 @@ def plot_structured(results: Results, model: str, path: str | os.PathLike) -> Pa
     import matplotlib.ticker
 
     ax.yaxis.set_minor_formatter(matplotlib.ticker.LogFormatter(minor_thresholds=(2, 0.4)))  # labels within a decade
-    ax.set_xlabel("parameters removed (% of all parameters)")
-    ax.set_ylabel("perplexity")
-    ax.set_title(f"{model}: perplexity against parameters removed")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    _perplexity_axes(ax, "parameters removed (% of all parameters)", f"{model}: perplexity against parameters removed")
     return _save(fig, path)
 
 
