@@ -66,6 +66,7 @@ class PruningMethod:
     description: ClassVar[str] = ""
     OPTIONS: ClassVar[tuple[Option, ...]] = ()
     COMPOSITE: ClassVar[bool] = False  # runs other methods, whose ratios and options it passes on
+    WRAPS_BASE_METHOD: ClassVar[bool] = False  # takes any non-composite base_method's ratio and options beside its own
 
     def __init__(self, **values):
         vars(self).update(values)
