@@ -192,7 +192,7 @@ def test_batch_size_zero_is_refused_before_loading(stories_dir, tmp_path, capsys
 
 
 def test_library_refuses_batch_size_zero_before_work(stories_dir, tmp_path, no_work):
-    with pytest.raises(ValueError, match="batch-size must be a whole number >= 1, got 0"):
+    with pytest.raises(ValueError, match="^batch_size must be a whole number >= 1, got 0$"):
         pruning.prune(str(stories_dir), "wanda", tmp_path / "out", sparsity=0.5, batch_size=0, device="cpu",
                       progress=False, evaluate=True)
     assert not (tmp_path / "out").exists()

@@ -24,9 +24,8 @@ from gguf import LlamaFileType
 from gguf.lazy import LazyNumpyTensor
 
 from .. import __version__
-from ..checks import GGUF_OWNER_KEY
 from ..io import file_mode, scratch_prefix, versions
-from .gguf_families import supported_model_types
+from .gguf_families import GGUF_OWNER_KEY, supported_model_types
 from .gguf_hparams import ExportError, add_hyperparameters
 from .gguf_tensors import DIRECT_OUTTYPES, LLAMACPP_OUTTYPES, OUTTYPES, ExportPlan, PlannedTensor, plan_export
 from .gguf_vocab import add_vocabulary, read_json
