@@ -65,8 +65,8 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
                        seed=seed, batch_size=batch_size, progress=progress, ignore=tuple(ignore),
                        extras={"data_dir": data_dir_path, "model_path": str(path)})
     instance.check_model(ctx)
-    eval_settings = dict(dataset=eval_dataset, seqlen=_evaluation_seqlen(eval_seqlen, seqlen), max_windows=eval_max_windows,
-                         data_dir=data_dir_path)
+    eval_settings = dict(dataset=eval_dataset, seqlen=_evaluation_seqlen(eval_seqlen, seqlen),
+                         max_windows=eval_max_windows, data_dir=data_dir_path)
     evaluation = {}
     if evaluate:
         evaluation["before"] = perplexity(net.to(compute), tokenizer, **eval_settings)
