@@ -19,6 +19,12 @@ from .modeling import load_model, parameter_counts, resolve_device, save_model, 
 from .record import Measurement
 
 
+def _evaluation_seqlen(eval_seqlen: int | None, seqlen: int) -> int:
+    """The evaluation window: `eval_seqlen` where given (0 too, which the length check then refuses), else the
+    calibration `seqlen`."""
+    return seqlen if eval_seqlen is None else eval_seqlen
+
+
 def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike, *, calib: str = "c4",
           nsamples: int = 128, seqlen: int = 2048, seed: int = 0, device: str = "auto", dtype: str = "float32",
           data_dir_path: str | None = None, batch_size: int = 8, ignore: tuple[str, ...] = (),
@@ -27,12 +33,11 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
           **method_arguments) -> dict:
     """Prune `model` (any zoo spec) with `method` and save the result plus prune.json in `output_dir`."""
     measurement = Measurement(model)
-    checks.positive(batch_size=batch_size)
+    checks.positive({"batch_size": batch_size})
     instance = method if isinstance(method, PruningMethod) else build_method(method, **method_arguments)
     if instance.needs_calibration:
         check_calibration_source(calib)
-        if nsamples < 1 or seqlen < 2:
-            raise ValueError(f"calibration needs nsamples >= 1 and seqlen >= 2, got {nsamples} x {seqlen}")
+        checks.positive({"nsamples": nsamples})
     if evaluate:
         check_evaluation_dataset(eval_dataset)
     data_dir(data_dir_path)
@@ -42,7 +47,7 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
     output_dir = Path(output_dir)
     path = checks.before_prune(
         model, output_dir, overwrite=overwrite, seqlen=seqlen if instance.needs_calibration else None,
-        eval_seqlen=(eval_seqlen or seqlen) if evaluate else None, eval_max_windows=eval_max_windows,
+        eval_seqlen=_evaluation_seqlen(eval_seqlen, seqlen) if evaluate else None, eval_max_windows=eval_max_windows,
         inputs=[calib, eval_dataset, *(method_arguments.get(k) for k in ("teacher_model", "training_data"))])
 
     net, tokenizer = load_model(measurement.resolve(path), dtype=dtype, device="cpu")
@@ -60,8 +65,8 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
                        seed=seed, batch_size=batch_size, progress=progress, ignore=tuple(ignore),
                        extras={"data_dir": data_dir_path, "model_path": str(path)})
     instance.check_model(ctx)
-    eval_settings = dict(dataset=eval_dataset, seqlen=eval_seqlen or seqlen, max_windows=eval_max_windows,
-                         data_dir=data_dir_path)
+    eval_settings = dict(dataset=eval_dataset, seqlen=_evaluation_seqlen(eval_seqlen, seqlen),
+                         max_windows=eval_max_windows, data_dir=data_dir_path)
     evaluation = {}
     if evaluate:
         evaluation["before"] = perplexity(net.to(compute), tokenizer, **eval_settings)

@@ -17,7 +17,7 @@ from pathlib import Path
 from .io import PRUNE_REPORT, OutputError, replaceable_directory
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
-GGUF_OWNER_KEY = "pruning.version"  # written into every GGUF file this tool exports
+MIN_SEQLEN = 2  # a window predicts each token from the ones before it, so it needs at least two
 _MAX_SAFETENSORS_HEADER = 100 * 2**20
 _DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
                 "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
@@ -25,10 +25,6 @@ _DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 
 
 class ModelLoadError(ValueError):
     """A model directory that cannot be read as it is (config, weights, structure)."""
-
-
-def _model_error(message: str) -> Exception:
-    return ModelLoadError(message)
 
 
 # ------------------------------------------------------------------------------------------------ outputs
@@ -90,6 +86,8 @@ def is_our_file(path: Path) -> bool:
         if head == b"GGUF":
             from gguf import GGUFReader
 
+            from .export.gguf_families import GGUF_OWNER_KEY
+
             try:
                 return GGUF_OWNER_KEY in GGUFReader(path).fields
             except Exception:  # noqa: BLE001 - a GGUF file the reader cannot parse is not one we wrote
@@ -123,19 +121,24 @@ def read_json_file(path: Path, what: str = "JSON file"):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise _model_error(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        raise ModelLoadError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise _model_error(f"cannot read {what} {path}: {exc}") from None
+        raise ModelLoadError(f"cannot read {what} {path}: {exc}") from None
+
+
+def read_json_object(path: Path, what: str = "JSON file") -> dict:
+    """`read_json_file` of a file that must hold one JSON object."""
+    data = read_json_file(path, what)
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path}: not a JSON object")
+    return data
 
 
 def model_config(path: str | os.PathLike) -> dict:
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
-        raise _model_error(f"{path} has no config.json: not a Hugging Face model directory")
-    config = read_json_file(config_file, "config")
-    if not isinstance(config, dict):
-        raise _model_error(f"{config_file}: not a JSON object")
-    return config
+        raise ModelLoadError(f"{path} has no config.json: not a Hugging Face model directory")
+    return read_json_object(config_file, "config")
 
 
 def model_positions(config: dict) -> tuple[str, int] | None:
@@ -147,16 +150,28 @@ def model_positions(config: dict) -> tuple[str, int] | None:
     return None
 
 
-def check_lengths(path: str | os.PathLike, config: dict, lengths: dict[str, int | None]) -> None:
-    """Every token length ({"--seqlen": 2048, ...}; None: not used) fits the model's positions."""
+def length_problems(model: str | os.PathLike, config: dict, lengths: dict[str, int | None]) -> list[str]:
+    """What is wrong with each token length ({"--seqlen": 2048, ...}; None: not used): fewer than MIN_SEQLEN
+    tokens, or more than the positions `config` declares for `model` (a path, or the name the message gives)."""
     positions = model_positions(config)
-    if positions is None:
-        return
-    key, limit = positions
+    problems = []
     for label, value in lengths.items():
-        if value is not None and value > limit:
-            raise ValueError(f"{label} {value} exceeds the {limit} positions of the model {path} "
-                             f"({key} in config.json)")
+        if value is None:
+            continue
+        problem = count_problem(label, value, MIN_SEQLEN)
+        if problem is None and positions is not None and value > positions[1]:
+            problem = (f"{label} {value} exceeds the {positions[1]} positions of the model {model} "
+                       f"({positions[0]} in config.json)")
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def check_lengths(path: str | os.PathLike, config: dict, lengths: dict[str, int | None]) -> None:
+    """Refuse the first of `length_problems`, before any model is loaded."""
+    problems = length_problems(path, config, lengths)
+    if problems:
+        raise ValueError(problems[0])
 
 
 def safetensors_header(path: Path) -> dict:
@@ -165,18 +180,18 @@ def safetensors_header(path: Path) -> dict:
     with open(path, "rb") as handle:
         prefix = handle.read(8)
         if len(prefix) < 8:
-            raise _model_error(f"{path}: {size} bytes, too short for a safetensors header (truncated?)")
+            raise ModelLoadError(f"{path}: {size} bytes, too short for a safetensors header (truncated?)")
         length = int.from_bytes(prefix, "little")
         if length > min(size - 8, _MAX_SAFETENSORS_HEADER):
-            raise _model_error(f"{path}: not a valid safetensors file (header length {length} does not fit "
-                               f"its {size} bytes; truncated or another format)")
+            raise ModelLoadError(f"{path}: not a valid safetensors file (header length {length} does not fit "
+                                 f"its {size} bytes; truncated or another format)")
         raw = handle.read(length)
     try:
         header = json.loads(raw)
         if not isinstance(header, dict):
             raise ValueError("not an object")
     except (ValueError, UnicodeDecodeError):
-        raise _model_error(f"{path}: not a valid safetensors file (its header is not JSON)") from None
+        raise ModelLoadError(f"{path}: not a valid safetensors file (its header is not JSON)") from None
     data = size - 8 - length
     for name, info in header.items():
         if name == "__metadata__":
@@ -188,12 +203,19 @@ def safetensors_header(path: Path) -> dict:
                 count *= dim
             expected = count * _DTYPE_BYTES.get(info["dtype"], 0)
         except (KeyError, TypeError, ValueError):
-            raise _model_error(f"{path}: not a valid safetensors file (bad entry for {name})") from None
+            raise ModelLoadError(f"{path}: not a valid safetensors file (bad entry for {name})") from None
         if end > data:
-            raise _model_error(f"{path}: truncated: tensor {name} ends at byte {end} of {data} data bytes")
+            raise ModelLoadError(f"{path}: truncated: tensor {name} ends at byte {end} of {data} data bytes")
         if info["dtype"] in _DTYPE_BYTES and end - begin != expected:
-            raise _model_error(f"{path}: corrupt: tensor {name} has {end - begin} bytes for shape {info['shape']}")
+            raise ModelLoadError(f"{path}: corrupt: tensor {name} has {end - begin} bytes for shape {info['shape']}")
     return header
+
+
+def _unpickle_refused(files: str, exc: pickle.UnpicklingError) -> ModelLoadError:
+    """torch.load(weights_only=True) refused a pickle: the global it would have had to import, in one line."""
+    reason = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), "not plain tensors")
+    return ModelLoadError(f"{files}: refused to unpickle ({reason}); only safetensors or plain-tensor checkpoints "
+                          "are loaded")
 
 
 def pickled_tensors(path: Path) -> None:
@@ -204,11 +226,9 @@ def pickled_tensors(path: Path) -> None:
     try:
         torch.load(path, weights_only=True, mmap=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
-        reason = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), "not plain tensors")
-        raise _model_error(f"{path}: refused to unpickle ({reason}); only safetensors or plain-tensor "
-                           "checkpoints are loaded") from None
+        raise _unpickle_refused(str(path), exc) from None
     except (RuntimeError, OSError, EOFError) as exc:
-        raise _model_error(f"{path}: not a readable PyTorch checkpoint ({' '.join(str(exc).split())})") from None
+        raise ModelLoadError(f"{path}: not a readable PyTorch checkpoint ({' '.join(str(exc).split())})") from None
 
 
 def _expected_shapes(path: Path, config: dict) -> dict[str, list[int]] | None:
@@ -246,8 +266,8 @@ def model_files(path: str | os.PathLike) -> dict:
             if wrong:
                 name, found, wanted = wrong[0]
                 more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
-                raise _model_error(f"{file}: tensor {name} has shape {found} but {path / 'config.json'} implies "
-                                   f"{wanted}{more}: the config and the weights disagree")
+                raise ModelLoadError(f"{file}: tensor {name} has shape {found} but {path / 'config.json'} implies "
+                                     f"{wanted}{more}: the config and the weights disagree")
     return config
 
 
@@ -261,29 +281,32 @@ def model_read_errors(path: str | os.PathLike):
     try:
         yield
     except pickle.UnpicklingError as exc:
-        files = ", ".join(str(f) for f in sorted(path.glob("*.bin"))) or str(path)
-        reason = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), "not plain tensors")
-        raise _model_error(f"{files}: refused to unpickle ({reason}); only safetensors or plain-tensor "
-                           "checkpoints are loaded") from None
+        raise _unpickle_refused(", ".join(str(f) for f in sorted(path.glob("*.bin"))) or str(path), exc) from None
     except SafetensorError as exc:
-        raise _model_error(f"{path}: unreadable safetensors weights ({exc})") from None
+        raise ModelLoadError(f"{path}: unreadable safetensors weights ({exc})") from None
     except RuntimeError as exc:
         if "mismatch" not in str(exc):
             raise
-        raise _model_error(f"{path}: the weights do not fit config.json (shape mismatch)") from None
+        raise ModelLoadError(f"{path}: the weights do not fit config.json (shape mismatch)") from None
     except OSError as exc:
-        raise _model_error(f"{path}: cannot read the model ({exc})") from None
+        raise ModelLoadError(f"{path}: cannot read the model ({exc})") from None
 
 
 # ------------------------------------------------------------------------------------------------ runs
 
-def positive(**values) -> None:
-    """Every given count is a whole number >= 1 (None means 'not given')."""
-    for name, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
+def count_problem(name: str, value, minimum: int = 1) -> str | None:
+    """Why `value` is not a whole number >= `minimum` (named `name` as the caller spells it), or None."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        return f"{name} must be a whole number >= {minimum}, got {value!r}"
+    return None
+
+
+def positive(counts: dict[str, int | None], minimum: int = 1, error: type[Exception] = ValueError) -> None:
+    """Every given count ({"--batch-size": 8} or {"repeats": 5}; None: not given) is a whole number >= `minimum`;
+    else `error` with the name as given (a CLI flag or a keyword argument)."""
+    for name, value in counts.items():
+        if value is not None and (problem := count_problem(name, value, minimum)):
+            raise error(problem)
 
 
 def local_model(spec: str) -> Path:
@@ -314,7 +337,7 @@ def before_prune(model: str, output_dir, *, overwrite: bool = False, seqlen: int
     """Everything api.prune can check before loading weights: output path and ownership, model files,
     sequence lengths against the model's positions. Pass `seqlen` only when the method calibrates and
     `eval_seqlen` only when it evaluates. Returns the model directory."""
-    positive(max_windows=eval_max_windows)
+    positive({"--max-windows": eval_max_windows})
     output_directory(output_dir, overwrite=overwrite, inputs=[model, *inputs])
     path = local_model(model)
     output_directory(output_dir, overwrite=overwrite, inputs=[path])
@@ -326,7 +349,7 @@ def before_prune(model: str, output_dir, *, overwrite: bool = False, seqlen: int
 def before_evaluate(model: str, output=None, *, overwrite: bool = False, seqlen: int | None = None,
                     batch_size: int | None = None, max_windows: int | None = None, inputs=()) -> Path:
     """Everything a perplexity run can check before loading weights. Returns the model directory."""
-    positive(batch_size=batch_size, max_windows=max_windows)
+    positive({"--batch-size": batch_size, "--max-windows": max_windows})
     path, config = model_and_outputs(model, [(output, "output")], overwrite=overwrite, inputs=inputs)
     check_lengths(path, config, {"--seqlen": seqlen})
     return path

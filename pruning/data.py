@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .checks import MIN_SEQLEN, positive
+
 if TYPE_CHECKING:
     import torch
 
@@ -162,8 +164,8 @@ def calibration_windows(tokenizer, source: str, nsamples: int, seqlen: int, seed
     """
     import torch  # here, not at the top: the workflow's config check imports this module
 
-    if nsamples < 1 or seqlen < 2:
-        raise DataError(f"calibration needs nsamples >= 1 and seqlen >= 2, got {nsamples} x {seqlen}")
+    positive({"nsamples": nsamples}, error=DataError)
+    positive({"seqlen": seqlen}, MIN_SEQLEN, DataError)
     docs = calibration_documents(source, data_root)
     rng = random.Random(seed)
     order = list(range(len(docs)))

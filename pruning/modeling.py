@@ -32,10 +32,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def read_config(path: str | os.PathLike) -> dict:
-    return checks.model_config(path)
-
-
 def load_model(path: str | os.PathLike, dtype: str = "float32", device: str = "cpu"):
     """(model, tokenizer) from a local directory, homogeneous or heterogeneous (pruning/heterogeneous.py),
     in eval mode. Files are checked first (config, safetensors headers, shapes), and what the loaders still

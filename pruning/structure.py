@@ -22,9 +22,8 @@ import torch
 from torch import nn
 
 from .adapters import ADAPTERS, ArchitectureAdapter
-# Reading a layer's shape belongs to the format; callers of the surgery API find it here too.
-from .heterogeneous import (attention_removed, base_model_type, feed_forward_removed, ffn_width, head_counts,  # noqa: F401
-                            install_removed_attention, install_removed_feed_forward, layer_structure, set_module)
+from .heterogeneous import (attention_removed, base_model_type, feed_forward_removed, ffn_width, head_counts,
+                            install_removed_attention, install_removed_feed_forward, set_module)
 
 
 class StructureError(ValueError):

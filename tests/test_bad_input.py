@@ -62,8 +62,9 @@ def world(stories_dir, tmp_path_factory):
     model = copy_model(stories_dir, root / "model")
     (root / "parent").mkdir()
     copy_model(stories_dir, root / "parent" / "model")
-    for name in ("truncated", "random", "shape", "pickle", "config"):
+    for name in ("truncated", "random", "shape", "pickle", "config", "report"):
         copy_model(stories_dir, root / name)
+    (root / "report" / "prune.json").write_text('{"method": "magnitude",\n')  # cut off mid-write
     weights = (stories_dir / "model.safetensors").read_bytes()
     (root / "truncated" / "model.safetensors").write_bytes(weights[:1000])
     (root / "random" / "model.safetensors").write_bytes(os.urandom(100_000))
@@ -158,6 +159,12 @@ CASES = {
                                               "--seqlen 2048 exceeds the 512 positions"),
     "prune-eval-seqlen-beyond-positions": (PRUNE + ["--evaluate", "--dataset", "{root}/text.txt", "--eval-seqlen",
                                                     "513", "--output-dir", "{root}/out"], "--eval-seqlen 513 exceeds"),
+    "prune-eval-seqlen-0": (PRUNE + ["--evaluate", "--dataset", "{root}/text.txt", "--eval-seqlen", "0",
+                                     "--output-dir", "{root}/out"], "--eval-seqlen must be a whole number >= 2, got 0"),
+    "prune-seqlen-1": (WANDA + ["--seqlen", "1", "--output-dir", "{root}/out"],
+                       "--seqlen must be a whole number >= 2, got 1"),
+    "prune-option-bad-yaml": (PRUNE + ["--option", "per=[row", "--output-dir", "{root}/out"],
+                              "--option 'per=[row': the value is not valid YAML (expected ',' or ']'"),
     "prune-eval-max-windows-0": (PRUNE + ["--evaluate", "--dataset", "{root}/text.txt", "--eval-seqlen", "64",
                                           "--max-windows", "0", "--output-dir", "{root}/out"], "--max-windows must be"),
     # prune: unreadable models and data (finding 5)
@@ -185,6 +192,9 @@ CASES = {
     # eval
     "eval-seqlen-beyond-positions": (EVAL + ["--seqlen", "100000", "--max-windows", "1"],
                                      "--seqlen 100000 exceeds the 512 positions"),
+    "eval-seqlen-1": (EVAL + ["--seqlen", "1"], "--seqlen must be a whole number >= 2, got 1"),
+    "eval-corrupt-prune-report": (EVAL[:2] + ["{root}/report"] + EVAL[3:] + ["--seqlen", "64", "--max-windows", "1"],
+                                  "report/prune.json: not valid JSON"),
     "eval-max-windows-0": (EVAL + ["--seqlen", "64", "--max-windows", "0"], "--max-windows must be a whole number >= 1"),
     "eval-batch-size-0": (EVAL + ["--seqlen", "64", "--batch-size", "0"], "--batch-size: must be a whole number >= 1"),
     "eval-output-is-a-directory": (EVAL + ["--seqlen", "64", "--output", "{root}/userdir"], "is a directory"),
@@ -221,7 +231,7 @@ CASES = {
     # speed
     "speed-prompt-beyond-positions": (SPEED + ["--output", "{root}/s.json", "--prompt-tokens", "500"],
                                       "--prompt-tokens 500 + --new-tokens 32 = 532 exceeds the 512 positions"),
-    "speed-repeats-0": (SPEED[:-3] + ["0", "--warmup", "0", "--output", "{root}/s.json"], "repeats must be an integer >= 1"),
+    "speed-repeats-0": (SPEED[:-3] + ["0", "--warmup", "0", "--output", "{root}/s.json"], "repeats must be a whole number >= 1"),
     "speed-output-foreign-file": (SPEED + ["--output", "{root}/foreign.json"], "was not written by this tool"),
     "speed-output-under-a-file": (SPEED + ["--output", "{root}/afile/s.json"], "which is a file"),
     "speed-random-safetensors": (SPEED[:2] + ["{root}/random"] + SPEED[3:] + ["--output", "{root}/s.json"],

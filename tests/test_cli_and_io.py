@@ -187,3 +187,33 @@ def test_atomic_writes_honour_the_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o640
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o750
     assert stat.S_IMODE((tmp_path / "d" / "weights").stat().st_mode) == 0o640
+
+
+def test_a_gguf_file_we_wrote_is_ours_and_replaced_without_overwrite(stories_dir, tmp_path):
+    """The owner key the export writes is the one the output check reads (one constant, in the GGUF format module)."""
+    from pruning.checks import is_our_file
+
+    out = tmp_path / "m.gguf"
+    for _ in range(2):  # the second convert replaces the first one's file: it is ours
+        result = run_cli("convert", "--model", stories_dir, "--outtype", "f32", "--output", out)
+        assert result.returncode == 0, result.stderr
+        assert is_our_file(out)
+    (tmp_path / "other.gguf").write_bytes(out.read_bytes().replace(b"pruning.version", b"someone.elses"))
+    assert not is_our_file(tmp_path / "other.gguf")
+
+
+def test_token_lengths_and_counts_are_checked_by_one_rule():
+    """The CLI, the library and the workflow's config check share checks.length_problems and checks.positive."""
+    from pruning.checks import MIN_SEQLEN, length_problems, positive
+
+    assert MIN_SEQLEN == 2
+    config = {"max_position_embeddings": 512}
+    assert length_problems("m", config, {"--seqlen": 512, "--eval-seqlen": None}) == []
+    assert length_problems("m", config, {"--seqlen": 1, "--eval-seqlen": 513, "x": 2.5}) == [
+        "--seqlen must be a whole number >= 2, got 1",
+        "--eval-seqlen 513 exceeds the 512 positions of the model m (max_position_embeddings in config.json)",
+        "x must be a whole number >= 2, got 2.5"]
+    assert length_problems("m", {}, {"--seqlen": 0}) == ["--seqlen must be a whole number >= 2, got 0"]  # no positions
+    positive({"warmup": 0}, minimum=0)
+    with pytest.raises(pruning.methods.MethodError, match="^batch_size must be a whole number >= 1, got True$"):
+        positive({"batch_size": True}, error=pruning.methods.MethodError)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pruning
-from pruning import structure
+from pruning import heterogeneous, structure
 from pruning.evaluation.perplexity import windows_nll
 from pruning.methods import MethodError, PruneContext
 from pruning.methods.distill import DistillSettings, distill_model, training_windows, zero_masks
@@ -27,7 +27,7 @@ def test_distillation_lowers_loss_and_keeps_structure_and_masks(stories_dir, sto
     ctx = PruneContext(model=student, tokenizer=tokenizer, adapter=adapter, device=torch.device("cpu"), progress=False)
     pruning.build_method("all", head_fraction=0.25, layer_fraction=0.2, sparsity=0.5,
                          sparsity_method="magnitude").prune(ctx)
-    shape = structure.layer_structure(student, adapter)
+    shape = heterogeneous.layer_structure(student, adapter)
     masks = {name: (p == 0).clone() for name, p in student.named_parameters() if (p == 0).any()}
     parameters = structure.numel(student)
     windows = training_windows(tokenizer, str(stories_text["calibration"]), 64)
@@ -41,7 +41,7 @@ def test_distillation_lowers_loss_and_keeps_structure_and_masks(stories_dir, sto
     assert result["ce_after"] < result["ce_before"]
     after = text_loss(student, windows)  # independent measure on the whole training text
     assert after < before - 0.05, (before, after)
-    assert structure.layer_structure(student, adapter) == shape
+    assert heterogeneous.layer_structure(student, adapter) == shape
     assert structure.numel(student) == parameters
     assert result["masked_modules"] > 0
     for name, mask in masks.items():

@@ -14,7 +14,7 @@ import pruning
 import pruning.api
 from pruning import grid
 from pruning.cli import main as cli_main
-from pruning.methods import MethodError, available_methods, check_arguments, method_class
+from pruning.methods import MethodError, available_methods, build_method, method_class
 from pruning.methods.catalog import is_composite, ratio_kinds, schema_rules
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,7 +58,7 @@ def test_schema_method_rules_are_the_registry_s():
 
 @pytest.mark.parametrize("name", sorted(MINIMAL))
 def test_minimal_arguments_pass_and_record_every_option(name):
-    record = check_arguments(name, **MINIMAL[name])
+    record = build_method(name, **MINIMAL[name]).options()
     json.dumps(record)  # what prune.json stores
     if not is_composite(name):
         declared = {o.name for o in method_class(name).OPTIONS}
@@ -69,7 +69,7 @@ def test_minimal_arguments_pass_and_record_every_option(name):
 @pytest.mark.parametrize("name", sorted(MINIMAL))
 def test_unknown_option_is_refused_naming_it_and_the_valid_ones(name):
     with pytest.raises(MethodError) as error:
-        check_arguments(name, **MINIMAL[name], bogus=1)
+        build_method(name, **MINIMAL[name], bogus=1)
     message = str(error.value)
     assert "\n" not in message and message.startswith(name) and "bogus" in message
     for option in method_class(name).OPTIONS:
@@ -81,7 +81,7 @@ def test_unknown_option_is_refused_naming_it_and_the_valid_ones(name):
 def test_every_declared_option_refuses_a_bad_value_naming_what_is_allowed(name, option):
     arguments = {**MINIMAL[name], option.name: bad_value(option)}
     with pytest.raises(MethodError) as error:
-        check_arguments(name, **arguments)
+        build_method(name, **arguments)
     message = str(error.value)
     assert "\n" not in message and option.name in message
     if option.check is None:
@@ -90,38 +90,38 @@ def test_every_declared_option_refuses_a_bad_value_naming_what_is_allowed(name, 
 
 def test_per_banana_and_other_known_bad_options():
     with pytest.raises(MethodError, match=r"^magnitude: per must be one of matrix, row, got 'banana'$"):
-        check_arguments("magnitude", sparsity=0.5, per="banana")
+        build_method("magnitude", sparsity=0.5, per="banana")
     with pytest.raises(MethodError, match=r"^sparsegpt: block_size must be an integer >= 1, got 0$"):
-        check_arguments("sparsegpt", sparsity=0.5, block_size=0)
+        build_method("sparsegpt", sparsity=0.5, block_size=0)
     with pytest.raises(MethodError, match=r"^distill: unknown option per; valid options: base_method, .*fraction$"):
-        check_arguments("distill", base_method="layers", fraction=0.2, training_data="c4", per="row")
+        build_method("distill", base_method="layers", fraction=0.2, training_data="c4", per="row")
 
 
 def test_records_keep_their_published_layout():
-    assert check_arguments("sparsegpt", nm="2:4") == {
+    assert build_method("sparsegpt", nm="2:4").options() == {
         "target": {"kind": "nm", "n": 2, "m": 4, "convention": "N kept out of every M"},
         "one_pass": False, "block_size": 128, "damp_fraction": 0.01}
-    assert check_arguments("depth", num_blocks=2, criterion="perplexity") == {
+    assert build_method("depth", num_blocks=2, criterion="perplexity").options() == {
         "num_blocks": 2, "criterion": "perplexity", "skip_blocks": []}
-    assert list(check_arguments("depth", num_blocks=2)) == ["num_blocks", "criterion", "skip_blocks", "tokens",
+    assert list(build_method("depth", num_blocks=2).options()) == ["num_blocks", "criterion", "skip_blocks", "tokens",
                                                             "block_size"]
-    assert check_arguments("magnitude", sparsity=0.5, per=None)["per"] == "matrix"  # YAML null: the default
-    assert check_arguments("distill", **MINIMAL["distill"], max_steps=None)["max_steps"] is None  # nullable: no cap
-    assert check_arguments("two_stage", ffn_layers=2) == {"ffn_layers": 2, "attention_layers": 0}
-    assert check_arguments("all", layer_fraction=0.2, nm="2:4", sparsity_method="magnitude") == {"stages": [
+    assert build_method("magnitude", sparsity=0.5, per=None).options()["per"] == "matrix"  # YAML null: the default
+    assert build_method("distill", **MINIMAL["distill"], max_steps=None).options()["max_steps"] is None  # nullable: no cap
+    assert build_method("two_stage", ffn_layers=2).options() == {"ffn_layers": 2, "attention_layers": 0}
+    assert build_method("all", layer_fraction=0.2, nm="2:4", sparsity_method="magnitude").options() == {"stages": [
         {"method": "layers", "fraction": 0.2},
         {"method": "magnitude", "target": {"kind": "nm", "n": 2, "m": 4, "convention": "N kept out of every M"},
          "per": "matrix"}]}
 
 
-def test_checking_arguments_imports_no_torch():
-    """The workflow checks every grid entry with check_arguments; that must not cost a torch import."""
+def test_building_methods_imports_no_torch():
+    """The workflow checks every grid entry with build_method; that must not cost a torch import."""
     code = (
         "import sys\n"
-        "from pruning.methods import check_arguments\n"
+        "from pruning.methods import build_method\n"
         "for name in ('magnitude', 'wanda', 'sparsegpt', 'heads', 'layers', 'depth', 'two_stage', 'all'):\n"
-        "    check_arguments(name, **{'heads': {'fraction': 0.2}, 'layers': {'fraction': 0.2}, "
-        "'depth': {'num_blocks': 1}, 'two_stage': {'prune_rate': 0.2}}.get(name, {'sparsity': 0.5}))\n"
+        "    build_method(name, **{'heads': {'fraction': 0.2}, 'layers': {'fraction': 0.2}, "
+        "'depth': {'num_blocks': 1}, 'two_stage': {'prune_rate': 0.2}}.get(name, {'sparsity': 0.5})).options()\n"
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('pruning'))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
@@ -174,7 +174,7 @@ def test_nm_that_fits_every_targeted_width_is_accepted(stories_dir, tmp_path, ca
     assert cli_main(["prune", "--model", str(stories_dir), "--method", "magnitude", "--nm", "2:64",
                      "--output-dir", str(out), "--quiet", "--device", "cpu"]) == 0
     report = json.loads((out / "prune.json").read_text())
-    assert report["options"] == check_arguments("magnitude", nm="2:64")
+    assert report["options"] == build_method("magnitude", nm="2:64").options()
 
 
 @pytest.mark.parametrize("command", [
@@ -192,7 +192,7 @@ def test_batch_size_zero_is_refused_before_loading(stories_dir, tmp_path, capsys
 
 
 def test_library_refuses_batch_size_zero_before_work(stories_dir, tmp_path, no_work):
-    with pytest.raises(ValueError, match="batch-size must be a whole number >= 1, got 0"):
+    with pytest.raises(ValueError, match="^batch_size must be a whole number >= 1, got 0$"):
         pruning.prune(str(stories_dir), "wanda", tmp_path / "out", sparsity=0.5, batch_size=0, device="cpu",
                       progress=False, evaluate=True)
     assert not (tmp_path / "out").exists()

@@ -99,8 +99,8 @@ def test_speed_detects_a_2_4_model(stories_dir, tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--repeats", "0"], "repeats must be an integer >= 1"),
-    (["--new-tokens", "0"], "new_tokens must be an integer >= 1"),
+    (["--repeats", "0"], "repeats must be a whole number >= 1"),
+    (["--new-tokens", "0"], "new_tokens must be a whole number >= 1"),
     (["--gguf", "/nonexistent/model.gguf"], "does not exist"),
     (["--device", "tpu"], "device must be"),
 ])

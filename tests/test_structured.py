@@ -9,7 +9,7 @@ import torch
 from conftest import TINY_FAMILIES, build_tiny_model
 
 import pruning
-from pruning import structure
+from pruning import heterogeneous, structure
 from pruning.cli import main as cli_main
 from pruning.data import calibration_windows
 from pruning.evaluation.perplexity import windows_nll
@@ -113,8 +113,8 @@ def test_head_slices_remove_exactly_their_rows_and_columns(stories):
     assert structure.slice_heads(model, adapter, 0, [0, 3, 4, 7]) == 4 * per_query_head
     # keep two whole groups -> 4 query heads and 2 kv heads gone
     assert structure.slice_heads(model, adapter, 1, [2, 3, 6, 7]) == 4 * per_query_head + 2 * per_kv_head
-    assert structure.head_counts(model.model.layers[0], adapter) == (4, 4)
-    assert structure.head_counts(model.model.layers[1], adapter) == (4, 2)
+    assert heterogeneous.head_counts(model.model.layers[0], adapter) == (4, 4)
+    assert heterogeneous.head_counts(model.model.layers[1], adapter) == (4, 2)
     original = stories[0].model.layers[1].self_attn
     sliced = model.model.layers[1].self_attn
     assert torch.equal(sliced.q_proj.weight, torch.cat([original.q_proj.weight[16:32], original.q_proj.weight[48:64]]))

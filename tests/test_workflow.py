@@ -284,10 +284,10 @@ BAD_CONFIGS = {
                          "config.models.qwen: model 'Qwen/Qwen2.5 0.5B' not found"),
     "evaluation windows longer than the model": (
         lambda c: c["protocols"]["tiny"]["evaluation"].update(seqlen=1024),
-        "config.protocols.tiny.evaluation.seqlen: 1024 tokens exceed the 512 positions of model stories260K"),
+        "config.protocols.tiny.evaluation.seqlen 1024 exceeds the 512 positions of the model stories260K"),
     "calibration windows longer than the model": (
         lambda c: c["protocols"]["tiny"]["calibration"].update(seqlen=600),
-        "config.protocols.tiny.calibration.seqlen: 600 tokens exceed the 512 positions of model stories260K"),
+        "config.protocols.tiny.calibration.seqlen 600 exceeds the 512 positions of the model stories260K"),
     "shots for a task not run": (lambda c: c.update(zeroshot={"tasks": ["winogrande"], "num_fewshot": {"winogrand": 5}}),
                                  "config.zeroshot.num_fewshot: 'winogrand' not in zeroshot.tasks (winogrande)"),
     "GGUF speed type without a gguf section": (lambda c: c.update(speed={"enabled": True, "gguf_outtype": "q4_0"}),

@@ -104,7 +104,7 @@ def test_an_unreachable_hub_is_reported_before_the_model_loads(stories_dir, tmp_
     (["--task", "mmlu_local"], "unknown local task 'mmlu_local'"),
     (["--task", "mmlu", "--source", "local"], "no local copy of 'mmlu'"),
     (["--task", "piqa", "--limit", "0"], "limit must be a whole number"),
-    (["--task", "piqa", "--num-fewshot", "-1"], "num_fewshot must be an integer >= 0"),
+    (["--task", "piqa", "--num-fewshot", "-1"], "num_fewshot must be a whole number >= 0"),
     (["--task", "piqa", "--data-dir", "/nonexistent/data"], "does not exist"),
 ])
 def test_bad_zeroshot_arguments_fail_without_output(stories_dir, tmp_path, capsys, extra, message):

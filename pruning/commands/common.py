@@ -36,14 +36,19 @@ def add_eval_arguments(parser: argparse.ArgumentParser, seqlen_default: int | No
                         help="score at most this many windows (default: the whole split)")
 
 
-def parse_options(pairs: list[str] | None) -> dict:
-    """KEY=VALUE pairs, values read as YAML scalars/lists (0.5, true, [0, -1], name)."""
+def parse_option_pairs(pairs: list[str] | None) -> dict:
+    """The `--option KEY=VALUE` pairs as keyword arguments, values read as YAML scalars/lists (0.5, true, [0, -1],
+    name); a value YAML cannot read is refused in one line naming the option."""
     options = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"--option takes KEY=VALUE, got {pair!r}")
-        options[key.replace("-", "_")] = yaml.safe_load(value)
+        try:
+            options[key.replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            reason = " ".join(str(getattr(exc, "problem", None) or exc).split())
+            raise ValueError(f"--option {pair!r}: the value is not valid YAML ({reason})") from None
     return options
 
 

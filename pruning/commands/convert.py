@@ -33,7 +33,7 @@ def run(args) -> int:
 
     if args.outtype not in OUTTYPES:
         raise ExportError(f"unknown outtype {args.outtype!r}; use one of {', '.join(OUTTYPES)}")
-    checks.positive(threads=args.threads)
+    checks.positive({"--threads": args.threads})
     path, _ = checks.model_and_outputs(args.model, [(args.output, "output"), (args.report, "report")],
                                        overwrite=args.overwrite)
     remove_stale_scratch(args.output)

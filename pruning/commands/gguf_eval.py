@@ -35,7 +35,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from ..export.verify import evaluate_gguf
 
-    checks.positive(max_windows=args.max_windows, threads=args.threads)
+    checks.positive({"--max-windows": args.max_windows, "--threads": args.threads})
     path, config = checks.model_and_outputs(args.model, [(args.output, "output")], overwrite=args.overwrite,
                                             inputs=[args.gguf, args.dataset])
     checks.check_lengths(path, config, {"--seqlen": args.seqlen})

@@ -7,8 +7,8 @@ from ..api import prune
 from ..data import CALIBRATION_SOURCES
 from ..methods import available_methods
 from ..methods.catalog import summary
-from .common import (add_eval_arguments, add_overwrite_argument, add_runtime_arguments, parse_options, positive_int,
-                     quiet_progress)
+from .common import (add_eval_arguments, add_overwrite_argument, add_runtime_arguments, parse_option_pairs,
+                     positive_int, quiet_progress)
 
 
 def add_parser(subparsers) -> None:
@@ -63,7 +63,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     if args.quiet:
         quiet_progress()
-    arguments = parse_options(args.option)
+    arguments = parse_option_pairs(args.option)
     if args.sparsity is not None:
         arguments["sparsity"] = args.sparsity
     if args.nm is not None:

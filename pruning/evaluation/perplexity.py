@@ -9,6 +9,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ..checks import MIN_SEQLEN, positive
 from ..data import evaluation_text
 
 
@@ -39,8 +40,8 @@ def windows_nll(model, windows: torch.Tensor, batch_size: int = 4, device=None) 
 def perplexity(model, tokenizer, dataset: str = "wikitext2", split: str = "test", seqlen: int = 512,
                max_windows: int | None = None, batch_size: int = 4, data_dir=None) -> dict:
     """Perplexity with the protocol that produced it."""
-    if seqlen < 2:
-        raise ValueError(f"seqlen must be >= 2, got {seqlen}")
+    positive({"seqlen": seqlen}, MIN_SEQLEN)
+    positive({"max_windows": max_windows, "batch_size": batch_size})
     started = time.perf_counter()
     windows = token_windows(tokenizer, evaluation_text(dataset, split, data_dir), seqlen, max_windows)
     device = next(model.parameters()).device

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checks import positive
 from ..masks import is_valid_nm
 from ..ratios import NMPattern
 
@@ -75,10 +76,8 @@ def _throughput(run, prompt_tokens: int, new_tokens: int, repeats: int, warmup: 
 
 
 def _check_settings(prompt_tokens: int, new_tokens: int, repeats: int, warmup: int) -> None:
-    for name, value, least in (("prompt_tokens", prompt_tokens, 1), ("new_tokens", new_tokens, 1),
-                               ("repeats", repeats, 1), ("warmup", warmup, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    positive({"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "repeats": repeats})
+    positive({"warmup": warmup}, minimum=0)
 
 
 def _sync(device: torch.device) -> None:
@@ -253,8 +252,7 @@ def speed(model: str, *, gguf: str | None = None, prompt_tokens: int = 128, new_
 
     measurement = Measurement(model)
     _check_settings(prompt_tokens, new_tokens, repeats, warmup)
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+    positive({"threads": threads})
     compute = resolve_device(device)
     torch_dtype(dtype)
     zoo.check_spec(model)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import zoo
+from ..checks import count_problem, positive
 from ..data import DataError, data_dir
 from ..modeling import load_model, parameter_counts, resolve_device, torch_dtype
 from ..record import Measurement
@@ -186,12 +187,10 @@ def _request_bars_silenced():
 
 
 def _check_settings(limit, num_fewshot, batch_size) -> None:
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a whole number of documents >= 1, got {limit!r}")
-    if isinstance(num_fewshot, bool) or not isinstance(num_fewshot, int) or num_fewshot < 0:
-        raise ValueError(f"num_fewshot must be an integer >= 0, got {num_fewshot!r}")
-    if not (batch_size == "auto" or (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1)):
-        raise ValueError(f"batch_size must be an integer >= 1 or 'auto', got {batch_size!r}")
+    positive({"limit": limit})
+    positive({"num_fewshot": num_fewshot}, minimum=0)
+    if batch_size != "auto" and (problem := count_problem("batch_size", batch_size)):
+        raise ValueError(f"{problem}; or 'auto'")
 
 
 def zeroshot(model: str, task: str, *, limit: int | None = None, num_fewshot: int = 0, batch_size: int | str = 8,

@@ -24,9 +24,8 @@ from gguf import LlamaFileType
 from gguf.lazy import LazyNumpyTensor
 
 from .. import __version__
-from ..checks import GGUF_OWNER_KEY
-from ..io import file_mode, scratch_prefix, versions
-from .gguf_families import supported_model_types
+from ..io import PRUNE_REPORT, file_mode, scratch_prefix, versions
+from .gguf_families import GGUF_OWNER_KEY, supported_model_types
 from .gguf_hparams import ExportError, add_hyperparameters
 from .gguf_tensors import DIRECT_OUTTYPES, LLAMACPP_OUTTYPES, OUTTYPES, ExportPlan, PlannedTensor, plan_export
 from .gguf_vocab import add_vocabulary, read_json
@@ -52,7 +51,7 @@ def _write_plan(plan: ExportPlan, path: Path, file_type: LlamaFileType) -> None:
     try:
         writer.add_name(plan.model_dir.name)
         writer.add_string(GGUF_OWNER_KEY, __version__)  # marks the file as ours: a later convert may replace it
-        prune_report = plan.model_dir / "prune.json"
+        prune_report = plan.model_dir / PRUNE_REPORT
         if prune_report.is_file():
             report = read_json(prune_report)
             writer.add_description(f"pruned with {report.get('method')} {json.dumps(report.get('options'))}")

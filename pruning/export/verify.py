@@ -140,6 +140,7 @@ def evaluate_gguf(gguf_path: str | os.PathLike, model_dir: str | os.PathLike, *,
     """llama.cpp perplexity of `gguf_path` on the HF evaluator's windows, plus file size and load time;
     with `compare_hf`, the HF model's perplexity on the same windows and greedy-generation agreement."""
     from .. import zoo
+    from ..checks import MIN_SEQLEN, positive
     from ..data import check_evaluation_dataset, data_dir as resolve_data_dir, evaluation_text
     from ..evaluation.perplexity import token_windows, windows_nll
     from ..modeling import load_model, parameter_counts, torch_dtype
@@ -148,12 +149,9 @@ def evaluate_gguf(gguf_path: str | os.PathLike, model_dir: str | os.PathLike, *,
 
     measurement = Measurement(model_dir)
     gguf_path = check_gguf_file(gguf_path)
-    if seqlen < 2:
-        raise ExportError(f"seqlen must be >= 2, got {seqlen}")
-    if max_windows is not None and max_windows < 1:
-        raise ExportError(f"max_windows must be >= 1, got {max_windows}")
-    if generate_tokens < 0 or prompt_tokens < 1:
-        raise ExportError("generate_tokens must be >= 0 and prompt_tokens >= 1")
+    positive({"seqlen": seqlen}, MIN_SEQLEN, ExportError)
+    positive({"max_windows": max_windows, "prompt_tokens": prompt_tokens}, error=ExportError)
+    positive({"generate_tokens": generate_tokens}, minimum=0, error=ExportError)
     check_evaluation_dataset(dataset)
     resolve_data_dir(data_dir)
     torch_dtype(hf_dtype)

@@ -9,6 +9,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..checks import positive
 from .options import MethodError, Option, parse_options
 
 if TYPE_CHECKING:
@@ -51,8 +52,7 @@ class PruneContext:
     extras: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise MethodError(f"batch size must be an integer >= 1, got {self.batch_size!r}")
+        positive({"batch_size": self.batch_size}, error=MethodError)
 
 
 class PruningMethod:
@@ -66,6 +66,7 @@ class PruningMethod:
     description: ClassVar[str] = ""
     OPTIONS: ClassVar[tuple[Option, ...]] = ()
     COMPOSITE: ClassVar[bool] = False  # runs other methods, whose ratios and options it passes on
+    WRAPS_BASE_METHOD: ClassVar[bool] = False  # takes any non-composite base_method's ratio and options beside its own
 
     def __init__(self, **values):
         vars(self).update(values)

@@ -12,19 +12,23 @@ def is_composite(name: str) -> bool:
     return bool(method_class(name).COMPOSITE)
 
 
+def _base_methods() -> list[str]:
+    """The methods a WRAPS_BASE_METHOD method may run as its base_method."""
+    return [base for base in available_methods() if not is_composite(base)]
+
+
 def ratio_kinds(name: str) -> list[str]:
     """The grid ratio kinds a workflow entry of this method may list under `ratios`."""
-    if name == "distill":
-        return sorted({k for base in available_methods() if not is_composite(base) for k in ratio_kinds(base)})
+    if method_class(name).WRAPS_BASE_METHOD:
+        return sorted({kind for base in _base_methods() for kind in ratio_kinds(base)})
     return [o.name for o in method_class(name).OPTIONS if o.ratio]
 
 
 def option_names(name: str) -> list[str]:
     """The keys a workflow entry of this method may give under `options`."""
     declared = [o.name for o in method_class(name).OPTIONS if is_composite(name) or not o.ratio]
-    if name == "distill":
-        declared += sorted({o.name for base in available_methods() if not is_composite(base)
-                            for o in method_class(base).OPTIONS} - set(declared))
+    if method_class(name).WRAPS_BASE_METHOD:
+        declared += sorted({o.name for base in _base_methods() for o in method_class(base).OPTIONS} - set(declared))
     return declared
 
 
@@ -50,7 +54,7 @@ def listing() -> str:
         cls = method_class(name)
         lines.append(f"{name}: {cls.description}")
         lines += [f"  {describe(o)}" for o in cls.OPTIONS]
-        if name == "distill":
+        if cls.WRAPS_BASE_METHOD:
             lines.append("  ... and the ratio and options of base_method")
     return "\n".join(lines)
 

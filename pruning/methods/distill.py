@@ -182,6 +182,7 @@ class Distill(PruningMethod):
     description = "prune with base_method, then recover by knowledge distillation from the unpruned teacher"
 
     COMPOSITE = True
+    WRAPS_BASE_METHOD = True
     OPTIONS = (Option("base_method", str, "the pruning method run before distillation; its ratio and options "
                                           "are given alongside", required=True, check=_base_method),) + DISTILL_OPTIONS
 

@@ -97,7 +97,8 @@ class Heads(PruningMethod):
         """(query and key-value heads per layer, heads to remove), or a clear error before any change."""
         import torch
 
-        from ..structure import StructureError, head_counts, require_sliceable, rounded_count
+        from ..heterogeneous import head_counts
+        from ..structure import StructureError, require_sliceable, rounded_count
 
         try:
             require_sliceable(ctx.model, ctx.adapter, "head pruning")

@@ -78,7 +78,8 @@ class TwoStage(PruningMethod):
 
     def plan(self, ctx: PruneContext) -> tuple[int, int, dict]:
         """(FFN count, attention count, sizing facts), checked against the model before any change."""
-        from ..structure import StructureError, attention_removed, feed_forward_removed, numel, require_sliceable
+        from ..heterogeneous import attention_removed, feed_forward_removed
+        from ..structure import StructureError, numel, require_sliceable
 
         try:
             require_sliceable(ctx.model, ctx.adapter, "two_stage")

@@ -239,28 +239,26 @@ def _method_errors(methods: dict, specs: dict, configs: dict) -> list[str]:
 
 
 def _length_errors(cfg: dict, configs: dict) -> list[str]:
-    """Token lengths a job would refuse, against each model's positions (its config.json, where readable):
-    the calibration seqlen where a calibrating method prunes the model, the evaluation seqlen on every
-    model, and prompt + new tokens when speed is measured."""
-    from pruning.checks import model_positions
+    """Token lengths a job would refuse, by the check the library runs (checks.length_problems), against each
+    model's positions (its config.json, where readable): the calibration seqlen where a calibrating method
+    prunes the model, the evaluation seqlen on every model, and prompt + new tokens when speed is measured."""
+    from pruning.checks import length_problems
     from pruning.methods import method_class
 
     name = cfg["protocol"]
     protocol, speed = cfg["protocols"][name], cfg["speed"]
     errors = []
     for model, config in configs.items():
-        positions = model_positions(config) if config else None
-        if positions is None:
+        if not config:
             continue
-        field, limit = positions
         lengths = {f"config.protocols.{name}.evaluation.seqlen": protocol["evaluation"]["seqlen"]}
         if any(method_class(entry["method"]).needs_calibration and model in entry.get("models", configs)
                for entry in cfg["methods"].values()):
             lengths[f"config.protocols.{name}.calibration.seqlen"] = protocol["calibration"]["seqlen"]
         if speed["enabled"]:
-            lengths["config.speed.prompt_tokens"] = speed["prompt_tokens"] + speed["new_tokens"]
-        errors += [f"{key}: {value} tokens exceed the {limit} positions of model {model} ({field} in its config.json)"
-                   for key, value in lengths.items() if value > limit]
+            prompt, new = speed["prompt_tokens"], speed["new_tokens"]
+            lengths[f"config.speed.prompt_tokens {prompt} + new_tokens {new} ="] = prompt + new
+        errors += length_problems(model, config, lengths)
     return errors
 
 
