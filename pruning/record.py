@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 from . import zoo
-from .io import atomic_write_json, git_commit, peak_rss_mb, versions
+from .io import RUN_ID, atomic_write_json, git_commit, peak_rss_mb, versions
 from .modeling import read_config
 
-PRUNING_KEYS = ("method", "options", "calibration", "seed")  # what a measured model's prune.json contributes
+PRUNING_KEYS = ("method", "options", "calibration", "seed", RUN_ID)  # what a measured model's prune.json contributes
 
 
 def model_record(path: Path, spec: str) -> dict:

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -311,15 +312,31 @@ def test_unknown_metric_file_and_empty_results_are_errors(results, tmp_path):
 
 def test_run_mixing_two_prunes_is_refused(results, tmp_path):
     """A failed workflow job must not leave a row that mixes an old measurement with a new model: a ppl.json
-    older than its prune.json, one that measured other options, or a prune.json gone (its prune job failed)
-    are refused in one line naming the file, exit code 2, nothing written."""
+    that measured an earlier prune with the same options (another run id, however new the file), one that
+    measured other options, one from before run ids that is older than its prune.json, or a prune.json gone
+    (its prune job failed) are refused in one line naming the file, exit code 2, nothing written. File times
+    decide only for files without run ids: a copy that does not keep them is accepted."""
     def case(name, change) -> tuple[Path, str]:
         copy = tmp_path / name / "results"
         shutil.copytree(results / "results" / "metrics", copy / "metrics")  # keeps the times
         folder = copy / "metrics" / MODEL / "wanda" / "s0.50"
         return copy, change(folder)
 
-    def pruned_again(folder):  # the prune re-ran after the evaluation, whose new run then failed
+    def rewrite(path, change):
+        data = read(path)
+        change(data)
+        path.write_text(json.dumps(data))
+
+    def pruned_again(folder):  # the prune re-ran with the same options after the evaluation, whose new run failed
+        recorded = read(folder / "ppl.json")["model"]["pruning"]["run_id"]
+        assert read(folder / "prune.json")["run_id"] == recorded and len(recorded) == 32
+        rewrite(folder / "prune.json", lambda report: report.update(run_id=uuid.uuid4().hex))
+        (folder / "ppl.json").touch()  # a newer file time does not hide it
+        return f"{folder / 'ppl.json'} measured an earlier prune of this run (run_id {recorded}, not "
+
+    def pruned_again_before_run_ids(folder):  # the same, with files written before run ids: their times decide
+        rewrite(folder / "prune.json", lambda report: report.pop("run_id"))
+        rewrite(folder / "ppl.json", lambda record: record["model"]["pruning"].pop("run_id"))
         later = (folder / "ppl.json").stat().st_mtime_ns + 10**9
         os.utime(folder / "prune.json", ns=(later, later))
         return f"{folder / 'ppl.json'} is older than {folder / 'prune.json'}"
@@ -335,7 +352,7 @@ def test_run_mixing_two_prunes_is_refused(results, tmp_path):
         (folder / "prune.json").unlink()
         return f"{folder}: ppl.json without prune.json"
 
-    for change in (pruned_again, other_options, prune_failed):
+    for change in (pruned_again, pruned_again_before_run_ids, other_options, prune_failed):
         copy, message = case(change.__name__, change)
         with pytest.raises(TableError, match="re-run"):
             collect(copy)
@@ -345,6 +362,12 @@ def test_run_mixing_two_prunes_is_refused(results, tmp_path):
         assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
         assert not (copy / "tables").exists() and not (copy / "plots").exists()
     copy, _ = case("untouched", lambda folder: "")
+    assert collect(copy).run.nunique() == 1 + len(PRUNED)
+
+    def copied_without_times(folder):  # cp -r: every file gets the time of its copy, in any order
+        later = (folder / "ppl.json").stat().st_mtime_ns + 10**9
+        os.utime(folder / "prune.json", ns=(later, later))
+    copy, _ = case("copied", copied_without_times)
     assert collect(copy).run.nunique() == 1 + len(PRUNED)
 
 
