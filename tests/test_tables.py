@@ -17,8 +17,8 @@ import pytest
 
 import pruning
 from conftest import DATA_DIR, REPO
-from pruning.grid import (GridError, compared_rows, grid_rows, parse_ratio, plot_specs, ratio_token, table_specs,
-                          task_fewshot)
+from pruning.grid import (GridError, compared_rows, grid_rows, parse_ratio, plot_specs, ratio_token,
+                          ratio_token_problem, table_specs, task_fewshot)
 from pruning.plots import write_plots
 from pruning.results import TableError, collect, read_metrics
 from pruning.tables import build_tables, layer_ranges, write_tables
@@ -97,8 +97,17 @@ def test_ratio_tokens_read_back():
     ("nm", "16:32", "nm16-32", (16, 32)), ("num_blocks", 8, "L8", 8), ("fraction", 0.25, "f0.25", 0.25),
     ("prune_rate", 0.3, "r0.30", 0.3)])
 def test_ratio_tokens_round_trip(kind, value, token, parsed):
+    assert ratio_token_problem(kind, value) is None
     assert ratio_token(kind, value) == token
     assert (parse_ratio(token).kind, parse_ratio(token).value) == (kind, parsed)
+
+
+def test_ratio_with_more_decimals_than_its_token_is_named():
+    """0.525 would be filed as s0.52 (the run of another ratio): the config check refuses it with this text."""
+    assert ratio_token_problem("sparsity", 0.525) == "0.525 has more than two decimals (its file token s0.52 would " \
+                                                     "not name it)"
+    assert ratio_token_problem("fraction", 0.1 + 0.2) is None  # float noise is not a third decimal
+    assert ratio_token_problem("prune_rate", 0.301).startswith("0.301 has more than two decimals")
 
 
 def test_grid_contract_names_the_tables_of_the_library(results, tmp_path):

@@ -242,7 +242,8 @@ BAD_CONFIGS = {
     "malformed N:M": (lambda c: c["methods"]["wanda"]["ratios"].update(nm=["2-4"]),
                       "config.methods.wanda.ratios.nm[0]: '2-4' does not match"),
     "N not below M": (lambda c: c["methods"]["wanda"]["ratios"].update(nm=["4:2"]),
-                      "config.methods.wanda.ratios.nm[0]: '4:2' must keep fewer than M"),
+                      "config.methods.wanda.ratios.nm[0]: wanda: nm: N:M pattern needs integers 1 <= N < M "
+                      "(N kept out of every M), got 4:2"),
     "unknown method": (lambda c: c["methods"]["wanda"].update(method="wandb"),
                        "config.methods.wanda.method: 'wandb' is not one of"),
     "unknown model in subset": (lambda c: c["methods"]["wanda"].update(models=["gpt-5"]),
