@@ -52,7 +52,8 @@ def ratio_token(kind: str, value) -> str:
 
 def ratio_token_problem(kind: str, value) -> str | None:
     """Why a config ratio would not get a token of its own, or None: sparsity, fraction and prune rate are
-    named with two decimals, so 0.525 would be filed as s0.52 (N:M patterns and block counts are named exactly)."""
+    named with two decimals, so 0.525 would be filed as s0.53, the run of 0.53 (N:M patterns and block counts
+    are named exactly)."""
     if kind in DECIMAL_KINDS and not math.isclose(round(value, 2), value, rel_tol=0, abs_tol=1e-12):
         return f"{value} has more than two decimals (its file token {ratio_token(kind, value)} would not name it)"
     return None
