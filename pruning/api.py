@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from .adapters import get_adapter
 from .data import calibration_windows, check_calibration_source, check_evaluation_dataset, data_dir
 from .evaluation.perplexity import perplexity
 from .methods import PruneContext, PruningMethod, build_method
+from .io import RUN_ID
 from .modeling import load_model, parameter_counts, resolve_device, save_model, torch_dtype
 from .record import Measurement
 
@@ -87,6 +89,7 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
         "options": instance.options(),
         "calibration": calibration_cache.get("protocol"),
         "seed": seed,
+        RUN_ID: uuid.uuid4().hex,  # tells two prunes with identical settings apart
         "device": str(compute),
         "dtype": dtype,
         "ignore": list(ignore),

@@ -8,6 +8,7 @@ a token: `s0.50` (sparsity), `nm2-4` (N:M), `L4` (blocks), `f0.25` (fraction of 
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping, NamedTuple
@@ -34,6 +35,7 @@ RATIO_TOKENS = {
     "fraction": lambda v: f"f{v:.2f}",
     "prune_rate": lambda v: f"r{v:.2f}",
 }
+DECIMAL_KINDS = ("sparsity", "fraction", "prune_rate")  # named with two decimals
 _KIND_ORDER = ("dense", "sparsity", "nm", "fraction", "prune_rate", "num_blocks", "custom")  # table columns
 _TOKEN_RE = re.compile(r"^(?:s(?P<sparsity>\d\.\d\d)|nm(?P<n>\d+)-(?P<m>\d+)|L(?P<num_blocks>\d+)|"
                        r"f(?P<fraction>\d\.\d\d)|r(?P<prune_rate>\d\.\d\d)|(?P<base>base)|(?P<custom>custom))$")
@@ -46,6 +48,15 @@ class GridError(ValueError):
 def ratio_token(kind: str, value) -> str:
     """The token of one ratio of a config entry: ratio_token("sparsity", 0.5) == "s0.50"."""
     return RATIO_TOKENS[kind](value)
+
+
+def ratio_token_problem(kind: str, value) -> str | None:
+    """Why a config ratio would not get a token of its own, or None: sparsity, fraction and prune rate are
+    named with two decimals, so 0.525 would be filed as s0.53, the run of 0.53 (N:M patterns and block counts
+    are named exactly)."""
+    if kind in DECIMAL_KINDS and not math.isclose(round(value, 2), value, rel_tol=0, abs_tol=1e-12):
+        return f"{value} has more than two decimals (its file token {ratio_token(kind, value)} would not name it)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -76,7 +87,7 @@ def parse_ratio(token: str) -> Ratio:
     if match["num_blocks"]:
         blocks = int(match["num_blocks"])
         return Ratio(token, "num_blocks", blocks, f"{blocks} block{'s' if blocks != 1 else ''}")
-    for kind in ("sparsity", "fraction", "prune_rate"):
+    for kind in DECIMAL_KINDS:
         if match[kind]:
             value = float(match[kind])
             return Ratio(token, kind, value, f"{value:.0%}")

@@ -62,14 +62,24 @@ def base_model_type(config) -> str | None:
     return _get(config, BASE_TYPE_KEY) if is_heterogeneous(config) else _get(config, "model_type")
 
 
+def base_shape(config) -> LayerShape:
+    """The shape every layer has in the base config (dict or transformers config): key-value heads default to
+    the query heads, as in transformers' configs without grouped-query attention."""
+    heads, kv_heads, ffn = (_get(config, key) for key in LAYER_FIELDS)
+    kv_heads = heads if kv_heads is None else kv_heads
+    if not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in (heads, kv_heads, ffn)):
+        raise FormatError(f"the base config needs positive integers num_attention_heads, intermediate_size (and "
+                          f"num_key_value_heads, else the query heads): got {heads!r}, {ffn!r} ({kv_heads!r})")
+    return LayerShape(heads, kv_heads, ffn)
+
+
 def layer_shapes(config) -> list[LayerShape]:
     """The validated per-layer record of a heterogeneous config (dict or transformers config)."""
     layers, records = _get(config, "num_hidden_layers"), _get(config, STRUCTURE_KEY)
-    heads = _get(config, "num_attention_heads")
-    base = LayerShape(heads, _get(config, "num_key_value_heads") or heads, _get(config, "intermediate_size"))
     if not is_heterogeneous(config) or not _get(config, BASE_TYPE_KEY):
         raise FormatError(f"not a heterogeneous pruned model (needs model_type {HETEROGENEOUS_MODEL_TYPE!r} "
                           f"and {BASE_TYPE_KEY})")
+    base = base_shape(config)
     if not isinstance(records, list) or len(records) != layers:
         raise FormatError(f"{STRUCTURE_KEY} must list one entry per layer ({layers}), got {records!r:.200}")
     shapes = []
@@ -166,11 +176,11 @@ def _resized(linear: nn.Linear, rows: int, columns: int) -> nn.Linear:
 
 def shape_layers(model: nn.Module, adapter: ArchitectureAdapter, shapes: list[LayerShape]) -> None:
     """Give a freshly built model the recorded layer shapes (new, unloaded projections of the right sizes)."""
-    config = model.config
+    base = base_shape(model.config)
     for index, (layer, shape) in enumerate(zip(adapter.decoder_layers(model), shapes)):
         if shape.heads == 0:
             install_removed_attention(layer, adapter, index)
-        elif (shape.heads, shape.kv_heads) != (config.num_attention_heads, config.num_key_value_heads):
+        elif (shape.heads, shape.kv_heads) != (base.heads, base.kv_heads):
             attention = adapter.layer_part(layer, adapter.attention)
             head_dim = getattr(attention, adapter.head_dim_attribute)
             q, k, v, o = (adapter.layer_part(layer, path) for path in adapter.attention_projections)
@@ -181,7 +191,7 @@ def shape_layers(model: nn.Module, adapter: ArchitectureAdapter, shapes: list[La
             setattr(attention, adapter.kv_groups_attribute, shape.heads // shape.kv_heads)
         if shape.ffn == 0:
             install_removed_feed_forward(layer, adapter)
-        elif shape.ffn != config.intermediate_size:
+        elif shape.ffn != base.ffn:
             *inputs, down = adapter.mlp_projections
             for path in inputs:
                 linear = adapter.layer_part(layer, path)
@@ -251,7 +261,7 @@ def record_layer_shapes(model: nn.Module) -> bool:
     if base_type not in adapter.sliceable_model_types:
         return False
     shapes = layer_structure(model, adapter)
-    uniform = LayerShape(*(getattr(config, key) for key in LAYER_FIELDS))
+    uniform = base_shape(config)
     base_class = getattr(type(config), "base_config_class", type(config))
     if all(shape == uniform for shape in shapes):
         if base_class is not type(config):

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 PRUNE_REPORT = "prune.json"  # the report a pruned model directory holds; its presence marks our own output
+RUN_ID = "run_id"  # prune.json's id of that one prune, copied into every metric file measured on its model
 STALE_SECONDS = 3600  # a scratch entry untouched this long, from another host or an older version, is dead
 _HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "localhost"
 

@@ -19,6 +19,7 @@ from typing import Iterable, Iterator
 import pandas as pd
 
 from .grid import DENSE_METHOD, DENSE_TOKEN, GridError, parse_ratio
+from .io import PRUNE_REPORT, RUN_ID
 
 COLUMNS = ["run", "model", "method", "ratio", "source", "key", "metric", "value", "file"]
 _FILE_PATTERNS = {
@@ -74,27 +75,32 @@ def _recorded_pruning(record: dict) -> dict | None:
 
 def check_same_run(folder: Path, records: dict[Path, dict]) -> None:
     """Refuse a run whose metric files come from another prune than its prune.json: a pruned run without
-    prune.json (a failed or removed prune job), a metric file written before prune.json, or one whose
-    recorded pruning differs. A table row would otherwise mix an old measurement with a new model."""
+    prune.json (a failed or removed prune job), a metric file whose recorded pruning differs, or one that
+    measured an earlier prune of this run. A table row would otherwise mix an old measurement with a new model.
+    Each prune has its own run id, which every metric file measured on its model records; only files from
+    before run ids (either side without one) fall back to the file times (written before prune.json)."""
     if folder.name == DENSE_TOKEN:
         return
-    report = folder / "prune.json"
-    measured = sorted(path.name for path in records if path.name != "prune.json")
+    report = folder / PRUNE_REPORT
+    measured = sorted(path.name for path in records if path.name != PRUNE_REPORT)
     if not measured:
         return
     if report not in records and not report.is_file():
         raise TableError(f"{folder}: {', '.join(measured)} without prune.json (its prune job failed or was removed): "
                          "re-run the prune and its evaluations, or remove the folder")
     pruned = records.get(report) or _read_json(report)
-    written = report.stat().st_mtime_ns
     for path, record in records.items():
         if path == report:
             continue
-        recorded = _recorded_pruning(record)
-        if recorded is not None and any(pruned.get(key) != value for key, value in recorded.items()):
+        recorded = _recorded_pruning(record) or {}
+        if any(pruned.get(key) != value for key, value in recorded.items() if key != RUN_ID):
             raise TableError(f"{path} measured another prune than {report} (method/options/calibration/seed "
                              "differ): re-run its evaluation")
-        if path.stat().st_mtime_ns < written:
+        if RUN_ID in recorded and (recorded[RUN_ID] or pruned.get(RUN_ID)):
+            if recorded[RUN_ID] != pruned.get(RUN_ID):
+                raise TableError(f"{path} measured an earlier prune of this run ({RUN_ID} {recorded[RUN_ID]}, "
+                                 f"not {pruned.get(RUN_ID)}): re-run its evaluation (Snakemake does), or remove it")
+        elif path.stat().st_mtime_ns < report.stat().st_mtime_ns:
             raise TableError(f"{path} is older than {report}, so it measured an earlier prune of this run: "
                              "re-run its evaluation (Snakemake does), or remove it")
 

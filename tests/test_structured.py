@@ -189,6 +189,26 @@ def test_heterogeneous_record_is_validated_on_load(stories, tmp_path):
         load_model(tmp_path / "h")
 
 
+def test_heterogeneous_base_shape_is_one_rule():
+    """Key-value heads default to the query heads everywhere (recording, validating, shaping); a base config
+    without heads or FFN width is a FormatError, not a TypeError."""
+    from pruning.heterogeneous import FormatError, base_shape, layer_shapes, record_layer_shapes
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    heads, ffn = 4, 32
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=ffn, num_hidden_layers=2,
+                                         num_attention_heads=heads, num_key_value_heads=heads))
+    del model.config.num_key_value_heads  # a config from before grouped-query attention
+    assert base_shape(model.config) == (base := base_shape({"num_attention_heads": heads, "intermediate_size": ffn}))
+    assert base.kv_heads == heads and not record_layer_shapes(model)  # uniform: saved as a plain config
+    record = {"model_type": "pruning_heterogeneous", "pruning_base_model_type": "llama", "num_hidden_layers": 1,
+              "intermediate_size": ffn, "pruning_layer_structure": [base.to_record()]}
+    with pytest.raises(FormatError, match="num_attention_heads"):
+        layer_shapes(record)
+    assert layer_shapes({**record, "num_attention_heads": heads}) == [base]
+
+
 def test_heterogeneous_weights_must_fit_the_record(stories, tmp_path):
     from safetensors.torch import load_file, save_file
 

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -16,8 +17,8 @@ import pytest
 
 import pruning
 from conftest import DATA_DIR, REPO
-from pruning.grid import (GridError, compared_rows, grid_rows, parse_ratio, plot_specs, ratio_token, table_specs,
-                          task_fewshot)
+from pruning.grid import (GridError, compared_rows, grid_rows, parse_ratio, plot_specs, ratio_token,
+                          ratio_token_problem, table_specs, task_fewshot)
 from pruning.plots import write_plots
 from pruning.results import TableError, collect, read_metrics
 from pruning.tables import build_tables, layer_ranges, write_tables
@@ -96,8 +97,17 @@ def test_ratio_tokens_read_back():
     ("nm", "16:32", "nm16-32", (16, 32)), ("num_blocks", 8, "L8", 8), ("fraction", 0.25, "f0.25", 0.25),
     ("prune_rate", 0.3, "r0.30", 0.3)])
 def test_ratio_tokens_round_trip(kind, value, token, parsed):
+    assert ratio_token_problem(kind, value) is None
     assert ratio_token(kind, value) == token
     assert (parse_ratio(token).kind, parse_ratio(token).value) == (kind, parsed)
+
+
+def test_ratio_with_more_decimals_than_its_token_is_named():
+    """0.525 would be filed as s0.53 (the run of another ratio): the config check refuses it with this text."""
+    assert ratio_token_problem("sparsity", 0.525) == "0.525 has more than two decimals (its file token s0.53 would " \
+                                                     "not name it)"
+    assert ratio_token_problem("fraction", 0.1 + 0.2) is None  # float noise is not a third decimal
+    assert ratio_token_problem("prune_rate", 0.301).startswith("0.301 has more than two decimals")
 
 
 def test_grid_contract_names_the_tables_of_the_library(results, tmp_path):
@@ -154,15 +164,15 @@ def test_layer_removal_table_quark_layout(results):
         assert row[3] == f"{dense_ppl:.2f}"
         assert row[4] == f"{read(metrics / entry / token / 'ppl.json')['ppl']:.2f}"
         assert row[5] == f"{report['prune_ratio_percent']:.2f}%"
-        # Quark's "delete 3 layer [11-13] total 32": the number after "total" is the model's layer count
+        # Quark's "delete 3 layer [11-13] total 32": the number after "total" is the model's layer count, which
+        # every layer-removal method records in its prune.json
+        assert report["layers_before"] == 5
         if entry == "two_stage":
             mha, ffn = report["mha_removed_layers"], report["ffn_removed_layers"]
-            assert len(report["scores"]) == 5  # block influence of every layer of stories260K
             assert row[6] == f"delete {len(mha)} attention, {len(ffn)} FFN"
             assert row[7] == f"attention {layer_ranges(mha)}; FFN {layer_ranges(ffn)} total 5"
         else:
             removed = report["removed_layers"]
-            assert report["layers_before"] == 5
             assert row[6] == f"delete {len(removed)} layer"
             assert row[7] == f"{layer_ranges(removed)} total 5"
     data = table.data
@@ -311,15 +321,31 @@ def test_unknown_metric_file_and_empty_results_are_errors(results, tmp_path):
 
 def test_run_mixing_two_prunes_is_refused(results, tmp_path):
     """A failed workflow job must not leave a row that mixes an old measurement with a new model: a ppl.json
-    older than its prune.json, one that measured other options, or a prune.json gone (its prune job failed)
-    are refused in one line naming the file, exit code 2, nothing written."""
+    that measured an earlier prune with the same options (another run id, however new the file), one that
+    measured other options, one from before run ids that is older than its prune.json, or a prune.json gone
+    (its prune job failed) are refused in one line naming the file, exit code 2, nothing written. File times
+    decide only for files without run ids: a copy that does not keep them is accepted."""
     def case(name, change) -> tuple[Path, str]:
         copy = tmp_path / name / "results"
         shutil.copytree(results / "results" / "metrics", copy / "metrics")  # keeps the times
         folder = copy / "metrics" / MODEL / "wanda" / "s0.50"
         return copy, change(folder)
 
-    def pruned_again(folder):  # the prune re-ran after the evaluation, whose new run then failed
+    def rewrite(path, change):
+        data = read(path)
+        change(data)
+        path.write_text(json.dumps(data))
+
+    def pruned_again(folder):  # the prune re-ran with the same options after the evaluation, whose new run failed
+        recorded = read(folder / "ppl.json")["model"]["pruning"]["run_id"]
+        assert read(folder / "prune.json")["run_id"] == recorded and len(recorded) == 32
+        rewrite(folder / "prune.json", lambda report: report.update(run_id=uuid.uuid4().hex))
+        (folder / "ppl.json").touch()  # a newer file time does not hide it
+        return f"{folder / 'ppl.json'} measured an earlier prune of this run (run_id {recorded}, not "
+
+    def pruned_again_before_run_ids(folder):  # the same, with files written before run ids: their times decide
+        rewrite(folder / "prune.json", lambda report: report.pop("run_id"))
+        rewrite(folder / "ppl.json", lambda record: record["model"]["pruning"].pop("run_id"))
         later = (folder / "ppl.json").stat().st_mtime_ns + 10**9
         os.utime(folder / "prune.json", ns=(later, later))
         return f"{folder / 'ppl.json'} is older than {folder / 'prune.json'}"
@@ -335,7 +361,7 @@ def test_run_mixing_two_prunes_is_refused(results, tmp_path):
         (folder / "prune.json").unlink()
         return f"{folder}: ppl.json without prune.json"
 
-    for change in (pruned_again, other_options, prune_failed):
+    for change in (pruned_again, pruned_again_before_run_ids, other_options, prune_failed):
         copy, message = case(change.__name__, change)
         with pytest.raises(TableError, match="re-run"):
             collect(copy)
@@ -345,6 +371,12 @@ def test_run_mixing_two_prunes_is_refused(results, tmp_path):
         assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
         assert not (copy / "tables").exists() and not (copy / "plots").exists()
     copy, _ = case("untouched", lambda folder: "")
+    assert collect(copy).run.nunique() == 1 + len(PRUNED)
+
+    def copied_without_times(folder):  # cp -r: every file gets the time of its copy, in any order
+        later = (folder / "ppl.json").stat().st_mtime_ns + 10**9
+        os.utime(folder / "prune.json", ns=(later, later))
+    copy, _ = case("copied", copied_without_times)
     assert collect(copy).run.nunique() == 1 + len(PRUNED)
 
 

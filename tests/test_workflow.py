@@ -242,7 +242,8 @@ BAD_CONFIGS = {
     "malformed N:M": (lambda c: c["methods"]["wanda"]["ratios"].update(nm=["2-4"]),
                       "config.methods.wanda.ratios.nm[0]: '2-4' does not match"),
     "N not below M": (lambda c: c["methods"]["wanda"]["ratios"].update(nm=["4:2"]),
-                      "config.methods.wanda.ratios.nm[0]: '4:2' must keep fewer than M"),
+                      "config.methods.wanda.ratios.nm[0]: wanda: nm: N:M pattern needs integers 1 <= N < M "
+                      "(N kept out of every M), got 4:2"),
     "unknown method": (lambda c: c["methods"]["wanda"].update(method="wandb"),
                        "config.methods.wanda.method: 'wandb' is not one of"),
     "unknown model in subset": (lambda c: c["methods"]["wanda"].update(models=["gpt-5"]),
@@ -549,6 +550,43 @@ def test_publish_copies_the_checked_tables(tiny_run):
     assert "publish: refused, nothing replaced" in log
     assert f"results/published/plots/notes.txt: not a table or plot, would be deleted; move it away first" in log
     assert {p: p.read_bytes() for p in published.rglob("*") if p.is_file()} == before
+
+
+def test_publish_replaces_tables_and_plots_together(tmp_path, monkeypatch):
+    """The published tables and plots never come from two runs: when the second folder cannot be swapped in,
+    the first one gets its old files back (workflow/scripts/publish.py's `replace_folders`, imported)."""
+    import importlib.util
+    from contextlib import contextmanager
+
+    spec = importlib.util.spec_from_file_location("publish_script", REPO / "workflow" / "scripts" / "publish.py")
+    publish = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(publish)
+    new, published = tmp_path / "new", tmp_path / "published"
+    for folder, names in ((new, ("sparsity.md", "curve.png")), (published / "tables", ("old.md",)),
+                          (published / "plots", ("old.png",))):
+        folder.mkdir(parents=True)
+        for name in names:
+            (folder / name).write_text(f"{folder.name}/{name}")
+    contents = {published / "tables": [new / "sparsity.md"], published / "plots": [new / "curve.png"]}
+    old = {p.relative_to(published): p.read_bytes() for p in published.rglob("*") if p.is_file()}
+    real = publish.atomic_directory
+
+    @contextmanager
+    def tables_swap_fails(dest, **kwargs):  # the plots (entered last) are swapped first, then this fails
+        with real(dest, **kwargs) as scratch:
+            yield scratch
+            if dest.name == "tables":
+                raise OSError("No space left on device")
+
+    monkeypatch.setattr(publish, "atomic_directory", tables_swap_fails)
+    with pytest.raises(OSError, match="No space left"):
+        publish.replace_folders(contents)
+    assert {p.relative_to(published): p.read_bytes() for p in published.rglob("*") if p.is_file()} == old
+    assert sorted(p.name for p in published.iterdir()) == ["plots", "tables"]  # no scratch left behind
+    monkeypatch.setattr(publish, "atomic_directory", real)
+    publish.replace_folders(contents)
+    assert {str(p.relative_to(published)) for p in published.rglob("*") if p.is_file()} == \
+        {"tables/sparsity.md", "plots/curve.png"}
 
 
 # ---- the same tiny run through sbatch on a real single-node Slurm -------------------------------------

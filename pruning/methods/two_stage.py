@@ -161,6 +161,7 @@ class TwoStage(PruningMethod):
                            "candidate_losses": {str(i): v for i, v in sorted(losses.items())}})
 
         return {"ffn_removed_layers": candidates, "mha_removed_layers": sorted(mha_removed),
+                "layers_before": len(layers),  # as depth and layers record it: the layer-removal table's "total"
                 "ffn_parameters_removed": ffn_removed, "attention_parameters_removed": attention_removed_params,
                 "scores": {str(i): v for i, v in block_influence.items()}, "score": "block influence 1 - cos, all tokens",
                 "calibration_loss_dense": dense["loss"], "attention_rounds": rounds,

@@ -122,8 +122,7 @@ def _removal(results: Results, methods: Iterable[str]) -> tuple[list[int], list[
     return ids, [dense[m] for m in ordered_unique(results.runs.model[ids]) if m in dense]
 
 
-LAYERS_BEFORE = "result.layers_before"
-LAYER_SCORES = "result.scores."  # two-stage's block influence per layer of the original model
+LAYERS_BEFORE = "result.layers_before"  # the original model's layer count, recorded by every layer-removal method
 
 
 def layer_removal_table(results: Results, notes=None) -> Table | None:
@@ -132,22 +131,16 @@ def layer_removal_table(results: Results, notes=None) -> Table | None:
     if not removal:
         return None
     rows, wide = results.wide(removal + dense, ppl=PPL, prune=[*PRUNED, *REMOVED, LAYERS_BEFORE])
-    scored = results.long[results.long.run.isin(removal) & (results.long.source == "prune")
-                          & results.long.metric.str.startswith(LAYER_SCORES)]
     originals = {results.runs.model[d]: wide.loc[d, ("ppl", "ppl")] for d in dense}
-    display, counted = [], []
+    display = []
     for run in removal:
         model, method, ratio = results.runs.loc[run, ["model", "method", "ratio"]]
         w, percent = wide.loc[run], _prune_ratio_percent(wide.loc[run])
-        layers = w["prune", LAYERS_BEFORE]
-        if layers is None and (scored.run == run).any():  # two-stage scores every layer of the original model
-            layers, counted = int((scored.run == run).sum()), counted + [run]
-        count, where = deleted_layers(*(w["prune", m] for m in REMOVED[1:]), layers)
+        count, where = deleted_layers(*(w["prune", m] for m in REMOVED[1:]), w["prune", LAYERS_BEFORE])
         display.append({"model": model, "method": method, "ratio": ratio.label,
                         "PPL original": fmt_ppl(originals.get(model)), "PPL after": fmt_ppl(w["ppl", "ppl"]),
                         "prune ratio": MISSING if percent is None else f"{percent:.2f}%",
                         "deleted": count, "deleted layers": where})
-    rows = pd.concat([rows, scored[scored.run.isin(counted)]])
     return _table("layer-removal", "Layer removal",
                   caption(results, removal + dense, notes, "Prune ratio: share of all parameters removed; deleted "
                           "layers are indices in the original model, in Quark's notation: [11-13] total 32 is "

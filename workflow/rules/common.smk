@@ -2,8 +2,8 @@
 DAG imports only torch-free parts of the library: the grid contract (`pruning.grid`) and the checks that ask
 it what a job would refuse; jobs call the library through `python -m pruning`."""
 import importlib.util
+import inspect
 import json
-import math
 import os
 import re
 import shlex
@@ -18,8 +18,8 @@ from snakemake.utils import validate
 
 REPO = Path(workflow.basedir).resolve()
 sys.path.insert(0, str(REPO))  # the grid contract of this checkout, whichever `pruning` is installed
-from pruning.grid import (DENSE_METHOD, DENSE_TOKEN, OPTIONS_ONLY_TOKEN, RATIO_TOKENS, GridError, grid_rows,
-                          plot_specs, table_specs, task_fewshot)
+from pruning.grid import (DENSE_METHOD, GridError, grid_rows, plot_specs, ratio_token_problem, table_specs,
+                          task_fewshot)
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -107,16 +107,18 @@ def _data_argument(source: str) -> str:
     return str(_resolve_path(source)) if Path(source).suffix in DATA_FILE_SUFFIXES else source
 
 
-def _two_decimals(value: float) -> bool:
-    return math.isclose(round(value, 2), value, rel_tol=0, abs_tol=1e-12)
+def model_specs(models: dict) -> dict[str, str]:
+    """Each config model's zoo spec: an entry is the spec itself, or a mapping with `spec` (and a `note`)."""
+    return {name: entry if isinstance(entry, str) else entry["spec"] for name, entry in models.items()}
 
 
 def _semantic_errors(cfg: dict) -> list[str]:
-    """Checks a schema cannot express: cross references, N < M, token round trips, existing paths."""
+    """Checks a schema cannot express: cross references, token round trips, existing paths, shots per task."""
+    from pruning.methods.catalog import is_composite
+
     errors = []
     models = cfg["models"]
-    for name, entry in models.items():
-        spec = entry if isinstance(entry, str) else entry["spec"]
+    for name, spec in model_specs(models).items():
         if _is_path_spec(spec) and not (_resolve_path(spec) / "config.json").is_file():
             errors.append(f"config.models.{name}: {_resolve_path(spec)} is not a Hugging Face model directory "
                           "(relative paths are taken from the repository root)")
@@ -129,19 +131,11 @@ def _semantic_errors(cfg: dict) -> list[str]:
                 errors.append(f"config.methods.{name}.models[{index}]: {model!r} is not a model in models "
                               f"({', '.join(models)})")
         ratios = entry.get("ratios", {})
-        for index, pattern in enumerate(ratios.get("nm", [])):
-            n, m = (int(x) for x in pattern.split(":"))
-            if n >= m:
-                errors.append(f"config.methods.{name}.ratios.nm[{index}]: {pattern!r} must keep fewer than M "
-                              "weights (N < M, N kept out of every M)")
-        for kind in ("sparsity", "fraction", "prune_rate"):
-            for index, value in enumerate(ratios.get(kind, [])):
-                if not _two_decimals(value):
-                    errors.append(f"config.methods.{name}.ratios.{kind}[{index}]: {value} has more than two "
-                                  f"decimals (its file token {RATIO_TOKENS[kind](value)} would not name it)")
+        errors += [f"config.methods.{name}.ratios.{kind}[{index}]: {problem}" for kind, values in ratios.items()
+                   for index, value in enumerate(values) if (problem := ratio_token_problem(kind, value))]
         for kind in sorted(set(ratios) & set(entry["options"])):
             errors.append(f"config.methods.{name}.options.{kind}: {kind} is already given in ratios")
-        if not ratios and entry["method"] in ("all", "distill") and not entry["options"]:
+        if not ratios and is_composite(entry["method"]) and not entry["options"]:
             errors.append(f"config.methods.{name}: {entry['method']} without ratios needs its ratios in options")
     data = cfg["data_dir"]
     if data and not _resolve_path(data).is_dir():
@@ -149,6 +143,10 @@ def _semantic_errors(cfg: dict) -> list[str]:
     speed = cfg["speed"]
     if speed["enabled"] and speed["gguf_outtype"] and speed["gguf_outtype"] not in cfg["gguf"]["outtypes"]:
         errors.append(f"config.speed.gguf_outtype: {speed['gguf_outtype']!r} is not listed in gguf.outtypes")
+    try:
+        task_fewshot(cfg["zeroshot"]["tasks"], cfg["zeroshot"]["num_fewshot"])
+    except GridError as exc:
+        errors.append(f"config.zeroshot.num_fewshot: {exc}")
     return errors
 
 
@@ -201,10 +199,16 @@ def _spec_errors(specs: dict) -> list[str]:
     return errors
 
 
+def _plans_from_layer_count(instance) -> bool:
+    """A method whose `plan(num_layers)` needs only a layer count (depth, layers): a config can be planned."""
+    plan = getattr(instance, "plan", None)
+    return callable(plan) and list(inspect.signature(plan).parameters) == ["num_layers"]
+
+
 def _method_errors(methods: dict, specs: dict, configs: dict) -> list[str]:
     """Each method entry built with each of its ratios by the library's option declarations, as `python -m
-    pruning prune` builds it (unknown options, bad values; no torch); depth/layers entries also planned
-    against each model's layer count."""
+    pruning prune` builds it (unknown options, bad values such as N >= M; no torch); entries whose plan needs
+    only a layer count (depth, layers) also planned against each model's layer count."""
     from pruning.methods import build_method
 
     errors = []
@@ -226,7 +230,7 @@ def _method_errors(methods: dict, specs: dict, configs: dict) -> list[str]:
                         pass
                 errors.append(f"{where}: {exc}")
                 continue
-            if method not in ("depth", "layers"):  # the methods whose plan needs only a layer count
+            if not _plans_from_layer_count(instance):
                 continue
             for model in entry.get("models", list(specs)):
                 layers = _model_layers(configs[model])
@@ -349,7 +353,7 @@ def _library_errors(cfg: dict) -> list[str]:
     needs (llama-cpp-python, CUDA, the network). Specs, method options and data need no torch; depth/layers
     plans against a known layer count, zero-shot task names and a cuda device import it (about a second),
     only when the config has them."""
-    specs = {name: entry if isinstance(entry, str) else entry["spec"] for name, entry in cfg["models"].items()}
+    specs = model_specs(cfg["models"])
     data_dir = str(_resolve_path(cfg["data_dir"])) if cfg["data_dir"] else None
     configs = {name: _model_config(name, spec) for name, spec in specs.items()}
     errors = [*_spec_errors(specs), *_method_errors(cfg["methods"], specs, configs), *_length_errors(cfg, configs),
@@ -409,7 +413,7 @@ def job_resources(rule: str) -> dict:
     if need["gpu"]:
         resources["gpu"] = GPUS
     return resources
-MODEL_SPECS = {name: entry if isinstance(entry, str) else entry["spec"] for name, entry in config["models"].items()}
+MODEL_SPECS = model_specs(config["models"])
 MODEL_NOTES = {name: entry["note"] for name, entry in config["models"].items()
                if isinstance(entry, dict) and entry.get("note")}
 
@@ -513,14 +517,7 @@ def gguf_output(path: str):
     return path if config["keep_models"] else temp(path)
 
 
-def _task_shots() -> dict:
-    try:
-        return task_fewshot(ZEROSHOT_TASKS, config["zeroshot"]["num_fewshot"])
-    except GridError as exc:
-        raise WorkflowError(f"invalid workflow config:\n  config.zeroshot.num_fewshot: {exc}") from None
-
-
-ZEROSHOT_SHOTS = _task_shots()
+ZEROSHOT_SHOTS = task_fewshot(ZEROSHOT_TASKS, config["zeroshot"]["num_fewshot"])  # checked in check_config
 
 
 def zeroshot_arguments(wildcards) -> str:
