@@ -14,10 +14,9 @@ import pickle
 from contextlib import contextmanager
 from pathlib import Path
 
-from .io import PRUNE_REPORT, OutputError, replaceable_directory
+from .io import PRUNE_REPORT, OutputError, is_our_file, replaceable_directory
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
-GGUF_OWNER_KEY = "pruning.version"  # written into every GGUF file this tool exports
 _MAX_SAFETENSORS_HEADER = 100 * 2**20
 _DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
                 "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
@@ -80,24 +79,6 @@ def output_directory(dest: str | os.PathLike, *, overwrite: bool = False, inputs
             raise OutputError(f"output directory {dest} exists and is not a previous result of this tool (no "
                               f"{PRUNE_REPORT}); refusing to replace it: remove it, choose another, or pass --overwrite")
     return dest
-
-
-def is_our_file(path: Path) -> bool:
-    """A file this tool wrote: a JSON record with our `versions`, or a GGUF file with GGUF_OWNER_KEY."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(4)
-        if head == b"GGUF":
-            from gguf import GGUFReader
-
-            try:
-                return GGUF_OWNER_KEY in GGUFReader(path).fields
-            except Exception:  # noqa: BLE001 - a GGUF file the reader cannot parse is not one we wrote
-                return False
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(data, dict) and isinstance(data.get("versions"), dict) and "pruning" in data["versions"]
 
 
 def output_file(path: str | os.PathLike, *, overwrite: bool = False, inputs=(), what: str = "output") -> Path:

@@ -136,10 +136,12 @@ def tokenizer_agreement(llm, tokenizer, text: str, chars: int = 2000) -> dict:
 def evaluate_gguf(gguf_path: str | os.PathLike, model_dir: str | os.PathLike, *, dataset: str = "wikitext2",
                   split: str = "test", seqlen: int = 512, max_windows: int | None = None, data_dir=None,
                   compare_hf: bool = True, generate_tokens: int = 16, prompt_tokens: int = 32,
-                  threads: int | None = None, hf_dtype: str = "float32", output=None) -> dict:
+                  threads: int | None = None, hf_dtype: str = "float32", output=None, overwrite: bool = False) -> dict:
     """llama.cpp perplexity of `gguf_path` on the HF evaluator's windows, plus file size and load time;
-    with `compare_hf`, the HF model's perplexity on the same windows and greedy-generation agreement."""
-    from .. import zoo
+    with `compare_hf`, the HF model's perplexity on the same windows and greedy-generation agreement.
+    Written atomically to `output` (replacing only an earlier result of ours unless `overwrite`); every
+    argument and the output are checked before anything is loaded."""
+    from .. import checks, zoo
     from ..data import check_evaluation_dataset, data_dir as resolve_data_dir, evaluation_text
     from ..evaluation.perplexity import token_windows, windows_nll
     from ..modeling import load_model, parameter_counts, torch_dtype
@@ -150,16 +152,18 @@ def evaluate_gguf(gguf_path: str | os.PathLike, model_dir: str | os.PathLike, *,
     gguf_path = check_gguf_file(gguf_path)
     if seqlen < 2:
         raise ExportError(f"seqlen must be >= 2, got {seqlen}")
-    if max_windows is not None and max_windows < 1:
-        raise ExportError(f"max_windows must be >= 1, got {max_windows}")
+    checks.positive(max_windows=max_windows, threads=threads)
     if generate_tokens < 0 or prompt_tokens < 1:
         raise ExportError("generate_tokens must be >= 0 and prompt_tokens >= 1")
     check_evaluation_dataset(dataset)
     resolve_data_dir(data_dir)
     torch_dtype(hf_dtype)
-    require_llama_cpp("gguf-eval")
     zoo.check_spec(str(model_dir))
-    model_path = measurement.resolve()
+    path, config = checks.model_and_outputs(str(model_dir), [(output, "output")], overwrite=overwrite,
+                                            inputs=[gguf_path, dataset])
+    checks.check_lengths(path, config, {"--seqlen": seqlen})
+    require_llama_cpp("gguf-eval")
+    model_path = measurement.resolve(path)
 
     from transformers import AutoTokenizer
 
