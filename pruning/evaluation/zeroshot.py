@@ -210,8 +210,8 @@ def zeroshot(model: str, task: str, *, limit: int | None = None, num_fewshot: in
     choice = resolve_task(task, source, data_dir_path)
     if quiet:
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    manager, task_object, leaf_tasks = load_task(choice)
     path, _ = checks.model_and_outputs(model, [(output, "output")], overwrite=overwrite)
+    manager, task_object, leaf_tasks = load_task(choice)
 
     import lm_eval
     from lm_eval.models.huggingface import HFLM
