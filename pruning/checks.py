@@ -14,7 +14,7 @@ import pickle
 from contextlib import contextmanager
 from pathlib import Path
 
-from .io import PRUNE_REPORT, OutputError, replaceable_directory
+from .io import PRUNE_REPORT, OutputError, is_our_file, replaceable_directory
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 MIN_SEQLEN = 2  # a window predicts each token from the ones before it, so it needs at least two
@@ -76,26 +76,6 @@ def output_directory(dest: str | os.PathLike, *, overwrite: bool = False, inputs
             raise OutputError(f"output directory {dest} exists and is not a previous result of this tool (no "
                               f"{PRUNE_REPORT}); refusing to replace it: remove it, choose another, or pass --overwrite")
     return dest
-
-
-def is_our_file(path: Path) -> bool:
-    """A file this tool wrote: a JSON record with our `versions`, or a GGUF file with GGUF_OWNER_KEY."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(4)
-        if head == b"GGUF":
-            from gguf import GGUFReader
-
-            from .export.gguf_families import GGUF_OWNER_KEY
-
-            try:
-                return GGUF_OWNER_KEY in GGUFReader(path).fields
-            except Exception:  # noqa: BLE001 - a GGUF file the reader cannot parse is not one we wrote
-                return False
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(data, dict) and isinstance(data.get("versions"), dict) and "pruning" in data["versions"]
 
 
 def output_file(path: str | os.PathLike, *, overwrite: bool = False, inputs=(), what: str = "output") -> Path:

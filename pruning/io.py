@@ -1,8 +1,13 @@
 """Atomic outputs and provenance: a result is either complete or absent, never half-written, and a good
 result is only replaced once its successor is complete.
 
-Scratch names carry the process and host that made them (`.NAME.tmp-PID@HOST-XXXXXXXX`) so that a later
-run into the same folder can tell a leftover of a killed run from the scratch of a live one and remove it.
+Scratch names carry this tool's marker and the process and host that made them
+(`.NAME.pruning-tmp-PID@HOST-XXXXXXXX`, and `.NAME.pruning-old-PID@HOST` for the result being replaced), so a
+later run into the same folder can tell a leftover of a killed run of ours from the scratch of a live one and
+from anybody else's dotfiles. A leftover `-old-` entry is a complete earlier result: it is put back when its
+destination is missing, never deleted in that case.
+
+Ownership (`is_our_file`, `is_our_directory`) is decided here, once, from a bounded prefix of the file.
 """
 from __future__ import annotations
 
@@ -23,6 +28,9 @@ from pathlib import Path
 
 PRUNE_REPORT = "prune.json"  # the report a pruned model directory holds; its presence marks our own output
 RUN_ID = "run_id"  # prune.json's id of that one prune, copied into every metric file measured on its model
+GGUF_OWNER_KEY = "pruning.version"  # written into every GGUF file this tool exports
+SCRATCH_MARK = "pruning"  # in every scratch name we make: `.NAME.pruning-tmp-...`, `.NAME.pruning-old-...`
+MAX_OWNED_JSON_BYTES = 4 * 2**20  # our JSON records and prune.json are far smaller; larger files are not ours
 STALE_SECONDS = 3600  # a scratch entry untouched this long, from another host or an older version, is dead
 _HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "localhost"
 
@@ -55,7 +63,12 @@ def _share_like_directories(root: Path) -> None:
 
 def scratch_prefix(dest: Path) -> str:
     """Prefix of a scratch entry beside `dest` (the random part follows): names our process and host."""
-    return f".{dest.name}.tmp-{os.getpid()}@{_HOST}-"
+    return f".{dest.name}.{SCRATCH_MARK}-tmp-{os.getpid()}@{_HOST}-"
+
+
+def _old_name(dest: Path) -> Path:
+    """Where `dest` waits while its successor is moved in."""
+    return dest.with_name(f".{dest.name}.{SCRATCH_MARK}-old-{os.getpid()}@{_HOST}")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -75,29 +88,43 @@ def _last_touched(path: Path) -> float:
     return max(times)
 
 
-_SCRATCH = re.compile(r"\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)@(?P<host>[A-Za-z0-9._]+?)"
+_SCRATCH = re.compile(rf"\.(?P<name>.+)\.{SCRATCH_MARK}-(?P<kind>tmp|old)-(?P<pid>\d+)@(?P<host>[A-Za-z0-9._]+?)"
                       r"(?:-[A-Za-z0-9_]{8}(?:\.[a-z0-9.]+)?)?")
+
+
+def _legacy_scratch(entry_name: str, dest_name: str) -> re.Match | None:
+    """Names of older versions (no marker), recognised only beside the same `dest_name`."""
+    name = re.escape(dest_name)
+    return re.fullmatch(rf"\.(?P<name>{name})\.(?P<kind>tmp|old)-(?:(?P<pid>\d+)@(?P<host>[A-Za-z0-9._]+?)"
+                        r"(?:-[A-Za-z0-9_]{8}(?:\.[a-z0-9.]+)?)?|[A-Za-z0-9_]{8}(?:\.[a-z0-9.]+)?|\d+)", entry_name)
+
+
+def _scratch_match(entry: Path, dest_name: str) -> re.Match | None:
+    return _SCRATCH.fullmatch(entry.name) or _legacy_scratch(entry.name, dest_name)
 
 
 def is_stale_scratch(entry: Path, dest_name: str) -> bool:
     """True for a scratch entry of ours whose writer is gone: named by this host and a dead pid, or (named by
-    another host, or an older version's `.DEST.tmp-XXXXXXXX` beside `dest_name`) untouched for STALE_SECONDS."""
-    ours = _SCRATCH.fullmatch(entry.name)
-    name = re.escape(dest_name)
-    legacy = re.fullmatch(rf"\.{name}\.tmp-[A-Za-z0-9_]{{8}}(?:\.[a-z0-9.]+)?|\.{name}\.old-\d+", entry.name)
-    if ours and ours["host"] == _HOST:
-        return not _pid_alive(int(ours["pid"]))
-    if ours or legacy:
-        try:
-            return time.time() - _last_touched(entry) > STALE_SECONDS
-        except OSError:
-            return False
-    return False
+    another host, or an older version's name beside `dest_name`) untouched for STALE_SECONDS. Entries without
+    our marker are considered only beside `dest_name`, so nobody else's dotfiles are ever judged."""
+    found = _scratch_match(entry, dest_name)
+    if not found:
+        return False
+    if found["pid"] and found["host"] == _HOST:
+        return not _pid_alive(int(found["pid"]))
+    try:
+        return time.time() - _last_touched(entry) > STALE_SECONDS
+    except OSError:
+        return False
 
 
 def remove_stale_scratch(dest: str | os.PathLike) -> list[Path]:
-    """Remove leftovers of killed runs of ours (`.NAME.tmp-PID@HOST-*`, `.NAME.old-PID@HOST`) from the folder
-    `dest` is written to; returns what went."""
+    """Clean leftovers of killed runs of ours from the folder `dest` is written to; returns what went.
+
+    Dead scratch (`-tmp-`) is removed. A dead `-old-` entry is an earlier complete result: if its destination is
+    missing (killed between the two renames of `atomic_directory`) it is renamed back; it is removed only when
+    its destination exists, i.e. its successor was already in place.
+    """
     dest = Path(dest)
     removed = []
     try:
@@ -107,7 +134,13 @@ def remove_stale_scratch(dest: str | os.PathLike) -> list[Path]:
     for entry in candidates:
         if not is_stale_scratch(entry, dest.name):
             continue
+        found = _scratch_match(entry, dest.name)
         try:
+            if found["kind"] == "old":
+                target = entry.with_name(found["name"])
+                if not os.path.lexists(target):
+                    os.replace(entry, target)
+                    continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
             else:
@@ -118,14 +151,52 @@ def remove_stale_scratch(dest: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _read_json_prefix(path: Path):
+    """The JSON object in `path` if the file is a small JSON object (read at most MAX_OWNED_JSON_BYTES), else None."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_OWNED_JSON_BYTES + 1)
+    except OSError:
+        return None
+    if len(raw) > MAX_OWNED_JSON_BYTES or not raw.lstrip().startswith(b"{"):
+        return None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def gguf_metadata_keys(path: Path) -> set[str] | None:
+    """The metadata keys of a GGUF file (gguf's reader maps the file, so tensor data is never read); None if
+    it does not parse."""
+    from gguf import GGUFReader
+
+    try:
+        return set(GGUFReader(path).fields)
+    except Exception:  # noqa: BLE001 - a file gguf's reader cannot parse is not one we wrote
+        return None
+
+
+def is_our_file(path: str | os.PathLike) -> bool:
+    """A file this tool wrote: a JSON record with our `versions` (at most MAX_OWNED_JSON_BYTES), or a GGUF file
+    whose metadata holds GGUF_OWNER_KEY. Reads only that much of any file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return False
+    if head == b"GGUF":
+        return GGUF_OWNER_KEY in (gguf_metadata_keys(path) or ())
+    data = _read_json_prefix(path)
+    return data is not None and isinstance(data.get("versions"), dict) and "pruning" in data["versions"]
+
+
 def is_our_directory(path: Path) -> bool:
     """A directory this tool wrote before: it holds our prune.json (a JSON object naming method and versions)."""
-    report = path / PRUNE_REPORT
-    try:
-        data = json.loads(report.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and "method" in data and "versions" in data
+    data = _read_json_prefix(Path(path) / PRUNE_REPORT)
+    return data is not None and "method" in data and "versions" in data
 
 
 def replaceable_directory(path: Path) -> bool:
@@ -151,17 +222,19 @@ def atomic_directory(dest: str | os.PathLike, *, overwrite: bool = False):
                           f"(no {PRUNE_REPORT}): refusing to replace it; remove it or choose another path")
     tmp = Path(tempfile.mkdtemp(prefix=scratch_prefix(dest), dir=dest.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would make shared results unreadable to others
+    old = _old_name(dest)
     try:
         yield tmp
         _share_like_directories(tmp)
         if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}@{_HOST}")
             os.replace(dest, old)
             os.replace(tmp, dest)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, dest)
     except BaseException:
+        if os.path.lexists(old) and not os.path.lexists(dest):  # failed between the renames: put it back
+            os.replace(old, dest)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 

@@ -411,8 +411,9 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_finding6_leftovers_of_killed_runs_are_removed(stories_dir, tmp_path):
-    """A real kill -9 inside the save leaves `.out.tmp-*`; the next run into the same folder removes it and
-    nothing else."""
+    """A real kill -9 inside the save leaves `.out.pruning-tmp-*`; the next run into the same folder removes it and
+    nothing else: no live or recent scratch, and no dotfile without our marker unless an older version's name
+    beside the same output."""
     killed = subprocess.run([sys.executable, "-c", (
         "import os, signal\n"
         "from pruning.io import atomic_directory\n"
@@ -420,27 +421,35 @@ def test_finding6_leftovers_of_killed_runs_are_removed(stories_dir, tmp_path):
         "    (tmp / 'model.safetensors').write_bytes(b'x' * 4096)\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n")], capture_output=True)
     assert killed.returncode == -signal.SIGKILL
-    leftover = [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp-")]
+    leftover = [p for p in tmp_path.iterdir() if p.name.startswith(".out.pruning-tmp-")]
     assert len(leftover) == 1 and (leftover[0] / "model.safetensors").is_file()
     host = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())
     finished = subprocess.Popen(["true"])
     finished.wait()
     dead = finished.pid
-    live = tmp_path / f".out.tmp-{os.getpid()}@{host}-abcdefgh"  # this test process: alive
-    elsewhere = tmp_path / f".out.tmp-{dead}@another.host-abcdefgh"  # another host's: judged by age only
-    other = tmp_path / f".other.tmp-{dead}@{host}-abcdefgh.gguf"  # ours, dead, beside another output
+    live = tmp_path / f".out.pruning-tmp-{os.getpid()}@{host}-abcdefgh"  # this test process: alive
+    elsewhere = tmp_path / f".out.pruning-tmp-{dead}@another.host-abcdefgh"  # another host's: judged by age only
+    other = tmp_path / f".other.pruning-tmp-{dead}@{host}-abcdefgh.gguf"  # ours, dead, beside another output
     legacy = tmp_path / ".out.tmp-k2j4h5g6"  # an older version's name, untouched for two hours
+    legacy_dead = tmp_path / f".out.tmp-{dead}@{host}-abcdefgh"  # an older version's name with a dead pid
     recent_legacy = tmp_path / ".out.tmp-a1b2c3d4"
     foreign = tmp_path / ".out.tmp-mine"  # not our pattern
-    for folder in (live, elsewhere, legacy, recent_legacy, foreign):
+    user_files = [tmp_path / f".notes.txt.tmp-{dead}@{host}", tmp_path / f".notes.txt.tmp-{dead}@{host}-abcdefgh.txt",
+                  tmp_path / ".draft.tmp-k2j4h5g6"]  # a user's dotfiles in the old pattern, beside no output of ours
+    user_folder = tmp_path / f".thesis.old-{dead}@{host}"
+    for folder in (live, elsewhere, legacy, legacy_dead, recent_legacy, foreign, user_folder):
         folder.mkdir()
     other.write_bytes(b"GGUF")
+    for path in user_files:
+        path.write_text("my notes\n")
     two_hours_ago = time.time() - 7200
-    os.utime(legacy, (two_hours_ago, two_hours_ago))
+    for path in (legacy, *user_files, user_folder):
+        os.utime(path, (two_hours_ago, two_hours_ago))
     result = run_cli(*prune_args(stories_dir, tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["out", live.name, elsewhere.name, recent_legacy.name, foreign.name])
+        ["out", live.name, elsewhere.name, recent_legacy.name, foreign.name, user_folder.name,
+         *(p.name for p in user_files)])
 
 
 def test_finding6_files_get_the_umask_mode_and_quiet_is_quiet(stories_dir, tmp_path):

@@ -252,14 +252,14 @@ def byte_level_models(tmp_path_factory):
         config.vocab_size, config.tie_word_embeddings = len(tokenizer), True
         torch.manual_seed(0)
         AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-        export_gguf(folder, folder / "model.gguf", "f16")
+        export_gguf(folder, root / f"{name}.gguf", "f16")  # beside the model: an output never lies inside an input
         dirs[name] = folder
     return dirs
 
 
 def test_byte_level_bpe_vocabulary(byte_level_models):
     for pre, folder in byte_level_models.items():
-        fields, _ = read(folder / "model.gguf")
+        fields, _ = read(folder.with_suffix(".gguf"))
         tokenizer = AutoTokenizer.from_pretrained(folder)
         assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == pre
         assert fields["tokenizer.ggml.tokens"] == tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
@@ -414,7 +414,7 @@ def test_byte_level_tokenizers_match_in_llama_cpp(llama_cpp, byte_level_models):
     text = PROMPT + " In 2024, 17 of the 305 cats said: 'no way!'\n\nThe end."
     for folder in byte_level_models.values():
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        llm = llama_cpp.Llama(str(folder / "model.gguf"), vocab_only=True, verbose=False)
+        llm = llama_cpp.Llama(str(folder.with_suffix(".gguf")), vocab_only=True, verbose=False)
         try:
             assert llm.tokenize(text.encode(), add_bos=False) == tokenizer(text, add_special_tokens=False)["input_ids"]
         finally:

@@ -29,15 +29,15 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from ..export.gguf import export_gguf
-    from ..io import atomic_write_json, remove_stale_scratch, versions
+    from ..io import atomic_write_json, versions
 
     if args.outtype not in OUTTYPES:
         raise ExportError(f"unknown outtype {args.outtype!r}; use one of {', '.join(OUTTYPES)}")
     checks.positive({"--threads": args.threads})
     path, _ = checks.model_and_outputs(args.model, [(args.output, "output"), (args.report, "report")],
                                        overwrite=args.overwrite)
-    remove_stale_scratch(args.output)
-    report = export_gguf(path, args.output, args.outtype, intermediate=args.intermediate, threads=args.threads)
+    report = export_gguf(path, args.output, args.outtype, intermediate=args.intermediate, threads=args.threads,
+                         overwrite=args.overwrite)
     if args.report:
         atomic_write_json(args.report, {**report, "versions": versions()})
     print(json.dumps({k: report[k] for k in ("output", "outtype", "arch", "block_count", "bytes", "seconds")}, indent=2))

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from .. import checks
 from .common import add_overwrite_argument
 
 
@@ -35,13 +34,10 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from ..export.verify import evaluate_gguf
 
-    checks.positive({"--max-windows": args.max_windows, "--threads": args.threads})
-    path, config = checks.model_and_outputs(args.model, [(args.output, "output")], overwrite=args.overwrite,
-                                            inputs=[args.gguf, args.dataset])
-    checks.check_lengths(path, config, {"--seqlen": args.seqlen})
     result = evaluate_gguf(args.gguf, args.model, dataset=args.dataset, split=args.split, seqlen=args.seqlen,
                            max_windows=args.max_windows, data_dir=args.data_dir, compare_hf=args.compare_hf,
-                           generate_tokens=args.generate, threads=args.threads, output=args.output)
+                           generate_tokens=args.generate, threads=args.threads, output=args.output,
+                           overwrite=args.overwrite)
     summary = {k: result.get(k) for k in ("ppl", "relative_difference", "windows", "scored_tokens", "load_seconds")}
     summary["bytes"] = result["gguf"]["bytes"]
     summary["reference_ppl"] = (result.get("reference") or {}).get("ppl")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-from .. import checks
 from ..evaluation.speed import speed
 from .common import add_overwrite_argument
 
@@ -33,10 +32,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    check_arguments(args)
     result = speed(args.model, gguf=args.gguf, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
                    repeats=args.repeats, warmup=args.warmup, seed=args.seed, device=args.device, dtype=args.dtype,
-                   threads=args.threads, output=args.output)
+                   threads=args.threads, output=args.output, overwrite=args.overwrite)
     summary = {"parameters": result["size"]["parameters"], "safetensors_bytes": result["size"]["safetensors_bytes"]["total"]}
     for backend in ("hf", "gguf"):
         measured = result[backend]
@@ -49,12 +47,3 @@ def run(args) -> int:
     summary["note"] = result["sparse_speedup_note"]
     print(json.dumps(summary, indent=2))
     return 0
-
-
-def check_arguments(args) -> None:
-    """Output and model files, and prompt + decode length against the model's positions (speed() checks
-    the counts itself, also before loading)."""
-    path, config = checks.model_and_outputs(args.model, [(args.output, "output")], overwrite=args.overwrite,
-                                            inputs=[args.gguf])
-    checks.check_lengths(path, config, {f"--prompt-tokens {args.prompt_tokens} + --new-tokens {args.new_tokens} =":
-                                        args.prompt_tokens + args.new_tokens})

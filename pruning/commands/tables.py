@@ -1,6 +1,8 @@
 """tables: aggregate the metric files under a results folder into Markdown/CSV tables and plots."""
 from __future__ import annotations
 
+from .common import add_overwrite_argument
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -12,13 +14,16 @@ def add_parser(subparsers) -> None:
                     "family (those the runs support), each as .md with a protocol caption and a long-form .csv (model, method, "
                     "ratio, key, metric, value, file) naming the metric file behind every number. A run whose metric "
                     "files come from another prune than its prune.json (older, other options, or prune.json missing) "
-                    "is refused with exit code 2.")
+                    "is refused with exit code 2. The files written are listed with their sha256 in OUT/.pruning-tables.json; "
+                    "an existing .md/.csv there that this tool did not write (or that was changed since) is never "
+                    "replaced without --overwrite.")
     parser.add_argument("--results", default="results", help="results folder holding metrics/ (default: results)")
     parser.add_argument("--out", default=None, help="where the tables go (default: RESULTS/tables)")
     parser.add_argument("--plots", default=None, help="also write PNG plots here (e.g. results/plots): PPL against sparsity and against "
                         "parameters removed, zero-shot average against decode speed-up (those the runs support)")
     parser.add_argument("--note", action="append", default=[], metavar="MODEL=TEXT",
                         help="caption note for a model, repeatable (e.g. 'stories260K=out of domain for WikiText')")
+    add_overwrite_argument(parser, "table file")
     parser.set_defaults(run=run)
 
 
@@ -36,7 +41,7 @@ def run(args) -> int:
             raise ValueError(f"--note takes MODEL=TEXT, got {pair!r}")
         notes[model] = text
     metrics = collect(args.results)
-    written = write_tables(metrics, args.out or Path(args.results) / "tables", notes)
+    written = write_tables(metrics, args.out or Path(args.results) / "tables", notes, overwrite=args.overwrite)
     if args.plots:
         written += write_plots(metrics, args.plots)
     for path in written:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 from ..evaluation.zeroshot import TASK_SOURCES, local_tasks, zeroshot
-from .. import checks
 from .common import add_overwrite_argument, add_runtime_arguments, positive_int, quiet_progress
 
 
@@ -38,12 +37,12 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    checks.model_and_outputs(args.model, [(args.output, "output")], overwrite=args.overwrite)
     if args.quiet:
         quiet_progress()
     result = zeroshot(args.model, args.task, limit=args.limit, num_fewshot=args.num_fewshot,
                       batch_size=args.batch_size, device=args.device, dtype=args.dtype, data_dir_path=args.data_dir,
-                      source=args.source, output=args.output, quiet=args.quiet)
+                      source=args.source, output=args.output, quiet=args.quiet,
+                      overwrite=args.overwrite)
     summary = {k: result[k] for k in ("task", "lm_eval_task", "n_docs", "num_fewshot")}
     summary["source"] = result["source"]["kind"]
     summary["metrics"] = {k: round(v["value"], 4) for k, v in result["metrics"].items()}

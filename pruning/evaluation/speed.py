@@ -240,12 +240,14 @@ def count_24_linears(model: nn.Module) -> dict:
 
 def speed(model: str, *, gguf: str | None = None, prompt_tokens: int = 128, new_tokens: int = 32, repeats: int = 5,
           warmup: int = 1, seed: int = 0, device: str = "auto", dtype: str = "float32", threads: int | None = None,
-          output: str | None = None) -> dict:
-    """Size and measured speed of a model directory (and its GGUF file); written atomically to `output`.
+          output: str | None = None, overwrite: bool = False) -> dict:
+    """Size and measured speed of a model directory (and its GGUF file); written atomically to `output`
+    (replacing only an earlier result of ours unless `overwrite`).
 
-    Every argument is checked before the model is loaded.
+    Every argument, the output and prompt + decode length against the model's positions are checked before
+    the model is loaded.
     """
-    from .. import zoo
+    from .. import checks, zoo
     from ..export.verify import check_gguf_file
     from ..modeling import load_model, resolve_device, torch_dtype
     from ..record import Measurement
@@ -257,8 +259,11 @@ def speed(model: str, *, gguf: str | None = None, prompt_tokens: int = 128, new_
     torch_dtype(dtype)
     zoo.check_spec(model)
     gguf_path = check_gguf_file(gguf) if gguf is not None else None
+    path, config = checks.model_and_outputs(model, [(output, "output")], overwrite=overwrite, inputs=[gguf])
+    checks.check_lengths(path, config, {f"--prompt-tokens {prompt_tokens} + --new-tokens {new_tokens} =":
+                                        prompt_tokens + new_tokens})
 
-    path = measurement.resolve()
+    path = measurement.resolve(path)
     net, _ = load_model(path, dtype=dtype, device=str(compute))
     vocab_size = net.get_output_embeddings().weight.shape[0]
     settings = dict(prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats, warmup=warmup, seed=seed)

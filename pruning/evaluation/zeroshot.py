@@ -19,7 +19,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import zoo
+from .. import checks, zoo
 from ..checks import count_problem, positive
 from ..data import DataError, data_dir
 from ..modeling import load_model, parameter_counts, resolve_device, torch_dtype
@@ -195,10 +195,11 @@ def _check_settings(limit, num_fewshot, batch_size) -> None:
 
 def zeroshot(model: str, task: str, *, limit: int | None = None, num_fewshot: int = 0, batch_size: int | str = 8,
              device: str = "auto", dtype: str = "float32", data_dir_path: str | None = None, source: str = "auto",
-             output: str | None = None, quiet: bool = False) -> dict:
-    """Evaluate `model` (a model directory or zoo spec) on one lm-eval task; written atomically to `output`.
+             output: str | None = None, quiet: bool = False, overwrite: bool = False) -> dict:
+    """Evaluate `model` (a model directory or zoo spec) on one lm-eval task; written atomically to `output`
+    (replacing only an earlier result of ours unless `overwrite`).
 
-    Every argument, the task name and its documents are checked before the model is loaded.
+    Every argument, the output, the task name and its documents are checked before the model is loaded.
     """
     measurement = Measurement(model)
     _check_settings(limit, num_fewshot, batch_size)
@@ -208,12 +209,13 @@ def zeroshot(model: str, task: str, *, limit: int | None = None, num_fewshot: in
     choice = resolve_task(task, source, data_dir_path)
     if quiet:
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    path, _ = checks.model_and_outputs(model, [(output, "output")], overwrite=overwrite)
     manager, task_object, leaf_tasks = load_task(choice)
 
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
-    net, tokenizer = load_model(measurement.resolve(), dtype=dtype, device=str(compute))
+    net, tokenizer = load_model(measurement.resolve(path), dtype=dtype, device=str(compute))
     lm = HFLM(pretrained=net, tokenizer=tokenizer, backend="causal", batch_size=batch_size, device=str(compute))
     if quiet:  # lm-eval's request bars take disable=disable_tqdm, which the evaluator never sets
         for request_type in ("loglikelihood", "loglikelihood_rolling", "generate_until"):

@@ -24,8 +24,9 @@ from gguf import LlamaFileType
 from gguf.lazy import LazyNumpyTensor
 
 from .. import __version__
-from ..io import PRUNE_REPORT, file_mode, scratch_prefix, versions
-from .gguf_families import GGUF_OWNER_KEY, supported_model_types
+from .. import checks
+from ..io import GGUF_OWNER_KEY, PRUNE_REPORT, file_mode, remove_stale_scratch, scratch_prefix, versions
+from .gguf_families import supported_model_types
 from .gguf_hparams import ExportError, add_hyperparameters
 from .gguf_tensors import DIRECT_OUTTYPES, LLAMACPP_OUTTYPES, OUTTYPES, ExportPlan, PlannedTensor, plan_export
 from .gguf_vocab import add_vocabulary, read_json
@@ -90,12 +91,15 @@ def require_llama_cpp(purpose: str) -> None:
 
 
 def export_gguf(model_dir: str | os.PathLike, output: str | os.PathLike, outtype: str = "f16", *,
-                intermediate: str = "f16", threads: int | None = None) -> dict:
-    """Write `model_dir` as a GGUF file of `outtype` at `output` (atomically) and return a report."""
+                intermediate: str = "f16", threads: int | None = None, overwrite: bool = False) -> dict:
+    """Write `model_dir` as a GGUF file of `outtype` at `output` (atomically) and return a report. An existing
+    `output` is replaced only if this tool wrote it, or with `overwrite`; checked before any work."""
     started = time.perf_counter()
-    output = Path(output)
+    output = Path(output).expanduser()
     if output.is_dir():
         raise ExportError(f"output {output} is a directory; give a file name like model.gguf")
+    checks.output_file(output, overwrite=overwrite, inputs=[model_dir])
+    remove_stale_scratch(output)
     if outtype in LLAMACPP_OUTTYPES:
         require_llama_cpp(f"outtype {outtype}")
         if intermediate not in ("f16", "f32"):

@@ -15,7 +15,6 @@ from gguf import MODEL_ARCH
 
 from .gguf_hparams import Hyper, gpt2, gpt_neox, llama_like
 
-GGUF_OWNER_KEY = "pruning.version"  # metadata key written into every GGUF file this tool exports: marks it as ours
 
 _SPLIT_PARTS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
 _FUSED_PARTS = ("attn_norm", "attn_qkv", "attn_output", "ffn_norm", "ffn_up", "ffn_down")

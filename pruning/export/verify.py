@@ -136,10 +136,12 @@ def tokenizer_agreement(llm, tokenizer, text: str, chars: int = 2000) -> dict:
 def evaluate_gguf(gguf_path: str | os.PathLike, model_dir: str | os.PathLike, *, dataset: str = "wikitext2",
                   split: str = "test", seqlen: int = 512, max_windows: int | None = None, data_dir=None,
                   compare_hf: bool = True, generate_tokens: int = 16, prompt_tokens: int = 32,
-                  threads: int | None = None, hf_dtype: str = "float32", output=None) -> dict:
+                  threads: int | None = None, hf_dtype: str = "float32", output=None, overwrite: bool = False) -> dict:
     """llama.cpp perplexity of `gguf_path` on the HF evaluator's windows, plus file size and load time;
-    with `compare_hf`, the HF model's perplexity on the same windows and greedy-generation agreement."""
-    from .. import zoo
+    with `compare_hf`, the HF model's perplexity on the same windows and greedy-generation agreement.
+    Written atomically to `output` (replacing only an earlier result of ours unless `overwrite`); every
+    argument and the output are checked before anything is loaded."""
+    from .. import checks, zoo
     from ..checks import MIN_SEQLEN, positive
     from ..data import check_evaluation_dataset, data_dir as resolve_data_dir, evaluation_text
     from ..evaluation.perplexity import token_windows, windows_nll
@@ -150,14 +152,17 @@ def evaluate_gguf(gguf_path: str | os.PathLike, model_dir: str | os.PathLike, *,
     measurement = Measurement(model_dir)
     gguf_path = check_gguf_file(gguf_path)
     positive({"seqlen": seqlen}, MIN_SEQLEN, ExportError)
-    positive({"max_windows": max_windows, "prompt_tokens": prompt_tokens}, error=ExportError)
+    positive({"max_windows": max_windows, "prompt_tokens": prompt_tokens, "threads": threads}, error=ExportError)
     positive({"generate_tokens": generate_tokens}, minimum=0, error=ExportError)
     check_evaluation_dataset(dataset)
     resolve_data_dir(data_dir)
     torch_dtype(hf_dtype)
-    require_llama_cpp("gguf-eval")
     zoo.check_spec(str(model_dir))
-    model_path = measurement.resolve()
+    path, config = checks.model_and_outputs(str(model_dir), [(output, "output")], overwrite=overwrite,
+                                            inputs=[gguf_path, dataset])
+    checks.check_lengths(path, config, {"--seqlen": seqlen})
+    require_llama_cpp("gguf-eval")
+    model_path = measurement.resolve(path)
 
     from transformers import AutoTokenizer
 
