@@ -240,7 +240,7 @@ CASES = {
     "gguf-eval-seqlen-beyond-positions": (["gguf-eval", "--gguf", "{root}/foreign.gguf", "--model", M, "--seqlen",
                                            "1000"], "--seqlen 1000 exceeds the 512 positions"),
     "gguf-eval-max-windows-0": (["gguf-eval", "--gguf", "{root}/foreign.gguf", "--model", M, "--seqlen", "64",
-                                 "--max-windows", "0"], "--max-windows must be"),
+                                 "--max-windows", "0"], "max_windows must be"),
     "gguf-eval-output-foreign": (["gguf-eval", "--gguf", "{root}/foreign.gguf", "--model", M, "--seqlen", "64",
                                   "--output", "{root}/foreign.json"], "was not written by this tool"),
     # fetch-model
