@@ -262,7 +262,7 @@ def test_speed_column_from_speed_files(results, tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                    reason="llama-cpp-python not installed (bash scripts/setup.sh --with-llamacpp)")
+                    reason="llama-cpp-python not installed (bash scripts/setup.sh installs it)")
 def test_gguf_table(results, tmp_path):
     copy = tmp_path / "results"
     shutil.copytree(results / "results" / "metrics", copy / "metrics")
