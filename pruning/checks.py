@@ -96,21 +96,21 @@ def output_file(path: str | os.PathLike, *, overwrite: bool = False, inputs=(), 
 
 # ------------------------------------------------------------------------------------------------ models
 
-def read_json_file(path: Path, what: str = "JSON file"):
-    """Parsed JSON; a read or syntax error names the file and the line."""
+def read_json_file(path: Path, what: str = "JSON file", error: type[Exception] = ModelLoadError):
+    """Parsed JSON; a read or syntax error (raised as `error`) names the file and the line."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        raise error(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"cannot read {what} {path}: {exc}") from None
+        raise error(f"cannot read {what} {path}: {exc}") from None
 
 
-def read_json_object(path: Path, what: str = "JSON file") -> dict:
+def read_json_object(path: Path, what: str = "JSON file", error: type[Exception] = ModelLoadError) -> dict:
     """`read_json_file` of a file that must hold one JSON object."""
-    data = read_json_file(path, what)
+    data = read_json_file(path, what, error)
     if not isinstance(data, dict):
-        raise ModelLoadError(f"{path}: not a JSON object")
+        raise error(f"{path}: not a JSON object")
     return data
 
 

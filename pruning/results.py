@@ -10,7 +10,6 @@ different prunes is refused, so that no table row mixes an old measurement with 
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Iterable, Iterator
 import pandas as pd
 
 from .grid import DENSE_METHOD, DENSE_TOKEN, GridError, parse_ratio
+from .checks import read_json_object
 from .io import PRUNE_REPORT, RUN_ID
 
 COLUMNS = ["run", "model", "method", "ratio", "source", "key", "metric", "value", "file"]
@@ -43,10 +43,7 @@ class TableError(ValueError):
 # ---- reading: one long frame ------------------------------------------------------------------------
 
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TableError(f"cannot read metric file {path}: {type(exc).__name__}: {exc}") from None
+    return read_json_object(path, "metric file", TableError)
 
 
 def _flatten(data: dict, prefix: str = "") -> Iterator[tuple[str, object]]:

@@ -8,21 +8,18 @@ structure is matched, see `bpe_pre_tokenizer`).
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
 
 import gguf
 
+from ..checks import read_json_object
 from .gguf_hparams import ExportError
 
 
 def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ExportError(f"cannot read {path}: {exc}") from None
+    return read_json_object(path, "file", ExportError)
 
 
 _GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
