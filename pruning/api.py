@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import checks, zoo
+from . import checks
 from .adapters import get_adapter
 from .data import calibration_windows, check_calibration_source, check_evaluation_dataset, data_dir
 from .evaluation.perplexity import perplexity
@@ -45,7 +45,6 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
     data_dir(data_dir_path)
     compute = resolve_device(device)
     torch_dtype(dtype)
-    zoo.check_spec(model)
     output_dir = Path(output_dir)
     path = checks.before_prune(
         model, output_dir, overwrite=overwrite, seqlen=seqlen if instance.needs_calibration else None,
@@ -115,7 +114,6 @@ def evaluate_perplexity(model: str, *, dataset: str = "wikitext2", split: str = 
     data_dir(data_dir_path)
     compute = resolve_device(device)
     torch_dtype(dtype)
-    zoo.check_spec(model)
     path = checks.before_evaluate(model, output, overwrite=overwrite, seqlen=seqlen, batch_size=batch_size,
                                   max_windows=max_windows, inputs=[dataset])
     net, tokenizer = load_model(measurement.resolve(path), dtype=dtype, device=str(compute))

@@ -247,7 +247,7 @@ def speed(model: str, *, gguf: str | None = None, prompt_tokens: int = 128, new_
     Every argument, the output and prompt + decode length against the model's positions are checked before
     the model is loaded.
     """
-    from .. import checks, zoo
+    from .. import checks
     from ..export.verify import check_gguf_file
     from ..modeling import load_model, resolve_device, torch_dtype
     from ..record import Measurement
@@ -257,7 +257,6 @@ def speed(model: str, *, gguf: str | None = None, prompt_tokens: int = 128, new_
     positive({"threads": threads})
     compute = resolve_device(device)
     torch_dtype(dtype)
-    zoo.check_spec(model)
     gguf_path = check_gguf_file(gguf) if gguf is not None else None
     path, config = checks.model_and_outputs(model, [(output, "output")], overwrite=overwrite, inputs=[gguf])
     checks.check_lengths(path, config, {f"--prompt-tokens {prompt_tokens} + --new-tokens {new_tokens} =":

@@ -19,7 +19,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import checks, zoo
+from .. import checks
 from ..checks import count_problem, positive
 from ..data import DataError, data_dir
 from ..modeling import load_model, parameter_counts, resolve_device, torch_dtype
@@ -205,7 +205,6 @@ def zeroshot(model: str, task: str, *, limit: int | None = None, num_fewshot: in
     _check_settings(limit, num_fewshot, batch_size)
     compute = resolve_device(device)
     torch_dtype(dtype)
-    zoo.check_spec(model)
     choice = resolve_task(task, source, data_dir_path)
     if quiet:
         logging.getLogger("lm_eval").setLevel(logging.ERROR)

@@ -141,7 +141,7 @@ def evaluate_gguf(gguf_path: str | os.PathLike, model_dir: str | os.PathLike, *,
     with `compare_hf`, the HF model's perplexity on the same windows and greedy-generation agreement.
     Written atomically to `output` (replacing only an earlier result of ours unless `overwrite`); every
     argument and the output are checked before anything is loaded."""
-    from .. import checks, zoo
+    from .. import checks
     from ..checks import MIN_SEQLEN, positive
     from ..data import check_evaluation_dataset, data_dir as resolve_data_dir, evaluation_text
     from ..evaluation.perplexity import token_windows, windows_nll
@@ -157,7 +157,6 @@ def evaluate_gguf(gguf_path: str | os.PathLike, model_dir: str | os.PathLike, *,
     check_evaluation_dataset(dataset)
     resolve_data_dir(data_dir)
     torch_dtype(hf_dtype)
-    zoo.check_spec(str(model_dir))
     path, config = checks.model_and_outputs(str(model_dir), [(output, "output")], overwrite=overwrite,
                                             inputs=[gguf_path, dataset])
     checks.check_lengths(path, config, {"--seqlen": seqlen})
