@@ -182,17 +182,20 @@ def _structured(row: Mapping) -> bool:
     return row["library_method"] != DENSE_METHOD and parse_ratio(row["ratio"]).kind not in MASK_KINDS
 
 
-def plot_specs(rows: Iterable[Mapping], *, zeroshot: bool = False, speed: bool = False) -> list[TableSpec]:
+def plot_specs(rows: Iterable[Mapping], *, zeroshot_speed: Iterable[Mapping] = ()) -> list[TableSpec]:
     """The plots a grid produces: PPL against sparsity for every model with a sparsity or N:M run, PPL against
     parameters removed for every model with a structured run and its dense row, and the zero-shot average
-    against decode speed-up when every row has both (and some model a pruned and a dense row)."""
+    against decode speed-up when `zeroshot_speed`, the rows with both measurements, holds a pruned row and
+    its model's dense row."""
     rows = list(rows)
     dense = {row["model"] for row in rows if row["library_method"] == DENSE_METHOD}
     specs = [spec._replace(layout="sparsity_plot")
              for spec in table_specs(rows, zeroshot=False, gguf=False) if spec.layout == "sparsity"]
     specs += [TableSpec(f"structured-{m}", "structured_plot", m) for m in dict.fromkeys(r["model"] for r in rows)
               if m in dense and any(r["model"] == m and _structured(r) for r in rows)]
-    if zeroshot and speed and any(r["model"] in dense and r["library_method"] != DENSE_METHOD for r in rows):
+    both = list(zeroshot_speed)
+    measured_dense = {row["model"] for row in both if row["library_method"] == DENSE_METHOD}
+    if any(r["model"] in measured_dense and r["library_method"] != DENSE_METHOD for r in both):
         specs.append(TableSpec("zeroshot-speed", "zeroshot_speed_plot"))
     return specs
 

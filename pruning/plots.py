@@ -159,8 +159,9 @@ def write_plots(long: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
     results = Results(long)
     draw = {"sparsity_plot": plot_sparsity, "structured_plot": plot_structured,
             "zeroshot_speed_plot": plot_zeroshot_speed}
-    specs = plot_specs(results.grid_rows(), zeroshot=bool(results.has("zeroshot").any()),
-                       speed=bool(results.has("speed").any()))
+    both = results.has("zeroshot") & results.has("speed")
+    rows = results.grid_rows()
+    specs = plot_specs(rows, zeroshot_speed=[row for row in rows if both[row["run"]]])
     paths = [draw[spec.layout](results, *([spec.model] if spec.model else []), Path(out_dir) / f"{spec.name}.png")
              for spec in specs]
     return [p for p in paths if p is not None]

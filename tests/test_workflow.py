@@ -39,10 +39,12 @@ TINY_CONFIG = {
     "threads": 1,
     "keep_models": False,
 }
-# Every job of the default grid: 2 models; 3 methods x (2 sparsities + 2 N:M) = 12 pruned runs per model; on
-# smollm2 only, 13 structured runs (angular and cosine x 4 block counts, Quark x 2 windows, layers, heads,
-# two_stage); + 1 dense each.
-DEFAULT_GRID_JOBS = {"fetch_model": 2, "perplexity": 39, "prune": 37, "plots": 1, "tables": 1, "all": 1, "total": 81}
+# Every job of the default grid: 2 models; 3 methods x (2 sparsities + 2:4) = 9 pruned runs per model; on
+# smollm2 only, 8 structured runs (angular and cosine x 2 block counts, Quark, layers, heads, two_stage); + 1
+# dense each: 28 rows, 26 pruned. The 18 smollm2 rows also get 4 zero-shot tasks, GGUF f16 and q4_k_m
+# (convert + llama.cpp evaluation each) and speed.
+DEFAULT_GRID_JOBS = {"fetch_model": 2, "prune": 26, "perplexity": 28, "zeroshot": 72, "gguf_convert": 36,
+                     "gguf_eval": 36, "speed": 18, "plots": 1, "tables": 1, "all": 1, "total": 221}
 TINY_ROWS = [("dense", "base"), ("magnitude", "s0.50"), ("magnitude", "nm2-4"), ("wanda", "s0.50"), ("wanda", "nm2-4")]
 
 
@@ -139,8 +141,9 @@ def test_publish_plans_the_grid_then_itself(tmp_path):
 
 
 @pytest.mark.parametrize("target, expected", [
-    ("prune_all", {"fetch_model": 2, "prune": 37, "prune_all": 1, "total": 40}),
-    ("evaluate_all", {"fetch_model": 2, "prune": 37, "perplexity": 39, "evaluate_all": 1, "total": 79}),
+    ("prune_all", {"fetch_model": 2, "prune": 26, "prune_all": 1, "total": 29}),
+    ("evaluate_all", {**{k: v for k, v in DEFAULT_GRID_JOBS.items() if k not in ("tables", "plots", "all")},
+                      "evaluate_all": 1, "total": 219}),
     ("results/metrics/stories260K/wanda/nm2-4/ppl.json", {"fetch_model": 1, "prune": 1, "perplexity": 1, "total": 3}),
     ("results/metrics/smollm2-135m/dense/base/ppl.json", {"fetch_model": 1, "perplexity": 1, "total": 2}),
 ])
@@ -160,7 +163,7 @@ def test_optional_evaluations_join_the_grid(tmp_path):
                                           "options": {"criterion": "angular"}, "models": ["smollm2-135m"]}
     result = snakemake(tmp_path, "-n", "--cores", "2", "-p", config=config)
     assert result.returncode == 0, result.stderr
-    pruned = 37 + 2
+    pruned = 26 + 2
     rows = pruned + 2
     assert job_counts(result.stdout) == {
         "fetch_model": 2, "prune": pruned, "perplexity": rows, "zeroshot": 2 * rows, "gguf_convert": 2 * rows,
@@ -192,7 +195,7 @@ def test_per_task_shots_and_the_tables_and_plots_they_add(tmp_path):
     assert result.returncode == 0, result.stderr
     for task, shots in (("winogrande", 5), ("boolq", 0), ("gsm8k", 5)):
         lines = [line for line in result.stdout.splitlines() if f"--task {task} " in line]
-        assert len(lines) == 39 and all(f"--num-fewshot {shots} " in line for line in lines), task
+        assert len(lines) == 28 and all(f"--num-fewshot {shots} " in line for line in lines), task
     for name in ("tables/downstream.md", "tables/comparison.md", "tables/impact.md", "plots/zeroshot-speed.png",
                  "plots/structured-smollm2-135m.png"):
         assert f"results/{name}" in result.stdout, name
@@ -293,6 +296,12 @@ BAD_CONFIGS = {
                                  "config.zeroshot.num_fewshot: 'winogrand' not in zeroshot.tasks (winogrande)"),
     "GGUF speed type without a gguf section": (lambda c: c.update(speed={"enabled": True, "gguf_outtype": "q4_0"}),
                                                "config.speed.gguf_outtype: 'q4_0' is not listed in gguf.outtypes"),
+    "stage for an unknown model": (lambda c: c.update(zeroshot={"tasks": ["boolq"], "models": ["stories"]}),
+                                   "config.zeroshot.models[0]: 'stories' is not a model in models (stories260K)"),
+    "llama.cpp timing of rows not converted": (
+        lambda c: c.update(gguf={"outtypes": ["f16"], "models": []}, speed={"enabled": True, "gguf_outtype": "f16"}),
+        "config.speed.gguf_outtype: the rows of stories260K are timed in llama.cpp but not converted to GGUF "
+        "(add them to gguf.models)"),
 }
 
 

@@ -25,7 +25,7 @@ REMOVED = ["result.prune_ratio_percent", "result.removed_layers", "result.mha_re
            "result.ffn_removed_layers"]
 SPEED = ["hf.prefill_tokens_per_s", "hf.decode_tokens_per_s"]
 ZEROSHOT = [f"metrics.{ZEROSHOT_METRIC}.value", f"metrics.{ZEROSHOT_METRIC}.stderr", "n_docs", "limit", "num_fewshot"]
-GGUF = ["gguf.bytes", "ppl", "reference.ppl", "relative_difference", "load_seconds", "dataset", "split", "seqlen",
+GGUF = ["gguf.bytes", "ppl", "reference.ppl", "load_seconds", "dataset", "split", "seqlen",
         "windows"]
 
 

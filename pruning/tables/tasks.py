@@ -110,25 +110,36 @@ def zeroshot_table(results: Results, notes=None) -> Table | None:
     return _table("zeroshot", "Zero-shot accuracy", text + _notes(display.model, notes), display, rows)
 
 
+SAME_WINDOWS = ["dataset", "split", "seqlen", "windows"]  # what makes two perplexities comparable
+
+
 def gguf_table(results: Results, notes=None) -> Table | None:
-    """Per run and GGUF output type: file size, llama.cpp PPL and the Hugging Face PPL on the same windows."""
+    """Per run and GGUF output type: file size, llama.cpp PPL and the Hugging Face PPL on the same windows:
+    gguf-eval's own reference (--compare-hf), else the run's perplexity file when it scored the same windows
+    (the workflow measures that once, in its perplexity rule)."""
     measured = results.ids(results.has("gguf"))
     if not measured:
         return None
     rows = results.select(measured, gguf=GGUF)
     records = results.pivot(rows, ["run", "key"], gguf=GGUF)["gguf"].reindex(measured, level="run")
+    ppl_rows, hf = results.wide(measured, ppl=["ppl", *SAME_WINDOWS])
+    used = []
     display = []
     for (run, outtype), record in records.iterrows():
         model, method, ratio = results.runs.loc[run, ["model", "method", "ratio"]]
-        difference = record["relative_difference"]
+        reference = record["reference.ppl"]
+        if reference is None and all(record[k] == hf.loc[run, ("ppl", k)] for k in SAME_WINDOWS):
+            reference = hf.loc[run, ("ppl", "ppl")]
+            used.append(run)
+        difference = None if reference is None else (record["ppl"] - reference) / reference
         display.append({"model": model, "method": method, "ratio": ratio.label, "type": outtype,
                         "GGUF size": fmt_bytes(record["gguf.bytes"]), "PPL (llama.cpp)": fmt_ppl(record["ppl"]),
-                        "PPL (transformers)": fmt_ppl(record["reference.ppl"]),
+                        "PPL (transformers)": fmt_ppl(reference),
                         "difference": MISSING if difference is None else f"{difference:+.2%}"})
     first = records.iloc[0]
     text = (f"Protocol: llama.cpp (llama-cpp-python) token-level perplexity on the windows of the Hugging Face "
             f"evaluator: {first['dataset']} {first['split'] or ''}, windows of {first['seqlen']} tokens, "
-            f"{first['windows']} windows; transformers PPL of the same model on the same windows.")
+            f"{first['windows']} windows; transformers PPL of the same model on the same windows (the run's "
+            "perplexity file where the GGUF evaluation did not measure it again).")
+    rows = pd.concat([rows, ppl_rows[ppl_rows.run.isin(used)]])
     return _table("gguf", "GGUF export", text + _notes((d["model"] for d in display), notes), display, rows)
-
-

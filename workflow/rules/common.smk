@@ -112,6 +112,9 @@ def model_specs(models: dict) -> dict[str, str]:
     return {name: entry if isinstance(entry, str) else entry["spec"] for name, entry in models.items()}
 
 
+STAGES = ("zeroshot", "gguf", "speed")  # the config sections measured on the grid rows of their `models`
+
+
 def _semantic_errors(cfg: dict) -> list[str]:
     """Checks a schema cannot express: cross references, token round trips, existing paths, shots per task."""
     from pruning.methods.catalog import is_composite
@@ -140,9 +143,21 @@ def _semantic_errors(cfg: dict) -> list[str]:
     data = cfg["data_dir"]
     if data and not _resolve_path(data).is_dir():
         errors.append(f"config.data_dir: {_resolve_path(data)} is not a directory")
+    for stage in STAGES:
+        for index, model in enumerate(cfg[stage]["models"] or []):
+            if model not in models:
+                errors.append(f"config.{stage}.models[{index}]: {model!r} is not a model in models "
+                              f"({', '.join(models)})")
     speed = cfg["speed"]
-    if speed["enabled"] and speed["gguf_outtype"] and speed["gguf_outtype"] not in cfg["gguf"]["outtypes"]:
-        errors.append(f"config.speed.gguf_outtype: {speed['gguf_outtype']!r} is not listed in gguf.outtypes")
+    if speed["enabled"] and speed["gguf_outtype"]:
+        if speed["gguf_outtype"] not in cfg["gguf"]["outtypes"]:
+            errors.append(f"config.speed.gguf_outtype: {speed['gguf_outtype']!r} is not listed in gguf.outtypes")
+        elif cfg["gguf"]["models"] is not None:
+            timed = cfg["speed"]["models"] or list(models)
+            unconverted = [model for model in timed if model not in cfg["gguf"]["models"]]
+            if unconverted:
+                errors.append(f"config.speed.gguf_outtype: the rows of {', '.join(unconverted)} are timed in "
+                              "llama.cpp but not converted to GGUF (add them to gguf.models)")
     try:
         task_fewshot(cfg["zeroshot"]["tasks"], cfg["zeroshot"]["num_fewshot"])
     except GridError as exc:
@@ -425,6 +440,18 @@ ZEROSHOT_TASKS = config["zeroshot"]["tasks"]
 GGUF_OUTTYPES = config["gguf"]["outtypes"]
 
 
+def stage_applies(stage: str, row: dict) -> bool:
+    """Whether a grid row gets a measurement stage: the stage is on and lists the row's model (or every model)."""
+    on = {"zeroshot": bool(ZEROSHOT_TASKS), "gguf": bool(GGUF_OUTTYPES), "speed": config["speed"]["enabled"]}[stage]
+    models = config[stage]["models"]
+    return on and (models is None or row["model"] in models)
+
+
+def stage_on(stage: str) -> bool:
+    """Whether any grid row gets `stage`."""
+    return any(stage_applies(stage, row) for row in GRID)
+
+
 def _alternation(values) -> str:
     return "|".join(re.escape(v) for v in sorted(set(values), key=lambda v: (-len(v), v)))
 
@@ -549,9 +576,11 @@ def run_metric_files(row: dict) -> list[str]:
     files = [f"{folder}/ppl.json"]
     if row["method"] != DENSE_METHOD:
         files.append(f"{folder}/prune.json")
-    files += [f"{folder}/zeroshot-{task}.json" for task in ZEROSHOT_TASKS]
-    files += [f"{folder}/gguf-{outtype}.json" for outtype in GGUF_OUTTYPES]
-    if config["speed"]["enabled"]:
+    if stage_applies("zeroshot", row):
+        files += [f"{folder}/zeroshot-{task}.json" for task in ZEROSHOT_TASKS]
+    if stage_applies("gguf", row):
+        files += [f"{folder}/gguf-{outtype}.json" for outtype in GGUF_OUTTYPES]
+    if stage_applies("speed", row):
         files.append(f"{folder}/speed.json")
     return files
 
@@ -562,11 +591,12 @@ def all_metric_files() -> list[str]:
 
 def table_names() -> list[str]:
     """The tables pruning.tables writes for this grid (pruning.grid decides for both)."""
-    return [spec.name for spec in table_specs(GRID, zeroshot=bool(ZEROSHOT_TASKS), gguf=bool(GGUF_OUTTYPES))]
+    return [spec.name for spec in table_specs(GRID, zeroshot=stage_on("zeroshot"), gguf=stage_on("gguf"))]
 
 
 def plot_names() -> list[str]:
-    return [spec.name for spec in plot_specs(GRID, zeroshot=bool(ZEROSHOT_TASKS), speed=config["speed"]["enabled"])]
+    both = [row for row in GRID if stage_applies("zeroshot", row) and stage_applies("speed", row)]
+    return [spec.name for spec in plot_specs(GRID, zeroshot_speed=both)]
 
 
 # Where `snakemake publish` copies a finished run's tables and plots: the only tracked results. The workflow

@@ -65,6 +65,7 @@ rule gguf_convert:
         "--threads {threads} --output {output:q} > {log:q} 2>&1"
 
 
+# The transformers PPL it is compared with is the perplexity rule's, on the same windows (tables join them).
 rule gguf_eval:
     input:
         gguf="results/gguf/{model}/{method}/{ratio}/model-{outtype}.gguf",
@@ -85,7 +86,7 @@ rule gguf_eval:
         "../envs/pruning.yaml"
     shell:
         "OMP_NUM_THREADS={threads} python -m pruning gguf-eval --gguf {input.gguf:q} --model {input.model:q} "
-        "{params.evaluation} {params.runtime} --threads {threads} --output {output:q} > {log:q} 2>&1"
+        "{params.evaluation} {params.runtime} --no-compare-hf --threads {threads} --output {output:q} > {log:q} 2>&1"
 
 
 rule speed:
