@@ -525,6 +525,11 @@ def test_impact_table_per_method_family(measured):
         assert row[5] == (span([measured_file(measured, e, t, "speed.json")["hf"]["decode_tokens_per_s"] / dense_speed - 1
                                 for e, t in timed], "{:+.1%}".format) if timed else "—")
     assert rows[1][4] == "0.0%" != rows[1][3]  # Wanda zeros weights: no bytes saved when stored densely
+    for row in rows:  # every range reads low – high
+        for cell in row[3:]:
+            if " – " in cell:
+                low, high = (float(part.rstrip("%")) for part in cell.split(" – "))
+                assert low <= high, (row[0], cell)
 
 
 def test_plots_from_measured_runs(measured, tmp_path):

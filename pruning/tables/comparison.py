@@ -127,7 +127,8 @@ def impact_table(results: Results, notes=None) -> Table | None:
             "size reduction (dense bytes)": _range(mine.total_reduction, "{:.1%}".format),
             "speed improvement (decode, HF)": _range(mine.speedup_HF, lambda v: f"{v - 1:+.1%}"),
             "quality impact (PPL)": _range(mine.ppl_change, lambda v: f"{v - 1:+.1%}"),
-            "quality impact (zero-shot points)": _range(mine.accuracy_loss, lambda v: f"{-v:+.2f}")})
+            "quality impact (zero-shot points)": _range([None if v is None else -v for v in mine.accuracy_loss],
+                                                        "{:+.2f}".format)})
     extra = ("Ranges over every run of the family, each against its model's dense run: share of non-zero "
              "parameters and of all parameters removed, decode tokens/s change (Hugging Face, speed.json), "
              "perplexity change, and zero-shot average change in points (headline metrics). A dash: not measured.")

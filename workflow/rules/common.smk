@@ -564,6 +564,16 @@ def speed_inputs(wildcards) -> dict:
     return inputs
 
 
+def speed_job_threads(wildcards) -> int:
+    """Cores a speed job holds. Locally it holds them all, so that no other job runs beside it and every row
+    is timed on an otherwise idle machine (it still times with config.threads, as --threads says); on a
+    cluster (--jobs) each job has its own allocation and asks for config.threads like every job."""
+    cores = workflow.resource_settings.cores
+    if workflow.resource_settings.nodes is None and isinstance(cores, int):
+        return max(config["threads"], cores)
+    return config["threads"]
+
+
 def speed_arguments() -> str:
     s = config["speed"]
     return _quote(["--prompt-tokens", s["prompt_tokens"], "--new-tokens", s["new_tokens"], "--repeats", s["repeats"],

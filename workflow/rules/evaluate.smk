@@ -97,15 +97,16 @@ rule speed:
     params:
         settings=speed_arguments(),
         gguf=lambda wildcards, input: f"--gguf {input.gguf}" if config["speed"]["gguf_outtype"] else "",
+        threads=config["threads"],
     log:
         "logs/speed/{model}/{method}/{ratio}.log",
     benchmark:
         "benchmarks/speed/{model}/{method}/{ratio}.tsv"
-    threads: config["threads"]
+    threads: speed_job_threads
     resources:
         **job_resources("speed"),
     conda:
         "../envs/pruning.yaml"
     shell:
-        "python -m pruning speed --model {input.model:q} {params.gguf} {params.settings} --threads {threads} "
+        "python -m pruning speed --model {input.model:q} {params.gguf} {params.settings} --threads {params.threads} "
         "--output {output:q} > {log:q} 2>&1"
