@@ -12,7 +12,8 @@ perplexity of the model without it; the window with the lowest perplexity is rem
 window's perplexity is reported.
 
 criteria of Shortened LLaMA (Kim et al. 2024), one-shot: every block is scored alone, then the `num_blocks`
-lowest-scoring non-overlapping blocks are removed together (block_size 1, the paper's setting: single layers).
+lowest-scoring non-overlapping blocks are removed together (block_size 1, the paper's setting: single layers;
+block_size n scores each window of n consecutive layers alone).
 `block_ppl`: the calibration perplexity of the model with only that block removed. `taylor`: first-order
 Taylor importance Σ |w · ∂L/∂w| over the block's weights, L the calibration loss (plain Taylor; the paper's
 Taylor+ is this with skip_blocks [0,1,2,3,-2,-1], its first four and last two layers kept).
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 DEPTH_CRITERIA = CRITERIA + ("perplexity", "block_ppl", "taylor")
 CRITERION_LABELS = {"angular": "Angular", "cosine": "Cosine", "perplexity": "Perplexity", "block_ppl": "Block PPL",
                     "taylor": "Taylor"}  # the column names of the PruneGPT table
-LOSS_CRITERIA = ("perplexity", "block_ppl", "taylor")  # need the calibration loss from norm + head (SuffixLoss)
 
 
 def _window_name(start: int, size: int) -> str:
