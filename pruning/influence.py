@@ -186,9 +186,10 @@ def taylor_layer_scores(suffix: SuffixLoss) -> tuple[list[float], float]:
             x = inputs.pop().detach().requires_grad_(True)
             with torch.enable_grad(), _gradients_on(weights[index]):
                 out = _hidden_of(layer(x, *args, **kwargs))
-                grad, *weight_grads = torch.autograd.grad(out, [x, *weights[index]], grad)
+                grad, *weight_grads = torch.autograd.grad(out, [x, *weights[index]], grad, allow_unused=True)
             for total, g in zip(sums[index], weight_grads):
-                total += g.float().to(total.device)
+                if g is not None:  # a weight the forward never used has no influence
+                    total += g.float().to(total.device)
             layer.to(home)
     scores = [sum(float((w.detach().float() * g.to(w.device)).abs().sum()) for w, g in zip(ws, gs))
               for ws, gs in zip(weights, sums)]
