@@ -1,15 +1,21 @@
-"""Calibration loss of a changed model, continued from a decoder layer's inputs.
+"""Calibration loss of a changed model, continued from a decoder layer's inputs, and its gradient.
 
-Perplexity-influence depth pruning (Quark) and the greedy attention removal of two-stage pruning ask
-many times "what is the calibration loss if this part were gone?". The prefix of the model before the
-changed layer is unchanged, so the loss is computed from the inputs of that layer, which the shared
-`LayerwiseEngine` provides while it walks the layers: only the remaining layers, the final norm and the
-head are run. `SuffixLoss.verify` checks once, on one window, that norm + head reproduce the model's own
-loss, so an architecture with extra steps after the last layer fails loudly instead of scoring wrongly.
+Perplexity-influence depth pruning (Quark, and Shortened LLaMA's one-block-removed PPL) and the greedy
+attention removal of two-stage pruning ask many times "what is the calibration loss if this part were
+gone?". The prefix of the model before the changed layer is unchanged, so the loss is computed from the
+inputs of that layer, which the shared `LayerwiseEngine` provides while it walks the layers: only the
+remaining layers, the final norm and the head are run. `SuffixLoss.verify` checks once, on one window, that
+norm + head reproduce the model's own loss, so an architecture with extra steps after the last layer fails
+loudly instead of scoring wrongly.
+
+Shortened LLaMA's Taylor criterion estimates the same loss change to first order instead:
+`taylor_layer_scores` back-propagates the calibration loss one layer at a time (each layer re-run with
+gradients from its stored input), so only one layer's graph and one batch's layer inputs are held at once.
 """
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Sequence
 
 import torch
@@ -17,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adapters import ArchitectureAdapter
-from .engine import LayerwiseEngine
+from .engine import LayerwiseEngine, _hidden_of
 
 
 class SuffixLossError(ValueError):
@@ -36,16 +42,43 @@ class SuffixLoss:
         size = engine.batch_size
         self.targets = [input_ids[s:s + size] for s in range(0, input_ids.shape[0], size)]
 
+    def _window_nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Summed next-token NLL of one window ([1, seq, hidden] in); differentiable when grad is enabled."""
+        logits = self.head(self.norm(hidden[:, :-1])).float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[0, 1:], reduction="sum")
+
     @torch.no_grad()
     def _batch_nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> float:
-        total = 0.0
         targets = targets.to(hidden.device)
-        for row in range(hidden.shape[0]):  # one window at a time keeps the logits small
-            logits = self.head(self.norm(hidden[row:row + 1, :-1])).float()
-            if self.softcap:
-                logits = torch.tanh(logits / self.softcap) * self.softcap
-            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[row, 1:], reduction="sum").item()
-        return total
+        # one window at a time keeps the logits small
+        return sum(self._window_nll(hidden[row:row + 1], targets[row:row + 1]).item() for row in range(hidden.shape[0]))
+
+    def nll_gradient(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """Summed NLL of a batch from the last layer's output, and its gradient with respect to that output
+        (norm and head on the compute device meanwhile; their own gradients are not computed)."""
+        targets = targets.to(hidden.device)
+        total, grads = 0.0, []
+        with self._head_on_device(), torch.enable_grad():
+            for row in range(hidden.shape[0]):
+                h = hidden[row:row + 1].detach().requires_grad_(True)
+                nll = self._window_nll(h, targets[row:row + 1])
+                grads.append(torch.autograd.grad(nll, h)[0])
+                total += nll.item()
+        return total, torch.cat(grads)
+
+    @contextmanager
+    def _head_on_device(self):
+        modules = (self.norm, self.head)
+        homes = [next(m.parameters(), torch.empty(0)).device for m in modules]
+        for module in modules:
+            module.to(self.engine.device)
+        try:
+            yield
+        finally:
+            for module, home in zip(modules, homes):
+                module.to(home)
 
     @torch.no_grad()
     def verify(self) -> None:
@@ -81,12 +114,83 @@ class SuffixLoss:
                 layer.to(home)
         finally:
             engine.hidden = saved
-        homes = [next(m.parameters(), torch.empty(0)).device for m in (self.norm, self.head)]
-        self.norm.to(engine.device), self.head.to(engine.device)
-        try:
+        with self._head_on_device():
             total = sum(self._batch_nll(h, t) for h, t in zip(hidden, self.targets))
-        finally:
-            for module, home in zip((self.norm, self.head), homes):
-                module.to(home)
-        scored = sum(t.shape[0] * (t.shape[1] - 1) for t in self.targets)
-        return total / scored
+        return total / self.scored_tokens
+
+    @property
+    def scored_tokens(self) -> int:
+        return sum(t.shape[0] * (t.shape[1] - 1) for t in self.targets)
+
+
+@contextmanager
+def _gradients_on(parameters: Sequence[nn.Parameter]):
+    """Let autograd differentiate with respect to `parameters` for a while, whatever their requires_grad."""
+    before = [p.requires_grad for p in parameters]
+    for p in parameters:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p, flag in zip(parameters, before):
+            p.requires_grad_(flag)
+
+
+def block_weights(layer: nn.Module) -> list[nn.Parameter]:
+    """The weights a block's Taylor score sums over: every parameter named `*weight` (projection matrices and
+    norm scales; biases are not counted, as in the Shortened LLaMA authors' code)."""
+    return [p for name, p in layer.named_parameters() if name.endswith("weight")]
+
+
+def taylor_layer_scores(suffix: SuffixLoss) -> tuple[list[float], float]:
+    """First-order Taylor importance of every decoder layer (Kim et al. 2024, "Shortened LLaMA"):
+    Σ |w · ∂L/∂w| over the layer's weights (`block_weights`), with L the mean next-token NLL over all the
+    calibration windows of `suffix`; the gradient is summed over batches before the absolute value is
+    taken. Returns the scores (one per layer, in order) and L itself.
+
+    One batch at a time: a forward walk stores every layer's input, then the layers are re-run in reverse
+    with gradients, each passing the gradient of its input down to the layer before. Exact (the same
+    gradient as back-propagating through the whole model), without holding the whole graph."""
+    model, adapter, engine = suffix.model, suffix.adapter, suffix.engine
+    layers = adapter.decoder_layers(model)
+    weights = [block_weights(layer) for layer in layers]
+    sums = [[torch.zeros_like(w, dtype=torch.float32) for w in ws] for ws in weights]  # Σ_batches ∂L/∂w
+    scored, total_nll = suffix.scored_tokens, 0.0
+    batches = suffix.targets
+    if engine.progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="depth taylor", unit="batch")
+    for batch in batches:
+        walk = LayerwiseEngine(model, adapter, engine.device, engine.batch_size, progress=False)
+        walk.capture(batch)
+        args, kwargs = walk.layer_args[0], walk.layer_kwargs[0]
+        inputs: list[torch.Tensor] = []
+        last = []
+
+        def keep_input(step):
+            inputs.append(step.inputs[0])
+            outputs = step.forward()
+            if step.index == len(layers) - 1:
+                last.append(outputs[0])
+            return outputs
+
+        walk.run(keep_input, description="depth taylor forward")
+        nll, grad = suffix.nll_gradient(last[0], batch)
+        total_nll += nll
+        grad = grad / scored
+        for index in range(len(layers) - 1, -1, -1):
+            layer = layers[index]
+            home = next(layer.parameters(), torch.empty(0)).device
+            layer.to(engine.device)
+            x = inputs.pop().detach().requires_grad_(True)
+            with torch.enable_grad(), _gradients_on(weights[index]):
+                out = _hidden_of(layer(x, *args, **kwargs))
+                grad, *weight_grads = torch.autograd.grad(out, [x, *weights[index]], grad, allow_unused=True)
+            for total, g in zip(sums[index], weight_grads):
+                if g is not None:  # a weight the forward never used has no influence
+                    total += g.float().to(total.device)
+            layer.to(home)
+    scores = [sum(float((w.detach().float() * g.to(w.device)).abs().sum()) for w, g in zip(ws, gs))
+              for ws, gs in zip(weights, sums)]
+    return scores, total_nll / scored

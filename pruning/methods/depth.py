@@ -11,6 +11,13 @@ criterion `perplexity` (Quark): for every window of `num_blocks` consecutive lay
 perplexity of the model without it; the window with the lowest perplexity is removed and every
 window's perplexity is reported.
 
+criteria of Shortened LLaMA (Kim et al. 2024), one-shot: every block is scored alone, then the `num_blocks`
+lowest-scoring non-overlapping blocks are removed together (block_size 1, the paper's setting: single layers;
+block_size n scores each window of n consecutive layers alone).
+`block_ppl`: the calibration perplexity of the model with only that block removed. `taylor`: first-order
+Taylor importance Σ |w · ∂L/∂w| over the block's weights, L the calibration loss (plain Taylor; the paper's
+Taylor+ is this with skip_blocks [0,1,2,3,-2,-1], its first four and last two layers kept).
+
 `skip_blocks` lists layers that must stay (negative indices count from the end, e.g. [0,1,2,3,-1,-2]).
 """
 from __future__ import annotations
@@ -26,7 +33,10 @@ from .options import Option
 if TYPE_CHECKING:
     from ..engine import LayerStep, LayerwiseEngine
 
-DEPTH_CRITERIA = CRITERIA + ("perplexity",)  # hidden-state change, then Quark's perplexity windows
+# hidden-state change, Quark's perplexity windows, Shortened LLaMA's one-block-removed perplexity and Taylor
+DEPTH_CRITERIA = CRITERIA + ("perplexity", "block_ppl", "taylor")
+CRITERION_LABELS = {"angular": "Angular", "cosine": "Cosine", "perplexity": "Perplexity", "block_ppl": "Block PPL",
+                    "taylor": "Taylor"}  # the column names of the PruneGPT table
 
 
 def _window_name(start: int, size: int) -> str:
@@ -37,18 +47,25 @@ def _window_name(start: int, size: int) -> str:
 class Depth(PruningMethod):
     name = "depth"
     needs_calibration = True
-    description = ("remove the layers (or blocks) that change hidden states least (angular/cosine), or the window "
-                   "of layers whose removal costs the least calibration perplexity")
+    description = ("remove the layers (or blocks) that change hidden states least (angular/cosine), the window of "
+                   "layers whose removal costs the least calibration perplexity (perplexity), or the layers each "
+                   "least important alone by one-block-removed perplexity or first-order Taylor (block_ppl, taylor)")
 
     OPTIONS = (
         Option("num_blocks", int, "number of layers, or blocks of block_size layers, to remove", required=True,
                low=1, ratio=True),
-        Option("criterion", str, "block score: hidden-state change (angular, cosine) or calibration perplexity "
-                                 "without the window (perplexity)", default="angular", choices=DEPTH_CRITERIA),
+        Option("criterion", str, "block score: hidden-state change (angular, cosine); calibration perplexity "
+                                 "without the window of num_blocks layers (perplexity, Quark); Shortened LLaMA, "
+                                 "each block scored alone and the lowest removed: calibration perplexity with "
+                                 "only that block removed (block_ppl) or plain first-order Taylor sum of "
+                                 "|weight x gradient of the calibration loss| over the block's weights (taylor; "
+                                 "the paper's Taylor+ adds skip_blocks=[0,1,2,3,-2,-1])",
+               default="angular", choices=DEPTH_CRITERIA),
         Option("skip_blocks", list, "layers that must stay (negative indices count from the end)", default=()),
         Option("tokens", str, "hidden states compared on the last token or on all tokens (angular, cosine)",
                default="last", choices=TOKENS),
-        Option("block_size", int, "consecutive layers per removed block (angular, cosine)", default=1, low=1),
+        Option("block_size", int, "consecutive layers per removed block (all criteria but perplexity)", default=1,
+               low=1),
     )
 
     def __init__(self, **values):
@@ -59,8 +76,10 @@ class Depth(PruningMethod):
 
     def options(self) -> dict:
         options = super().options()
+        if self.criterion not in CRITERIA:
+            del options["tokens"]
         if self.criterion == "perplexity":
-            del options["tokens"], options["block_size"]
+            del options["block_size"]
         return options
 
     def check_model(self, ctx: PruneContext) -> None:
@@ -101,10 +120,15 @@ class Depth(PruningMethod):
             report = self._perplexity_windows(ctx, engine, input_ids, size, starts)
             drop_starts = [report.pop("best_start")]
         else:
-            engine.capture(input_ids)
-            scores = self._similarity_scores(engine, size, starts)
+            if self.criterion == "block_ppl":
+                scores, report = self._block_perplexities(ctx, engine, input_ids, size, starts)
+            elif self.criterion == "taylor":
+                scores, report = self._taylor_scores(ctx, engine, input_ids, size, starts)
+            else:
+                engine.capture(input_ids)
+                scores, report = self._similarity_scores(engine, size, starts), {}
             drop_starts = select_blocks(scores, num_layers, size, self.num_blocks)
-            report = {"scores": {_window_name(s, size): v for s, v in scores.items()}}
+            report = {"scores": {_window_name(s, size): v for s, v in scores.items()}, **report}
         drop = sorted(i for s in drop_starts for i in range(s, s + size))
         remove_layers(ctx.model, ctx.adapter, drop)
         return {"removed_layers": drop, "layers_before": num_layers, "layers_after": num_layers - len(drop),
@@ -130,9 +154,7 @@ class Depth(PruningMethod):
         engine.run(visit, description=f"depth {self.criterion}")
         return {s: meter.value for s, meter in meters.items()}
 
-    def _perplexity_windows(self, ctx: PruneContext, engine: LayerwiseEngine, input_ids, size: int,
-                            starts: list[int]) -> dict:
-        """Quark: calibration perplexity with each allowed window of `size` layers removed."""
+    def _suffix_loss(self, ctx: PruneContext, engine: LayerwiseEngine, input_ids):
         from ..influence import SuffixLoss, SuffixLossError
 
         suffix = SuffixLoss(ctx.model, ctx.adapter, engine, input_ids)
@@ -140,6 +162,12 @@ class Depth(PruningMethod):
             suffix.verify()
         except SuffixLossError as exc:
             raise MethodError(f"depth: {exc}") from None
+        return suffix
+
+    def _removal_nll(self, ctx: PruneContext, engine: LayerwiseEngine, input_ids, size: int,
+                     starts: list[int]) -> tuple[dict[int, float], float]:
+        """Mean calibration NLL of the model without layers s..s+size-1, for each start s, and of the whole model."""
+        suffix = self._suffix_loss(ctx, engine, input_ids)
         layers = ctx.adapter.decoder_layers(ctx.model)
         last = len(layers) - 1
         nll: dict[int, float] = {}
@@ -154,11 +182,36 @@ class Depth(PruningMethod):
             return outputs
 
         engine.capture(input_ids)
-        engine.run(visit, description="depth perplexity windows")
+        engine.run(visit, description=f"depth {self.criterion}")
+        return nll, dense["nll"]
+
+    def _perplexity_windows(self, ctx: PruneContext, engine: LayerwiseEngine, input_ids, size: int,
+                            starts: list[int]) -> dict:
+        """Quark: calibration perplexity with each allowed window of `size` layers removed."""
+        nll, dense = self._removal_nll(ctx, engine, input_ids, size, starts)
         window_ppl = [{"layers": [s, s + size - 1], "ppl": math.exp(nll[s])} for s in starts]
         best = min(starts, key=lambda s: (nll[s], s))
         return {"best_start": best, "window_ppl": window_ppl,
                 "scores": {_window_name(s, size): math.exp(nll[s]) for s in starts},
-                "ppl_dense_calibration": math.exp(dense["nll"]),
+                "ppl_dense_calibration": math.exp(dense),
                 "ppl_after_calibration": math.exp(nll[best]),
-                "ppl_data": "the calibration windows (see calibration in prune.json), never the test split"}
+                "ppl_data": CALIBRATION_ONLY}
+
+    def _block_perplexities(self, ctx: PruneContext, engine: LayerwiseEngine, input_ids, size: int,
+                            starts: list[int]) -> tuple[dict[int, float], dict]:
+        """Shortened LLaMA's PPL criterion: calibration perplexity with only the block at s removed, for each s."""
+        nll, dense = self._removal_nll(ctx, engine, input_ids, size, starts)
+        return {s: math.exp(nll[s]) for s in starts}, {"ppl_dense_calibration": math.exp(dense),
+                                                        "ppl_data": CALIBRATION_ONLY}
+
+    def _taylor_scores(self, ctx: PruneContext, engine: LayerwiseEngine, input_ids, size: int,
+                       starts: list[int]) -> tuple[dict[int, float], dict]:
+        """Shortened LLaMA's Taylor criterion: Σ |w · ∂L/∂w| over the weights of the block at s, for each s."""
+        from ..influence import taylor_layer_scores
+
+        layer_scores, dense = taylor_layer_scores(self._suffix_loss(ctx, engine, input_ids))
+        return {s: sum(layer_scores[s:s + size]) for s in starts}, {"ppl_dense_calibration": math.exp(dense),
+                                                                     "ppl_data": CALIBRATION_ONLY}
+
+
+CALIBRATION_ONLY = "the calibration windows (see calibration in prune.json), never the test split"

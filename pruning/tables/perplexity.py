@@ -7,6 +7,7 @@ from typing import Iterable
 import pandas as pd
 
 from ..grid import DENSE_METHOD, DEPTH_METHOD, LAYER_REMOVAL_METHODS, MASK_KINDS, TWO_STAGE_METHOD
+from ..methods.depth import CRITERION_LABELS
 from ..results import Results, ordered_unique
 from .common import (CALIBRATION, DTYPE_BYTES, MISSING, PPL, PRUNED, REMOVED, SPEED, Table, _parameters, _table,
                      caption, fmt_bytes, fmt_change, fmt_count, fmt_percent_change, fmt_ppl, fmt_reduction,
@@ -85,7 +86,7 @@ def depth_table(results: Results, model: str, notes=None) -> Table | None:
         return None
     dense = [results.dense()[model]] if model in results.dense() else []
     rows, wide = results.wide(depth + dense, ppl=PPL, prune=[*PRUNED, "options.criterion", "result.removed_layers"])
-    criteria = {runs.method[r]: str(wide.loc[r, ("prune", "options.criterion")] or runs.method[r]).capitalize()
+    criteria = {runs.method[r]: _criterion_label(wide.loc[r, ("prune", "options.criterion")] or runs.method[r])
                 for r in depth}
     if len(set(criteria.values())) < len(criteria):  # two entries share a criterion: name columns by entry
         criteria = {method: method for method in criteria}
@@ -106,6 +107,10 @@ def depth_table(results: Results, model: str, notes=None) -> Table | None:
     return _table(f"depth-{model}", f"Depth pruning by removed blocks: {model}",
                   caption(results, depth + dense, notes, "Blocks chosen on calibration data by the criterion of each "
                           "column; #Param after removal."), table.reset_index(), rows)
+
+
+def _criterion_label(criterion) -> str:
+    return CRITERION_LABELS.get(str(criterion), str(criterion).capitalize())
 
 
 def _prune_ratio_percent(w: pd.Series) -> float | None:
