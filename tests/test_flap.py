@@ -196,7 +196,7 @@ def _kept_channels(dense, model, layer_index) -> list[int]:
 def test_uniform_structure_narrows_every_layer_alike(stories, calib_ids):
     model, report = run(copy.deepcopy(stories[0]), calib_ids, fraction=0.25, structure="ul-um", compensation=False)
     shapes = heterogeneous.layer_structure(model, pruning.get_adapter(model))
-    assert {(s.heads, s.kv_heads, s.ffn) for s in shapes} == {(6, 3, 129)}  # round(0.25 × 4) groups, round(0.25 × 172)
+    assert {(s.heads, s.kv_heads, s.ffn) for s in shapes} == {(6, 3, 129)}  # round(0.25 × 4), round(0.25 × 172)
     assert report["bias_parameters_added"] == 0 and not any(s.output_biases != (False, False) for s in shapes)
 
 

@@ -87,37 +87,34 @@ class Flap(PruningMethod):
         removable = sum((kv - 1) * a + (ffn - 1) * f for (_, kv, ffn), (a, f) in zip(sizes, costs))
         target = round(self.fraction * total)
         if target > removable:
-            raise MethodError(f"flap: fraction {self.fraction} asks for {target} of {total} attention + FFN parameters; "
-                              f"at most {removable} can go (each layer keeps one key-value group and one FFN channel)")
+            raise MethodError(f"flap: fraction {self.fraction} asks for {target} of {total} attention + FFN "
+                              f"parameters; at most {removable} can go (each layer keeps one key-value group and one FFN channel)")
         if self.structure == "ul-um" and all(int(self.fraction * kv + 0.5) == 0 and int(self.fraction * ffn + 0.5) == 0
                                              for _, kv, ffn in sizes):
             raise MethodError(f"flap: fraction {self.fraction} removes no key-value group and no FFN channel per layer")
         if self.structure == "al-am" and 2 * target < min(min(c) for c in costs):
-            raise MethodError(f"flap: fraction {self.fraction} is {target} parameters, less than half the smallest unit")
+            raise MethodError(f"flap: fraction {self.fraction} is {target} parameters, less than half the smallest "
+                              "removable unit")
         return {"sizes": sizes, "costs": costs, "total": total, "target": target}
 
     @no_grad
     def prune(self, ctx: PruneContext) -> dict:
+        from ..heterogeneous import layer_structure
         from ..structure import numel, removal_report
 
         plan = self.plan(ctx)
         statistics = self._statistics(ctx)
-        scores = self._unit_scores(ctx, plan, statistics)
-        removed = self._select(plan, scores)
+        removed = self._select(plan, self._unit_scores(ctx, plan, statistics))
         before = numel(ctx.model)
         added = self._apply(ctx, plan, statistics, removed)
-        layers = ctx.adapter.decoder_layers(ctx.model)
-        from ..heterogeneous import layer_structure
-
-        shapes = layer_structure(ctx.model, ctx.adapter)
-        removed_parameters = sum(len(removed[i]["attention"]) * plan["costs"][i][0]
-                                 + len(removed[i]["ffn"]) * plan["costs"][i][1] for i in range(len(layers)))
+        removed_parameters = sum(len(r["attention"]) * attention + len(r["ffn"]) * ffn
+                                 for r, (attention, ffn) in zip(removed, plan["costs"]))
         return {"structure": self.structure, "metric": self.metric, "compensation": self.compensation,
                 "target_parameters": plan["target"], "attention_ffn_parameters": plan["total"],
                 "attention_ffn_removed_percent": round(100.0 * removed_parameters / plan["total"], 4),
                 "removed_kv_groups": {str(i): r["attention"] for i, r in enumerate(removed) if r["attention"]},
                 "removed_ffn_channels": {str(i): len(r["ffn"]) for i, r in enumerate(removed)},
-                "layer_shapes": [shape.to_record() for shape in shapes],
+                "layer_shapes": [shape.to_record() for shape in layer_structure(ctx.model, ctx.adapter)],
                 "bias_parameters_added": added, **removal_report(before, ctx.model)}
 
     def _statistics(self, ctx: PruneContext) -> list[dict]:
@@ -147,7 +144,8 @@ class Flap(PruningMethod):
         from ..fluctuation import channel_scores, standardized, unit_scores
 
         scores = []
-        for layer, meters, (heads, kv_heads, _) in zip(ctx.adapter.decoder_layers(ctx.model), statistics, plan["sizes"]):
+        layers = ctx.adapter.decoder_layers(ctx.model)
+        for layer, meters, (_, kv_heads, _) in zip(layers, statistics, plan["sizes"]):
             o, down = (ctx.adapter.layer_part(layer, path).weight
                        for path in (ctx.adapter.attention_projections[-1], ctx.adapter.mlp_projections[-1]))
             attention = standardized(channel_scores(self.metric, meters["attention"], o) ** 2)
