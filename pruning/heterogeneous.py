@@ -6,7 +6,10 @@ FFN-free layers is saved with the base family's config plus a record of every la
     "model_type": "pruning_heterogeneous", "pruning_base_model_type": "llama",
     "pruning_layer_structure": [{"num_attention_heads": 8, "num_key_value_heads": 4, "intermediate_size": 0}, ...]
 
-(0 heads: attention removed; 0 intermediate size: FFN removed). This module is the one home of that format:
+(0 heads: attention removed; 0 intermediate size: FFN removed). A layer whose attention output projection
+(o_proj) or FFN output projection (down_proj) carries a bias the base config does not give it (FLAP's bias
+compensation, pruning/methods/flap.py) says so with `"attention_output_bias": true` / `"ffn_output_bias": true`
+(keys left out when false). This module is the one home of that format:
 its names, the per-layer `LayerShape`, how a removed sub-block looks in memory (`RemovedAttention`,
 `RemovedFeedForward`), reading shapes off the modules, writing the record into a config (`record_layer_shapes`,
 called once before saving), reading and validating it (`layer_shapes`), and loading: importing this module
@@ -30,6 +33,7 @@ HETEROGENEOUS_MODEL_TYPE = "pruning_heterogeneous"
 BASE_TYPE_KEY = "pruning_base_model_type"
 STRUCTURE_KEY = "pruning_layer_structure"
 LAYER_FIELDS = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
+BIAS_FIELDS = ("attention_output_bias", "ffn_output_bias")  # optional per-layer keys, written only when true
 
 
 class FormatError(ValueError):
@@ -38,14 +42,23 @@ class FormatError(ValueError):
 
 @dataclass(frozen=True)
 class LayerShape:
-    """One decoder layer: query heads, key-value heads and FFN width (0 = sub-block removed)."""
+    """One decoder layer: query heads, key-value heads and FFN width (0 = sub-block removed), and whether its
+    attention / FFN output projection has a bias."""
 
     heads: int
     kv_heads: int
     ffn: int
+    attention_output_bias: bool = False
+    ffn_output_bias: bool = False
 
     def to_record(self) -> dict:
-        return dict(zip(LAYER_FIELDS, (self.heads, self.kv_heads, self.ffn)))
+        record = dict(zip(LAYER_FIELDS, (self.heads, self.kv_heads, self.ffn)))
+        record.update({key: True for key, flag in zip(BIAS_FIELDS, self.output_biases) if flag})
+        return record
+
+    @property
+    def output_biases(self) -> tuple[bool, bool]:
+        return self.attention_output_bias, self.ffn_output_bias
 
 
 def _get(config, key: str, default=None):
@@ -64,13 +77,15 @@ def base_model_type(config) -> str | None:
 
 def base_shape(config) -> LayerShape:
     """The shape every layer has in the base config (dict or transformers config): key-value heads default to
-    the query heads, as in transformers' configs without grouped-query attention."""
+    the query heads, as in transformers' configs without grouped-query attention; output biases as the
+    config's `attention_bias` / `mlp_bias` flags give them (Llama's, which add biases to every projection)."""
     heads, kv_heads, ffn = (_get(config, key) for key in LAYER_FIELDS)
     kv_heads = heads if kv_heads is None else kv_heads
     if not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in (heads, kv_heads, ffn)):
         raise FormatError(f"the base config needs positive integers num_attention_heads, intermediate_size (and "
                           f"num_key_value_heads, else the query heads): got {heads!r}, {ffn!r} ({kv_heads!r})")
-    return LayerShape(heads, kv_heads, ffn)
+    return LayerShape(heads, kv_heads, ffn, bool(_get(config, "attention_bias", False)),
+                      bool(_get(config, "mlp_bias", False)))
 
 
 def layer_shapes(config) -> list[LayerShape]:
@@ -84,12 +99,17 @@ def layer_shapes(config) -> list[LayerShape]:
         raise FormatError(f"{STRUCTURE_KEY} must list one entry per layer ({layers}), got {records!r:.200}")
     shapes = []
     for index, entry in enumerate(records):
-        if not isinstance(entry, dict) or set(entry) != set(LAYER_FIELDS):
-            raise FormatError(f"{STRUCTURE_KEY}[{index}] must have exactly the keys {LAYER_FIELDS}, got {entry!r}")
-        shape = LayerShape(*(entry[key] for key in LAYER_FIELDS))
+        if not isinstance(entry, dict) or not set(LAYER_FIELDS) <= set(entry) <= set(LAYER_FIELDS + BIAS_FIELDS):
+            raise FormatError(f"{STRUCTURE_KEY}[{index}] must have the keys {LAYER_FIELDS} (and optionally "
+                              f"{BIAS_FIELDS}), got {entry!r}")
+        shape = LayerShape(*(entry[key] for key in LAYER_FIELDS), *(entry.get(key, False) for key in BIAS_FIELDS))
         if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
                    for x in (shape.heads, shape.kv_heads, shape.ffn)):
             raise FormatError(f"{STRUCTURE_KEY}[{index}] values must be non-negative integers, got {entry!r}")
+        if not all(isinstance(flag, bool) for flag in shape.output_biases) \
+                or (shape.attention_output_bias and not shape.heads) or (shape.ffn_output_bias and not shape.ffn):
+            raise FormatError(f"{STRUCTURE_KEY}[{index}] = {entry}: {BIAS_FIELDS} must be true or false, and true "
+                              "only on a sub-block that is kept")
         if (shape.heads == 0) != (shape.kv_heads == 0) or (shape.kv_heads and shape.heads % shape.kv_heads) \
                 or shape.heads > base.heads or shape.kv_heads > base.kv_heads or shape.ffn > base.ffn:
             raise FormatError(f"{STRUCTURE_KEY}[{index}] = {entry} does not fit the base config "
@@ -164,10 +184,25 @@ def ffn_width(layer: nn.Module, adapter: ArchitectureAdapter) -> int:
     return adapter.layer_part(layer, adapter.mlp_projections[-1]).in_features
 
 
+def output_biases(layer: nn.Module, adapter: ArchitectureAdapter) -> tuple[bool, bool]:
+    """Whether the attention and the FFN output projections of one layer have a bias (False when removed)."""
+    return tuple(not removed(layer, adapter) and adapter.layer_part(layer, path).bias is not None
+                 for removed, path in ((attention_removed, adapter.attention_projections[-1]),
+                                       (feed_forward_removed, adapter.mlp_projections[-1])))
+
+
 def layer_structure(model: nn.Module, adapter: ArchitectureAdapter) -> list[LayerShape]:
     """Every decoder layer's shape, read from the modules themselves."""
-    return [LayerShape(*head_counts(layer, adapter), ffn_width(layer, adapter))
+    return [LayerShape(*head_counts(layer, adapter), ffn_width(layer, adapter), *output_biases(layer, adapter))
             for layer in adapter.decoder_layers(model)]
+
+
+def add_output_bias(linear: nn.Linear, bias: torch.Tensor) -> None:
+    """Add `bias` to a linear layer's output: into its bias, or as a new bias where it has none."""
+    if linear.bias is None:
+        linear.bias = nn.Parameter(torch.zeros(linear.out_features, device=linear.weight.device,
+                                               dtype=linear.weight.dtype), requires_grad=linear.weight.requires_grad)
+    linear.bias.data += bias.to(linear.bias.device, linear.bias.dtype)
 
 
 def _resized(linear: nn.Linear, rows: int, columns: int) -> nn.Linear:
@@ -198,6 +233,9 @@ def shape_layers(model: nn.Module, adapter: ArchitectureAdapter, shapes: list[La
                 set_module(layer, path, _resized(linear, shape.ffn, linear.in_features))
             linear = adapter.layer_part(layer, down)
             set_module(layer, down, _resized(linear, linear.out_features, shape.ffn))
+        for flag, path in zip(shape.output_biases, (adapter.attention_projections[-1], adapter.mlp_projections[-1])):
+            if flag and adapter.layer_part(layer, path).bias is None:
+                add_output_bias(adapter.layer_part(layer, path), torch.zeros(()))
 
 
 # -------------------------------------------------------------------------- config and transformers

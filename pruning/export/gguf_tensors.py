@@ -19,6 +19,8 @@ count, so the plan keeps every layer's computation exact by:
 - writing an attention-free layer 0 as deci's "linear attention" with an all-zero output matrix
   (adds exactly 0) so that layer 0 has a head count;
 - leaving out layers with neither attention nor FFN (identity layers).
+Output-projection biases of the heterogeneous record (FLAP's compensation) map to `attn_output.bias` /
+`ffn_down.bias` like any bias; the deci graph adds them (checked against llama-cpp-python in tests/test_flap.py).
 """
 from __future__ import annotations
 
