@@ -21,7 +21,8 @@ DEPTH_METHOD, TWO_STAGE_METHOD = "depth", "two_stage"
 LAYER_REMOVAL_METHODS = (DEPTH_METHOD, "layers", TWO_STAGE_METHOD)
 MASK_KINDS = ("sparsity", "nm")  # ratio kinds that zero weights in place: the sparsity table and plot
 # The PersLM "Performance Impact" families, in its order; `all` (heads, layers, sparsity, distillation) stands apart.
-METHOD_FAMILIES = {"head pruning": ("heads",), "width pruning (FLAP)": ("flap",), "layer/depth pruning": ("depth", "layers"),
+METHOD_FAMILIES = {"head pruning": ("heads",), "width pruning (FLAP)": ("flap",),
+                   "layer/depth pruning": ("depth", "layers"),
                    "magnitude / Wanda / SparseGPT": ("magnitude", "wanda", "sparsegpt"), "distillation": ("distill",),
                    "two-stage": (TWO_STAGE_METHOD,), "combined (all)": ("all",)}
 RETRAINING_METHODS = ("distill",)  # and `all` when it was given training_data (recorded in prune.json)
