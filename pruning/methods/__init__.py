@@ -7,6 +7,7 @@ Nothing here imports torch, so building a method costs no model and no torch.
 """
 from .base import MethodError, PruneContext, PruningMethod, available_methods, method_class, register
 from . import magnitude, wanda, sparsegpt  # noqa: F401  (registration)
+from . import dsnot  # noqa: F401  (mask refinement on wanda/sparsegpt)
 from . import heads, layers, depth, two_stage, distill, combined, flap  # noqa: F401  (structured methods)
 
 __all__ = ["MethodError", "PruneContext", "PruningMethod", "available_methods", "build_method", "method_class",

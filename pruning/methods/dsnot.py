@@ -1,0 +1,175 @@
+"""DSnoT (Zhang et al. 2024): Wanda's or SparseGPT's mask, then refined by training-free prune-and-grow
+swaps inside each output row (maths in pruning/refine.py), layer by layer on the shared engine.
+
+The base method prunes each linear exactly as it does alone (its own statistics and `prune_module`); the
+swaps then move weights between removed and kept so that each row's expected reconstruction error
+shrinks, keeping the row's count of zeros (unstructured) and each group's N (N:M). Regrown weights get
+their dense value back; SparseGPT's updated values stay on the weights it kept.
+
+Two choices go beyond the reference implementation (github.com/zyxxmu/DSnoT): its SparseGPT base only
+borrows SparseGPT's score without the weight updates, here the updates are kept; and with `error_guard`
+(default) a row keeps its refined weights only when its squared reconstruction error on the calibration
+inputs strictly falls, so no linear ends worse than its base mask (it costs one d×d input second moment
+per distinct input, which SparseGPT gathers anyway).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import PruneContext, no_grad, register
+from .masking import CalibratedMaskingMethod
+from .options import Option
+from .sparsegpt import HessianAccumulator, SparseGPT
+from .wanda import Wanda
+
+if TYPE_CHECKING:
+    import torch
+
+BASES = {"wanda": Wanda, "sparsegpt": SparseGPT}
+
+
+class InputMoments:
+    """E[x], E[x²] and Var[x] of every input feature over the calibration tokens (sums kept in fp64)."""
+
+    def __init__(self, features: int, device):
+        import torch
+
+        self.total = torch.zeros(features, dtype=torch.float64, device=device)
+        self.total_square = torch.zeros(features, dtype=torch.float64, device=device)
+        self.tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).double()
+        self.total += x.sum(dim=0)
+        self.total_square += (x * x).sum(dim=0)
+        self.tokens += x.shape[0]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.total / max(1, self.tokens)
+
+    @property
+    def square_mean(self) -> torch.Tensor:
+        return self.total_square / max(1, self.tokens)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return (self.square_mean - self.mean ** 2).clamp_min(0)
+
+
+class DSnoTStatistics:
+    """The base method's accumulator, DSnoT's input moments and (for the guard) the input second moment,
+    fed from one hook; SparseGPT's Hessian serves as the second moment when it is the base."""
+
+    def __init__(self, base, moments: InputMoments, second_moment: HessianAccumulator | None):
+        self.base, self.moments, self.second_moment = base, moments, second_moment
+
+    def add(self, x) -> None:
+        self.base.add(x)
+        self.moments.add(x)
+        if self.second_moment is not None and self.second_moment is not self.base:
+            self.second_moment.add(x)
+
+
+@register
+class DSnoT(CalibratedMaskingMethod):
+    name = "dsnot"
+    needs_calibration = True
+    description = ("Wanda or SparseGPT mask refined by training-free prune-and-grow swaps per output row "
+                   "(DSnoT); same sparsity, N:M kept")
+
+    OPTIONS = CalibratedMaskingMethod.OPTIONS + (
+        Option("base", str, "method whose mask (and, for SparseGPT, updated weights) DSnoT refines", default="wanda",
+               choices=tuple(BASES)),
+        Option("max_cycles", int, "prune-and-grow swaps per row at most", default=50, low=1),
+        Option("update_threshold", float, "a row stops once |expected reconstruction error| is at most this",
+               default=0.1, low=0),
+        Option("variance_power", float, "regrowth ranks W·E[x] / Var[x]^power (0: by W·E[x] alone)", default=1.0,
+               low=0),
+        Option("same_sign", bool, "a row also stops when a swap would flip the sign of its error (N:M swaps always "
+                                  "do, as the reference)", default=False),
+        Option("skip", str, "linears left with the base mask: the MLP's (reference default), the attention's, or none",
+               default="mlp", choices=("mlp", "attention", "none")),
+        Option("error_guard", bool, "keep a refined row only when its squared reconstruction error on the calibration "
+                                    "inputs falls (not in the paper)", default=True),
+    )
+
+    def __init__(self, **values):
+        super().__init__(**values)
+        self.base_method = BASES[self.base].build(sparsity=self.sparsity, nm=self.nm, one_pass=self.one_pass)
+        self.refined_names: set[str] = set()
+
+    def refine_settings(self):
+        from ..refine import RefineSettings
+
+        return RefineSettings(self.max_cycles, self.update_threshold, self.variance_power, self.same_sign)
+
+    def statistics(self, weight, device):
+        base = self.base_method.statistics(weight, device)
+        second_moment = None
+        if self.error_guard:
+            second_moment = base if isinstance(base, HessianAccumulator) else HessianAccumulator(weight.shape[1], device)
+        return DSnoTStatistics(base, InputMoments(weight.shape[1], device), second_moment)
+
+    def prune_module(self, name, module, statistics):
+        from ..adapters import weight_matrix
+        from ..ratios import NMPattern
+        from ..refine import dsnot_mask, keep_better_rows, refined_weights
+
+        weight = weight_matrix(module)
+        dense = weight.detach().clone()
+        base_info = self.base_method.prune_module(name, module, statistics.base)
+        if name not in self.refined_names:
+            return {"base": base_info, "refined": False}
+        base = weight.detach().clone()
+        moments = statistics.moments
+        pattern = self.target if isinstance(self.target, NMPattern) else None
+        mask, info = dsnot_mask(dense, base, moments.mean, moments.variance, moments.square_mean, pattern,
+                                self.refine_settings())
+        refined = refined_weights(dense, base, mask)
+        if statistics.second_moment is not None:
+            refined, guard = keep_better_rows(dense, base, refined, statistics.second_moment.hessian)
+            info.update(guard)
+        weight.copy_(refined.to(weight.dtype))
+        info["swaps"] = int(((refined == 0) & (base != 0)).sum())  # those kept after the guard
+        info["rows_changed"] = int((refined != base).any(dim=1).sum())
+        return {"base": base_info, "refined": True, **info}
+
+    def refinable(self, ctx: PruneContext) -> set[str]:
+        """Full names of the targeted linears DSnoT refines (the others keep the base mask)."""
+        names = set()
+        for index, targets in self.targets(ctx).items():
+            prefix = f"{ctx.adapter.layers}.{index}."
+            for name in targets:
+                relative = name.removeprefix(prefix)
+                attention = relative in ctx.adapter.attention_projections or \
+                    relative.startswith(ctx.adapter.attention + ".")
+                if self.skip == "none" or (self.skip == "mlp") == attention:
+                    names.add(name)
+        return names
+
+    @no_grad
+    def prune(self, ctx: PruneContext) -> dict:
+        import torch
+
+        self.refined_names = self.refinable(ctx)
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False  # SparseGPT's solve and the guard's errors in full fp32
+        try:
+            return super().prune(ctx)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+
+    def finish(self, report: dict, details: dict[str, dict]) -> dict:
+        report = self.base_method.finish(report, {name: d["base"] for name, d in details.items()
+                                                  if d["base"] is not None})
+        refined = {name: d for name, d in details.items() if d["refined"]}
+        summary = {"refined_modules": len(refined), "swaps": sum(d["swaps"] for d in refined.values()),
+                   "rows_changed": sum(d["rows_changed"] for d in refined.values())}
+        if self.error_guard:
+            summary["rows_restored"] = sum(d["rows_restored"] for d in refined.values())
+            summary["reconstruction_error"] = {  # Σ over refined linears of Σ_rows δᵀHδ, H = 2/n Σ x xᵀ
+                "base": sum(d["error_base"] for d in refined.values()),
+                "refined": sum(d["error_refined"] for d in refined.values())}
+        report["dsnot"] = summary
+        return report
