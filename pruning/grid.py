@@ -23,7 +23,7 @@ MASK_KINDS = ("sparsity", "nm")  # ratio kinds that zero weights in place: the s
 # The PersLM "Performance Impact" families, in its order; `all` (heads, layers, sparsity, distillation) stands apart.
 METHOD_FAMILIES = {"head pruning": ("heads",), "width pruning (FLAP)": ("flap",),
                    "layer/depth pruning": ("depth", "layers"),
-                   "magnitude / Wanda / SparseGPT": ("magnitude", "wanda", "sparsegpt"), "distillation": ("distill",),
+                   "magnitude / Wanda / SparseGPT": ("magnitude", "wanda", "sparsegpt", "dsnot"), "distillation": ("distill",),
                    "two-stage": (TWO_STAGE_METHOD,), "combined (all)": ("all",)}
 RETRAINING_METHODS = ("distill",)  # and `all` when it was given training_data (recorded in prune.json)
 COMPARED_MASKS = ("s0.50", "nm2-4")  # the skill document's settings of the mask-based methods
