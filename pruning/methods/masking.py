@@ -146,8 +146,8 @@ class MaskingMethod(PruningMethod):
                 for index, modules in self.targets(ctx).items()}
 
     def layer_sparsities(self, sizes: dict[int, dict[str, int]], outlier_ratios: list | None = None) -> list[float]:
-        """Every layer's sparsity under the allocation (before rounding to counts), refused in one line when
-        a schedule does not fit the model or a layer would leave [0, 1)."""
+        """Every layer's sparsity under a non-uniform allocation (before rounding to counts), refused in one
+        line when a schedule does not fit the model or a layer would leave [0, 1)."""
         layers = [sum(sizes[index].values()) for index in sorted(sizes)]
         target = self.target.value
         try:
@@ -158,10 +158,8 @@ class MaskingMethod(PruningMethod):
                 sparsities = centred(self.schedule, layers, target)
             elif self.allocation == RAMP:
                 sparsities = centred(ramp(*self.ramp, len(layers)), layers, target)
-            elif self.allocation == OWL:
-                sparsities = owl_sparsities(outlier_ratios, layers, target, self.owl_lambda)
             else:
-                sparsities = [target] * len(layers)
+                sparsities = owl_sparsities(outlier_ratios, layers, target, self.owl_lambda)
             layer_zero_counts(sparsities, layers, target)  # refuses sparsities outside [0, 1)
         except AllocationError as exc:
             raise MethodError(f"{self.name}: {exc}") from None
