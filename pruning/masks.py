@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .allocation import split_zeros
 from .ratios import MaskTarget, NMPattern, Sparsity
 
 
@@ -53,22 +54,32 @@ def nm_mask(scores: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
     return mask
 
 
-def select_mask(scores: torch.Tensor, target: MaskTarget, per: str = "row") -> torch.Tensor:
+def select_mask(scores: torch.Tensor, target: MaskTarget, per: str = "row", zeros: int | None = None) -> torch.Tensor:
     """Prune mask for a [out, in] score matrix.
 
     per='row' removes int(in·s) weights in every output row (Wanda's comparison group);
     per='matrix' removes int(numel·s) weights across the whole matrix (magnitude's default).
+    `zeros` (unstructured only) removes exactly that many instead: per row, the first `zeros mod rows`
+    rows one more than the others (a non-uniform allocation's exact count).
     N:M patterns are always per group of M inputs in each row.
     """
     if isinstance(target, NMPattern):
+        if zeros is not None:
+            raise ValueError("an exact count of zeros applies to a sparsity, not to an N:M pattern")
         return nm_mask(scores, target)
     if not isinstance(target, Sparsity):
         raise TypeError(f"unknown mask target {target!r}")
     if per == "row":
-        return _lowest(scores, int(scores.shape[1] * target.value), dim=1)
+        if zeros is None:
+            return _lowest(scores, int(scores.shape[1] * target.value), dim=1)
+        each, extra = divmod(zeros, scores.shape[0])
+        mask = _lowest(scores, each, dim=1)
+        if extra:
+            mask[:extra] = _lowest(scores[:extra], each + 1, dim=1)
+        return mask
     if per == "matrix":
-        flat = _lowest(scores.reshape(1, -1), int(scores.numel() * target.value), dim=1)
-        return flat.reshape(scores.shape)
+        count = int(scores.numel() * target.value) if zeros is None else zeros
+        return _lowest(scores.reshape(1, -1), count, dim=1).reshape(scores.shape)
     raise ValueError(f"per must be 'row' or 'matrix', got {per!r}")
 
 
@@ -122,13 +133,14 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, target: MaskTar
 
 
 def sparsegpt_solve(weight: torch.Tensor, inverse: InverseHessian, target: MaskTarget,
-                    block_size: int = 128) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                    block_size: int = 128, zeros: int | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """SparseGPT's solver on a prepared `inverse_hessian`. Work is in fp32. Dead inputs are pruned first.
 
     Unstructured masks are chosen once per block of columns by w²/[H⁻¹]_jj² over the whole
     rows×block (adaptive mask selection); N:M masks inside the column loop every M columns from the
     already-updated weights. Errors propagate within the block column by column and to later blocks
-    by the lazy batch update.
+    by the lazy batch update. `zeros` (unstructured only) removes exactly that many weights, split
+    over the blocks in proportion to their widths.
     """
     W = weight.detach().clone().float()
     cols = W.shape[1]
@@ -138,7 +150,10 @@ def sparsegpt_solve(weight: torch.Tensor, inverse: InverseHessian, target: MaskT
         block_size = target.m * max(1, block_size // target.m)  # groups never straddle blocks
     mask = torch.zeros_like(W, dtype=torch.bool)
     nm = target if isinstance(target, NMPattern) else None
-    for i1 in range(0, cols, block_size):
+    starts = range(0, cols, block_size)
+    block_zeros = None if zeros is None else split_zeros(zeros, [W.shape[0] * min(block_size, cols - i)
+                                                                  for i in starts])
+    for number, i1 in enumerate(starts):
         i2 = min(i1 + block_size, cols)
         # The block is held transposed (columns as contiguous rows) so the per-column updates are fast.
         block = W[:, i1:i2].t().contiguous()  # becomes the pruned block, column by column
@@ -146,7 +161,8 @@ def sparsegpt_solve(weight: torch.Tensor, inverse: InverseHessian, target: MaskT
         Hinv1 = Hinv[i1:i2, i1:i2]
         d = torch.diag(Hinv1)
         if nm is None:
-            removed_t = select_mask(block.t() ** 2 / d.unsqueeze(0) ** 2, target, per="matrix").t().contiguous()
+            removed_t = select_mask(block.t() ** 2 / d.unsqueeze(0) ** 2, target, per="matrix",
+                                    zeros=None if block_zeros is None else block_zeros[number]).t().contiguous()
         else:
             removed_t = torch.zeros_like(block, dtype=torch.bool)
         for i in range(i2 - i1):

@@ -212,3 +212,20 @@ def test_cli_prunes_and_refuses_bad_options_before_loading(stories_dir, stories_
         assert result.returncode == 2, result.stderr
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert not (tmp_path / "bad").exists()
+
+
+
+def test_owl_allocation_reaches_the_base_mask(stories):
+    """allocation=owl on dsnot: the base method prunes each layer to OWL's planned count and DSnoT keeps every
+    row's count, so each layer's measured zeros equal the plan and the total is exact."""
+    from pruning.allocation import target_zeros
+    from pruning.methods import build_method
+
+    model, _, calibration = stories
+    pruned = copy.deepcopy(model)
+    report = build_method("dsnot", sparsity=0.6, allocation="owl", skip="none").prune(_context(pruned, calibration))
+    allocation = report["allocation"]
+    assert allocation["kind"] == "owl" and len(set(allocation["layer_sparsity"])) > 1
+    assert [layer["zeros"] for _, layer in sorted(report["per_layer"].items(), key=lambda kv: int(kv[0]))] \
+        == allocation["layer_zeros"]
+    assert report["zeroed_parameters"] == target_zeros(0.6, report["targeted_parameters"])

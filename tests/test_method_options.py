@@ -137,7 +137,8 @@ def test_methods_command_lists_every_option(capsys):
     with pytest.raises(SystemExit):
         cli_main(["prune", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "magnitude: sparsity, nm, per;" in help_text and "python -m pruning methods" in help_text
+    assert "magnitude: sparsity, nm, allocation, owl_m, owl_lambda, schedule, ramp, per;" in help_text
+    assert "python -m pruning methods" in help_text
 
 
 # ------------------------------------------------------------------ checks that need the model, before work

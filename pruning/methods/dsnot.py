@@ -135,6 +135,13 @@ class DSnoT(CalibratedMaskingMethod):
         info["rows_changed"] = int((refined != base).any(dim=1).sum())
         return {"base": base_info, "refined": True, **info}
 
+    def plan_allocation(self, ctx: PruneContext) -> dict | None:
+        """A non-uniform allocation (OWL, schedule, ramp) is planned once here and handed to the base method,
+        whose mask DSnoT refines without changing any row's count of zeros."""
+        allocation = super().plan_allocation(ctx)
+        self.base_method.planned = self.planned
+        return allocation
+
     def refinable(self, ctx: PruneContext) -> set[str]:
         """Full names of the targeted linears DSnoT refines (the others keep the base mask)."""
         names = set()

@@ -9,7 +9,7 @@ from .options import Option
 @register
 class Magnitude(MaskingMethod):
     name = "magnitude"
-    description = "smallest |w| zeroed per matrix (or per output row); needs no calibration data"
+    description = "smallest |w| zeroed per matrix (or per output row); no calibration data unless allocation=owl"
     OPTIONS = MaskingMethod.OPTIONS + (
         Option("per", str, "compare |w| within the whole matrix or within each output row", default="matrix",
                choices=("matrix", "row")),
@@ -20,9 +20,11 @@ class Magnitude(MaskingMethod):
         from ..masks import magnitude_scores, select_mask
 
         self.check_model(ctx)
+        allocation = self.plan_allocation(ctx)
         per_layer = {}
         for index, targets in self.targets(ctx).items():
-            for module in targets.values():
-                self.apply_mask(module, select_mask(magnitude_scores(weight_matrix(module)), self.target, self.per))
+            for name, module in targets.items():
+                scores = magnitude_scores(weight_matrix(module))
+                self.apply_mask(module, select_mask(scores, self.target, self.per, zeros=self.planned_zeros(name)))
             per_layer[index] = self.layer_report(targets)
-        return self.summary(per_layer)
+        return self.with_allocation(self.summary(per_layer), allocation)

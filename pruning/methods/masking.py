@@ -1,10 +1,17 @@
-"""Shared orchestration for mask-based methods: their options, which modules, which target, and the
-sparsity report."""
+"""Shared orchestration for mask-based methods: their options, which modules, which target, how the target
+is spread over the layers (uniform, OWL or a schedule; maths in pruning/allocation.py), and the sparsity report."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from ..allocation import (ALLOCATIONS, OWL, OWL_LAMBDA, OWL_M, RAMP, SCHEDULE, UNIFORM, AllocationError, centred,
+                          layer_zero_counts, outlier_ratio, owl_sparsities, ramp, split_zeros)
 from ..ratios import MaskTarget, NMPattern, RatioError, mask_target, parse_nm
 from .base import MethodError, PruneContext, PruningMethod, no_grad
 from .options import Option
+
+if TYPE_CHECKING:
+    import torch
 
 TARGET_OPTIONS = (
     Option("sparsity", float, "fraction of the targeted weights to zero", low=0, high=1, high_open=True, ratio=True),
@@ -15,10 +22,65 @@ ONE_PASS = Option("one_pass", bool, "prune each linear as its input arrives, one
                                     "(true-sequential, holds every window's activations at once)", default=False)
 
 
-class MaskingMethod(PruningMethod):
-    """Zeroes weights of every linear inside the decoder layers to reach `target` (a sparsity or N:M)."""
+def _layer_sparsities(values: list[float]) -> list[float]:
+    if not values:
+        raise ValueError("needs one sparsity per decoder layer")
+    outside = [v for v in values if not 0 <= v < 1]
+    if outside:
+        raise ValueError(f"every entry must be a sparsity in [0, 1), got {outside[0]:g}")
+    return values
 
-    OPTIONS = TARGET_OPTIONS
+
+def _first_and_last(values: list[float]) -> list[float]:
+    if len(values) != 2:
+        raise ValueError(f"takes [first, last] (two sparsities), got {len(values)} numbers")
+    return _layer_sparsities(values)
+
+
+ALLOCATION_OPTIONS = (
+    Option("allocation", str, "how the sparsity is spread over the decoder layers: uniform (every layer alike), owl "
+           "(outlier-weighted, Yin et al. 2024: layers with more Wanda-score outliers pruned less; needs calibration "
+           "data, for magnitude too, as the paper's code), schedule or ramp; the non-uniform ones need a sparsity "
+           "(not N:M) and zero exactly round(sparsity × targeted weights)", default=UNIFORM, choices=ALLOCATIONS),
+    Option("owl_m", float, "OWL: a Wanda score is an outlier above owl_m × its layer's mean score", default=OWL_M,
+           low=0, low_open=True),
+    Option("owl_lambda", float, "OWL: layer outlier ratios min-max scaled to [0, 2·owl_lambda] and subtracted from "
+           "the sparsity, the mean kept at the sparsity (as the paper's code); sparsity ± owl_lambda must lie in "
+           "[0, 1)",
+           default=OWL_LAMBDA, low=0, high=0.5, high_open=True),
+    Option("schedule", list, "allocation=schedule: one sparsity per decoder layer, shifted by one constant so that "
+           "their mean weighted by layer size is the sparsity", item=float, check=_layer_sparsities),
+    Option("ramp", list, "allocation=ramp: [first, last] layer sparsities, linear in between (the skill document's "
+           "layer-wise schedule), shifted like schedule", item=float, check=_first_and_last),
+)
+ALLOCATION_NAMES = tuple(option.name for option in ALLOCATION_OPTIONS)
+
+
+class InputSquareMean:
+    """Running mean over calibration tokens of x_j² for every input feature j (fp32): Wanda's statistic."""
+
+    def __init__(self, features: int, device):
+        import torch
+
+        self.total = torch.zeros(features, dtype=torch.float32, device=device)
+        self.tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        self.total += (x * x).sum(dim=0)
+        self.tokens += x.shape[0]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.total / max(1, self.tokens)
+
+
+class MaskingMethod(PruningMethod):
+    """Zeroes weights of every linear inside the decoder layers to reach `target` (a sparsity or N:M),
+    every layer alike or, with a non-uniform `allocation`, each layer to its own sparsity with the total
+    exact."""
+
+    OPTIONS = TARGET_OPTIONS + ALLOCATION_OPTIONS
 
     def __init__(self, **values):
         super().__init__(**values)
@@ -26,13 +88,43 @@ class MaskingMethod(PruningMethod):
             self.target: MaskTarget = mask_target(values["sparsity"], values["nm"])
         except RatioError as exc:
             raise MethodError(f"{self.name}: {exc}") from None
+        self._check_allocation()
+        if self.allocation == OWL:
+            self.needs_calibration = True  # the outlier ratios come from Wanda scores, for magnitude too
+        self.planned: dict[str, int] = {}
+
+    def _check_allocation(self) -> None:
+        for kind, given in ((SCHEDULE, self.schedule), (RAMP, self.ramp)):
+            if given is not None and self.allocation != kind:
+                raise MethodError(f"{self.name}: {kind} is given but allocation is {self.allocation} "
+                                  f"(add allocation={kind})")
+            if given is None and self.allocation == kind:
+                raise MethodError(f"{self.name}: allocation={kind} needs {kind}=[...]")
+        if self.allocation == UNIFORM:
+            return
+        if isinstance(self.target, NMPattern):
+            raise MethodError(f"{self.name}: allocation={self.allocation} needs a sparsity; an N:M pattern "
+                              f"({self.target.describe()}) prunes every layer alike")
+        if self.allocation == OWL:
+            low, high = self.target.value - self.owl_lambda, self.target.value + self.owl_lambda
+            if low < 0 or high >= 1:
+                raise MethodError(f"{self.name}: owl_lambda {self.owl_lambda:g} spreads sparsity "
+                                  f"{self.target.value:g} over [{low:g}, {high:g}]; it must stay inside [0, 1)")
 
     def options(self) -> dict:
-        rest = {k: v for k, v in super().options().items() if k not in ("sparsity", "nm")}
-        return {"target": self.target.as_dict(), **rest}
+        """The target, the method's own options, and the allocation's options unless it is uniform (so a
+        uniform run's record keeps its published layout)."""
+        rest = {k: v for k, v in super().options().items() if k not in ("sparsity", "nm") + ALLOCATION_NAMES}
+        allocation = {"allocation": self.allocation}
+        if self.allocation == OWL:
+            allocation.update(owl_m=self.owl_m, owl_lambda=self.owl_lambda)
+        elif self.allocation in (SCHEDULE, RAMP):
+            allocation[self.allocation] = getattr(self, self.allocation)
+        return {"target": self.target.as_dict(), **rest, **(allocation if self.allocation != UNIFORM else {})}
 
     def check_model(self, ctx: PruneContext) -> None:
-        """At least one linear is targeted, and an N:M group fits in every targeted input width."""
+        """At least one linear is targeted, an N:M group fits in every targeted input width, and a schedule
+        has one sparsity per decoder layer that stays in [0, 1) once centred on the target."""
         from ..adapters import weight_matrix
 
         targets = {name: module for modules in self.targets(ctx).values() for name, module in modules.items()}
@@ -43,6 +135,88 @@ class MaskingMethod(PruningMethod):
             if self.target.m > width:
                 raise MethodError(f"{self.name}: N:M {self.target.describe()} needs M <= the input width of every "
                                   f"targeted linear; {name} has {width} (ignore it or use a smaller M)")
+        if self.allocation in (SCHEDULE, RAMP):
+            self.layer_sparsities(self.layer_sizes(ctx))
+
+    def layer_sizes(self, ctx: PruneContext) -> dict[int, dict[str, int]]:
+        """{layer index: {module name: targeted weights}}."""
+        from ..adapters import weight_matrix
+
+        return {index: {name: weight_matrix(module).numel() for name, module in modules.items()}
+                for index, modules in self.targets(ctx).items()}
+
+    def layer_sparsities(self, sizes: dict[int, dict[str, int]], outlier_ratios: list | None = None) -> list[float]:
+        """Every layer's sparsity under a non-uniform allocation (before rounding to counts), refused in one
+        line when a schedule does not fit the model or a layer would leave [0, 1)."""
+        layers = [sum(sizes[index].values()) for index in sorted(sizes)]
+        target = self.target.value
+        try:
+            if self.allocation == SCHEDULE:
+                if len(self.schedule) != len(layers):
+                    raise AllocationError(f"schedule has {len(self.schedule)} sparsities but the model has "
+                                          f"{len(layers)} decoder layers")
+                sparsities = centred(self.schedule, layers, target)
+            elif self.allocation == RAMP:
+                sparsities = centred(ramp(*self.ramp, len(layers)), layers, target)
+            else:
+                sparsities = owl_sparsities(outlier_ratios, layers, target, self.owl_lambda)
+            layer_zero_counts(sparsities, layers, target)  # refuses sparsities outside [0, 1)
+        except AllocationError as exc:
+            raise MethodError(f"{self.name}: {exc}") from None
+        return sparsities
+
+    def plan_allocation(self, ctx: PruneContext) -> dict | None:
+        """Fix how many weights each module loses (`planned_zeros`) and return the allocation's record
+        for the report; nothing to plan (None) when uniform. OWL runs its statistics pass here."""
+        self.planned = {}
+        if self.allocation == UNIFORM:
+            return None
+        sizes = self.layer_sizes(ctx)
+        outliers = self.outlier_ratios(ctx) if self.allocation == OWL else None
+        sparsities = self.layer_sparsities(sizes, outliers)
+        layers = sorted(sizes)
+        counts = layer_zero_counts(sparsities, [sum(sizes[i].values()) for i in layers], self.target.value)
+        for index, zeros in zip(layers, counts):
+            names = list(sizes[index])
+            self.planned.update(zip(names, split_zeros(zeros, [sizes[index][n] for n in names])))
+        record = {"kind": self.allocation, "layer_sparsity": [round(s, 6) for s in sparsities], "layer_zeros": counts}
+        if outliers is not None:
+            record["outlier_ratio"] = [None if r is None else round(r, 6) for r in outliers]
+        return record
+
+    def planned_zeros(self, name: str) -> int | None:
+        """The exact number of weights `name` loses under a non-uniform allocation (None: the target's own)."""
+        return self.planned.get(name)
+
+    @no_grad
+    def outlier_ratios(self, ctx: PruneContext) -> list[float | None]:
+        """OWL's statistics pass over the dense model on the shared engine: each layer's outlier ratio of the
+        Wanda scores of its targeted linears taken together (None for a layer with none)."""
+        from ..adapters import weight_matrix
+        from ..engine import LayerStep, LayerwiseEngine, input_statistics
+        from ..masks import wanda_scores
+
+        input_ids, _ = ctx.calibration()
+        engine = LayerwiseEngine(ctx.model, ctx.adapter, ctx.device, ctx.batch_size, ctx.progress)
+        engine.capture(input_ids)
+        ratios: dict[int, float] = {}
+
+        def visit(step: LayerStep):
+            targets = ctx.adapter.linear_targets(ctx.model, step.index, ctx.ignore)
+
+            def make(name):
+                return InputSquareMean(weight_matrix(targets[name]).shape[1], ctx.device)
+
+            with input_statistics(targets, make) as statistics:
+                outputs = step.forward()  # the layer is unchanged: its outputs are the next layer's inputs
+            if targets:
+                ratios[step.index] = outlier_ratio(
+                    [wanda_scores(weight_matrix(module), statistics[name].mean) for name, module in targets.items()],
+                    self.owl_m)
+            return outputs
+
+        engine.run(visit, description=f"{self.name} outliers")
+        return [ratios.get(index) for index in range(ctx.adapter.num_layers(ctx.model))]
 
     @staticmethod
     def targets(ctx: PruneContext) -> dict[int, dict]:
@@ -82,6 +256,12 @@ class MaskingMethod(PruningMethod):
         }
 
     @staticmethod
+    def with_allocation(report: dict, allocation: dict | None) -> dict:
+        """The report with the allocation's record (layer sparsities asked, zeros planned, OWL's outlier
+        ratios) beside the measured per-layer sparsities; unchanged for a uniform run."""
+        return {**report, "allocation": allocation} if allocation else report
+
+    @staticmethod
     def apply_mask(module, mask) -> None:
         from ..adapters import weight_matrix
 
@@ -100,7 +280,7 @@ class CalibratedMaskingMethod(MaskingMethod):
     of holding every window's activations at once.
     """
 
-    OPTIONS = TARGET_OPTIONS + (ONE_PASS,)
+    OPTIONS = MaskingMethod.OPTIONS + (ONE_PASS,)
 
     def statistics(self, weight, device):
         """A fresh accumulator (with `add(x)`) for a linear with this weight."""
@@ -121,6 +301,7 @@ class CalibratedMaskingMethod(MaskingMethod):
         from ..engine import LayerStep, LayerwiseEngine, input_statistics
 
         self.check_model(ctx)
+        allocation = self.plan_allocation(ctx)
         input_ids, _ = ctx.calibration()
         batch_size = input_ids.shape[0] if self.one_pass else ctx.batch_size
         engine = LayerwiseEngine(ctx.model, ctx.adapter, ctx.device, batch_size, ctx.progress)
@@ -151,4 +332,4 @@ class CalibratedMaskingMethod(MaskingMethod):
             return outputs
 
         engine.run(visit, description=self.name)
-        return self.finish(self.summary(per_layer), details)
+        return self.with_allocation(self.finish(self.summary(per_layer), details), allocation)

@@ -24,7 +24,7 @@ class Option:
     """
 
     name: str
-    type: type  # bool, int, float, str or list (a list of integers)
+    type: type  # bool, int, float, str or list (of `item`s)
     help: str
     default: Any = None
     required: bool = False
@@ -36,6 +36,7 @@ class Option:
     ratio: bool = False
     nullable: bool = False
     check: Callable[[Any], Any] | None = None
+    item: type = int  # a list's element type: int or float
 
     def allowed(self) -> str:
         """What a valid value looks like, in words ("an integer >= 1", "a number in (0, 1)", ...)."""
@@ -44,7 +45,7 @@ class Option:
         if self.type is bool:
             return "true or false"
         if self.type is list:
-            return "a list of integers"
+            return "a list of integers" if self.item is int else "a list of numbers"
         if self.type is str:
             return "a string"
         noun = "an integer" if self.type is int else "a number"
@@ -62,7 +63,10 @@ class Option:
             return None
         if not self._has_type(value) or not self._in_range(value):
             raise MethodError(f"{method}: {self.name} must be {self.allowed()}, got {value!r}")
-        value = float(value) if self.type is float else list(value) if self.type is list else value
+        if self.type is list:
+            value = [float(i) for i in value] if self.item is float else list(value)
+        elif self.type is float:
+            value = float(value)
         if self.check is not None:
             try:
                 value = self.check(value)
@@ -76,7 +80,8 @@ class Option:
         if self.type is float:
             return isinstance(value, (int, float))
         if self.type is list:
-            return isinstance(value, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) for i in value)
+            items = (int, float) if self.item is float else int
+            return isinstance(value, (list, tuple)) and all(isinstance(i, items) and not isinstance(i, bool) for i in value)
         return isinstance(value, self.type)
 
     def _in_range(self, value) -> bool:

@@ -61,7 +61,7 @@ class SparseGPT(CalibratedMaskingMethod):
 
         weight = weight_matrix(module)
         new_weight, _, info = sparsegpt_solve(weight, statistics.inverse(self.damp_fraction), self.target,
-                                              self.block_size)
+                                              self.block_size, zeros=self.planned_zeros(name))
         weight.copy_(new_weight)
         return info
 
