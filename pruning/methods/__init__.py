@@ -8,6 +8,7 @@ Nothing here imports torch, so building a method costs no model and no torch.
 from .base import MethodError, PruneContext, PruningMethod, available_methods, method_class, register
 from . import magnitude, wanda, sparsegpt  # noqa: F401  (registration)
 from . import heads, layers, depth, two_stage, distill, combined  # noqa: F401  (structured methods)
+from . import gradual, iterative  # noqa: F401  (prune + fine-tune in rounds)
 
 __all__ = ["MethodError", "PruneContext", "PruningMethod", "available_methods", "build_method", "method_class",
            "register"]
