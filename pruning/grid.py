@@ -24,7 +24,7 @@ MASK_KINDS = ("sparsity", "nm")  # ratio kinds that zero weights in place: the s
 METHOD_FAMILIES = {"head pruning": ("heads",), "layer/depth pruning": ("depth", "layers"),
                    "magnitude / Wanda / SparseGPT": ("magnitude", "wanda", "sparsegpt"), "distillation": ("distill",),
                    "two-stage": (TWO_STAGE_METHOD,), "combined (all)": ("all",)}
-RETRAINING_METHODS = ("distill",)  # and `all` when it was given training_data (recorded in prune.json)
+RETRAINING_METHODS = ("distill", "gradual", "iterative")  # and `all` given training_data, and any run with LoRA recovery (prune.json)
 COMPARED_MASKS = ("s0.50", "nm2-4")  # the skill document's settings of the mask-based methods
 
 # Ratio kind -> its token; the config's ratio lists are keyed by these kinds.

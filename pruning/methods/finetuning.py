@@ -72,6 +72,18 @@ def prefixed_options(steps_default: int) -> tuple[Option, ...]:
                  for o in RECOVERY_OPTIONS)
 
 
+def check_recovery_length(ctx, settings: RecoverySettings, method: str) -> None:
+    """A method's recover_seqlen fits the model's positions: refused before its first round, not after it."""
+    from ..checks import length_problems
+    from .options import MethodError
+
+    if settings.steps:
+        problems = length_problems(ctx.extras.get("model_path", "being pruned"), ctx.model.config.to_dict(),
+                                   {f"{method}: recover_seqlen": settings.seqlen})
+        if problems:
+            raise MethodError(problems[0])
+
+
 # ------------------------------------------------------------------------------------------ schedules
 # Each gives the sparsity after every one of `rounds` pruning steps, ending exactly at `target`.
 

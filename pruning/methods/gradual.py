@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .base import PruneContext, PruningMethod, register
-from .finetuning import SCHEDULES, RecoverySettings, prefixed_options, sparsity_schedule
+from .finetuning import SCHEDULES, RecoverySettings, check_recovery_length, prefixed_options, sparsity_schedule
 from .magnitude import Magnitude
 from .masking import TARGET_OPTIONS
 from .options import Option
@@ -38,12 +38,16 @@ class Gradual(PruningMethod):
     def step(self, sparsity: float) -> Magnitude:
         return Magnitude.build(sparsity=sparsity, per=self.per)
 
+    def settings(self) -> RecoverySettings:
+        return RecoverySettings.from_prefixed(vars(self))
+
     def check_model(self, ctx: PruneContext) -> None:
         self.step(self.sparsity).check_model(ctx)
+        check_recovery_length(ctx, self.settings(), self.name)
 
     def prune(self, ctx: PruneContext) -> dict:
         from ..recovery import prune_in_rounds
 
         self.check_model(ctx)
-        return prune_in_rounds(ctx, self.schedule(), lambda sparsity: self.step(sparsity).prune(ctx),
-                               RecoverySettings.from_prefixed(vars(self)), self.name)
+        return prune_in_rounds(ctx, self.schedule(), lambda sparsity: self.step(sparsity).prune(ctx), self.settings(),
+                               self.name)

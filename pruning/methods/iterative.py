@@ -7,7 +7,7 @@ left it, on the same calibration windows.
 from __future__ import annotations
 
 from .base import MethodError, PruneContext, PruningMethod, method_class, register
-from .finetuning import RecoverySettings, prefixed_options, sparsity_schedule
+from .finetuning import RecoverySettings, check_recovery_length, prefixed_options, sparsity_schedule
 from .gradual import ROUNDS, round_schedule_option
 from .masking import MaskingMethod
 from .options import Option, parse_options, refuse_unknown, split_arguments
@@ -55,8 +55,12 @@ class Iterative(PruningMethod):
     def schedule(self) -> list[float]:
         return sparsity_schedule(self.round_schedule, self.base_arguments["sparsity"], self.rounds)
 
+    def settings(self) -> RecoverySettings:
+        return RecoverySettings.from_prefixed(vars(self))
+
     def check_model(self, ctx: PruneContext) -> None:
         self.final.check_model(ctx)
+        check_recovery_length(ctx, self.settings(), self.name)
 
     def prune(self, ctx: PruneContext) -> dict:
         from ..recovery import prune_in_rounds
@@ -64,6 +68,5 @@ class Iterative(PruningMethod):
         def prune_round(sparsity: float) -> dict:
             return self.base_class.build(**{**self.base_arguments, "sparsity": sparsity}).prune(ctx)
 
-        report = prune_in_rounds(ctx, self.schedule(), prune_round, RecoverySettings.from_prefixed(vars(self)),
-                                 self.name)
+        report = prune_in_rounds(ctx, self.schedule(), prune_round, self.settings(), self.name)
         return {"base_method": self.base_class.name, **report}
