@@ -16,9 +16,11 @@ from .adapters import get_adapter
 from .data import calibration_windows, check_calibration_source, check_evaluation_dataset, data_dir
 from .evaluation.perplexity import perplexity
 from .methods import PruneContext, PruningMethod, build_method
+from .methods.finetuning import RECOVERY, RecoverySettings
 from .io import RUN_ID
 from .modeling import load_model, parameter_counts, resolve_device, save_model, torch_dtype
 from .record import Measurement
+from .recovery import load_recovery_data, recover, recovery_documents
 
 
 def _evaluation_seqlen(eval_seqlen: int | None, seqlen: int) -> int:
@@ -32,10 +34,14 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
           data_dir_path: str | None = None, batch_size: int = 8, ignore: tuple[str, ...] = (),
           evaluate: bool = False, eval_dataset: str = "wikitext2", eval_seqlen: int | None = None,
           eval_max_windows: int | None = None, progress: bool = True, overwrite: bool = False,
-          **method_arguments) -> dict:
-    """Prune `model` (any zoo spec) with `method` and save the result plus prune.json in `output_dir`."""
+          recovery: dict | None = None, **method_arguments) -> dict:
+    """Prune `model` (any zoo spec) with `method` and save the result plus prune.json in `output_dir`.
+
+    `recovery` ({steps, rank, alpha, lr, batch_size, seqlen, data, heldout_windows}; pruning/recovery.py) adds
+    LoRA recovery fine-tuning after the method when its steps are > 0."""
     measurement = Measurement(model)
     checks.positive({"batch_size": batch_size})
+    recovery_settings = RecoverySettings.parse(recovery)
     instance = method if isinstance(method, PruningMethod) else build_method(method, **method_arguments)
     if instance.needs_calibration:
         check_calibration_source(calib)
@@ -49,7 +55,12 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
     path = checks.before_prune(
         model, output_dir, overwrite=overwrite, seqlen=seqlen if instance.needs_calibration else None,
         eval_seqlen=_evaluation_seqlen(eval_seqlen, seqlen) if evaluate else None, eval_max_windows=eval_max_windows,
-        inputs=[calib, eval_dataset, *(method_arguments.get(k) for k in ("teacher_model", "training_data"))])
+        inputs=[calib, eval_dataset, recovery_settings.data if recovery_settings.steps else None,
+                *(method_arguments.get(k) for k in ("teacher_model", "training_data"))])
+    recovery_text = None  # read now, so that a missing split is refused before the model loads
+    if recovery_settings.steps:
+        checks.check_lengths(path, checks.model_config(path), {"--recover-seqlen": recovery_settings.seqlen})
+        recovery_text = recovery_documents(recovery_settings, data_dir_path)
 
     net, tokenizer = load_model(measurement.resolve(path), dtype=dtype, device="cpu")
     adapter = get_adapter(net)
@@ -79,6 +90,13 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
     method_report = instance.prune(ctx)
     prune_seconds = time.perf_counter() - prune_started
     net = ctx.model  # structured methods may rebuild the model
+    recovered = None
+    if recovery_text is not None:
+        if evaluate:
+            evaluation["pruned"] = perplexity(net.to(compute), tokenizer, **eval_settings)  # before recovery
+            net.to("cpu")
+        data = load_recovery_data(tokenizer, recovery_settings, recovery_text, seed)
+        recovered = recover(net, adapter, data, recovery_settings, compute, seed, progress)
     if evaluate:
         evaluation["after"] = perplexity(net.to(compute), tokenizer, **eval_settings)
         net.to("cpu")
@@ -96,6 +114,7 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
         "result": method_report,
         "evaluation": evaluation or None,
         "prune_seconds": round(prune_seconds, 3),
+        RECOVERY: recovered,
         "peak_cuda_mb": round(torch.cuda.max_memory_allocated(compute) / 2**20, 1) if compute.type == "cuda" else None,
     }
     report = measurement.finish(report, peak_rss=True)

@@ -23,9 +23,10 @@ MASK_KINDS = ("sparsity", "nm")  # ratio kinds that zero weights in place: the s
 # The PersLM "Performance Impact" families, in its order; `all` (heads, layers, sparsity, distillation) stands apart.
 METHOD_FAMILIES = {"head pruning": ("heads",), "width pruning (FLAP)": ("flap",),
                    "layer/depth pruning": ("depth", "layers"),
-                   "magnitude / Wanda / SparseGPT": ("magnitude", "wanda", "sparsegpt", "dsnot"), "distillation": ("distill",),
-                   "two-stage": (TWO_STAGE_METHOD,), "combined (all)": ("all",)}
-RETRAINING_METHODS = ("distill",)  # and `all` when it was given training_data (recorded in prune.json)
+                   "magnitude / Wanda / SparseGPT": ("magnitude", "wanda", "sparsegpt", "dsnot", "gradual", "iterative"),
+                   "distillation": ("distill",), "two-stage": (TWO_STAGE_METHOD,), "combined (all)": ("all",)}
+# Methods that train; also `all` given training_data and any run with LoRA recovery (both read from prune.json).
+RETRAINING_METHODS = ("distill", "gradual", "iterative")
 COMPARED_MASKS = ("s0.50", "nm2-4")  # the skill document's settings of the mask-based methods
 
 # Ratio kind -> its token; the config's ratio lists are keyed by these kinds.

@@ -18,7 +18,7 @@ from . import zoo
 from .checks import model_config, read_json_object
 from .io import PRUNE_REPORT, RUN_ID, atomic_write_json, git_commit, peak_rss_mb, versions
 
-PRUNING_KEYS = ("method", "options", "calibration", "seed", RUN_ID)  # what a measured model's prune.json contributes
+PRUNING_KEYS = ("method", "options", "calibration", "seed", "recovery", RUN_ID)  # what a measured model's prune.json contributes
 
 
 def model_record(path: Path, spec: str) -> dict:

@@ -69,7 +69,7 @@ def test_eval_command_writes_protocol(pruned_dir, stories_text, tmp_path):
     report = json.loads((pruned_dir / "prune.json").read_text())
     assert metrics["ppl"] == pytest.approx(report["evaluation"]["after"]["ppl"], rel=1e-6)
     assert metrics["model"]["spec"] == str(pruned_dir) and metrics["model"]["model_type"] == "llama"
-    assert metrics["model"]["pruning"] == {key: report[key] for key in ("method", "options", "calibration", "seed", "run_id")}
+    assert metrics["model"]["pruning"] == {key: report[key] for key in ("method", "options", "calibration", "seed", "recovery", "run_id")}
     assert metrics["model"]["pruning"]["method"] == "sparsegpt"
     for key in ("wall_seconds", "versions", "git_commit", "parameters"):
         assert key in metrics

@@ -26,6 +26,7 @@ MINIMAL = {
     "heads": {"fraction": 0.25}, "layers": {"fraction": 0.25}, "depth": {"num_blocks": 1},
     "two_stage": {"prune_rate": 0.2}, "all": {"sparsity": 0.5}, "flap": {"fraction": 0.2},
     "distill": {"base_method": "layers", "fraction": 0.25, "training_data": "c4"},
+    "gradual": {"sparsity": 0.5}, "iterative": {"base_method": "wanda", "sparsity": 0.5},
 }
 
 

@@ -7,6 +7,8 @@ from ..api import prune
 from ..data import CALIBRATION_SOURCES
 from ..methods import available_methods
 from ..methods.catalog import summary
+from ..methods.finetuning import RECOVERY_OPTIONS
+from ..methods.options import describe
 from .common import (add_eval_arguments, add_overwrite_argument, add_runtime_arguments, parse_option_pairs,
                      positive_int, quiet_progress)
 
@@ -43,6 +45,7 @@ def add_parser(subparsers) -> None:
     structured.add_argument("--distill-epochs", type=int, metavar="N",
                             help="passes over the training data, capped by --option max_steps=N (default: 1, max_steps 200)")
     structured.add_argument("--learning-rate", type=float, metavar="LR", help="AdamW learning rate for distillation (default: 5e-05)")
+    add_recovery_arguments(parser)
     parser.add_argument("--output-dir", required=True, help="where the pruned model and prune.json go")
     add_overwrite_argument(parser, "output directory")
     parser.add_argument("--calib", default="c4",
@@ -74,11 +77,13 @@ def run(args) -> int:
                    data_dir_path=args.data_dir, batch_size=args.batch_size, ignore=tuple(args.ignore),
                    evaluate=args.evaluate, eval_dataset=args.dataset, eval_seqlen=args.eval_seqlen,
                    eval_max_windows=args.max_windows, progress=not args.quiet, overwrite=args.overwrite,
-                   **arguments)
+                   recovery=recovery_arguments(args), **arguments)
     summary = {k: report[k] for k in ("method", "options", "parameters", "prune_seconds")}
     summary["total_sparsity"] = report["result"].get("total_sparsity")
     summary["prune_ratio_percent"] = report["result"].get("prune_ratio_percent")
     summary["evaluation"] = {k: round(v["ppl"], 4) for k, v in (report["evaluation"] or {}).items()}
+    if report["recovery"]:
+        summary["recovery"] = {k: report["recovery"][k] for k in ("steps", "loss_before", "loss_after", "seconds")}
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -103,3 +108,26 @@ def structured_arguments(args, arguments: dict) -> dict:
         if getattr(args, flag) is not None:
             mapped[key] = getattr(args, flag)
     return mapped
+
+
+def _flag(name: str) -> str:
+    return "--recover-" + name.replace("_", "-")
+
+
+def add_recovery_arguments(parser) -> None:
+    """--recover-steps N (0: off) and the other LoRA settings, one flag per RECOVERY_OPTIONS entry."""
+    group = parser.add_argument_group(
+        "recovery fine-tuning after any method (LoRA through peft, merged back; pruned weights stay zero)")
+    for option in RECOVERY_OPTIONS:
+        group.add_argument(_flag(option.name), dest=f"recover_{option.name}", type=option.type, default=None,
+                           metavar=option.name.split("_")[-1].upper(), help=describe(option))
+
+
+def recovery_arguments(args) -> dict | None:
+    """The --recover-* values given, as api.prune's `recovery`; settings without --recover-steps are refused."""
+    given = {o.name: getattr(args, f"recover_{o.name}") for o in RECOVERY_OPTIONS
+             if getattr(args, f"recover_{o.name}") is not None}
+    if given and "steps" not in given:
+        raise ValueError(f"{', '.join(_flag(name) for name in given)} given without --recover-steps N: "
+                         "no recovery would run")
+    return given or None

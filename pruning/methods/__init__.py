@@ -9,6 +9,7 @@ from .base import MethodError, PruneContext, PruningMethod, available_methods, m
 from . import magnitude, wanda, sparsegpt  # noqa: F401  (registration)
 from . import dsnot  # noqa: F401  (mask refinement on wanda/sparsegpt)
 from . import heads, layers, depth, two_stage, distill, combined, flap  # noqa: F401  (structured methods)
+from . import gradual, iterative  # noqa: F401  (prune + fine-tune in rounds)
 
 __all__ = ["MethodError", "PruneContext", "PruningMethod", "available_methods", "build_method", "method_class",
            "register"]

@@ -23,7 +23,7 @@ def measures(results: Results, ids: list[int]) -> tuple[pd.DataFrame, pd.DataFra
     GGUF q4_k_m bytes, dense fp32 bytes, retraining. None where a side was not measured."""
     dense = results.dense()
     every = ordered_unique(ids + [dense[m] for m in ordered_unique(results.runs.model[ids]) if m in dense])
-    rows, wide = results.wide(every, ppl=PPL, prune=[*PRUNED, "options.training_data"],
+    rows, wide = results.wide(every, ppl=PPL, prune=[*PRUNED, "options.training_data", "recovery.steps"],
                               speed=[*DECODE.values(), *SPEED_SETTINGS])
     long = results.long
     gguf = long[long.run.isin(every) & (long.source == "gguf") & (long.key == COMPARED_GGUF) & (long.metric == "gguf.bytes")]
@@ -51,7 +51,8 @@ def measures(results: Results, ids: list[int]) -> tuple[pd.DataFrame, pd.DataFra
             "ppl_change": ratio(w["ppl", "ppl"], None if ref is None else ref["ppl", "ppl"]),
             "accuracy_loss": None if accuracy is None or ref_accuracy is None else 100 * (ref_accuracy - accuracy),
             "gguf_bytes": gguf_bytes.get(run), "fp32_bytes": None if total is None else total * FP32_BYTES,
-            "retraining": library in RETRAINING_METHODS or (library == "all" and w["prune", "options.training_data"] is not None),
+            "retraining": library in RETRAINING_METHODS or bool(w["prune", "recovery.steps"])
+                          or (library == "all" and w["prune", "options.training_data"] is not None),
         })
     used = pd.concat([rows, gguf, zeroshot_rows])
     frame = pd.DataFrame(table).set_index("run").astype(object)

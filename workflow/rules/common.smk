@@ -220,15 +220,28 @@ def _plans_from_layer_count(instance) -> bool:
     return callable(plan) and list(inspect.signature(plan).parameters) == ["num_layers"]
 
 
+def _recovery_arguments(entry: dict) -> dict:
+    """A method entry's `recovery` settings as its job passes them (a data file made absolute)."""
+    recovery = dict(entry.get("recovery", {}))
+    if "data" in recovery:
+        recovery["data"] = _data_argument(recovery["data"])
+    return recovery
+
+
 def _method_errors(methods: dict, specs: dict, configs: dict) -> list[str]:
     """Each method entry built with each of its ratios by the library's option declarations, as `python -m
     pruning prune` builds it (unknown options, bad values such as N >= M; no torch); entries whose plan needs
     only a layer count (depth, layers) also planned against each model's layer count."""
     from pruning.methods import build_method
+    from pruning.methods.finetuning import RecoverySettings
 
     errors = []
     for name, entry in methods.items():
         method, options = entry["method"], entry["options"]
+        try:
+            RecoverySettings.parse(_recovery_arguments(entry))
+        except ValueError as exc:
+            errors.append(f"config.methods.{name}.recovery: {exc}")
         ratios = [(kind, index, value) for kind, values in entry.get("ratios", {}).items()
                   for index, value in enumerate(values)] or [(None, None, None)]
         for kind, index, value in ratios:
@@ -263,6 +276,9 @@ def _length_errors(cfg: dict, configs: dict) -> list[str]:
     prunes the model, the evaluation seqlen on every model, and prompt + new tokens when speed is measured."""
     from pruning.checks import length_problems
     from pruning.methods import method_class
+    from pruning.methods.finetuning import RECOVERY_OPTIONS
+
+    default_recovery_seqlen = next(o.default for o in RECOVERY_OPTIONS if o.name == "seqlen")  # what a job uses by default
 
     name = cfg["protocol"]
     protocol, speed = cfg["protocols"][name], cfg["speed"]
@@ -274,6 +290,10 @@ def _length_errors(cfg: dict, configs: dict) -> list[str]:
         if any(method_class(entry["method"]).needs_calibration and model in entry.get("models", configs)
                for entry in cfg["methods"].values()):
             lengths[f"config.protocols.{name}.calibration.seqlen"] = protocol["calibration"]["seqlen"]
+        for entry_name, entry in cfg["methods"].items():
+            recovery = entry.get("recovery", {})
+            if recovery.get("steps") and model in entry.get("models", configs):
+                lengths[f"config.methods.{entry_name}.recovery.seqlen"] = recovery.get("seqlen", default_recovery_seqlen)
         if speed["enabled"]:
             prompt, new = speed["prompt_tokens"], speed["new_tokens"]
             lengths[f"config.speed.prompt_tokens {prompt} + new_tokens {new} ="] = prompt + new
@@ -508,6 +528,8 @@ def prune_arguments(wildcards) -> str:
         args += ["--option", f"{row['kind']}={row['value']}"]
     for key, value in entry.get("options", {}).items():
         args += ["--option", f"{key}={json.dumps(value)}"]
+    for key, value in _recovery_arguments(entry).items():
+        args += [f"--recover-{key.replace('_', '-')}", value]
     return _quote(args)
 
 
