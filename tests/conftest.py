@@ -93,3 +93,23 @@ def stories_text(stories_dir, tmp_path_factory) -> dict[str, Path]:
         files[name] = folder / f"{name}.txt"
         files[name].write_text("\n\n".join(docs) + "\n")
     return files
+
+
+@pytest.fixture(scope="module")
+def calib_ids(stories_text, stories_tokenizer):
+    """Eight C4-style calibration windows of 64 tokens for stories260K."""
+    from pruning.data import calibration_windows
+
+    ids, _ = calibration_windows(stories_tokenizer, str(stories_text["calibration"]), 8, 64, seed=0)
+    return ids
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail the test if calibration or evaluation starts (for checks that must come before any work)."""
+    import pruning.api
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("work started before the check")
+    monkeypatch.setattr(pruning.api, "calibration_windows", refuse)
+    monkeypatch.setattr(pruning.api, "perplexity", refuse)

@@ -183,13 +183,6 @@ def test_prune_json_records_the_allocation_and_every_layer(stories_dir, stories_
 # ------------------------------------------------------------------ refusals, before any work
 
 
-@pytest.fixture
-def no_work(monkeypatch):
-    def refuse(*_args, **_kwargs):
-        raise AssertionError("work started before the check")
-    monkeypatch.setattr(pruning.api, "calibration_windows", refuse)
-    monkeypatch.setattr(pruning.api, "perplexity", refuse)
-
 
 @pytest.mark.parametrize("argv,message", [
     (["--method", "sparsegpt", "--nm", "2:4", "--option", "allocation=owl"],

@@ -15,7 +15,6 @@ from conftest import DATA_DIR
 import pruning
 from pruning import structure
 from pruning.cli import main as cli_main
-from pruning.data import calibration_windows
 from pruning.evaluation.perplexity import windows_nll
 from pruning.methods import PruneContext
 from pruning.modeling import load_model
@@ -30,11 +29,6 @@ NUM_LAYERS = 5
 def stories(stories_dir):
     return load_model(stories_dir)
 
-
-@pytest.fixture(scope="module")
-def calib_ids(stories_text, stories_tokenizer):
-    ids, _ = calibration_windows(stories_tokenizer, str(stories_text["calibration"]), 8, 64, seed=0)
-    return ids
 
 
 def fresh(stories):

@@ -10,7 +10,6 @@ import torch
 
 import pruning
 from pruning import cli, heterogeneous, structure
-from pruning.data import calibration_windows
 from pruning.fluctuation import (InputFluctuation, Unit, channel_scores, compensation_bias, select_global,
                                  select_uniform, standardized, unit_scores)
 from pruning.methods import MethodError, PruneContext
@@ -24,11 +23,6 @@ PROMPT = "Once upon a time there was a little girl named Lily. She loved to play
 def stories(stories_dir):
     return load_model(stories_dir)
 
-
-@pytest.fixture(scope="module")
-def calib_ids(stories_text, stories_tokenizer):
-    ids, _ = calibration_windows(stories_tokenizer, str(stories_text["calibration"]), 8, 64, seed=0)
-    return ids
 
 
 def run(model, calib, **arguments):

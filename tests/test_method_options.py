@@ -144,14 +144,6 @@ def test_methods_command_lists_every_option(capsys):
 
 # ------------------------------------------------------------------ checks that need the model, before work
 
-@pytest.fixture
-def no_work(monkeypatch):
-    """Fail the test if calibration or evaluation starts."""
-    def refuse(*_args, **_kwargs):
-        raise AssertionError("work started before the check")
-    monkeypatch.setattr(pruning.api, "calibration_windows", refuse)
-    monkeypatch.setattr(pruning.api, "perplexity", refuse)
-
 
 @pytest.mark.parametrize("method,argv,message", [
     ("wanda", ["--sparsity", "0.5", "--ignore", "*"], "leave no linear module to prune"),

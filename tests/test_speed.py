@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pruning.cli import main
-from pruning.evaluation.speed import CPU_SPARSITY_NOTE, measure_gguf, measure_hf, measure_semi_structured, prompt_ids
+from pruning.evaluation.speed import CPU_SPARSITY_NOTE, measure_hf, measure_semi_structured, prompt_ids
 from pruning.modeling import load_model, parameter_counts
 
 SETTINGS = ["--prompt-tokens", "16", "--new-tokens", "5", "--repeats", "3", "--warmup", "1", "--device", "cpu",

@@ -11,7 +11,6 @@ from conftest import TINY_FAMILIES, build_tiny_model
 import pruning
 from pruning import heterogeneous, structure
 from pruning.cli import main as cli_main
-from pruning.data import calibration_windows
 from pruning.evaluation.perplexity import windows_nll
 from pruning.methods import MethodError, PruneContext
 from pruning.methods.heads import magnitude_importance
@@ -25,11 +24,6 @@ def stories(stories_dir):
     model, tokenizer = load_model(stories_dir)
     return model, tokenizer
 
-
-@pytest.fixture(scope="module")
-def calib_ids(stories_text, stories_tokenizer):
-    ids, _ = calibration_windows(stories_tokenizer, str(stories_text["calibration"]), 8, 64, seed=0)
-    return ids
 
 
 def fresh(stories):

@@ -558,7 +558,7 @@ def test_publish_copies_the_checked_tables(tiny_run):
     assert result.returncode != 0
     log = (workdir / "logs" / "publish.log").read_text()
     assert "publish: refused, nothing replaced" in log
-    assert f"results/published/plots/notes.txt: not a table or plot, would be deleted; move it away first" in log
+    assert "results/published/plots/notes.txt: not a table or plot, would be deleted; move it away first" in log
     assert {p: p.read_bytes() for p in published.rglob("*") if p.is_file()} == before
 
 
