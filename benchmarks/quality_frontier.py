@@ -1,0 +1,150 @@
+"""Quality frontier of the pruning methods on one model (issue 12's benchmark): WikiText-2 test perplexity of
+
+- every sparsity method (magnitude, Wanda, SparseGPT) at each unstructured sparsity and N:M pattern, uniform,
+  with OWL (unstructured only) and, for Wanda and SparseGPT, refined by DSnoT;
+- every structured method (FLAP, heads, layers, depth by angular distance, two-stage) at each fraction of
+  parameters;
+- each of them again followed by LoRA recovery fine-tuning when --recover-steps is given (a fixed budget).
+
+All rows use the same calibration windows (C4) and the same evaluation windows; each prints as it finishes.
+Writes frontier.md (the table with its protocol), frontier.csv and frontier.png (PPL against sparsity and
+against parameters removed, one line per method) into --out-dir, each replaced atomically.
+
+    PRUNING_DATA_DIR=../shared/data .venv/bin/python benchmarks/quality_frontier.py --threads 1 \\
+        --out-dir results/frontier                      # smollm2-135m, hours on 2 cores
+    ... --model ../shared/models/stories260K --fractions 0.2 --sparsities 0.5 --nm 2:4   # a smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import pruning
+from pruning.commands.common import quiet_progress
+from pruning.io import atomic_write_text, versions
+from pruning.modeling import load_model
+from pruning.zoo import resolve as resolve_spec
+
+SPARSITY_METHODS = ("magnitude", "wanda", "sparsegpt")
+DSNOT_BASES = ("wanda", "sparsegpt")
+
+
+def sparsity_variants(sparsities, patterns):
+    """(label, method, ratio arguments, options) of every sparsity row."""
+    rows = []
+    for target in [*(("sparsity", s) for s in sparsities), *(("nm", p) for p in patterns)]:
+        kind, value = target
+        ratio = {kind: value}
+        for method in SPARSITY_METHODS:
+            rows.append((method, method, ratio, {}))
+            if kind == "sparsity":
+                rows.append((f"{method}+owl", method, ratio, {"allocation": "owl"}))
+        rows += [(f"dsnot({base})", "dsnot", ratio, {"base": base}) for base in DSNOT_BASES]
+    return rows
+
+
+def structured_variants(fractions, num_layers: int):
+    """(label, method, ratio arguments, options) of every structured row; depth removes round(f × layers)."""
+    rows = []
+    for fraction in fractions:
+        rows += [("flap", "flap", {"fraction": fraction}, {}), ("heads", "heads", {"fraction": fraction}, {}),
+                 ("layers", "layers", {"fraction": fraction}, {}),
+                 ("depth(angular)", "depth", {"num_blocks": max(1, round(fraction * num_layers))},
+                  {"criterion": "angular"}),
+                 ("two_stage", "two_stage", {"prune_rate": fraction}, {})]
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m", help="zoo spec (default smollm2-135m)")
+    parser.add_argument("--sparsities", type=float, nargs="*", default=[0.5, 0.6, 0.7])
+    parser.add_argument("--nm", nargs="*", default=["2:4"], help="N:M patterns (default 2:4)")
+    parser.add_argument("--fractions", type=float, nargs="*", default=[0.2, 0.3],
+                        help="structured ratios: fraction / prune rate, depth blocks = round(fraction × layers)")
+    parser.add_argument("--recover-steps", type=int, default=0,
+                        help="also run every row with this many LoRA recovery steps (0: no recovery rows)")
+    parser.add_argument("--nsamples", type=int, default=32)
+    parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--eval-seqlen", type=int, default=512)
+    parser.add_argument("--max-windows", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--out-dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quiet_progress()
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+
+    model, _ = load_model(resolve_spec(args.model))
+    num_layers = pruning.get_adapter(model).num_layers(model)
+    del model
+    common = dict(calib="c4", nsamples=args.nsamples, seqlen=args.seqlen, seed=0, device="cpu", evaluate=True,
+                  eval_seqlen=args.eval_seqlen, eval_max_windows=args.max_windows, progress=False)
+    recoveries = [None] + ([{"steps": args.recover_steps}] if args.recover_steps else [])
+    variants = sparsity_variants(args.sparsities, args.nm) + structured_variants(args.fractions, num_layers)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for index, (label, method, ratio, options) in enumerate(variants):
+            for recovery in recoveries:
+                started = time.perf_counter()
+                report = pruning.prune(args.model, method, Path(scratch) / f"{index}-{bool(recovery)}",
+                                       recovery=recovery, **ratio, **options, **common)
+                before, after = report["evaluation"]["before"], report["evaluation"]["after"]
+                parameters = report["parameters"]
+                row = {"method": label + (" + LoRA" if recovery else ""), "kind": next(iter(ratio)),
+                       "ratio": next(iter(ratio.values())),
+                       "sparsity": report["result"].get("total_sparsity"),
+                       "parameters removed": 1 - parameters["after"]["total"] / parameters["before"]["total"],
+                       "PPL dense": before["ppl"], "PPL": after["ppl"], "seconds": time.perf_counter() - started}
+                rows.append(row)
+                print(f"{row['method']:24s} {row['kind']:10s} {row['ratio']!s:6s} PPL {row['PPL']:10.2f} "
+                      f"({row['seconds']:.0f} s)", flush=True)
+    frame = pd.DataFrame(rows)
+    protocol = (f"Model {args.model}; calibration C4 {args.nsamples} × {args.seqlen} tokens, seed 0; WikiText-2 "
+                f"test PPL over {args.max_windows} windows of {args.eval_seqlen} tokens (dense "
+                f"{rows[0]['PPL dense']:.2f}); recovery: "
+                f"{f'{args.recover_steps} LoRA steps (library defaults otherwise)' if args.recover_steps else 'none'}; "
+                f"{torch.get_num_threads()} thread(s); versions {versions('torch', 'transformers')}.")
+    atomic_write_text(args.out_dir / "frontier.md", f"## Quality frontier\n\n{protocol}\n\n"
+                      + frame.to_markdown(index=False, floatfmt=".4g") + "\n")
+    atomic_write_text(args.out_dir / "frontier.csv", frame.to_csv(index=False))
+    plot(frame, args.out_dir / "frontier.png")
+    print(f"wrote {args.out_dir / 'frontier.md'}, .csv, .png")
+
+
+def plot(frame: pd.DataFrame, path: Path) -> None:
+    """PPL against sparsity (mask rows) and against parameters removed (structured rows), a line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    masks = frame[frame.kind == "sparsity"]
+    for method, rows in masks.groupby("method", sort=False):
+        left.plot(rows.sparsity, rows.PPL, marker="o", label=method)
+    structured = frame[~frame.kind.isin(["sparsity", "nm"])]
+    for method, rows in structured.groupby("method", sort=False):
+        right.plot(rows["parameters removed"], rows.PPL, marker="o", label=method)
+    for ax, xlabel in ((left, "sparsity of the targeted weights"), (right, "share of all parameters removed")):
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("WikiText-2 PPL")
+        ax.grid(True, alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as handle:
+        fig.savefig(handle.name)
+    Path(handle.name).replace(path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
