@@ -204,6 +204,45 @@ class _SharedInputStatistics:
             self.on_ready(name, self.stats[name])
 
 
+class InputMoments:
+    """Running per-feature sums of x and x² over calibration tokens (float64), for E[x], E[x²], the variance
+    (DSnoT) and the sample variance (FLAP's fluctuation). Kept on `device`, or where the first input is."""
+
+    def __init__(self, device=None):
+        self.device = device
+        self.tokens = 0
+        self.total: torch.Tensor | None = None
+        self.total_square: torch.Tensor | None = None
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).to(self.device or x.device, torch.float64)
+        if self.total is None:
+            self.total, self.total_square = torch.zeros_like(x[0]), torch.zeros_like(x[0])
+        self.total += x.sum(0)
+        self.total_square += (x * x).sum(0)
+        self.tokens += x.shape[0]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.total / self.tokens
+
+    @property
+    def square_mean(self) -> torch.Tensor:
+        return self.total_square / self.tokens
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """Population variance E[x²] − E[x]², clamped at 0 against rounding."""
+        return (self.square_mean - self.mean ** 2).clamp_min(0)
+
+    @property
+    def sample_variance(self) -> torch.Tensor:
+        """Sample variance (n − 1 in the denominator), clamped at 0 against rounding."""
+        if self.tokens < 2:
+            raise ValueError("the fluctuation of a channel needs at least 2 calibration tokens")
+        return ((self.total_square - self.total * self.mean) / (self.tokens - 1)).clamp_min(0)
+
+
 @contextmanager
 def input_statistics(modules: dict[str, nn.Module], make: Callable[[str], object],
                      on_ready: Callable[[str, object], None] | None = None):

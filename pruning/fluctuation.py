@@ -16,52 +16,20 @@ from dataclasses import dataclass
 
 import torch
 
+from .engine import InputMoments
+
 METRICS = ("wifv", "ifv", "wifn")
 
 
-class InputFluctuation:
-    """Running per-channel sums of x and x² over calibration tokens (float64, on the CPU), for the mean,
-    the sample variance and the mean square of every input channel of one linear layer."""
-
-    def __init__(self):
-        self.tokens = 0
-        self.total: torch.Tensor | None = None
-        self.total_square: torch.Tensor | None = None
-
-    def add(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).double().cpu()
-        if self.total is None:
-            self.total, self.total_square = torch.zeros(x.shape[1], dtype=torch.float64), \
-                torch.zeros(x.shape[1], dtype=torch.float64)
-        self.total += x.sum(0)
-        self.total_square += (x * x).sum(0)
-        self.tokens += x.shape[0]
-
-    @property
-    def mean(self) -> torch.Tensor:
-        return self.total / self.tokens
-
-    @property
-    def mean_square(self) -> torch.Tensor:
-        return self.total_square / self.tokens
-
-    @property
-    def variance(self) -> torch.Tensor:
-        """Sample variance (n − 1 in the denominator), clamped at 0 against rounding."""
-        if self.tokens < 2:
-            raise ValueError("the fluctuation of a channel needs at least 2 calibration tokens")
-        return ((self.total_square - self.total * self.mean) / (self.tokens - 1)).clamp_min(0)
-
-
-def channel_scores(metric: str, statistics: InputFluctuation, weight: torch.Tensor) -> torch.Tensor:
+def channel_scores(metric: str, statistics: InputMoments, weight: torch.Tensor) -> torch.Tensor:
     """One score per input channel of a linear layer with weight [out, in] (float64)."""
     weight = weight.detach().double().cpu()
     if metric == "wifv":
-        return statistics.variance * weight.pow(2).sum(0)
+        return statistics.sample_variance * weight.pow(2).sum(0)
     if metric == "ifv":
-        return statistics.variance.clone()
+        return statistics.sample_variance.clone()
     if metric == "wifn":
-        return (weight.abs() * statistics.mean_square.sqrt()).mean(0)
+        return (weight.abs() * statistics.square_mean.sqrt()).mean(0)
     raise ValueError(f"unknown fluctuation metric {metric!r}; use one of {', '.join(METRICS)}")
 
 

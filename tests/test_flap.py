@@ -10,7 +10,8 @@ import torch
 
 import pruning
 from pruning import cli, heterogeneous, structure
-from pruning.fluctuation import (InputFluctuation, Unit, channel_scores, compensation_bias, select_global,
+from pruning.engine import InputMoments
+from pruning.fluctuation import (Unit, channel_scores, compensation_bias, select_global,
                                  select_uniform, standardized, unit_scores)
 from pruning.methods import MethodError, PruneContext
 from pruning.methods.flap import unit_parameters
@@ -50,13 +51,13 @@ def logits(model, ids):
 def test_fluctuation_statistics_and_scores_equal_hand_computation():
     torch.manual_seed(0)
     batches = [torch.randn(2, 5, 6) * torch.arange(1, 7) + 3 for _ in range(3)]
-    meter = InputFluctuation()
+    meter = InputMoments(device="cpu")
     for batch in batches:
         meter.add(batch)
     tokens = torch.cat([b.reshape(-1, 6) for b in batches]).double()
     assert meter.tokens == 30
     torch.testing.assert_close(meter.mean, tokens.mean(0))
-    torch.testing.assert_close(meter.variance, tokens.var(0))  # sample variance
+    torch.testing.assert_close(meter.sample_variance, tokens.var(0))  # sample variance
     weight = torch.randn(4, 6)
     torch.testing.assert_close(channel_scores("wifv", meter, weight), tokens.var(0) * (weight.double() ** 2).sum(0))
     torch.testing.assert_close(channel_scores("ifv", meter, weight), tokens.var(0))

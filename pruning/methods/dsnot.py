@@ -23,38 +23,9 @@ from .sparsegpt import HessianAccumulator, SparseGPT
 from .wanda import Wanda
 
 if TYPE_CHECKING:
-    import torch
+    from ..engine import InputMoments
 
 BASES = {"wanda": Wanda, "sparsegpt": SparseGPT}
-
-
-class InputMoments:
-    """E[x], E[x²] and Var[x] of every input feature over the calibration tokens (sums kept in fp64)."""
-
-    def __init__(self, features: int, device):
-        import torch
-
-        self.total = torch.zeros(features, dtype=torch.float64, device=device)
-        self.total_square = torch.zeros(features, dtype=torch.float64, device=device)
-        self.tokens = 0
-
-    def add(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).double()
-        self.total += x.sum(dim=0)
-        self.total_square += (x * x).sum(dim=0)
-        self.tokens += x.shape[0]
-
-    @property
-    def mean(self) -> torch.Tensor:
-        return self.total / max(1, self.tokens)
-
-    @property
-    def square_mean(self) -> torch.Tensor:
-        return self.total_square / max(1, self.tokens)
-
-    @property
-    def variance(self) -> torch.Tensor:
-        return (self.square_mean - self.mean ** 2).clamp_min(0)
 
 
 class DSnoTStatistics:
@@ -105,11 +76,13 @@ class DSnoT(CalibratedMaskingMethod):
         return RefineSettings(self.max_cycles, self.update_threshold, self.variance_power, self.same_sign)
 
     def statistics(self, weight, device):
+        from ..engine import InputMoments
+
         base = self.base_method.statistics(weight, device)
         second_moment = None
         if self.error_guard:
             second_moment = base if isinstance(base, HessianAccumulator) else HessianAccumulator(weight.shape[1], device)
-        return DSnoTStatistics(base, InputMoments(weight.shape[1], device), second_moment)
+        return DSnoTStatistics(base, InputMoments(device), second_moment)
 
     def prune_module(self, name, module, statistics):
         from ..adapters import weight_matrix

@@ -119,8 +119,7 @@ class Flap(PruningMethod):
 
     def _statistics(self, ctx: PruneContext) -> list[dict]:
         """Per layer, the input fluctuation of o_proj ("attention") and down_proj ("ffn") on the dense model."""
-        from ..engine import LayerStep, LayerwiseEngine, input_hooks
-        from ..fluctuation import InputFluctuation
+        from ..engine import InputMoments, LayerStep, LayerwiseEngine, input_hooks
 
         input_ids, _ = ctx.calibration()
         engine = LayerwiseEngine(ctx.model, ctx.adapter, ctx.device, ctx.batch_size, ctx.progress)
@@ -129,7 +128,7 @@ class Flap(PruningMethod):
         statistics = []
 
         def visit(step: LayerStep):
-            meters = {kind: InputFluctuation() for kind in paths}
+            meters = {kind: InputMoments(device="cpu") for kind in paths}
             modules = {kind: ctx.adapter.layer_part(step.layer, path) for kind, path in paths.items()}
             with input_hooks(modules, lambda kind, x: meters[kind].add(x)):
                 outputs = step.forward()
