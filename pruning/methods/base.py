@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
     from ..adapters import ArchitectureAdapter
 
-__all__ = ["MethodError", "PruneContext", "PruningMethod", "available_methods", "method_class", "no_grad", "register"]
+__all__ = ["MethodError", "PruneContext", "PruningMethod", "available_methods", "full_fp32", "method_class", "no_grad",
+           "register"]
 
 
 def no_grad(function):
@@ -30,6 +31,22 @@ def no_grad(function):
         with torch.no_grad():
             return function(*args, **kwargs)
     return without_gradients
+
+
+def full_fp32(function):
+    """Run `function` with CUDA's TF32 matmuls off (restored after): a Hessian solve or a reconstruction error
+    in TF32 loses the precision it needs. Imports torch only when the function runs."""
+    @functools.wraps(function)
+    def in_full_fp32(*args, **kwargs):
+        import torch
+
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            return function(*args, **kwargs)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+    return in_full_fp32
 
 
 @dataclass

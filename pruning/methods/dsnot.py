@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import PruneContext, no_grad, register
+from .base import PruneContext, full_fp32, no_grad, register
 from .masking import CalibratedMaskingMethod
 from .options import Option
 from .sparsegpt import HessianAccumulator, SparseGPT
@@ -129,16 +129,10 @@ class DSnoT(CalibratedMaskingMethod):
         return names
 
     @no_grad
+    @full_fp32  # SparseGPT's solve and the guard's errors
     def prune(self, ctx: PruneContext) -> dict:
-        import torch
-
         self.refined_names = self.refinable(ctx)
-        tf32 = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False  # SparseGPT's solve and the guard's errors in full fp32
-        try:
-            return super().prune(ctx)
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = tf32
+        return super().prune(ctx)
 
     def finish(self, report: dict, details: dict[str, dict]) -> dict:
         report = self.base_method.finish(report, {name: d["base"] for name, d in details.items()

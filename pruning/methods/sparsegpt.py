@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import PruneContext, no_grad, register
+from .base import PruneContext, full_fp32, no_grad, register
 from .masking import CalibratedMaskingMethod
 from .options import Option
 
@@ -66,15 +66,9 @@ class SparseGPT(CalibratedMaskingMethod):
         return info
 
     @no_grad
+    @full_fp32
     def prune(self, ctx: PruneContext) -> dict:
-        import torch
-
-        tf32 = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False
-        try:
-            return super().prune(ctx)
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = tf32
+        return super().prune(ctx)
 
     def finish(self, report: dict, details: dict[str, dict]) -> dict:
         report["solver"] = {
