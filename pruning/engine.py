@@ -47,7 +47,8 @@ def _share_equal(value, previous):
     return value
 
 
-def _hidden_of(output):
+def hidden_of(output):
+    """A decoder layer's hidden states from whatever it returns (a tensor, or a tuple led by them)."""
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
@@ -136,7 +137,7 @@ class LayerwiseEngine:
     @torch.no_grad()
     def forward_layer(self, layer: nn.Module) -> list[torch.Tensor]:
         return [
-            _hidden_of(layer(hidden, *args, **kwargs))
+            hidden_of(layer(hidden, *args, **kwargs))
             for hidden, args, kwargs in zip(self.hidden, self.layer_args, self.layer_kwargs)
         ]
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adapters import ArchitectureAdapter
-from .engine import LayerwiseEngine, _hidden_of
+from .engine import LayerwiseEngine, hidden_of
 
 
 class SuffixLossError(ValueError):
@@ -185,7 +185,7 @@ def taylor_layer_scores(suffix: SuffixLoss) -> tuple[list[float], float]:
             layer.to(engine.device)
             x = inputs.pop().detach().requires_grad_(True)
             with torch.enable_grad(), _gradients_on(weights[index]):
-                out = _hidden_of(layer(x, *args, **kwargs))
+                out = hidden_of(layer(x, *args, **kwargs))
                 grad, *weight_grads = torch.autograd.grad(out, [x, *weights[index]], grad, allow_unused=True)
             for total, g in zip(sums[index], weight_grads):
                 if g is not None:  # a weight the forward never used has no influence
