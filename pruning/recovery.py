@@ -85,13 +85,6 @@ def load_recovery_data(tokenizer, settings: RecoverySettings, documents: list[st
     return RecoveryData(windows[settings.heldout_windows:], windows[:settings.heldout_windows], used)
 
 
-def _zero_masks(model: nn.Module, adapter) -> dict[nn.Module, torch.Tensor]:
-    """Where each decoder-layer linear's weight (as stored) is exactly zero: the pruning masks."""
-    from .methods.distill import zero_masks
-
-    return zero_masks(model, adapter)
-
-
 def _lora_targets(model: nn.Module, adapter) -> list[str]:
     """Full names of every linear inside the decoder layers (what is left of them in a structured model)."""
     return [name for index in range(adapter.num_layers(model)) for name in adapter.linear_targets(model, index)]
@@ -112,12 +105,6 @@ def _keep_masked(layer, keep: torch.Tensor) -> None:
     layer.forward = forward
 
 
-def _mean_loss(model: nn.Module, windows: torch.Tensor, batch_size: int, device) -> float:
-    from .methods.distill import mean_loss
-
-    return mean_loss(model, windows, batch_size, device)
-
-
 def recover(model: nn.Module, adapter, data: RecoveryData, settings: RecoverySettings, device, seed: int = 0,
             progress: bool = True, description: str = RECOVERY) -> dict:
     """LoRA-train `model` in place on `data.train` for `settings.steps` steps, merge, re-apply the zeros;
@@ -128,17 +115,19 @@ def recover(model: nn.Module, adapter, data: RecoveryData, settings: RecoverySet
     from peft.tuners.lora import LoraLayer
     from tqdm.auto import tqdm
 
+    from .methods.distill import mean_loss, zero_masks
+
     started = time.perf_counter()
     home = next(model.parameters()).device
     model.to(device)
-    masks = _zero_masks(model, adapter)
+    masks = zero_masks(model, adapter)
     targets = _lora_targets(model, adapter)
     if not targets:
         raise RecoveryError(f"{RECOVERY}: the model has no linear layer left inside its decoder layers to adapt")
     trainable_before = {parameter: parameter.requires_grad for parameter in model.parameters()}
     was_training = model.training
     model.eval()  # no dropout: the trained function is the saved one
-    loss_before = _mean_loss(model, data.heldout, settings.batch_size, device)
+    loss_before = mean_loss(model, data.heldout, settings.batch_size, device)
 
     torch.manual_seed(seed)
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=0.0, target_modules=targets,
@@ -176,7 +165,7 @@ def recover(model: nn.Module, adapter, data: RecoveryData, settings: RecoverySet
             module.weight.data[mask] = 0
     for parameter, trainable in trainable_before.items():
         parameter.requires_grad_(trainable)
-    loss_after = _mean_loss(model, data.heldout, settings.batch_size, device)
+    loss_after = mean_loss(model, data.heldout, settings.batch_size, device)
     model.train(was_training)
     model.to(home)
     window = max(1, min(10, len(history) // 4))
