@@ -1,13 +1,14 @@
 """Quality frontier of the pruning methods on one model (issue 12's benchmark): WikiText-2 test perplexity of
 
 - every sparsity method (magnitude, Wanda, SparseGPT) at each unstructured sparsity and N:M pattern, uniform,
-  with OWL (unstructured only) and, for Wanda and SparseGPT, refined by DSnoT;
+  with OWL and with a linear ramp of layer sparsities (unstructured only) and, for Wanda and SparseGPT,
+  refined by DSnoT;
 - every structured method (FLAP, heads, layers, depth by angular distance, two-stage) at each fraction of
   parameters;
 - each of them again followed by LoRA recovery fine-tuning when --recover-steps is given (a fixed budget).
 
 All rows use the same calibration windows (C4) and the same evaluation windows; each prints as it finishes.
-Writes frontier.md (the table with its protocol), frontier.csv and frontier.png (PPL against sparsity and
+Writes frontier.md (the table with its protocol), frontier.csv, frontier.json and frontier.png (PPL against sparsity and
 against parameters removed, one line per method) into --out-dir, each replaced atomically.
 
     PRUNING_DATA_DIR=../shared/data .venv/bin/python benchmarks/quality_frontier.py --threads 1 \\
@@ -17,6 +18,7 @@ against parameters removed, one line per method) into --out-dir, each replaced a
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +34,7 @@ from pruning.zoo import resolve as resolve_spec
 
 SPARSITY_METHODS = ("magnitude", "wanda", "sparsegpt")
 DSNOT_BASES = ("wanda", "sparsegpt")
+RAMP_SPREAD = 0.1  # the +ramp rows: linear from target − 0.1 at the first layer to target + 0.1 at the last
 
 
 def sparsity_variants(sparsities, patterns):
@@ -44,6 +47,8 @@ def sparsity_variants(sparsities, patterns):
             rows.append((method, method, ratio, {}))
             if kind == "sparsity":
                 rows.append((f"{method}+owl", method, ratio, {"allocation": "owl"}))
+                ramp = [round(value - RAMP_SPREAD, 6), round(value + RAMP_SPREAD, 6)]
+                rows.append((f"{method}+ramp", method, ratio, {"allocation": "ramp", "ramp": ramp}))
         rows += [(f"dsnot({base})", "dsnot", ratio, {"base": base}) for base in DSNOT_BASES]
     return rows
 
@@ -60,6 +65,11 @@ def structured_variants(fractions, num_layers: int):
     return rows
 
 
+def chosen(label: str, only: list[str] | None) -> bool:
+    """Whether a row's label is in `only` (None: every row)."""
+    return only is None or label in only
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m", help="zoo spec (default smollm2-135m)")
@@ -68,14 +78,30 @@ def main(argv=None) -> None:
     parser.add_argument("--fractions", type=float, nargs="*", default=[0.2, 0.3],
                         help="structured ratios: fraction / prune rate, depth blocks = round(fraction × layers)")
     parser.add_argument("--recover-steps", type=int, default=0,
-                        help="also run every row with this many LoRA recovery steps (0: no recovery rows)")
+                        help="also run rows with this many LoRA recovery steps (0: no recovery rows)")
+    parser.add_argument("--recover-lr", type=float, default=None, help="LoRA learning rate (default: the library's)")
+    parser.add_argument("--rows", nargs="+", default=None, metavar="LABEL",
+                        help="only these row labels, e.g. wanda wanda+owl 'dsnot(wanda)' flap (default: all)")
+    parser.add_argument("--recover-rows", nargs="+", default=None, metavar="LABEL",
+                        help="recovery rows only for these labels (default: every row)")
     parser.add_argument("--nsamples", type=int, default=32)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--eval-seqlen", type=int, default=512)
     parser.add_argument("--max-windows", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out-dir", type=Path, required=True)
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows of an earlier run in --out-dir (same model and protocol), replacing "
+                             "those run again")
     args = parser.parse_args(argv)
+    key = {"model": args.model, "nsamples": args.nsamples, "seqlen": args.seqlen, "eval_seqlen": args.eval_seqlen,
+           "max_windows": args.max_windows}
+    earlier = []
+    if args.append and (args.out_dir / "frontier.json").exists():
+        previous = json.loads((args.out_dir / "frontier.json").read_text())
+        if previous["protocol"] != key:
+            parser.error(f"--append: {args.out_dir} holds rows of another protocol {previous['protocol']}")
+        earlier = previous["rows"]
     if args.threads:
         torch.set_num_threads(args.threads)
     quiet_progress()
@@ -86,12 +112,16 @@ def main(argv=None) -> None:
     del model
     common = dict(calib="c4", nsamples=args.nsamples, seqlen=args.seqlen, seed=0, device="cpu", evaluate=True,
                   eval_seqlen=args.eval_seqlen, eval_max_windows=args.max_windows, progress=False)
-    recoveries = [None] + ([{"steps": args.recover_steps}] if args.recover_steps else [])
-    variants = sparsity_variants(args.sparsities, args.nm) + structured_variants(args.fractions, num_layers)
+    recovery_settings = {"steps": args.recover_steps, **({"lr": args.recover_lr} if args.recover_lr else {})}
+    recoveries = [None] + ([recovery_settings] if args.recover_steps else [])
+    variants = [variant for variant in sparsity_variants(args.sparsities, args.nm)
+                + structured_variants(args.fractions, num_layers) if chosen(variant[0], args.rows)]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for index, (label, method, ratio, options) in enumerate(variants):
             for recovery in recoveries:
+                if recovery and not chosen(label, args.recover_rows):
+                    continue
                 started = time.perf_counter()
                 report = pruning.prune(args.model, method, Path(scratch) / f"{index}-{bool(recovery)}",
                                        recovery=recovery, **ratio, **options, **common)
@@ -101,16 +131,21 @@ def main(argv=None) -> None:
                        "ratio": next(iter(ratio.values())),
                        "sparsity": report["result"].get("total_sparsity"),
                        "parameters removed": 1 - parameters["after"]["total"] / parameters["before"]["total"],
-                       "PPL dense": before["ppl"], "PPL": after["ppl"], "seconds": time.perf_counter() - started}
+                       "PPL dense": before["ppl"], "PPL": after["ppl"], "seconds": time.perf_counter() - started,
+                       "recovery CPU-min": (report["recovery"]["seconds"] * torch.get_num_threads() / 60
+                                            if recovery else None),
+                       "recovery": json.dumps(recovery) if recovery else "", "threads": torch.get_num_threads()}
                 rows.append(row)
                 print(f"{row['method']:24s} {row['kind']:10s} {row['ratio']!s:6s} PPL {row['PPL']:10.2f} "
                       f"({row['seconds']:.0f} s)", flush=True)
+    replaced = {(row["method"], row["kind"], str(row["ratio"])) for row in rows}
+    rows = [row for row in earlier if (row["method"], row["kind"], str(row["ratio"])) not in replaced] + rows
     frame = pd.DataFrame(rows)
     protocol = (f"Model {args.model}; calibration C4 {args.nsamples} × {args.seqlen} tokens, seed 0; WikiText-2 "
                 f"test PPL over {args.max_windows} windows of {args.eval_seqlen} tokens (dense "
-                f"{rows[0]['PPL dense']:.2f}); recovery: "
-                f"{f'{args.recover_steps} LoRA steps (library defaults otherwise)' if args.recover_steps else 'none'}; "
-                f"{torch.get_num_threads()} thread(s); versions {versions('torch', 'transformers')}.")
+                f"{rows[0]['PPL dense']:.2f}); LoRA recovery rows: the `recovery` column's settings, library "
+                f"defaults otherwise, C4 training windows; versions {versions('torch', 'transformers')}.")
+    atomic_write_text(args.out_dir / "frontier.json", json.dumps({"protocol": key, "rows": rows}, indent=1))
     atomic_write_text(args.out_dir / "frontier.md", f"## Quality frontier\n\n{protocol}\n\n"
                       + frame.to_markdown(index=False, floatfmt=".4g") + "\n")
     atomic_write_text(args.out_dir / "frontier.csv", frame.to_csv(index=False))

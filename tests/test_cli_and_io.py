@@ -53,7 +53,8 @@ def test_prune_json_records_the_protocol(pruned_dir, stories_dir):
         ppl = report["evaluation"][when]
         assert ppl["seqlen"] == 64 and ppl["windows"] == 8 and ppl["scored_tokens"] == 8 * 63
     assert report["evaluation"]["before"]["ppl"] < report["evaluation"]["after"]["ppl"]
-    for key in ("prune_seconds", "wall_seconds", "peak_rss_mb", "versions", "git_commit", "dtype", "device"):
+    for key in ("prune_seconds", "wall_seconds", "peak_rss_mb", "torch_threads", "versions", "git_commit", "dtype",
+                "device"):
         assert key in report
     assert report["model"]["spec"] == str(stories_dir) and "pruning" not in report["model"]
     assert report["wall_seconds"] >= report["prune_seconds"] > 0

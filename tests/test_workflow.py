@@ -40,11 +40,11 @@ TINY_CONFIG = {
     "keep_models": False,
 }
 # Every job of the default grid: 2 models; 3 methods x (2 sparsities + 2:4) = 9 pruned runs per model; on
-# smollm2 only, 8 structured runs (angular and cosine x 2 block counts, Quark, layers, heads, two_stage); + 1
-# dense each: 28 rows, 26 pruned. The 18 smollm2 rows also get 4 zero-shot tasks, GGUF f16 and q4_k_m
-# (convert + llama.cpp evaluation each) and speed.
-DEFAULT_GRID_JOBS = {"fetch_model": 2, "prune": 26, "perplexity": 28, "zeroshot": 72, "gguf_convert": 36,
-                     "gguf_eval": 36, "speed": 18, "plots": 1, "tables": 1, "all": 1, "total": 221}
+# smollm2 only, OWL-Wanda at 70 % and 9 structured runs (angular and cosine x 2 block counts, Quark, layers,
+# heads, two_stage, FLAP); + 1 dense each: 30 rows, 28 pruned. The 20 smollm2 rows also get 4 zero-shot
+# tasks, GGUF f16 and q4_k_m (convert + llama.cpp evaluation each) and speed.
+DEFAULT_GRID_JOBS = {"fetch_model": 2, "prune": 28, "perplexity": 30, "zeroshot": 80, "gguf_convert": 40,
+                     "gguf_eval": 40, "speed": 20, "plots": 1, "tables": 1, "all": 1, "total": 243}
 TINY_ROWS = [("dense", "base"), ("magnitude", "s0.50"), ("magnitude", "nm2-4"), ("wanda", "s0.50"), ("wanda", "nm2-4")]
 
 
@@ -195,7 +195,7 @@ def test_per_task_shots_and_the_tables_and_plots_they_add(tmp_path):
     assert result.returncode == 0, result.stderr
     for task, shots in (("winogrande", 5), ("boolq", 0), ("gsm8k", 5)):
         lines = [line for line in result.stdout.splitlines() if f"--task {task} " in line]
-        assert len(lines) == 28 and all(f"--num-fewshot {shots} " in line for line in lines), task
+        assert len(lines) == 30 and all(f"--num-fewshot {shots} " in line for line in lines), task
     for name in ("tables/downstream.md", "tables/comparison.md", "tables/impact.md", "plots/zeroshot-speed.png",
                  "plots/structured-smollm2-135m.png"):
         assert f"results/{name}" in result.stdout, name
