@@ -141,9 +141,9 @@ def test_publish_plans_the_grid_then_itself(tmp_path):
 
 
 @pytest.mark.parametrize("target, expected", [
-    ("prune_all", {"fetch_model": 2, "prune": 26, "prune_all": 1, "total": 29}),
+    ("prune_all", {"fetch_model": 2, "prune": 28, "prune_all": 1, "total": 31}),
     ("evaluate_all", {**{k: v for k, v in DEFAULT_GRID_JOBS.items() if k not in ("tables", "plots", "all")},
-                      "evaluate_all": 1, "total": 219}),
+                      "evaluate_all": 1, "total": 241}),
     ("results/metrics/stories260K/wanda/nm2-4/ppl.json", {"fetch_model": 1, "prune": 1, "perplexity": 1, "total": 3}),
     ("results/metrics/smollm2-135m/dense/base/ppl.json", {"fetch_model": 1, "perplexity": 1, "total": 2}),
 ])
@@ -163,7 +163,7 @@ def test_optional_evaluations_join_the_grid(tmp_path):
                                           "options": {"criterion": "angular"}, "models": ["smollm2-135m"]}
     result = snakemake(tmp_path, "-n", "--cores", "2", "-p", config=config)
     assert result.returncode == 0, result.stderr
-    pruned = 26 + 2
+    pruned = 28 + 2
     rows = pruned + 2
     assert job_counts(result.stdout) == {
         "fetch_model": 2, "prune": pruned, "perplexity": rows, "zeroshot": 2 * rows, "gguf_convert": 2 * rows,
