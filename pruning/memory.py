@@ -143,15 +143,19 @@ class Geometry:
     windows: list[int | None]  # sliding-window length per layer, None for full attention
 
 
-def kv_cache_bytes(geometry: Geometry, context: int, batch: int, element_bytes: int) -> int:
-    """Keys and values of every layer after `context` tokens × `batch` sequences (a removed attention caches one
-    placeholder value per token, see heterogeneous.RemovedAttention)."""
-    total = 0
+def kv_cache_layer_bytes(geometry: Geometry, context: int, batch: int, element_bytes: int) -> list[int]:
+    """Keys and values each layer caches after `context` tokens × `batch` sequences (a removed attention caches
+    one placeholder value per token, see heterogeneous.RemovedAttention)."""
+    sizes = []
     for layer, window in zip(geometry.layers, geometry.windows):
         tokens = min(context, window) if window else context
         width = layer.kv_heads * geometry.head_dim if layer.heads else 1
-        total += 2 * batch * tokens * width * element_bytes
-    return total
+        sizes.append(2 * batch * tokens * width * element_bytes)
+    return sizes
+
+
+def kv_cache_bytes(geometry: Geometry, context: int, batch: int, element_bytes: int) -> int:
+    return sum(kv_cache_layer_bytes(geometry, context, batch, element_bytes))
 
 
 def activation_bytes(geometry: Geometry, context: int, batch: int, element_bytes: int, eager: bool = False) -> int:
@@ -230,26 +234,53 @@ def stored_weights(model_dir: Path) -> tuple[int, set[str]]:
 _SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 _RUNTIME_PROBE = ("import sys\nfrom pruning.memory import meta_model, resident_bytes\n"
                   "meta_model(sys.argv[1])\nprint(resident_bytes())")
+_PEAK_PROBE = ("import sys\nfrom pruning.memory import load_and_forward, resident_bytes\n"
+               "load_and_forward(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))\n"
+               "print(resident_bytes('VmHWM'))")
 
 
-def resident_bytes() -> int:
-    """This process's resident memory now (VmRSS), in bytes."""
+def resident_bytes(key: str = "VmRSS") -> int:
+    """This process's resident memory now (VmRSS) or at its peak (VmHWM), in bytes."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) * 1024
-    raise OSError("no VmRSS in /proc/self/status")
+    raise OSError(f"no {key} in /proc/self/status")
+
+
+def _probe(code: str, *args) -> int:
+    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                            env=dict(os.environ, TRANSFORMERS_VERBOSITY="error"))
+    if result.returncode != 0:
+        tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"measuring resident memory in a fresh process failed: {tail}")
+    return int(result.stdout.split()[-1])
 
 
 def runtime_bytes(model_dir: str | os.PathLike) -> int:
     """Resident memory of a fresh Python process that imported torch and transformers and built the model's
     modules (on the meta device): what any process running this model pays before its weights."""
-    result = subprocess.run([sys.executable, "-c", _RUNTIME_PROBE, str(model_dir)], capture_output=True, text=True,
-                            env=dict(os.environ, TRANSFORMERS_VERBOSITY="error"))
-    if result.returncode != 0:
-        tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"measuring the runtime's resident memory failed: {tail}")
-    return int(result.stdout.split()[-1])
+    return _probe(_RUNTIME_PROBE, model_dir)
+
+
+def load_and_forward(model_dir: str | os.PathLike, dtype: str, context: int, batch: int) -> None:
+    """What the total estimates: load the model in `dtype` on CPU, one forward pass over random tokens with a KV cache."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .modeling import torch_dtype
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype(dtype)).eval()
+    tokens = torch.randint(0, model.config.vocab_size, (batch, context), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model(tokens, use_cache=True)
+
+
+def measured_peak_bytes(model_dir: str | os.PathLike, dtype: str = "float32", context: int = 512,
+                        batch: int = 1) -> int:
+    """Peak resident memory (VmHWM) of a fresh process running `load_and_forward`: the measurement the total is
+    checked against."""
+    return _probe(_PEAK_PROBE, model_dir, dtype, context, batch)
 
 
 # ------------------------------------------------------------------------------------------- the estimate

@@ -191,10 +191,13 @@ def resolve(spec: str, dest: str | os.PathLike | None = None) -> Path:
 
 
 def cached_model_dir(spec: str) -> Path | None:
-    """Where `resolve(spec)` puts a GGUF-based model in the cache (None for directories and hub ids); it may not
-    exist yet."""
+    """Where `resolve(spec)` puts a GGUF-based model in the cache (None for directories, hub ids and malformed
+    specs); it may not exist yet."""
     if spec.startswith(PYPI_PREFIX):
-        return cache_dir() / "models" / PypiGGUF.parse(spec).cache_name
+        try:
+            return cache_dir() / "models" / PypiGGUF.parse(spec).cache_name
+        except ModelSpecError:
+            return None
     if spec in EMBEDDED:
         return cache_dir() / "models" / spec
     path = Path(spec).expanduser()
