@@ -40,9 +40,10 @@ def cases(model: str, dtypes: list[str], contexts: list[int], batch: int) -> lis
 
 def _row(row: dict) -> str:
     mib = lambda key: f"{row[key] / 2**20:9.1f}"  # noqa: E731
-    return (f"{row['model'][-28:]:>28} {row['dtype']:>8} {row['context']:>6}x{row['batch']:<3} runtime {mib('runtime_bytes')} "
-            f"weights {mib('weights_bytes')} kv {mib('kv_cache_bytes')} act {mib('activation_bytes')} "
-            f"estimate {mib('estimate_bytes')} measured {mib('measured_peak_bytes')}  {100 * row['relative_error']:+.1f} %")
+    return (f"{row['model'][-28:]:>28} {row['dtype']:>8} {row['context']:>6}x{row['batch']:<3} "
+            f"runtime {mib('runtime_bytes')} weights {mib('weights_bytes')} kv {mib('kv_cache_bytes')} "
+            f"act {mib('activation_bytes')} estimate {mib('estimate_bytes')} measured {mib('measured_peak_bytes')} "
+            f"MiB {100 * row['relative_error']:+.1f} %")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,24 +110,32 @@ def llamacpp_tensor_type(outtype: str, name: str, shape: tuple[int, ...], index:
     return chosen
 
 
-def gguf_tensor_types(outtype: str, model_dir: str | os.PathLike, gqa: int) -> list[tuple[str, tuple[int, ...], QType]]:
-    """(GGUF name, shape, type) of every tensor `convert --outtype outtype` writes for `model_dir`, without reading
-    weights: the exporter's own plan, quantized by llama.cpp's rules for its output types."""
-    if outtype in DIRECT_OUTTYPES:
-        return [(t.name, t.shape, t.qtype) for t in plan_export(model_dir, outtype).tensors]
-    tensors = plan_export(model_dir, "f16").tensors
-    names = {t.name for t in tensors}
-    counts = {kind: sum(kind in t.name for t in tensors) for kind in ("attn_v.weight", "ffn_down")}
-    seen = dict.fromkeys(counts, 0)
-    typed = []
-    for tensor in tensors:
-        kind = next((k for k in counts if k in tensor.name), None)
-        index = seen[kind] if kind else 0
-        typed.append((tensor.name, tensor.shape, llamacpp_tensor_type(
-            outtype, tensor.name, tensor.shape, index, counts.get(kind, 0), gqa, "output.weight" in names)))
-        if kind:
-            seen[kind] += 1
-    return typed
+def llamacpp_tensor_types(outtype: str, tensors: list[tuple[str, tuple[int, ...]]], gqa: int) -> list[QType]:
+    """The type of each (GGUF name, shape) of an f16/f32 file after llama.cpp quantizes it to `outtype`; the
+    quantizer takes tensors in name order (its weights map is sorted), which decides the counts of the mixtures."""
+    names = {name for name, _ in tensors}
+    counts = {kind: sum(kind in name for name in names) for kind in ("attn_v.weight", "ffn_down")}
+    order = {}
+    for kind in counts:
+        order.update({name: index for index, name in enumerate(sorted(n for n in names if kind in n))})
+    return [llamacpp_tensor_type(outtype, name, shape, order.get(name, 0),
+                                 next((count for kind, count in counts.items() if kind in name), 0), gqa,
+                                 "output.weight" in names)
+            for name, shape in tensors]
+
+
+def gguf_tensor_bytes(model_dir: str | os.PathLike, gqa: int) -> dict[str, int]:
+    """Tensor bytes of the file `convert --outtype T` writes for `model_dir`, for every T, without reading weights:
+    the exporter's own plans, quantized by llama.cpp's rules for its output types (from the f16 plan)."""
+    sizes, plans = {}, {}
+    for outtype in DIRECT_OUTTYPES:
+        plans[outtype] = plan_export(model_dir, outtype).tensors
+        sizes[outtype] = sum(tensor_bytes(t.shape, t.qtype) for t in plans[outtype])
+    intermediate = [(t.name, t.shape) for t in plans["f16"]]
+    for outtype in LLAMACPP_OUTTYPES:
+        types = llamacpp_tensor_types(outtype, intermediate, gqa)
+        sizes[outtype] = sum(tensor_bytes(shape, qtype) for (_, shape), qtype in zip(intermediate, types))
+    return {outtype: sizes[outtype] for outtype in OUTTYPES}
 
 
 # ------------------------------------------------------------------------------- KV cache and activations
@@ -264,7 +272,7 @@ def runtime_bytes(model_dir: str | os.PathLike) -> int:
 
 
 def load_and_forward(model_dir: str | os.PathLike, dtype: str, context: int, batch: int) -> None:
-    """What the total estimates: load the model in `dtype` on CPU, one forward pass over random tokens with a KV cache."""
+    """What the total estimates: load the model in `dtype` on CPU, one forward over random tokens with a KV cache."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -302,10 +310,8 @@ def estimate(model_dir: str | os.PathLike, dtype: str = "float32", context: int 
     weights = {name: parameters * dtype_bytes(name) for name in _SAFETENSORS_DTYPES}
 
     gqa = max(1, shapes.layers[0].heads // max(1, shapes.layers[0].kv_heads))
-    gguf, gguf_note = {}, None
     try:
-        for outtype in OUTTYPES:
-            gguf[outtype] = sum(tensor_bytes(shape, qtype) for _, shape, qtype in gguf_tensor_types(outtype, model_dir, gqa))
+        gguf, gguf_note = gguf_tensor_bytes(model_dir, gqa), None
     except ExportError as exc:
         gguf, gguf_note = {}, f"no GGUF sizes: {exc}"
 
@@ -331,28 +337,30 @@ def estimate(model_dir: str | os.PathLike, dtype: str = "float32", context: int 
                      "runtime": "measured: fresh process, torch + transformers imported, modules built on meta"
                                 if measure_runtime else "not measured (0)",
                      "attention": "eager" if eager else "sdpa",
-                     "gguf": "tensor data only (no metadata), types as the exporter and llama.cpp's quantizer choose"},
+                     "gguf": "tensor data only (no metadata), types chosen as the exporter and llama.cpp's "
+                             "quantizer choose them"},
     }
 
 
 def format_report(report: dict) -> str:
-    """The report as aligned text (MiB)."""
-    def mib(value: int) -> str:
-        return f"{value / 2**20:,.1f} MiB"
+    """The report as aligned text (KiB, MiB or GiB)."""
+    def human(value: int) -> str:
+        unit = next(unit for unit in (3, 2, 1, 0) if value >= 1024 ** unit or unit == 0)
+        return f"{value / 1024 ** unit:,.1f} {('B', 'KiB', 'MiB', 'GiB')[unit]}" if unit else f"{value} B"
 
     lines = [f"model        {report['model']} ({report['model_type']}, {report['layers']} layers"
              f"{', heterogeneous' if report['heterogeneous'] else ''})",
              f"parameters   {report['parameters']:,}",
-             "weights      " + ", ".join(f"{name} {mib(size)}" for name, size in report["weights_bytes"].items())]
-    if report["gguf_weights_bytes"]:
-        lines.append("GGUF tensors " + ", ".join(
-            f"{t} {mib(size)} ({report['gguf_bits_per_weight'][t]} bpw)" for t, size in report["gguf_weights_bytes"].items()))
-    else:
-        lines.append(f"GGUF tensors {report.get('gguf_note')}")
+             "weights      " + ", ".join(f"{name} {human(size)}" for name, size in report["weights_bytes"].items())]
+    gguf = report["gguf_weights_bytes"]
+    bits = report["gguf_bits_per_weight"]
+    lines += [f"{'GGUF' if index == 0 else '':12} {outtype:7} {human(size):>12} ({bits[outtype]} bits per weight)"
+              for index, (outtype, size) in enumerate(gguf.items())] or [f"GGUF         {report['gguf_note']}"]
     lines += [f"for          {report['dtype']}, context {report['context']} × batch {report['batch']}",
-              f"KV cache     {mib(report['kv_cache_bytes'])}",
-              f"activations  {mib(report['activation_bytes'])}",
-              f"load convert {mib(report['load_conversion_bytes'])}",
-              "runtime      " + (mib(report["runtime_bytes"]) if report["runtime_bytes"] is not None else "not measured"),
-              f"total        {mib(report['total_bytes'])}  ({report['protocol']['formula']})"]
+              f"KV cache     {human(report['kv_cache_bytes'])}",
+              f"activations  {human(report['activation_bytes'])}",
+              f"load convert {human(report['load_conversion_bytes'])}",
+              "runtime      " + (human(report["runtime_bytes"]) if report["runtime_bytes"] is not None
+                                   else "not measured"),
+              f"total        {human(report['total_bytes'])}  ({report['protocol']['formula']})"]
     return "\n".join(lines)

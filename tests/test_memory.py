@@ -66,7 +66,8 @@ def test_parameters_weights_and_kv_cache_are_exact(stories_dir, pruned_stories, 
     half = memory.estimate(path, "bfloat16", context=40, batch=3, measure_runtime=False)
     assert half["kv_cache_bytes"] == _assert_kv_exact(path, "bfloat16", model.to(torch.bfloat16), 40, 3)
     assert half["load_conversion_bytes"] > 0 == report["load_conversion_bytes"]  # float32 file read as bfloat16
-    assert report["total_bytes"] == report["weights_bytes"]["float32"] + report["kv_cache_bytes"] + report["activation_bytes"]
+    assert report["total_bytes"] == (report["weights_bytes"]["float32"] + report["kv_cache_bytes"]
+                                     + report["activation_bytes"])
     if which == "pruned":  # grouped-query heads per layer: 2 of 4 key-value heads in layer 0, none in layer 1
         shapes = memory.geometry(*memory.meta_model(path)).layers
         assert [(s.heads, s.kv_heads, s.ffn) for s in shapes][:4] == [(4, 2, 172), (0, 0, 172), (8, 4, 0), (8, 4, 100)]
@@ -80,10 +81,10 @@ def _real_tensor_bytes(path) -> int:
 
 @pytest.fixture(scope="module")
 def wide_llama(stories_dir, tmp_path_factory):
-    """A random 8-layer Llama whose rows split into 256-blocks (so the k-quant mixtures are not all fallbacks),
-    with stories260K's tokenizer."""
+    """A random 12-layer Llama whose rows split into 256-blocks (so the k-quant mixtures are not all fallbacks; 12
+    layers so that name order, blk.10 before blk.2, matters), with stories260K's tokenizer."""
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=8,
+    config = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=12,
                          num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=256,
                          tie_word_embeddings=False)
     dest = tmp_path_factory.mktemp("wide") / "model"
