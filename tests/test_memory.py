@@ -127,11 +127,11 @@ def test_cli_reports_and_refuses_bad_lengths(stories_dir):
         return subprocess.run([sys.executable, "-m", "pruning", "memory", "--model", str(stories_dir), *args],
                               capture_output=True, text=True)
 
-    result = run("--context", "64", "--batch", "2", "--dtype", "bfloat16", "--json")
+    result = run("--context", "64", "--batch", "2", "--dtype", "bf16", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["context"] == 64 and report["batch"] == 2 and report["parameters"] == 260032
+    assert report["dtype"] == "bfloat16"
     assert report["runtime_bytes"] > 0 and set(report["gguf_weights_bytes"]) >= {"f16", "q8_0", "q4_k_m"}
     too_long = run("--context", "100000")
     assert too_long.returncode == 2 and len(too_long.stderr.strip().splitlines()) == 1 and "512" in too_long.stderr
-    assert run("--batch", "0").returncode == 2

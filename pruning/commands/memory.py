@@ -7,6 +7,8 @@ from .. import checks, memory
 from ..modeling import DTYPES
 from .common import positive_int
 
+DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -20,7 +22,8 @@ def add_parser(subparsers) -> None:
                     "KV cache + activations)).")
     parser.add_argument("--model", required=True, help="model spec: local HF directory, .gguf file, pypi: spec, "
                                                        "embedded name or hub id")
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="working dtype (default: float32)")
+    parser.add_argument("--dtype", default="float32", type=lambda name: DTYPE_ALIASES.get(name, name),
+                        choices=list(DTYPES), help="working dtype (fp32, fp16 and bf16 also accepted; default: float32)")
     parser.add_argument("--context", type=positive_int, default=None,
                         help="tokens per sequence (default: the positions the model declares)")
     parser.add_argument("--batch", type=positive_int, default=1, help="sequences per forward pass (default: 1)")
