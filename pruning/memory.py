@@ -18,7 +18,8 @@ attention):
   (memory-mapped) while converting, so its bytes are resident at the same time as the converted weights;
   with the same dtype the tensors stay memory-mapped and are counted once, as weights;
 - KV cache: 2 (keys, values) × batch × tokens × key-value heads × head size per layer (grouped-query heads,
-  per-layer heads of pruned models, sliding windows; a removed attention keeps one placeholder value per token);
+  per-layer heads of pruned models, sliding-window layers keeping the last window - 1 tokens; a removed
+  attention keeps one placeholder value per token);
 - activations: the logits (batch × context × vocabulary) plus the largest layer's working set (residual stream
   copies, q/k/v with their rotated copies, the FFN's three intermediate tensors, and the attention scores
   with eager attention).
@@ -156,7 +157,7 @@ def kv_cache_layer_bytes(geometry: Geometry, context: int, batch: int, element_b
     one placeholder value per token, see heterogeneous.RemovedAttention)."""
     sizes = []
     for layer, window in zip(geometry.layers, geometry.windows):
-        tokens = min(context, window) if window else context
+        tokens = min(context, window - 1) if window else context  # transformers keeps the last window - 1
         width = layer.kv_heads * geometry.head_dim if layer.heads else 1
         sizes.append(2 * batch * tokens * width * element_bytes)
     return sizes
@@ -209,7 +210,7 @@ def geometry(config, model) -> Geometry:
         layers = [LayerShape(heads, kv_heads, ffn)] * _config_value(config, "num_hidden_layers", "n_layer")
     window = _config_value(config, "sliding_window")
     kinds = getattr(config, "layer_types", None) or []
-    windows = [window if window and (not kinds or kinds[i] == "sliding_attention") else None
+    windows = [window if window and (not kinds or (i < len(kinds) and kinds[i] == "sliding_attention")) else None
                for i in range(len(layers))]
     return Geometry(layers, hidden, head_dim, config.vocab_size, windows)
 

@@ -73,6 +73,18 @@ def test_parameters_weights_and_kv_cache_are_exact(stories_dir, pruned_stories, 
         assert [(s.heads, s.kv_heads, s.ffn) for s in shapes][:4] == [(4, 2, 172), (0, 0, 172), (8, 4, 0), (8, 4, 100)]
 
 
+@pytest.mark.parametrize("family", ["gpt2", "opt", "gpt_neox", "phi3", "qwen3", "gemma2", "gemma3_text"])
+def test_other_families_count_exactly(family, tmp_path):
+    """Parameters and KV cache of tiny models of other families (fused projections, sliding-window layers)."""
+    from conftest import build_tiny_model
+
+    model = build_tiny_model(family)
+    model.save_pretrained(tmp_path)
+    report = memory.estimate(tmp_path, context=80, batch=2, measure_runtime=False)
+    assert report["parameters"] == parameter_counts(model)["total"]
+    assert report["kv_cache_bytes"] == sum(size for size in _cache_bytes(model, 80, 2) if size is not None)
+
+
 def _real_tensor_bytes(path) -> int:
     import gguf
 
