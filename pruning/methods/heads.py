@@ -27,6 +27,17 @@ IMPORTANCE = ("magnitude", "activation")
 GQA_MODES = ("query", "group")
 
 
+def query_weight(layer, adapter, heads: int) -> torch.Tensor:
+    """The query rows [heads x head_dim, hidden] of one layer's attention, out of a fused q/k/v where needed."""
+    from ..adapters import weight_matrix
+
+    head_dim = getattr(adapter.layer_part(layer, adapter.attention), adapter.head_dim_attribute)
+    first = weight_matrix(adapter.layer_part(layer, adapter.attention_projections[0]))
+    if adapter.qkv_layout == "per_head":  # [q_h k_h v_h] per head
+        return first.reshape(heads, 3, head_dim, -1)[:, 0].reshape(heads * head_dim, -1)
+    return first[:heads * head_dim]  # q alone, or the q block of [q | k | v]
+
+
 def magnitude_importance(q_weight: torch.Tensor, o_weight: torch.Tensor, heads: int) -> torch.Tensor:
     """Per query head: sqrt(‖q rows‖² + ‖o columns‖²), divided by the layer mean."""
     q = q_weight.double().reshape(heads, -1).pow(2).sum(1)
@@ -90,6 +101,13 @@ class Heads(PruningMethod):
         super().__init__(**values)
         self.needs_calibration = self.importance == "activation"
 
+    def check_config(self, config) -> None:
+        from ..structure import structure_problem
+
+        problem = structure_problem(config, "head pruning", sub_blocks=False)
+        if problem:
+            raise MethodError(problem)
+
     def check_model(self, ctx: PruneContext) -> None:
         self.plan(ctx)
 
@@ -98,12 +116,9 @@ class Heads(PruningMethod):
         import torch
 
         from ..heterogeneous import head_counts
-        from ..structure import StructureError, require_sliceable, rounded_count
+        from ..structure import rounded_count
 
-        try:
-            require_sliceable(ctx.model, ctx.adapter, "head pruning")
-        except StructureError as exc:
-            raise MethodError(str(exc)) from None
+        self.check_config(ctx.model.config)
         counts = [head_counts(layer, ctx.adapter) for layer in ctx.adapter.decoder_layers(ctx.model)]
         total_heads = sum(q for q, _ in counts)
         target = rounded_count(self.fraction, total_heads)
@@ -148,11 +163,13 @@ class Heads(PruningMethod):
     def _scores(self, ctx: PruneContext, counts) -> dict[int, torch.Tensor]:
         from ..engine import LayerStep, LayerwiseEngine, input_hooks
 
+        from ..adapters import weight_matrix
+
         layers = ctx.adapter.decoder_layers(ctx.model)
-        q_path, *_, o_path = ctx.adapter.attention_projections
+        o_path = ctx.adapter.attention_projections[-1]
         if self.importance == "magnitude":
-            return {i: magnitude_importance(ctx.adapter.layer_part(layer, q_path).weight,
-                                            ctx.adapter.layer_part(layer, o_path).weight, counts[i][0])
+            return {i: magnitude_importance(query_weight(layer, ctx.adapter, counts[i][0]),
+                                            weight_matrix(ctx.adapter.layer_part(layer, o_path)), counts[i][0])
                     for i, layer in enumerate(layers) if counts[i][0]}
         input_ids, _ = ctx.calibration()
         engine = LayerwiseEngine(ctx.model, ctx.adapter, ctx.device, ctx.batch_size, ctx.progress)
@@ -164,7 +181,7 @@ class Heads(PruningMethod):
             if not heads:
                 return None
             o_proj = ctx.adapter.layer_part(step.layer, o_path)
-            meter = HeadContribution(o_proj.weight, heads)
+            meter = HeadContribution(weight_matrix(o_proj), heads)
             with input_hooks({"o": o_proj}, lambda _name, x: meter.add(x)):
                 outputs = step.forward()
             scores[step.index] = meter.mean
