@@ -62,7 +62,6 @@ class ArchitectureAdapter:
     attention_norm: str  # norm feeding attention
     mlp_norm: str  # norm feeding the MLP
     mlp: str | None = None  # the MLP container, None where projections sit directly in the layer
-    fused_qkv: bool = False
     extra: dict = field(default_factory=dict, hash=False, compare=False)
     # Structured pruning (pruning/structure.py, saved in the format of pruning/heterogeneous.py): every family
     # can lose query heads and whole attention / FFN sub-blocks; these fields say how its modules look.
@@ -180,7 +179,6 @@ _GPT_NEOX = ArchitectureAdapter(
     norms=("input_layernorm", "post_attention_layernorm"),
     attention_norm="input_layernorm",
     mlp_norm="post_attention_layernorm",
-    fused_qkv=True,
     head_dim_attribute="head_size",
     qkv_layout="per_head",
     head_attributes=(),
@@ -201,7 +199,6 @@ _GPT2 = ArchitectureAdapter(
     norms=("ln_1", "ln_2"),
     attention_norm="ln_1",
     mlp_norm="ln_2",
-    fused_qkv=True,
     qkv_layout="blocks",
     head_attributes=(("num_heads", "heads"), ("split_size", "width")),
     config_keys=("n_head", "num_key_value_heads", "n_inner"),
@@ -223,7 +220,6 @@ _PHI3 = ArchitectureAdapter(
     norms=("input_layernorm", "post_attention_layernorm"),
     attention_norm="input_layernorm",
     mlp_norm="post_attention_layernorm",
-    fused_qkv=True,
     qkv_layout="blocks",
     head_attributes=(("num_key_value_groups", "groups"), ("num_key_value_heads", "kv_heads"),
                      ("config.num_attention_heads", "heads")),

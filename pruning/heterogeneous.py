@@ -220,9 +220,10 @@ class LayerConfigView:
     query width from the config); everything else is the model config's."""
 
     def __init__(self, config, **overrides):
-        base = config.__dict__["_base"] if isinstance(config, LayerConfigView) else config
-        previous = {k: v for k, v in config.__dict__.items() if k != "_base"} if isinstance(config, LayerConfigView) else {}
-        self.__dict__.update({"_base": base, **previous, **overrides})
+        if isinstance(config, LayerConfigView):  # a view of a view: one view with both sets of overrides
+            overrides = {**{k: v for k, v in vars(config).items() if k != "_base"}, **overrides}
+            config = vars(config)["_base"]
+        vars(self).update(_base=config, **overrides)
 
     def __getattr__(self, name):
         base = self.__dict__.get("_base")

@@ -1,6 +1,7 @@
 """Head pruning and two-stage sub-block removal on every architecture family, on tiny random configs built
 here (no downloads): exact head counts and parameter counts, sliced attention equal to masking the heads,
 and saved models that reload with identical logits."""
+import copy
 import json
 
 import pytest
@@ -81,6 +82,7 @@ def test_heads_prunes_exact_counts_on_every_family_and_reloads(family, tmp_path)
     assert sum(q for q, _ in counts) == 6 and all(q % kv == 0 for q, kv in counts)
     assert structure.numel(pruned) == before - report["parameters_removed"] > 0
     torch.testing.assert_close(logits(pruned), masked_head_logits(reference, adapter, removed), rtol=1e-4, atol=1e-5)
+    assert torch.equal(logits(copy.deepcopy(pruned)), logits(pruned))
     again = reload(pruned, tmp_path / family)
     assert json.loads((tmp_path / family / "config.json").read_text())["model_type"] == "pruning_heterogeneous"
     assert [heterogeneous.head_counts(layer, adapter) for layer in adapter.decoder_layers(again)] == counts
@@ -123,3 +125,18 @@ def test_sub_block_removal_refused_from_the_config_for_post_norm_opt(tmp_path):
     pruning.build_method("heads", fraction=0.25).check_config(config.to_dict())  # head slicing is fine
     with pytest.raises(MethodError, match="supported model types"):
         method.check_config({"model_type": "mamba"})
+
+
+def test_gemma3_depth_pruning_keeps_layer_types_with_their_layers(tmp_path):
+    """Each remaining layer keeps its own sliding/full attention: config.layer_types follows the kept layers and
+    the reloaded model computes the same (over a probe longer than the sliding window)."""
+    config = tiny_config("gemma3_text")
+    config.num_hidden_layers, config.sliding_window = 6, 4
+    config.layer_types = ["sliding_attention", "sliding_attention", "full_attention"] * 2
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    structure.remove_layers(model, pruning.get_adapter(model), [0, 2])
+    assert model.config.layer_types == ["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"]
+    again = reload(model, tmp_path / "g3")
+    assert again.config.layer_types == model.config.layer_types
+    assert [layer.self_attn.sliding_window for layer in again.model.layers] == [4, 4, 4, None]
