@@ -140,3 +140,19 @@ def test_gemma3_depth_pruning_keeps_layer_types_with_their_layers(tmp_path):
     again = reload(model, tmp_path / "g3")
     assert again.config.layer_types == model.config.layer_types
     assert [layer.self_attn.sliding_window for layer in again.model.layers] == [4, 4, 4, None]
+
+
+def test_refusal_comes_before_the_weights_are_loaded(tmp_path, monkeypatch):
+    config = tiny_config("opt")
+    config.do_layer_norm_before = False
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "opt")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the refusal")
+
+    monkeypatch.setattr(pruning.api, "load_model", no_loading)
+    with pytest.raises(MethodError, match="do_layer_norm_before=false"):
+        pruning.prune(str(tmp_path / "opt"), "two_stage", tmp_path / "out", ffn_layers=1, calib="wikitext2-train",
+                      seqlen=16, nsamples=4)
+    assert not (tmp_path / "out").exists()
