@@ -448,6 +448,9 @@ def _gemma_dir(family, folder, stories_tokenizer, layers, drop=()):
     config.num_hidden_layers, config.sliding_window, config.tie_word_embeddings = layers, 4, True
     config.layer_types = [("sliding_attention" if (i + 1) % (2 if family == "gemma2" else 3) else "full_attention")
                           for i in range(layers)]
+    if family == "gemma3_text":  # as Gemma-3 4B and up: linear rope scaling on the full-attention layers only
+        config.rope_parameters = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                  "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 8.0}}
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
     for module in model.modules():  # random norm weights, so that a missing (1 + w) or a skipped norm shows

@@ -52,6 +52,7 @@ SLIDING, FULL = "sliding_attention", "full_attention"
 # layer count, where it uses hidden / heads (its `f_attention_scale`); other query_pre_attn_scalar values are
 # not representable in the file.
 _GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3_text": 62}
+_GEMMA_DEFAULT_PERIOD = {"gemma2": 2, "gemma3_text": 6}
 
 
 def swa_period(layer_types: list[str]) -> int:
@@ -76,8 +77,8 @@ def gemma_sliding(config: dict) -> Hyper:
     if config.get("query_pre_attn_scalar", expected) != expected:
         raise ExportError(f"{model_type} with query_pre_attn_scalar {config['query_pre_attn_scalar']} cannot be exported: "
                           f"llama.cpp scales attention by 1/sqrt({expected}) for a {layers}-layer model")
-    types = config.get("layer_types") or \
-        [SLIDING if (i + 1) % config.get("sliding_window_pattern", 2) else FULL for i in range(layers)]
+    pattern = config.get("sliding_window_pattern") or _GEMMA_DEFAULT_PERIOD[model_type]  # configs without layer_types
+    types = config.get("layer_types") or [SLIDING if (i + 1) % pattern else FULL for i in range(layers)]
     if len(types) != layers:
         raise ExportError(f"layer_types has {len(types)} entries for {layers} layers")
     alternating = [SLIDING if i % 2 == 0 else FULL for i in range(layers)]
