@@ -156,3 +156,22 @@ def test_refusal_comes_before_the_weights_are_loaded(tmp_path, monkeypatch):
         pruning.prune(str(tmp_path / "opt"), "two_stage", tmp_path / "out", ffn_layers=1, calib="wikitext2-train",
                       seqlen=16, nsamples=4)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("family, query_rows", [
+    ("phi3", lambda layer: layer.self_attn.qkv_proj.weight[:64]),  # [q | k | v]
+    ("gpt2", lambda layer: layer.attn.c_attn.weight[:, :64].T),  # Conv1D [in, out]
+    ("gpt_neox", lambda layer: layer.attention.query_key_value.weight.view(4, 3, 16, 64)[:, 0].reshape(64, 64)),
+])
+def test_head_magnitude_reads_the_query_rows_out_of_fused_projections(family, query_rows):
+    from pruning.adapters import weight_matrix
+    from pruning.methods.heads import magnitude_importance, query_weight
+
+    model = build_tiny_model(family)
+    adapter = pruning.get_adapter(model)
+    layer = adapter.decoder_layers(model)[0]
+    assert torch.equal(query_weight(layer, adapter, 4), query_rows(layer))
+    output = weight_matrix(adapter.layer_part(layer, adapter.attention_projections[-1]))
+    expected = magnitude_importance(query_rows(layer), output, 4).tolist()
+    _, report = run(model, "heads", fraction=0.25)
+    assert report["scores"]["0"] == pytest.approx(expected, abs=1e-6)

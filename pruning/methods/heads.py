@@ -1,8 +1,11 @@
 """Attention head pruning (PersLM `--head-reduction`): rank query heads, remove the fraction asked by
 slicing q/k/v rows and o columns, so the saved model really is smaller.
 
-Grouped-query attention stays valid: with `gqa="query"` one removal unit takes, from every key-value
-group of a layer, its least important remaining query head (each group keeps at least one); with
+Every adapter family: separate q/k/v, or a fused q/k/v projection sliced in its layout (Phi-3, GPT-2's
+Conv1D, GPT-NeoX's per-head interleaving).
+
+Grouped-query attention stays valid: with `gqa="query"` one removal unit takes, from every key-value group
+of a layer, its least important remaining query head (each group keeps at least one); with
 `gqa="group"` (always used for plain multi-head attention) a unit is a whole key-value group with its
 query heads (each layer keeps at least one group). Units are ranked over all layers together, so the
 layers lose different numbers of heads and the model is saved with the heterogeneous record.
@@ -161,9 +164,8 @@ class Heads(PruningMethod):
         return kv_heads if self.gqa == "query" and group > 1 else group
 
     def _scores(self, ctx: PruneContext, counts) -> dict[int, torch.Tensor]:
-        from ..engine import LayerStep, LayerwiseEngine, input_hooks
-
         from ..adapters import weight_matrix
+        from ..engine import LayerStep, LayerwiseEngine, input_hooks
 
         layers = ctx.adapter.decoder_layers(ctx.model)
         o_path = ctx.adapter.attention_projections[-1]
