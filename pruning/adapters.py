@@ -38,6 +38,12 @@ def weight_matrix(module: nn.Module) -> torch.Tensor:
     raise TypeError(f"not a linear layer: {type(module).__name__}")
 
 
+# config keys of query heads, key-value heads and FFN width, and of the output-projection bias flags, in Llama's
+# configs (the default of every family that does not name its own)
+DEFAULT_CONFIG_KEYS = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
+DEFAULT_OUTPUT_BIAS_KEYS = ("attention_bias", "mlp_bias")
+
+
 @dataclass(frozen=True)
 class ArchitectureAdapter:
     """Paths (dotted, relative to the *CausalLM model) of one family's parts."""
@@ -56,14 +62,29 @@ class ArchitectureAdapter:
     attention_norm: str  # norm feeding attention
     mlp_norm: str  # norm feeding the MLP
     mlp: str | None = None  # the MLP container, None where projections sit directly in the layer
-    fused_qkv: bool = False
     extra: dict = field(default_factory=dict, hash=False, compare=False)
-    # Structured pruning (pruning/structure.py): model types whose attention heads can be sliced and whose
-    # attention / FFN sub-blocks can be removed (separate q/k/v/o, the norm before each sub-block owned by
-    # it), and the attention's attribute names for the head size and query heads per key-value head.
+    # Structured pruning (pruning/structure.py, saved in the format of pruning/heterogeneous.py): every family
+    # can lose query heads and whole attention / FFN sub-blocks; these fields say how its modules look.
+    # FFN channel slicing (FLAP) is implemented for `sliceable_model_types` only.
     sliceable_model_types: tuple[str, ...] = ()
-    head_dim_attribute: str = "head_dim"
-    kv_groups_attribute: str = "num_key_value_groups"
+    head_dim_attribute: str = "head_dim"  # the attention's head size attribute
+    # layout of a fused q/k/v projection: "blocks" ([all q | all k | all v], Phi-3, GPT-2) or "per_head"
+    # ([q_h k_h v_h] per head, GPT-NeoX); None where q, k, v are separate
+    qkv_layout: str | None = None
+    # attention attributes that follow the head counts, each set to "heads", "kv_heads", "groups" (query heads
+    # per key-value head) or "width" (heads x head size); "config.X" overrides X in the layer's view of the config
+    head_attributes: tuple[tuple[str, str], ...] = (("num_key_value_groups", "groups"),)
+    # norms applied to a sub-block's output (Gemma-2/3), removed with it
+    attention_post_norm: str | None = None
+    mlp_post_norm: str | None = None
+    # config keys of query heads, key-value heads (absent: as many as query heads) and FFN width, and of
+    # whether the attention / FFN output projections have a bias (a bool: always or never)
+    config_keys: tuple[str, str, str] = DEFAULT_CONFIG_KEYS
+    ffn_width_default: int | None = None  # FFN width = this x hidden size when the config leaves it null (GPT-2)
+    output_bias_keys: tuple[str | bool, str | bool] = DEFAULT_OUTPUT_BIAS_KEYS
+    # a config flag that must be true for the norms to feed the sub-blocks (OPT's post-norm variant has false):
+    # removing a sub-block removes its input norm, which is only exact with pre-norm layers
+    pre_norm_flag: str | None = None
 
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         return _get(model, self.layers)
@@ -91,7 +112,7 @@ class ArchitectureAdapter:
 
 _LLAMA = ArchitectureAdapter(
     family="llama",
-    model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"),
+    model_types=("llama", "mistral", "qwen2", "qwen3", "gemma"),
     layers="model.layers",
     embeddings=("model.embed_tokens",),
     final_norm="model.norm",
@@ -104,6 +125,24 @@ _LLAMA = ArchitectureAdapter(
     attention_norm="input_layernorm",
     mlp_norm="post_attention_layernorm",
     sliceable_model_types=("llama", "mistral", "qwen2", "qwen3", "gemma"),
+)
+
+_GEMMA2 = ArchitectureAdapter(
+    family="gemma2",
+    model_types=("gemma2", "gemma3_text"),
+    layers="model.layers",
+    embeddings=("model.embed_tokens",),
+    final_norm="model.norm",
+    lm_head="lm_head",
+    attention="self_attn",
+    attention_projections=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
+    mlp="mlp",
+    mlp_projections=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+    norms=("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"),
+    attention_norm="input_layernorm",
+    mlp_norm="pre_feedforward_layernorm",
+    attention_post_norm="post_attention_layernorm",
+    mlp_post_norm="post_feedforward_layernorm",
 )
 
 _OPT = ArchitectureAdapter(
@@ -120,6 +159,10 @@ _OPT = ArchitectureAdapter(
     norms=("self_attn_layer_norm", "final_layer_norm"),
     attention_norm="self_attn_layer_norm",
     mlp_norm="final_layer_norm",
+    head_attributes=(("num_heads", "heads"),),
+    config_keys=("num_attention_heads", "num_key_value_heads", "ffn_dim"),
+    output_bias_keys=("enable_bias", "enable_bias"),
+    pre_norm_flag="do_layer_norm_before",
 )
 
 _GPT_NEOX = ArchitectureAdapter(
@@ -128,7 +171,7 @@ _GPT_NEOX = ArchitectureAdapter(
     layers="gpt_neox.layers",
     embeddings=("gpt_neox.embed_in",),
     final_norm="gpt_neox.final_layer_norm",
-    lm_head="embed_out",
+    lm_head="lm_head",  # transformers 5 (checkpoints still name it embed_out)
     attention="attention",
     attention_projections=("attention.query_key_value", "attention.dense"),
     mlp="mlp",
@@ -136,7 +179,10 @@ _GPT_NEOX = ArchitectureAdapter(
     norms=("input_layernorm", "post_attention_layernorm"),
     attention_norm="input_layernorm",
     mlp_norm="post_attention_layernorm",
-    fused_qkv=True,
+    head_dim_attribute="head_size",
+    qkv_layout="per_head",
+    head_attributes=(),
+    output_bias_keys=("attention_bias", True),
 )
 
 _GPT2 = ArchitectureAdapter(
@@ -153,7 +199,11 @@ _GPT2 = ArchitectureAdapter(
     norms=("ln_1", "ln_2"),
     attention_norm="ln_1",
     mlp_norm="ln_2",
-    fused_qkv=True,
+    qkv_layout="blocks",
+    head_attributes=(("num_heads", "heads"), ("split_size", "width")),
+    config_keys=("n_head", "num_key_value_heads", "n_inner"),
+    ffn_width_default=4,
+    output_bias_keys=(True, True),
 )
 
 _PHI3 = ArchitectureAdapter(
@@ -170,10 +220,12 @@ _PHI3 = ArchitectureAdapter(
     norms=("input_layernorm", "post_attention_layernorm"),
     attention_norm="input_layernorm",
     mlp_norm="post_attention_layernorm",
-    fused_qkv=True,
+    qkv_layout="blocks",
+    head_attributes=(("num_key_value_groups", "groups"), ("num_key_value_heads", "kv_heads"),
+                     ("config.num_attention_heads", "heads")),
 )
 
-ADAPTERS: tuple[ArchitectureAdapter, ...] = (_LLAMA, _OPT, _GPT_NEOX, _GPT2, _PHI3)
+ADAPTERS: tuple[ArchitectureAdapter, ...] = (_LLAMA, _GEMMA2, _OPT, _GPT_NEOX, _GPT2, _PHI3)
 _BY_MODEL_TYPE = {model_type: adapter for adapter in ADAPTERS for model_type in adapter.model_types}
 
 

@@ -27,7 +27,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-from .adapters import ArchitectureAdapter, adapter_for_model_type, supported_model_types
+from .adapters import (DEFAULT_CONFIG_KEYS, DEFAULT_OUTPUT_BIAS_KEYS, ArchitectureAdapter, adapter_for_model_type,
+                       supported_model_types, weight_matrix)
 
 HETEROGENEOUS_MODEL_TYPE = "pruning_heterogeneous"
 BASE_TYPE_KEY = "pruning_base_model_type"
@@ -76,16 +77,24 @@ def base_model_type(config) -> str | None:
 
 
 def base_shape(config) -> LayerShape:
-    """The shape every layer has in the base config (dict or transformers config): key-value heads default to
-    the query heads, as in transformers' configs without grouped-query attention; output biases as the
-    config's `attention_bias` / `mlp_bias` flags give them (Llama's, which add biases to every projection)."""
-    heads, kv_heads, ffn = (_get(config, key) for key in LAYER_FIELDS)
+    """The shape every layer has in the base config (dict or transformers config), read under the family's own
+    config keys (pruning/adapters.py): key-value heads default to the query heads, as in transformers' configs
+    without grouped-query attention; output biases as the family's flags give them (Llama's `attention_bias` /
+    `mlp_bias`, OPT's `enable_bias`, always for GPT-2)."""
+    model_type = base_model_type(config)
+    adapter = adapter_for_model_type(model_type) if model_type in supported_model_types() else None
+    keys, bias_keys, ffn_default = (adapter.config_keys, adapter.output_bias_keys, adapter.ffn_width_default) if adapter \
+        else (DEFAULT_CONFIG_KEYS, DEFAULT_OUTPUT_BIAS_KEYS, None)  # no family's model type: Llama's keys
+    heads, kv_heads, ffn = (_get(config, key) for key in keys)
     kv_heads = heads if kv_heads is None else kv_heads
+    if ffn is None and ffn_default:
+        ffn = ffn_default * (_get(config, "n_embd") or _get(config, "hidden_size"))
     if not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in (heads, kv_heads, ffn)):
-        raise FormatError(f"the base config needs positive integers num_attention_heads, intermediate_size (and "
-                          f"num_key_value_heads, else the query heads): got {heads!r}, {ffn!r} ({kv_heads!r})")
-    return LayerShape(heads, kv_heads, ffn, bool(_get(config, "attention_bias", False)),
-                      bool(_get(config, "mlp_bias", False)))
+        heads_key, kv_key, ffn_key = keys
+        raise FormatError(f"the base config needs positive integers {heads_key}, {ffn_key} (and {kv_key}, else the "
+                          f"query heads): got {heads!r}, {ffn!r} ({kv_heads!r})")
+    biases = (key if isinstance(key, bool) else bool(_get(config, key, False)) for key in bias_keys)
+    return LayerShape(heads, kv_heads, ffn, *biases)
 
 
 def layer_shapes(config) -> list[LayerShape]:
@@ -131,10 +140,10 @@ class RemovedAttention(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask=None, past_key_values=None, cache=None,
-                **kwargs):
-        cache = cache if cache is not None else past_key_values  # transformers 5.24 passes `cache=`, older ones
-        if cache is not None:                                     # `past_key_values=`
+    def forward(self, hidden_states: torch.Tensor, attention_mask=None, cache=None, past_key_values=None,
+                layer_past=None, **kwargs):
+        cache = next((c for c in (cache, past_key_values, layer_past) if c is not None), None)  # families name it
+        if cache is not None:
             placeholder = hidden_states.new_zeros(hidden_states.shape[0], 1, hidden_states.shape[1], 1)
             cache.update(placeholder, placeholder, self.layer_idx)
         return torch.zeros_like(hidden_states), None
@@ -152,15 +161,29 @@ def set_module(root: nn.Module, path: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, name, module)
 
 
+def attention_paths(adapter: ArchitectureAdapter) -> tuple[str, ...]:
+    """The modules that make up one layer's attention sub-block: the attention and its norms."""
+    return (adapter.attention, adapter.attention_norm) + ((adapter.attention_post_norm,) if adapter.attention_post_norm else ())
+
+
+def feed_forward_paths(adapter: ArchitectureAdapter) -> tuple[str, ...]:
+    """The modules of one layer's FFN sub-block: the MLP (or its projections, where they sit in the layer, OPT)
+    and its norms."""
+    body = (adapter.mlp,) if adapter.mlp else adapter.mlp_projections
+    return body + (adapter.mlp_norm,) + ((adapter.mlp_post_norm,) if adapter.mlp_post_norm else ())
+
+
 def install_removed_attention(layer: nn.Module, adapter: ArchitectureAdapter, layer_index: int) -> None:
-    """Replace one layer's attention and the norm feeding it by their removed stand-ins."""
-    set_module(layer, adapter.attention, RemovedAttention(layer_index))
-    set_module(layer, adapter.attention_norm, nn.Identity())
+    """Replace one layer's attention and its norms by their removed stand-ins."""
+    for path in attention_paths(adapter):
+        set_module(layer, path, RemovedAttention(layer_index) if path == adapter.attention else nn.Identity())
 
 
 def install_removed_feed_forward(layer: nn.Module, adapter: ArchitectureAdapter) -> None:
-    set_module(layer, adapter.mlp, RemovedFeedForward())
-    set_module(layer, adapter.mlp_norm, nn.Identity())
+    """Replace one layer's FFN and its norms: the last projection (or the MLP) returns zeros, the rest pass on."""
+    last = adapter.mlp or adapter.mlp_projections[-1]
+    for path in feed_forward_paths(adapter):
+        set_module(layer, path, RemovedFeedForward() if path == last else nn.Identity())
 
 
 def attention_removed(layer: nn.Module, adapter: ArchitectureAdapter) -> bool:
@@ -168,22 +191,78 @@ def attention_removed(layer: nn.Module, adapter: ArchitectureAdapter) -> bool:
 
 
 def feed_forward_removed(layer: nn.Module, adapter: ArchitectureAdapter) -> bool:
-    return isinstance(adapter.layer_part(layer, adapter.mlp), RemovedFeedForward)
+    return isinstance(adapter.layer_part(layer, adapter.mlp or adapter.mlp_projections[-1]), RemovedFeedForward)
+
+
+def out_features(module: nn.Module) -> int:
+    return weight_matrix(module).shape[0]
+
+
+def in_features(module: nn.Module) -> int:
+    return weight_matrix(module).shape[1]
 
 
 def head_counts(layer: nn.Module, adapter: ArchitectureAdapter) -> tuple[int, int]:
-    """(query heads, key-value heads) of one decoder layer; (0, 0) when its attention is removed."""
+    """(query heads, key-value heads) of one decoder layer; (0, 0) when its attention is removed. Query heads
+    from the output projection's inputs; key-value heads from k, or from what a fused q/k/v has beyond q."""
     if attention_removed(layer, adapter):
         return 0, 0
     head_dim = getattr(adapter.layer_part(layer, adapter.attention), adapter.head_dim_attribute)
-    q, k = (adapter.layer_part(layer, path) for path in adapter.attention_projections[:2])
-    return q.out_features // head_dim, k.out_features // head_dim
+    first, second, *_ = (adapter.layer_part(layer, path) for path in adapter.attention_projections)
+    heads = in_features(adapter.layer_part(layer, adapter.attention_projections[-1])) // head_dim
+    if adapter.qkv_layout is None:
+        return heads, out_features(second) // head_dim
+    return heads, (out_features(first) // head_dim - heads) // 2
+
+
+class LayerConfigView:
+    """One layer's view of the model config with its own values for some keys (Phi-3's attention reads its
+    query width from the config); everything else is the model config's."""
+
+    def __init__(self, config, **overrides):
+        if isinstance(config, LayerConfigView):  # a view of a view: one view with both sets of overrides
+            overrides = {**{k: v for k, v in vars(config).items() if k != "_base"}, **overrides}
+            config = vars(config)["_base"]
+        vars(self).update(_base=config, **overrides)
+
+    def __getattr__(self, name):
+        base = self.__dict__.get("_base")
+        if base is None:
+            raise AttributeError(name)
+        return getattr(base, name)
+
+
+def set_head_attributes(attention: nn.Module, adapter: ArchitectureAdapter, heads: int, kv_heads: int) -> None:
+    """Give an attention module whose projections now hold `heads` / `kv_heads` the matching attributes."""
+    head_dim = getattr(attention, adapter.head_dim_attribute)
+    values = {"heads": heads, "kv_heads": kv_heads, "groups": heads // kv_heads, "width": heads * head_dim}
+    for attribute, quantity in adapter.head_attributes:
+        if attribute.startswith("config."):
+            attention.config = LayerConfigView(attention.config, **{attribute[len("config."):]: values[quantity]})
+        else:
+            setattr(attention, attribute, values[quantity])
+
+
+def qkv_rows(adapter: ArchitectureAdapter, heads: int, kv_heads: int, keep_query: list[int], keep_kv: list[int],
+             head_dim: int) -> tuple[torch.Tensor, ...]:
+    """Output rows to keep of each input projection of the attention (q, k, v; or the one fused q/k/v) when a
+    layer with `heads` query and `kv_heads` key-value heads keeps query heads `keep_query` and key-value heads
+    `keep_kv`."""
+    def rows(indices, stride=head_dim, offset=0):
+        return torch.tensor([offset + h * stride + d for h in indices for d in range(head_dim)], dtype=torch.long)
+
+    if adapter.qkv_layout is None:
+        return rows(keep_query), rows(keep_kv), rows(keep_kv)
+    if adapter.qkv_layout == "per_head":  # [q_h k_h v_h] per head: these families have no grouped-query attention
+        return (torch.cat([rows([h], 3 * head_dim, part * head_dim) for h in keep_query for part in range(3)]),)
+    return (torch.cat([rows(keep_query), rows(keep_kv, offset=heads * head_dim),
+                       rows(keep_kv, offset=(heads + kv_heads) * head_dim)]),)
 
 
 def ffn_width(layer: nn.Module, adapter: ArchitectureAdapter) -> int:
     if feed_forward_removed(layer, adapter):
         return 0
-    return adapter.layer_part(layer, adapter.mlp_projections[-1]).in_features
+    return in_features(adapter.layer_part(layer, adapter.mlp_projections[-1]))
 
 
 def output_biases(layer: nn.Module, adapter: ArchitectureAdapter) -> tuple[bool, bool]:
@@ -199,15 +278,19 @@ def layer_structure(model: nn.Module, adapter: ArchitectureAdapter) -> list[Laye
             for layer in adapter.decoder_layers(model)]
 
 
-def add_output_bias(linear: nn.Linear, bias: torch.Tensor) -> None:
+def add_output_bias(linear: nn.Module, bias: torch.Tensor) -> None:
     """Add `bias` to a linear layer's output: into its bias, or as a new bias where it has none."""
     if linear.bias is None:
-        linear.bias = nn.Parameter(torch.zeros(linear.out_features, device=linear.weight.device,
+        linear.bias = nn.Parameter(torch.zeros(out_features(linear), device=linear.weight.device,
                                                dtype=linear.weight.dtype), requires_grad=linear.weight.requires_grad)
     linear.bias.data += bias.to(linear.bias.device, linear.bias.dtype)
 
 
-def _resized(linear: nn.Linear, rows: int, columns: int) -> nn.Linear:
+def _resized(linear: nn.Module, rows: int, columns: int) -> nn.Module:
+    """A new, unloaded linear layer like `linear` (nn.Linear or GPT-2's Conv1D) with [rows, columns] weights."""
+    if type(linear).__name__ == "Conv1D":
+        resized = type(linear)(rows, columns)
+        return resized.to(device=linear.weight.device, dtype=linear.weight.dtype)
     return nn.Linear(columns, rows, bias=linear.bias is not None, device=linear.weight.device, dtype=linear.weight.dtype)
 
 
@@ -220,21 +303,24 @@ def shape_layers(model: nn.Module, adapter: ArchitectureAdapter, shapes: list[La
         elif (shape.heads, shape.kv_heads) != (base.heads, base.kv_heads):
             attention = adapter.layer_part(layer, adapter.attention)
             head_dim = getattr(attention, adapter.head_dim_attribute)
-            q, k, v, o = (adapter.layer_part(layer, path) for path in adapter.attention_projections)
-            sizes = {q: (shape.heads * head_dim, q.in_features), k: (shape.kv_heads * head_dim, k.in_features),
-                     v: (shape.kv_heads * head_dim, v.in_features), o: (o.out_features, shape.heads * head_dim)}
-            for path, linear in zip(adapter.attention_projections, (q, k, v, o)):
-                set_module(layer, path, _resized(linear, *sizes[linear]))
-            setattr(attention, adapter.kv_groups_attribute, shape.heads // shape.kv_heads)
+            *inputs, output = adapter.attention_projections
+            widths = [len(rows) for rows in qkv_rows(adapter, shape.heads, shape.kv_heads, list(range(shape.heads)),
+                                                     list(range(shape.kv_heads)), head_dim)]
+            for path, width in zip(inputs, widths):
+                linear = adapter.layer_part(layer, path)
+                set_module(layer, path, _resized(linear, width, in_features(linear)))
+            linear = adapter.layer_part(layer, output)
+            set_module(layer, output, _resized(linear, out_features(linear), shape.heads * head_dim))
+            set_head_attributes(attention, adapter, shape.heads, shape.kv_heads)
         if shape.ffn == 0:
             install_removed_feed_forward(layer, adapter)
         elif shape.ffn != base.ffn:
             *inputs, down = adapter.mlp_projections
             for path in inputs:
                 linear = adapter.layer_part(layer, path)
-                set_module(layer, path, _resized(linear, shape.ffn, linear.in_features))
+                set_module(layer, path, _resized(linear, shape.ffn, in_features(linear)))
             linear = adapter.layer_part(layer, down)
-            set_module(layer, down, _resized(linear, linear.out_features, shape.ffn))
+            set_module(layer, down, _resized(linear, out_features(linear), shape.ffn))
         for flag, path in zip(shape.output_biases, (adapter.attention_projections[-1], adapter.mlp_projections[-1])):
             if flag and adapter.layer_part(layer, path).bias is None:
                 add_output_bias(adapter.layer_part(layer, path), torch.zeros(()))
@@ -254,7 +340,7 @@ class HeterogeneousConfig(PretrainedConfig):
         if base_type not in CONFIG_MAPPING or base_type == HETEROGENEOUS_MODEL_TYPE:
             raise FormatError(f"heterogeneous model with base model type {base_type!r}: not a model type this "
                               "transformers version knows")
-        if base_type not in adapter_for_model_type(base_type).sliceable_model_types:
+        if base_type not in supported_model_types():
             raise FormatError(f"heterogeneous layers are not supported for {base_type!r}")
         plain = {k: v for k, v in config_dict.items() if k not in ("model_type", BASE_TYPE_KEY, STRUCTURE_KEY)}
         loaded = heterogeneous_config_class(CONFIG_MAPPING[base_type]).from_dict(plain, **kwargs)
@@ -280,8 +366,11 @@ def heterogeneous_config_class(base: type) -> type:
             base_model.__init__(self, config, *args, **kwargs)
             shape_layers(self, adapter_for_model_type(config.base_config_class.model_type), layer_shapes(config))
 
-        # named like its base, so that `architectures` in a re-saved config.json stays e.g. LlamaForCausalLM
+        # named like its base, so that `architectures` in a re-saved config.json stays e.g. LlamaForCausalLM; not
+        # "custom code" to transformers, so the base's checkpoint key renamings (GPT-NeoX's embed_out) apply on load
+        # as they did on save
         model_class = type(base_model.__name__, (base_model,), {"config_class": config_class, "__init__": __init__,
+                                                                "is_custom_code": classmethod(lambda cls: False),
                                                                 "__module__": __name__,
                                                                 "__qualname__": f"Heterogeneous{base_model.__name__}"})
         AutoModelForCausalLM.register(config_class, model_class, exist_ok=True)
@@ -291,15 +380,13 @@ def heterogeneous_config_class(base: type) -> type:
 
 def record_layer_shapes(model: nn.Module) -> bool:
     """Make the config describe the modules, before saving: the heterogeneous record when some layer
-    differs from the base config (only families that can slice have such layers), the plain config
+    differs from the base config, the plain config
     otherwise. Returns whether the model is heterogeneous."""
     config = model.config
     base_type = base_model_type(config)
     if base_type not in supported_model_types():
         return False
     adapter = adapter_for_model_type(base_type)
-    if base_type not in adapter.sliceable_model_types:
-        return False
     shapes = layer_structure(model, adapter)
     uniform = base_shape(config)
     base_class = getattr(type(config), "base_config_class", type(config))

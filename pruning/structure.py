@@ -5,10 +5,11 @@ Plain functions on a loaded *CausalLM model and its `ArchitectureAdapter`:
 - `remove_layers`: delete whole decoder layers, update `num_hidden_layers` (and per-layer config lists
   such as `layer_types`) and re-index every `layer_idx`, so the result reloads with plain
   `from_pretrained`.
-- `slice_heads`: keep some query heads of one attention (q/k/v rows, o columns), consistent with
-  grouped-query attention: every kept key-value group keeps the same number of query heads.
-- `remove_attention` / `remove_feed_forward`: replace a sub-block (and the norm feeding it) by a module
-  returning zeros, so the residual stream passes through unchanged.
+- `slice_heads`: keep some query heads of one attention (q/k/v rows, or the rows of a fused q/k/v in the
+  family's layout; o columns), consistent with grouped-query attention: every kept key-value group keeps
+  the same number of query heads. Every family of pruning/adapters.py.
+- `remove_attention` / `remove_feed_forward`: replace a sub-block (and its norms) by a module returning
+  zeros, so the residual stream passes through unchanged. Every family with pre-norm layers.
 - `slice_feed_forward`: keep some FFN channels.
 
 Layers that then differ from the config are described by the heterogeneous format (pruning/heterogeneous.py),
@@ -21,9 +22,10 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .adapters import ADAPTERS, ArchitectureAdapter
-from .heterogeneous import (attention_removed, base_model_type, feed_forward_removed, ffn_width, head_counts,
-                            install_removed_attention, install_removed_feed_forward, set_module)
+from .adapters import ADAPTERS, ArchitectureAdapter, adapter_for_model_type, supported_model_types
+from .heterogeneous import (attention_paths, attention_removed, base_model_type, feed_forward_removed, ffn_width,
+                            head_counts, install_removed_attention, install_removed_feed_forward, qkv_rows,
+                            set_head_attributes, set_module)
 
 
 class StructureError(ValueError):
@@ -36,14 +38,34 @@ def numel(module: nn.Module) -> int:
 
 
 def require_sliceable(model: nn.Module, adapter: ArchitectureAdapter, what: str) -> None:
-    """Refuse head slicing / sub-block removal on families where it is not implemented."""
+    """Refuse FFN channel slicing (FLAP) on families where it is not implemented."""
     model_type = base_model_type(model.config)
     if model_type not in adapter.sliceable_model_types:
         supported = sorted({t for a in ADAPTERS for t in a.sliceable_model_types})
         raise StructureError(
-            f"{what} needs per-head slicing and attention/FFN sub-block removal, implemented for model types "
-            f"{', '.join(supported)}; {model_type!r} is not one of them (layer removal works for every family)"
+            f"{what} needs FFN channel slicing, implemented for model types {', '.join(supported)}; {model_type!r} "
+            "is not one of them (head pruning, sub-block and layer removal work for every family)"
         )
+
+
+def structure_problem(config, what: str, sub_blocks: bool) -> str | None:
+    """Why head slicing (and, with `sub_blocks`, attention/FFN sub-block removal) cannot run on a model with
+    this config (dict or transformers config), or None; needs only the config, so it is asked before loading."""
+    model_type = base_model_type(config)
+    if model_type not in supported_model_types():
+        return (f"{what} needs an architecture adapter; {model_type!r} is not one of the supported model types "
+                f"{', '.join(supported_model_types())}")
+    flag = adapter_for_model_type(model_type).pre_norm_flag
+    if sub_blocks and flag and not (config.get(flag, True) if isinstance(config, dict) else getattr(config, flag, True)):
+        return (f"{what} removes a sub-block together with the norm feeding it, exact only for pre-norm layers; this "
+                f"{model_type} config has {flag}=false (head pruning and layer removal work)")
+    return None
+
+
+def require_structured(model: nn.Module, what: str, sub_blocks: bool = False) -> None:
+    problem = structure_problem(model.config, what, sub_blocks)
+    if problem:
+        raise StructureError(problem)
 
 
 # ----------------------------------------------------------------------------------------------- layers
@@ -90,21 +112,24 @@ def _attention(layer: nn.Module, adapter: ArchitectureAdapter) -> nn.Module:
     return adapter.layer_part(layer, adapter.attention)
 
 
-def _projections(layer: nn.Module, adapter: ArchitectureAdapter) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear]:
-    q, k, v, o = (adapter.layer_part(layer, path) for path in adapter.attention_projections)
-    return q, k, v, o
+def _is_conv1d(linear: nn.Module) -> bool:
+    return type(linear).__name__ == "Conv1D"  # GPT-2: weight stored [in, out]
 
 
-def _keep_rows(linear: nn.Linear, rows: torch.Tensor) -> None:
-    linear.weight = nn.Parameter(linear.weight.data.index_select(0, rows.to(linear.weight.device)).clone())
+def _keep_rows(linear: nn.Module, rows: torch.Tensor) -> None:
+    """Keep output features `rows` of an nn.Linear or Conv1D."""
+    dim = 1 if _is_conv1d(linear) else 0
+    linear.weight = nn.Parameter(linear.weight.data.index_select(dim, rows.to(linear.weight.device)).clone())
     if linear.bias is not None:
         linear.bias = nn.Parameter(linear.bias.data.index_select(0, rows.to(linear.bias.device)).clone())
-    linear.out_features = int(rows.numel())
+    setattr(linear, "nf" if dim else "out_features", int(rows.numel()))
 
 
-def _keep_columns(linear: nn.Linear, columns: torch.Tensor) -> None:
-    linear.weight = nn.Parameter(linear.weight.data.index_select(1, columns.to(linear.weight.device)).clone())
-    linear.in_features = int(columns.numel())
+def _keep_columns(linear: nn.Module, columns: torch.Tensor) -> None:
+    """Keep input features `columns` of an nn.Linear or Conv1D."""
+    dim = 0 if _is_conv1d(linear) else 1
+    linear.weight = nn.Parameter(linear.weight.data.index_select(dim, columns.to(linear.weight.device)).clone())
+    setattr(linear, "nx" if dim == 0 else "in_features", int(columns.numel()))
 
 
 def _head_rows(heads: list[int], head_dim: int) -> torch.Tensor:
@@ -139,7 +164,7 @@ def gqa_keep_plan(keep_query: list[int], query_heads: int, kv_heads: int) -> tup
 def slice_heads(model: nn.Module, adapter: ArchitectureAdapter, layer_index: int, keep_query) -> int:
     """Keep only query heads `keep_query` in one layer (and the key-value heads they read); returns the
     number of parameters removed. head_dim is unchanged."""
-    require_sliceable(model, adapter, "head slicing")
+    require_structured(model, "head slicing")
     layer = adapter.decoder_layers(model)[layer_index]
     if attention_removed(layer, adapter):
         raise StructureError(f"layer {layer_index} has no attention left to slice")
@@ -148,19 +173,17 @@ def slice_heads(model: nn.Module, adapter: ArchitectureAdapter, layer_index: int
     query_heads, kv_heads = head_counts(layer, adapter)
     keep_q, keep_kv = gqa_keep_plan(keep_query, query_heads, kv_heads)
     before = numel(layer)
-    q, k, v, o = _projections(layer, adapter)
-    q_rows, kv_rows = _head_rows(keep_q, head_dim), _head_rows(keep_kv, head_dim)
-    _keep_rows(q, q_rows)
-    _keep_rows(k, kv_rows)
-    _keep_rows(v, kv_rows)
-    _keep_columns(o, q_rows)
-    setattr(attention, adapter.kv_groups_attribute, len(keep_q) // len(keep_kv))
+    *inputs, output = (adapter.layer_part(layer, path) for path in adapter.attention_projections)
+    for linear, rows in zip(inputs, qkv_rows(adapter, query_heads, kv_heads, keep_q, keep_kv, head_dim)):
+        _keep_rows(linear, rows)
+    _keep_columns(output, _head_rows(keep_q, head_dim))
+    set_head_attributes(attention, adapter, len(keep_q), len(keep_kv))
     return before - numel(layer)
 
 
 def remove_attention(model: nn.Module, adapter: ArchitectureAdapter, layer_index: int) -> int:
     """Replace one layer's attention and its input norm; returns the number of parameters removed."""
-    require_sliceable(model, adapter, "attention removal")
+    require_structured(model, "attention removal", sub_blocks=True)
     layer = adapter.decoder_layers(model)[layer_index]
     if attention_removed(layer, adapter):
         return 0
@@ -171,7 +194,7 @@ def remove_attention(model: nn.Module, adapter: ArchitectureAdapter, layer_index
 
 def remove_feed_forward(model: nn.Module, adapter: ArchitectureAdapter, layer_index: int) -> int:
     """Replace one layer's FFN and its input norm; returns the number of parameters removed."""
-    require_sliceable(model, adapter, "FFN removal")
+    require_structured(model, "FFN removal", sub_blocks=True)
     layer = adapter.decoder_layers(model)[layer_index]
     if feed_forward_removed(layer, adapter):
         return 0
@@ -182,9 +205,9 @@ def remove_feed_forward(model: nn.Module, adapter: ArchitectureAdapter, layer_in
 
 @contextmanager
 def attention_swapped_out(layer: nn.Module, adapter: ArchitectureAdapter, layer_index: int):
-    """Inside the context the layer's attention (and its input norm) is removed; restored on exit. Measures
+    """Inside the context the layer's attention (and its norms) is removed; restored on exit. Measures
     what removing it would cost without copying the model."""
-    paths = (adapter.attention, adapter.attention_norm)
+    paths = attention_paths(adapter)
     saved = [layer.get_submodule(path) for path in paths]
     install_removed_attention(layer, adapter, layer_index)
     try:

@@ -438,3 +438,65 @@ def test_cli_k_quant_and_gguf_eval(llama_cpp, stories_dir, stories_text, tmp_pat
     assert 0 < record["relative_difference"] < 0.25
     for key in ("load_seconds", "eval_seconds", "backend", "versions", "git_commit", "generation"):
         assert key in record
+
+
+# ------------------------------------------------------------------------- Gemma-2 / Gemma-3 (sliding window)
+
+def _gemma_dir(family, folder, stories_tokenizer, layers, drop=()):
+    """A tiny random `family` model with a sliding window shorter than PROMPT, depth-pruned by `drop`."""
+    config = tiny_config(family)
+    config.num_hidden_layers, config.sliding_window, config.tie_word_embeddings = layers, 4, True
+    config.layer_types = [("sliding_attention" if (i + 1) % (2 if family == "gemma2" else 3) else "full_attention")
+                          for i in range(layers)]
+    if family == "gemma3_text":  # as Gemma-3 4B and up: linear rope scaling on the full-attention layers only
+        config.rope_parameters = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                  "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 8.0}}
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    for module in model.modules():  # random norm weights, so that a missing (1 + w) or a skipped norm shows
+        if type(module).__name__.endswith("RMSNorm"):
+            module.weight.data.normal_(0, 0.3)
+    if drop:
+        structure.remove_layers(model, pruning.get_adapter(model), drop)
+    pruning.save_model(model, stories_tokenizer, folder)
+    return model
+
+
+def _nll_ppl(logits, ids):
+    logp = torch.log_softmax(torch.as_tensor(logits, dtype=torch.float64)[:-1], -1)
+    return float(torch.exp(-logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].mean()))
+
+
+@pytest.mark.parametrize("family, layers, drop, period", [
+    ("gemma3_text", 6, (), 3), ("gemma3_text", 6, (0, 4), 2), ("gemma3_text", 6, (2, 5), 0), ("gemma2", 4, (), None)])
+def test_gemma_sliding_window_logits_match_transformers(llama_cpp, family, layers, drop, period, stories_tokenizer,
+                                                         tmp_path):
+    """f16 export of Gemma-2/3 (and of depth-pruned Gemma-3, whose layer types then follow another period)
+    agrees with transformers in llama.cpp over a prompt longer than the sliding window."""
+    model = _gemma_dir(family, tmp_path / "model", stories_tokenizer, layers, drop)
+    saved = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert saved["num_hidden_layers"] == layers - len(drop) == len(saved["layer_types"])
+    report = export_gguf(tmp_path / "model", tmp_path / "model.gguf", "f16")
+    assert report["arch"] == {"gemma2": "gemma2", "gemma3_text": "gemma3"}[family]
+    fields = gguf.GGUFReader(tmp_path / "model.gguf").fields
+    arch = report["arch"]
+    assert fields[f"{arch}.attention.sliding_window"].contents() == 4
+    if period is not None:
+        assert fields[f"{arch}.attention.sliding_window_pattern"].contents() == period
+    ids = stories_tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 3 * 4
+    with torch.no_grad():
+        reference = model(torch.tensor([ids])).logits[0].numpy()
+    got = _llama_logits(llama_cpp, tmp_path / "model.gguf", ids)
+    assert np.abs(got - reference).max() < 1e-2 * np.abs(reference).max()
+    assert abs(_nll_ppl(got, ids) / _nll_ppl(reference, ids) - 1) < 0.01
+
+
+def test_gemma_layer_types_llama_cpp_cannot_express_are_refused(stories_tokenizer, tmp_path):
+    _gemma_dir("gemma3_text", tmp_path / "g3", stories_tokenizer, 6, drop=(0,))  # S S F S S F -> S F S S F
+    with pytest.raises(ExportError, match="no sliding-window period"):
+        export_gguf(tmp_path / "g3", tmp_path / "g3.gguf", "f16")
+    _gemma_dir("gemma2", tmp_path / "g2", stories_tokenizer, 4, drop=(0,))  # S F S F -> F S F
+    with pytest.raises(ExportError, match="not alternating"):
+        export_gguf(tmp_path / "g2", tmp_path / "g2.gguf", "f16")
+    assert not list(tmp_path.glob("*.gguf*"))

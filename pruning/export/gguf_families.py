@@ -13,10 +13,13 @@ from typing import Callable
 
 from gguf import MODEL_ARCH
 
-from .gguf_hparams import Hyper, gpt2, gpt_neox, llama_like
+from .gguf_hparams import Hyper, gemma_sliding, gpt2, gpt_neox, llama_like
 
 
 _SPLIT_PARTS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
+_GEMMA2_PARTS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "post_attention_norm", "ffn_norm", "ffn_gate",
+                 "ffn_up", "ffn_down", "post_ffw_norm")
+_GEMMA3_PARTS = _GEMMA2_PARTS + ("attn_q_norm", "attn_k_norm")
 _FUSED_PARTS = ("attn_norm", "attn_qkv", "attn_output", "ffn_norm", "ffn_up", "ffn_down")
 
 
@@ -42,6 +45,8 @@ FAMILIES = {
     "qwen2": GGUFFamily(MODEL_ARCH.QWEN2, llama_like, deci_base=True),
     "qwen3": GGUFFamily(MODEL_ARCH.QWEN3, llama_like),
     "gemma": GGUFFamily(MODEL_ARCH.GEMMA, llama_like, norm_plus_one=True),
+    "gemma2": GGUFFamily(MODEL_ARCH.GEMMA2, gemma_sliding, layer_parts=_GEMMA2_PARTS, norm_plus_one=True),
+    "gemma3_text": GGUFFamily(MODEL_ARCH.GEMMA3, gemma_sliding, layer_parts=_GEMMA3_PARTS, norm_plus_one=True),
     "phi3": GGUFFamily(MODEL_ARCH.PHI3, llama_like, layer_parts=_FUSED_PARTS, fused_gate_up=True),
     "gpt2": GGUFFamily(MODEL_ARCH.GPT2, gpt2, layer_parts=_FUSED_PARTS, conv1d=True, learned_positions=True),
     "gpt_neox": GGUFFamily(MODEL_ARCH.GPTNEOX, gpt_neox, layer_parts=_FUSED_PARTS, qkv_per_head=True),

@@ -5,7 +5,7 @@ Names come from the `gguf` package's `TensorNameMap`. Conventions of llama.cpp r
 from its converter and sources):
 - the `llama` and `deci` graphs rotate adjacent pairs (rope "NORM") while Hugging Face rotates the two
   halves of each head, so Q and K rows are interleaved per head (`rotary_interleave_order`);
-- Gemma's RMSNorm multiplies by (1 + w): the file stores w + 1;
+- Gemma's RMSNorms (all of them, Gemma-2/3's post-norms and q/k norms too) multiply by (1 + w): the file stores w + 1;
 - GPT-2's Conv1D weights are stored [in, out] and are transposed; GPT-NeoX fuses q, k, v head by head
   and llama.cpp splits [all q, all k, all v], so those rows are regrouped (`qkv_grouping_order`);
 - 1-D tensors (norms, biases) stay float32; a matrix whose rows do not split into q8_0 blocks of 32 is
@@ -72,7 +72,8 @@ _ATTENTION_TENSORS = {MODEL_TENSOR.ATTN_NORM, MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.
                       MODEL_TENSOR.ATTN_QKV, MODEL_TENSOR.ATTN_OUT, MODEL_TENSOR.ATTN_Q_NORM, MODEL_TENSOR.ATTN_K_NORM}
 _FFN_TENSORS = {MODEL_TENSOR.FFN_NORM, MODEL_TENSOR.FFN_GATE, MODEL_TENSOR.FFN_UP, MODEL_TENSOR.FFN_DOWN}
 _NORM_TENSORS = {MODEL_TENSOR.ATTN_NORM, MODEL_TENSOR.FFN_NORM, MODEL_TENSOR.OUTPUT_NORM,
-                 MODEL_TENSOR.ATTN_Q_NORM, MODEL_TENSOR.ATTN_K_NORM}
+                 MODEL_TENSOR.ATTN_Q_NORM, MODEL_TENSOR.ATTN_K_NORM, MODEL_TENSOR.ATTN_POST_NORM,
+                 MODEL_TENSOR.FFN_PRE_NORM, MODEL_TENSOR.FFN_POST_NORM}
 # Hugging Face buffers that are recomputed from the config and never stored in GGUF (rope frequencies,
 # GPT-2's causal-mask buffers in old checkpoints).
 _SKIPPED_SOURCE = re.compile(r"(^|\.)(rotary_emb\.inv_freq|attn\.bias|attn\.masked_bias)$")

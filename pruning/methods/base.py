@@ -102,6 +102,10 @@ class PruningMethod:
         """The options that identify this run (recorded in prune.json)."""
         return {option.name: getattr(self, option.name) for option in self.OPTIONS}
 
+    def check_config(self, config: dict) -> None:
+        """Refuse, from the model's config.json alone (before its weights are loaded), what this model makes
+        impossible."""
+
     def check_model(self, ctx: PruneContext) -> None:
         """Refuse, before any calibration or evaluation, what this model makes impossible."""
 

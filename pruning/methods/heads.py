@@ -1,8 +1,11 @@
 """Attention head pruning (PersLM `--head-reduction`): rank query heads, remove the fraction asked by
 slicing q/k/v rows and o columns, so the saved model really is smaller.
 
-Grouped-query attention stays valid: with `gqa="query"` one removal unit takes, from every key-value
-group of a layer, its least important remaining query head (each group keeps at least one); with
+Every adapter family: separate q/k/v, or a fused q/k/v projection sliced in its layout (Phi-3, GPT-2's
+Conv1D, GPT-NeoX's per-head interleaving).
+
+Grouped-query attention stays valid: with `gqa="query"` one removal unit takes, from every key-value group
+of a layer, its least important remaining query head (each group keeps at least one); with
 `gqa="group"` (always used for plain multi-head attention) a unit is a whole key-value group with its
 query heads (each layer keeps at least one group). Units are ranked over all layers together, so the
 layers lose different numbers of heads and the model is saved with the heterogeneous record.
@@ -25,6 +28,17 @@ if TYPE_CHECKING:
 
 IMPORTANCE = ("magnitude", "activation")
 GQA_MODES = ("query", "group")
+
+
+def query_weight(layer, adapter, heads: int) -> torch.Tensor:
+    """The query rows [heads x head_dim, hidden] of one layer's attention, out of a fused q/k/v where needed."""
+    from ..adapters import weight_matrix
+
+    head_dim = getattr(adapter.layer_part(layer, adapter.attention), adapter.head_dim_attribute)
+    first = weight_matrix(adapter.layer_part(layer, adapter.attention_projections[0]))
+    if adapter.qkv_layout == "per_head":  # [q_h k_h v_h] per head
+        return first.reshape(heads, 3, head_dim, -1)[:, 0].reshape(heads * head_dim, -1)
+    return first[:heads * head_dim]  # q alone, or the q block of [q | k | v]
 
 
 def magnitude_importance(q_weight: torch.Tensor, o_weight: torch.Tensor, heads: int) -> torch.Tensor:
@@ -90,6 +104,13 @@ class Heads(PruningMethod):
         super().__init__(**values)
         self.needs_calibration = self.importance == "activation"
 
+    def check_config(self, config) -> None:
+        from ..structure import structure_problem
+
+        problem = structure_problem(config, "head pruning", sub_blocks=False)
+        if problem:
+            raise MethodError(problem)
+
     def check_model(self, ctx: PruneContext) -> None:
         self.plan(ctx)
 
@@ -98,12 +119,9 @@ class Heads(PruningMethod):
         import torch
 
         from ..heterogeneous import head_counts
-        from ..structure import StructureError, require_sliceable, rounded_count
+        from ..structure import rounded_count
 
-        try:
-            require_sliceable(ctx.model, ctx.adapter, "head pruning")
-        except StructureError as exc:
-            raise MethodError(str(exc)) from None
+        self.check_config(ctx.model.config)
         counts = [head_counts(layer, ctx.adapter) for layer in ctx.adapter.decoder_layers(ctx.model)]
         total_heads = sum(q for q, _ in counts)
         target = rounded_count(self.fraction, total_heads)
@@ -146,13 +164,14 @@ class Heads(PruningMethod):
         return kv_heads if self.gqa == "query" and group > 1 else group
 
     def _scores(self, ctx: PruneContext, counts) -> dict[int, torch.Tensor]:
+        from ..adapters import weight_matrix
         from ..engine import LayerStep, LayerwiseEngine, input_hooks
 
         layers = ctx.adapter.decoder_layers(ctx.model)
-        q_path, *_, o_path = ctx.adapter.attention_projections
+        o_path = ctx.adapter.attention_projections[-1]
         if self.importance == "magnitude":
-            return {i: magnitude_importance(ctx.adapter.layer_part(layer, q_path).weight,
-                                            ctx.adapter.layer_part(layer, o_path).weight, counts[i][0])
+            return {i: magnitude_importance(query_weight(layer, ctx.adapter, counts[i][0]),
+                                            weight_matrix(ctx.adapter.layer_part(layer, o_path)), counts[i][0])
                     for i, layer in enumerate(layers) if counts[i][0]}
         input_ids, _ = ctx.calibration()
         engine = LayerwiseEngine(ctx.model, ctx.adapter, ctx.device, ctx.batch_size, ctx.progress)
@@ -164,7 +183,7 @@ class Heads(PruningMethod):
             if not heads:
                 return None
             o_proj = ctx.adapter.layer_part(step.layer, o_path)
-            meter = HeadContribution(o_proj.weight, heads)
+            meter = HeadContribution(weight_matrix(o_proj), heads)
             with input_hooks({"o": o_proj}, lambda _name, x: meter.add(x)):
                 outputs = step.forward()
             scores[step.index] = meter.mean

@@ -23,12 +23,12 @@ if TYPE_CHECKING:
 
 
 def sub_block_sizes(layer, adapter) -> tuple[int, int]:
-    """(FFN parameters incl. its norm, attention parameters incl. its norm) of one intact layer."""
+    """(FFN parameters incl. its norms, attention parameters incl. its norms) of one intact layer."""
+    from ..heterogeneous import attention_paths, feed_forward_paths
     from ..structure import numel
 
-    ffn = numel(adapter.layer_part(layer, adapter.mlp)) + numel(adapter.layer_part(layer, adapter.mlp_norm))
-    attention = numel(adapter.layer_part(layer, adapter.attention)) + numel(adapter.layer_part(layer, adapter.attention_norm))
-    return ffn, attention
+    return tuple(sum(numel(adapter.layer_part(layer, path)) for path in paths)
+                 for paths in (feed_forward_paths(adapter), attention_paths(adapter)))
 
 
 def counts_for_rate(target: float, ffn_size: int, attention_size: int, num_layers: int) -> tuple[int, int]:
@@ -73,18 +73,22 @@ class TwoStage(PruningMethod):
             return {"prune_rate": self.prune_rate}
         return {"ffn_layers": self.ffn_layers, "attention_layers": self.attention_layers}
 
+    def check_config(self, config) -> None:
+        from ..structure import structure_problem
+
+        problem = structure_problem(config, "two_stage", sub_blocks=True)
+        if problem:
+            raise MethodError(problem)
+
     def check_model(self, ctx: PruneContext) -> None:
         self.plan(ctx)
 
     def plan(self, ctx: PruneContext) -> tuple[int, int, dict]:
         """(FFN count, attention count, sizing facts), checked against the model before any change."""
         from ..heterogeneous import attention_removed, feed_forward_removed
-        from ..structure import StructureError, numel, require_sliceable
+        from ..structure import numel
 
-        try:
-            require_sliceable(ctx.model, ctx.adapter, "two_stage")
-        except StructureError as exc:
-            raise MethodError(str(exc)) from None
+        self.check_config(ctx.model.config)
         layers = ctx.adapter.decoder_layers(ctx.model)
         intact = [layer for layer in layers if not attention_removed(layer, ctx.adapter)
                   and not feed_forward_removed(layer, ctx.adapter)]
