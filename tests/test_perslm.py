@@ -219,6 +219,8 @@ def test_pruner_distillation_lowers_loss(stories_dir, small_text, tmp_path):
     (["--method", "distillation", "--training-data", "TRAIN", "--option", "base_method=wanda"], "--method distill"),
     (["--method", "distillation", "--training-data", "wikitext2"], "evaluation split"),
     (["--method", "distillation", "--training-data", "TRAIN", "--evaluate", "--dataset", "TRAIN"], "is the evaluation"),
+    (["--method", "distillation", "--training-data", str(DATA / "wikitext-2-raw-v1" / "wiki.test.raw")],
+     "is the evaluation"),
     (["--method", "all", "--head-reduction", "1.5"], "head_fraction"),
     (["--method", "distillation", "--training-data", "TRAIN", "--distill-epochs", "0"], "epochs"),
     (["--method", "heads", "--sparsity", "0.3", "--option", "fraction=0.1"], "sparsity"),

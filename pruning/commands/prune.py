@@ -93,8 +93,8 @@ def run(args) -> int:
     method = perslm_method(args, arguments)
     arguments.update(structured_arguments(args, arguments))
     output_dir = args.output_dir or default_output_dir(args.model, method)
-    if args.evaluate and args.training_data:
-        check_not_evaluation_text(args.training_data, args.dataset, args.data_dir)
+    if args.training_data:
+        check_not_evaluation_text(args.training_data, args.dataset if args.evaluate else "wikitext2", args.data_dir)
     report = prune(args.model, method, output_dir, calib=args.calib, nsamples=args.nsamples,
                    seqlen=args.seqlen, seed=args.seed, device=args.device, dtype=args.dtype,
                    data_dir_path=args.data_dir, batch_size=args.batch_size, ignore=tuple(args.ignore),
