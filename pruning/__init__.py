@@ -4,6 +4,7 @@ evaluation and export. Usable without Snakemake:
     import pruning
     report = pruning.prune("smollm2-135m", "wanda", "out/wanda-50", sparsity=0.5)
     model, tokenizer = pruning.load_model("out/wanda-50")
+    pruner = pruning.Pruner("smollm2-135m", output_dir="out/chain")   # steps in memory, then save()
 
 The public names are imported on first use (PEP 562), so `import pruning` and torch-free modules such
 as `pruning.grid` stay cheap for the Snakefile, which builds its DAG without loading torch.
@@ -24,6 +25,7 @@ _EXPORTS = {
     "get_adapter": ("adapters", "get_adapter"),
     "load_model": ("modeling", "load_model"),
     "prune": ("api", "prune"),
+    "Pruner": ("pruner", "Pruner"),
     "save_model": ("modeling", "save_model"),
     "supported_model_types": ("adapters", "supported_model_types"),
 }

@@ -81,7 +81,7 @@ def test_eval_command_writes_protocol(pruned_dir, stories_text, tmp_path):
     (["--method", "obs", "--sparsity", "0.5"], "unknown method 'obs'"),
     (["--method", "wanda", "--sparsity", "1.2"], "[0, 1)"),
     (["--method", "wanda", "--nm", "5:4"], "1 <= N < M"),
-    (["--method", "magnitude"], "exactly one of a sparsity"),
+    (["--method", "wanda"], "exactly one of a sparsity"),  # magnitude has PersLM's default 0.3
     (["--method", "wanda", "--sparsity", "0.5", "--calib", "/nonexistent/calib.txt"], "unknown calibration source"),
     (["--method", "wanda", "--sparsity", "0.5", "--calib", "wikitext2"], "must not use the evaluation split"),
     (["--method", "wanda", "--sparsity", "0.5", "--device", "tpu"], "device must be"),

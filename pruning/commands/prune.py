@@ -2,15 +2,23 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from ..api import prune
 from ..data import CALIBRATION_SOURCES
 from ..methods import available_methods
 from ..methods.catalog import summary
+from ..methods.distill import PERSLM_DISTILLATION
 from ..methods.finetuning import RECOVERY_OPTIONS
 from ..methods.options import describe
+from ..pruner import check_not_evaluation_text
 from .common import (add_eval_arguments, add_overwrite_argument, add_runtime_arguments, parse_option_pairs,
                      positive_int, quiet_progress)
+
+DISTILLATION, DISTILLATION_ARGUMENTS = PERSLM_DISTILLATION
+# PersLM's documented defaults: a flag left out takes these for the methods it documents them for.
+HEAD_REDUCTION, LAYER_REDUCTION, SPARSITY = 0.1, 0.1, 0.3
+OUTPUT_PARENT = Path("models/pruned")  # PersLM's --output-dir default; the model goes to NAME-METHOD_pruned inside
 
 
 def add_parser(subparsers) -> None:
@@ -22,18 +30,26 @@ def add_parser(subparsers) -> None:
         epilog=f"Method options (--option KEY=VALUE; `python -m pruning methods` shows types, ranges, defaults): "
                f"{summary()}.")
     parser.add_argument("--model", required=True, help="local directory, embedded name (smollm2-135m) or hub id")
-    parser.add_argument("--method", required=True, help=f"one of: {', '.join(available_methods())}")
+    parser.add_argument("--method", required=True,
+                        help=f"one of: {', '.join(available_methods())}, or {DISTILLATION} (PersLM: magnitude pruning "
+                             "to --sparsity, then distillation; distill with base_method=magnitude)")
     ratio = parser.add_mutually_exclusive_group()
-    ratio.add_argument("--sparsity", type=float, help="fraction of targeted weights to zero, in [0, 1)")
+    ratio.add_argument("--sparsity", type=float,
+                       help=f"fraction of targeted weights to zero, in [0, 1) (default for magnitude, {DISTILLATION} "
+                            f"and all: {SPARSITY})")
     ratio.add_argument("--nm", help="N:M pattern, N kept out of every M consecutive input weights (e.g. 2:4)")
     parser.add_argument("--option", action="append", metavar="KEY=VALUE",
                         help="method option, repeatable, value read as YAML (e.g. per=row for magnitude, one_pass=true "
                              "for wanda/sparsegpt, skip_blocks=[0,-1] for depth); unknown keys are refused")
     structured = parser.add_argument_group("structured pruning and distillation (PersLM-style flags)")
     structured.add_argument("--head-reduction", type=float, metavar="F",
-                            help="fraction of attention heads to remove, in (0, 1) (methods heads, all)")
+                            help=f"fraction of attention heads to remove, in (0, 1) (methods heads, all; default "
+                                 f"{HEAD_REDUCTION})")
     structured.add_argument("--layer-reduction", type=float, metavar="F",
-                            help="fraction of decoder layers to remove, evenly spread, first and last kept (methods layers, all)")
+                            help="fraction of decoder layers to remove, evenly spread, first and last kept (methods "
+                                 f"layers, all; default {LAYER_REDUCTION}). all without any of --head-reduction, "
+                                 "--layer-reduction, --sparsity, --nm runs PersLM's full sequence with the three "
+                                 "defaults; given any of them, it runs only the stages given")
     structured.add_argument("--num-blocks", type=int, metavar="N",
                             help="layers (or blocks of block_size layers) to remove (method depth)")
     structured.add_argument("--prune-rate", type=float, metavar="R",
@@ -41,12 +57,15 @@ def add_parser(subparsers) -> None:
     structured.add_argument("--teacher-model",
                             help="distillation teacher: directory, embedded name or hub id (default: the model before pruning)")
     structured.add_argument("--training-data", metavar="FILE",
-                            help="local .txt/.jsonl text to distill on (method distill; all distills when given)")
+                            help=f"local .txt/.jsonl text to distill on, never the evaluation split (methods distill, "
+                                 f"{DISTILLATION}; all distills when given)")
     structured.add_argument("--distill-epochs", type=int, metavar="N",
-                            help="passes over the training data, capped by --option max_steps=N (default: 1, max_steps 200)")
+                            help="passes over the training data (default: 3; no step cap unless --option max_steps=N)")
     structured.add_argument("--learning-rate", type=float, metavar="LR", help="AdamW learning rate for distillation (default: 5e-05)")
     add_recovery_arguments(parser)
-    parser.add_argument("--output-dir", required=True, help="where the pruned model and prune.json go")
+    parser.add_argument("--output-dir", help="where the pruned model and prune.json go (default, as PersLM: "
+                                             f"{OUTPUT_PARENT}/NAME-METHOD_pruned, NAME the model's last path "
+                                             f"component, METHOD distill for {DISTILLATION})")
     add_overwrite_argument(parser, "output directory")
     parser.add_argument("--calib", default="c4",
                         help=f"calibration data: {', '.join(CALIBRATION_SOURCES)} or a .txt/.jsonl file (default: c4)")
@@ -71,14 +90,18 @@ def run(args) -> int:
         arguments["sparsity"] = args.sparsity
     if args.nm is not None:
         arguments["nm"] = args.nm
+    method = perslm_method(args, arguments)
     arguments.update(structured_arguments(args, arguments))
-    report = prune(args.model, args.method, args.output_dir, calib=args.calib, nsamples=args.nsamples,
+    output_dir = args.output_dir or default_output_dir(args.model, method)
+    if args.training_data:
+        check_not_evaluation_text(args.training_data, args.dataset if args.evaluate else "wikitext2", args.data_dir)
+    report = prune(args.model, method, output_dir, calib=args.calib, nsamples=args.nsamples,
                    seqlen=args.seqlen, seed=args.seed, device=args.device, dtype=args.dtype,
                    data_dir_path=args.data_dir, batch_size=args.batch_size, ignore=tuple(args.ignore),
                    evaluate=args.evaluate, eval_dataset=args.dataset, eval_seqlen=args.eval_seqlen,
                    eval_max_windows=args.max_windows, progress=not args.quiet, overwrite=args.overwrite,
                    recovery=recovery_arguments(args), **arguments)
-    summary = {k: report[k] for k in ("method", "options", "parameters", "prune_seconds")}
+    summary = {"output_dir": str(output_dir), **{k: report[k] for k in ("method", "options", "parameters", "prune_seconds")}}
     summary["total_sparsity"] = report["result"].get("total_sparsity")
     summary["prune_ratio_percent"] = report["result"].get("prune_ratio_percent")
     summary["evaluation"] = {k: round(v["ppl"], 4) for k, v in (report["evaluation"] or {}).items()}
@@ -86,6 +109,37 @@ def run(args) -> int:
         summary["recovery"] = {k: report["recovery"][k] for k in ("steps", "loss_before", "loss_after", "seconds")}
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def perslm_method(args, arguments: dict) -> str:
+    """The library method for --method, with PersLM's defaults filled into `arguments` (and the flags of `args`)
+    where the user left them out; `distillation` becomes distill with base_method magnitude."""
+    method = args.method
+    if method == DISTILLATION:
+        if "base_method" in arguments:
+            raise ValueError(f"--method {DISTILLATION} is magnitude pruning + distillation; for another base method "
+                             "use --method distill --option base_method=NAME")
+        if not args.training_data and "training_data" not in arguments:
+            raise ValueError(f"--method {DISTILLATION} needs --training-data FILE (text to distill on)")
+        method = "distill"
+        arguments.update(DISTILLATION_ARGUMENTS)
+    no_sparsity = "sparsity" not in arguments and "nm" not in arguments
+    if args.method in ("magnitude", DISTILLATION) and no_sparsity:
+        arguments["sparsity"] = SPARSITY
+    elif method == "heads" and args.head_reduction is None and "fraction" not in arguments:
+        args.head_reduction = HEAD_REDUCTION
+    elif method == "layers" and args.layer_reduction is None and "fraction" not in arguments:
+        args.layer_reduction = LAYER_REDUCTION
+    elif method == "all" and no_sparsity and args.head_reduction is None and args.layer_reduction is None \
+            and "head_fraction" not in arguments and "layer_fraction" not in arguments:
+        args.head_reduction, args.layer_reduction, arguments["sparsity"] = HEAD_REDUCTION, LAYER_REDUCTION, SPARSITY
+    return method
+
+
+def default_output_dir(model: str, method: str) -> Path:
+    """PersLM's place for a pruned model: models/pruned/NAME-METHOD_pruned."""
+    name = Path(str(model).rstrip("/\\")).name or "model"
+    return OUTPUT_PARENT / f"{name}-{method}_pruned"
 
 
 def structured_arguments(args, arguments: dict) -> dict:

@@ -1,8 +1,9 @@
-"""`all` (PersLM `--method all`): heads → layers → sparsity → optional distillation, in one run.
+"""`all` (PersLM `--method all`): heads → layers → magnitude → optional distillation, in one run.
 
-Each stage is the ordinary method (heads, layers, a mask-based method such as wanda) applied to the
-result of the previous one; stages whose ratio is not given are skipped. With `training_data` the
-result is distilled from the model as it was before the first stage. Every stage's report is kept.
+Each stage is the ordinary method (heads, layers, then magnitude as PersLM does, or another mask-based method
+with `sparsity_method`) applied to the result of the previous one; stages whose ratio is not given are skipped.
+With `training_data` the result is distilled from the model as it was before the first stage. Every stage's
+report is kept.
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ class Combined(PruningMethod):
         replace(Layers.option("fraction"), name="layer_fraction", required=False, ratio=False,
                 help="fraction of decoder layers to remove (layers stage; skipped when not given)"),
         *TARGET_OPTIONS,
-        Option("sparsity_method", str, "mask-based method of the sparsity stage", default="wanda", check=_mask_method),
+        Option("sparsity_method", str, "mask-based method of the sparsity stage (PersLM: magnitude)", default="magnitude",
+               check=_mask_method),
         replace(Heads.option("importance"), name="head_importance"),
         Heads.option("gqa"),
         *(replace(o, required=False, help=o.help + " (distillation stage; runs when training_data is given)")

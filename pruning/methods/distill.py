@@ -4,8 +4,9 @@ The teacher is the model as it was before pruning (or `teacher_model`). The stud
 `training_data` windows with loss (1 − ce_weight) · T² · KL(teacher_T ‖ student_T) + ce_weight · CE,
 where _T means softmax at temperature T. The pruned structure cannot change (removed layers, heads and
 sub-blocks have no parameters to train) and weights zeroed by a mask stay zero: every decoder-layer
-weight with zeros gets its mask re-applied after each optimizer step. A step cap and a progress bar keep
-it usable on a CPU.
+weight with zeros gets its mask re-applied after each optimizer step. Training runs `epochs` passes (PersLM's
+default 3); a step cap applies only when `max_steps` is given. PersLM's `--method distillation` is this
+method with base_method magnitude (PERSLM_DISTILLATION).
 """
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
     from torch import nn
 
 NOT_A_BASE = ("distill", "all")
+# PersLM's `--method distillation`: magnitude pruning to `sparsity`, then distillation; the CLI and the Pruner
+# run it as distill with these arguments.
+PERSLM_DISTILLATION = ("distillation", {"base_method": "magnitude"})
 
 
 def _training_source(source: str) -> str:
@@ -49,11 +53,12 @@ DISTILL_OPTIONS = (
            required=True, check=_training_source),
     Option("teacher_model", str, "teacher directory, embedded name or hub id (default: the model before pruning)",
            check=_teacher_spec),
-    Option("epochs", int, "passes over the training data, capped by max_steps", default=1, low=1),
+    Option("epochs", int, "passes over the training data (PersLM's default)", default=3, low=1),
     Option("learning_rate", float, "AdamW learning rate", default=5e-5, low=0, high=1, low_open=True),
     Option("temperature", float, "softmax temperature of the KL term", default=2.0, low=0, high=100, low_open=True),
     Option("ce_weight", float, "weight of the next-token cross-entropy (the rest is KL)", default=0.0, low=0, high=1),
-    Option("max_steps", int, "optimizer steps at most (null: no cap)", default=200, low=1, nullable=True),
+    Option("max_steps", int, "optimizer steps at most (null, the default: no cap, epochs decide)", default=None, low=1,
+           nullable=True),
     Option("train_seqlen", int, "tokens per training window", default=256, low=2),
     Option("train_batch_size", int, "windows per optimizer step", default=4, low=1),
     Option("loss_windows", int, "windows on which the loss before and after is measured", default=16, low=1),
