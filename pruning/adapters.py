@@ -295,6 +295,18 @@ _MOE = MoEAdapter(
     routers=("mlp.gate", "mlp.shared_expert_gate"),
 )
 MOE_MODEL_TYPES = _MOE.model_types
+# Head slicing and attention / FFN sub-block removal or slicing (pruning/structure.py) know dense MLPs only.
+MOE_UNSUPPORTED_METHODS = ("heads", "two_stage", "flap")
+
+
+def refuse_unsupported_on_moe(model_type: str | None, methods: set[str]) -> None:
+    """Refuse, from config.json alone (before the weights load), methods a mixture-of-experts model cannot run."""
+    refused = sorted(methods & set(MOE_UNSUPPORTED_METHODS))
+    if model_type in MOE_MODEL_TYPES and refused:
+        raise UnsupportedArchitecture(
+            f"{', '.join(refused)} cannot prune mixture-of-experts model type {model_type!r} (head slicing and "
+            f"sub-block removal know dense MLPs only); on MoE models use depth, layers, magnitude, wanda, "
+            f"sparsegpt or dsnot")
 
 ADAPTERS: tuple[ArchitectureAdapter, ...] = (_LLAMA, _OPT, _GPT_NEOX, _GPT2, _PHI3, _MOE)
 _BY_MODEL_TYPE = {model_type: adapter for adapter in ADAPTERS for model_type in adapter.model_types}
