@@ -35,6 +35,8 @@ def weight_matrix(module: nn.Module) -> torch.Tensor:
         return module.weight.data
     if type(module).__name__ == "Conv1D":
         return module.weight.data.t()
+    if isinstance(module, ExpertLinear):
+        return module.weight
     raise TypeError(f"not a linear layer: {type(module).__name__}")
 
 
@@ -108,6 +110,10 @@ class ArchitectureAdapter:
 
     def num_layers(self, model: nn.Module) -> int:
         return len(self.decoder_layers(model))
+
+    def renumber_config(self, config, keep: list[int]) -> None:
+        """After layer removal (`keep`: the old indices of the surviving layers), rewrite config entries that
+        name layers by index; per-layer lists such as `layer_types` are handled by pruning/structure.py."""
 
 
 _LLAMA = ArchitectureAdapter(
@@ -225,7 +231,137 @@ _PHI3 = ArchitectureAdapter(
                      ("config.num_attention_heads", "heads")),
 )
 
-ADAPTERS: tuple[ArchitectureAdapter, ...] = (_LLAMA, _GEMMA2, _OPT, _GPT_NEOX, _GPT2, _PHI3)
+# ------------------------------------------------------------------------------------------ mixture of experts
+# transformers 5 stores a layer's experts fused, as 3-D parameters of one module: gate_up_proj
+# [experts, 2·I, H] (gate rows, then up rows) and down_proj [experts, H, I]. Each expert's gate, up and down
+# projection is exposed to the mask methods as an `ExpertLinear` named `<layer>.mlp.experts.<e>.<part>_proj`
+# (the per-expert module names of transformers 4), a [out, in] view that writes through to the parameter. The
+# calibration inputs of an expert's linears are the tokens the router sends to it (`feed_expert_inputs`), as
+# in the reference MoE pruning code; the router and Qwen2-MoE's shared-expert gate are never targeted.
+
+EXPERT_PARTS = ("gate", "up", "down")
+
+
+def is_fused_experts(module: nn.Module) -> bool:
+    """A transformers 5 experts module in the layout `ExpertLinear` reads: concatenated [gate; up] rows,
+    [out, in] per expert, no bias."""
+    gate_up, down = getattr(module, "gate_up_proj", None), getattr(module, "down_proj", None)
+    return (isinstance(gate_up, nn.Parameter) and isinstance(down, nn.Parameter) and gate_up.dim() == 3
+            and getattr(module, "is_concatenated", True) and not getattr(module, "is_transposed", False)
+            and not getattr(module, "has_bias", False) and getattr(module, "has_gate", True))
+
+
+@dataclass(frozen=True, eq=False)
+class ExpertLinear:
+    """One expert's gate, up or down projection inside a fused experts module (hashed by identity)."""
+
+    experts: nn.Module
+    expert: int
+    part: str  # one of EXPERT_PARTS
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """[out, in] view of this expert's rows of the shared 3-D parameter; writes land in the model."""
+        if self.part == "down":
+            return self.experts.down_proj.data[self.expert]
+        gate_up = self.experts.gate_up_proj.data[self.expert]
+        half = gate_up.shape[0] // 2
+        return gate_up[:half] if self.part == "gate" else gate_up[half:]
+
+
+def feed_expert_inputs(experts: nn.Module, hidden: torch.Tensor, top_k_index: torch.Tensor,
+                       targets: dict[str, ExpertLinear], on_input) -> None:
+    """Call `on_input(name, x)` for every targeted expert linear with the inputs it gets in this forward: for
+    gate and up (the same tensor, so they share statistics) the tokens routed to the expert, for down
+    act(gate)·up of those tokens under the current weights (already pruned gate/up in one-pass mode).
+    An expert that no token reaches gets no call."""
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    top_k_index = top_k_index.reshape(hidden.shape[0], -1)
+    by_expert: dict[int, dict[str, str]] = {}
+    for name, target in targets.items():
+        by_expert.setdefault(target.expert, {})[target.part] = name
+    for expert in sorted(by_expert):
+        parts = by_expert[expert]
+        tokens = (top_k_index == expert).any(dim=-1).nonzero().squeeze(-1)
+        if tokens.numel() == 0:
+            continue
+        x = hidden[tokens]
+        for part in ("gate", "up"):
+            if part in parts:
+                on_input(parts[part], x)
+        if "down" in parts:
+            gate, up = torch.nn.functional.linear(x, experts.gate_up_proj[expert]).chunk(2, dim=-1)
+            on_input(parts["down"], experts.act_fn(gate) * up)
+
+
+@dataclass(frozen=True)
+class MoEAdapter(ArchitectureAdapter):
+    """A family whose MLP is (in some or all layers) a routed mixture of experts, plus dense linears."""
+
+    routers: tuple[str, ...] = ()  # linear-like gates, relative to one decoder layer, never pruned
+
+    def linear_targets(self, model: nn.Module, layer_index: int, ignore: tuple[str, ...] = ()) -> dict:
+        """The dense linears (attention, a shared expert, a dense MLP) minus the routers, then every expert's
+        gate, up and down projection, by full name, minus ignored patterns."""
+        prefix = f"{self.layers}.{layer_index}"
+        routers = {f"{prefix}.{path}" for path in self.routers}
+        targets = {name: module for name, module in super().linear_targets(model, layer_index, ignore).items()
+                   if name not in routers}
+        for name, module in self.decoder_layers(model)[layer_index].named_modules():
+            if not is_fused_experts(module):
+                continue
+            for expert in range(module.gate_up_proj.shape[0]):
+                for part in EXPERT_PARTS:
+                    full = f"{prefix}.{name}.{expert}.{part}_proj"
+                    if not any(fnmatch.fnmatch(full, p) for p in ignore):
+                        targets[full] = ExpertLinear(module, expert, part)
+        return targets
+
+    def renumber_config(self, config, keep: list[int]) -> None:
+        """After layer removal, keep which surviving layers are dense: Qwen-MoE builds layer i as MoE when
+        (i+1) % decoder_sparse_step == 0 and i not in mlp_only_layers, so the old positions are rewritten as
+        decoder_sparse_step 1 and the dense layers' new indices."""
+        step = getattr(config, "decoder_sparse_step", None)
+        if step is None:
+            return
+        dense_before = set(getattr(config, "mlp_only_layers", None) or ())
+        dense_before |= {i for i in range(max(keep) + 1) if not (config.num_experts > 0 and (i + 1) % step == 0)}
+        config.mlp_only_layers = [new for new, old in enumerate(keep) if old in dense_before]
+        config.decoder_sparse_step = 1
+
+
+_MOE = MoEAdapter(
+    family="moe",
+    model_types=("mixtral", "qwen2_moe", "qwen3_moe"),
+    layers="model.layers",
+    embeddings=("model.embed_tokens",),
+    final_norm="model.norm",
+    lm_head="lm_head",
+    attention="self_attn",
+    attention_projections=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
+    mlp="mlp",
+    mlp_projections=(),  # experts are fused 3-D parameters, not per-projection modules
+    norms=("input_layernorm", "post_attention_layernorm"),
+    attention_norm="input_layernorm",
+    mlp_norm="post_attention_layernorm",
+    routers=("mlp.gate", "mlp.shared_expert_gate"),
+)
+MOE_MODEL_TYPES = _MOE.model_types
+# Head slicing and attention / FFN sub-block removal or slicing (pruning/structure.py) know dense MLPs only.
+MOE_UNSUPPORTED_METHODS = ("heads", "two_stage", "flap")
+
+
+def refuse_unsupported_on_moe(model_type: str | None, methods: set[str]) -> None:
+    """Refuse, from config.json alone (before the weights load), methods a mixture-of-experts model cannot run."""
+    refused = sorted(methods & set(MOE_UNSUPPORTED_METHODS))
+    if model_type in MOE_MODEL_TYPES and refused:
+        raise UnsupportedArchitecture(
+            f"{', '.join(refused)} cannot prune mixture-of-experts model type {model_type!r} (head slicing and "
+            f"sub-block removal know dense MLPs only); on MoE models use depth, layers, magnitude, wanda, "
+            f"sparsegpt or dsnot")
+
+
+ADAPTERS: tuple[ArchitectureAdapter, ...] = (_LLAMA, _GEMMA2, _OPT, _GPT_NEOX, _GPT2, _PHI3, _MOE)
 _BY_MODEL_TYPE = {model_type: adapter for adapter in ADAPTERS for model_type in adapter.model_types}
 
 

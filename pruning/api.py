@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from . import checks
-from .adapters import get_adapter
+from .adapters import get_adapter, refuse_unsupported_on_moe
 from .data import calibration_windows, check_calibration_source, check_evaluation_dataset, data_dir
 from .evaluation.perplexity import perplexity
 from .methods import PruneContext, PruningMethod, build_method
@@ -57,7 +57,9 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
         eval_seqlen=_evaluation_seqlen(eval_seqlen, seqlen) if evaluate else None, eval_max_windows=eval_max_windows,
         inputs=[calib, eval_dataset, recovery_settings.data if recovery_settings.steps else None,
                 *(method_arguments.get(k) for k in ("teacher_model", "training_data"))])
-    instance.check_config(checks.model_config(path))
+    config = checks.model_config(path)
+    instance.check_config(config)
+    refuse_unsupported_on_moe(config.get("model_type"), instance.method_names())
     recovery_text = None  # read now, so that a missing split is refused before the model loads
     if recovery_settings.steps:
         checks.check_lengths(path, checks.model_config(path), {"--recover-seqlen": recovery_settings.seqlen})

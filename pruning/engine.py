@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .adapters import ArchitectureAdapter
+from .adapters import ArchitectureAdapter, ExpertLinear, feed_expert_inputs
 
 
 class _InputsCaptured(Exception):
@@ -254,18 +254,32 @@ def input_statistics(modules: dict[str, nn.Module], make: Callable[[str], object
     with input_hooks(modules, shared.add):
         yield shared.stats
     shared.previous = None
-    if on_ready is not None and shared.ready != set(modules):
-        raise RuntimeError(f"one-pass pruning: {sorted(set(modules) - shared.ready)} never ran in the layer's forward")
+    if on_ready is not None:  # an expert no token was routed to legitimately never runs
+        missing = [name for name in modules if name not in shared.ready and not isinstance(modules[name], ExpertLinear)]
+        if missing:
+            raise RuntimeError(f"one-pass pruning: {sorted(missing)} never ran in the layer's forward")
 
 
 @contextmanager
 def input_hooks(modules: dict[str, nn.Module], on_input: Callable[[str, torch.Tensor], None]):
-    """Call `on_input(name, x)` with the input activations of each module while the context is open."""
+    """Call `on_input(name, x)` with the input activations of each module while the context is open. An
+    expert's linear (`ExpertLinear`) gets the tokens routed to it, from one hook on its experts module."""
     handles = []
+    routed: dict[int, tuple[nn.Module, dict[str, ExpertLinear]]] = {}
     for name, module in modules.items():
+        if isinstance(module, ExpertLinear):
+            routed.setdefault(id(module.experts), (module.experts, {}))[1][name] = module
+            continue
+
         def hook(_module, args, _name=name):
             on_input(_name, args[0].detach())
         handles.append(module.register_forward_pre_hook(hook))
+    for experts, targets in routed.values():
+        def experts_hook(module, args, kwargs, _targets=targets):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            top_k_index = args[1] if len(args) > 1 else kwargs["top_k_index"]
+            feed_expert_inputs(module, hidden.detach(), top_k_index, _targets, on_input)
+        handles.append(experts.register_forward_pre_hook(experts_hook, with_kwargs=True))
     try:
         yield
     finally:

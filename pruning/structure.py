@@ -102,6 +102,7 @@ def remove_layers(model: nn.Module, adapter: ArchitectureAdapter, indices) -> in
     parent, _, name = adapter.layers.rpartition(".")
     setattr(model.get_submodule(parent), name, nn.ModuleList([layers[i] for i in keep]))
     config.num_hidden_layers = len(keep)
+    adapter.renumber_config(config, keep)
     reindex_layers(model, adapter)
     return before - numel(model)
 

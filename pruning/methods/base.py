@@ -109,6 +109,15 @@ class PruningMethod:
     def check_model(self, ctx: PruneContext) -> None:
         """Refuse, before any calibration or evaluation, what this model makes impossible."""
 
+    def method_names(self) -> set[str]:
+        """This method's name and those of the methods it runs (composites), for refusals made before loading."""
+        names = {self.name}
+        for value in vars(self).values():
+            for item in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(item, PruningMethod):
+                    names |= item.method_names()
+        return names
+
     def prune(self, ctx: PruneContext) -> dict:
         raise NotImplementedError
 

@@ -209,10 +209,10 @@ class MaskingMethod(PruningMethod):
 
             with input_statistics(targets, make) as statistics:
                 outputs = step.forward()  # the layer is unchanged: its outputs are the next layer's inputs
-            if targets:
-                ratios[step.index] = outlier_ratio(
-                    [wanda_scores(weight_matrix(module), statistics[name].mean) for name, module in targets.items()],
-                    self.owl_m)
+            scores = [wanda_scores(weight_matrix(module), statistics[name].mean)
+                      for name, module in targets.items() if name in statistics]  # not: experts no token reached
+            if scores:
+                ratios[step.index] = outlier_ratio(scores, self.owl_m)
             return outputs
 
         engine.run(visit, description=f"{self.name} outliers")
@@ -295,6 +295,15 @@ class CalibratedMaskingMethod(MaskingMethod):
         """Add method-specific totals to the summary."""
         return report
 
+    def prune_uncalibrated(self, name: str, module) -> None:
+        """A mixture-of-experts expert that no calibration token was routed to has no input statistics: its
+        linears are pruned by weight magnitude per output row to the same target (listed in the report)."""
+        from ..adapters import weight_matrix
+        from ..masks import magnitude_scores, select_mask
+
+        scores = magnitude_scores(weight_matrix(module))
+        self.apply_mask(module, select_mask(scores, self.target, per="row", zeros=self.planned_zeros(name)))
+
     @no_grad
     def prune(self, ctx: PruneContext) -> dict:
         from ..adapters import weight_matrix
@@ -306,7 +315,7 @@ class CalibratedMaskingMethod(MaskingMethod):
         batch_size = input_ids.shape[0] if self.one_pass else ctx.batch_size
         engine = LayerwiseEngine(ctx.model, ctx.adapter, ctx.device, batch_size, ctx.progress)
         engine.capture(input_ids)
-        per_layer, details = {}, {}
+        per_layer, details, uncalibrated = {}, {}, []
 
         def visit(step: LayerStep):
             targets = ctx.adapter.linear_targets(ctx.model, step.index, ctx.ignore)
@@ -320,16 +329,23 @@ class CalibratedMaskingMethod(MaskingMethod):
                     details[name] = info
 
             if self.one_pass:
-                with input_statistics(targets, make, on_ready=prune_one):
+                with input_statistics(targets, make, on_ready=prune_one) as statistics:
                     outputs = step.forward()
             else:
                 with input_statistics(targets, make) as statistics:
                     step.forward()
-                for name in targets:
-                    prune_one(name, statistics[name])
                 outputs = None  # the engine re-runs the pruned layer
+            for name in targets:
+                if name not in statistics:  # an expert no calibration token was routed to
+                    self.prune_uncalibrated(name, targets[name])
+                    uncalibrated.append(name)
+                elif not self.one_pass:
+                    prune_one(name, statistics[name])
             per_layer[step.index] = self.layer_report(targets)
             return outputs
 
         engine.run(visit, description=self.name)
-        return self.with_allocation(self.finish(self.summary(per_layer), details), allocation)
+        report = self.finish(self.summary(per_layer), details)
+        if uncalibrated:
+            report["uncalibrated_experts"] = {"linears": uncalibrated, "pruned_by": "magnitude per output row"}
+        return self.with_allocation(report, allocation)
