@@ -387,6 +387,8 @@ def record_layer_shapes(model: nn.Module) -> bool:
     if base_type not in supported_model_types():
         return False
     adapter = adapter_for_model_type(base_type)
+    if not adapter.mlp_projections:  # mixture of experts: no method slices or removes their sub-blocks
+        return False
     shapes = layer_structure(model, adapter)
     uniform = base_shape(config)
     base_class = getattr(type(config), "base_config_class", type(config))
