@@ -149,7 +149,7 @@ def _check_types(values: dict, declared: dict, fmt: str, where: str, prefix: str
     """The values with None dropped (the system's default); unknown keys and wrong types refused."""
     for key in values:
         if key not in declared:
-            raise JobError(f"{where}: unknown {fmt} key {prefix}{key!r}; {fmt} keys: {', '.join(declared)}")
+            raise JobError(f"{where}: unknown {fmt} key '{prefix}{key}'; {fmt} keys: {', '.join(declared)}")
     checked = {}
     for key, value in values.items():
         if value is None:
@@ -390,7 +390,8 @@ class QuantizedScoring(PruningMethod):
 def run_job(job: Job, *, model: str | None = None, output_dir: str | None = None, calib: str | None = None,
             nsamples: int | None = None, seqlen: int = 2048, seed: int | None = None, batch_size: int | None = None,
             device: str = "auto", dtype: str = "float32", data_dir_path: str | None = None,
-            max_windows: int | None = None, overwrite: bool = False, progress: bool = True) -> dict:
+            eval_dataset: str = "wikitext2", eval_seqlen: int | None = None, max_windows: int | None = None,
+            overwrite: bool = False, progress: bool = True) -> dict:
     """Run one translated job through `api.prune`; the keyword arguments, where given, replace the job's own
     values (a job without a model or output directory needs them here). Returns prune.json's record."""
     from contextlib import nullcontext
@@ -421,7 +422,8 @@ def run_job(job: Job, *, model: str | None = None, output_dir: str | None = None
     _log_start(job, settings)
     with adapter_added(paths_adapter(model_type, job.decoder_layers, job.final_norm)) if given_paths else nullcontext():
         report = prune(model, method, output_dir, device=device, dtype=dtype, data_dir_path=data_dir_path,
-                       evaluate=job.evaluate, eval_max_windows=max_windows, progress=progress, overwrite=overwrite,
+                       evaluate=job.evaluate, eval_dataset=eval_dataset, eval_seqlen=eval_seqlen,
+                       eval_max_windows=max_windows, progress=progress, overwrite=overwrite,
                        **settings, **({} if isinstance(method, PruningMethod) else job.method_arguments))
     _log_result(job, report, output_dir)
     return report
@@ -450,5 +452,5 @@ def _log_result(job: Job, report: dict, output_dir) -> None:
     log.info("Number of parameters post pruning: %d (before %d, %.2f %% removed)", parameters["after"]["total"],
              parameters["before"]["total"], result["prune_ratio_percent"])
     for stage, value in (report.get("evaluation") or {}).items():
-        log.info("WikiText-2 test perplexity %s pruning: %.4f", stage, value["ppl"])
+        log.info("%s perplexity %s pruning: %.4f", value.get("dataset", "evaluation"), stage, value["ppl"])
     log.info("Saved pruned model to %s.", output_dir)

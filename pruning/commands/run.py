@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..data import CALIBRATION_SOURCES
 from ..jobs import FORMATS, load_job, run_job
-from .common import add_overwrite_argument, add_runtime_arguments, positive_int, quiet_progress
+from .common import add_eval_arguments, add_overwrite_argument, add_runtime_arguments, positive_int, quiet_progress
 
 LOG_FORMAT = "%(asctime)s - %(levelname)s - %(message)s"
 
@@ -37,9 +37,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--seed", type=int, help="calibration sampling seed (default: the job's seed, else 0)")
     parser.add_argument("--batch-size", type=positive_int,
                         help="calibration windows per layer forward (default: PruneGPT's dataset.batch_size, else 8)")
-    parser.add_argument("--max-windows", type=int,
-                        help="perplexity on at most this many WikiText-2 test windows when the job evaluates "
-                             "(calculate_ppl, eval_ppl; default: the whole split)")
+    add_eval_arguments(parser, seqlen_default=None)  # used when the job evaluates (calculate_ppl, eval_ppl)
     parser.add_argument("--log-file", help="also log to this file (appended; default: the job's log_file)")
     add_runtime_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -50,15 +48,18 @@ def run(args) -> int:
     if args.quiet:
         quiet_progress()
     job = load_job(args.job, args.format)
+    logger = logging.getLogger("pruning")
+    level = logger.level
     handlers = _log_handlers(args.log_file or job.log_file)
     try:
         report = run_job(job, model=args.model, output_dir=args.output_dir, calib=args.calib,
                          nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, batch_size=args.batch_size,
                          device=args.device, dtype=args.dtype, data_dir_path=args.data_dir,
-                         max_windows=args.max_windows, overwrite=args.overwrite, progress=not args.quiet)
+                         eval_dataset=args.dataset, eval_seqlen=args.eval_seqlen, max_windows=args.max_windows, overwrite=args.overwrite, progress=not args.quiet)
     finally:
+        logger.setLevel(level)
         for handler in handlers:
-            logging.getLogger("pruning").removeHandler(handler)
+            logger.removeHandler(handler)
             handler.close()
     result = report["result"]
     summary = {"format": job.format, "method": report["method"], "options": report["options"],
