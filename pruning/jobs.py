@@ -183,8 +183,11 @@ def _prunegpt(values: dict, where: str) -> Job:
     method = values.get("pruning_method", "angular_distance")
     if method not in PRUNEGPT_CRITERIA:
         raise JobError(f"{where}: pruning_method must be one of {', '.join(PRUNEGPT_CRITERIA)}, got {method!r}")
+    token = values.get("pruning_token", "last")
+    if token not in ("last", "all"):
+        raise JobError(f"{where}: pruning_token must be last or all, got {token!r}")
     arguments = {"num_blocks": values["num_blocks_to_prune"], "criterion": PRUNEGPT_CRITERIA[method],
-                 "tokens": values.get("pruning_token", "last"), "block_size": 1}
+                 "tokens": token, "block_size": 1}
     if "skip_blocks" in values:
         arguments["skip_blocks"] = values["skip_blocks"]
     dataset = _check_types(values.get("dataset", {}), PRUNEGPT_DATASET_KEYS, "PruneGPT dataset", where, "dataset.")
