@@ -7,6 +7,7 @@ under the same model type in pruning/export/gguf_families.py.
 from __future__ import annotations
 
 import fnmatch
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -376,6 +377,30 @@ def adapter_for_model_type(model_type: str) -> ArchitectureAdapter:
         raise UnsupportedArchitecture(
             f"unsupported architecture {model_type!r}; supported model types: {', '.join(supported_model_types())}"
         ) from None
+
+
+def paths_adapter(model_type: str, layers: str, final_norm: str, lm_head: str = "lm_head") -> ArchitectureAdapter:
+    """A depth-only adapter from a model's own module paths (Quark's `model_decoder_layers` and
+    `layer_norm_field`), for a family without an entry here: layer removal and every depth criterion need
+    only the decoder layers, the final norm and the head; methods that reach into a layer are refused."""
+    return ArchitectureAdapter(family=f"{model_type} (given paths)", model_types=(model_type,), layers=layers,
+                               embeddings=(), final_norm=final_norm, lm_head=lm_head, attention="",
+                               attention_projections=(), mlp_projections=(), norms=(), attention_norm="",
+                               mlp_norm="")
+
+
+@contextmanager
+def adapter_added(adapter: ArchitectureAdapter):
+    """`adapter` known by its model types for the duration (only types without an adapter of their own)."""
+    taken = [t for t in adapter.model_types if t in _BY_MODEL_TYPE]
+    if taken:
+        raise UnsupportedArchitecture(f"model type(s) {', '.join(taken)} already have an adapter")
+    _BY_MODEL_TYPE.update(dict.fromkeys(adapter.model_types, adapter))
+    try:
+        yield adapter
+    finally:
+        for model_type in adapter.model_types:
+            _BY_MODEL_TYPE.pop(model_type, None)
 
 
 def get_adapter(model_or_config) -> ArchitectureAdapter:

@@ -13,8 +13,8 @@ import os
 import pickle
 import sys
 
-COMMANDS = ("fetch_model", "methods", "prune", "evaluate", "convert", "gguf_eval", "zeroshot", "speed", "tables",
-            "memory", "optimize")
+COMMANDS = ("fetch_model", "methods", "prune", "run", "evaluate", "convert", "gguf_eval", "zeroshot", "speed",
+            "tables", "memory", "optimize")
 DEBUG_ENV = "PRUNING_DEBUG"
 # ValueError covers the project's own errors (ModelLoadError, DataError, OutputError, ExportError, ...) and
 # JSON syntax errors; OSError covers missing, unreadable and misplaced files.

@@ -87,8 +87,10 @@ class SuffixLoss:
         device = next(self.model.parameters()).device
         captured = {}
         last = self.adapter.decoder_layers(self.model)[-1]
-        handle = last.register_forward_hook(
-            lambda _m, _a, out: captured.setdefault("h", out[0] if isinstance(out, (tuple, list)) else out))
+        def keep(_module, _inputs, output) -> None:  # returns None: a forward hook's value would replace the output
+            captured.setdefault("h", hidden_of(output))
+
+        handle = last.register_forward_hook(keep)
         try:
             logits = self.model(input_ids=window.to(device), use_cache=False).logits[:, :-1].float()
         finally:

@@ -22,6 +22,7 @@ Taylor+ is this with skip_blocks [0,1,2,3,-2,-1], its first four and last two la
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from typing import TYPE_CHECKING
@@ -32,6 +33,8 @@ from .options import Option
 
 if TYPE_CHECKING:
     from ..engine import LayerStep, LayerwiseEngine
+
+log = logging.getLogger(__name__)
 
 # hidden-state change, Quark's perplexity windows, Shortened LLaMA's one-block-removed perplexity and Taylor
 DEPTH_CRITERIA = CRITERIA + ("perplexity", "block_ppl", "taylor")
@@ -130,6 +133,9 @@ class Depth(PruningMethod):
             drop_starts = select_blocks(scores, num_layers, size, self.num_blocks)
             report = {"scores": {_window_name(s, size): v for s, v in scores.items()}, **report}
         drop = sorted(i for s in drop_starts for i in range(s, s + size))
+        log.info("depth %s scores per block: %s", self.criterion,
+                 ", ".join(f"{name}: {value:.6f}" for name, value in report["scores"].items()))
+        log.info("depth: removing layers %s of %d", drop, num_layers)
         remove_layers(ctx.model, ctx.adapter, drop)
         return {"removed_layers": drop, "layers_before": num_layers, "layers_after": num_layers - len(drop),
                 **report, **removal_report(before, ctx.model)}

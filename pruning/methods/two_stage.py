@@ -9,10 +9,13 @@ attention, the attention sub-block whose removal gives the lowest calibration lo
 Counts are given, or derived from `prune_rate` (a fraction of all the model's parameters): the pair
 with the most FFN blocks whose total, counted with this model's real FFN and attention sub-block sizes
 (grouped-query k/v included), lands within half an attention block of the target — or the closest
-pair when none does. A removed sub-block takes its input norm with it; the residual passes through.
+pair when none does. With `ffn_attention_ratio` (PP-LLMs' `mha_ffn_ratio`) the pair is PP-LLMs' instead:
+among pairs whose FFN/attention count ratio lies within 20 % of it, the one whose total (real sizes) is
+closest to the target. A removed sub-block takes its input norm with it; the residual passes through.
 """
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from .base import MethodError, PruneContext, PruningMethod, no_grad, register
@@ -20,6 +23,9 @@ from .options import Option
 
 if TYPE_CHECKING:
     from ..engine import LayerStep
+
+log = logging.getLogger(__name__)
+RATIO_TOLERANCE = 0.2  # PP-LLMs: the FFN/attention count ratio may miss mha_ffn_ratio by 20 %
 
 
 def sub_block_sizes(layer, adapter) -> tuple[int, int]:
@@ -31,12 +37,19 @@ def sub_block_sizes(layer, adapter) -> tuple[int, int]:
                  for paths in (feed_forward_paths(adapter), attention_paths(adapter)))
 
 
-def counts_for_rate(target: float, ffn_size: int, attention_size: int, num_layers: int) -> tuple[int, int]:
+def counts_for_rate(target: float, ffn_size: int, attention_size: int, num_layers: int,
+                    ffn_attention_ratio: float | None = None) -> tuple[int, int]:
     """(FFN blocks, attention blocks) to remove, attention only from FFN-removed candidates (m <= n < L)."""
     pairs = [(n, m) for n in range(1, num_layers) for m in range(n + 1)]
     if not pairs:
         raise ValueError("two_stage needs a model with at least 2 layers")
     error = {p: abs(p[0] * ffn_size + p[1] * attention_size - target) for p in pairs}
+    if ffn_attention_ratio is not None:
+        near = [(n, m) for n, m in pairs if m and abs(n / m - ffn_attention_ratio) <= RATIO_TOLERANCE * ffn_attention_ratio]
+        if not near:
+            raise ValueError(f"two_stage: no FFN/attention count pair within {RATIO_TOLERANCE:.0%} of "
+                             f"ffn_attention_ratio {ffn_attention_ratio} fits a model of {num_layers} layers")
+        return min(near, key=lambda p: (error[p], p[1], p[0]))
     tolerance = max(min(error.values()), attention_size / 2)
     return max((p for p in pairs if error[p] <= tolerance), key=lambda p: (p[0], -error[p], -p[1]))
 
@@ -52,6 +65,9 @@ class TwoStage(PruningMethod):
                low=0, high=1, low_open=True, high_open=True),
         Option("ffn_layers", int, "FFN sub-blocks to remove (instead of prune_rate)", low=1),
         Option("attention_layers", int, "attention sub-blocks to remove, among the FFN-removed layers", low=0),
+        Option("ffn_attention_ratio", float, "with prune_rate: FFN per attention blocks removed, within 20 % "
+                                             "(PP-LLMs' mha_ffn_ratio; default: counts from the real sizes alone)",
+               low=0, low_open=True),
     )
 
     def __init__(self, **values):
@@ -59,6 +75,8 @@ class TwoStage(PruningMethod):
         if self.prune_rate is not None:
             if self.ffn_layers is not None or self.attention_layers is not None:
                 raise MethodError("two_stage: give either prune_rate or ffn_layers/attention_layers, not both")
+        elif self.ffn_attention_ratio is not None:
+            raise MethodError("two_stage: ffn_attention_ratio applies to prune_rate, not to given counts")
         elif self.ffn_layers is None:
             raise MethodError("two_stage needs prune_rate= (fraction of parameters to remove) or ffn_layers= "
                               "[and attention_layers=]")
@@ -70,7 +88,8 @@ class TwoStage(PruningMethod):
 
     def options(self) -> dict:
         if self.prune_rate is not None:
-            return {"prune_rate": self.prune_rate}
+            ratio = {} if self.ffn_attention_ratio is None else {"ffn_attention_ratio": self.ffn_attention_ratio}
+            return {"prune_rate": self.prune_rate, **ratio}
         return {"ffn_layers": self.ffn_layers, "attention_layers": self.attention_layers}
 
     def check_config(self, config) -> None:
@@ -102,7 +121,10 @@ class TwoStage(PruningMethod):
             if target > (len(layers) - 1) * (ffn_size + attention_size):
                 raise MethodError(f"two_stage: prune_rate {self.prune_rate} asks for {target:.0f} of {total} parameters, "
                                   f"more than the sub-blocks of {len(layers) - 1} layers hold")
-            ffn, attention = counts_for_rate(target, ffn_size, attention_size, len(layers))
+            try:
+                ffn, attention = counts_for_rate(target, ffn_size, attention_size, len(layers), self.ffn_attention_ratio)
+            except ValueError as exc:
+                raise MethodError(str(exc)) from None
             facts["target_parameters"] = round(target)
         else:
             ffn, attention = self.ffn_layers, self.attention_layers
@@ -128,6 +150,8 @@ class TwoStage(PruningMethod):
         except SuffixLossError as exc:
             raise MethodError(f"two_stage: {exc}") from None
         before = numel(ctx.model)
+        log.info("two_stage: removing %d FFN and %d attention sub-blocks of %d layers (%s)", ffn_count,
+                 attention_count, len(layers), ", ".join(f"{k} {v}" for k, v in facts.items()))
 
         influence = {i: MeanDistance("cosine", "all") for i in range(len(layers))}
         dense = {}
@@ -144,6 +168,9 @@ class TwoStage(PruningMethod):
         engine.run(score, description="block influence")
         block_influence = {i: m.value for i, m in influence.items()}
         candidates = sorted(sorted(block_influence, key=lambda i: (block_influence[i], i))[:ffn_count])
+        log.info("two_stage: BI scores of all %d layers: %s", len(layers),
+                 ", ".join(f"{i}: {v:.6f}" for i, v in block_influence.items()))
+        log.info("two_stage: FFN removed from the %d lowest-BI layers (candidates): %s", ffn_count, candidates)
         ffn_removed = sum(remove_feed_forward(ctx.model, adapter, i) for i in candidates)
 
         rounds, attention_removed_params, mha_removed = [], 0, []
@@ -161,6 +188,9 @@ class TwoStage(PruningMethod):
             chosen = min(losses, key=lambda i: (losses[i], i))
             attention_removed_params += remove_attention(ctx.model, adapter, chosen)
             mha_removed.append(chosen)
+            log.info("two_stage: round %d/%d: calibration loss without each candidate's attention %s; removed "
+                     "layer %d's (loss %.4f)", round_index + 1, attention_count,
+                     ", ".join(f"{i}: {v:.4f}" for i, v in sorted(losses.items())), chosen, losses[chosen])
             rounds.append({"removed": chosen, "loss": losses[chosen],
                            "candidate_losses": {str(i): v for i, v in sorted(losses.items())}})
 

@@ -1,0 +1,97 @@
+"""run: a PruneGPT, Quark or PP-LLMs job file, as written, through the same library calls as `prune`."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ..data import CALIBRATION_SOURCES
+from ..jobs import FORMATS, load_job, run_job
+from .common import add_eval_arguments, add_overwrite_argument, add_runtime_arguments, positive_int, quiet_progress
+
+LOG_FORMAT = "%(asctime)s - %(levelname)s - %(message)s"
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "run", help="run a PruneGPT config.json, a Quark prune config or a PP-LLMs argument set",
+        description="Run JOB (.json, .yaml or .yml), a job file of PruneGPT (model_name, dataset, "
+                    "num_blocks_to_prune, pruning_method, ...), Quark (delete_layer_num, model_decoder_layers, "
+                    "layer_norm_field, ...) or PP-LLMs (prune_rate, mha_remove_layers, ffn_remove_layers, "
+                    "mha_ffn_ratio, ...), recognised by its keys. It runs as method depth (PruneGPT: "
+                    "angular/cosine; Quark: perplexity) or two_stage (PP-LLMs) and saves the model with "
+                    "prune.json as `prune` does. Unknown keys are refused. Scores, candidates and rounds are "
+                    "logged at INFO on stderr and in log_file. See config/jobs/ and config/README.md.")
+    parser.add_argument("job", metavar="JOB", help="the job file")
+    parser.add_argument("--format", choices=FORMATS, help="the job's system (default: recognised by its keys)")
+    parser.add_argument("--model", help="model spec, replacing the job's model_name (Quark files name none)")
+    parser.add_argument("--output-dir", help="where the pruned model goes, replacing PruneGPT's save_directory "
+                                             "(required for Quark and PP-LLMs files)")
+    add_overwrite_argument(parser, "output directory")
+    parser.add_argument("--calib", help=f"calibration data, replacing the job's dataset: {', '.join(CALIBRATION_SOURCES)} "
+                                        "or a .txt/.jsonl file (default: the job's; Quark: wikitext2-validation)")
+    parser.add_argument("--nsamples", type=positive_int,
+                        help="calibration windows (default: the job's nsamples; PruneGPT 100, Quark 128)")
+    parser.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration window (default: 2048)")
+    parser.add_argument("--seed", type=int, help="calibration sampling seed (default: the job's seed, else 0)")
+    parser.add_argument("--batch-size", type=positive_int,
+                        help="calibration windows per layer forward (default: PruneGPT's dataset.batch_size, else 8)")
+    add_eval_arguments(parser, seqlen_default=None)  # used when the job evaluates (calculate_ppl, eval_ppl)
+    parser.add_argument("--log-file", help="also log to this file (appended; default: the job's log_file)")
+    add_runtime_arguments(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    if args.quiet:
+        quiet_progress()
+    job = load_job(args.job, args.format)
+    logger = logging.getLogger("pruning")
+    level = logger.level
+    handlers = _log_handlers(args.log_file or job.log_file)
+    try:
+        report = run_job(job, model=args.model, output_dir=args.output_dir, calib=args.calib,
+                         nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, batch_size=args.batch_size,
+                         device=args.device, dtype=args.dtype, data_dir_path=args.data_dir,
+                         eval_dataset=args.dataset, eval_seqlen=args.eval_seqlen, max_windows=args.max_windows, overwrite=args.overwrite, progress=not args.quiet)
+    finally:
+        logger.setLevel(level)
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+    result = report["result"]
+    summary = {"format": job.format, "method": report["method"], "options": report["options"],
+               "parameters": report["parameters"], "prune_ratio_percent": result.get("prune_ratio_percent")}
+    for key in ("removed_layers", "ffn_removed_layers", "mha_removed_layers"):
+        if key in result:
+            summary[key] = result[key]
+    summary["evaluation"] = {k: round(v["ppl"], 4) for k, v in (report["evaluation"] or {}).items()}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+class _LogFile(logging.FileHandler):
+    """Appends to the log file, created with its folder at the first line (so a refused job writes none)."""
+
+    def _open(self):
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+
+def _log_handlers(log_file: str | None) -> list[logging.Handler]:
+    """INFO lines of the library (scores, candidates, rounds) on stderr, and appended to `log_file`."""
+    if log_file is not None:
+        path = Path(log_file)
+        if path.is_dir():
+            raise ValueError(f"log_file {log_file} is a directory")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        handlers.append(_LogFile(log_file, mode="a", encoding="utf-8", delay=True))
+    logger = logging.getLogger("pruning")
+    logger.setLevel(logging.INFO)
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logger.addHandler(handler)
+    return handlers
