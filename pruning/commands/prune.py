@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from ..api import prune
+from ..compressed import DENSE, SAVE_FORMAT_CHOICES
 from ..data import CALIBRATION_SOURCES
 from ..methods import available_methods
 from ..methods.catalog import summary
@@ -48,6 +49,10 @@ def add_parser(subparsers) -> None:
     add_recovery_arguments(parser)
     parser.add_argument("--output-dir", required=True, help="where the pruned model and prune.json go")
     add_overwrite_argument(parser, "output directory")
+    parser.add_argument("--save-format", default=DENSE, choices=SAVE_FORMAT_CHOICES,
+                        help="how the weights are stored: dense; sparse-bitmask (non-zeros + 1 bit per weight) or "
+                             "sparse-24-bitmask (2:4 models; needs --nm 2:4), the compressed-tensors layouts; auto: "
+                             "the smallest of the three (default: dense)")
     parser.add_argument("--calib", default="c4",
                         help=f"calibration data: {', '.join(CALIBRATION_SOURCES)} or a .txt/.jsonl file (default: c4)")
     parser.add_argument("--nsamples", type=int, default=128, help="calibration windows (default: 128)")
@@ -77,7 +82,7 @@ def run(args) -> int:
                    data_dir_path=args.data_dir, batch_size=args.batch_size, ignore=tuple(args.ignore),
                    evaluate=args.evaluate, eval_dataset=args.dataset, eval_seqlen=args.eval_seqlen,
                    eval_max_windows=args.max_windows, progress=not args.quiet, overwrite=args.overwrite,
-                   recovery=recovery_arguments(args), **arguments)
+                   recovery=recovery_arguments(args), save_format=args.save_format, **arguments)
     summary = {k: report[k] for k in ("method", "options", "parameters", "prune_seconds")}
     summary["total_sparsity"] = report["result"].get("total_sparsity")
     summary["prune_ratio_percent"] = report["result"].get("prune_ratio_percent")
