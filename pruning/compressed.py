@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -30,6 +32,7 @@ SAVE_FORMATS = (DENSE, BITMASK, SPARSE_24)  # how a checkpoint is stored (compre
 SAVE_FORMAT_CHOICES = (AUTO, *SAVE_FORMATS)  # what a user may ask for; auto: the smallest on disk
 CHECKPOINT = "checkpoint"  # prune.json's record of how the weights were saved: format, requested, bytes
 INDEX_NAME = "model.safetensors.index.json"
+_PARTS = ("shape", "compressed", "bitmask", "row_offsets")  # what a compressed weight is stored as
 _INTEGER_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
@@ -138,7 +141,7 @@ def plan(model: nn.Module, save_format: str) -> tuple[str, list[str], float]:
         return sum(s[fmt] if n in chosen[fmt] else s[DENSE] for n, s in sizes.items())
 
     if save_format == AUTO:
-        save_format = min((SPARSE_24, BITMASK, DENSE), key=lambda fmt: (total(fmt), fmt == DENSE))
+        save_format = min((DENSE, SPARSE_24, BITMASK), key=total)  # on a tie the first: dense, then 2:4
     if save_format != DENSE and not chosen[save_format]:
         if save_format == SPARSE_24:
             raise SaveFormatError(f"save format {SPARSE_24}: none of the {len(sizes)} linears is 2:4 sparse; "
@@ -215,20 +218,43 @@ def save_format_of(config: dict) -> str:
     return sparsity["format"]
 
 
-def load_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Every tensor of a compressed checkpoint, the compressed linears decompressed to their dense `.weight`."""
+def _read(file: Path, names: dict[str, str]) -> dict[str, torch.Tensor]:
     from safetensors import safe_open
 
-    tensors = {}
+    with safe_open(file, framework="pt") as handle:
+        return {key: handle.get_tensor(name) for key, name in names.items()}
+
+
+def dense_tensors(directory: str | os.PathLike) -> tuple[dict[str, list[int]], dict[str, Callable[[], torch.Tensor]]]:
+    """(name -> dense shape, name -> reader of the dense tensor) for every weight of a checkpoint, compressed or
+    not, under the names of the dense checkpoint; weight data is read only when a reader is called."""
+    from safetensors import safe_open
+
+    files = {}
     for file in sorted(Path(directory).glob("*.safetensors")):
         with safe_open(file, framework="pt") as handle:
-            tensors.update({name: handle.get_tensor(name) for name in handle.keys()})
-    modules = {name.removesuffix(".bitmask") for name in tensors if name.endswith(".bitmask")}
-    for module in modules:
-        parts = {part: tensors.pop(f"{module}.{part}") for part in ("shape", "compressed", "bitmask", "row_offsets")
-                 if f"{module}.{part}" in tensors}
-        tensors[f"{module}.weight"] = decompress(parts)
-    return tensors
+            files.update({name: (file, handle.get_slice(name).get_shape()) for name in handle.keys()})
+    modules = {name.removesuffix(".bitmask") for name in files if name.endswith(".bitmask")}
+    parts = {module: {part: f"{module}.{part}" for part in _PARTS if f"{module}.{part}" in files} for module in modules}
+    stored_parts = {name for names in parts.values() for name in names.values()}
+    shapes, readers = {}, {}
+    for name, (file, shape) in files.items():
+        if name not in stored_parts:
+            shapes[name], readers[name] = list(shape), partial(lambda f, n: _read(f, {n: n})[n], file, name)
+    for module, names in parts.items():
+        if len({files[name][0] for name in names.values()}) != 1 or set(names) < {"shape", "compressed", "bitmask"}:
+            raise SaveFormatError(f"{directory}: the stored parts of {module} ({', '.join(sorted(names))}) are "
+                                  "incomplete or split over files")
+        file = files[names["shape"]][0]
+        shapes[f"{module}.weight"] = _read(file, {"shape": names["shape"]})["shape"].flatten().tolist()
+        readers[f"{module}.weight"] = partial(lambda f, n: decompress(_read(f, n)), file, names)
+    return shapes, readers
+
+
+def load_state_dict(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint, compressed linears decompressed to their dense `.weight`."""
+    _, readers = dense_tensors(directory)
+    return {name: read() for name, read in readers.items()}
 
 
 def dense_config(directory: str | os.PathLike):
