@@ -20,9 +20,11 @@ import os
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where tensors are handled: the Snakefile's config check imports this module
+    import torch
+    from torch import nn
 
 DENSE = "dense"
 BITMASK = "sparse-bitmask"
@@ -33,7 +35,6 @@ SAVE_FORMAT_CHOICES = (AUTO, *SAVE_FORMATS)  # what a user may ask for; auto: th
 CHECKPOINT = "checkpoint"  # prune.json's record of how the weights were saved: format, requested, bytes
 INDEX_NAME = "model.safetensors.index.json"
 _PARTS = ("shape", "compressed", "bitmask", "row_offsets")  # what a compressed weight is stored as
-_INTEGER_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 class SaveFormatError(ValueError):
@@ -53,7 +54,10 @@ def check_request(save_format: str, nm: str | None) -> None:
 
 def _stored(weight: torch.Tensor) -> torch.Tensor:
     """Where a weight is stored: its bits are not all zero (-0.0 counts, so the round trip is bit-exact)."""
-    return weight.view(_INTEGER_VIEW[weight.element_size()]) != 0
+    import torch
+
+    integer = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[weight.element_size()]
+    return weight.view(integer) != 0
 
 
 def is_24(weight: torch.Tensor) -> bool:
@@ -64,6 +68,8 @@ def is_24(weight: torch.Tensor) -> bool:
 
 def _24_positions(weight: torch.Tensor) -> torch.Tensor:
     """Exactly 2 positions in every group of 4: the stored ones, topped up with the first zeros of the group."""
+    import torch
+
     stored = _stored(weight).view(-1, 4)
     missing = 2 - stored.sum(-1, keepdim=True)
     zeros = ~stored
@@ -86,6 +92,7 @@ def compressed_bytes(weight: torch.Tensor, save_format: str) -> int | None:
 
 def compress(weight: torch.Tensor, save_format: str) -> dict[str, torch.Tensor]:
     """The tensors that store `weight` (names local to its module: compressed, bitmask, shape[, row_offsets])."""
+    import torch
     from compressed_tensors.utils import pack_bitmasks
 
     weight = weight.detach().cpu().contiguous()
@@ -106,6 +113,7 @@ def compress(weight: torch.Tensor, save_format: str) -> dict[str, torch.Tensor]:
 
 def decompress(parts: dict[str, torch.Tensor]) -> torch.Tensor:
     """The dense weight from its stored tensors (either layout)."""
+    import torch
     from compressed_tensors.utils import unpack_bitmasks
 
     shape = parts["shape"].flatten().tolist()
@@ -119,6 +127,8 @@ def decompress(parts: dict[str, torch.Tensor]) -> torch.Tensor:
 def _linear_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """Module name -> weight of every linear that may be compressed: all but the output head (kept dense, as
     compressed-tensors' users do) and weights shared with another module (tied embeddings)."""
+    from torch import nn
+
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     shared = {id(p) for name, m in model.named_modules() if not isinstance(m, nn.Linear) for p in m.parameters(False)}
     return {name: module.weight for name, module in model.named_modules()
@@ -129,6 +139,8 @@ def plan(model: nn.Module, save_format: str) -> tuple[str, list[str], float]:
     """(format, names of the linears it compresses, zero fraction of the linears). auto picks the smallest on disk
     of the three formats; sparse-bitmask compresses the linears it shrinks, sparse-24-bitmask those that are 2:4
     (others, such as --ignore'd ones, stay dense)."""
+    import torch
+
     weights = _linear_weights(model)
     with torch.no_grad():
         sizes = {name: {fmt: compressed_bytes(w, fmt) for fmt in SAVE_FORMATS} for name, w in weights.items()}
