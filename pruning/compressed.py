@@ -4,10 +4,11 @@ A pruned model saved dense keeps its zeros on disk. These layouts store, for eac
 non-zero values (`X.compressed`), a packed bitmask of where they go (`X.bitmask`, one bit per weight), the dense
 shape (`X.shape`) and, for the bitmask layout, where each row starts in the values (`X.row_offsets`); config.json
 names the layout under `quantization_config.sparsity_config`. Tensor names, shapes and config are those of the
-compressed-tensors compressors that introduced them (BitmaskCompressor, Sparse24BitMaskCompressor), so
-compressed-tensors <= 0.14 (transformers 4) and the vLLM releases that read them load these files. compressed-tensors
->= 0.15, the first that works with transformers 5, dropped both compressors but keeps their config classes and the
-bit packing, which this module uses; writing and reading the tensors is done here.
+compressed-tensors compressors that introduced them (BitmaskCompressor, Sparse24BitMaskCompressor): those of
+compressed-tensors 0.14 (which needs transformers 4) decompress these files to the same bits and compress the dense
+weights to the same tensors. compressed-tensors >= 0.15, the first that works with transformers 5, dropped both
+compressors but keeps their config classes and the bit packing, which this module uses; writing and reading the
+tensors is done here, and transformers 5 alone does not read these files (it leaves the linears uninitialised).
 
 Round trip is exact: a weight is stored where its bits are non-zero (so -0.0 is kept, not turned into 0.0), and
 `load_state_dict` gives back the dense tensors bit for bit. Everything but the compressed linears (embeddings, norms,
