@@ -13,6 +13,7 @@ import torch
 
 from . import checks
 from .adapters import get_adapter, refuse_unsupported_on_moe
+from .compressed import DENSE, check_request as check_save_request
 from .data import calibration_windows, check_calibration_source, check_evaluation_dataset, data_dir
 from .evaluation.perplexity import perplexity
 from .methods import PruneContext, PruningMethod, build_method
@@ -34,12 +35,14 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
           data_dir_path: str | None = None, batch_size: int = 8, ignore: tuple[str, ...] = (),
           evaluate: bool = False, eval_dataset: str = "wikitext2", eval_seqlen: int | None = None,
           eval_max_windows: int | None = None, progress: bool = True, overwrite: bool = False,
-          recovery: dict | None = None, **method_arguments) -> dict:
+          recovery: dict | None = None, save_format: str = DENSE, **method_arguments) -> dict:
     """Prune `model` (any zoo spec) with `method` and save the result plus prune.json in `output_dir`.
 
     `recovery` ({steps, rank, alpha, lr, batch_size, seqlen, data, heldout_windows}; pruning/recovery.py) adds
-    LoRA recovery fine-tuning after the method when its steps are > 0."""
+    LoRA recovery fine-tuning after the method when its steps are > 0. `save_format` (dense, sparse-bitmask,
+    sparse-24-bitmask, auto; pruning/compressed.py) is how the weights are stored."""
     measurement = Measurement(model)
+    check_save_request(save_format, method_arguments.get("nm"))
     checks.positive({"batch_size": batch_size})
     recovery_settings = RecoverySettings.parse(recovery)
     instance = method if isinstance(method, PruningMethod) else build_method(method, **method_arguments)
@@ -121,7 +124,7 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
         "peak_cuda_mb": round(torch.cuda.max_memory_allocated(compute) / 2**20, 1) if compute.type == "cuda" else None,
     }
     report = measurement.finish(report, peak_rss=True)
-    save_model(net, tokenizer, output_dir, report, overwrite=overwrite)
+    save_model(net, tokenizer, output_dir, report, overwrite=overwrite, save_format=save_format)
     return report
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import checks
+from . import checks, compressed
 from .checks import ModelLoadError
 from .heterogeneous import is_heterogeneous, record_layer_shapes  # also registers the format with transformers
 from .io import PRUNE_REPORT, atomic_directory, atomic_write_json
@@ -34,14 +34,22 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def load_model(path: str | os.PathLike, dtype: str = "float32", device: str = "cpu"):
     """(model, tokenizer) from a local directory, homogeneous or heterogeneous (pruning/heterogeneous.py),
-    in eval mode. Files are checked first (config, safetensors headers, shapes), and what the loaders still
-    raise becomes one line naming the file."""
+    in eval mode; sparse checkpoints (pruning/compressed.py) are decompressed to their dense weights. Files are
+    checked first (config, safetensors headers, shapes), and what the loaders still raise becomes one line naming
+    the file."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
-    heterogeneous = is_heterogeneous(checks.model_files(path))
+    config = checks.model_files(path)
+    heterogeneous = is_heterogeneous(config)
+    loader, source, stored = AutoModelForCausalLM, path, {}
     with checks.model_read_errors(path):
-        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype), output_loading_info=True)
+        if compressed.save_format_of(config) != compressed.DENSE:  # weights from the decompressed state dict
+            from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+            stored = {"config": compressed.dense_config(path), "state_dict": compressed.load_state_dict(path)}
+            loader, source = MODEL_FOR_CAUSAL_LM_MAPPING[type(stored["config"])], None
+        model, info = loader.from_pretrained(source, dtype=torch_dtype(dtype), output_loading_info=True, **stored)
         tokenizer = AutoTokenizer.from_pretrained(path)
     if heterogeneous and (info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"]):
         raise ModelLoadError(f"{path}: weights do not fit the recorded layer structure (missing "
@@ -64,15 +72,22 @@ def parameter_counts(model: nn.Module) -> dict:
 
 
 def save_model(model: nn.Module, tokenizer, dest: str | os.PathLike, report: dict | None = None,
-               report_name: str = PRUNE_REPORT, overwrite: bool = False) -> Path:
+               report_name: str = PRUNE_REPORT, overwrite: bool = False, save_format: str = compressed.DENSE) -> Path:
     """Write a reloadable Hugging Face directory (safetensors) and its report, atomically; models with unequal
-    layers get the heterogeneous record in their config first."""
+    layers get the heterogeneous record in their config first. `save_format` (compressed.SAVE_FORMAT_CHOICES)
+    stores the zeros of sparse linears compactly; the report gets its `checkpoint` record (format, bytes)."""
     dest = Path(dest)
+    chosen, targets, global_sparsity = compressed.plan(model, save_format)
     record_layer_shapes(model)
     with atomic_directory(dest, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
+        if chosen != compressed.DENSE:
+            compressed.compress_directory(tmp, chosen, targets, global_sparsity)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if report is not None:
+            report[compressed.CHECKPOINT] = {
+                "format": chosen, "requested": save_format, "compressed_linears": len(targets),
+                "safetensors_bytes": sum(f.stat().st_size for f in tmp.glob("*.safetensors"))}
             atomic_write_json(tmp / report_name, report)
     return dest

@@ -27,7 +27,7 @@ from pruning.tables.common import fmt_bytes
 MODEL = "stories260K"
 EVAL = dict(dataset="wikitext2", seqlen=128, max_windows=4, device="cpu", data_dir_path=str(DATA_DIR))
 PRUNED = [  # (grid entry, ratio token, library method, arguments)
-    ("wanda", "s0.50", "wanda", dict(sparsity=0.5)),
+    ("wanda", "s0.50", "wanda", dict(sparsity=0.5, save_format="sparse-bitmask")),
     ("depth-angular", "L1", "depth", dict(num_blocks=1, criterion="angular")),
     ("depth-angular", "L2", "depth", dict(num_blocks=2, criterion="angular")),
     ("depth-cosine", "L1", "depth", dict(num_blocks=1, criterion="cosine")),
@@ -239,6 +239,16 @@ def test_summary_sizes_and_quality(results):
     assert rows[("layers", "40%")][bytes_column] == f"{1 - layers['parameters.total'] / dense['parameters.total']:.1%}"
     change = layers["ppl"] - dense["ppl"]
     assert rows[("layers", "40%")][header.index("quality change (PPL)")] == f"{change:+.2f} ({change / dense['ppl']:+.1%})"
+    # the checkpoint as prune saved it: the bitmask layout stores the 50 % zeros as bits
+    stored = read(results / "results" / "metrics" / MODEL / "wanda" / "s0.50" / "prune.json")["checkpoint"]
+    dense_bytes = dense["parameters.total"] * 4
+    assert rows[("wanda", "50%")][header.index("checkpoint on disk")] == \
+        f"{fmt_bytes(stored['safetensors_bytes'])} sparse-bitmask ({1 - stored['safetensors_bytes'] / dense_bytes:.1%} smaller)"
+    assert stored["safetensors_bytes"] < 0.7 * dense_bytes
+    removed = read(results / "results" / "metrics" / MODEL / "layers" / "f0.40" / "prune.json")["checkpoint"]
+    assert removed["format"] == "dense" and rows[("layers", "40%")][header.index("checkpoint on disk")] == \
+        f"{fmt_bytes(removed['safetensors_bytes'])} dense ({1 - removed['safetensors_bytes'] / dense_bytes:.1%} smaller)"
+    assert next(r for (m, _), r in rows.items() if m == "dense")[header.index("checkpoint on disk")] == "—"
     assert "speed change (prefill / decode)" not in header  # no speed.json yet
 
 

@@ -184,6 +184,23 @@ def test_optional_evaluations_join_the_grid(tmp_path):
 
 
 
+def test_save_format_reaches_the_prune_commands(tmp_path):
+    """save_format: the top-level value for every row, a method entry's own value over it; dense adds no flag."""
+    config = copy.deepcopy(TINY_CONFIG)
+    config["save_format"] = "sparse-bitmask"
+    config["methods"]["wanda"]["save_format"] = "auto"
+    config["methods"]["wanda24"] = {"method": "wanda", "ratios": {"nm": ["2:4"]}, "save_format": "sparse-24-bitmask"}
+    config["methods"]["magnitude"]["save_format"] = "dense"
+    result = snakemake(tmp_path, "-n", "--cores", "1", "-p", config=config)
+    assert result.returncode == 0, result.stderr[-2000:]
+    formats = {}
+    for command in (c for c in pruning_commands(result.stdout) if c[0] == "prune"):
+        method = command[command.index("--output-dir") + 1].split("/")[-2]
+        formats.setdefault(method, set()).add(command[command.index("--save-format") + 1]
+                                              if "--save-format" in command else None)
+    assert formats == {"magnitude": {None}, "wanda": {"auto"}, "wanda24": {"sparse-24-bitmask"}}
+
+
 def test_per_task_shots_and_the_tables_and_plots_they_add(tmp_path):
     """zeroshot.num_fewshot as a map task -> shots (PruneGPT's): each task's jobs get its own shots, a task the
     map leaves out runs 0-shot; zero-shot and speed add the downstream table and the zero-shot/speed plot."""
@@ -267,6 +284,9 @@ BAD_CONFIGS = {
     "method named dense": (lambda c: c["methods"].update(dense={"method": "magnitude", "ratios": {"sparsity": [0.5]}}),
                            "config.methods: 'dense' should not be valid"),
     "bad device": (lambda c: c.update(device="tpu"), "config.device: 'tpu' does not match"),
+    "2:4 layout on an unstructured row": (lambda c: c.update(save_format="sparse-24-bitmask"),
+                                          "config.methods.magnitude.ratios.sparsity[0]: save format sparse-24-bitmask "
+                                          "stores 2:4 sparsity only"),
     # what only the library knows, asked before any job (each of these used to fail inside the job); a
     # pattern where the wording is the library's (its option declarations) and only the key and value matter
     "unknown method option": (lambda c: c["methods"]["magnitude"].update(options={"bogus": 1}),

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from ..api import prune
+from ..compressed import DENSE, SAVE_FORMAT_CHOICES
 from ..data import CALIBRATION_SOURCES
 from ..methods import available_methods
 from ..methods.catalog import summary
@@ -67,6 +68,10 @@ def add_parser(subparsers) -> None:
                                              f"{OUTPUT_PARENT}/NAME-METHOD_pruned, NAME the model's last path "
                                              f"component, METHOD distill for {DISTILLATION})")
     add_overwrite_argument(parser, "output directory")
+    parser.add_argument("--save-format", default=DENSE, choices=SAVE_FORMAT_CHOICES,
+                        help="how the weights are stored: dense; sparse-bitmask (non-zeros + 1 bit per weight) or "
+                             "sparse-24-bitmask (2:4 models; needs --nm 2:4), the compressed-tensors layouts; auto: "
+                             "the smallest of the three (default: dense)")
     parser.add_argument("--calib", default="c4",
                         help=f"calibration data: {', '.join(CALIBRATION_SOURCES)} or a .txt/.jsonl file (default: c4)")
     parser.add_argument("--nsamples", type=int, default=128, help="calibration windows (default: 128)")
@@ -100,7 +105,7 @@ def run(args) -> int:
                    data_dir_path=args.data_dir, batch_size=args.batch_size, ignore=tuple(args.ignore),
                    evaluate=args.evaluate, eval_dataset=args.dataset, eval_seqlen=args.eval_seqlen,
                    eval_max_windows=args.max_windows, progress=not args.quiet, overwrite=args.overwrite,
-                   recovery=recovery_arguments(args), **arguments)
+                   recovery=recovery_arguments(args), save_format=args.save_format, **arguments)
     summary = {"output_dir": str(output_dir), **{k: report[k] for k in ("method", "options", "parameters", "prune_seconds")}}
     summary["total_sparsity"] = report["result"].get("total_sparsity")
     summary["prune_ratio_percent"] = report["result"].get("prune_ratio_percent")

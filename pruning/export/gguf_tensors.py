@@ -37,6 +37,7 @@ import gguf
 from gguf import GGMLQuantizationType as QType
 from gguf import LlamaFileType, MODEL_ARCH, MODEL_TENSOR
 
+from .. import compressed
 from .. import heterogeneous as heterogeneous_format
 from ..heterogeneous import LayerShape
 from .gguf_families import FAMILIES, GGUFFamily, supported_model_types
@@ -220,8 +221,14 @@ def plan_export(model_dir: str | os.PathLike, outtype: str = "f16") -> ExportPla
         raise ExportError(f"heterogeneous {model_type} models cannot be exported: llama.cpp's deci architecture "
                           f"covers {', '.join(t for t, f in FAMILIES.items() if f.deci_base)}")
     arch = MODEL_ARCH.DECI if heterogeneous else family.arch
-    files = _weight_files(model_dir)
-    shapes = _tensor_shapes(files)
+    if compressed.save_format_of(config) == compressed.DENSE:
+        files = _weight_files(model_dir)
+        shapes = _tensor_shapes(files)
+        readers = {name: _loader(files[name], name) for name in shapes}
+    else:  # a sparse checkpoint: the dense tensors, decompressed when written
+        shapes, sparse_readers = compressed.dense_tensors(model_dir)
+        shapes = {name: tuple(shape) for name, shape in shapes.items()}
+        readers = {name: (lambda read=read: read().float().numpy()) for name, read in sparse_readers.items()}
     vocab = describe_vocabulary(model_dir)
     rope = rope_settings(config)
     try:
@@ -275,7 +282,7 @@ def plan_export(model_dir: str | os.PathLike, outtype: str = "f16") -> ExportPla
                     or (kind in _ATTENTION_TENSORS and layer.heads == 0) or (kind in _FFN_TENSORS and layer.ffn == 0):
                 continue
             name = name.replace(f"blk.{old}.", f"blk.{new_index[old]}.", 1)
-        load = _loader(files[source], source)
+        load = readers[source]
         if family.conv1d and len(shape) == 2 and block:
             load, shape = _transposed(load), (shape[1], shape[0])
         _check_shape(kind, name, shape, layer, hyper, family, model_type)

@@ -9,6 +9,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from ..compressed import CHECKPOINT
 from ..results import Results, ordered_unique
 
 ZEROSHOT_METRIC = "acc"
@@ -23,6 +24,7 @@ PRUNED = ["method", "parameters.before.total", "parameters.before.nonzero", "par
           "parameters.after.nonzero", *CALIBRATION]
 REMOVED = ["result.prune_ratio_percent", "result.removed_layers", "result.mha_removed_layers",
            "result.ffn_removed_layers"]
+STORED = [f"{CHECKPOINT}.format", f"{CHECKPOINT}.safetensors_bytes"]  # how prune saved the weights (prune.json)
 SPEED = ["hf.prefill_tokens_per_s", "hf.decode_tokens_per_s"]
 ZEROSHOT = [f"metrics.{ZEROSHOT_METRIC}.value", f"metrics.{ZEROSHOT_METRIC}.stderr", "n_docs", "limit", "num_fewshot"]
 GGUF = ["gguf.bytes", "ppl", "reference.ppl", "load_seconds", "dataset", "split", "seqlen",

@@ -9,7 +9,7 @@ import pandas as pd
 from ..grid import DENSE_METHOD, DEPTH_METHOD, LAYER_REMOVAL_METHODS, MASK_KINDS, TWO_STAGE_METHOD
 from ..methods.depth import CRITERION_LABELS
 from ..results import Results, ordered_unique
-from .common import (CALIBRATION, DTYPE_BYTES, MISSING, PPL, PRUNED, REMOVED, SPEED, Table, _parameters, _table,
+from .common import (CALIBRATION, DTYPE_BYTES, MISSING, PPL, PRUNED, REMOVED, SPEED, STORED, Table, _parameters, _table,
                      caption, fmt_bytes, fmt_change, fmt_count, fmt_percent_change, fmt_ppl, fmt_reduction,
                      deleted_layers)
 
@@ -21,7 +21,7 @@ def summary_table(results: Results, notes=None) -> Table:
     ids = results.ids()
     ids.sort(key=lambda run: models.index(results.runs.model[run]))  # grouped by model, order kept within
     with_speed = bool(results.has("speed").any())
-    rows, wide = results.wide(ids, ppl=PPL, prune=[*PRUNED, "dtype", "prune_seconds"], speed=SPEED)
+    rows, wide = results.wide(ids, ppl=PPL, prune=[*PRUNED, "dtype", "prune_seconds", *STORED], speed=SPEED)
     dense = results.dense()
     display = []
     for run in ids:
@@ -40,7 +40,8 @@ def summary_table(results: Results, notes=None) -> Table:
                "non-zero": fmt_count(nonzero),
                "size reduction (non-zero params)": MISSING if is_reference else fmt_reduction(nonzero, ref_nonzero),
                "weights (dense storage)": fmt_bytes(size),
-               "size reduction (bytes)": MISSING if is_reference else fmt_reduction(size, ref_size)}
+               "size reduction (bytes)": MISSING if is_reference else fmt_reduction(size, ref_size),
+               "checkpoint on disk": _stored(w["prune", STORED[1]], w["prune", STORED[0]], ref_size)}
         if with_speed:
             ref_speed = wide.loc[reference, "speed"] if reference is not None else pd.Series(dtype=object)
             prefill, decode = (fmt_percent_change(w["speed", f"hf.{m}"], ref_speed.get(f"hf.{m}"))
@@ -52,10 +53,20 @@ def summary_table(results: Results, notes=None) -> Table:
         display.append(row)
     extra = ("Size reduction: non-zero parameters, and bytes of the weights stored densely (parameters × dtype "
              "size, as in safetensors, so unstructured and N:M zeros do not shrink them), against the dense model; "
-             "quality change: PPL against the dense model.")
+             "checkpoint on disk: the safetensors bytes prune wrote, in its save format (sparse-bitmask, "
+             "sparse-24-bitmask: non-zero values and one bit per weight), and their reduction against the dense "
+             "model's weights; quality change: PPL against the dense model.")
     if with_speed:
         extra += " Speed: Hugging Face prefill / decode tokens/s at batch 1 against the dense model (speed.json)."
     return _table("summary", "Performance impact per run", caption(results, results.ids(), notes, extra), display, rows)
+
+
+def _stored(size: int | None, save_format: str | None, ref_size: int | None) -> str:
+    """`655.4 kB sparse-bitmask (37.3% smaller)`: bytes on disk, format, reduction against the dense weights;
+    MISSING where prune.json has no record (written before save formats)."""
+    if size is None:
+        return MISSING
+    return f"{fmt_bytes(size)} {save_format}" + (f" ({fmt_reduction(size, ref_size)} smaller)" if ref_size else "")
 
 
 def sparsity_table(results: Results, model: str, notes=None) -> Table | None:

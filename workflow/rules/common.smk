@@ -234,10 +234,12 @@ def _recovery_arguments(entry: dict) -> dict:
     return recovery
 
 
-def _method_errors(methods: dict, specs: dict, configs: dict) -> list[str]:
+def _method_errors(methods: dict, specs: dict, configs: dict, save_format: str) -> list[str]:
     """Each method entry built with each of its ratios by the library's option declarations, as `python -m
     pruning prune` builds it (unknown options, bad values such as N >= M; no torch); entries whose plan needs
-    only a layer count (depth, layers) also planned against each model's layer count."""
+    only a layer count (depth, layers) also planned against each model's layer count; each row's save format
+    checked against its ratio (sparse-24-bitmask needs nm 2:4)."""
+    from pruning.compressed import check_request as check_save_request
     from pruning.methods import build_method
     from pruning.methods.finetuning import RecoverySettings
 
@@ -253,6 +255,10 @@ def _method_errors(methods: dict, specs: dict, configs: dict) -> list[str]:
         for kind, index, value in ratios:
             ratio = {kind: value} if kind else {}
             where = f"config.methods.{name}" + (f".ratios.{kind}[{index}]" if kind else "")
+            try:
+                check_save_request(entry.get("save_format", save_format), value if kind == "nm" else options.get("nm"))
+            except ValueError as exc:
+                errors.append(f"{where}: {exc}")
             try:
                 instance = build_method(method, **options, **ratio)
             except (ValueError, TypeError) as exc:
@@ -397,7 +403,8 @@ def _library_errors(cfg: dict) -> list[str]:
     specs = model_specs(cfg["models"])
     data_dir = str(_resolve_path(cfg["data_dir"])) if cfg["data_dir"] else None
     configs = {name: _model_config(name, spec) for name, spec in specs.items()}
-    errors = [*_spec_errors(specs), *_method_errors(cfg["methods"], specs, configs), *_length_errors(cfg, configs),
+    errors = [*_spec_errors(specs), *_method_errors(cfg["methods"], specs, configs, cfg["save_format"]),
+              *_length_errors(cfg, configs),
               *_data_errors(cfg["protocol"], cfg["protocols"][cfg["protocol"]]),
               *_task_errors(cfg["zeroshot"]["tasks"], data_dir), *_llama_cpp_errors(cfg),
               *_device_errors(cfg["device"])]
@@ -536,6 +543,9 @@ def prune_arguments(wildcards) -> str:
         args += ["--option", f"{key}={json.dumps(value)}"]
     for key, value in _recovery_arguments(entry).items():
         args += [f"--recover-{key.replace('_', '-')}", value]
+    save_format = entry.get("save_format", config["save_format"])
+    if save_format != "dense":  # the default: rows saved dense keep the command (and results) they had
+        args += ["--save-format", save_format]
     return _quote(args)
 
 
