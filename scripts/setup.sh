@@ -16,8 +16,9 @@ PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==${TORCH_VERSION}"
-# One editable install with both extras: a second, non-editable `pip install ".[llamacpp]"` would replace the
+# One editable install with the extras (bnb: bitsandbytes, for 4-bit scoring of PruneGPT job files): a second,
+# non-editable `pip install ".[llamacpp]"` would replace the
 # editable project with a copy of today's checkout.
 .venv/bin/python -c "import llama_cpp" 2>/dev/null || echo "building llama-cpp-python from source (several minutes)..."
-CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" .venv/bin/python -m pip install -q -e ".[test,llamacpp]"
+CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" .venv/bin/python -m pip install -q -e ".[test,llamacpp,bnb]"
 .venv/bin/python -c "import torch, transformers, llama_cpp, pruning; print('ready: torch', torch.__version__, '| transformers', transformers.__version__, '| llama-cpp-python', llama_cpp.__version__, '| pruning', pruning.__version__)"
