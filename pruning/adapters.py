@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -134,22 +134,15 @@ _LLAMA = ArchitectureAdapter(
     sliceable_model_types=("llama", "mistral", "qwen2", "qwen3", "gemma"),
 )
 
-_GEMMA2 = ArchitectureAdapter(
+_GEMMA2 = replace(  # Gemma-2/3: the Llama layout plus a norm after each sub-block; the FFN reads its own pre-norm
+    _LLAMA,
     family="gemma2",
     model_types=("gemma2", "gemma3_text"),
-    layers="model.layers",
-    embeddings=("model.embed_tokens",),
-    final_norm="model.norm",
-    lm_head="lm_head",
-    attention="self_attn",
-    attention_projections=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
-    mlp="mlp",
-    mlp_projections=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
     norms=("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"),
-    attention_norm="input_layernorm",
     mlp_norm="pre_feedforward_layernorm",
     attention_post_norm="post_attention_layernorm",
     mlp_post_norm="post_feedforward_layernorm",
+    sliceable_model_types=(),
 )
 
 _OPT = ArchitectureAdapter(
