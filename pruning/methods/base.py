@@ -104,19 +104,23 @@ class PruningMethod:
 
     def check_config(self, config: dict) -> None:
         """Refuse, from the model's config.json alone (before its weights are loaded), what this model makes
-        impossible."""
+        impossible; a composite asks each method it runs."""
+        for step in self.steps():
+            step.check_config(config)
 
     def check_model(self, ctx: PruneContext) -> None:
         """Refuse, before any calibration or evaluation, what this model makes impossible."""
 
-    def method_names(self) -> set[str]:
-        """This method's name and those of the methods it runs (composites), for refusals made before loading."""
-        names = {self.name}
+    def steps(self):
+        """The methods this one runs (a composite's stages, a distillation's base method), in attribute order."""
         for value in vars(self).values():
             for item in value if isinstance(value, (list, tuple)) else (value,):
                 if isinstance(item, PruningMethod):
-                    names |= item.method_names()
-        return names
+                    yield item
+
+    def method_names(self) -> set[str]:
+        """This method's name and those of the methods it runs (composites), for refusals made before loading."""
+        return {self.name}.union(*(step.method_names() for step in self.steps()))
 
     def prune(self, ctx: PruneContext) -> dict:
         raise NotImplementedError
