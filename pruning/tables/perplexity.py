@@ -62,11 +62,13 @@ def summary_table(results: Results, notes=None) -> Table:
 
 
 def _stored(size: int | None, save_format: str | None, ref_size: int | None) -> str:
-    """`655.4 kB sparse-bitmask (37.3% smaller)`: bytes on disk, format, reduction against the dense weights;
+    """`655.4 kB sparse-bitmask (37.3% smaller)`: bytes on disk, format, reduction against the dense weights
+    (only where there is one: a mask-pruned model stored dense is as large, give or take its header);
     MISSING where prune.json has no record (written before save formats)."""
     if size is None:
         return MISSING
-    return f"{fmt_bytes(size)} {save_format}" + (f" ({fmt_reduction(size, ref_size)} smaller)" if ref_size else "")
+    smaller = ref_size and size < ref_size
+    return f"{fmt_bytes(size)} {save_format}" + (f" ({fmt_reduction(size, ref_size)} smaller)" if smaller else "")
 
 
 def sparsity_table(results: Results, model: str, notes=None) -> Table | None:
