@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 from torch import nn
@@ -324,20 +324,12 @@ class MoEAdapter(ArchitectureAdapter):
         config.decoder_sparse_step = 1
 
 
-_MOE = MoEAdapter(
+_MOE = replace(  # the Llama layout, its MLP a routed mixture of experts
+    MoEAdapter(**{f.name: getattr(_LLAMA, f.name) for f in fields(ArchitectureAdapter)}),
     family="moe",
     model_types=("mixtral", "qwen2_moe", "qwen3_moe"),
-    layers="model.layers",
-    embeddings=("model.embed_tokens",),
-    final_norm="model.norm",
-    lm_head="lm_head",
-    attention="self_attn",
-    attention_projections=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
-    mlp="mlp",
     mlp_projections=(),  # experts are fused 3-D parameters, not per-projection modules
-    norms=("input_layernorm", "post_attention_layernorm"),
-    attention_norm="input_layernorm",
-    mlp_norm="post_attention_layernorm",
+    sliceable_model_types=(),
     routers=("mlp.gate", "mlp.shared_expert_gate"),
 )
 MOE_MODEL_TYPES = _MOE.model_types

@@ -14,7 +14,7 @@ import torch
 from . import checks
 from .adapters import get_adapter, refuse_unsupported_on_moe
 from .compressed import DENSE, check_request as check_save_request
-from .data import calibration_windows, check_calibration_source, check_evaluation_dataset, data_dir
+from .data import CalibrationCache, check_calibration_source, check_evaluation_dataset, data_dir
 from .evaluation.perplexity import perplexity
 from .methods import PruneContext, PruningMethod, build_method
 from .methods.finetuning import RECOVERY, RecoverySettings
@@ -71,13 +71,7 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
     net, tokenizer = load_model(measurement.resolve(path), dtype=dtype, device="cpu")
     adapter = get_adapter(net)
     torch.manual_seed(seed)
-    calibration_cache: dict = {}
-
-    def calibration():
-        if "windows" not in calibration_cache:
-            windows, protocol = calibration_windows(tokenizer, calib, nsamples, seqlen, seed, data_dir_path)
-            calibration_cache["windows"], calibration_cache["protocol"] = windows, protocol.as_dict()
-        return calibration_cache["windows"], calibration_cache["protocol"]
+    calibration = CalibrationCache(tokenizer, calib, nsamples, seqlen, seed, data_dir_path)
 
     ctx = PruneContext(model=net, tokenizer=tokenizer, adapter=adapter, device=compute, calibration=calibration,
                        seed=seed, batch_size=batch_size, progress=progress, ignore=tuple(ignore),
@@ -110,7 +104,7 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
     report = {
         "method": instance.name,
         "options": instance.options(),
-        "calibration": calibration_cache.get("protocol"),
+        "calibration": calibration.protocol,
         "seed": seed,
         RUN_ID: uuid.uuid4().hex,  # tells two prunes with identical settings apart
         "device": str(compute),

@@ -191,6 +191,23 @@ def calibration_windows(tokenizer, source: str, nsamples: int, seqlen: int, seed
     return torch.tensor(windows, dtype=torch.long), protocol
 
 
+class CalibrationCache:
+    """The calibration windows of one prune, cut at the first method that asks and shared after (a chain of
+    steps, a composite's stages); `protocol` is None until then, so a run without calibration records none."""
+
+    def __init__(self, tokenizer, source: str, nsamples: int, seqlen: int, seed: int = 0, data_root=None):
+        self._arguments = (tokenizer, source, nsamples, seqlen, seed, data_root)
+        self._windows = None
+        self.protocol: dict | None = None
+
+    def __call__(self):
+        """(windows, protocol) as `calibration_windows` gives them, the protocol as a dict."""
+        if self._windows is None:
+            self._windows, protocol = calibration_windows(*self._arguments)
+            self.protocol = protocol.as_dict()
+        return self._windows, self.protocol
+
+
 def _wikitext_rows(root: Path, split: str) -> str:
     raw = _local_file(root, WIKITEXT_LOCAL[split]).read_text(encoding="utf-8")
     rows = [line if line.strip() else "" for line in raw.splitlines(True)]

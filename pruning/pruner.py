@@ -23,7 +23,7 @@ from torch import nn
 
 from . import checks
 from .adapters import get_adapter
-from .data import (WIKITEXT_LOCAL, DataError, calibration_windows, check_calibration_source, check_evaluation_dataset,
+from .data import (WIKITEXT_LOCAL, CalibrationCache, DataError, check_calibration_source, check_evaluation_dataset,
                    data_dir)
 from .evaluation.perplexity import perplexity
 from .io import RUN_ID
@@ -88,7 +88,7 @@ class Pruner:
         self.numel_before = numel(self.model)
         self.steps: list[dict] = []
         self.evaluations: list[dict] = []
-        self._calibration: dict = {}
+        self.calibration = CalibrationCache(self.tokenizer, calib, nsamples, seqlen, seed, data_dir_path)
         torch.manual_seed(seed)
 
     # ------------------------------------------------------------------------------------------- steps
@@ -176,7 +176,7 @@ class Pruner:
         report = {
             "method": PRUNER_METHOD,
             "options": {"steps": [{"method": step["method"], **step["options"]} for step in self.steps]},
-            "calibration": self._calibration.get("protocol"),
+            "calibration": self.calibration.protocol,
             "seed": self.seed,
             RUN_ID: uuid.uuid4().hex,
             "device": str(self.device),
@@ -193,14 +193,6 @@ class Pruner:
         return save_model(self.model, self.tokenizer, dest, report, overwrite=overwrite)
 
     # ----------------------------------------------------------------------------------------- helpers
-
-    def calibration(self):
-        """(windows, protocol) of the calibration text, sampled once and shared by every step."""
-        if "windows" not in self._calibration:
-            windows, protocol = calibration_windows(self.tokenizer, self.calib, self.nsamples, self.seqlen, self.seed,
-                                                    self.data_dir)
-            self._calibration.update(windows=windows, protocol=protocol.as_dict())
-        return self._calibration["windows"], self._calibration["protocol"]
 
     def _step(self, method: str, save_model: bool, **arguments) -> nn.Module:
         self.apply(method, **arguments)

@@ -66,3 +66,8 @@ def quiet_progress() -> None:
 
     disable_progress_bars()
     transformers_logging.disable_progress_bar()
+
+
+def evaluation_summary(report: dict) -> dict:
+    """A prune report's perplexities (before / pruned / after) rounded, as the commands print them."""
+    return {when: round(result["ppl"], 4) for when, result in (report["evaluation"] or {}).items()}

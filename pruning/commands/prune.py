@@ -13,8 +13,8 @@ from ..methods.distill import PERSLM_DISTILLATION
 from ..methods.finetuning import RECOVERY_OPTIONS
 from ..methods.options import describe
 from ..pruner import check_not_evaluation_text
-from .common import (add_eval_arguments, add_overwrite_argument, add_runtime_arguments, parse_option_pairs,
-                     positive_int, quiet_progress)
+from .common import (add_eval_arguments, add_overwrite_argument, add_runtime_arguments, evaluation_summary,
+                     parse_option_pairs, positive_int, quiet_progress)
 
 DISTILLATION, DISTILLATION_ARGUMENTS = PERSLM_DISTILLATION
 # PersLM's documented defaults: a flag left out takes these for the methods it documents them for.
@@ -109,7 +109,7 @@ def run(args) -> int:
     summary = {"output_dir": str(output_dir), **{k: report[k] for k in ("method", "options", "parameters", "prune_seconds")}}
     summary["total_sparsity"] = report["result"].get("total_sparsity")
     summary["prune_ratio_percent"] = report["result"].get("prune_ratio_percent")
-    summary["evaluation"] = {k: round(v["ppl"], 4) for k, v in (report["evaluation"] or {}).items()}
+    summary["evaluation"] = evaluation_summary(report)
     if report["recovery"]:
         summary["recovery"] = {k: report["recovery"][k] for k in ("steps", "loss_before", "loss_after", "seconds")}
     print(json.dumps(summary, indent=2))

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ..data import CALIBRATION_SOURCES
 from ..jobs import FORMATS, load_job, run_job
-from .common import add_eval_arguments, add_overwrite_argument, add_runtime_arguments, positive_int, quiet_progress
+from .common import (add_eval_arguments, add_overwrite_argument, add_runtime_arguments, evaluation_summary,
+                     positive_int, quiet_progress)
 
 LOG_FORMAT = "%(asctime)s - %(levelname)s - %(message)s"
 
@@ -67,7 +68,7 @@ def run(args) -> int:
     for key in ("removed_layers", "ffn_removed_layers", "mha_removed_layers"):
         if key in result:
             summary[key] = result[key]
-    summary["evaluation"] = {k: round(v["ppl"], 4) for k, v in (report["evaluation"] or {}).items()}
+    summary["evaluation"] = evaluation_summary(report)
     print(json.dumps(summary, indent=2))
     return 0
 
