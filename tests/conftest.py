@@ -50,6 +50,17 @@ def tiny_config(model_type: str):
 TINY_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "opt", "gpt_neox", "gpt2")
 
 
+@torch.no_grad()
+def assert_cached_generation_is_greedy(model, ids, new_tokens: int) -> None:
+    """Greedy generation with a KV cache equals greedy decoding that recomputes the whole prefix each step
+    (a pruned layer that mishandles the cache shows up here)."""
+    generated = model.generate(ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    manual = ids
+    for _ in range(new_tokens):
+        manual = torch.cat([manual, model(input_ids=manual, use_cache=False).logits[:, -1:].argmax(-1)], dim=1)
+    assert torch.equal(generated, manual)
+
+
 def build_tiny_model(model_type: str, seed: int = 0):
     from transformers import AutoModelForCausalLM
 

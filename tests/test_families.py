@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_FAMILIES, build_tiny_model, tiny_config
+from conftest import TINY_FAMILIES, assert_cached_generation_is_greedy, build_tiny_model, tiny_config
 from transformers import AutoModelForCausalLM
 
 import pruning
@@ -108,12 +108,7 @@ def test_two_stage_removes_sub_blocks_on_every_family_and_reloads(family, tmp_pa
     assert heterogeneous.layer_structure(again, adapter)[ffn_layer].to_record() == \
         {"num_attention_heads": 0, "num_key_value_heads": 0, "intermediate_size": 0}
     # with a KV cache, generation equals recomputing the whole prefix each step
-    ids = probe_ids()[:1, :5]
-    generated = again.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
-    manual = ids
-    for _ in range(4):
-        manual = torch.cat([manual, logits(again, manual)[:, -1:].argmax(-1)], dim=1)
-    assert torch.equal(generated, manual)
+    assert_cached_generation_is_greedy(again, probe_ids()[:1, :5], 4)
 
 
 def test_sub_block_removal_refused_from_the_config_for_post_norm_opt(tmp_path):

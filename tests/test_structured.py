@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_FAMILIES, build_tiny_model
+from conftest import TINY_FAMILIES, assert_cached_generation_is_greedy, build_tiny_model
 
 import pruning
 from pruning import heterogeneous, structure
@@ -79,12 +79,7 @@ def test_removing_k_layers_removes_exactly_k_layers_params_and_reloads_plainly(s
     assert [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1, 2]
     again = assert_reloads(model, stories[1], tmp_path / "m", plain=True)
     assert json.loads((tmp_path / "m" / "config.json").read_text())["model_type"] == "llama"
-    ids = probe_ids()[:1, :6]  # the KV cache works after re-indexing: cached greedy == uncached greedy
-    generated = again.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
-    manual = ids
-    for _ in range(8):
-        manual = torch.cat([manual, logits(again, manual)[:, -1:].argmax(-1)], dim=1)
-    assert torch.equal(generated, manual)
+    assert_cached_generation_is_greedy(again, probe_ids()[:1, :6], 8)  # the KV cache works after re-indexing
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
@@ -164,12 +159,7 @@ def test_heterogeneous_model_reloads_with_plain_from_pretrained_and_generates(st
     save_model(again, stories[1], tmp_path / "again")  # reloaded and saved again: the same config.json
     assert (tmp_path / "again" / "config.json").read_text() == (path / "config.json").read_text()
     # unequal layers run under generate with a KV cache (layer 0 has no attention): same as uncached greedy
-    ids = probe_ids()[:1, :6]
-    generated = again.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
-    manual = ids
-    for _ in range(8):
-        manual = torch.cat([manual, logits(again, manual)[:, -1:].argmax(-1)], dim=1)
-    assert torch.equal(generated, manual)
+    assert_cached_generation_is_greedy(again, probe_ids()[:1, :6], 8)
 
 
 def test_heterogeneous_record_is_validated_on_load(stories, tmp_path):
