@@ -65,7 +65,7 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
     refuse_unsupported_on_moe(config.get("model_type"), instance.method_names())
     recovery_text = None  # read now, so that a missing split is refused before the model loads
     if recovery_settings.steps:
-        checks.check_lengths(path, checks.model_config(path), {"--recover-seqlen": recovery_settings.seqlen})
+        checks.check_lengths(path, config, {"--recover-seqlen": recovery_settings.seqlen})
         recovery_text = recovery_documents(recovery_settings, data_dir_path)
 
     net, tokenizer = load_model(measurement.resolve(path), dtype=dtype, device="cpu")
