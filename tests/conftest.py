@@ -119,8 +119,9 @@ def calib_ids(stories_text, stories_tokenizer):
 def no_work(monkeypatch):
     """Fail the test if calibration or evaluation starts (for checks that must come before any work)."""
     import pruning.api
+    import pruning.data
 
     def refuse(*_args, **_kwargs):
         raise AssertionError("work started before the check")
-    monkeypatch.setattr(pruning.api, "calibration_windows", refuse)
+    monkeypatch.setattr(pruning.data, "calibration_windows", refuse)  # what CalibrationCache calls
     monkeypatch.setattr(pruning.api, "perplexity", refuse)
