@@ -134,15 +134,27 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, target: MaskTar
 
 def sparsegpt_solve(weight: torch.Tensor, inverse: InverseHessian, target: MaskTarget,
                     block_size: int = 128, zeros: int | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """SparseGPT's solver on a prepared `inverse_hessian`. Work is in fp32. Dead inputs are pruned first.
+    """SparseGPT's solver for one [out, in] weight on a prepared `inverse_hessian`; see `sparsegpt_solve_shared`."""
+    return sparsegpt_solve_shared([weight], inverse, target, block_size, [zeros])[0]
+
+
+def sparsegpt_solve_shared(weights: list[torch.Tensor], inverse: InverseHessian, target: MaskTarget,
+                           block_size: int = 128, zeros: list[int | None] | None = None
+                           ) -> list[tuple[torch.Tensor, torch.Tensor, dict]]:
+    """SparseGPT's solver on a prepared `inverse_hessian`, for weights that read the same input (q/k/v,
+    gate/up) solved together. Work is in fp32. Dead inputs are pruned first. Returns (new weight, prune
+    mask, info) per weight, the same as solving each alone: every step is per row except the unstructured
+    mask choice, which is still made per weight.
 
     Unstructured masks are chosen once per block of columns by w²/[H⁻¹]_jj² over the whole
-    rows×block (adaptive mask selection); N:M masks inside the column loop every M columns from the
-    already-updated weights. Errors propagate within the block column by column and to later blocks
-    by the lazy batch update. `zeros` (unstructured only) removes exactly that many weights, split
-    over the blocks in proportion to their widths.
+    rows×block of each weight (adaptive mask selection); N:M masks inside the column loop every M columns
+    from the already-updated weights. Errors propagate within the block column by column and to later
+    blocks by the lazy batch update. `zeros[k]` (unstructured only) removes exactly that many weights of
+    weight k, split over the blocks in proportion to their widths.
     """
-    W = weight.detach().clone().float()
+    zeros = zeros or [None] * len(weights)
+    rows = [weight.shape[0] for weight in weights]
+    W = torch.cat([weight.detach().float() for weight in weights])  # a fresh copy, solved in place
     cols = W.shape[1]
     dead, Hinv = inverse.dead, inverse.upper
     W[:, dead] = 0.0
@@ -151,26 +163,31 @@ def sparsegpt_solve(weight: torch.Tensor, inverse: InverseHessian, target: MaskT
     mask = torch.zeros_like(W, dtype=torch.bool)
     nm = target if isinstance(target, NMPattern) else None
     starts = range(0, cols, block_size)
-    block_zeros = None if zeros is None else split_zeros(zeros, [W.shape[0] * min(block_size, cols - i)
-                                                                  for i in starts])
+    widths = [min(block_size, cols - i) for i in starts]
+    block_zeros = [None if count is None else split_zeros(count, [n * width for width in widths])
+                   for n, count in zip(rows, zeros)]
+    row_ranges = [(sum(rows[:k]), sum(rows[:k + 1])) for k in range(len(rows))]
     for number, i1 in enumerate(starts):
-        i2 = min(i1 + block_size, cols)
+        i2 = i1 + widths[number]
         # The block is held transposed (columns as contiguous rows) so the per-column updates are fast.
         block = W[:, i1:i2].t().contiguous()  # becomes the pruned block, column by column
         errors = torch.zeros_like(block)
         Hinv1 = Hinv[i1:i2, i1:i2]
         d = torch.diag(Hinv1)
         if nm is None:
-            removed_t = select_mask(block.t() ** 2 / d.unsqueeze(0) ** 2, target, per="matrix",
-                                    zeros=None if block_zeros is None else block_zeros[number]).t().contiguous()
+            removed_t = torch.cat([
+                select_mask(block[:, r1:r2].t() ** 2 / d.unsqueeze(0) ** 2, target, per="matrix",
+                            zeros=None if counts is None else counts[number]).t()
+                for (r1, r2), counts in zip(row_ranges, block_zeros)], dim=1).contiguous()
         else:
             removed_t = torch.zeros_like(block, dtype=torch.bool)
+        diagonal = d.tolist()
         for i in range(i2 - i1):
             if nm is not None and i % nm.m == 0:
                 group = slice(i, min(i + nm.m, i2 - i1))
                 removed_t[group] = nm_mask(block[group].t() ** 2 / d[group].unsqueeze(0) ** 2, nm).t()
             column, removed = block[i], removed_t[i]
-            err = torch.where(removed, column, 0.0).div_(d[i])
+            err = torch.where(removed, column, 0.0).div_(diagonal[i])
             column.masked_fill_(removed, 0.0)
             block[i + 1:] -= torch.outer(Hinv1[i, i + 1:], err)
             errors[i] = err
@@ -180,7 +197,7 @@ def sparsegpt_solve(weight: torch.Tensor, inverse: InverseHessian, target: MaskT
     mask |= dead.unsqueeze(0).expand_as(mask) & (W == 0)
     W[mask] = 0.0
     info = {"damping_fraction": inverse.damping_fraction, "dead_inputs": int(dead.sum())}
-    return W.to(weight.dtype), mask, info
+    return [(W[r1:r2].to(weight.dtype), mask[r1:r2], info) for (r1, r2), weight in zip(row_ranges, weights)]
 
 
 def sparsity_of(tensor: torch.Tensor) -> float:

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from pruning.masks import is_valid_nm, nm_mask, select_mask, sparsegpt_prune, wanda_scores
+from pruning.masks import (inverse_hessian, is_valid_nm, nm_mask, select_mask, sparsegpt_prune, sparsegpt_solve,
+                           sparsegpt_solve_shared, wanda_scores)
 from pruning.ratios import NMPattern, RatioError, Sparsity, mask_target, parse_nm
 
 
@@ -92,6 +93,24 @@ def test_sparsegpt_beats_magnitude_on_correlated_inputs(target):
     magnitude[select_mask(weight.abs(), target, per="row")] = 0
     assert _reconstruction_error(weight, pruned, x) < 0.7 * _reconstruction_error(weight, magnitude, x)
     assert info["dead_inputs"] == 0
+
+
+@pytest.mark.parametrize("target, zeros", [(Sparsity(0.5), None), (Sparsity(0.5), [300, 101, 77]),
+                                            (NMPattern(2, 4), None)])
+def test_sparsegpt_solves_weights_sharing_a_hessian_together_as_each_alone(target, zeros):
+    """q/k/v (or gate/up) solved in one column loop: bit-identical weights and masks, each weight's own
+    mask choice and exact zero count, as three separate solves."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(1024, 40, generator=gen) @ torch.randn(40, 40, generator=gen)
+    x[:, 7] = 0  # a dead input
+    inverse = inverse_hessian(2 * x.t() @ x / x.shape[0])
+    weights = [torch.randn(rows, 40, generator=gen) * scale for rows, scale in ((24, 1.0), (8, 5.0), (8, 0.1))]
+    together = sparsegpt_solve_shared(weights, inverse, target, block_size=16, zeros=zeros)
+    for index, (weight, (pruned, mask, _)) in enumerate(zip(weights, together)):
+        alone, alone_mask, _ = sparsegpt_solve(weight, inverse, target, 16, None if zeros is None else zeros[index])
+        assert torch.equal(pruned, alone) and torch.equal(mask, alone_mask)
+        if zeros is not None:
+            assert int(mask.sum()) == zeros[index]
 
 
 def test_sparsegpt_prunes_dead_inputs_and_survives_singular_hessian():

@@ -291,6 +291,11 @@ class CalibratedMaskingMethod(MaskingMethod):
         may return details that `finish` receives per module."""
         raise NotImplementedError
 
+    def prune_group(self, names: list[str], modules: list, statistics) -> list[dict | None]:
+        """Prune linears that read the same input and so share one accumulator (q/k/v, gate/up); one by
+        one unless the method solves them together. Returns each module's details."""
+        return [self.prune_module(name, module, statistics) for name, module in zip(names, modules)]
+
     def finish(self, report: dict, details: dict[str, dict]) -> dict:
         """Add method-specific totals to the summary."""
         return report
@@ -323,24 +328,28 @@ class CalibratedMaskingMethod(MaskingMethod):
             def make(name):
                 return self.statistics(weight_matrix(targets[name]), ctx.device)
 
-            def prune_one(name, statistics):
-                info = self.prune_module(name, targets[name], statistics)
-                if info is not None:
-                    details[name] = info
+            def prune_together(names, statistics):
+                infos = self.prune_group(names, [targets[name] for name in names], statistics)
+                details.update((name, info) for name, info in zip(names, infos) if info is not None)
 
             if self.one_pass:
-                with input_statistics(targets, make, on_ready=prune_one) as statistics:
+                with input_statistics(targets, make, on_ready=lambda name, s: prune_together([name], s)) \
+                        as statistics:
                     outputs = step.forward()
             else:
                 with input_statistics(targets, make) as statistics:
                     step.forward()
                 outputs = None  # the engine re-runs the pruned layer
+                groups: dict[int, list[str]] = {}  # accumulator -> the modules sharing it, in layer order
+                for name in targets:
+                    if name in statistics:
+                        groups.setdefault(id(statistics[name]), []).append(name)
+                for names in groups.values():
+                    prune_together(names, statistics[names[0]])
             for name in targets:
                 if name not in statistics:  # an expert no calibration token was routed to
                     self.prune_uncalibrated(name, targets[name])
                     uncalibrated.append(name)
-                elif not self.one_pass:
-                    prune_one(name, statistics[name])
             per_layer[step.index] = self.layer_report(targets)
             return outputs
 

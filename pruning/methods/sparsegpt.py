@@ -56,14 +56,19 @@ class SparseGPT(CalibratedMaskingMethod):
         return HessianAccumulator(weight.shape[1], device)
 
     def prune_module(self, name, module, statistics):
-        from ..adapters import weight_matrix
-        from ..masks import sparsegpt_solve
+        return self.prune_group([name], [module], statistics)[0]
 
-        weight = weight_matrix(module)
-        new_weight, _, info = sparsegpt_solve(weight, statistics.inverse(self.damp_fraction), self.target,
-                                              self.block_size, zeros=self.planned_zeros(name))
-        weight.copy_(new_weight)
-        return info
+    def prune_group(self, names, modules, statistics):
+        """One column loop for all linears sharing the Hessian (the same result as one loop each)."""
+        from ..adapters import weight_matrix
+        from ..masks import sparsegpt_solve_shared
+
+        weights = [weight_matrix(module) for module in modules]
+        solved = sparsegpt_solve_shared(weights, statistics.inverse(self.damp_fraction), self.target,
+                                        self.block_size, [self.planned_zeros(name) for name in names])
+        for weight, (new_weight, _, info) in zip(weights, solved):
+            weight.copy_(new_weight)
+        return [info for _, _, info in solved]
 
     @no_grad
     @full_fp32
