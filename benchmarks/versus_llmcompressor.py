@@ -1,16 +1,18 @@
 """The project against llm-compressor on the same calibration windows, threads and evaluation windows.
 
-For each method (Wanda, SparseGPT) and target (unstructured sparsities, N:M patterns) it prunes once with
-`pruning.prune` and once with llm-compressor's `oneshot` (run by benchmarks/llmcompressor_worker.py in
+For each method (Wanda, SparseGPT) and target (unstructured sparsities, N:M patterns) it prunes with
+`pruning.prune` in each of the project's modes (two-pass, the reference's; one-pass, the batches in
+lockstep) and once with llm-compressor's `oneshot` (run by benchmarks/llmcompressor_worker.py in
 llm-compressor's own venv, which `scripts/setup_peer.sh` creates: it pins an older transformers), one job at
-a time, and prints both pruning times (model loading and saving excluded), their ratio and both WikiText-2
-PPLs measured by the project on the same windows. `--peer-owl` also runs llm-compressor's OWL profile
+a time, and prints the pruning times (model loading and saving excluded), their ratio (the target is
+≤ 0.5), the WikiText-2 PPLs measured by the project on the same windows, and each mode's PPL against the
+two-pass one (the target is within 1 %). `--peer-owl` also runs llm-compressor's OWL profile
 (`sparsity_profile="owl"`, M = 5, λ = 0.08) at the unstructured targets; its error is reported if it fails.
 Writes versus.md and versus.json into --out-dir, each replaced atomically.
 
     bash scripts/setup_peer.sh     # once: .venv-peer with llm-compressor 0.14
     PRUNING_DATA_DIR=../shared/data .venv/bin/python benchmarks/versus_llmcompressor.py --threads 2 \\
-        --out-dir results/versus      # smollm2-135m; about 20 minutes on 2 cores for the default cases
+        --out-dir results/versus      # smollm2-135m; about 15 minutes on 2 cores for the default cases
 """
 from __future__ import annotations
 
@@ -49,12 +51,19 @@ def peer_prune(python: Path, model_dir: Path, windows: Path, out_dir: Path, meth
     return json.loads(lines[-1])
 
 
-def main(argv=None) -> None:
+MODES = {"two-pass": False, "one-pass": True}  # mode name -> the methods' one_pass option
+TIME_TARGET = 0.5  # the project's pruning time over llm-compressor's
+PPL_TOLERANCE = 0.01  # a faster mode's PPL against the two-pass one
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m", help="zoo spec (default smollm2-135m)")
     parser.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt"], choices=["wanda", "sparsegpt"])
-    parser.add_argument("--sparsities", type=float, nargs="*", default=[0.5, 0.7])
+    parser.add_argument("--sparsities", type=float, nargs="*", default=[0.5])
     parser.add_argument("--nm", nargs="*", default=["2:4"], help="N:M patterns (default 2:4)")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES),
+                        help="the project's modes to run (default both; two-pass is the PPL reference)")
     parser.add_argument("--peer-owl", action="store_true", help="also run llm-compressor's OWL profile")
     parser.add_argument("--peer-python", type=Path, default=Path(os.environ.get("PEER_PYTHON", DEFAULT_PEER_PYTHON)),
                         help="python of llm-compressor's venv (default .venv-peer/bin/python or $PEER_PYTHON)")
@@ -67,6 +76,11 @@ def main(argv=None) -> None:
     if not args.peer_python.exists():
         parser.error(f"llm-compressor's python {args.peer_python} not found: run scripts/setup_peer.sh "
                      "or pass --peer-python")
+    return args
+
+
+def compare(args: argparse.Namespace) -> dict:
+    """Run every case; write versus.md/json into args.out_dir and return {"protocol", "rows"}."""
     if args.threads:
         torch.set_num_threads(args.threads)
     quiet_progress()
@@ -86,10 +100,12 @@ def main(argv=None) -> None:
                 ratio = {"sparsity": sparsity} if sparsity is not None else {"nm": mask}
                 n, m = (int(x) for x in mask.split(":"))
                 peer_sparsity = sparsity if sparsity is not None else 1 - n / m
-                ours = pruning.prune(str(model_dir), method, scratch / "ours", calib="c4", nsamples=args.nsamples,
-                                     seqlen=args.seqlen, seed=0, device="cpu", evaluate=True,
-                                     eval_seqlen=args.seqlen, eval_max_windows=args.max_windows, progress=False,
-                                     overwrite=True, **ratio)
+                ours = {mode: pruning.prune(str(model_dir), method, scratch / "ours", calib="c4",
+                                            nsamples=args.nsamples, seqlen=args.seqlen, seed=0, device="cpu",
+                                            evaluate=True, eval_seqlen=args.seqlen, eval_max_windows=args.max_windows,
+                                            progress=False, overwrite=True, one_pass=MODES[mode], **ratio)
+                        for mode in args.modes}
+                reference_ppl = ours["two-pass"]["evaluation"]["after"]["ppl"] if "two-pass" in ours else math.nan
                 for owl in [False] + ([True] if args.peer_owl and sparsity is not None else []):
                     peer = peer_prune(args.peer_python, model_dir, scratch / "windows.pt", scratch / "peer",
                                       method, peer_sparsity, mask, owl, args.threads)
@@ -97,28 +113,41 @@ def main(argv=None) -> None:
                         tokenizer.save_pretrained(scratch / "peer")  # the worker saves the weights only
                     peer_ppl = (math.nan if "error" in peer else
                                 pruning.evaluate_perplexity(str(scratch / "peer"), **evaluation)["ppl"])
-                    row = {"method": method, "target": mask if sparsity is None else sparsity,
-                           "peer profile": "owl" if owl else "uniform",
-                           "ours s": ours["prune_seconds"], "peer s": peer.get("seconds", math.nan),
-                           "time ratio": ours["prune_seconds"] / peer.get("seconds", math.nan),
-                           "ours PPL": ours["evaluation"]["after"]["ppl"], "peer PPL": peer_ppl,
-                           "peer error": peer.get("error", "")}
-                    rows.append(row)
-                    print(f"{method:10s} {row['target']!s:5s} {row['peer profile']:8s} ours {row['ours s']:7.1f} s "
-                          f"PPL {row['ours PPL']:9.2f} | llm-compressor {row['peer s']:7.1f} s PPL {peer_ppl:9.2f} "
-                          f"{row['peer error'][:80]}", flush=True)
+                    peer_seconds = peer.get("seconds", math.nan)
+                    for mode, report in ours.items():
+                        ppl = report["evaluation"]["after"]["ppl"]
+                        row = {"method": method, "target": mask if sparsity is None else sparsity, "mode": mode,
+                               "peer profile": "owl" if owl else "uniform",
+                               "ours s": report["prune_seconds"], "peer s": peer_seconds,
+                               "time ratio": report["prune_seconds"] / peer_seconds,
+                               "ours PPL": ppl, "vs two-pass PPL": ppl / reference_ppl - 1, "peer PPL": peer_ppl,
+                               "peer error": peer.get("error", "")}
+                        row["meets targets"] = bool(row["time ratio"] <= TIME_TARGET
+                                                    and abs(row["vs two-pass PPL"]) <= PPL_TOLERANCE)
+                        rows.append(row)
+                        print(f"{method:10s} {row['target']!s:5s} {mode:8s} {row['peer profile']:8s} "
+                              f"ours {row['ours s']:7.1f} s PPL {ppl:9.2f} ({row['vs two-pass PPL']:+.2%}) | "
+                              f"llm-compressor {peer_seconds:7.1f} s PPL {peer_ppl:9.2f} | ratio "
+                              f"{row['time ratio']:.2f} {'meets' if row['meets targets'] else 'misses'} the targets "
+                              f"{row['peer error'][:80]}", flush=True)
                     peer_versions = peer.get("versions") or peer_versions
     protocol_text = (f"Model {args.model} (dense PPL {dense:.2f}); calibration C4 {args.nsamples} × {args.seqlen} "
                      f"tokens, seed 0, the same token windows for both; WikiText-2 test PPL over {args.max_windows} "
                      f"windows of {args.seqlen} tokens, measured by the project for both; "
                      f"{torch.get_num_threads()} thread(s) each, one job at a time; times exclude loading and "
-                     f"saving; project {versions('torch', 'transformers')}, peer {peer_versions}.")
+                     f"saving; targets: time ratio ≤ {TIME_TARGET} with PPL within {PPL_TOLERANCE:.0%} of the "
+                     f"two-pass mode; project {versions('torch', 'transformers')}, peer {peer_versions}.")
     frame = pd.DataFrame(rows)
     atomic_write_text(args.out_dir / "versus.md", f"## Project vs llm-compressor\n\n{protocol_text}\n\n"
                       + frame.to_markdown(index=False, floatfmt=".4g") + "\n")
     atomic_write_text(args.out_dir / "versus.json", json.dumps({"protocol": protocol_text, "calibration":
                                                                 protocol.as_dict(), "rows": rows}, indent=1))
     print(f"wrote {args.out_dir / 'versus.md'} and versus.json")
+    return {"protocol": protocol_text, "rows": rows}
+
+
+def main(argv=None) -> None:
+    compare(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -141,6 +141,45 @@ class LayerwiseEngine:
             for hidden, args, kwargs in zip(self.hidden, self.layer_args, self.layer_kwargs)
         ]
 
+    @torch.no_grad()
+    def forward_in_lockstep(self, layer: nn.Module, stops: dict[str, nn.Module],
+                            on_stop: Callable[[str, list[torch.Tensor]], None]) -> list[torch.Tensor]:
+        """Run `layer` on every batch, all batches pausing before each module in `stops`: once every batch
+        has reached `name`, `on_stop(name, [its input in each batch])` runs (it may prune the module) and
+        the batches go on. So each module can be changed from all windows' statistics within one forward,
+        while the layer still runs in batches small enough for the caches (each batch is a greenlet:
+        cooperative, in one thread, in a fixed order, so the result is deterministic)."""
+        from greenlet import getcurrent, greenlet
+
+        class Arrival:
+            def __init__(self, name, x):
+                self.name, self.x = name, x
+
+        def pause(_module, args, _name):
+            getcurrent().parent.switch(Arrival(_name, args[0].detach()))
+
+        def batch_forward(hidden, args, kwargs):
+            return hidden_of(layer(hidden, *args, **kwargs))
+
+        handles = [module.register_forward_pre_hook(lambda m, a, _name=name: pause(m, a, _name))
+                   for name, module in stops.items()]
+        try:
+            batches = [greenlet(batch_forward) for _ in self.hidden]
+            states = [g.switch(h, a, k) for g, h, a, k in zip(batches, self.hidden, self.layer_args, self.layer_kwargs)]
+            while isinstance(states[0], Arrival):
+                names = {state.name if isinstance(state, Arrival) else None for state in states}
+                if len(names) != 1:
+                    raise RuntimeError(f"the batches of one layer reached different modules ({sorted(map(str, names))}); "
+                                       "lockstep needs every batch to run the same modules in the same order")
+                on_stop(states[0].name, [state.x for state in states])
+                states = [g.switch() for g in batches]
+            if any(isinstance(state, Arrival) for state in states):
+                raise RuntimeError("the batches of one layer ran different modules; lockstep cannot pair them")
+            return states
+        finally:
+            for handle in handles:
+                handle.remove()
+
     def run(self, visit: Callable[[LayerStep], list[torch.Tensor] | None], description: str = "layers") -> None:
         """Call `visit` on every decoder layer in order, then propagate the layer's new outputs.
 
@@ -165,13 +204,15 @@ class LayerwiseEngine:
         self.hidden = []
 
 
-class _SharedInputStatistics:
+class SharedInputStatistics:
     """One accumulator per distinct input tensor: modules that read the very same activation (q/k/v
     after the attention norm, gate/up after the MLP norm) share the accumulator of the first of them,
     so the statistics (for SparseGPT a d×d Hessian) are computed once instead of two or three times.
 
-    With `on_ready`, each module may receive exactly one input (one-pass mode, all calibration windows
-    in one batch) and `on_ready(name, accumulator)` runs right after it arrives, before the module runs.
+    `add(name, inputs)` takes one input per batch: a single one from a hook as the layer runs batch by
+    batch, or all of them at once from `LayerwiseEngine.forward_in_lockstep`. With `on_ready`, each
+    module may be fed exactly once (one-pass mode) and `on_ready(name, accumulator)` runs right after,
+    before the module runs.
     """
 
     def __init__(self, make: Callable[[str], object], on_ready: Callable[[str, object], None] | None = None):
@@ -179,15 +220,16 @@ class _SharedInputStatistics:
         self.on_ready = on_ready
         self.stats: dict[str, object] = {}
         self.source: dict[str, str] = {}  # module -> module whose accumulator it shares
-        self.previous: tuple[str, torch.Tensor] | None = None  # held, so its memory cannot be reused
+        self.previous: tuple[str, list[torch.Tensor]] | None = None  # held, so its memory cannot be reused
         self.ready: set[str] = set()
 
-    def add(self, name: str, x: torch.Tensor) -> None:
+    def add(self, name: str, inputs: list[torch.Tensor]) -> None:
         if self.on_ready is not None and name in self.ready:
             raise RuntimeError(f"{name} ran twice in one forward; one-pass pruning needs one call per module")
         previous = self.previous
-        same = previous is not None and x.data_ptr() == previous[1].data_ptr() and x.shape == previous[1].shape \
-            and x.stride() == previous[1].stride()
+        same = previous is not None and len(inputs) == len(previous[1]) and all(
+            x.data_ptr() == p.data_ptr() and x.shape == p.shape and x.stride() == p.stride()
+            for x, p in zip(inputs, previous[1]))
         if name not in self.stats:
             if same:
                 self.source[name] = self.source.get(previous[0], previous[0])
@@ -198,11 +240,21 @@ class _SharedInputStatistics:
             if not same:
                 raise RuntimeError(f"{name} no longer reads the same input as {self.source[name]}")
         else:
-            self.stats[name].add(x)
-            self.previous = (name, x)
+            for x in inputs:
+                self.stats[name].add(x)
+            self.previous = (name, inputs)
         if self.on_ready is not None:
             self.ready.add(name)
             self.on_ready(name, self.stats[name])
+
+    def close(self, modules: dict[str, nn.Module]) -> None:
+        """Release the held inputs; in one-pass mode, refuse a module that never ran (an expert no token
+        was routed to legitimately never runs)."""
+        self.previous = None
+        if self.on_ready is not None:
+            missing = [name for name in modules if name not in self.ready and not isinstance(modules[name], ExpertLinear)]
+            if missing:
+                raise RuntimeError(f"one-pass pruning: {sorted(missing)} never ran in the layer's forward")
 
 
 class InputMoments:
@@ -249,15 +301,11 @@ def input_statistics(modules: dict[str, nn.Module], make: Callable[[str], object
                      on_ready: Callable[[str, object], None] | None = None):
     """Feed every module's input activations to an accumulator `make(name)` (with an `add(x)` method)
     while the context is open; yields the dict name -> accumulator, shared where inputs are identical.
-    `on_ready` switches to one-pass mode (see `_SharedInputStatistics`)."""
-    shared = _SharedInputStatistics(make, on_ready)
-    with input_hooks(modules, shared.add):
+    `on_ready` switches to one-pass mode (see `SharedInputStatistics`)."""
+    shared = SharedInputStatistics(make, on_ready)
+    with input_hooks(modules, lambda name, x: shared.add(name, [x])):
         yield shared.stats
-    shared.previous = None
-    if on_ready is not None:  # an expert no token was routed to legitimately never runs
-        missing = [name for name in modules if name not in shared.ready and not isinstance(modules[name], ExpertLinear)]
-        if missing:
-            raise RuntimeError(f"one-pass pruning: {sorted(missing)} never ran in the layer's forward")
+    shared.close(modules)
 
 
 @contextmanager

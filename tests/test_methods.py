@@ -8,7 +8,7 @@ from conftest import TINY_FAMILIES, build_tiny_model
 import pruning
 from pruning.adapters import UnsupportedArchitecture, adapter_for_model_type, weight_matrix
 from pruning.data import calibration_windows
-from pruning.engine import LayerwiseEngine, input_statistics
+from pruning.engine import LayerwiseEngine, input_hooks, input_statistics
 from pruning.evaluation.perplexity import token_windows, windows_nll
 from pruning.masks import is_valid_nm
 from pruning.methods import MethodError, PruneContext
@@ -139,6 +139,32 @@ def test_one_pass_prunes_each_linear_from_the_already_pruned_layer(stories_setup
     for name in ("q_proj", "k_proj", "v_proj"):
         assert torch.equal(masks[False][name], masks[True][name]), name
     assert not torch.equal(masks[False]["o_proj"], masks[True]["o_proj"])
+
+
+def test_lockstep_forward_stops_every_batch_before_each_module(stories_setup):
+    """forward_in_lockstep: one stop per module in layer order with every batch's input, and a module
+    changed at its stop is run changed by every batch (outputs equal to the changed layer's)."""
+    dense, _, calibration, _ = stories_setup
+    model = copy.deepcopy(dense)
+    adapter = pruning.get_adapter(model)
+    engine = LayerwiseEngine(model, adapter, "cpu", batch_size=8, progress=False)
+    engine.capture(calibration)
+    assert len(engine.hidden) == 4
+    layer, targets = engine.layers[0], adapter.linear_targets(model, 0)
+    seen, stops = {}, []
+    with input_hooks(targets, lambda name, x: seen.setdefault(name, []).append(x.clone())):
+        engine.forward_layer(layer)
+
+    def on_stop(name, inputs):
+        stops.append(name)
+        assert len(inputs) == 4 and all(torch.equal(x, y) for x, y in zip(inputs, seen[name])), name
+        if name.endswith("mlp.down_proj"):
+            weight_matrix(targets[name]).zero_()
+
+    outputs = engine.forward_in_lockstep(layer, targets, on_stop)
+    assert stops == list(targets)
+    expected = engine.forward_layer(layer)  # down_proj is zero now
+    assert all(torch.equal(a, b) for a, b in zip(outputs, expected))
 
 
 def test_one_pass_rejects_a_module_called_twice():

@@ -18,8 +18,9 @@ TARGET_OPTIONS = (
     Option("nm", str, "N:M pattern, N kept out of every M consecutive input weights (e.g. 2:4)", ratio=True,
            check=lambda text: parse_nm(text).describe()),
 )
-ONE_PASS = Option("one_pass", bool, "prune each linear as its input arrives, one forward per layer "
-                                    "(true-sequential, holds every window's activations at once)", default=False)
+ONE_PASS = Option("one_pass", bool, "one forward per layer: the batches run in lockstep and each linear is pruned "
+                                    "once all their inputs to it arrived (true-sequential, holds every window's "
+                                    "activations at once)", default=False)
 
 
 def _layer_sparsities(values: list[float]) -> list[float]:
@@ -273,11 +274,12 @@ class CalibratedMaskingMethod(MaskingMethod):
 
     Two-pass (default, as the reference implementations): every linear's statistics come from the
     layer with its original weights, then the pruned layer is re-run to give the next layer's inputs.
-    One-pass (`one_pass=True`): all calibration windows go through the layer as one batch and each
-    linear is pruned the moment its input arrives, so later linears of the layer (o_proj, down_proj)
-    see the outputs of the already-pruned earlier ones (as GPTQ's true-sequential) and the pruned
-    layer's outputs come out of that single forward. It saves one layer forward per layer at the cost
-    of holding every window's activations at once.
+    One-pass (`one_pass=True`): the batches go through the layer in lockstep and each linear is pruned
+    once all batches' inputs to it have arrived, before any batch runs it, so later linears of the
+    layer (o_proj, down_proj) see the outputs of the already-pruned earlier ones (as GPTQ's
+    true-sequential) and the pruned layer's outputs come out of that single forward. It saves one
+    layer forward per layer at the cost of holding every window's activations at once (a
+    mixture-of-experts model runs them as one batch).
     """
 
     OPTIONS = MaskingMethod.OPTIONS + (ONE_PASS,)
@@ -311,13 +313,17 @@ class CalibratedMaskingMethod(MaskingMethod):
 
     @no_grad
     def prune(self, ctx: PruneContext) -> dict:
-        from ..adapters import weight_matrix
-        from ..engine import LayerStep, LayerwiseEngine, input_statistics
+        from ..adapters import ExpertLinear, weight_matrix
+        from ..engine import LayerStep, LayerwiseEngine, SharedInputStatistics, input_statistics
 
         self.check_model(ctx)
         allocation = self.plan_allocation(ctx)
         input_ids, _ = ctx.calibration()
-        batch_size = input_ids.shape[0] if self.one_pass else ctx.batch_size
+        # One-pass runs the batches in lockstep; experts see a batch-dependent set of tokens, so a
+        # mixture-of-experts model runs all windows as one batch instead.
+        experts = any(isinstance(module, ExpertLinear) for modules in self.targets(ctx).values()
+                      for module in modules.values())
+        batch_size = input_ids.shape[0] if self.one_pass and experts else ctx.batch_size
         engine = LayerwiseEngine(ctx.model, ctx.adapter, ctx.device, batch_size, ctx.progress)
         engine.capture(input_ids)
         per_layer, details, uncalibrated = {}, {}, []
@@ -332,7 +338,12 @@ class CalibratedMaskingMethod(MaskingMethod):
                 infos = self.prune_group(names, [targets[name] for name in names], statistics)
                 details.update((name, info) for name, info in zip(names, infos) if info is not None)
 
-            if self.one_pass:
+            if self.one_pass and not experts:
+                shared = SharedInputStatistics(make, on_ready=lambda name, s: prune_together([name], s))
+                outputs = engine.forward_in_lockstep(step.layer, targets, shared.add)
+                shared.close(targets)
+                statistics = shared.stats
+            elif self.one_pass:
                 with input_statistics(targets, make, on_ready=lambda name, s: prune_together([name], s)) \
                         as statistics:
                     outputs = step.forward()
