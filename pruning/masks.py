@@ -182,15 +182,15 @@ def sparsegpt_solve_shared(weights: list[torch.Tensor], inverse: InverseHessian,
         else:
             removed_t = torch.zeros_like(block, dtype=torch.bool)
         diagonal = d.tolist()
+        zero = torch.zeros((), dtype=W.dtype, device=W.device)
         for i in range(i2 - i1):
             if nm is not None and i % nm.m == 0:
                 group = slice(i, min(i + nm.m, i2 - i1))
                 removed_t[group] = nm_mask(block[group].t() ** 2 / d[group].unsqueeze(0) ** 2, nm).t()
-            column, removed = block[i], removed_t[i]
-            err = torch.where(removed, column, 0.0).div_(diagonal[i])
+            column, removed, err = block[i], removed_t[i], errors[i]
+            torch.where(removed, column, zero, out=err).div_(diagonal[i])
             column.masked_fill_(removed, 0.0)
             block[i + 1:] -= torch.outer(Hinv1[i, i + 1:], err)
-            errors[i] = err
         W[:, i1:i2] = block.t()
         mask[:, i1:i2] = removed_t.t()
         W[:, i2:] -= errors.t() @ Hinv[i1:i2, i2:]
