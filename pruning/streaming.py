@@ -77,8 +77,6 @@ def streaming_refusal(method, *, evaluate: bool = False, recovery_steps: int = 0
         if step.name == "depth" and criterion not in STREAMING_DEPTH_CRITERIA:
             return (f"method depth with criterion {criterion} runs the rest of the model from every layer and cannot "
                     f"stream; streaming supports criterion {' or '.join(STREAMING_DEPTH_CRITERIA)}")
-        if getattr(step, "allocation", None) == "owl" and step.name not in ("wanda", "sparsegpt", "dsnot"):
-            return f"method {step.name} with allocation=owl cannot stream"
     if recovery_steps:
         return "recovery fine-tuning (LoRA through the whole model) cannot stream; drop --recover-steps"
     if evaluate:

@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import pruning.memory
+import pruning.methods
 from pruning import cli, streaming
 from pruning.api import prune
 
@@ -108,7 +109,9 @@ def test_cap_chooses_streaming_and_is_recorded(stories_dir, tmp_path, monkeypatc
     (["--stream", "--evaluate"], "--evaluate needs the whole model"),
     (["--stream", "--save-format", "sparse-bitmask"], "--save-format sparse-bitmask"),
 ])
-def test_bad_cap_or_streaming_request_refused_before_work(stories_dir, tmp_path, no_work, capsys, flags, message):
+def test_bad_cap_or_streaming_request_refused_before_work(stories_dir, tmp_path, no_work, capsys, monkeypatch, flags,
+                                                          message):
+    monkeypatch.setattr(pruning.memory, "runtime_bytes", lambda _path: 300 * 2**20)  # not re-measured
     out = tmp_path / "out"
     code = cli.main(["prune", "--model", str(stories_dir), "--method", "wanda", "--sparsity", "0.5", "--output-dir",
                      str(out), "--nsamples", "4", "--seqlen", "64", "--device", "cpu", "--quiet", *flags])
