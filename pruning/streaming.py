@@ -99,23 +99,25 @@ def _unique_parameters(module: nn.Module) -> list[torch.Tensor]:
     return unique
 
 
-def _statistics_bytes(method, layer: nn.Module, adapter, model) -> int:
-    """Bytes of the input statistics a calibrated mask method holds for one layer: its accumulators built on the
-    meta device and measured (an upper bound: linears that share an input share one accumulator)."""
+def _tensor_bytes(value, depth: int = 3) -> int:
+    """Bytes of the tensors an accumulator holds, in its attributes and those of the accumulators it nests."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if depth == 0 or not hasattr(value, "__dict__"):
+        return 0
+    return sum(_tensor_bytes(item, depth - 1) for item in vars(value).values())
+
+
+def _statistics_bytes(method, index: int, adapter, model) -> int:
+    """Bytes of the input statistics a calibrated mask method holds for decoder layer `index`: its accumulators
+    built on the meta device and measured (an upper bound: linears that share an input share one accumulator;
+    statistics allocated only when data arrives are not counted)."""
     from .adapters import weight_matrix
 
     if not hasattr(method, "statistics"):
         return 0
-    index = list(adapter.decoder_layers(model)).index(layer)
-    total = 0
-    for module in adapter.linear_targets(model, index).values():
-        try:
-            accumulator = method.statistics(weight_matrix(module), torch.device("meta"))
-        except Exception:  # noqa: BLE001 - an accumulator that cannot be built on meta is counted as empty
-            continue
-        total += sum(value.numel() * value.element_size() for value in vars(accumulator).values()
-                     if isinstance(value, torch.Tensor))
-    return total
+    return sum(_tensor_bytes(method.statistics(weight_matrix(module), torch.device("meta")))
+               for module in adapter.linear_targets(model, index).values())
 
 
 def estimate_pruning_memory(model_dir: str | os.PathLike, method, dtype: str = "float32", nsamples: int = 128,
@@ -133,6 +135,7 @@ def estimate_pruning_memory(model_dir: str | os.PathLike, method, dtype: str = "
     from dataclasses import replace
 
     from .adapters import get_adapter
+    from .memory import _SAFETENSORS_DTYPES as SAFETENSORS_DTYPES
     from .memory import activation_bytes, dtype_bytes, geometry, meta_model, runtime_bytes, stored_weights
 
     element = dtype_bytes(dtype)
@@ -145,12 +148,12 @@ def estimate_pruning_memory(model_dir: str | os.PathLike, method, dtype: str = "
     outer = sum(p.numel() for p in _unique_parameters(model) if id(p) not in inside) * element
     weights = outer + sum(layer_bytes)
     file_bytes, file_dtypes = stored_weights(Path(model_dir))
-    converts = bool(file_dtypes) and file_dtypes != {{"float32": "F32", "bfloat16": "BF16", "float16": "F16"}[dtype]}
+    converts = bool(file_dtypes) and file_dtypes != {SAFETENSORS_DTYPES[dtype]}
     file_layer = round(file_bytes * layer_bytes[largest] / max(1, weights)) if converts else 0
     shapes = geometry(config, model)
     hidden_states = 2 * nsamples * seqlen * shapes.hidden * element
     working = activation_bytes(replace(shapes, vocab=0), seqlen, min(batch_size, nsamples), element)
-    statistics = _statistics_bytes(method, layers[largest], adapter, model)
+    statistics = _statistics_bytes(method, largest, adapter, model)
     activations = hidden_states + working + statistics
     runtime = runtime_bytes(model_dir) if measure_runtime else 0
     in_memory = runtime + weights + (file_bytes if converts else 0) + activations

@@ -17,6 +17,7 @@ CASES = {
     "wanda": ("wanda", {"sparsity": 0.5}),
     "sparsegpt-2:4": ("sparsegpt", {"nm": "2:4"}),
     "wanda-owl": ("wanda", {"sparsity": 0.5, "allocation": "owl", "owl_lambda": 0.1}),
+    "wanda-bfloat16": ("wanda", {"sparsity": 0.5, "dtype": "bfloat16"}),  # fp32 file converted per layer
     "depth-angular": ("depth", {"num_blocks": 2, "criterion": "angular"}),
 }
 
