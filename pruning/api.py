@@ -18,10 +18,11 @@ from .data import CalibrationCache, check_calibration_source, check_evaluation_d
 from .evaluation.perplexity import perplexity
 from .methods import PruneContext, PruningMethod, build_method
 from .methods.finetuning import RECOVERY, RecoverySettings
-from .io import RUN_ID
+from .io import PRUNE_REPORT, RUN_ID, atomic_directory
 from .modeling import load_model, parameter_counts, resolve_device, save_model, torch_dtype
 from .record import Measurement
 from .recovery import load_recovery_data, recover, recovery_documents
+from .streaming import STAGING, STREAMED, MemoryPlan, open_streamed, plan_memory, save_streamed
 
 
 def _evaluation_seqlen(eval_seqlen: int | None, seqlen: int) -> int:
@@ -35,12 +36,16 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
           data_dir_path: str | None = None, batch_size: int = 8, ignore: tuple[str, ...] = (),
           evaluate: bool = False, eval_dataset: str = "wikitext2", eval_seqlen: int | None = None,
           eval_max_windows: int | None = None, progress: bool = True, overwrite: bool = False,
-          recovery: dict | None = None, save_format: str = DENSE, **method_arguments) -> dict:
+          recovery: dict | None = None, save_format: str = DENSE, max_memory: str | int | None = None,
+          stream: bool | None = None, **method_arguments) -> dict:
     """Prune `model` (any zoo spec) with `method` and save the result plus prune.json in `output_dir`.
 
     `recovery` ({steps, rank, alpha, lr, batch_size, seqlen, data, heldout_windows}; pruning/recovery.py) adds
     LoRA recovery fine-tuning after the method when its steps are > 0. `save_format` (dense, sparse-bitmask,
-    sparse-24-bitmask, auto; pruning/compressed.py) is how the weights are stored."""
+    sparse-24-bitmask, auto; pruning/compressed.py) is how the weights are stored. `max_memory` ('64GiB', or
+    bytes) caps the estimated peak memory: over it the decoder layers are streamed from disk one at a time
+    (pruning/streaming.py), and a cap even streaming exceeds is refused; `stream` True forces streaming, False
+    forbids it."""
     measurement = Measurement(model)
     check_save_request(save_format, method_arguments.get("nm"))
     checks.positive({"batch_size": batch_size})
@@ -63,6 +68,14 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
     config = checks.model_config(path)
     instance.check_config(config)
     refuse_unsupported_on_moe(config.get("model_type"), instance.method_names())
+    memory = plan_memory(path, instance, max_memory=max_memory, stream=stream, dtype=dtype,
+                         nsamples=nsamples if instance.needs_calibration else 0, seqlen=seqlen, batch_size=batch_size,
+                         evaluate=evaluate, recovery_steps=recovery_settings.steps, save_format=save_format,
+                         model_config=config)
+    if memory.mode == STREAMED:
+        return _prune_streamed(measurement, instance, path, output_dir, memory, calib=calib, nsamples=nsamples,
+                               seqlen=seqlen, seed=seed, compute=compute, dtype=dtype, data_dir_path=data_dir_path,
+                               batch_size=batch_size, ignore=tuple(ignore), progress=progress, overwrite=overwrite)
     recovery_text = None  # read now, so that a missing split is refused before the model loads
     if recovery_settings.steps:
         checks.check_lengths(path, config, {"--recover-seqlen": recovery_settings.seqlen})
@@ -101,7 +114,19 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
         evaluation["after"] = perplexity(net.to(compute), tokenizer, **eval_settings)
         net.to("cpu")
 
-    report = {
+    report = _report(instance, calibration, seed, compute, dtype, ignore,
+                     {"before": before, "after": parameter_counts(net)}, method_report, evaluation, prune_seconds,
+                     recovered, memory)
+    report = measurement.finish(report, peak_rss=True)
+    save_model(net, tokenizer, output_dir, report, overwrite=overwrite, save_format=save_format)
+    return report
+
+
+def _report(instance: PruningMethod, calibration: CalibrationCache, seed: int, compute: torch.device, dtype: str,
+            ignore, parameters: dict, method_report: dict, evaluation: dict, prune_seconds: float, recovered,
+            memory: MemoryPlan) -> dict:
+    """prune.json's fields before `Measurement.finish` adds the model, time, peak memory and versions."""
+    return {
         "method": instance.name,
         "options": instance.options(),
         "calibration": calibration.protocol,
@@ -110,15 +135,40 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
         "device": str(compute),
         "dtype": dtype,
         "ignore": list(ignore),
-        "parameters": {"before": before, "after": parameter_counts(net)},
+        "parameters": parameters,
         "result": method_report,
         "evaluation": evaluation or None,
         "prune_seconds": round(prune_seconds, 3),
         RECOVERY: recovered,
         "peak_cuda_mb": round(torch.cuda.max_memory_allocated(compute) / 2**20, 1) if compute.type == "cuda" else None,
+        "memory": memory.record(),
     }
-    report = measurement.finish(report, peak_rss=True)
-    save_model(net, tokenizer, output_dir, report, overwrite=overwrite, save_format=save_format)
+
+
+def _prune_streamed(measurement: Measurement, instance: PruningMethod, path: Path, output_dir: Path,
+                    memory: MemoryPlan, *, calib: str, nsamples: int, seqlen: int, seed: int, compute: torch.device,
+                    dtype: str, data_dir_path: str | None, batch_size: int, ignore: tuple[str, ...], progress: bool,
+                    overwrite: bool) -> dict:
+    """`prune` with the decoder layers streamed from disk: the shards are written into the output's scratch
+    folder while the engine walks the layers, and the folder replaces `output_dir` only once complete."""
+    with atomic_directory(output_dir, overwrite=overwrite) as scratch:
+        net, tokenizer, source = open_streamed(measurement.resolve(path), dtype, scratch / STAGING)
+        torch.manual_seed(seed)
+        calibration = CalibrationCache(tokenizer, calib, nsamples, seqlen, seed, data_dir_path)
+        ctx = PruneContext(model=net, tokenizer=tokenizer, adapter=source.adapter, device=compute,
+                           calibration=calibration, seed=seed, batch_size=batch_size, progress=progress, ignore=ignore,
+                           extras={"data_dir": data_dir_path, "model_path": str(path)})
+        instance.check_model(ctx)
+        if compute.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(compute)
+        started = time.perf_counter()
+        method_report = instance.prune(ctx)
+        prune_seconds = time.perf_counter() - started
+        parameters = source.finish(scratch)
+        report = _report(instance, calibration, seed, compute, dtype, ignore, parameters, method_report, {},
+                         prune_seconds, None, memory)
+        report = measurement.finish(report, peak_rss=True)
+        save_streamed(ctx.model, tokenizer, scratch, report, PRUNE_REPORT)
     return report
 
 

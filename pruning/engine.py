@@ -6,18 +6,40 @@ and keyword argument the model passes to it (attention mask, which may be None, 
 inspects or changes the layer, and the engine re-runs the (changed) layer to produce the next layer's
 inputs. Only the current layer and the activations live on the compute device, so a model kept on
 the CPU can be pruned on a GPU (offload mode).
+
+A model may keep its decoder layers on disk (pruning/streaming.py): it then carries a `LayerSource` under
+LAYER_SOURCE, and the engine asks it to `load(index)` each layer right before visiting it and to
+`release(index)` it right after, so only one layer is in memory at a time (out-of-core pruning).
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from .adapters import ArchitectureAdapter, ExpertLinear, feed_expert_inputs
+
+
+LAYER_SOURCE = "pruning_layer_source"  # attribute of a model whose decoder layers live on disk
+
+
+class LayerSource(Protocol):
+    """Where the weights of a model's decoder layers live when they are not in memory."""
+
+    def load(self, index: int) -> None:
+        """Materialise decoder layer `index` (its current weights) in the model."""
+
+    def release(self, index: int) -> None:
+        """Keep decoder layer `index` as it is now (write it out) and free its memory."""
+
+
+def layer_source(model: nn.Module) -> LayerSource | None:
+    """The model's layer source, or None for a model held entirely in memory."""
+    return getattr(model, LAYER_SOURCE, None)
 
 
 class _InputsCaptured(Exception):
@@ -90,6 +112,7 @@ class LayerwiseEngine:
         self.batch_size = max(1, int(batch_size))
         self.progress = progress
         self.layers = adapter.decoder_layers(model)
+        self.source = layer_source(model)
         self.hidden: list[torch.Tensor] = []
         self.layer_args: list[tuple] = []
         self.layer_kwargs: list[dict] = []
@@ -192,6 +215,8 @@ class LayerwiseEngine:
         if self.progress:
             iterator = tqdm(iterator, desc=description, unit="layer")
         for index in iterator:
+            if self.source is not None:
+                self.source.load(index)
             layer = self.layers[index]
             home = next(layer.parameters(), torch.empty(0)).device  # a layer may have no parameters left
             layer.to(self.device)
@@ -201,6 +226,8 @@ class LayerwiseEngine:
                 outputs = self.forward_layer(layer)
             self.hidden = outputs
             layer.to(home)
+            if self.source is not None:
+                self.source.release(index)
         self.hidden = []
 
 

@@ -201,6 +201,20 @@ def test_save_format_reaches_the_prune_commands(tmp_path):
     assert formats == {"magnitude": {None}, "wanda": {"auto"}, "wanda24": {"sparse-24-bitmask"}}
 
 
+def test_max_memory_reaches_the_prune_commands_or_is_refused(tmp_path):
+    """max_memory: passed to every prune job as --max-memory; a value that is not a size is refused before any job."""
+    config = copy.deepcopy(TINY_CONFIG)
+    config["max_memory"] = "2GiB"
+    result = snakemake(tmp_path / "good", "-n", "--cores", "1", "-p", config=config)
+    assert result.returncode == 0, result.stderr[-2000:]
+    prunes = [c for c in pruning_commands(result.stdout) if c[0] == "prune"]
+    assert prunes and all(c[c.index("--max-memory") + 1] == "2GiB" for c in prunes)
+    config["max_memory"] = "plenty"
+    result = snakemake(tmp_path / "bad", "-n", "--cores", "1", config=config)
+    assert result.returncode != 0
+    assert "config.max_memory: --max-memory 'plenty'" in result.stdout + result.stderr
+
+
 def test_per_task_shots_and_the_tables_and_plots_they_add(tmp_path):
     """zeroshot.num_fewshot as a map task -> shots (PruneGPT's): each task's jobs get its own shots, a task the
     map leaves out runs 0-shot; zero-shot and speed add the downstream table and the zero-shot/speed plot."""

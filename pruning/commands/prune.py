@@ -13,6 +13,7 @@ from ..methods.distill import PERSLM_DISTILLATION
 from ..methods.finetuning import RECOVERY_OPTIONS
 from ..methods.options import describe
 from ..pruner import check_not_evaluation_text
+from ..streaming import STREAMING_DEPTH_CRITERIA, STREAMING_METHODS
 from .common import (add_eval_arguments, add_overwrite_argument, add_runtime_arguments, evaluation_summary,
                      parse_option_pairs, positive_int, quiet_progress)
 
@@ -72,6 +73,16 @@ def add_parser(subparsers) -> None:
                         help="how the weights are stored: dense; sparse-bitmask (non-zeros + 1 bit per weight) or "
                              "sparse-24-bitmask (2:4 models; needs --nm 2:4), the compressed-tensors layouts; auto: "
                              "the smallest of the three (default: dense)")
+    memory = parser.add_argument_group("models larger than memory")
+    memory.add_argument("--max-memory", metavar="SIZE",
+                        help="cap on the estimated peak memory (e.g. 16GiB, 1500MB): over it the decoder layers are "
+                             "streamed from the safetensors shards one at a time (peak about one layer + embeddings + "
+                             "head + calibration activations); a cap even streaming exceeds is refused before work. "
+                             "Mode, cap and estimate go to prune.json's memory (default: no cap, in memory)")
+    memory.add_argument("--stream", action="store_true",
+                        help=f"stream the decoder layers whatever the size (methods: {', '.join(STREAMING_METHODS)}; "
+                             f"depth with criterion {' or '.join(STREAMING_DEPTH_CRITERIA)}; no --evaluate, recovery "
+                             "or sparse --save-format); others are refused before work")
     parser.add_argument("--calib", default="c4",
                         help=f"calibration data: {', '.join(CALIBRATION_SOURCES)} or a .txt/.jsonl file (default: c4)")
     parser.add_argument("--nsamples", type=int, default=128, help="calibration windows (default: 128)")
@@ -105,11 +116,13 @@ def run(args) -> int:
                    data_dir_path=args.data_dir, batch_size=args.batch_size, ignore=tuple(args.ignore),
                    evaluate=args.evaluate, eval_dataset=args.dataset, eval_seqlen=args.eval_seqlen,
                    eval_max_windows=args.max_windows, progress=not args.quiet, overwrite=args.overwrite,
-                   recovery=recovery_arguments(args), save_format=args.save_format, **arguments)
+                   recovery=recovery_arguments(args), save_format=args.save_format, max_memory=args.max_memory,
+                   stream=True if args.stream else None, **arguments)
     summary = {"output_dir": str(output_dir), **{k: report[k] for k in ("method", "options", "parameters", "prune_seconds")}}
     summary["total_sparsity"] = report["result"].get("total_sparsity")
     summary["prune_ratio_percent"] = report["result"].get("prune_ratio_percent")
     summary["evaluation"] = evaluation_summary(report)
+    summary["memory"] = {"mode": report["memory"]["mode"], "peak_rss_mb": report["peak_rss_mb"]}
     if report["recovery"]:
         summary["recovery"] = {k: report["recovery"][k] for k in ("steps", "loss_before", "loss_after", "seconds")}
     print(json.dumps(summary, indent=2))

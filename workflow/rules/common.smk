@@ -378,6 +378,19 @@ def _llama_cpp_errors(cfg: dict) -> list[str]:
     return errors
 
 
+def _memory_errors(max_memory) -> list[str]:
+    """`max_memory` must read as a size (prune --max-memory); whether a run fits is decided inside its job."""
+    if max_memory is None:
+        return []
+    from pruning.streaming import MemoryCapError, parse_memory_size
+
+    try:
+        parse_memory_size(max_memory)
+    except MemoryCapError as error:
+        return [f"config.max_memory: {error}"]
+    return []
+
+
 def _device_errors(device: str) -> list[str]:
     """`device: cuda[:N]` needs CUDA where the jobs run: checked here when they run on this machine (a
     cluster executor, given --jobs, runs them on its nodes). Imports torch only for a cuda device."""
@@ -407,7 +420,7 @@ def _library_errors(cfg: dict) -> list[str]:
               *_length_errors(cfg, configs),
               *_data_errors(cfg["protocol"], cfg["protocols"][cfg["protocol"]]),
               *_task_errors(cfg["zeroshot"]["tasks"], data_dir), *_llama_cpp_errors(cfg),
-              *_device_errors(cfg["device"])]
+              *_device_errors(cfg["device"]), *_memory_errors(cfg["max_memory"])]
     return list(dict.fromkeys(errors))
 
 
@@ -546,6 +559,8 @@ def prune_arguments(wildcards) -> str:
     save_format = entry.get("save_format", config["save_format"])
     if save_format != "dense":  # the default: rows saved dense keep the command (and results) they had
         args += ["--save-format", save_format]
+    if config["max_memory"] is not None:  # over it the job streams its layers from disk (pruning/streaming.py)
+        args += ["--max-memory", config["max_memory"]]
     return _quote(args)
 
 
