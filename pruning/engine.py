@@ -42,6 +42,18 @@ def layer_source(model: nn.Module) -> LayerSource | None:
     return getattr(model, LAYER_SOURCE, None)
 
 
+@contextmanager
+def layer_loaded(model: nn.Module, index: int):
+    """Decoder layer `index` materialised while the context is open, then kept as it is and freed (a
+    no-op for a model held in memory). A failure inside skips the release: the run's output is discarded."""
+    source = layer_source(model)
+    if source is not None:
+        source.load(index)
+    yield
+    if source is not None:
+        source.release(index)
+
+
 class _InputsCaptured(Exception):
     """Raised by the capture hook to stop the model's forward right before layer 0."""
 
@@ -112,7 +124,6 @@ class LayerwiseEngine:
         self.batch_size = max(1, int(batch_size))
         self.progress = progress
         self.layers = adapter.decoder_layers(model)
-        self.source = layer_source(model)
         self.hidden: list[torch.Tensor] = []
         self.layer_args: list[tuple] = []
         self.layer_kwargs: list[dict] = []
@@ -215,19 +226,16 @@ class LayerwiseEngine:
         if self.progress:
             iterator = tqdm(iterator, desc=description, unit="layer")
         for index in iterator:
-            if self.source is not None:
-                self.source.load(index)
-            layer = self.layers[index]
-            home = next(layer.parameters(), torch.empty(0)).device  # a layer may have no parameters left
-            layer.to(self.device)
-            step = LayerStep(index, f"{self.adapter.layers}.{index}", layer, self)
-            outputs = visit(step)
-            if outputs is None:
-                outputs = self.forward_layer(layer)
-            self.hidden = outputs
-            layer.to(home)
-            if self.source is not None:
-                self.source.release(index)
+            with layer_loaded(self.model, index):
+                layer = self.layers[index]
+                home = next(layer.parameters(), torch.empty(0)).device  # a layer may have no parameters left
+                layer.to(self.device)
+                step = LayerStep(index, f"{self.adapter.layers}.{index}", layer, self)
+                outputs = visit(step)
+                if outputs is None:
+                    outputs = self.forward_layer(layer)
+                self.hidden = outputs
+                layer.to(home)
         self.hidden = []
 
 

@@ -36,7 +36,7 @@ SAFETENSORS_METADATA = {"format": "pt"}  # what transformers expects in a PyTorc
 # Methods that reach every decoder layer through the engine and change weights only inside its visits (or only
 # remove whole layers); depth streams with its hidden-state criteria only (the others run the rest of the model
 # from each layer).
-STREAMING_METHODS = ("wanda", "sparsegpt", "dsnot", "depth", "layers")
+STREAMING_METHODS = ("magnitude", "wanda", "sparsegpt", "dsnot", "depth", "layers")
 STREAMING_DEPTH_CRITERIA = ("angular", "cosine")
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": 2**20, "mib": 2**20, "mb": 10**6,
           "g": 2**30, "gib": 2**30, "gb": 10**9, "t": 2**40, "tib": 2**40, "tb": 10**12}

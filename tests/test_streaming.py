@@ -19,6 +19,7 @@ CASES = {
     "wanda-owl": ("wanda", {"sparsity": 0.5, "allocation": "owl", "owl_lambda": 0.1}),
     "wanda-bfloat16": ("wanda", {"sparsity": 0.5, "dtype": "bfloat16"}),  # fp32 file converted per layer
     "depth-angular": ("depth", {"num_blocks": 2, "criterion": "angular"}),
+    "magnitude": ("magnitude", {"sparsity": 0.5}),
 }
 
 
@@ -122,7 +123,7 @@ def test_bad_cap_or_streaming_request_refused_before_work(stories_dir, tmp_path,
 
 
 @pytest.mark.parametrize("method, arguments, named", [
-    ("magnitude", ["--sparsity", "0.5"], "method magnitude"),
+    ("heads", ["--head-reduction", "0.25"], "method heads"),
     ("depth", ["--num-blocks", "1", "--option", "criterion=perplexity"], "criterion perplexity"),
     ("two_stage", ["--prune-rate", "0.2"], "method two_stage"),
 ])

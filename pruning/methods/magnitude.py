@@ -17,14 +17,16 @@ class Magnitude(MaskingMethod):
 
     def prune(self, ctx: PruneContext) -> dict:
         from ..adapters import weight_matrix
+        from ..engine import layer_loaded
         from ..masks import magnitude_scores, select_mask
 
         self.check_model(ctx)
         allocation = self.plan_allocation(ctx)
         per_layer = {}
         for index, targets in self.targets(ctx).items():
-            for name, module in targets.items():
-                scores = magnitude_scores(weight_matrix(module))
-                self.apply_mask(module, select_mask(scores, self.target, self.per, zeros=self.planned_zeros(name)))
-            per_layer[index] = self.layer_report(targets)
+            with layer_loaded(ctx.model, index):  # streamed from disk when the model's layers live there
+                for name, module in targets.items():
+                    scores = magnitude_scores(weight_matrix(module))
+                    self.apply_mask(module, select_mask(scores, self.target, self.per, zeros=self.planned_zeros(name)))
+                per_layer[index] = self.layer_report(targets)
         return self.with_allocation(self.summary(per_layer), allocation)
