@@ -218,7 +218,8 @@ class LayerwiseEngine:
         """Call `visit` on every decoder layer in order, then propagate the layer's new outputs.
 
         `visit` may return the layer's outputs when it already computed them on the final layer, which
-        saves one forward pass; otherwise the engine re-runs the layer.
+        saves one forward pass; otherwise the engine re-runs the layer (but not the last one, whose outputs
+        feed nothing).
         """
         if not self.hidden:
             raise RuntimeError("capture() must run before run()")
@@ -232,9 +233,9 @@ class LayerwiseEngine:
                 layer.to(self.device)
                 step = LayerStep(index, f"{self.adapter.layers}.{index}", layer, self)
                 outputs = visit(step)
-                if outputs is None:
+                if outputs is None and index < len(self.layers) - 1:  # the last layer's outputs feed nothing
                     outputs = self.forward_layer(layer)
-                self.hidden = outputs
+                self.hidden = outputs or []
                 layer.to(home)
         self.hidden = []
 
