@@ -148,3 +148,31 @@ def test_local_gsm8k_generates_and_scores_exact_match(stories_dir):
     assert result["fewshot_split"] == {"gsm8k_local": "test"}
     assert result["task_config"]["output_type"] == "generate_until"
     assert result["task_config"]["doc_to_text"] == "Question: {{question}}\nAnswer:"
+
+
+@pytest.mark.parametrize("task", ["arc_easy", "boolq", "hellaswag", "winogrande"])
+def test_continuation_scoring_gives_lm_evals_loglikelihoods(stories_dir, task):
+    """ScoringLM (logits of the continuation positions only) against lm-eval's own scoring of every position,
+    same model object and batches: the same log-likelihood and greedy flag for every request, so the same
+    accuracies; multi-token continuations (arc, hellaswag), one-token ones sharing a context (boolq) and
+    partial-context scoring (winogrande) included. The throughput counts every request's tokens."""
+    from pruning.evaluation.scoring_lm import ScoringLM
+    from pruning.modeling import load_model
+
+    net, tokenizer = load_model(stories_dir, dtype="float32", device="cpu")
+    manager, task_object, _ = load_task(resolve_task(task, data_dir_path=str(DATA_DIR)))
+    runs = {}
+    for all_positions in (True, False):
+        lm = ScoringLM(pretrained=net, tokenizer=tokenizer, backend="causal", batch_size=3, device="cpu",
+                       all_positions=all_positions)
+        evaluated = lm_eval.simple_evaluate(model=lm, tasks=[task_object], task_manager=manager, limit=7,
+                                            log_samples=True, **zeroshot_module.SEEDS)
+        samples = next(iter(evaluated["samples"].values()))
+        runs[all_positions] = ([response for sample in samples for response in sample["resps"]],
+                               evaluated["results"], lm.throughput()["loglikelihood"])
+    (reference, reference_results, reference_count), (ours, results, count) = runs[True], runs[False]
+    assert len(ours) == len(reference) == count["requests"] > 7
+    for (ll, greedy), (ll_ref, greedy_ref) in zip((r[0] for r in ours), (r[0] for r in reference)):
+        assert ll == pytest.approx(ll_ref, rel=1e-5, abs=1e-5) and greedy == greedy_ref
+    assert {k: v for k, v in results.items()} == reference_results
+    assert count["tokens"] == reference_count["tokens"] > count["requests"] and count["tokens_per_s"] > 0

@@ -212,10 +212,11 @@ def zeroshot(model: str, task: str, *, limit: int | None = None, num_fewshot: in
     manager, task_object, leaf_tasks = load_task(choice)
 
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
+
+    from .scoring_lm import ScoringLM
 
     net, tokenizer = load_model(measurement.resolve(path), dtype=dtype, device=str(compute))
-    lm = HFLM(pretrained=net, tokenizer=tokenizer, backend="causal", batch_size=batch_size, device=str(compute))
+    lm = ScoringLM(pretrained=net, tokenizer=tokenizer, backend="causal", batch_size=batch_size, device=str(compute))
     if quiet:  # lm-eval's request bars take disable=disable_tqdm, which the evaluator never sets
         for request_type in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
             setattr(lm, request_type, functools.partial(getattr(lm, request_type), disable_tqdm=True))
@@ -248,6 +249,7 @@ def zeroshot(model: str, task: str, *, limit: int | None = None, num_fewshot: in
         "dtype": dtype,
         "device": str(compute),
         "batch_size": batch_size,
+        "throughput": lm.throughput(),
         "add_bos_token": lm.add_bos_token,
         "max_length": lm.max_length,
         "seeds": SEEDS,
