@@ -44,6 +44,9 @@ def test_zeroshot_command_writes_one_complete_result(stories_dir, tmp_path):
     assert {"torch", "transformers", "pruning"} <= set(result["versions"])
     assert result["model"] == {"spec": str(stories_dir), "path": str(stories_dir.resolve()), "model_type": "llama"}
     assert result["wall_seconds"] > 0 and "git_commit" in result
+    throughput = result["throughput"]
+    assert throughput["loglikelihood"]["requests"] >= 3 * 8  # three to five choices per question
+    assert throughput["loglikelihood"]["tokens_per_s"] > 0 and throughput["generate_until"]["requests"] == 0
 
 
 def test_our_model_object_scores_what_lm_eval_scores_loading_the_directory(stories_dir):
