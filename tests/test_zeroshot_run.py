@@ -179,3 +179,18 @@ def test_continuation_scoring_gives_lm_evals_loglikelihoods(stories_dir, task):
         assert ll == pytest.approx(ll_ref, rel=1e-5, abs=1e-5) and greedy == greedy_ref
     assert results == reference_results  # every metric and stderr
     assert count["tokens"] == reference_count["tokens"] > count["requests"] and count["tokens_per_s"] > 0
+
+
+def test_continuation_logits_without_logits_to_keep_are_the_same(stories_dir):
+    """A model whose forward takes no logits_to_keep gets its full logits cut to the same positions."""
+    import torch
+
+    from pruning.evaluation.scoring_lm import ScoringLM
+    from pruning.modeling import load_model
+
+    net, tokenizer = load_model(stories_dir, dtype="float32", device="cpu")
+    lm = ScoringLM(pretrained=net, tokenizer=tokenizer, backend="causal", batch_size=2, device="cpu")
+    batch = torch.randint(3, 512, (2, 12))
+    kept = lm._continuation_logits(batch, 7)
+    lm.keeps_logits = False
+    assert kept.shape == (2, 5, 512) and torch.allclose(lm._continuation_logits(batch, 7), kept, atol=1e-6)

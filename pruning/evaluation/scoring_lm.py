@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 class ScoringLM(HFLM):
     """`HFLM` over an already loaded model; `all_positions=True` keeps lm-eval's own scoring (the reference a
-    benchmark or test compares with). `throughput()` reports what the model calls processed."""
+    benchmark or test compares with), as do batch size 'auto' (lm-eval's search probes its own full-logit
+    batches) and seq2seq models. `throughput()` reports what the model calls processed."""
 
     def __init__(self, *args, all_positions: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
