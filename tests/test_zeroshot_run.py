@@ -44,6 +44,9 @@ def test_zeroshot_command_writes_one_complete_result(stories_dir, tmp_path):
     assert {"torch", "transformers", "pruning"} <= set(result["versions"])
     assert result["model"] == {"spec": str(stories_dir), "path": str(stories_dir.resolve()), "model_type": "llama"}
     assert result["wall_seconds"] > 0 and "git_commit" in result
+    throughput = result["throughput"]
+    assert throughput["loglikelihood"]["requests"] >= 3 * 8  # three to five choices per question
+    assert throughput["loglikelihood"]["tokens_per_s"] > 0 and throughput["generate_until"]["requests"] == 0
 
 
 def test_our_model_object_scores_what_lm_eval_scores_loading_the_directory(stories_dir):
@@ -148,3 +151,46 @@ def test_local_gsm8k_generates_and_scores_exact_match(stories_dir):
     assert result["fewshot_split"] == {"gsm8k_local": "test"}
     assert result["task_config"]["output_type"] == "generate_until"
     assert result["task_config"]["doc_to_text"] == "Question: {{question}}\nAnswer:"
+
+
+@pytest.mark.parametrize("task", ["arc_easy", "boolq", "hellaswag", "winogrande"])
+def test_continuation_scoring_gives_lm_evals_loglikelihoods(stories_dir, task):
+    """ScoringLM (logits of the continuation positions only) against lm-eval's own scoring of every position,
+    same model object and batches: the same log-likelihood and greedy flag for every request, so the same
+    accuracies; multi-token continuations (arc, hellaswag), one-token ones sharing a context (boolq) and
+    partial-context scoring (winogrande) included. The throughput counts every request's tokens."""
+    from pruning.evaluation.scoring_lm import ScoringLM
+    from pruning.modeling import load_model
+
+    net, tokenizer = load_model(stories_dir, dtype="float32", device="cpu")
+    manager, task_object, _ = load_task(resolve_task(task, data_dir_path=str(DATA_DIR)))
+    runs = {}
+    for all_positions in (True, False):
+        lm = ScoringLM(pretrained=net, tokenizer=tokenizer, backend="causal", batch_size=3, device="cpu",
+                       all_positions=all_positions)
+        evaluated = lm_eval.simple_evaluate(model=lm, tasks=[task_object], task_manager=manager, limit=7,
+                                            log_samples=True, **zeroshot_module.SEEDS)
+        samples = next(iter(evaluated["samples"].values()))
+        runs[all_positions] = ([response for sample in samples for response in sample["resps"]],
+                               evaluated["results"], lm.throughput()["loglikelihood"])
+    (reference, reference_results, reference_count), (ours, results, count) = runs[True], runs[False]
+    assert len(ours) == len(reference) == count["requests"] > 7
+    for (ll, greedy), (ll_ref, greedy_ref) in zip((r[0] for r in ours), (r[0] for r in reference)):
+        assert ll == pytest.approx(ll_ref, rel=1e-5, abs=1e-5) and greedy == greedy_ref
+    assert results == reference_results  # every metric and stderr
+    assert count["tokens"] == reference_count["tokens"] > count["requests"] and count["tokens_per_s"] > 0
+
+
+def test_continuation_logits_without_logits_to_keep_are_the_same(stories_dir):
+    """A model whose forward takes no logits_to_keep gets its full logits cut to the same positions."""
+    import torch
+
+    from pruning.evaluation.scoring_lm import ScoringLM
+    from pruning.modeling import load_model
+
+    net, tokenizer = load_model(stories_dir, dtype="float32", device="cpu")
+    lm = ScoringLM(pretrained=net, tokenizer=tokenizer, backend="causal", batch_size=2, device="cpu")
+    batch = torch.randint(3, 512, (2, 12))
+    kept = lm._continuation_logits(batch, 7)
+    lm.keeps_logits = False
+    assert kept.shape == (2, 5, 512) and torch.allclose(lm._continuation_logits(batch, 7), kept, atol=1e-6)

@@ -69,5 +69,7 @@ def quiet_progress() -> None:
 
 
 def evaluation_summary(report: dict) -> dict:
-    """A prune report's perplexities (before / pruned / after) rounded, as the commands print them."""
-    return {when: round(result["ppl"], 4) for when, result in (report["evaluation"] or {}).items()}
+    """A prune report's perplexities (before / pruned / after) rounded, each with its scoring tokens/s, as the
+    commands print them."""
+    return {when: {"ppl": round(result["ppl"], 4), "tokens_per_s": result.get("tokens_per_s")}
+            for when, result in (report["evaluation"] or {}).items()}

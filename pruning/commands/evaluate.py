@@ -12,7 +12,8 @@ def add_parser(subparsers) -> None:
         "eval", help="evaluate a model (perplexity)",
         description="Token-level perplexity over non-overlapping windows (tail dropped), as in the "
                     "SparseGPT/Wanda papers. The result records dataset, split, seqlen, windows, scored tokens, "
-                    "dtype and device.")
+                    "dtype, device, batch size and the scoring throughput (tokens_per_s: windows x seqlen per "
+                    "second of forwards and NLL).")
     parser.add_argument("--model", required=True, help="model directory or zoo spec")
     parser.add_argument("--ppl", action="store_true", required=True, help="measure perplexity")
     parser.add_argument("--dataset", default="wikitext2", help="wikitext2 or a local .txt/.jsonl file")
@@ -34,5 +35,6 @@ def run(args) -> int:
                                  max_windows=args.max_windows, batch_size=args.batch_size, device=args.device,
                                  dtype=args.dtype, data_dir_path=args.data_dir, output=args.output,
                                  overwrite=args.overwrite)
-    print(json.dumps({k: result[k] for k in ("ppl", "dataset", "split", "seqlen", "windows", "scored_tokens")}, indent=2))
+    print(json.dumps({k: result[k] for k in ("ppl", "dataset", "split", "seqlen", "windows", "scored_tokens",
+                                               "tokens_per_s")}, indent=2))
     return 0

@@ -21,7 +21,9 @@ def add_parser(subparsers) -> None:
                     "dtype, device and versions. Task names are lm-eval's (arc_easy, boolq, mmlu, gsm8k, ...). "
                     f"With a data directory, {', '.join(local)} read the local copies under <data dir>/zeroshot "
                     "(task definitions <name>_local, same prompts and metrics as lm-eval's); "
-                    "--source hub forces lm-eval's own task.")
+                    "--source hub forces lm-eval's own task. Log-likelihoods come from the logits of the "
+                    "continuation positions only (lm-eval's values, less work); the result records the "
+                    "throughput (requests and tokens per second).")
     parser.add_argument("--model", required=True, help="model directory or zoo spec")
     parser.add_argument("--task", required=True, help="lm-eval task or group name, or <name>_local")
     parser.add_argument("--output", required=True, help="result JSON (written atomically)")
@@ -46,5 +48,6 @@ def run(args) -> int:
     summary = {k: result[k] for k in ("task", "lm_eval_task", "n_docs", "num_fewshot")}
     summary["source"] = result["source"]["kind"]
     summary["metrics"] = {k: round(v["value"], 4) for k, v in result["metrics"].items()}
+    summary["loglikelihood_tokens_per_s"] = result["throughput"]["loglikelihood"].get("tokens_per_s")
     print(json.dumps(summary, indent=2))
     return 0

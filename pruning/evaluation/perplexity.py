@@ -1,6 +1,11 @@
 """Token-level perplexity as in the SparseGPT/Wanda papers: the text tokenized once, cut into
 non-overlapping windows of `seqlen` tokens (tail dropped), NLL summed over the shifted targets,
-ppl = exp(total NLL / scored tokens)."""
+ppl = exp(total NLL / scored tokens).
+
+Scoring costs one model forward per batch of windows and little else: the next-token NLL is taken from the
+logits a few rows at a time (`next_token_nll`), so no full-vocabulary log-probability tensor, float copy of
+the logits or shifted copy is ever written; sums are kept in float64. `forward_throughput` times the bare
+forward over the same windows, the yardstick the scoring throughput is compared with."""
 from __future__ import annotations
 
 import math
@@ -11,6 +16,10 @@ import torch.nn.functional as F
 
 from ..checks import MIN_SEQLEN, positive
 from ..data import evaluation_text
+
+# On a CPU, rows of logits are scored in chunks whose log-probabilities fit in cache (4 MiB), instead of a
+# [batch, seqlen, vocab] tensor written to memory and read back; an accelerator scores a window at once.
+CPU_CHUNK_BYTES = 4 << 20
 
 
 def token_windows(tokenizer, text: str, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
@@ -23,29 +32,56 @@ def token_windows(tokenizer, text: str, seqlen: int, max_windows: int | None = N
     return ids[: count * seqlen].reshape(count, seqlen)
 
 
+def next_token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Summed NLL (float64 scalar) of each window's tokens 1.. given the logits [b, t, vocab] at positions
+    ..t-1; log-softmax in float32 whatever the logits' dtype."""
+    length, vocab = input_ids.shape[1], logits.shape[-1]
+    rows = max(1, CPU_CHUNK_BYTES // (4 * vocab)) if logits.device.type == "cpu" else length
+    total = torch.zeros((), dtype=torch.float64, device=logits.device)
+    for window_logits, ids in zip(logits, input_ids):
+        for start in range(0, length - 1, rows):
+            stop = min(start + rows, length - 1)
+            chunk = window_logits[start:stop].float()
+            total += F.cross_entropy(chunk, ids[start + 1:stop + 1], reduction="sum").double()
+    return total
+
+
 @torch.no_grad()
 def windows_nll(model, windows: torch.Tensor, batch_size: int = 4, device=None) -> tuple[float, int]:
     """Summed NLL (float64) and scored token count over `windows` [n, seqlen]."""
     device = device or next(model.parameters()).device
-    total, scored = 0.0, 0
+    total = torch.zeros((), dtype=torch.float64, device=device)
     for start in range(0, windows.shape[0], batch_size):
         batch = windows[start:start + batch_size].to(device)
-        logits = model(input_ids=batch, use_cache=False).logits[:, :-1, :].float()
-        targets = batch[:, 1:]
-        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum").item()
-        scored += targets.numel()
-    return total, scored
+        logits = model(input_ids=batch, use_cache=False).logits
+        total += next_token_nll(logits, batch)
+        del logits  # freed before the next forward allocates its own
+    return total.item(), windows.shape[0] * (windows.shape[1] - 1)
+
+
+@torch.no_grad()
+def forward_throughput(model, windows: torch.Tensor, batch_size: int = 4, device=None) -> float:
+    """Tokens per second of the bare forward `model(input_ids)` over `windows` in batches of `batch_size`:
+    what scoring costs at least."""
+    device = device or next(model.parameters()).device
+    started = time.perf_counter()
+    for start in range(0, windows.shape[0], batch_size):
+        model(input_ids=windows[start:start + batch_size].to(device), use_cache=False)
+    return windows.numel() / (time.perf_counter() - started)
 
 
 def perplexity(model, tokenizer, dataset: str = "wikitext2", split: str = "test", seqlen: int = 512,
                max_windows: int | None = None, batch_size: int = 4, data_dir=None) -> dict:
-    """Perplexity with the protocol that produced it."""
+    """Perplexity with the protocol that produced it, and its throughput: `tokens_per_s` is windows x seqlen
+    over `scoring_seconds` (forwards and NLL; reading and tokenizing the text are in `seconds` only)."""
     positive({"seqlen": seqlen}, MIN_SEQLEN)
     positive({"max_windows": max_windows, "batch_size": batch_size})
     started = time.perf_counter()
     windows = token_windows(tokenizer, evaluation_text(dataset, split, data_dir), seqlen, max_windows)
     device = next(model.parameters()).device
+    scoring_started = time.perf_counter()
     nll, scored = windows_nll(model, windows, batch_size, device)
+    scoring_seconds = time.perf_counter() - scoring_started
     return {
         "ppl": math.exp(nll / scored),
         "nll_per_token": nll / scored,
@@ -59,4 +95,6 @@ def perplexity(model, tokenizer, dataset: str = "wikitext2", split: str = "test"
         "device": str(device),
         "batch_size": batch_size,
         "seconds": round(time.perf_counter() - started, 3),
+        "scoring_seconds": round(scoring_seconds, 3),
+        "tokens_per_s": round(windows.numel() / scoring_seconds, 1),
     }

@@ -1,7 +1,9 @@
 """Zero-shot (and few-shot) accuracy with lm-evaluation-harness, run on our own model objects.
 
-The model is loaded by `pruning.load_model` (so pruned and heterogeneous models work) and handed to lm-eval's
-`HFLM`; prompts, request building, scoring and aggregation are lm-eval's. Two kinds of task:
+The model is loaded by `pruning.load_model` (so pruned and heterogeneous models work) and handed to lm-eval as
+`ScoringLM`, lm-eval's `HFLM` that computes the logits of the continuation positions only (same log-likelihoods,
+a fraction of the work; scoring_lm.py) and counts its throughput; prompts, request building and aggregation are
+lm-eval's. Two kinds of task:
 
 - hub: lm-eval's own task definitions (arc_easy, boolq, mmlu, gsm8k, ...), documents from the Hugging Face hub;
 - local: `<task>_local` definitions shipped in `pruning/evaluation/tasks/`, the same prompts, choices and
@@ -193,6 +195,28 @@ def _check_settings(limit, num_fewshot, batch_size) -> None:
         raise ValueError(f"{problem}; or 'auto'")
 
 
+def evaluation_lm(net, tokenizer, batch_size: int | str, device: str, *, all_positions: bool = False):
+    """The lm-eval model over a loaded model: `ScoringLM` (pruning/evaluation/scoring_lm.py); `all_positions`
+    keeps lm-eval's own scoring, the reference to compare with."""
+    from .scoring_lm import ScoringLM
+
+    return ScoringLM(pretrained=net, tokenizer=tokenizer, backend="causal", batch_size=batch_size, device=device,
+                     all_positions=all_positions)
+
+
+def run_lm_eval(lm, manager, task_object, *, num_fewshot: int = 0, limit: int | None = None,
+                quiet: bool = False) -> dict:
+    """lm-eval's `simple_evaluate` of one task with the fixed seeds, without samples, bars off when `quiet`."""
+    import lm_eval
+
+    if quiet:  # lm-eval's request bars take disable=disable_tqdm, which the evaluator never sets
+        for request_type in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
+            setattr(lm, request_type, functools.partial(getattr(lm, request_type), disable_tqdm=True))
+    with _request_bars_silenced() if quiet else nullcontext():
+        return lm_eval.simple_evaluate(model=lm, tasks=[task_object], task_manager=manager, num_fewshot=num_fewshot,
+                                       limit=limit, log_samples=False, **SEEDS)
+
+
 def zeroshot(model: str, task: str, *, limit: int | None = None, num_fewshot: int = 0, batch_size: int | str = 8,
              device: str = "auto", dtype: str = "float32", data_dir_path: str | None = None, source: str = "auto",
              output: str | None = None, quiet: bool = False, overwrite: bool = False) -> dict:
@@ -212,16 +236,10 @@ def zeroshot(model: str, task: str, *, limit: int | None = None, num_fewshot: in
     manager, task_object, leaf_tasks = load_task(choice)
 
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
 
     net, tokenizer = load_model(measurement.resolve(path), dtype=dtype, device=str(compute))
-    lm = HFLM(pretrained=net, tokenizer=tokenizer, backend="causal", batch_size=batch_size, device=str(compute))
-    if quiet:  # lm-eval's request bars take disable=disable_tqdm, which the evaluator never sets
-        for request_type in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
-            setattr(lm, request_type, functools.partial(getattr(lm, request_type), disable_tqdm=True))
-    with _request_bars_silenced() if quiet else nullcontext():
-        evaluated = lm_eval.simple_evaluate(model=lm, tasks=[task_object], task_manager=manager,
-                                            num_fewshot=num_fewshot, limit=limit, log_samples=False, **SEEDS)
+    lm = evaluation_lm(net, tokenizer, batch_size, str(compute))
+    evaluated = run_lm_eval(lm, manager, task_object, num_fewshot=num_fewshot, limit=limit, quiet=quiet)
     name = choice.lm_eval_name
     results = evaluated["results"]
     samples = evaluated["n-samples"]
@@ -248,6 +266,7 @@ def zeroshot(model: str, task: str, *, limit: int | None = None, num_fewshot: in
         "dtype": dtype,
         "device": str(compute),
         "batch_size": batch_size,
+        "throughput": lm.throughput(),
         "add_bos_token": lm.add_bos_token,
         "max_length": lm.max_length,
         "seeds": SEEDS,
