@@ -103,8 +103,9 @@ class SuffixLoss:
                 f"layer (loss {own:.6f} vs {ours:.6f}); calibration-loss criteria are not supported for it")
 
     @torch.no_grad()
-    def mean_nll(self, hidden: list[torch.Tensor], layers: Sequence[nn.Module] = ()) -> float:
-        """Run `layers` in order on `hidden` (one tensor per calibration batch), then norm and head."""
+    def run_layers(self, hidden: list[torch.Tensor], layers: Sequence[nn.Module]) -> list[torch.Tensor]:
+        """Run `layers` in order on `hidden` (one tensor per calibration batch), each on the compute device
+        meanwhile, with the engine's layer arguments; the engine's own walk state is left as it was."""
         engine = self.engine
         saved = engine.hidden
         try:
@@ -116,6 +117,12 @@ class SuffixLoss:
                 layer.to(home)
         finally:
             engine.hidden = saved
+        return hidden
+
+    @torch.no_grad()
+    def mean_nll(self, hidden: list[torch.Tensor], layers: Sequence[nn.Module] = ()) -> float:
+        """Run `layers` in order on `hidden` (one tensor per calibration batch), then norm and head."""
+        hidden = self.run_layers(hidden, layers)
         with self._head_on_device():
             total = sum(self._batch_nll(h, t) for h, t in zip(hidden, self.targets))
         return total / self.scored_tokens
