@@ -4,9 +4,10 @@ Perplexity-influence depth pruning (Quark, and Shortened LLaMA's one-block-remov
 attention removal of two-stage pruning ask many times "what is the calibration loss if this part were
 gone?". The prefix of the model before the changed layer is unchanged, so the loss is computed from the
 inputs of that layer, which the shared `LayerwiseEngine` provides while it walks the layers: only the
-remaining layers, the final norm and the head are run. `SuffixLoss.verify` checks once, on one window, that
-norm + head reproduce the model's own loss, so an architecture with extra steps after the last layer fails
-loudly instead of scoring wrongly.
+remaining layers, the final norm and the head are run (`run_layers` runs a stretch of layers from stored
+inputs, so two-stage's rounds walk on from the inputs of their first candidate). `SuffixLoss.verify` checks
+once, on one window, that norm + head reproduce the model's own loss, so an architecture with extra steps
+after the last layer fails loudly instead of scoring wrongly.
 
 Shortened LLaMA's Taylor criterion estimates the same loss change to first order instead:
 `taylor_layer_scores` back-propagates the calibration loss one layer at a time (each layer re-run with

@@ -4,7 +4,9 @@ Stage 1: Block Influence of every layer, BI = mean over calibration tokens of 1 
 (hidden states from the layers' own inputs and outputs); the `ffn_layers` lowest-BI layers are the
 candidates and all of them lose their FFN sub-block.
 Stage 2: `attention_layers` rounds; each round removes, among the candidates that still have
-attention, the attention sub-block whose removal gives the lowest calibration loss.
+attention, the attention sub-block whose removal gives the lowest calibration loss. The layers before
+the first candidate run once for all rounds; a round walks from its first remaining candidate to its
+last, and per candidate runs the suffix from that layer to the head (`attention_round`).
 
 Counts are given, or derived from `prune_rate` (a fraction of all the model's parameters): the pair
 with the most FFN blocks whose total, counted with this model's real FFN and attention sub-block sizes
