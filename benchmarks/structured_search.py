@@ -127,15 +127,14 @@ def summary(result: dict) -> str:
              f"CPU float32, {result['threads']} threads; one calibration forward (with logits) "
              f"{result['forward_seconds']:.2f} s ({result['forward_cpu_seconds']:.2f} CPU s); "
              f"target <= {result['target_ratio']:g} x forward",
-             "", "| search | seconds | x forward | CPU seconds | x forward (CPU) | counted work (x forward) | target met | choice |",
-             "|---|---|---|---|---|---|---|---|"]
+             "", "| search | seconds | x forward | CPU seconds | x forward (CPU) | counted work (x forward) | target met "
+                 "| choice |", "|---|---|---|---|---|---|---|---|"]
     for name in ("quark", "two_stage"):
         r = result[name]
         choice = (f"layers {r['removed_layers']}" if name == "quark"
                   else f"FFN {r['ffn_removed_layers']}, attention {r['mha_removed_layers']}")
-        lines.append(f"| {name} | {r['seconds']:.2f} | {r['ratio']:.2f} | {r['cpu_seconds']:.2f} | {r['cpu_ratio']:.2f} | "
-                     f"{r['work_ratio']:.2f} | "
-                     f"{'yes' if r['meets_target'] else 'no'} | {choice} |")
+        lines.append(f"| {name} | {r['seconds']:.2f} | {r['ratio']:.2f} | {r['cpu_seconds']:.2f} | "
+                     f"{r['cpu_ratio']:.2f} | {r['work_ratio']:.2f} | {'yes' if r['meets_target'] else 'no'} | {choice} |")
     return "\n".join(lines) + "\n"
 
 
