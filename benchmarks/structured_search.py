@@ -95,6 +95,7 @@ def measure(model: str = "smollm2-135m", nsamples: int = 32, seqlen: int = 512, 
     dense, tokenizer = pruning.load_model(pruning.fetch_model(model))
     windows, protocol = calibration_windows(tokenizer, "c4", nsamples, seqlen, seed)
     forward = calibration_forward(dense, windows, batch_size)
+    print(f"one calibration forward: {forward.wall:.1f} s ({forward.cpu:.1f} CPU s)", file=sys.stderr, flush=True)
     searches = {"quark": ("depth", {"num_blocks": quark_blocks, "criterion": "perplexity"}),
                 "two_stage": ("two_stage", {"prune_rate": two_stage_rate})}
     result = {"model": model, "calibration": protocol.as_dict(), "batch_size": batch_size,
@@ -117,6 +118,9 @@ def measure(model: str = "smollm2-135m", nsamples: int = 32, seqlen: int = 512, 
                         "ratio": clock.wall / forward.wall, "cpu_ratio": clock.cpu / forward.cpu,
                         "work_ratio": counter.work / forward_work, "meets_target": clock.wall / forward.wall <= TARGET,
                         **choices}
+        print(f"{name}: {clock.wall:.1f} s ({clock.cpu:.1f} CPU s), {result[name]['ratio']:.2f} x forward "
+              f"({result[name]['cpu_ratio']:.2f} in CPU seconds), counted work {result[name]['work_ratio']:.2f} x",
+              file=sys.stderr, flush=True)
         del pruned, ctx
     return result
 
