@@ -32,7 +32,7 @@ from pruning.io import atomic_write_text
 from pruning.methods import PruneContext
 from pruning.structure import numel
 
-TARGET = 5.0  # issue 14: each search at most 5 × one calibration forward
+TARGET = 5.0  # issue 14: each search at most 5 × one calibration forward (met only if wall and CPU ratios both are)
 
 
 class Clock:
@@ -116,7 +116,7 @@ def measure(model: str = "smollm2-135m", nsamples: int = 32, seqlen: int = 512, 
                          "attention_rounds": report["attention_rounds"]})
         result[name] = {"method": method, "options": options, "seconds": clock.wall, "cpu_seconds": clock.cpu,
                         "ratio": clock.wall / forward.wall, "cpu_ratio": clock.cpu / forward.cpu,
-                        "work_ratio": counter.work / forward_work, "meets_target": clock.wall / forward.wall <= TARGET,
+                        "work_ratio": counter.work / forward_work, "meets_target": max(clock.wall / forward.wall, clock.cpu / forward.cpu) <= TARGET,
                         **choices}
         print(f"{name}: {clock.wall:.1f} s ({clock.cpu:.1f} CPU s), {result[name]['ratio']:.2f} x forward "
               f"({result[name]['cpu_ratio']:.2f} in CPU seconds), counted work {result[name]['work_ratio']:.2f} x",
