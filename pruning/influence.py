@@ -4,9 +4,10 @@ Perplexity-influence depth pruning (Quark, and Shortened LLaMA's one-block-remov
 attention removal of two-stage pruning ask many times "what is the calibration loss if this part were
 gone?". The prefix of the model before the changed layer is unchanged, so the loss is computed from the
 inputs of that layer, which the shared `LayerwiseEngine` provides while it walks the layers: only the
-remaining layers, the final norm and the head are run. `SuffixLoss.verify` checks once, on one window, that
-norm + head reproduce the model's own loss, so an architecture with extra steps after the last layer fails
-loudly instead of scoring wrongly.
+remaining layers, the final norm and the head are run (`run_layers` runs a stretch of layers from stored
+inputs, so two-stage's rounds walk on from the inputs of their first candidate). `SuffixLoss.verify` checks
+once, on one window, that norm + head reproduce the model's own loss, so an architecture with extra steps
+after the last layer fails loudly instead of scoring wrongly.
 
 Shortened LLaMA's Taylor criterion estimates the same loss change to first order instead:
 `taylor_layer_scores` back-propagates the calibration loss one layer at a time (each layer re-run with
@@ -103,8 +104,9 @@ class SuffixLoss:
                 f"layer (loss {own:.6f} vs {ours:.6f}); calibration-loss criteria are not supported for it")
 
     @torch.no_grad()
-    def mean_nll(self, hidden: list[torch.Tensor], layers: Sequence[nn.Module] = ()) -> float:
-        """Run `layers` in order on `hidden` (one tensor per calibration batch), then norm and head."""
+    def run_layers(self, hidden: list[torch.Tensor], layers: Sequence[nn.Module]) -> list[torch.Tensor]:
+        """Run `layers` in order on `hidden` (one tensor per calibration batch), each on the compute device
+        meanwhile, with the engine's layer arguments; the engine's own walk state is left as it was."""
         engine = self.engine
         saved = engine.hidden
         try:
@@ -116,6 +118,12 @@ class SuffixLoss:
                 layer.to(home)
         finally:
             engine.hidden = saved
+        return hidden
+
+    @torch.no_grad()
+    def mean_nll(self, hidden: list[torch.Tensor], layers: Sequence[nn.Module] = ()) -> float:
+        """Run `layers` in order on `hidden` (one tensor per calibration batch), then norm and head."""
+        hidden = self.run_layers(hidden, layers)
         with self._head_on_device():
             total = sum(self._batch_nll(h, t) for h, t in zip(hidden, self.targets))
         return total / self.scored_tokens

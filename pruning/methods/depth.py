@@ -172,7 +172,12 @@ class Depth(PruningMethod):
 
     def _removal_nll(self, ctx: PruneContext, engine: LayerwiseEngine, input_ids, size: int,
                      starts: list[int]) -> tuple[dict[int, float], float]:
-        """Mean calibration NLL of the model without layers s..s+size-1, for each start s, and of the whole model."""
+        """Mean calibration NLL of the model without layers s..s+size-1, for each start s, and of the whole model.
+
+        One walk of the model holds only the current layer inputs; at each start the layers after the window,
+        the norm and the head run on them. That is the criterion's floor: no two windows share the inputs of
+        their suffix, and the loss needs the full-vocabulary head (2 of 30 layers: about 18 forwards of work,
+        benchmarks/structured_search.py)."""
         suffix = self._suffix_loss(ctx, engine, input_ids)
         layers = ctx.adapter.decoder_layers(ctx.model)
         last = len(layers) - 1

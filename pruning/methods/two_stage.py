@@ -4,7 +4,9 @@ Stage 1: Block Influence of every layer, BI = mean over calibration tokens of 1 
 (hidden states from the layers' own inputs and outputs); the `ffn_layers` lowest-BI layers are the
 candidates and all of them lose their FFN sub-block.
 Stage 2: `attention_layers` rounds; each round removes, among the candidates that still have
-attention, the attention sub-block whose removal gives the lowest calibration loss.
+attention, the attention sub-block whose removal gives the lowest calibration loss. The layers before
+the first candidate run once for all rounds; a round walks from its first remaining candidate to its
+last, and per candidate runs the suffix from that layer to the head (`attention_round`).
 
 Counts are given, or derived from `prune_rate` (a fraction of all the model's parameters): the pair
 with the most FFN blocks whose total, counted with this model's real FFN and attention sub-block sizes
@@ -52,6 +54,36 @@ def counts_for_rate(target: float, ffn_size: int, attention_size: int, num_layer
         return min(near, key=lambda p: (error[p], p[1], p[0]))
     tolerance = max(min(error.values()), attention_size / 2)
     return max((p for p in pairs if error[p] <= tolerance), key=lambda p: (p[0], -error[p], -p[1]))
+
+
+def attention_round(suffix, adapter, layers, start: int, state: list, remaining: list[int],
+                    description: str | None = None) -> tuple[dict[int, float], tuple[int, list]]:
+    """Calibration loss (`suffix`, an influence.SuffixLoss) without each remaining candidate's attention.
+
+    `state` holds the inputs of layer `start` (at or before the first remaining candidate). The walk runs
+    the current model from there; at each candidate the suffix from that layer on, with its attention
+    swapped out, gives the loss; the walk stops at the last candidate, since nothing after it is a branch
+    point. Returns the losses and (first remaining candidate, its inputs) for the next round: no later
+    round changes anything before it.
+    """
+    from ..structure import attention_swapped_out
+
+    losses: dict[int, float] = {}
+    hidden, last = state, remaining[-1]
+    indices = range(start, last + 1)
+    if description:
+        from tqdm.auto import tqdm
+
+        indices = tqdm(indices, desc=description, unit="layer")
+    for index in indices:
+        if index == remaining[0]:
+            state = hidden
+        if index in remaining:
+            with attention_swapped_out(layers[index], adapter, index):
+                losses[index] = suffix.mean_nll(hidden, list(layers[index:]))
+        if index < last:
+            hidden = suffix.run_layers(hidden, [layers[index]])
+    return losses, (remaining[0], state)
 
 
 @register
@@ -137,8 +169,7 @@ class TwoStage(PruningMethod):
         from ..engine import LayerwiseEngine
         from ..influence import SuffixLoss, SuffixLossError
         from ..similarity import MeanDistance
-        from ..structure import (attention_swapped_out, numel, removal_report, remove_attention,
-                                 remove_feed_forward)
+        from ..structure import numel, removal_report, remove_attention, remove_feed_forward
 
         ffn_count, attention_count, facts = self.plan(ctx)
         adapter, layers = ctx.adapter, ctx.adapter.decoder_layers(ctx.model)
@@ -174,17 +205,18 @@ class TwoStage(PruningMethod):
         ffn_removed = sum(remove_feed_forward(ctx.model, adapter, i) for i in candidates)
 
         rounds, attention_removed_params, mha_removed = [], 0, []
-        for round_index in range(attention_count):
-            losses: dict[int, float] = {}
-
-            def probe(step: LayerStep):
-                if step.index in candidates and step.index not in mha_removed:
-                    with attention_swapped_out(step.layer, adapter, step.index):
-                        losses[step.index] = suffix.mean_nll(step.inputs, list(layers[step.index:]))
-                return None
-
+        # Nothing before the first candidate ever changes: its inputs are computed once, and each round walks
+        # on from the inputs of its first remaining candidate, only as far as its last one.
+        start, state = candidates[0], []
+        if attention_count:
             engine.capture(input_ids)
-            engine.run(probe, description=f"attention round {round_index + 1}/{attention_count}")
+            state = suffix.run_layers(engine.hidden, layers[:start])
+            engine.hidden = []
+        for round_index in range(attention_count):
+            remaining = [i for i in candidates if i not in mha_removed]
+            losses, (start, state) = attention_round(suffix, adapter, layers, start, state, remaining,
+                                                     f"attention round {round_index + 1}/{attention_count}"
+                                                     if ctx.progress else None)
             chosen = min(losses, key=lambda i: (losses[i], i))
             attention_removed_params += remove_attention(ctx.model, adapter, chosen)
             mha_removed.append(chosen)

@@ -1,0 +1,168 @@
+"""How long the calibration-loss searches take against one calibration forward: Quark's window search (depth,
+criterion perplexity) and two-stage pruning (block-influence pass, then greedy attention rounds).
+
+Both searches run the model's prefix once and, per candidate, only the layers after the candidate plus the final
+norm and head (pruning/influence.py). That per-candidate suffix is their floor: the calibration loss of a model
+without window s (or without candidate c's attention) needs every later layer and the full-vocabulary head on the
+changed hidden states, and no two candidates share those inputs. The script therefore prints, besides seconds
+and the ratio to one forward, the work each search did in forward units, counted while it runs: rows through
+each decoder layer and the head, weighted by their parameters at the time (a removed sub-block costs nothing),
+against one forward's rows × all layers and the head. Matching measured and counted ratios mean the search is
+at its floor; the remaining gap to the target is work the exact criterion requires.
+
+    PRUNING_DATA_DIR=../shared/data .venv/bin/python benchmarks/structured_search.py            # smollm2-135m
+    PRUNING_DATA_DIR=../shared/data .venv/bin/python benchmarks/structured_search.py --model ../shared/models/stories260K --quark-blocks 2 --two-stage-rate 0.3
+
+`measure(...)` returns the same figures as a dict for a driver that runs every benchmark at once.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import pruning
+from pruning.data import calibration_windows
+from pruning.io import atomic_write_text
+from pruning.methods import PruneContext
+from pruning.structure import numel
+
+TARGET = 5.0  # issue 14: each search at most 5 × one calibration forward (met only if wall and CPU ratios both are)
+
+
+class Clock:
+    """Wall and CPU seconds of this process (on a shared machine the CPU seconds of a 1-thread run are the
+    steadier figure: another job's load stretches wall time, not the work done)."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *_exc):
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+@torch.no_grad()
+def calibration_forward(model, windows: torch.Tensor, batch_size: int) -> Clock:
+    """One plain forward of the model (with logits) over the calibration windows in batches, after a one-window
+    warm-up: the same floor as benchmarks/core_methods.py, timed here on the loaded model with CPU seconds too."""
+    model(input_ids=windows[:1], use_cache=False)
+    with Clock() as clock:
+        for start in range(0, windows.shape[0], batch_size):
+            model(input_ids=windows[start:start + batch_size], use_cache=False)
+    return clock
+
+
+class WorkCounter:
+    """Rows through every decoder layer and the head, weighted by the module's parameters when it ran."""
+
+    def __init__(self, model):
+        adapter = pruning.get_adapter(model)
+        self.modules = [*adapter.decoder_layers(model), adapter.module(model, adapter.lm_head)]
+        self.work = 0
+        self.handles = []
+
+    def __enter__(self):
+        for module in self.modules:
+            self.handles.append(module.register_forward_hook(self._count, with_kwargs=True))
+        return self
+
+    def _count(self, module, args, kwargs, _output):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        self.work += hidden.shape[:-1].numel() * numel(module)
+
+    def __exit__(self, *_exc):
+        for handle in self.handles:
+            handle.remove()
+
+    def forward_work(self, tokens: int) -> int:
+        """Work of one forward over `tokens` tokens of the intact model."""
+        return tokens * sum(numel(module) for module in self.modules)
+
+
+def measure(model: str = "smollm2-135m", nsamples: int = 32, seqlen: int = 512, batch_size: int = 8, seed: int = 0,
+            quark_blocks: int = 2, two_stage_rate: float = 0.25, threads: int | None = None) -> dict:
+    """Seconds of one calibration forward, Quark's window search and two-stage pruning on `model`, with the
+    calibration protocol of the default grid (C4, nsamples × seqlen, seed, batch_size); ratios to the forward,
+    counted work in forward units, and the choices each search made."""
+    if threads:
+        torch.set_num_threads(threads)
+    dense, tokenizer = pruning.load_model(pruning.fetch_model(model))
+    windows, protocol = calibration_windows(tokenizer, "c4", nsamples, seqlen, seed)
+    forward = calibration_forward(dense, windows, batch_size)
+    print(f"one calibration forward: {forward.wall:.1f} s ({forward.cpu:.1f} CPU s)", file=sys.stderr, flush=True)
+    searches = {"quark": ("depth", {"num_blocks": quark_blocks, "criterion": "perplexity"}),
+                "two_stage": ("two_stage", {"prune_rate": two_stage_rate})}
+    result = {"model": model, "calibration": protocol.as_dict(), "batch_size": batch_size,
+              "threads": torch.get_num_threads(), "forward_seconds": forward.wall, "forward_cpu_seconds": forward.cpu,
+              "target_ratio": TARGET}
+    for name, (method, options) in searches.items():
+        pruned = copy.deepcopy(dense)
+        ctx = PruneContext(model=pruned, tokenizer=tokenizer, adapter=pruning.get_adapter(pruned),
+                           device=torch.device("cpu"), calibration=lambda: (windows, protocol.as_dict()),
+                           seed=seed, batch_size=batch_size, progress=False)
+        counter = WorkCounter(pruned)
+        forward_work = counter.forward_work(windows.numel())
+        with counter, Clock() as clock:
+            report = pruning.build_method(method, **options).prune(ctx)
+        choices = ({"removed_layers": report["removed_layers"], "window_ppl": report["window_ppl"]} if name == "quark"
+                   else {"ffn_removed_layers": report["ffn_removed_layers"],
+                         "mha_removed_layers": report["mha_removed_layers"],
+                         "attention_rounds": report["attention_rounds"]})
+        result[name] = {"method": method, "options": options, "seconds": clock.wall, "cpu_seconds": clock.cpu,
+                        "ratio": clock.wall / forward.wall, "cpu_ratio": clock.cpu / forward.cpu,
+                        "work_ratio": counter.work / forward_work, "meets_target": max(clock.wall / forward.wall, clock.cpu / forward.cpu) <= TARGET,
+                        **choices}
+        print(f"{name}: {clock.wall:.1f} s ({clock.cpu:.1f} CPU s), {result[name]['ratio']:.2f} x forward "
+              f"({result[name]['cpu_ratio']:.2f} in CPU seconds), counted work {result[name]['work_ratio']:.2f} x",
+              file=sys.stderr, flush=True)
+        del pruned, ctx
+    return result
+
+
+def summary(result: dict) -> str:
+    lines = [f"{result['model']}: calibration {result['calibration']['source']} {result['calibration']['nsamples']} x "
+             f"{result['calibration']['seqlen']} (seed {result['calibration']['seed']}, batch {result['batch_size']}), "
+             f"CPU float32, {result['threads']} threads; one calibration forward (with logits) "
+             f"{result['forward_seconds']:.2f} s ({result['forward_cpu_seconds']:.2f} CPU s); "
+             f"target <= {result['target_ratio']:g} x forward",
+             "", "| search | seconds | x forward | CPU seconds | x forward (CPU) | counted work (x forward) | target met "
+                 "| choice |", "|---|---|---|---|---|---|---|---|"]
+    for name in ("quark", "two_stage"):
+        r = result[name]
+        choice = (f"layers {r['removed_layers']}" if name == "quark"
+                  else f"FFN {r['ffn_removed_layers']}, attention {r['mha_removed_layers']}")
+        lines.append(f"| {name} | {r['seconds']:.2f} | {r['ratio']:.2f} | {r['cpu_seconds']:.2f} | "
+                     f"{r['cpu_ratio']:.2f} | {r['work_ratio']:.2f} | {'yes' if r['meets_target'] else 'no'} | {choice} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--nsamples", type=int, default=32)
+    parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quark-blocks", type=int, default=2, help="Quark window size (default grid: 2)")
+    parser.add_argument("--two-stage-rate", type=float, default=0.25, help="two-stage prune_rate (default grid: 0.25)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--out", default=None, help="also write the table here (and a .json beside it)")
+    args = parser.parse_args()
+    result = measure(args.model, args.nsamples, args.seqlen, args.batch_size, args.seed, args.quark_blocks,
+                     args.two_stage_rate, args.threads)
+    table = summary(result)
+    print(table)
+    if args.out:
+        atomic_write_text(args.out, table)
+        atomic_write_text(Path(args.out).with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

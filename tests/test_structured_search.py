@@ -1,0 +1,169 @@
+"""The calibration-loss searches (Quark's window search, two-stage's greedy attention rounds) on stories260K:
+every score equals a brute-force evaluation of the changed model, bit for bit equal to the plain search that
+walks the whole model every round, and the choices are the lowest scores; work counted per layer."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+import pruning
+from pruning import structure
+from pruning.engine import LayerwiseEngine
+from pruning.evaluation.perplexity import windows_nll
+from pruning.influence import SuffixLoss
+from pruning.methods import PruneContext
+from pruning.methods.two_stage import attention_round
+from pruning.modeling import load_model
+
+
+@pytest.fixture(scope="module")
+def stories(stories_dir):
+    return load_model(stories_dir)
+
+
+def run(model, method, calib, batch_size=3, **arguments):
+    ctx = PruneContext(model=model, tokenizer=None, adapter=pruning.get_adapter(model), device=torch.device("cpu"),
+                       calibration=lambda: (calib, {"source": "test"}), batch_size=batch_size, progress=False)
+    return pruning.build_method(method, **arguments).prune(ctx)
+
+
+@torch.no_grad()
+def mean_nll(model, ids) -> float:
+    nll, tokens = windows_nll(model, ids, batch_size=4)
+    return nll / tokens
+
+
+@torch.no_grad()
+def plain_round_losses(model, calib, batch_size, candidates) -> dict[int, float]:
+    """The search as it was first written: capture the embeddings and walk every layer of the model, branching
+    off at each candidate (the reference the faster walk must match exactly)."""
+    adapter = pruning.get_adapter(model)
+    layers = adapter.decoder_layers(model)
+    engine = LayerwiseEngine(model, adapter, "cpu", batch_size, progress=False)
+    suffix = SuffixLoss(model, adapter, engine, calib)
+    losses = {}
+
+    def probe(step):
+        if step.index in candidates:
+            with structure.attention_swapped_out(step.layer, adapter, step.index):
+                losses[step.index] = suffix.mean_nll(step.inputs, list(layers[step.index:]))
+
+    engine.capture(calib)
+    engine.run(probe)
+    return losses
+
+
+@pytest.mark.parametrize("batch_size", [3, 8])
+def test_two_stage_rounds_equal_brute_force_and_the_plain_walk(stories, calib_ids, batch_size):
+    """Four greedy rounds over four candidates: each round's losses are those of the whole changed model
+    (brute force, one copy per candidate) and exactly those of the plain whole-model walk."""
+    report = run(copy.deepcopy(stories[0]), "two_stage", calib_ids, batch_size=batch_size, ffn_layers=4,
+                 attention_layers=4)
+    candidates = report["ffn_removed_layers"]
+    rounds = report["attention_rounds"]
+    assert len(candidates) == 4 and len(rounds) == 4
+    reference = copy.deepcopy(stories[0])
+    adapter = pruning.get_adapter(reference)
+    for layer in candidates:
+        structure.remove_feed_forward(reference, adapter, layer)
+    removed, first_chosen_early = [], False
+    for round_ in rounds:
+        remaining = [c for c in candidates if c not in removed]
+        losses = {int(i): v for i, v in round_["candidate_losses"].items()}
+        assert sorted(losses) == remaining
+        assert losses == plain_round_losses(reference, calib_ids, batch_size, remaining)  # exactly
+        for layer, loss in losses.items():
+            probe = copy.deepcopy(reference)
+            structure.remove_attention(probe, adapter, layer)
+            assert loss == pytest.approx(mean_nll(probe, calib_ids), rel=1e-5)
+        chosen = min(losses, key=lambda i: (losses[i], i))
+        first_chosen_early = first_chosen_early or (chosen == remaining[0] and len(remaining) > 1)
+        assert round_["removed"] == chosen and round_["loss"] == losses[chosen]
+        structure.remove_attention(reference, adapter, chosen)
+        removed.append(chosen)
+    assert report["mha_removed_layers"] == sorted(removed)
+    assert first_chosen_early  # a later round starts further on than the one before, from a stored state
+
+
+@torch.no_grad()
+def test_attention_round_walks_on_from_a_stored_state_and_hands_on_the_next(stories, calib_ids):
+    """A round started before its first candidate, on a model whose layers between are intact, gives the
+    plain walk's losses and hands on the inputs of its first candidate, as the plain walk computes them."""
+    model = copy.deepcopy(stories[0])
+    adapter = pruning.get_adapter(model)
+    layers = adapter.decoder_layers(model)
+    for layer in (2, 4):
+        structure.remove_feed_forward(model, adapter, layer)
+    engine = LayerwiseEngine(model, adapter, "cpu", 3, progress=False)
+    suffix = SuffixLoss(model, adapter, engine, calib_ids)
+    engine.capture(calib_ids)
+    embeddings = engine.hidden
+    losses, (start, state) = attention_round(suffix, adapter, layers, 0, embeddings, [2, 4])
+    assert losses == plain_round_losses(model, calib_ids, 3, [2, 4])
+    assert start == 2
+    expected = suffix.run_layers(embeddings, layers[:2])
+    assert all(torch.equal(a, b) for a, b in zip(state, expected))
+    assert not any(torch.equal(a, b) for a, b in zip(state, embeddings))
+
+
+def test_two_stage_without_attention_rounds(stories, calib_ids):
+    report = run(copy.deepcopy(stories[0]), "two_stage", calib_ids, ffn_layers=2, attention_layers=0)
+    assert report["attention_rounds"] == [] and report["mha_removed_layers"] == []
+
+
+@pytest.mark.parametrize("num_blocks", [1, 3])
+def test_quark_window_scores_equal_brute_force(stories, calib_ids, num_blocks):
+    report = run(copy.deepcopy(stories[0]), "depth", calib_ids, num_blocks=num_blocks, criterion="perplexity")
+    num_layers = stories[0].config.num_hidden_layers
+    starts = range(num_layers - num_blocks + 1)
+    assert [w["layers"] for w in report["window_ppl"]] == [[s, s + num_blocks - 1] for s in starts]
+    brute = {}
+    for s in starts:
+        reference = copy.deepcopy(stories[0])
+        structure.remove_layers(reference, pruning.get_adapter(reference), list(range(s, s + num_blocks)))
+        brute[s] = math.exp(mean_nll(reference, calib_ids))
+    for window in report["window_ppl"]:
+        assert window["ppl"] == pytest.approx(brute[window["layers"][0]], rel=1e-5)
+    best = min(brute, key=lambda s: (brute[s], s))
+    assert report["removed_layers"] == list(range(best, best + num_blocks))
+
+
+
+def count_layer_passes(model, rows: int):
+    """Forward hooks counting, per decoder layer, the calls on a whole batch of `rows` windows (the suffix loss
+    check's one-window forward is not search work)."""
+    calls = []
+    for layer in pruning.get_adapter(model).decoder_layers(model):
+        layer.register_forward_hook(  # after the layer ran: the capture stops the model before layer 0 runs
+            lambda _m, args, kwargs, _out: calls.append(1)
+            if (args[0] if args else kwargs["hidden_states"]).shape[0] == rows else None, with_kwargs=True)
+    return calls
+
+
+def test_searches_run_each_layer_no_more_than_their_floor(stories, calib_ids):
+    """Quark: the prefix once (one walk of the model, which also gives the dense loss), then for each window
+    only the layers after it. Two-stage: one block-influence pass, the layers before the first candidate once,
+    and per round only the layers from the first to the last remaining candidate plus each candidate's suffix."""
+    rows, num_layers = calib_ids.shape[0], stories[0].config.num_hidden_layers
+    for size in (1, 2):
+        model = copy.deepcopy(stories[0])
+        calls = count_layer_passes(model, rows)
+        run(model, "depth", calib_ids, batch_size=rows, num_blocks=size, criterion="perplexity")
+        assert len(calls) == num_layers + sum(num_layers - s - size for s in range(num_layers - size + 1))
+
+    model = copy.deepcopy(stories[0])
+    calls = count_layer_passes(model, rows)
+    report = run(model, "two_stage", calib_ids, batch_size=rows, ffn_layers=4, attention_layers=3)
+    candidates = report["ffn_removed_layers"]
+    expected, start, removed = num_layers + candidates[0], candidates[0], []
+    for round_ in report["attention_rounds"]:
+        remaining = [c for c in candidates if c not in removed]
+        expected += remaining[-1] - start + sum(num_layers - c for c in remaining)
+        start = remaining[0]
+        removed.append(round_["removed"])
+    assert len(calls) == expected
+    plain = num_layers + sum(num_layers + sum(num_layers - c for c in candidates[r:]) for r in range(3))
+    assert expected < plain
