@@ -51,6 +51,7 @@ def test_perplexity_equals_the_reference_and_records_throughput(stories):
     assert result["ppl"] == pytest.approx(math.exp(reference_nll(model, windows) / (6 * 127)), rel=1e-6)
     assert (result["windows"], result["scored_tokens"], result["batch_size"]) == (6, 6 * 127, 4)
     assert 0 < result["scoring_seconds"] <= result["seconds"]
-    assert result["tokens_per_s"] == pytest.approx(6 * 128 / result["scoring_seconds"], rel=0.01)
+    rounded = result["scoring_seconds"]  # to the millisecond: on this tiny model a few per cent of itself
+    assert 6 * 128 / (rounded + 5e-4) - 0.1 <= result["tokens_per_s"] <= 6 * 128 / max(rounded - 5e-4, 1e-6) + 0.1
     assert windows_nll(model, windows, batch_size=1)[0] == pytest.approx(result["nll_per_token"] * 6 * 127, rel=1e-6)
     assert forward_throughput(model, windows, batch_size=4) > 0
