@@ -19,13 +19,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 import pruning
 from pruning.data import calibration_windows
+from pruning.evaluation.perplexity import forward_throughput
 from pruning.io import atomic_write_text, peak_rss_mb
 
 PATTERNS = (("50%", ["--sparsity", "0.5"], "s0.50"), ("4:8", ["--nm", "4:8"], "nm4-8"), ("2:4", ["--nm", "2:4"], "nm2-4"))
@@ -41,12 +41,8 @@ def forward_floor(model_dir: Path, nsamples: int, seqlen: int, batch_size: int, 
     """Seconds for one plain forward pass (with logits) over the calibration windows."""
     model, tokenizer = pruning.load_model(model_dir)
     windows, _ = calibration_windows(tokenizer, "c4", nsamples, seqlen, seed)
-    with torch.no_grad():
-        model(input_ids=windows[:1], use_cache=False)  # warm-up
-        started = time.perf_counter()
-        for start in range(0, nsamples, batch_size):
-            model(input_ids=windows[start:start + batch_size], use_cache=False)
-    return time.perf_counter() - started
+    forward_throughput(model, windows[:1], 1)  # warm-up
+    return windows.numel() / forward_throughput(model, windows, batch_size)
 
 
 def measured_rows(args, model_dir: Path, floor_seconds: float):

@@ -7,8 +7,8 @@ and a bit-identity check of streamed against in-memory weights on a real model.
     .venv/bin/python benchmarks/streaming_memory.py --compare-in-memory --out results/benchmarks/streaming.json
     .venv/bin/python benchmarks/streaming_memory.py --skip-synthetic --identical smollm2-135m
 
-Each prune runs in its own `python -m pruning prune` process; its peak is the child's ru_maxrss (os.wait4, that
-child only) and the VmHWM the child records in prune.json. `run(...)` returns the same figures as a dict for a
+Each prune runs in its own `python -m pruning prune` process; its peak is the one the child records in prune.json
+(`peak_rss_mb`, VmHWM: ru_maxrss would carry over the parent's peak through fork and exec). `run(...)` returns the same figures as a dict for a
 driver that runs several benchmarks.
 """
 from __future__ import annotations
@@ -71,24 +71,20 @@ def build_synthetic(folder: Path, shape: dict | None = None, seed: int = 0, shar
 
 def prune_process(model: str | Path, output: Path, *, stream: bool, method: str = "wanda", sparsity: float = 0.5,
                   nsamples: int = 8, seqlen: int = 64, calib: str = "c4") -> dict:
-    """Run `python -m pruning prune` in a child process; returns its prune.json plus the child's own ru_maxrss
-    (os.wait4 on that child) and its wall time."""
+    """Run `python -m pruning prune` in a child process; returns its prune.json (with the child's own peak,
+    `peak_rss_mb`) plus `peak_rss_bytes` and its wall time."""
     command = [sys.executable, "-m", "pruning", "prune", "--model", str(model), "--method", method,
                "--sparsity", str(sparsity), "--output-dir", str(output), "--calib", calib, "--nsamples", str(nsamples),
                "--seqlen", str(seqlen), "--device", "cpu", "--quiet", *(["--stream"] if stream else [])]
     env = dict(os.environ, TRANSFORMERS_VERBOSITY="error")
     env.setdefault("PRUNING_DATA_DIR", str(SHARED / "data"))
     started = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: wait4 reaps the child, nothing blocks
-        child = subprocess.Popen(command, env=env, stdout=log, stderr=log, text=True)
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
-        if child.returncode:
-            log.seek(0)
-            raise RuntimeError(f"prune failed ({child.returncode}): {log.read().strip().splitlines()[-1:]}")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"prune failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
     report = json.loads((output / "prune.json").read_text())
     report["child_seconds"] = round(time.perf_counter() - started, 1)
-    report["child_maxrss_bytes"] = usage.ru_maxrss * 1024
+    report["peak_rss_bytes"] = int(report["peak_rss_mb"] * 2**20)
     return report
 
 
@@ -128,13 +124,12 @@ def synthetic_case(folder: Path, *, compare_in_memory: bool, nsamples: int, seql
            "activation_bytes": estimate["activation_bytes"], "bound_bytes": int(bound), "nsamples": nsamples,
            "seqlen": seqlen}
     streamed = prune_process(model, folder / "streamed", stream=True, nsamples=nsamples, seqlen=seqlen)
-    row.update(streamed_peak_rss_bytes=streamed["child_maxrss_bytes"],
-               streamed_vmhwm_mb=streamed["peak_rss_mb"], streamed_seconds=streamed["child_seconds"],
+    row.update(streamed_peak_rss_bytes=streamed["peak_rss_bytes"], streamed_seconds=streamed["child_seconds"],
                streamed_mode=streamed["memory"]["mode"])
-    row["passed"] = streamed["child_maxrss_bytes"] < bound
+    row["passed"] = streamed["peak_rss_bytes"] < bound
     if compare_in_memory:
         in_memory = prune_process(model, folder / "in-memory", stream=False, nsamples=nsamples, seqlen=seqlen)
-        row.update(in_memory_peak_rss_bytes=in_memory["child_maxrss_bytes"],
+        row.update(in_memory_peak_rss_bytes=in_memory["peak_rss_bytes"],
                    in_memory_seconds=in_memory["child_seconds"],
                    identical_to_in_memory=tensors_identical(folder / "in-memory", folder / "streamed")["identical"])
         shutil.rmtree(folder / "in-memory")
@@ -148,8 +143,8 @@ def identical_case(model: str, folder: Path, method: str, nsamples: int, seqlen:
     in_memory = prune_process(model, folder / "in-memory", stream=False, method=method, nsamples=nsamples,
                               seqlen=seqlen)
     check = tensors_identical(folder / "in-memory", folder / "streamed")
-    result = {"model": model, "method": method, **check, "streamed_peak_rss_bytes": streamed["child_maxrss_bytes"],
-              "in_memory_peak_rss_bytes": in_memory["child_maxrss_bytes"],
+    result = {"model": model, "method": method, **check, "streamed_peak_rss_bytes": streamed["peak_rss_bytes"],
+              "in_memory_peak_rss_bytes": in_memory["peak_rss_bytes"],
               "same_result": streamed["result"] == in_memory["result"]}
     shutil.rmtree(folder / "streamed")
     shutil.rmtree(folder / "in-memory")
@@ -162,7 +157,7 @@ def run(*, synthetic: bool = True, compare_in_memory: bool = False, identical: l
     from pruning.io import versions
 
     results = {"protocol": f"wanda 50 %, {nsamples} calibration windows × {seqlen} tokens of c4, CPU, fp32; peak: "
-                           "ru_maxrss of the prune process (os.wait4); bound: "
+                           "VmHWM of the prune process (prune.json peak_rss_mb); bound: "
                            f"{BOUND_FACTOR} × (largest layer + embeddings + head + activations)",
                "synthetic_shape": SYNTHETIC, "torch_threads_env": os.environ.get("OMP_NUM_THREADS"),
                "versions": versions()}

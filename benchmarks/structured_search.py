@@ -28,6 +28,7 @@ import torch
 
 import pruning
 from pruning.data import calibration_windows
+from pruning.evaluation.perplexity import forward_throughput
 from pruning.io import atomic_write_text
 from pruning.methods import PruneContext
 from pruning.structure import numel
@@ -47,14 +48,12 @@ class Clock:
         self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
-@torch.no_grad()
 def calibration_forward(model, windows: torch.Tensor, batch_size: int) -> Clock:
     """One plain forward of the model (with logits) over the calibration windows in batches, after a one-window
     warm-up: the same floor as benchmarks/core_methods.py, timed here on the loaded model with CPU seconds too."""
-    model(input_ids=windows[:1], use_cache=False)
+    forward_throughput(model, windows[:1], 1)
     with Clock() as clock:
-        for start in range(0, windows.shape[0], batch_size):
-            model(input_ids=windows[start:start + batch_size], use_cache=False)
+        forward_throughput(model, windows, batch_size)
     return clock
 
 
