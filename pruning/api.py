@@ -83,13 +83,9 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
 
     net, tokenizer = load_model(measurement.resolve(path), dtype=dtype, device="cpu")
     adapter = get_adapter(net)
-    torch.manual_seed(seed)
-    calibration = CalibrationCache(tokenizer, calib, nsamples, seqlen, seed, data_dir_path)
-
-    ctx = PruneContext(model=net, tokenizer=tokenizer, adapter=adapter, device=compute, calibration=calibration,
-                       seed=seed, batch_size=batch_size, progress=progress, ignore=tuple(ignore),
-                       extras={"data_dir": data_dir_path, "model_path": str(path)})
-    instance.check_model(ctx)
+    ctx, calibration = _context(instance, net, tokenizer, adapter, path, calib=calib, nsamples=nsamples,
+                                seqlen=seqlen, seed=seed, compute=compute, data_dir_path=data_dir_path,
+                                batch_size=batch_size, progress=progress, ignore=tuple(ignore))
     eval_settings = dict(dataset=eval_dataset, seqlen=_evaluation_seqlen(eval_seqlen, seqlen),
                          max_windows=eval_max_windows, data_dir=data_dir_path)
     evaluation = {}
@@ -97,11 +93,7 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
         evaluation["before"] = perplexity(net.to(compute), tokenizer, **eval_settings)
         net.to("cpu")
     before = parameter_counts(net)
-    if compute.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(compute)
-    prune_started = time.perf_counter()
-    method_report = instance.prune(ctx)
-    prune_seconds = time.perf_counter() - prune_started
+    method_report, prune_seconds = _timed_prune(instance, ctx, compute)
     net = ctx.model  # structured methods may rebuild the model
     recovered = None
     if recovery_text is not None:
@@ -120,6 +112,28 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
     report = measurement.finish(report, peak_rss=True)
     save_model(net, tokenizer, output_dir, report, overwrite=overwrite, save_format=save_format)
     return report
+
+
+def _context(instance: PruningMethod, net, tokenizer, adapter, path: Path, *, calib: str, nsamples: int, seqlen: int,
+             seed: int, compute: torch.device, data_dir_path: str | None, batch_size: int, progress: bool,
+             ignore: tuple[str, ...]) -> tuple[PruneContext, CalibrationCache]:
+    """The method's context on a loaded (or streamed) model, checked by the method before any work."""
+    torch.manual_seed(seed)
+    calibration = CalibrationCache(tokenizer, calib, nsamples, seqlen, seed, data_dir_path)
+    ctx = PruneContext(model=net, tokenizer=tokenizer, adapter=adapter, device=compute, calibration=calibration,
+                       seed=seed, batch_size=batch_size, progress=progress, ignore=ignore,
+                       extras={"data_dir": data_dir_path, "model_path": str(path)})
+    instance.check_model(ctx)
+    return ctx, calibration
+
+
+def _timed_prune(instance: PruningMethod, ctx: PruneContext, compute: torch.device) -> tuple[dict, float]:
+    """The method's report and its seconds (CUDA peak memory counted from here)."""
+    if compute.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(compute)
+    started = time.perf_counter()
+    report = instance.prune(ctx)
+    return report, time.perf_counter() - started
 
 
 def _report(instance: PruningMethod, calibration: CalibrationCache, seed: int, compute: torch.device, dtype: str,
@@ -153,17 +167,10 @@ def _prune_streamed(measurement: Measurement, instance: PruningMethod, path: Pat
     folder while the engine walks the layers, and the folder replaces `output_dir` only once complete."""
     with atomic_directory(output_dir, overwrite=overwrite) as scratch:
         net, tokenizer, source = open_streamed(measurement.resolve(path), dtype, scratch / STAGING)
-        torch.manual_seed(seed)
-        calibration = CalibrationCache(tokenizer, calib, nsamples, seqlen, seed, data_dir_path)
-        ctx = PruneContext(model=net, tokenizer=tokenizer, adapter=source.adapter, device=compute,
-                           calibration=calibration, seed=seed, batch_size=batch_size, progress=progress, ignore=ignore,
-                           extras={"data_dir": data_dir_path, "model_path": str(path)})
-        instance.check_model(ctx)
-        if compute.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(compute)
-        started = time.perf_counter()
-        method_report = instance.prune(ctx)
-        prune_seconds = time.perf_counter() - started
+        ctx, calibration = _context(instance, net, tokenizer, source.adapter, path, calib=calib, nsamples=nsamples,
+                                    seqlen=seqlen, seed=seed, compute=compute, data_dir_path=data_dir_path,
+                                    batch_size=batch_size, progress=progress, ignore=ignore)
+        method_report, prune_seconds = _timed_prune(instance, ctx, compute)
         parameters = source.finish(scratch)
         report = _report(instance, calibration, seed, compute, dtype, ignore, parameters, method_report, {},
                          prune_seconds, None, memory)
