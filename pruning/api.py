@@ -54,6 +54,7 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
     if instance.needs_calibration:
         check_calibration_source(calib)
         checks.positive({"nsamples": nsamples})
+        instance.check_calibration(nsamples)
     if evaluate:
         check_evaluation_dataset(eval_dataset)
     data_dir(data_dir_path)

@@ -133,6 +133,10 @@ M = "{model}"
 PRUNE = ["prune", "--model", M, "--method", "magnitude", "--sparsity", "0.5", "--device", "cpu", "--quiet"]
 WANDA = ["prune", "--model", M, "--method", "wanda", "--sparsity", "0.5", "--device", "cpu", "--quiet",
          "--calib", "{root}/text.txt", "--nsamples", "2"]
+CALIBRATED = ["--device", "cpu", "--quiet", "--calib", "{root}/text.txt", "--nsamples", "2", "--seqlen", "16"]
+DEPTH = ["prune", "--model", M, "--method", "depth", "--num-blocks", "1"] + CALIBRATED
+TWO_STAGE = ["prune", "--model", M, "--method", "two_stage", "--option", "ffn_layers=2", "--option",
+             "attention_layers=1"] + CALIBRATED
 EVAL = ["eval", "--model", M, "--ppl", "--device", "cpu", "--dataset", "{root}/text.txt"]
 CONVERT = ["convert", "--model", M, "--outtype", "f16"]
 ZEROSHOT = ["zeroshot", "--model", M, "--task", "arc_easy", "--device", "cpu", "--limit", "2"]
@@ -167,6 +171,18 @@ CASES = {
                               "--option 'per=[row': the value is not valid YAML (expected ',' or ']'"),
     "prune-eval-max-windows-0": (PRUNE + ["--evaluate", "--dataset", "{root}/text.txt", "--eval-seqlen", "64",
                                           "--max-windows", "0", "--output-dir", "{root}/out"], "--max-windows must be"),
+    # prune: a calibration-loss search on a subset of the calibration windows
+    "prune-search-windows-0": (DEPTH + ["--option", "criterion=perplexity", "--option", "search_windows=0",
+                                        "--output-dir", "{root}/out"], "depth: search_windows must be an integer >= 1, got 0"),
+    "prune-search-windows-beyond-nsamples": (DEPTH + ["--option", "criterion=block_ppl", "--option", "search_windows=3",
+                                                      "--output-dir", "{root}/out"],
+                                             "depth: search_windows 3 is more than the 2 calibration windows"),
+    "prune-search-windows-angular": (DEPTH + ["--option", "search_windows=1", "--output-dir", "{root}/out"],
+                                     "depth: search_windows applies to the criteria that score candidates by "
+                                     "calibration loss (perplexity, block_ppl), not to angular"),
+    "prune-two-stage-search-windows-beyond-nsamples": (TWO_STAGE + ["--option", "search_windows=3", "--output-dir",
+                                                                    "{root}/out"],
+                                                       "two_stage: search_windows 3 is more than the 2 calibration windows"),
     # prune: unreadable models and data (finding 5)
     "prune-truncated-safetensors": (PRUNE[:2] + ["{root}/truncated"] + PRUNE[3:] + ["--output-dir", "{root}/out"],
                                     "truncated/model.safetensors: not a valid safetensors file"),

@@ -167,3 +167,80 @@ def test_searches_run_each_layer_no_more_than_their_floor(stories, calib_ids):
     assert len(calls) == expected
     plain = num_layers + sum(num_layers + sum(num_layers - c for c in candidates[r:]) for r in range(3))
     assert expected < plain
+
+
+SUBSET_FACTS = ("search_windows", "search_scored_tokens")
+
+
+@pytest.mark.parametrize("method, arguments", [
+    ("depth", {"num_blocks": 2, "criterion": "perplexity"}),
+    ("depth", {"num_blocks": 2, "criterion": "block_ppl"}),
+    ("two_stage", {"ffn_layers": 4, "attention_layers": 3}),
+])
+def test_search_on_every_window_is_the_exact_search(stories, calib_ids, method, arguments):
+    """search_windows = nsamples changes nothing but the record: every loss bit for bit, every choice."""
+    exact = run(copy.deepcopy(stories[0]), method, calib_ids, **arguments)
+    subset = run(copy.deepcopy(stories[0]), method, calib_ids, search_windows=len(calib_ids), **arguments)
+    data = "ppl_data" if method == "depth" else "attention_loss_data"
+    assert {k: subset.pop(k) for k in (*SUBSET_FACTS, data)} == {
+        "search_windows": 8, "search_scored_tokens": 8 * 63,
+        data: "the first 8 of the 8 calibration windows (search_windows; see calibration in prune.json), never the "
+              "test split"}
+    exact.pop(data, None)
+    assert subset == exact
+
+
+def test_first_windows_of_a_draw_are_the_smaller_draw(stories_text, stories_tokenizer, calib_ids):
+    """Why the first N windows are a fair subset: they are exactly the seeded draw of N windows."""
+    from pruning.data import calibration_windows
+
+    ids, _ = calibration_windows(stories_tokenizer, str(stories_text["calibration"]), 3, 64, seed=0)
+    assert torch.equal(ids, calib_ids[:3])
+
+
+@pytest.mark.parametrize("criterion", ["perplexity", "block_ppl"])
+def test_quark_and_block_ppl_on_a_subset_are_the_search_on_those_windows(stories, calib_ids, criterion):
+    """search_windows=3 of 8 gives the losses, perplexities and choice of the search run on the first 3 windows."""
+    subset = run(copy.deepcopy(stories[0]), "depth", calib_ids, num_blocks=2, criterion=criterion, search_windows=3)
+    alone = run(copy.deepcopy(stories[0]), "depth", calib_ids[:3], num_blocks=2, criterion=criterion)
+    assert subset.pop("search_windows") == 3 and subset.pop("search_scored_tokens") == 3 * 63
+    assert subset.pop("ppl_data").startswith("the first 3 of the 8 calibration windows")
+    alone.pop("ppl_data")
+    assert subset == alone
+    exact = run(copy.deepcopy(stories[0]), "depth", calib_ids, num_blocks=2, criterion=criterion)
+    assert subset["ppl_dense_calibration"] != exact["ppl_dense_calibration"]  # the subset really is smaller
+
+
+def test_two_stage_rounds_on_a_subset_score_on_those_windows(stories, calib_ids):
+    """Stage 1 and the dense loss use all 8 windows; each attention round's losses are exactly the plain walk's
+    on the first 3."""
+    arguments = {"ffn_layers": 4, "attention_layers": 3}
+    subset = run(copy.deepcopy(stories[0]), "two_stage", calib_ids, search_windows=3, **arguments)
+    exact = run(copy.deepcopy(stories[0]), "two_stage", calib_ids, **arguments)
+    for key in ("scores", "ffn_removed_layers", "calibration_loss_dense"):
+        assert subset[key] == exact[key]
+    assert subset["search_windows"] == 3 and subset["search_scored_tokens"] == 3 * 63
+    assert subset["attention_loss_data"].startswith("the first 3 of the 8 calibration windows")
+    reference = copy.deepcopy(stories[0])
+    adapter = pruning.get_adapter(reference)
+    for layer in subset["ffn_removed_layers"]:
+        structure.remove_feed_forward(reference, adapter, layer)
+    removed = []
+    for round_, exact_round in zip(subset["attention_rounds"], exact["attention_rounds"]):
+        remaining = [c for c in subset["ffn_removed_layers"] if c not in removed]
+        losses = {int(i): v for i, v in round_["candidate_losses"].items()}
+        assert losses == plain_round_losses(reference, calib_ids[:3], 3, remaining)  # exactly
+        assert losses != {int(i): v for i, v in exact_round["candidate_losses"].items()}
+        structure.remove_attention(reference, adapter, round_["removed"])
+        removed.append(round_["removed"])
+
+
+@pytest.mark.parametrize("method, arguments", [("depth", {"num_blocks": 1, "criterion": "perplexity"}),
+                                               ("two_stage", {"ffn_layers": 2, "attention_layers": 1})])
+def test_search_on_more_windows_than_given_is_refused_before_any_change(stories, calib_ids, method, arguments):
+    """A library caller's calibration is only counted once read: still refused before the model changes."""
+    model = copy.deepcopy(stories[0])
+    with pytest.raises(pruning.methods.MethodError, match=f"^{method}: search_windows 9 is more than the 8 calibration"):
+        run(model, method, calib_ids, search_windows=9, **arguments)
+    before, after = stories[0].state_dict(), model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)

@@ -108,6 +108,12 @@ class PruningMethod:
         for step in self.steps():
             step.check_config(config)
 
+    def check_calibration(self, nsamples: int) -> None:
+        """Refuse, from the number of calibration windows alone (before the model loads), what it makes
+        impossible; a composite asks each method it runs."""
+        for step in self.steps():
+            step.check_calibration(nsamples)
+
     def check_model(self, ctx: PruneContext) -> None:
         """Refuse, before any calibration or evaluation, what this model makes impossible."""
 

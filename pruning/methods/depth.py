@@ -19,6 +19,8 @@ Taylor importance Σ |w · ∂L/∂w| over the block's weights, L the calibratio
 Taylor+ is this with skip_blocks [0,1,2,3,-2,-1], its first four and last two layers kept).
 
 `skip_blocks` lists layers that must stay (negative indices count from the end, e.g. [0,1,2,3,-1,-2]).
+`search_windows` (perplexity, block_ppl) scores the candidates on the first N calibration windows only, a
+faster search that may choose differently (pruning/methods/search.py).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING
 from .base import MethodError, PruneContext, PruningMethod, no_grad, register
 from ..similarity import CRITERIA, TOKENS
 from .options import Option
+from .search import check_search_windows, search_record, search_windows_option
 
 if TYPE_CHECKING:
     from ..engine import LayerStep, LayerwiseEngine
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 
 # hidden-state change, Quark's perplexity windows, Shortened LLaMA's one-block-removed perplexity and Taylor
 DEPTH_CRITERIA = CRITERIA + ("perplexity", "block_ppl", "taylor")
+REMOVAL_LOSS_CRITERIA = ("perplexity", "block_ppl")  # score every candidate by the calibration loss without it
 CRITERION_LABELS = {"angular": "Angular", "cosine": "Cosine", "perplexity": "Perplexity", "block_ppl": "Block PPL",
                     "taylor": "Taylor"}  # the column names of the PruneGPT table
 
@@ -69,6 +73,7 @@ class Depth(PruningMethod):
                default="last", choices=TOKENS),
         Option("block_size", int, "consecutive layers per removed block (all criteria but perplexity)", default=1,
                low=1),
+        search_windows_option("the candidate blocks (criteria perplexity and block_ppl)"),
     )
 
     def __init__(self, **values):
@@ -76,6 +81,9 @@ class Depth(PruningMethod):
         if self.criterion == "perplexity" and self.block_size != 1:
             raise MethodError("depth: criterion perplexity removes one window of num_blocks consecutive layers; "
                               "block_size does not apply (leave it at 1)")
+        if self.search_windows is not None and self.criterion not in REMOVAL_LOSS_CRITERIA:
+            raise MethodError(f"depth: search_windows applies to the criteria that score candidates by calibration "
+                              f"loss ({', '.join(REMOVAL_LOSS_CRITERIA)}), not to {self.criterion}")
 
     def options(self) -> dict:
         options = super().options()
@@ -83,7 +91,12 @@ class Depth(PruningMethod):
             del options["tokens"]
         if self.criterion == "perplexity":
             del options["block_size"]
+        if self.search_windows is None:
+            del options["search_windows"]
         return options
+
+    def check_calibration(self, nsamples: int) -> None:
+        check_search_windows(self.name, self.search_windows, nsamples)
 
     def check_model(self, ctx: PruneContext) -> None:
         self.plan(ctx.adapter.num_layers(ctx.model))
@@ -117,6 +130,7 @@ class Depth(PruningMethod):
         num_layers = ctx.adapter.num_layers(ctx.model)
         size, starts = self.plan(num_layers)
         input_ids, _ = ctx.calibration()
+        self.check_calibration(len(input_ids))
         engine = LayerwiseEngine(ctx.model, ctx.adapter, ctx.device, ctx.batch_size, ctx.progress)
         before = numel(ctx.model)
         if self.criterion == "perplexity":
@@ -171,14 +185,16 @@ class Depth(PruningMethod):
         return suffix
 
     def _removal_nll(self, ctx: PruneContext, engine: LayerwiseEngine, input_ids, size: int,
-                     starts: list[int]) -> tuple[dict[int, float], float]:
-        """Mean calibration NLL of the model without layers s..s+size-1, for each start s, and of the whole model.
+                     starts: list[int]) -> tuple[dict[int, float], float, dict]:
+        """Mean calibration NLL of the model without layers s..s+size-1, for each start s, and of the whole model,
+        on the first search_windows windows (all by default), and what they were computed on, for the report.
 
         One walk of the model holds only the current layer inputs; at each start the layers after the window,
         the norm and the head run on them. That is the criterion's floor: no two windows share the inputs of
         their suffix, and the loss needs the full-vocabulary head (2 of 30 layers: about 18 forwards of work,
         benchmarks/structured_search.py)."""
-        suffix = self._suffix_loss(ctx, engine, input_ids)
+        scored = input_ids[:self.search_windows]
+        suffix = self._suffix_loss(ctx, engine, scored)
         layers = ctx.adapter.decoder_layers(ctx.model)
         last = len(layers) - 1
         nll: dict[int, float] = {}
@@ -192,28 +208,28 @@ class Depth(PruningMethod):
                 dense["nll"] = suffix.mean_nll(outputs)
             return outputs
 
-        engine.capture(input_ids)
+        engine.capture(scored)
         engine.run(visit, description=f"depth {self.criterion}")
-        return nll, dense["nll"]
+        data = ({"ppl_data": CALIBRATION_ONLY} if self.search_windows is None else
+                search_record(self.search_windows, len(input_ids), suffix.scored_tokens, "ppl_data"))
+        return nll, dense["nll"], data
 
     def _perplexity_windows(self, ctx: PruneContext, engine: LayerwiseEngine, input_ids, size: int,
                             starts: list[int]) -> dict:
         """Quark: calibration perplexity with each allowed window of `size` layers removed."""
-        nll, dense = self._removal_nll(ctx, engine, input_ids, size, starts)
+        nll, dense, data = self._removal_nll(ctx, engine, input_ids, size, starts)
         window_ppl = [{"layers": [s, s + size - 1], "ppl": math.exp(nll[s])} for s in starts]
         best = min(starts, key=lambda s: (nll[s], s))
         return {"best_start": best, "window_ppl": window_ppl,
                 "scores": {_window_name(s, size): math.exp(nll[s]) for s in starts},
                 "ppl_dense_calibration": math.exp(dense),
-                "ppl_after_calibration": math.exp(nll[best]),
-                "ppl_data": CALIBRATION_ONLY}
+                "ppl_after_calibration": math.exp(nll[best]), **data}
 
     def _block_perplexities(self, ctx: PruneContext, engine: LayerwiseEngine, input_ids, size: int,
                             starts: list[int]) -> tuple[dict[int, float], dict]:
         """Shortened LLaMA's PPL criterion: calibration perplexity with only the block at s removed, for each s."""
-        nll, dense = self._removal_nll(ctx, engine, input_ids, size, starts)
-        return {s: math.exp(nll[s]) for s in starts}, {"ppl_dense_calibration": math.exp(dense),
-                                                        "ppl_data": CALIBRATION_ONLY}
+        nll, dense, data = self._removal_nll(ctx, engine, input_ids, size, starts)
+        return {s: math.exp(nll[s]) for s in starts}, {"ppl_dense_calibration": math.exp(dense), **data}
 
     def _taylor_scores(self, ctx: PruneContext, engine: LayerwiseEngine, input_ids, size: int,
                        starts: list[int]) -> tuple[dict[int, float], dict]:

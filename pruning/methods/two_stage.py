@@ -14,6 +14,8 @@ with the most FFN blocks whose total, counted with this model's real FFN and att
 pair when none does. With `ffn_attention_ratio` (PP-LLMs' `mha_ffn_ratio`) the pair is PP-LLMs' instead:
 among pairs whose FFN/attention count ratio lies within 20 % of it, the one whose total (real sizes) is
 closest to the target. A removed sub-block takes its input norm with it; the residual passes through.
+`search_windows` scores the attention rounds on the first N calibration windows only, a faster search that
+may choose differently (pruning/methods/search.py); stage 1 always uses every window.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from .base import MethodError, PruneContext, PruningMethod, no_grad, register
 from .options import Option
+from .search import check_search_windows, search_record, search_windows_option
 
 if TYPE_CHECKING:
     from ..engine import LayerStep
@@ -100,6 +103,7 @@ class TwoStage(PruningMethod):
         Option("ffn_attention_ratio", float, "with prune_rate: FFN per attention blocks removed, within 20 % "
                                              "(PP-LLMs' mha_ffn_ratio; default: counts from the real sizes alone)",
                low=0, low_open=True),
+        search_windows_option("the attention rounds' candidates (block influence and the dense loss use every window)"),
     )
 
     def __init__(self, **values):
@@ -119,10 +123,14 @@ class TwoStage(PruningMethod):
                                   f"candidate layers, so attention_layers ({self.attention_layers}) must be <= ffn_layers")
 
     def options(self) -> dict:
+        search = {} if self.search_windows is None else {"search_windows": self.search_windows}
         if self.prune_rate is not None:
             ratio = {} if self.ffn_attention_ratio is None else {"ffn_attention_ratio": self.ffn_attention_ratio}
-            return {"prune_rate": self.prune_rate, **ratio}
-        return {"ffn_layers": self.ffn_layers, "attention_layers": self.attention_layers}
+            return {"prune_rate": self.prune_rate, **ratio, **search}
+        return {"ffn_layers": self.ffn_layers, "attention_layers": self.attention_layers, **search}
+
+    def check_calibration(self, nsamples: int) -> None:
+        check_search_windows(self.name, self.search_windows, nsamples)
 
     def check_config(self, config) -> None:
         from ..structure import structure_problem
@@ -174,12 +182,15 @@ class TwoStage(PruningMethod):
         ffn_count, attention_count, facts = self.plan(ctx)
         adapter, layers = ctx.adapter, ctx.adapter.decoder_layers(ctx.model)
         input_ids, _ = ctx.calibration()
+        self.check_calibration(len(input_ids))
         engine = LayerwiseEngine(ctx.model, adapter, ctx.device, ctx.batch_size, ctx.progress)
         suffix = SuffixLoss(ctx.model, adapter, engine, input_ids)
         try:
             suffix.verify()
         except SuffixLossError as exc:
             raise MethodError(f"two_stage: {exc}") from None
+        search_ids = input_ids[:self.search_windows]  # the attention rounds' windows
+        search = suffix if self.search_windows is None else SuffixLoss(ctx.model, adapter, engine, search_ids)
         before = numel(ctx.model)
         log.info("two_stage: removing %d FFN and %d attention sub-blocks of %d layers (%s)", ffn_count,
                  attention_count, len(layers), ", ".join(f"{k} {v}" for k, v in facts.items()))
@@ -209,12 +220,12 @@ class TwoStage(PruningMethod):
         # on from the inputs of its first remaining candidate, only as far as its last one.
         start, state = candidates[0], []
         if attention_count:
-            engine.capture(input_ids)
-            state = suffix.run_layers(engine.hidden, layers[:start])
+            engine.capture(search_ids)
+            state = search.run_layers(engine.hidden, layers[:start])
             engine.hidden = []
         for round_index in range(attention_count):
             remaining = [i for i in candidates if i not in mha_removed]
-            losses, (start, state) = attention_round(suffix, adapter, layers, start, state, remaining,
+            losses, (start, state) = attention_round(search, adapter, layers, start, state, remaining,
                                                      f"attention round {round_index + 1}/{attention_count}"
                                                      if ctx.progress else None)
             chosen = min(losses, key=lambda i: (losses[i], i))
@@ -231,5 +242,7 @@ class TwoStage(PruningMethod):
                 "ffn_parameters_removed": ffn_removed, "attention_parameters_removed": attention_removed_params,
                 "scores": {str(i): v for i, v in block_influence.items()}, "score": "block influence 1 - cos, all tokens",
                 "calibration_loss_dense": dense["loss"], "attention_rounds": rounds,
+                **({} if self.search_windows is None else
+                   search_record(self.search_windows, len(input_ids), search.scored_tokens, "attention_loss_data")),
                 **({"prune_rate": self.prune_rate} if self.prune_rate is not None else {}),
                 **facts, **removal_report(before, ctx.model)}

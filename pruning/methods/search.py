@@ -1,0 +1,29 @@
+"""Opt-in subset of the calibration windows for the calibration-loss searches (depth's perplexity and
+block_ppl criteria, two-stage's attention rounds). Each candidate costs the layers after it plus the
+full-vocabulary head on every window scored, so the exact search is at its floor; scoring the candidates
+on the first `search_windows` windows (the windows are already a seeded random draw) cuts that cost in
+proportion, at the price of a choice that may differ from the exact one.
+"""
+from __future__ import annotations
+
+from .options import MethodError, Option
+
+
+def search_windows_option(candidates: str) -> Option:
+    return Option("search_windows", int, f"score {candidates} on the first N calibration windows only (default: all, "
+                                         "the exact search); the search's time falls with N / nsamples, and its "
+                                         "choice may then differ from the exact one", low=1)
+
+
+def check_search_windows(method: str, search_windows: int | None, nsamples: int) -> None:
+    if search_windows is not None and search_windows > nsamples:
+        raise MethodError(f"{method}: search_windows {search_windows} is more than the {nsamples} calibration windows "
+                          f"(nsamples)")
+
+
+def search_record(search_windows: int, nsamples: int, scored_tokens: int, data_key: str) -> dict:
+    """What a subset search adds to the method's report: its size, and under `data_key` what the losses it
+    reports were computed on."""
+    return {"search_windows": search_windows, "search_scored_tokens": scored_tokens,
+            data_key: f"the first {search_windows} of the {nsamples} calibration windows (search_windows; see "
+                           f"calibration in prune.json), never the test split"}
