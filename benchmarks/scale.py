@@ -9,7 +9,7 @@ It runs, one after the other in this process (each part is also a script of its 
    against 1.5 × (largest layer + embeddings + head + activations) and its in-memory peak, and the real model
    streamed == in memory;
 3. `structured_search.measure`: Quark's window search and two-stage's rounds against one calibration forward
-   (target ≤ 5 ×);
+   (target ≤ 5 ×), and with --search-windows N also on that subset of the calibration windows;
 4. `evaluation_throughput.measure`: perplexity against the bare forward (target ≥ 0.9 ×) and zero-shot scoring.
 Writes scale.md and scale.json (and each part's own files) into --out-dir, replaced atomically.
 
@@ -39,8 +39,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m", help="zoo spec of the real model (default smollm2-135m)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for every part (default 2)")
+    parser.add_argument("--search-windows", type=int, default=None,
+                        help="also time the structured searches on the first N calibration windows (structured_search.py)")
     parser.add_argument("--out-dir", type=Path, required=True)
     args = parser.parse_args(argv)
+    structured_search.searches(search_windows=args.search_windows)  # a bad subset is refused before any part runs
     args.out_dir.mkdir(parents=True, exist_ok=True)
     versus_args = versus_llmcompressor.parse_args(["--model", args.model, "--threads", str(args.threads),
                                                    "--out-dir", str(args.out_dir)])
@@ -54,7 +57,8 @@ def main(argv=None) -> int:
     sections.append("## Out-of-core pruning\n\n" + results["streaming"]["protocol"] + "\n\n```\n"
                     + streaming_memory.report_text(results["streaming"]) + "\n```\n")
 
-    results["searches"] = structured_search.measure(args.model, threads=args.threads)
+    results["searches"] = structured_search.measure(args.model, threads=args.threads,
+                                                        search_windows=args.search_windows)
     sections.append("## Structured searches against one calibration forward\n\n"
                     + structured_search.summary(results["searches"]))
 

@@ -10,8 +10,11 @@ each decoder layer and the head, weighted by their parameters at the time (a rem
 against one forward's rows × all layers and the head. Matching measured and counted ratios mean the search is
 at its floor; the remaining gap to the target is work the exact criterion requires.
 
+With `--search-windows N` both searches also run with search_windows=N (candidates scored on the first N
+calibration windows only, pruning/methods/search.py), and their rows say whether they chose as the exact search.
+
     PRUNING_DATA_DIR=../shared/data .venv/bin/python benchmarks/structured_search.py            # smollm2-135m
-    PRUNING_DATA_DIR=../shared/data .venv/bin/python benchmarks/structured_search.py --model ../shared/models/stories260K --quark-blocks 2 --two-stage-rate 0.3
+    PRUNING_DATA_DIR=../shared/data .venv/bin/python benchmarks/structured_search.py --model ../shared/models/stories260K --quark-blocks 2 --two-stage-rate 0.3 --search-windows 8
 
 `measure(...)` returns the same figures as a dict for a driver that runs every benchmark at once.
 """
@@ -84,23 +87,40 @@ class WorkCounter:
         return tokens * sum(numel(module) for module in self.modules)
 
 
+def searches(quark_blocks: int = 2, two_stage_rate: float = 0.25, search_windows: int | None = None,
+             nsamples: int = 32) -> dict[str, tuple[str, dict]]:
+    """The runs to time, name -> (method, options): each search exact and, with `search_windows`, on that subset
+    (name_subset), which is refused here, before anything is timed, where the method refuses it."""
+    exact = {"quark": ("depth", {"num_blocks": quark_blocks, "criterion": "perplexity"}),
+             "two_stage": ("two_stage", {"prune_rate": two_stage_rate})}
+    runs = {}
+    for name, (method, options) in exact.items():
+        runs[name] = (method, options)
+        if search_windows is not None:
+            subset = {**options, "search_windows": search_windows}
+            pruning.build_method(method, **subset).check_calibration(nsamples)
+            runs[f"{name}_subset"] = (method, subset)
+    return runs
+
+
 def measure(model: str = "smollm2-135m", nsamples: int = 32, seqlen: int = 512, batch_size: int = 8, seed: int = 0,
-            quark_blocks: int = 2, two_stage_rate: float = 0.25, threads: int | None = None) -> dict:
+            quark_blocks: int = 2, two_stage_rate: float = 0.25, threads: int | None = None,
+            search_windows: int | None = None) -> dict:
     """Seconds of one calibration forward, Quark's window search and two-stage pruning on `model`, with the
     calibration protocol of the default grid (C4, nsamples × seqlen, seed, batch_size); ratios to the forward,
-    counted work in forward units, and the choices each search made."""
+    counted work in forward units, and the choices each search made; with `search_windows`, each search again
+    on that subset (entries quark_subset, two_stage_subset), and whether it chose as the exact one."""
+    runs = searches(quark_blocks, two_stage_rate, search_windows, nsamples)
     if threads:
         torch.set_num_threads(threads)
     dense, tokenizer = pruning.load_model(pruning.fetch_model(model))
     windows, protocol = calibration_windows(tokenizer, "c4", nsamples, seqlen, seed)
     forward = calibration_forward(dense, windows, batch_size)
     print(f"one calibration forward: {forward.wall:.1f} s ({forward.cpu:.1f} CPU s)", file=sys.stderr, flush=True)
-    searches = {"quark": ("depth", {"num_blocks": quark_blocks, "criterion": "perplexity"}),
-                "two_stage": ("two_stage", {"prune_rate": two_stage_rate})}
     result = {"model": model, "calibration": protocol.as_dict(), "batch_size": batch_size,
               "threads": torch.get_num_threads(), "forward_seconds": forward.wall, "forward_cpu_seconds": forward.cpu,
               "target_ratio": TARGET}
-    for name, (method, options) in searches.items():
+    for name, (method, options) in runs.items():
         pruned = copy.deepcopy(dense)
         ctx = PruneContext(model=pruned, tokenizer=tokenizer, adapter=pruning.get_adapter(pruned),
                            device=torch.device("cpu"), calibration=lambda: (windows, protocol.as_dict()),
@@ -109,7 +129,7 @@ def measure(model: str = "smollm2-135m", nsamples: int = 32, seqlen: int = 512, 
         forward_work = counter.forward_work(windows.numel())
         with counter, Clock() as clock:
             report = pruning.build_method(method, **options).prune(ctx)
-        choices = ({"removed_layers": report["removed_layers"], "window_ppl": report["window_ppl"]} if name == "quark"
+        choices = ({"removed_layers": report["removed_layers"], "window_ppl": report["window_ppl"]} if method == "depth"
                    else {"ffn_removed_layers": report["ffn_removed_layers"],
                          "mha_removed_layers": report["mha_removed_layers"],
                          "attention_rounds": report["attention_rounds"]})
@@ -117,6 +137,9 @@ def measure(model: str = "smollm2-135m", nsamples: int = 32, seqlen: int = 512, 
                         "ratio": clock.wall / forward.wall, "cpu_ratio": clock.cpu / forward.cpu,
                         "work_ratio": counter.work / forward_work, "meets_target": max(clock.wall / forward.wall, clock.cpu / forward.cpu) <= TARGET,
                         **choices}
+        exact = name.removesuffix("_subset")
+        if exact != name:
+            result[name]["same_choice"] = _choice(result[name]) == _choice(result[exact])
         print(f"{name}: {clock.wall:.1f} s ({clock.cpu:.1f} CPU s), {result[name]['ratio']:.2f} x forward "
               f"({result[name]['cpu_ratio']:.2f} in CPU seconds), counted work {result[name]['work_ratio']:.2f} x",
               file=sys.stderr, flush=True)
@@ -124,20 +147,35 @@ def measure(model: str = "smollm2-135m", nsamples: int = 32, seqlen: int = 512, 
     return result
 
 
+def _choice(row: dict) -> str:
+    """What a search removed, in words."""
+    if row["method"] == "depth":
+        return f"layers {row['removed_layers']}"
+    return f"FFN {row['ffn_removed_layers']}, attention {row['mha_removed_layers']}"
+
+
 def summary(result: dict) -> str:
+    subset = "quark_subset" in result
     lines = [f"{result['model']}: calibration {result['calibration']['source']} {result['calibration']['nsamples']} x "
              f"{result['calibration']['seqlen']} (seed {result['calibration']['seed']}, batch {result['batch_size']}), "
              f"CPU float32, {result['threads']} threads; one calibration forward (with logits) "
              f"{result['forward_seconds']:.2f} s ({result['forward_cpu_seconds']:.2f} CPU s); "
              f"target <= {result['target_ratio']:g} x forward",
              "", "| search | seconds | x forward | CPU seconds | x forward (CPU) | counted work (x forward) | target met "
-                 "| choice |", "|---|---|---|---|---|---|---|---|"]
-    for name in ("quark", "two_stage"):
+                 "| choice |" + (" same choice as exact |" if subset else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|" if subset else "")]
+    for name in ("quark", "quark_subset", "two_stage", "two_stage_subset"):
+        if name not in result:
+            continue
         r = result[name]
-        choice = (f"layers {r['removed_layers']}" if name == "quark"
-                  else f"FFN {r['ffn_removed_layers']}, attention {r['mha_removed_layers']}")
-        lines.append(f"| {name} | {r['seconds']:.2f} | {r['ratio']:.2f} | {r['cpu_seconds']:.2f} | "
-                     f"{r['cpu_ratio']:.2f} | {r['work_ratio']:.2f} | {'yes' if r['meets_target'] else 'no'} | {choice} |")
+        if "same_choice" in r:
+            label = f"{name.removesuffix('_subset')}, search_windows {r['options']['search_windows']}"
+            same = " yes |" if r["same_choice"] else " no |"
+        else:
+            label, same = name, " (exact) |" if subset else ""
+        lines.append(f"| {label} | {r['seconds']:.2f} | {r['ratio']:.2f} | {r['cpu_seconds']:.2f} | "
+                     f"{r['cpu_ratio']:.2f} | {r['work_ratio']:.2f} | {'yes' if r['meets_target'] else 'no'} | "
+                     f"{_choice(r)} |{same}")
     return "\n".join(lines) + "\n"
 
 
@@ -151,10 +189,13 @@ def main() -> int:
     parser.add_argument("--quark-blocks", type=int, default=2, help="Quark window size (default grid: 2)")
     parser.add_argument("--two-stage-rate", type=float, default=0.25, help="two-stage prune_rate (default grid: 0.25)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--search-windows", type=int, default=None,
+                        help="also time both searches scoring their candidates on the first N calibration windows "
+                             "(search_windows; default: the exact searches only)")
     parser.add_argument("--out", default=None, help="also write the table here (and a .json beside it)")
     args = parser.parse_args()
     result = measure(args.model, args.nsamples, args.seqlen, args.batch_size, args.seed, args.quark_blocks,
-                     args.two_stage_rate, args.threads)
+                     args.two_stage_rate, args.threads, args.search_windows)
     table = summary(result)
     print(table)
     if args.out:
