@@ -162,3 +162,18 @@ def test_bad_criterion_refused_before_the_model_is_loaded(tmp_path, capsys):
     assert code == 2 and not out.exists()
     assert err.strip() == ("error: depth: criterion must be one of angular, cosine, perplexity, block_ppl, taylor, "
                            "got 'taylor_plus'")
+
+
+def test_search_windows_through_the_cli_is_recorded(stories_dir, tmp_path, capsys):
+    """prune.json names the subset: the option, the windows and tokens scored, and what the perplexities are on."""
+    out = tmp_path / "out"
+    code = cli_main(["prune", "--model", str(stories_dir), "--method", "depth", "--num-blocks", "1", "--option",
+                     "criterion=block_ppl", "--option", "search_windows=2", "--output-dir", str(out), "--quiet",
+                     "--device", "cpu", *CALIB])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "prune.json").read_text())
+    assert report["options"]["search_windows"] == 2 and report["calibration"]["nsamples"] == 4
+    result = report["result"]
+    assert result["search_windows"] == 2 and result["search_scored_tokens"] == 2 * 63
+    assert result["ppl_data"] == ("the first 2 of the 4 calibration windows (search_windows; see calibration in "
+                                  "prune.json), never the test split")
