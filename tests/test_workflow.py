@@ -313,6 +313,10 @@ BAD_CONFIGS = {
     "more blocks than layers": (lambda c: c["methods"].update(depth={"method": "depth", "ratios": {"num_blocks": [2, 8]}}),
                                 "config.methods.depth.ratios.num_blocks[1]: depth: removing 8 of 5 layers would leave "
                                 "none (model stories260K)"),
+    "search on more windows than calibrated": (
+        lambda c: c["methods"].update(quark={"method": "depth", "ratios": {"num_blocks": [1]},
+                                             "options": {"criterion": "perplexity", "search_windows": 9}}),
+        "config.methods.quark.options: depth: search_windows 9 is more than the 8 calibration windows (nsamples)"),
     "missing calibration file": (lambda c: c["protocols"]["tiny"]["calibration"].update(source="no/such/calib.jsonl"),
                                  f"config.protocols.tiny.calibration.source: unknown calibration source "
                                  f"'{REPO / 'no/such/calib.jsonl'}'"),

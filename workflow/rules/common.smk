@@ -234,11 +234,12 @@ def _recovery_arguments(entry: dict) -> dict:
     return recovery
 
 
-def _method_errors(methods: dict, specs: dict, configs: dict, save_format: str) -> list[str]:
+def _method_errors(methods: dict, specs: dict, configs: dict, save_format: str, nsamples: int) -> list[str]:
     """Each method entry built with each of its ratios by the library's option declarations, as `python -m
-    pruning prune` builds it (unknown options, bad values such as N >= M; no torch); entries whose plan needs
-    only a layer count (depth, layers) also planned against each model's layer count; each row's save format
-    checked against its ratio (sparse-24-bitmask needs nm 2:4)."""
+    pruning prune` builds it (unknown options, bad values such as N >= M; no torch), and checked against the
+    protocol's `nsamples` calibration windows; entries whose plan needs only a layer count (depth, layers) also
+    planned against each model's layer count; each row's save format checked against its ratio
+    (sparse-24-bitmask needs nm 2:4)."""
     from pruning.compressed import check_request as check_save_request
     from pruning.methods import build_method
     from pruning.methods.finetuning import RecoverySettings
@@ -270,6 +271,10 @@ def _method_errors(methods: dict, specs: dict, configs: dict, save_format: str) 
                         pass
                 errors.append(f"{where}: {exc}")
                 continue
+            try:
+                instance.check_calibration(nsamples)
+            except ValueError as exc:
+                errors.append(f"config.methods.{name}.options: {exc}")
             if not _plans_from_layer_count(instance):
                 continue
             for model in entry.get("models", list(specs)):
@@ -416,7 +421,8 @@ def _library_errors(cfg: dict) -> list[str]:
     specs = model_specs(cfg["models"])
     data_dir = str(_resolve_path(cfg["data_dir"])) if cfg["data_dir"] else None
     configs = {name: _model_config(name, spec) for name, spec in specs.items()}
-    errors = [*_spec_errors(specs), *_method_errors(cfg["methods"], specs, configs, cfg["save_format"]),
+    errors = [*_spec_errors(specs), *_method_errors(cfg["methods"], specs, configs, cfg["save_format"],
+                             cfg["protocols"][cfg["protocol"]]["calibration"]["nsamples"]),
               *_length_errors(cfg, configs),
               *_data_errors(cfg["protocol"], cfg["protocols"][cfg["protocol"]]),
               *_task_errors(cfg["zeroshot"]["tasks"], data_dir), *_llama_cpp_errors(cfg),
