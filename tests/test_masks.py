@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from pruning.masks import (inverse_hessian, is_valid_nm, nm_mask, select_mask, sparsegpt_prune, sparsegpt_solve,
-                           sparsegpt_solve_shared, wanda_scores)
+from pruning.masks import (inverse_hessian, is_valid_nm, lower_rank_update, nm_mask, select_mask, sparsegpt_prune,
+                           sparsegpt_solve, sparsegpt_solve_shared, symmetric_from_lower, wanda_scores)
 from pruning.ratios import NMPattern, RatioError, Sparsity, mask_target, parse_nm
 
 
@@ -138,3 +138,19 @@ def test_selection_equals_first_k_of_a_stable_sort():
                 order = torch.sort(scores, dim=dim, stable=True).indices.narrow(dim, 0, k)
                 expected = torch.zeros_like(scores, dtype=torch.bool).scatter(dim, order, True)
                 assert torch.equal(_lowest(scores, k, dim), expected)
+
+
+@pytest.mark.parametrize("features", [40, 300, 1000])
+def test_lower_rank_update_accumulates_the_lower_triangle_of_the_full_product(features):
+    """Blocks on and below the diagonal only (several blocks from 256 features on), and the running mean's
+    beta/alpha: the symmetric result matches the full product to fp32 rounding."""
+    gen = torch.Generator().manual_seed(1)
+    lower = torch.full((features, features), float("nan"))  # beta=0 must ignore what was there
+    first, second = torch.randn(200, features, generator=gen), torch.randn(100, features, generator=gen)
+    lower_rank_update(lower, first, 1 / 200, 0.0)
+    lower_rank_update(lower, second, 1 / 300, 200 / 300)
+    both = torch.cat([first, second]).double()
+    expected = both.t() @ both / 300
+    result = symmetric_from_lower(lower)
+    assert torch.equal(result, result.t())
+    assert torch.allclose(result.double(), expected, rtol=0, atol=1e-5 * float(expected.abs().max()))

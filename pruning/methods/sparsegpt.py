@@ -13,23 +13,33 @@ if TYPE_CHECKING:
 
 
 class HessianAccumulator:
-    """H = (2/n) Σ x xᵀ over calibration tokens, in fp32 with TF32 disabled."""
+    """H = (2/n) Σ x xᵀ over calibration tokens, in fp32 with TF32 disabled. Only the lower triangle is
+    accumulated (`masks.lower_rank_update`); `hessian` is the full symmetric matrix."""
 
     def __init__(self, features: int, device):
         import torch
 
-        self.hessian = torch.zeros(features, features, dtype=torch.float32, device=device)
+        self._lower = torch.zeros(features, features, dtype=torch.float32, device=device)
+        self._hessian: torch.Tensor | None = None
         self.tokens = 0
         self._inverse: InverseHessian | None = None
 
     def add(self, x: torch.Tensor) -> None:
-        self._inverse = None
+        from ..masks import lower_rank_update
+
+        self._inverse = self._hessian = None
         x = x.reshape(-1, x.shape[-1]).float()
-        n = x.shape[0]
-        self.hessian *= self.tokens / (self.tokens + n)
-        self.tokens += n
-        x = x * (2.0 / self.tokens) ** 0.5
-        self.hessian += x.t() @ x
+        kept = self.tokens / (self.tokens + x.shape[0])  # the running mean's weight on what came before
+        self.tokens += x.shape[0]
+        lower_rank_update(self._lower, x, 2.0 / self.tokens, kept)
+
+    @property
+    def hessian(self) -> torch.Tensor:
+        from ..masks import symmetric_from_lower
+
+        if self._hessian is None:
+            self._hessian = symmetric_from_lower(self._lower)
+        return self._hessian
 
     def inverse(self, damp_fraction: float) -> InverseHessian:
         """Computed once and reused by every linear sharing this accumulator (q/k/v, gate/up)."""
