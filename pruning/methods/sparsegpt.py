@@ -31,7 +31,7 @@ class HessianAccumulator:
         x = x.reshape(-1, x.shape[-1]).float()
         kept = self.tokens / (self.tokens + x.shape[0])  # the running mean's weight on what came before
         self.tokens += x.shape[0]
-        lower_rank_update(self._lower, x, 2.0 / self.tokens, kept)
+        lower_rank_update(self._lower, x * (2.0 / self.tokens) ** 0.5, kept)
 
     @property
     def hessian(self) -> torch.Tensor:
