@@ -9,7 +9,9 @@ the CPU can be pruned on a GPU (offload mode).
 
 A model may keep its decoder layers on disk (pruning/streaming.py): it then carries a `LayerSource` under
 LAYER_SOURCE, and the engine asks it to `load(index)` each layer right before visiting it and to
-`release(index)` it right after, so only one layer is in memory at a time (out-of-core pruning).
+`release(index)` it right after, so only one layer is in memory at a time (out-of-core pruning). Code that only
+reads a layer (a search running the layers after a candidate) borrows it with `layer_borrowed`, which frees it
+without writing it back; `layers_on_demand` lets the model's own forward run through such a model.
 """
 from __future__ import annotations
 
@@ -36,6 +38,12 @@ class LayerSource(Protocol):
     def release(self, index: int) -> None:
         """Keep decoder layer `index` as it is now (write it out) and free its memory."""
 
+    def discard(self, index: int) -> None:
+        """Free decoder layer `index` without writing it out (it was only read)."""
+
+    def is_loaded(self, index: int) -> bool:
+        """Whether decoder layer `index` is materialised now."""
+
 
 def layer_source(model: nn.Module) -> LayerSource | None:
     """The model's layer source, or None for a model held entirely in memory."""
@@ -52,6 +60,52 @@ def layer_loaded(model: nn.Module, index: int):
     yield
     if source is not None:
         source.release(index)
+
+
+@contextmanager
+def layer_borrowed(model: nn.Module, index: int):
+    """Decoder layer `index` materialised while the context is open, to be read only, then freed unchanged on
+    disk (a no-op for a model held in memory; a layer already loaded by an enclosing visit stays loaded)."""
+    source = layer_source(model)
+    borrow = source is not None and not source.is_loaded(index)
+    if borrow:
+        source.load(index)
+    try:
+        yield
+    finally:
+        if borrow:
+            source.discard(index)
+
+
+@contextmanager
+def layers_on_demand(model: nn.Module):
+    """Let the model's own forward run when its decoder layers live on disk: each layer is borrowed right
+    before it runs and freed right after, so one layer is in memory at a time (a no-op for a model in memory)."""
+    source = layer_source(model)
+    if source is None:
+        yield
+        return
+    from .adapters import get_adapter
+
+    handles, borrowed = [], set()
+    for index, layer in enumerate(get_adapter(model).decoder_layers(model)):
+        def borrow(_module, _args, _index=index):
+            if not source.is_loaded(_index):
+                source.load(_index)
+                borrowed.add(_index)
+
+        def free(_module, _args, _output, _index=index):
+            if _index in borrowed:
+                borrowed.discard(_index)
+                source.discard(_index)
+        handles += [layer.register_forward_pre_hook(borrow), layer.register_forward_hook(free)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for index in sorted(borrowed):  # a forward that failed inside a layer
+            source.discard(index)
 
 
 class _InputsCaptured(Exception):
@@ -214,20 +268,23 @@ class LayerwiseEngine:
             for handle in handles:
                 handle.remove()
 
-    def run(self, visit: Callable[[LayerStep], list[torch.Tensor] | None], description: str = "layers") -> None:
+    def run(self, visit: Callable[[LayerStep], list[torch.Tensor] | None], description: str = "layers", *,
+            read_only: bool = False) -> None:
         """Call `visit` on every decoder layer in order, then propagate the layer's new outputs.
 
         `visit` may return the layer's outputs when it already computed them on the final layer, which
         saves one forward pass; otherwise the engine re-runs the layer (but not the last one, whose outputs
-        feed nothing).
+        feed nothing). `read_only` promises that `visit` changes no weight (a scoring pass): a layer that lives
+        on disk is then freed without being written back.
         """
         if not self.hidden:
             raise RuntimeError("capture() must run before run()")
         iterator: Iterator[int] = range(len(self.layers))
         if self.progress:
             iterator = tqdm(iterator, desc=description, unit="layer")
+        visiting = layer_borrowed if read_only else layer_loaded
         for index in iterator:
-            with layer_loaded(self.model, index):
+            with visiting(self.model, index):
                 layer = self.layers[index]
                 home = next(layer.parameters(), torch.empty(0)).device  # a layer may have no parameters left
                 layer.to(self.device)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adapters import ArchitectureAdapter
-from .engine import LayerwiseEngine, hidden_of
+from .engine import LayerwiseEngine, hidden_of, layer_borrowed, layers_on_demand
 
 
 class SuffixLossError(ValueError):
@@ -93,7 +93,8 @@ class SuffixLoss:
 
         handle = last.register_forward_hook(keep)
         try:
-            logits = self.model(input_ids=window.to(device), use_cache=False).logits[:, :-1].float()
+            with layers_on_demand(self.model):
+                logits = self.model(input_ids=window.to(device), use_cache=False).logits[:, :-1].float()
         finally:
             handle.remove()
         own = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), window[0, 1:].to(device), reduction="sum").item()
@@ -106,16 +107,19 @@ class SuffixLoss:
     @torch.no_grad()
     def run_layers(self, hidden: list[torch.Tensor], layers: Sequence[nn.Module]) -> list[torch.Tensor]:
         """Run `layers` in order on `hidden` (one tensor per calibration batch), each on the compute device
-        meanwhile, with the engine's layer arguments; the engine's own walk state is left as it was."""
+        meanwhile, with the engine's layer arguments; the engine's own walk state is left as it was. Layers
+        that live on disk are borrowed one at a time (read, run, freed unchanged)."""
         engine = self.engine
         saved = engine.hidden
+        position = {id(layer): index for index, layer in enumerate(self.adapter.decoder_layers(self.model))}
         try:
             for layer in layers:
-                home = next(layer.parameters(), torch.empty(0)).device
-                layer.to(engine.device)
-                engine.hidden = hidden
-                hidden = engine.forward_layer(layer)
-                layer.to(home)
+                with layer_borrowed(self.model, position[id(layer)]):
+                    home = next(layer.parameters(), torch.empty(0)).device
+                    layer.to(engine.device)
+                    engine.hidden = hidden
+                    hidden = engine.forward_layer(layer)
+                    layer.to(home)
         finally:
             engine.hidden = saved
         return hidden
@@ -185,7 +189,7 @@ def taylor_layer_scores(suffix: SuffixLoss) -> tuple[list[float], float]:
                 last.append(outputs[0])
             return outputs
 
-        walk.run(keep_input, description="depth taylor forward")
+        walk.run(keep_input, description="depth taylor forward", read_only=True)
         nll, grad = suffix.nll_gradient(last[0], batch)
         total_nll += nll
         grad = grad / scored

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from .checks import ModelLoadError
@@ -34,10 +35,11 @@ STAGING = ".streamed-layers"  # inside the output's scratch folder; gone before 
 INDEX_FILE = "model.safetensors.index.json"  # transformers' name for the shard index
 SAFETENSORS_METADATA = {"format": "pt"}  # what transformers expects in a PyTorch safetensors header
 # Methods that reach every decoder layer through the engine and change weights only inside its visits (or only
-# remove whole layers); depth streams with its hidden-state criteria only (the others run the rest of the model
-# from each layer).
-STREAMING_METHODS = ("magnitude", "wanda", "sparsegpt", "dsnot", "depth", "layers")
-STREAMING_DEPTH_CRITERIA = ("angular", "cosine")
+# remove whole layers or sub-blocks): the calibration-loss searches borrow the layers after a candidate one at a
+# time. Depth's taylor criterion is left out: it holds a gradient sum for every weight of the model; and `all`
+# streams without its distillation stage (training runs through the whole model).
+STREAMING_METHODS = ("magnitude", "wanda", "sparsegpt", "dsnot", "depth", "layers", "heads", "flap", "two_stage", "all")
+STREAMING_DEPTH_CRITERIA = ("angular", "cosine", "perplexity", "block_ppl")
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": 2**20, "mib": 2**20, "mb": 10**6,
           "g": 2**30, "gib": 2**30, "gb": 10**9, "t": 2**40, "tib": 2**40, "tb": 10**12}
 
@@ -75,8 +77,11 @@ def streaming_refusal(method, *, evaluate: bool = False, recovery_steps: int = 0
     for step in (method, *method.steps()):
         criterion = getattr(step, "criterion", None)
         if step.name == "depth" and criterion not in STREAMING_DEPTH_CRITERIA:
-            return (f"method depth with criterion {criterion} runs the rest of the model from every layer and cannot "
-                    f"stream; streaming supports criterion {' or '.join(STREAMING_DEPTH_CRITERIA)}")
+            return (f"method depth with criterion {criterion} holds a gradient sum for every weight of the model and "
+                    f"cannot stream; streaming supports criterion {', '.join(STREAMING_DEPTH_CRITERIA)}")
+        if step.name == "all" and step.settings is not None:
+            return ("method all with training_data distills through the whole model and cannot stream; drop "
+                    "training_data (and distill the streamed output on a machine that holds it)")
     if recovery_steps:
         return "recovery fine-tuning (LoRA through the whole model) cannot stream; drop --recover-steps"
     if evaluate:
@@ -130,7 +135,9 @@ def estimate_pruning_memory(model_dir: str | os.PathLike, method, dtype: str = "
       norms, head; tied ones once); largest_layer: the largest decoder layer;
     - conversion: a layer (streamed) or the whole file (in memory) read in its stored dtype before conversion;
     - activations: the calibration hidden states (inputs and outputs of a layer: 2 × nsamples × seqlen × hidden)
-      plus one batch's working set inside a layer and the method's input statistics for one layer.
+      plus one batch's working set inside a layer and the method's input statistics for one layer;
+    - a calibration-loss search (`searches_by_loss`) also holds a candidate's suffix: one more decoder layer
+      (streamed), its hidden states in and out, and one window's float32 logits with their log-softmax.
     """
     from dataclasses import replace
 
@@ -154,16 +161,19 @@ def estimate_pruning_memory(model_dir: str | os.PathLike, method, dtype: str = "
     hidden_states = 2 * nsamples * seqlen * shapes.hidden * element
     working = activation_bytes(replace(shapes, vocab=0), seqlen, min(batch_size, nsamples), element)
     statistics = _statistics_bytes(method, largest, adapter, model)
-    activations = hidden_states + working + statistics
+    search = method.searches_by_loss()
+    suffix = (hidden_states + 2 * seqlen * shapes.vocab * 4) if search else 0
+    activations = hidden_states + working + statistics + suffix
     runtime = runtime_bytes(model_dir) if measure_runtime else 0
     in_memory = runtime + weights + (file_bytes if converts else 0) + activations
-    streamed = runtime + outer + layer_bytes[largest] + file_layer + activations
+    streamed = runtime + outer + (1 + search) * (layer_bytes[largest] + file_layer) + activations
     return {"runtime_bytes": runtime, "weights_bytes": weights, "outer_bytes": outer,
             "largest_layer_bytes": layer_bytes[largest], "conversion_bytes": file_bytes if converts else 0,
-            "activation_bytes": activations, "statistics_bytes": statistics,
+            "activation_bytes": activations, "statistics_bytes": statistics, "search_suffix_bytes": suffix,
             IN_MEMORY: in_memory, STREAMED: streamed,
             "formula": {IN_MEMORY: "runtime + weights + conversion + activations",
-                        STREAMED: "runtime + outer + largest layer (+ its stored copy when converting) + activations"}}
+                        STREAMED: "runtime + outer + largest layer (+ its stored copy when converting; twice for a "
+                                  "calibration-loss search) + activations"}}
 
 
 @dataclass
@@ -212,8 +222,6 @@ class ShardedWeights:
     shards it needs and closes them, so no mapping outlives the read."""
 
     def __init__(self, model_dir: str | os.PathLike):
-        from safetensors import safe_open
-
         self.model_dir = Path(model_dir)
         index = self.model_dir / INDEX_FILE
         if index.is_file():
@@ -232,8 +240,6 @@ class ShardedWeights:
 
     def read(self, names, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """The tensors `names`, converted to `dtype` (floating tensors only) when given."""
-        from safetensors import safe_open
-
         by_file: dict[Path, list[str]] = {}
         for name in names:
             by_file.setdefault(self.files[name], []).append(name)
@@ -294,8 +300,6 @@ class StreamedLayers:
         """The layer's tensors (names inside the layer): its staged version, else the input's, counted once."""
         prefix = self._prefix(origin)
         if origin in self.staged:
-            from safetensors import safe_open
-
             with safe_open(self.staged[origin], framework="pt") as handle:
                 tensors = {name: handle.get_tensor(name) for name in handle.keys()}
         else:
@@ -324,6 +328,18 @@ class StreamedLayers:
         _to_meta(layer)
         self.loaded.discard(index)
 
+    def discard(self, index: int) -> None:
+        _to_meta(self._layer(index)[0])
+        self.loaded.discard(index)
+
+    def is_loaded(self, index: int) -> bool:
+        return index in self.loaded
+
+    def _staged_names(self, origin: int) -> set[str]:
+        """The names (inside the layer) of the tensors in the layer's staged version."""
+        with safe_open(self.staged[origin], framework="pt") as handle:
+            return {name.removeprefix(self._prefix(origin)) for name in handle.keys()}
+
     def counts_before(self) -> int:
         """Non-zero weights of every original layer (read now for those no pass has loaded)."""
         for origin in sorted(set(self.origin.values()) - set(self.nonzero_before)):
@@ -345,16 +361,17 @@ class StreamedLayers:
         for index, layer in enumerate(layers):
             origin = self.origin[id(layer)]
             file = f"model-{index + 1:05d}-of-{count:05d}.safetensors"
-            if origin in self.staged and origin == index:
+            current = set(layer.state_dict())
+            if origin in self.staged and origin == index and self._staged_names(origin) == current:
                 os.replace(self.staged.pop(origin), dest / file)
-                from safetensors import safe_open
-
                 with safe_open(dest / file, framework="pt") as handle:
                     names = list(handle.keys())
                     total_size += sum(_slice_bytes(handle.get_slice(n)) for n in names)
                 nonzero_layers += self.nonzero_after[origin]
-            else:
-                tensors = self._read(origin)
+            else:  # never staged, renumbered, or changed in structure since (a sub-block removed while on disk)
+                tensors = {name: tensor for name, tensor in self._read(origin).items() if name in current}
+                if set(tensors) != current:
+                    raise ModelLoadError(f"decoder layer {origin} lacks {sorted(current - set(tensors))[:3]} on disk")
                 tensors = {self._prefix(index) + name: tensor for name, tensor in tensors.items()}
                 names = list(tensors)
                 total_size += _save(tensors, dest / file)

@@ -1,5 +1,6 @@
-"""Out-of-core pruning on stories260K: streamed layers give the in-memory path's weights bit for bit, only one
-decoder layer is ever in memory, caps are honoured or refused before work, and failures leave nothing behind."""
+"""Out-of-core pruning on stories260K: streamed layers give the in-memory path's weights bit for bit (mask methods,
+the calibration-loss searches, head, width and sub-block removal), only one decoder layer is ever in memory
+(two while a search runs a candidate's suffix), caps are honoured or refused before work, and failures leave nothing behind."""
 import json
 
 import pytest
@@ -20,6 +21,14 @@ CASES = {
     "wanda-bfloat16": ("wanda", {"sparsity": 0.5, "dtype": "bfloat16"}),  # fp32 file converted per layer
     "depth-angular": ("depth", {"num_blocks": 2, "criterion": "angular"}),
     "magnitude": ("magnitude", {"sparsity": 0.5}),
+    # structured: searches borrow the layers after each candidate; layers change shape or lose sub-blocks
+    "depth-perplexity": ("depth", {"num_blocks": 2, "criterion": "perplexity"}),
+    "depth-block_ppl": ("depth", {"num_blocks": 1, "criterion": "block_ppl", "search_windows": 2}),
+    "two_stage": ("two_stage", {"ffn_layers": 3, "attention_layers": 2}),
+    "heads-magnitude": ("heads", {"fraction": 0.25}),
+    "heads-activation": ("heads", {"fraction": 0.25, "importance": "activation", "gqa": "group"}),
+    "flap": ("flap", {"fraction": 0.2}),
+    "all": ("all", {"head_fraction": 0.25, "layer_fraction": 0.2, "sparsity": 0.5}),
 }
 
 
@@ -67,17 +76,48 @@ def test_streamed_checkpoint_reloads_with_identical_logits(paired):
     assert torch.equal(expected, got)
 
 
-def test_one_decoder_layer_in_memory_at_a_time(stories_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method, arguments, at_once", [
+    ("sparsegpt", {"sparsity": 0.5}, 1),
+    ("depth", {"num_blocks": 1, "criterion": "perplexity"}, 2),  # the visited layer and one of its suffix
+    ("two_stage", {"ffn_layers": 2, "attention_layers": 1}, 1),  # its rounds walk outside the engine's visits
+])
+def test_few_decoder_layers_in_memory_at_a_time(stories_dir, tmp_path, monkeypatch, method, arguments, at_once):
     real_load = streaming.StreamedLayers.load
     most = []
 
     def counting_load(self, index):
         real_load(self, index)
         layers = self.adapter.decoder_layers(self.model)
-        most.append(sum(not next(layer.parameters()).is_meta for layer in layers))
+        most.append(sum(any(not p.is_meta for p in layer.parameters()) for layer in layers))
     monkeypatch.setattr(streaming.StreamedLayers, "load", counting_load)
-    prune(str(stories_dir), "sparsegpt", tmp_path / "out", stream=True, sparsity=0.5, **COMMON)
-    assert most and max(most) == 1
+    prune(str(stories_dir), method, tmp_path / "out", stream=True, **COMMON, **arguments)
+    assert most and max(most) == at_once
+
+
+@pytest.mark.parametrize("method, arguments, writes", [
+    ("depth", {"num_blocks": 2, "criterion": "perplexity"}, 0),  # scoring passes only; layers removed at the end
+    ("wanda", {"sparsity": 0.5, "allocation": "owl", "owl_lambda": 0.1}, 5),  # outlier pass read only, pruning pass
+    ("flap", {"fraction": 0.2}, 5),  # statistics and scores read only, slicing written
+])
+def test_scoring_passes_write_nothing_back(stories_dir, tmp_path, monkeypatch, method, arguments, writes):
+    real_release = streaming.StreamedLayers.release
+    released = []
+
+    def counting_release(self, index):
+        released.append(index)
+        real_release(self, index)
+    monkeypatch.setattr(streaming.StreamedLayers, "release", counting_release)
+    prune(str(stories_dir), method, tmp_path / "out", stream=True, **COMMON, **arguments)
+    assert len(released) == writes
+
+
+def test_estimate_counts_a_search_suffix(stories_dir, monkeypatch):
+    monkeypatch.setattr(pruning.memory, "runtime_bytes", lambda _path: 300 * 2**20)
+    angular, search = (streaming.estimate_pruning_memory(
+        stories_dir, pruning.methods.build_method("depth", num_blocks=1, criterion=criterion), nsamples=4, seqlen=64)
+        for criterion in ("angular", "perplexity"))
+    assert angular["search_suffix_bytes"] == 0 and search["search_suffix_bytes"] > 0
+    assert search["streamed"] - angular["streamed"] == search["largest_layer_bytes"] + search["search_suffix_bytes"]
 
 
 def test_failure_while_streaming_leaves_nothing(stories_dir, tmp_path, monkeypatch):
@@ -123,9 +163,9 @@ def test_bad_cap_or_streaming_request_refused_before_work(stories_dir, tmp_path,
 
 
 @pytest.mark.parametrize("method, arguments, named", [
-    ("heads", ["--head-reduction", "0.25"], "method heads"),
-    ("depth", ["--num-blocks", "1", "--option", "criterion=perplexity"], "criterion perplexity"),
-    ("two_stage", ["--prune-rate", "0.2"], "method two_stage"),
+    ("depth", ["--num-blocks", "1", "--option", "criterion=taylor"], "criterion taylor"),
+    ("gradual", ["--sparsity", "0.5"], "method gradual"),
+    ("all", ["--sparsity", "0.5", "--option", "training_data=c4"], "distills through the whole model"),
 ])
 def test_methods_that_cannot_stream_are_refused(stories_dir, tmp_path, no_work, capsys, method, arguments, named):
     code = cli.main(["prune", "--model", str(stories_dir), "--method", method, *arguments, "--output-dir",

@@ -81,8 +81,8 @@ def add_parser(subparsers) -> None:
                              "Mode, cap and estimate go to prune.json's memory (default: no cap, in memory)")
     memory.add_argument("--stream", action="store_true",
                         help=f"stream the decoder layers whatever the size (methods: {', '.join(STREAMING_METHODS)}; "
-                             f"depth with criterion {' or '.join(STREAMING_DEPTH_CRITERIA)}; no --evaluate, recovery "
-                             "or sparse --save-format); others are refused before work")
+                             f"depth with criterion {', '.join(STREAMING_DEPTH_CRITERIA)}; all without training_data; no "
+                             "--evaluate, recovery or sparse --save-format); others are refused before work")
     parser.add_argument("--calib", default="c4",
                         help=f"calibration data: {', '.join(CALIBRATION_SOURCES)} or a .txt/.jsonl file (default: c4)")
     parser.add_argument("--nsamples", type=int, default=128, help="calibration windows (default: 128)")

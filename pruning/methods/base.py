@@ -117,6 +117,12 @@ class PruningMethod:
     def check_model(self, ctx: PruneContext) -> None:
         """Refuse, before any calibration or evaluation, what this model makes impossible."""
 
+    def searches_by_loss(self) -> bool:
+        """Whether scoring runs the layers after each candidate to the head (a calibration-loss search), holding
+        one more decoder layer and a candidate's hidden states meanwhile (the memory estimate counts them); a
+        composite asks each method it runs."""
+        return any(step.searches_by_loss() for step in self.steps())
+
     def steps(self):
         """The methods this one runs (a composite's stages, a distillation's base method), in attribute order."""
         for value in vars(self).values():

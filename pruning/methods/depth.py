@@ -98,6 +98,9 @@ class Depth(PruningMethod):
     def check_calibration(self, nsamples: int) -> None:
         check_search_windows(self.name, self.search_windows, nsamples)
 
+    def searches_by_loss(self) -> bool:
+        return self.criterion in REMOVAL_LOSS_CRITERIA
+
     def check_model(self, ctx: PruneContext) -> None:
         self.plan(ctx.adapter.num_layers(ctx.model))
 
@@ -171,7 +174,7 @@ class Depth(PruningMethod):
                     meters[start].add(h_in, h_out)
             return outputs
 
-        engine.run(visit, description=f"depth {self.criterion}")
+        engine.run(visit, description=f"depth {self.criterion}", read_only=True)
         return {s: meter.value for s, meter in meters.items()}
 
     def _suffix_loss(self, ctx: PruneContext, engine: LayerwiseEngine, input_ids):
@@ -209,7 +212,7 @@ class Depth(PruningMethod):
             return outputs
 
         engine.capture(scored)
-        engine.run(visit, description=f"depth {self.criterion}")
+        engine.run(visit, description=f"depth {self.criterion}", read_only=True)
         data = ({"ppl_data": CALIBRATION_ONLY} if self.search_windows is None else
                 search_record(self.search_windows, len(input_ids), suffix.scored_tokens, "ppl_data"))
         return nll, dense["nll"], data

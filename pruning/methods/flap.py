@@ -135,21 +135,23 @@ class Flap(PruningMethod):
             statistics.append(meters)
             return outputs
 
-        engine.run(visit, description="input fluctuation")
+        engine.run(visit, description="input fluctuation", read_only=True)
         return statistics
 
     def _unit_scores(self, ctx: PruneContext, plan: dict, statistics: list[dict]) -> list[dict]:
         """Per layer, the standardised score of every key-value group and every FFN channel."""
+        from ..engine import layer_borrowed
         from ..fluctuation import channel_scores, standardized, unit_scores
 
         scores = []
         layers = ctx.adapter.decoder_layers(ctx.model)
-        for layer, meters, (_, kv_heads, _) in zip(layers, statistics, plan["sizes"]):
-            o, down = (ctx.adapter.layer_part(layer, path).weight
-                       for path in (ctx.adapter.attention_projections[-1], ctx.adapter.mlp_projections[-1]))
-            attention = standardized(channel_scores(self.metric, meters["attention"], o) ** 2)
-            scores.append({"attention": unit_scores(attention, o.shape[1] // kv_heads),
-                           "ffn": standardized(channel_scores(self.metric, meters["ffn"], down))})
+        for index, (layer, meters, (_, kv_heads, _)) in enumerate(zip(layers, statistics, plan["sizes"])):
+            with layer_borrowed(ctx.model, index):  # streamed from disk when the model's layers live there
+                o, down = (ctx.adapter.layer_part(layer, path).weight
+                           for path in (ctx.adapter.attention_projections[-1], ctx.adapter.mlp_projections[-1]))
+                attention = standardized(channel_scores(self.metric, meters["attention"], o) ** 2)
+                scores.append({"attention": unit_scores(attention, o.shape[1] // kv_heads),
+                               "ffn": standardized(channel_scores(self.metric, meters["ffn"], down))})
         return scores
 
     def _select(self, plan: dict, scores: list[dict]) -> list[dict]:
@@ -169,6 +171,17 @@ class Flap(PruningMethod):
 
     def _apply(self, ctx: PruneContext, plan: dict, statistics: list[dict], removed: list[dict]) -> int:
         """Slice every layer as selected and add the compensation biases; returns the bias parameters added."""
+        from ..engine import layer_loaded
+
+        added = 0
+        for index, layer in enumerate(ctx.adapter.decoder_layers(ctx.model)):
+            with layer_loaded(ctx.model, index):  # streamed from disk when the model's layers live there
+                added += self._apply_layer(ctx, plan, statistics, removed, index, layer)
+        return added
+
+    def _apply_layer(self, ctx: PruneContext, plan: dict, statistics: list[dict], removed: list[dict], index: int,
+                     layer: nn.Module) -> int:
+        """Slice one layer and add its compensation biases; returns the bias parameters added."""
         import torch
 
         from ..fluctuation import compensation_bias
@@ -176,27 +189,26 @@ class Flap(PruningMethod):
         from ..structure import slice_feed_forward, slice_heads
 
         adapter, added = ctx.adapter, 0
-        for index, layer in enumerate(adapter.decoder_layers(ctx.model)):
-            heads, kv_heads, ffn = plan["sizes"][index]
-            group = heads // kv_heads
-            o, down = (adapter.layer_part(layer, path) for path in (adapter.attention_projections[-1],
-                                                                     adapter.mlp_projections[-1]))
-            head_dim = o.in_features // heads
-            gone_heads = [h for g in removed[index]["attention"] for h in range(g * group, (g + 1) * group)]
-            columns = {"attention": torch.tensor([h * head_dim + d for h in gone_heads for d in range(head_dim)],
-                                                 dtype=torch.long),
-                       "ffn": torch.tensor(removed[index]["ffn"], dtype=torch.long)}
-            biases = {kind: compensation_bias(linear.weight, statistics[index][kind].mean, columns[kind])
-                      for kind, linear in (("attention", o), ("ffn", down))
-                      if self.compensation and columns[kind].numel()}
-            if gone_heads:
-                slice_heads(ctx.model, adapter, index, [h for h in range(heads) if h not in set(gone_heads)])
-            if removed[index]["ffn"]:
-                slice_feed_forward(ctx.model, adapter, index,
-                                   [c for c in range(ffn) if c not in set(removed[index]["ffn"])])
-            for kind, path in (("attention", adapter.attention_projections[-1]), ("ffn", adapter.mlp_projections[-1])):
-                if kind in biases:
-                    linear = adapter.layer_part(layer, path)
-                    added += 0 if linear.bias is not None else linear.out_features
-                    add_output_bias(linear, biases[kind])
+        heads, kv_heads, ffn = plan["sizes"][index]
+        group = heads // kv_heads
+        o, down = (adapter.layer_part(layer, path) for path in (adapter.attention_projections[-1],
+                                                                 adapter.mlp_projections[-1]))
+        head_dim = o.in_features // heads
+        gone_heads = [h for g in removed[index]["attention"] for h in range(g * group, (g + 1) * group)]
+        columns = {"attention": torch.tensor([h * head_dim + d for h in gone_heads for d in range(head_dim)],
+                                             dtype=torch.long),
+                   "ffn": torch.tensor(removed[index]["ffn"], dtype=torch.long)}
+        biases = {kind: compensation_bias(linear.weight, statistics[index][kind].mean, columns[kind])
+                  for kind, linear in (("attention", o), ("ffn", down))
+                  if self.compensation and columns[kind].numel()}
+        if gone_heads:
+            slice_heads(ctx.model, adapter, index, [h for h in range(heads) if h not in set(gone_heads)])
+        if removed[index]["ffn"]:
+            slice_feed_forward(ctx.model, adapter, index,
+                               [c for c in range(ffn) if c not in set(removed[index]["ffn"])])
+        for kind, path in (("attention", adapter.attention_projections[-1]), ("ffn", adapter.mlp_projections[-1])):
+            if kind in biases:
+                linear = adapter.layer_part(layer, path)
+                added += 0 if linear.bias is not None else linear.out_features
+                add_output_bias(linear, biases[kind])
         return added

@@ -134,6 +134,7 @@ class Heads(PruningMethod):
 
     @no_grad
     def prune(self, ctx: PruneContext) -> dict:
+        from ..engine import layer_loaded
         from ..structure import numel, removal_report, slice_heads
 
         counts, target = self.plan(ctx)
@@ -152,7 +153,8 @@ class Heads(PruningMethod):
                 taken += len(heads)
         before = numel(ctx.model)
         for index, heads in sorted(removed.items()):
-            slice_heads(ctx.model, ctx.adapter, index, [h for h in range(counts[index][0]) if h not in heads])
+            with layer_loaded(ctx.model, index):  # streamed from disk when the model's layers live there
+                slice_heads(ctx.model, ctx.adapter, index, [h for h in range(counts[index][0]) if h not in heads])
         return {"removed_heads": {str(i): sorted(h) for i, h in sorted(removed.items())},
                 "heads_before": total_heads, "heads_after": total_heads - taken,
                 "heads_removed_percent": round(100.0 * taken / total_heads, 4),
@@ -165,14 +167,19 @@ class Heads(PruningMethod):
 
     def _scores(self, ctx: PruneContext, counts) -> dict[int, torch.Tensor]:
         from ..adapters import weight_matrix
-        from ..engine import LayerStep, LayerwiseEngine, input_hooks
+        from ..engine import LayerStep, LayerwiseEngine, input_hooks, layer_borrowed
 
         layers = ctx.adapter.decoder_layers(ctx.model)
         o_path = ctx.adapter.attention_projections[-1]
         if self.importance == "magnitude":
-            return {i: magnitude_importance(query_weight(layer, ctx.adapter, counts[i][0]),
-                                            weight_matrix(ctx.adapter.layer_part(layer, o_path)), counts[i][0])
-                    for i, layer in enumerate(layers) if counts[i][0]}
+            scores = {}
+            for i, layer in enumerate(layers):
+                if counts[i][0]:
+                    with layer_borrowed(ctx.model, i):
+                        scores[i] = magnitude_importance(query_weight(layer, ctx.adapter, counts[i][0]),
+                                                         weight_matrix(ctx.adapter.layer_part(layer, o_path)),
+                                                         counts[i][0])
+            return scores
         input_ids, _ = ctx.calibration()
         engine = LayerwiseEngine(ctx.model, ctx.adapter, ctx.device, ctx.batch_size, ctx.progress)
         engine.capture(input_ids)
@@ -189,5 +196,5 @@ class Heads(PruningMethod):
             scores[step.index] = meter.mean
             return outputs
 
-        engine.run(visit, description="head activations")
+        engine.run(visit, description="head activations", read_only=True)
         return scores

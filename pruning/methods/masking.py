@@ -216,7 +216,7 @@ class MaskingMethod(PruningMethod):
                 ratios[step.index] = outlier_ratio(scores, self.owl_m)
             return outputs
 
-        engine.run(visit, description=f"{self.name} outliers")
+        engine.run(visit, description=f"{self.name} outliers", read_only=True)
         return [ratios.get(index) for index in range(ctx.adapter.num_layers(ctx.model))]
 
     @staticmethod

@@ -132,6 +132,9 @@ class TwoStage(PruningMethod):
     def check_calibration(self, nsamples: int) -> None:
         check_search_windows(self.name, self.search_windows, nsamples)
 
+    def searches_by_loss(self) -> bool:
+        return True  # the attention rounds
+
     def check_config(self, config) -> None:
         from ..structure import structure_problem
 
@@ -207,7 +210,7 @@ class TwoStage(PruningMethod):
             return outputs
 
         engine.capture(input_ids)
-        engine.run(score, description="block influence")
+        engine.run(score, description="block influence", read_only=True)
         block_influence = {i: m.value for i, m in influence.items()}
         candidates = sorted(sorted(block_influence, key=lambda i: (block_influence[i], i))[:ffn_count])
         log.info("two_stage: BI scores of all %d layers: %s", len(layers),
