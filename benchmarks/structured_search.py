@@ -192,8 +192,10 @@ def main() -> int:
     parser.add_argument("--search-windows", type=int, default=None,
                         help="also time both searches scoring their candidates on the first N calibration windows "
                              "(search_windows; default: the exact searches only)")
-    parser.add_argument("--out", default=None, help="also write the table here (and a .json beside it)")
+    parser.add_argument("--out", default=None, help="also write the table here, a .md path (and a .json beside it)")
     args = parser.parse_args()
+    if args.out and Path(args.out).suffix != ".md":
+        parser.error(f"--out {args.out}: give a .md path (the .json goes beside it)")
     result = measure(args.model, args.nsamples, args.seqlen, args.batch_size, args.seed, args.quark_blocks,
                      args.two_stage_rate, args.threads, args.search_windows)
     table = summary(result)
