@@ -10,6 +10,10 @@ each decoder layer and the head, weighted by their parameters at the time (a rem
 against one forward's rows × all layers and the head. Matching measured and counted ratios mean the search is
 at its floor; the remaining gap to the target is work the exact criterion requires.
 
+Each row also shows how decisively the search's choice beat its runner-up, window by window (the paired t statistic
+and the windows won, pruning/methods/search.py `choice_margin`): a choice won on few windows is one another draw
+of calibration windows may not make, so no cheaper search can promise to repeat it.
+
 With `--search-windows N` both searches also run with search_windows=N (candidates scored on the first N
 calibration windows only, pruning/methods/search.py), and their rows say whether they chose as the exact search.
 
@@ -129,7 +133,8 @@ def measure(model: str = "smollm2-135m", nsamples: int = 32, seqlen: int = 512, 
         forward_work = counter.forward_work(windows.numel())
         with counter, Clock() as clock:
             report = pruning.build_method(method, **options).prune(ctx)
-        choices = ({"removed_layers": report["removed_layers"], "window_ppl": report["window_ppl"]} if method == "depth"
+        choices = ({"removed_layers": report["removed_layers"], "window_ppl": report["window_ppl"],
+                    "choice_margin": report.get("choice_margin")} if method == "depth"
                    else {"ffn_removed_layers": report["ffn_removed_layers"],
                          "mha_removed_layers": report["mha_removed_layers"],
                          "attention_rounds": report["attention_rounds"]})
@@ -154,6 +159,15 @@ def _choice(row: dict) -> str:
     return f"FFN {row['ffn_removed_layers']}, attention {row['mha_removed_layers']}"
 
 
+def _margin(row: dict) -> str:
+    """The choice's margin over its runner-up (per attention round for two-stage), in words."""
+    margins = ([row["choice_margin"]] if row["method"] == "depth" else
+               [r.get("choice_margin") for r in row["attention_rounds"]])
+    return "; ".join("-" if m is None else
+                     f"t {m['paired_t'] if m['paired_t'] is not None else '-'}, {m['windows_won']}/{m['windows']} windows"
+                     f" vs {m['runner_up']}" for m in margins) or "-"
+
+
 def summary(result: dict) -> str:
     subset = "quark_subset" in result
     lines = [f"{result['model']}: calibration {result['calibration']['source']} {result['calibration']['nsamples']} x "
@@ -162,8 +176,8 @@ def summary(result: dict) -> str:
              f"{result['forward_seconds']:.2f} s ({result['forward_cpu_seconds']:.2f} CPU s); "
              f"target <= {result['target_ratio']:g} x forward",
              "", "| search | seconds | x forward | CPU seconds | x forward (CPU) | counted work (x forward) | target met "
-                 "| choice |" + (" same choice as exact |" if subset else ""),
-             "|---|---|---|---|---|---|---|---|" + ("---|" if subset else "")]
+                 "| choice | margin over the runner-up (paired t, windows won) |" + (" same choice as exact |" if subset else ""),
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if subset else "")]
     for name in ("quark", "quark_subset", "two_stage", "two_stage_subset"):
         if name not in result:
             continue
@@ -175,7 +189,7 @@ def summary(result: dict) -> str:
             label, same = name, " (exact) |" if subset else ""
         lines.append(f"| {label} | {r['seconds']:.2f} | {r['ratio']:.2f} | {r['cpu_seconds']:.2f} | "
                      f"{r['cpu_ratio']:.2f} | {r['work_ratio']:.2f} | {'yes' if r['meets_target'] else 'no'} | "
-                     f"{_choice(r)} |{same}")
+                     f"{_choice(r)} | {_margin(r)} |{same}")
     return "\n".join(lines) + "\n"
 
 

@@ -51,10 +51,10 @@ class SuffixLoss:
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[0, 1:], reduction="sum")
 
     @torch.no_grad()
-    def _batch_nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> float:
+    def _batch_nlls(self, hidden: torch.Tensor, targets: torch.Tensor) -> list[float]:
         targets = targets.to(hidden.device)
         # one window at a time keeps the logits small
-        return sum(self._window_nll(hidden[row:row + 1], targets[row:row + 1]).item() for row in range(hidden.shape[0]))
+        return [self._window_nll(hidden[row:row + 1], targets[row:row + 1]).item() for row in range(hidden.shape[0])]
 
     def nll_gradient(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[float, torch.Tensor]:
         """Summed NLL of a batch from the last layer's output, and its gradient with respect to that output
@@ -98,7 +98,7 @@ class SuffixLoss:
         finally:
             handle.remove()
         own = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), window[0, 1:].to(device), reduction="sum").item()
-        ours = self._batch_nll(captured["h"], window)
+        ours = sum(self._batch_nlls(captured["h"], window))
         if not math.isclose(own, ours, rel_tol=1e-4, abs_tol=1e-3):
             raise SuffixLossError(
                 f"this architecture ({self.model.config.model_type}) does more than final norm + head after its last "
@@ -125,12 +125,20 @@ class SuffixLoss:
         return hidden
 
     @torch.no_grad()
-    def mean_nll(self, hidden: list[torch.Tensor], layers: Sequence[nn.Module] = ()) -> float:
-        """Run `layers` in order on `hidden` (one tensor per calibration batch), then norm and head."""
+    def window_nlls(self, hidden: list[torch.Tensor], layers: Sequence[nn.Module] = ()) -> list[list[float]]:
+        """Run `layers` in order on `hidden` (one tensor per calibration batch), then norm and head: the summed
+        next-token NLL of every window, batch by batch (a search compares candidates window by window)."""
         hidden = self.run_layers(hidden, layers)
         with self._head_on_device():
-            total = sum(self._batch_nll(h, t) for h, t in zip(hidden, self.targets))
-        return total / self.scored_tokens
+            return [self._batch_nlls(h, t) for h, t in zip(hidden, self.targets)]
+
+    def mean_of(self, nlls: list[list[float]]) -> float:
+        """Mean next-token NLL per scored token from `window_nlls`' result."""
+        return sum(sum(batch) for batch in nlls) / self.scored_tokens
+
+    def mean_nll(self, hidden: list[torch.Tensor], layers: Sequence[nn.Module] = ()) -> float:
+        """Run `layers` in order on `hidden` (one tensor per calibration batch), then norm and head."""
+        return self.mean_of(self.window_nlls(hidden, layers))
 
     @property
     def scored_tokens(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from pruning.engine import LayerwiseEngine
 from pruning.evaluation.perplexity import windows_nll
 from pruning.influence import SuffixLoss
 from pruning.methods import PruneContext
+from pruning.methods.search import choice_margin
 from pruning.methods.two_stage import attention_round
 from pruning.modeling import load_model
 
@@ -101,8 +103,9 @@ def test_attention_round_walks_on_from_a_stored_state_and_hands_on_the_next(stor
     suffix = SuffixLoss(model, adapter, engine, calib_ids)
     engine.capture(calib_ids)
     embeddings = engine.hidden
-    losses, (start, state) = attention_round(suffix, adapter, layers, 0, embeddings, [2, 4])
-    assert losses == plain_round_losses(model, calib_ids, 3, [2, 4])
+    windows, (start, state) = attention_round(suffix, adapter, layers, 0, embeddings, [2, 4])
+    assert {i: suffix.mean_of(by_batch) for i, by_batch in windows.items()} == plain_round_losses(model, calib_ids, 3,
+                                                                                                  [2, 4])
     assert start == 2
     expected = suffix.run_layers(embeddings, layers[:2])
     assert all(torch.equal(a, b) for a, b in zip(state, expected))
@@ -130,6 +133,42 @@ def test_quark_window_scores_equal_brute_force(stories, calib_ids, num_blocks):
     best = min(brute, key=lambda s: (brute[s], s))
     assert report["removed_layers"] == list(range(best, best + num_blocks))
 
+
+def test_choice_margin_counts_windows_and_pairs_them():
+    differences = [1.0, 0.5, -1.0]  # runner-up minus choice, window by window
+    assert choice_margin([1.0, 2.0, 3.0], [2.0, 2.5, 2.0]) == {
+        "windows_won": 2, "windows": 3,
+        "paired_t": round(statistics.fmean(differences) / (statistics.stdev(differences) / math.sqrt(3)), 4)}
+    assert choice_margin([1.0], [2.0])["paired_t"] is None  # one window: no spread to pair against
+
+
+def test_quark_choice_margin_from_brute_force_windows(stories, calib_ids):
+    """The margin compares the chosen window and the runner-up window by window, as brute force scores them."""
+    report = run(copy.deepcopy(stories[0]), "depth", calib_ids, num_blocks=1, criterion="perplexity")
+    ranked = sorted(report["window_ppl"], key=lambda w: (w["ppl"], w["layers"][0]))
+    margin = report["choice_margin"]
+    assert margin["runner_up"] == ranked[1]["layers"] and report["removed_layers"] == ranked[0]["layers"][:1]
+    per_window = {}
+    for start in (ranked[0]["layers"][0], ranked[1]["layers"][0]):
+        reference = copy.deepcopy(stories[0])
+        structure.remove_layers(reference, pruning.get_adapter(reference), [start])
+        per_window[start] = [windows_nll(reference, calib_ids[w:w + 1], batch_size=1)[0] for w in range(len(calib_ids))]
+    expected = choice_margin(*per_window.values())
+    assert margin["windows"] == len(calib_ids) and margin["windows_won"] == expected["windows_won"]
+    assert margin["paired_t"] == pytest.approx(expected["paired_t"], rel=1e-3)
+
+
+def test_two_stage_rounds_report_their_margin(stories, calib_ids):
+    report = run(copy.deepcopy(stories[0]), "two_stage", calib_ids, ffn_layers=3, attention_layers=3)
+    for round_ in report["attention_rounds"]:
+        losses = {int(i): v for i, v in round_["candidate_losses"].items()}
+        ranked = sorted(losses, key=lambda i: (losses[i], i))
+        if len(ranked) == 1:
+            assert "choice_margin" not in round_
+            continue
+        margin = round_["choice_margin"]
+        assert margin["runner_up"] == ranked[1] and margin["windows"] == len(calib_ids)
+        assert 0 <= margin["windows_won"] <= len(calib_ids) and margin["paired_t"] > 0  # the choice's mean is lower
 
 
 def count_layer_passes(model, rows: int):

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from .base import MethodError, PruneContext, PruningMethod, no_grad, register
 from ..similarity import CRITERIA, TOKENS
 from .options import Option
-from .search import check_search_windows, search_record, search_windows_option
+from .search import check_search_windows, choice_margin, search_record, search_windows_option
 
 if TYPE_CHECKING:
     from ..engine import LayerStep, LayerwiseEngine
@@ -188,9 +188,10 @@ class Depth(PruningMethod):
         return suffix
 
     def _removal_nll(self, ctx: PruneContext, engine: LayerwiseEngine, input_ids, size: int,
-                     starts: list[int]) -> tuple[dict[int, float], float, dict]:
-        """Mean calibration NLL of the model without layers s..s+size-1, for each start s, and of the whole model,
-        on the first search_windows windows (all by default), and what they were computed on, for the report.
+                     starts: list[int]) -> tuple[dict[int, float], dict[int, list[float]], float, dict]:
+        """Mean calibration NLL of the model without layers s..s+size-1, for each start s (and each window's summed
+        NLL), and of the whole model, on the first search_windows windows (all by default), and what they were
+        computed on, for the report.
 
         One walk of the model holds only the current layer inputs; at each start the layers after the window,
         the norm and the head run on them. That is the criterion's floor: no two windows share the inputs of
@@ -201,11 +202,14 @@ class Depth(PruningMethod):
         layers = ctx.adapter.decoder_layers(ctx.model)
         last = len(layers) - 1
         nll: dict[int, float] = {}
+        windows: dict[int, list[float]] = {}
         dense = {}
 
         def visit(step: LayerStep):
             if step.index in starts:
-                nll[step.index] = suffix.mean_nll(step.inputs, list(layers[step.index + size:]))
+                by_batch = suffix.window_nlls(step.inputs, list(layers[step.index + size:]))
+                nll[step.index] = suffix.mean_of(by_batch)
+                windows[step.index] = [value for batch in by_batch for value in batch]
             outputs = step.forward()
             if step.index == last:
                 dense["nll"] = suffix.mean_nll(outputs)
@@ -215,15 +219,17 @@ class Depth(PruningMethod):
         engine.run(visit, description=f"depth {self.criterion}", read_only=True)
         data = ({"ppl_data": CALIBRATION_ONLY} if self.search_windows is None else
                 search_record(self.search_windows, len(input_ids), suffix.scored_tokens, "ppl_data"))
-        return nll, dense["nll"], data
+        return nll, windows, dense["nll"], data
 
     def _perplexity_windows(self, ctx: PruneContext, engine: LayerwiseEngine, input_ids, size: int,
                             starts: list[int]) -> dict:
         """Quark: calibration perplexity with each allowed window of `size` layers removed."""
-        nll, dense, data = self._removal_nll(ctx, engine, input_ids, size, starts)
+        nll, windows, dense, data = self._removal_nll(ctx, engine, input_ids, size, starts)
         window_ppl = [{"layers": [s, s + size - 1], "ppl": math.exp(nll[s])} for s in starts]
-        best = min(starts, key=lambda s: (nll[s], s))
-        return {"best_start": best, "window_ppl": window_ppl,
+        best, *others = sorted(starts, key=lambda s: (nll[s], s))
+        margin = ({"choice_margin": {"runner_up": [others[0], others[0] + size - 1],
+                                     **choice_margin(windows[best], windows[others[0]])}} if others else {})
+        return {"best_start": best, "window_ppl": window_ppl, **margin,
                 "scores": {_window_name(s, size): math.exp(nll[s]) for s in starts},
                 "ppl_dense_calibration": math.exp(dense),
                 "ppl_after_calibration": math.exp(nll[best]), **data}
@@ -231,7 +237,7 @@ class Depth(PruningMethod):
     def _block_perplexities(self, ctx: PruneContext, engine: LayerwiseEngine, input_ids, size: int,
                             starts: list[int]) -> tuple[dict[int, float], dict]:
         """Shortened LLaMA's PPL criterion: calibration perplexity with only the block at s removed, for each s."""
-        nll, dense, data = self._removal_nll(ctx, engine, input_ids, size, starts)
+        nll, _, dense, data = self._removal_nll(ctx, engine, input_ids, size, starts)
         return {s: math.exp(nll[s]) for s in starts}, {"ppl_dense_calibration": math.exp(dense), **data}
 
     def _taylor_scores(self, ctx: PruneContext, engine: LayerwiseEngine, input_ids, size: int,

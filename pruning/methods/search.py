@@ -3,8 +3,15 @@ block_ppl criteria, two-stage's attention rounds). Each candidate costs the laye
 full-vocabulary head on every window scored, so the exact search is at its floor; scoring the candidates
 on the first `search_windows` windows (the windows are already a seeded random draw) cuts that cost in
 proportion, at the price of a choice that may differ from the exact one.
+
+Every search also reports its choice's margin over the runner-up, window by window (`choice_margin`): a loss
+lower on average but on few windows, or by a small paired t statistic, is a choice another draw of calibration
+windows may well not make, whatever the search's cost.
 """
 from __future__ import annotations
+
+import math
+import statistics
 
 from .options import MethodError, Option
 
@@ -27,3 +34,15 @@ def search_record(search_windows: int, nsamples: int, scored_tokens: int, data_k
     return {"search_windows": search_windows, "search_scored_tokens": scored_tokens,
             data_key: f"the first {search_windows} of the {nsamples} calibration windows (search_windows; see "
                            f"calibration in prune.json), never the test split"}
+
+
+def choice_margin(chosen: list[float], runner_up: list[float]) -> dict:
+    """How decisively a search's choice beat its runner-up, from their losses on the same calibration windows
+    (one value per window, in order): the windows where the choice's loss was lower, and the paired t statistic
+    of the runner-up's excess loss (mean over windows / its standard error; None with one window or no spread).
+    Below about 2, another draw of calibration windows may well choose the runner-up."""
+    differences = [other - ours for ours, other in zip(chosen, runner_up, strict=True)]
+    spread = statistics.stdev(differences) if len(differences) > 1 else 0.0
+    t = statistics.fmean(differences) / (spread / math.sqrt(len(differences))) if spread > 0 else None
+    return {"windows_won": sum(d > 0 for d in differences), "windows": len(differences),
+            "paired_t": None if t is None else round(t, 4)}

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from .base import MethodError, PruneContext, PruningMethod, no_grad, register
 from .options import Option
-from .search import check_search_windows, search_record, search_windows_option
+from .search import check_search_windows, choice_margin, search_record, search_windows_option
 
 if TYPE_CHECKING:
     from ..engine import LayerStep
@@ -60,8 +60,9 @@ def counts_for_rate(target: float, ffn_size: int, attention_size: int, num_layer
 
 
 def attention_round(suffix, adapter, layers, start: int, state: list, remaining: list[int],
-                    description: str | None = None) -> tuple[dict[int, float], tuple[int, list]]:
-    """Calibration loss (`suffix`, an influence.SuffixLoss) without each remaining candidate's attention.
+                    description: str | None = None) -> tuple[dict[int, list[list[float]]], tuple[int, list]]:
+    """Calibration loss (`suffix`, an influence.SuffixLoss) without each remaining candidate's attention, as
+    `SuffixLoss.window_nlls` gives it (each window's summed NLL, batch by batch).
 
     `state` holds the inputs of layer `start` (at or before the first remaining candidate). The walk runs
     the current model from there; at each candidate the suffix from that layer on, with its attention
@@ -71,7 +72,7 @@ def attention_round(suffix, adapter, layers, start: int, state: list, remaining:
     """
     from ..structure import attention_swapped_out
 
-    losses: dict[int, float] = {}
+    losses: dict[int, list[list[float]]] = {}
     hidden, last = state, remaining[-1]
     indices = range(start, last + 1)
     if description:
@@ -83,7 +84,7 @@ def attention_round(suffix, adapter, layers, start: int, state: list, remaining:
             state = hidden
         if index in remaining:
             with attention_swapped_out(layers[index], adapter, index):
-                losses[index] = suffix.mean_nll(hidden, list(layers[index:]))
+                losses[index] = suffix.window_nlls(hidden, list(layers[index:]))
         if index < last:
             hidden = suffix.run_layers(hidden, [layers[index]])
     return losses, (remaining[0], state)
@@ -228,17 +229,21 @@ class TwoStage(PruningMethod):
             engine.hidden = []
         for round_index in range(attention_count):
             remaining = [i for i in candidates if i not in mha_removed]
-            losses, (start, state) = attention_round(search, adapter, layers, start, state, remaining,
-                                                     f"attention round {round_index + 1}/{attention_count}"
-                                                     if ctx.progress else None)
-            chosen = min(losses, key=lambda i: (losses[i], i))
+            windows, (start, state) = attention_round(search, adapter, layers, start, state, remaining,
+                                                      f"attention round {round_index + 1}/{attention_count}"
+                                                      if ctx.progress else None)
+            losses = {i: search.mean_of(by_batch) for i, by_batch in windows.items()}
+            chosen, *others = sorted(losses, key=lambda i: (losses[i], i))
             attention_removed_params += remove_attention(ctx.model, adapter, chosen)
             mha_removed.append(chosen)
             log.info("two_stage: round %d/%d: calibration loss without each candidate's attention %s; removed "
                      "layer %d's (loss %.4f)", round_index + 1, attention_count,
                      ", ".join(f"{i}: {v:.4f}" for i, v in sorted(losses.items())), chosen, losses[chosen])
+            flat = {i: [value for batch in windows[i] for value in batch] for i in (chosen, *others[:1])}
+            margin = {"choice_margin": {"runner_up": others[0], **choice_margin(flat[chosen], flat[others[0]])}
+                      } if others else {}
             rounds.append({"removed": chosen, "loss": losses[chosen],
-                           "candidate_losses": {str(i): v for i, v in sorted(losses.items())}})
+                           "candidate_losses": {str(i): v for i, v in sorted(losses.items())}, **margin})
 
         return {"ffn_removed_layers": candidates, "mha_removed_layers": sorted(mha_removed),
                 "layers_before": len(layers),  # as depth and layers record it: the layer-removal table's "total"
