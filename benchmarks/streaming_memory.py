@@ -6,6 +6,8 @@ and a bit-identity check of streamed against in-memory weights on a real model.
     .venv/bin/python benchmarks/streaming_memory.py                      # ~5 GB model in a temporary folder
     .venv/bin/python benchmarks/streaming_memory.py --compare-in-memory --out results/benchmarks/streaming.json
     .venv/bin/python benchmarks/streaming_memory.py --skip-synthetic --identical smollm2-135m
+    .venv/bin/python benchmarks/streaming_memory.py --structured --identical smollm2-135m   # Quark, two-stage,
+                                                                   # heads and FLAP too, bounds and identity
 
 Each prune runs in its own `python -m pruning prune` process; its peak is the one the child records in prune.json
 (`peak_rss_mb`, VmHWM: ru_maxrss would carry over the parent's peak through fork and exec). `run(...)` returns the same figures as a dict for a
@@ -69,12 +71,13 @@ def build_synthetic(folder: Path, shape: dict | None = None, seed: int = 0, shar
     return folder
 
 
-def prune_process(model: str | Path, output: Path, *, stream: bool, method: str = "wanda", sparsity: float = 0.5,
-                  nsamples: int = 8, seqlen: int = 64, calib: str = "c4") -> dict:
+def prune_process(model: str | Path, output: Path, *, stream: bool, method: str = "wanda",
+                  arguments: tuple[str, ...] = ("--sparsity", "0.5"), nsamples: int = 8, seqlen: int = 64,
+                  calib: str = "c4") -> dict:
     """Run `python -m pruning prune` in a child process; returns its prune.json (with the child's own peak,
     `peak_rss_mb`) plus `peak_rss_bytes` and its wall time."""
-    command = [sys.executable, "-m", "pruning", "prune", "--model", str(model), "--method", method,
-               "--sparsity", str(sparsity), "--output-dir", str(output), "--calib", calib, "--nsamples", str(nsamples),
+    command = [sys.executable, "-m", "pruning", "prune", "--model", str(model), "--method", method, *arguments,
+               "--output-dir", str(output), "--calib", calib, "--nsamples", str(nsamples),
                "--seqlen", str(seqlen), "--device", "cpu", "--quiet", *(["--stream"] if stream else [])]
     env = dict(os.environ, TRANSFORMERS_VERBOSITY="error")
     env.setdefault("PRUNING_DATA_DIR", str(SHARED / "data"))
@@ -102,27 +105,66 @@ def tensors_identical(first: Path, second: Path) -> dict:
             "identical": not different and set(names) == set(b.names())}
 
 
-def synthetic_case(folder: Path, *, compare_in_memory: bool, nsamples: int, seqlen: int) -> dict:
-    """Build the synthetic model, prune it streamed (and in memory if asked), and check the bound."""
-    from pruning.methods import build_method
+# The structured methods streamed on the synthetic model (--structured): CLI method and arguments, and the options
+# build_method takes for the estimate. A calibration-loss search holds a second layer and its suffix's activations,
+# which its bound counts (streaming.estimate_pruning_memory).
+STRUCTURED = {
+    "depth perplexity (Quark)": ("depth", ("--num-blocks", "1", "--option", "criterion=perplexity"),
+                                 {"num_blocks": 1, "criterion": "perplexity"}),
+    "two_stage": ("two_stage", ("--option", "ffn_layers=2", "--option", "attention_layers=1"),
+                  {"ffn_layers": 2, "attention_layers": 1}),
+    "heads (activation)": ("heads", ("--head-reduction", "0.25", "--option", "importance=activation"),
+                           {"fraction": 0.25, "importance": "activation"}),
+    "flap": ("flap", ("--option", "fraction=0.2"), {"fraction": 0.2}),
+}
+
+
+def streamed_bound(model: Path, method, nsamples: int, seqlen: int) -> dict:
+    """The figures behind the bound 1.5 × (decoder layers held + embeddings + head + activations) for `method`."""
+    from pruning.memory import meta_model
     from pruning.streaming import estimate_pruning_memory
 
-    model = build_synthetic(folder / "synthetic")
-    method = build_method("wanda", sparsity=0.5)
     estimate = estimate_pruning_memory(model, method, nsamples=nsamples, seqlen=seqlen, batch_size=8,
                                        measure_runtime=False)
-    from pruning.memory import meta_model
-
     _, skeleton = meta_model(model)
     embeddings = skeleton.get_input_embeddings().weight.numel() * 4
     head = skeleton.get_output_embeddings().weight.numel() * 4
-    bound = BOUND_FACTOR * (estimate["largest_layer_bytes"] + embeddings + head + estimate["activation_bytes"])
-    del skeleton
+    layers_held = 1 + method.searches_by_loss()
+    bound = BOUND_FACTOR * (layers_held * estimate["largest_layer_bytes"] + embeddings + head
+                            + estimate["activation_bytes"])
+    return {"largest_layer_bytes": estimate["largest_layer_bytes"], "layers_held": layers_held,
+            "embeddings_head_bytes": embeddings + head, "outer_bytes": estimate["outer_bytes"],
+            "activation_bytes": estimate["activation_bytes"], "bound_bytes": int(bound)}
+
+
+def structured_cases(model: Path, folder: Path, nsamples: int, seqlen: int) -> list[dict]:
+    """Each structured method streamed on the synthetic model: its peak against its bound."""
+    from pruning.methods import build_method
+
+    rows = []
+    for name, (method, arguments, options) in STRUCTURED.items():
+        row = {"case": name, **streamed_bound(model, build_method(method, **options), nsamples, seqlen)}
+        streamed = prune_process(model, folder / "structured", stream=True, method=method, arguments=arguments,
+                                 nsamples=nsamples, seqlen=seqlen)
+        row.update(streamed_peak_rss_bytes=streamed["peak_rss_bytes"], streamed_seconds=streamed["child_seconds"],
+                   streamed_mode=streamed["memory"]["mode"], passed=streamed["peak_rss_bytes"] < row["bound_bytes"])
+        shutil.rmtree(folder / "structured")
+        rows.append(row)
+    return rows
+
+
+def synthetic_case(folder: Path, *, compare_in_memory: bool, nsamples: int, seqlen: int,
+                   structured: bool = False) -> dict:
+    """Build the synthetic model, prune it streamed (and in memory if asked), and check the bound; with
+    `structured`, also stream each structured method (STRUCTURED) against its bound."""
+    from pruning.methods import build_method
+
+    model = build_synthetic(folder / "synthetic")
+    figures = streamed_bound(model, build_method("wanda", sparsity=0.5), nsamples, seqlen)
+    bound = figures["bound_bytes"]
     row = {"model_bytes_on_disk": sum(f.stat().st_size for f in model.glob("*.safetensors")),
-           "layers": SYNTHETIC["num_hidden_layers"], "largest_layer_bytes": estimate["largest_layer_bytes"],
-           "embeddings_head_bytes": embeddings + head, "outer_bytes": estimate["outer_bytes"],
-           "activation_bytes": estimate["activation_bytes"], "bound_bytes": int(bound), "nsamples": nsamples,
-           "seqlen": seqlen}
+           "layers": SYNTHETIC["num_hidden_layers"], **{k: v for k, v in figures.items() if k != "layers_held"},
+           "nsamples": nsamples, "seqlen": seqlen}
     streamed = prune_process(model, folder / "streamed", stream=True, nsamples=nsamples, seqlen=seqlen)
     row.update(streamed_peak_rss_bytes=streamed["peak_rss_bytes"], streamed_seconds=streamed["child_seconds"],
                streamed_mode=streamed["memory"]["mode"])
@@ -134,16 +176,20 @@ def synthetic_case(folder: Path, *, compare_in_memory: bool, nsamples: int, seql
                    identical_to_in_memory=tensors_identical(folder / "in-memory", folder / "streamed")["identical"])
         shutil.rmtree(folder / "in-memory")
     shutil.rmtree(folder / "streamed")
+    if structured:
+        row["structured"] = structured_cases(model, folder, nsamples, seqlen)
     return row
 
 
-def identical_case(model: str, folder: Path, method: str, nsamples: int, seqlen: int) -> dict:
+def identical_case(model: str, folder: Path, method: str, nsamples: int, seqlen: int,
+                   arguments: tuple[str, ...] = ("--sparsity", "0.5"), case: str | None = None) -> dict:
     """A real model pruned streamed and in memory: are the weights bit-identical?"""
-    streamed = prune_process(model, folder / "streamed", stream=True, method=method, nsamples=nsamples, seqlen=seqlen)
-    in_memory = prune_process(model, folder / "in-memory", stream=False, method=method, nsamples=nsamples,
-                              seqlen=seqlen)
+    streamed = prune_process(model, folder / "streamed", stream=True, method=method, arguments=arguments,
+                             nsamples=nsamples, seqlen=seqlen)
+    in_memory = prune_process(model, folder / "in-memory", stream=False, method=method, arguments=arguments,
+                              nsamples=nsamples, seqlen=seqlen)
     check = tensors_identical(folder / "in-memory", folder / "streamed")
-    result = {"model": model, "method": method, **check, "streamed_peak_rss_bytes": streamed["peak_rss_bytes"],
+    result = {"model": model, "method": case or method, **check, "streamed_peak_rss_bytes": streamed["peak_rss_bytes"],
               "in_memory_peak_rss_bytes": in_memory["peak_rss_bytes"],
               "same_result": streamed["result"] == in_memory["result"]}
     shutil.rmtree(folder / "streamed")
@@ -152,7 +198,8 @@ def identical_case(model: str, folder: Path, method: str, nsamples: int, seqlen:
 
 
 def run(*, synthetic: bool = True, compare_in_memory: bool = False, identical: list[str] = (),
-        method: str = "wanda", nsamples: int = 8, seqlen: int = 64, workdir: str | None = None) -> dict:
+        method: str = "wanda", nsamples: int = 8, seqlen: int = 64, workdir: str | None = None,
+        structured: bool = False) -> dict:
     """The benchmark's figures as a dict (see the module docstring); temporary files go under `workdir`."""
     from pruning.io import versions
 
@@ -164,8 +211,11 @@ def run(*, synthetic: bool = True, compare_in_memory: bool = False, identical: l
     with tempfile.TemporaryDirectory(prefix="streaming-bench-", dir=workdir) as scratch:
         if synthetic:
             results["synthetic"] = synthetic_case(Path(scratch), compare_in_memory=compare_in_memory,
-                                                  nsamples=nsamples, seqlen=seqlen)
+                                                  nsamples=nsamples, seqlen=seqlen, structured=structured)
         results["identical"] = [identical_case(model, Path(scratch), method, nsamples, seqlen) for model in identical]
+        if structured:
+            results["identical"] += [identical_case(model, Path(scratch), name, nsamples, seqlen, arguments, case)
+                                     for model in identical for case, (name, arguments, _) in STRUCTURED.items()]
     return results
 
 
@@ -187,6 +237,11 @@ def report_text(results: dict) -> str:
                      if "in_memory_seconds" in row else " (not run; --compare-in-memory)"),
                   f"  {'PASS' if row['passed'] else 'FAIL'}: streamed peak "
                   f"{'<' if row['passed'] else '>='} bound"]
+        for case in row.get("structured", []):
+            lines.append(f"  {case['case']}, streamed: peak {gib(case['streamed_peak_rss_bytes'])} against the bound "
+                         f"{BOUND_FACTOR} × ({case['layers_held']} × layer + emb + head + act "
+                         f"{gib(case['activation_bytes'])}) = {gib(case['bound_bytes'])} "
+                         f"({case['streamed_seconds']} s): {'PASS' if case['passed'] else 'FAIL'}")
     for case in results.get("identical", []):
         lines.append(f"{case['model']} {case['method']}: streamed == in-memory weights: "
                      f"{'PASS' if case['identical'] and case['same_result'] else 'FAIL'} ({case['tensors']} tensors; "
@@ -200,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-in-memory", action="store_true",
                         help="also prune the synthetic model in memory (needs about its size in RAM) and compare")
     parser.add_argument("--skip-synthetic", action="store_true", help="only the --identical checks")
+    parser.add_argument("--structured", action="store_true",
+                        help="also stream the structured methods (Quark's search, two-stage, heads, FLAP) on the "
+                             "synthetic model, each against its bound, and in the --identical checks")
     parser.add_argument("--identical", nargs="*", default=[], metavar="MODEL",
                         help="models (zoo specs, e.g. smollm2-135m) to prune streamed and in memory and compare")
     parser.add_argument("--method", default="wanda", help="method of the --identical checks (default: wanda)")
@@ -210,13 +268,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = run(synthetic=not args.skip_synthetic, compare_in_memory=args.compare_in_memory,
                   identical=args.identical, method=args.method, nsamples=args.nsamples, seqlen=args.seqlen,
-                  workdir=args.workdir)
+                  workdir=args.workdir, structured=args.structured)
     print(report_text(results), flush=True)
     if args.out:
         from pruning.io import atomic_write_json
 
         atomic_write_json(args.out, results)
-    failed = (results.get("synthetic") and not results["synthetic"]["passed"]) or any(
+    failed = (results.get("synthetic") and not all(
+        case["passed"] for case in [results["synthetic"], *results["synthetic"].get("structured", [])])) or any(
         not (case["identical"] and case["same_result"]) for case in results["identical"])
     return 1 if failed else 0
 

@@ -6,9 +6,11 @@ tables stay real), and only the weights outside the decoder layers (embeddings, 
 layer it reads that layer from the input's safetensors shards (memory-mapped, `safe_open`, one open per read so
 nothing stays mapped), and right after it writes the layer, as it is now, to a staging shard in the output
 folder and turns its parameters back into meta tensors. A later pass over the same layer reads the staged
-version, so several passes (OWL's statistics, then the pruning) see what an in-memory model would. At the end
-`finish` lays the layers out as the checkpoint's shards (renumbered when a method removed layers), adds the
-shard of the outer weights and the index, so the directory has the layout `save_model` writes.
+version, so several passes (OWL's statistics, then the pruning) see what an in-memory model would. A pass that
+only reads (a scoring pass, the layers after a search's candidate) borrows the layer instead and frees it without
+writing it. At the end `finish` lays the layers out as the checkpoint's shards (renumbered when a method removed
+layers, without the weights of sub-blocks removed while a layer was on disk), adds the shard of the outer weights
+and the index, so the directory has the layout `save_model` writes.
 
 Peak memory ≈ runtime + outer weights + one layer + calibration activations, whatever the depth.
 `plan_memory` estimates both modes from config.json and the safetensors headers and picks one under a cap.
