@@ -136,10 +136,10 @@ def test_quark_window_scores_equal_brute_force(stories, calib_ids, num_blocks):
 
 def test_choice_margin_counts_windows_and_pairs_them():
     differences = [1.0, 0.5, -1.0]  # runner-up minus choice, window by window
-    assert choice_margin([1.0, 2.0, 3.0], [2.0, 2.5, 2.0]) == {
+    assert choice_margin([[1.0, 2.0], [3.0]], [[2.0, 2.5], [2.0]]) == {  # two batches of windows
         "windows_won": 2, "windows": 3,
         "paired_t": round(statistics.fmean(differences) / (statistics.stdev(differences) / math.sqrt(3)), 4)}
-    assert choice_margin([1.0], [2.0])["paired_t"] is None  # one window: no spread to pair against
+    assert choice_margin([[1.0]], [[2.0]])["paired_t"] is None  # one window: no spread to pair against
 
 
 def test_quark_choice_margin_from_brute_force_windows(stories, calib_ids):
@@ -152,7 +152,8 @@ def test_quark_choice_margin_from_brute_force_windows(stories, calib_ids):
     for start in (ranked[0]["layers"][0], ranked[1]["layers"][0]):
         reference = copy.deepcopy(stories[0])
         structure.remove_layers(reference, pruning.get_adapter(reference), [start])
-        per_window[start] = [windows_nll(reference, calib_ids[w:w + 1], batch_size=1)[0] for w in range(len(calib_ids))]
+        per_window[start] = [[windows_nll(reference, calib_ids[w:w + 1], batch_size=1)[0]
+                              for w in range(len(calib_ids))]]  # one batch of every window
     expected = choice_margin(*per_window.values())
     assert margin["windows"] == len(calib_ids) and margin["windows_won"] == expected["windows_won"]
     assert margin["paired_t"] == pytest.approx(expected["paired_t"], rel=1e-3)

@@ -188,10 +188,10 @@ class Depth(PruningMethod):
         return suffix
 
     def _removal_nll(self, ctx: PruneContext, engine: LayerwiseEngine, input_ids, size: int,
-                     starts: list[int]) -> tuple[dict[int, float], dict[int, list[float]], float, dict]:
+                     starts: list[int]) -> tuple[dict[int, float], dict[int, list[list[float]]], float, dict]:
         """Mean calibration NLL of the model without layers s..s+size-1, for each start s (and each window's summed
-        NLL), and of the whole model, on the first search_windows windows (all by default), and what they were
-        computed on, for the report.
+        NLL, batch by batch), and of the whole model, on the first search_windows windows (all by default), and what
+        they were computed on, for the report.
 
         One walk of the model holds only the current layer inputs; at each start the layers after the window,
         the norm and the head run on them. That is the criterion's floor: no two windows share the inputs of
@@ -202,14 +202,13 @@ class Depth(PruningMethod):
         layers = ctx.adapter.decoder_layers(ctx.model)
         last = len(layers) - 1
         nll: dict[int, float] = {}
-        windows: dict[int, list[float]] = {}
+        windows: dict[int, list[list[float]]] = {}
         dense = {}
 
         def visit(step: LayerStep):
             if step.index in starts:
-                by_batch = suffix.window_nlls(step.inputs, list(layers[step.index + size:]))
-                nll[step.index] = suffix.mean_of(by_batch)
-                windows[step.index] = [value for batch in by_batch for value in batch]
+                windows[step.index] = suffix.window_nlls(step.inputs, list(layers[step.index + size:]))
+                nll[step.index] = suffix.mean_of(windows[step.index])
             outputs = step.forward()
             if step.index == last:
                 dense["nll"] = suffix.mean_nll(outputs)

@@ -36,12 +36,14 @@ def search_record(search_windows: int, nsamples: int, scored_tokens: int, data_k
                            f"calibration in prune.json), never the test split"}
 
 
-def choice_margin(chosen: list[float], runner_up: list[float]) -> dict:
+def choice_margin(chosen: list[list[float]], runner_up: list[list[float]]) -> dict:
     """How decisively a search's choice beat its runner-up, from their losses on the same calibration windows
-    (one value per window, in order): the windows where the choice's loss was lower, and the paired t statistic
-    of the runner-up's excess loss (mean over windows / its standard error; None with one window or no spread).
-    Below about 2, another draw of calibration windows may well choose the runner-up."""
-    differences = [other - ours for ours, other in zip(chosen, runner_up, strict=True)]
+    (each window's summed NLL, batch by batch, as SuffixLoss.window_nlls gives them): the windows where the
+    choice's loss was lower, and the paired t statistic of the runner-up's excess loss (mean over windows / its
+    standard error; None with one window or no spread). Below about 2, another draw of calibration windows may
+    well choose the runner-up."""
+    differences = [other - ours for ours_batch, other_batch in zip(chosen, runner_up, strict=True)
+                   for ours, other in zip(ours_batch, other_batch, strict=True)]
     spread = statistics.stdev(differences) if len(differences) > 1 else 0.0
     t = statistics.fmean(differences) / (spread / math.sqrt(len(differences))) if spread > 0 else None
     return {"windows_won": sum(d > 0 for d in differences), "windows": len(differences),

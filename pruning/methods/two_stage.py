@@ -239,9 +239,8 @@ class TwoStage(PruningMethod):
             log.info("two_stage: round %d/%d: calibration loss without each candidate's attention %s; removed "
                      "layer %d's (loss %.4f)", round_index + 1, attention_count,
                      ", ".join(f"{i}: {v:.4f}" for i, v in sorted(losses.items())), chosen, losses[chosen])
-            flat = {i: [value for batch in windows[i] for value in batch] for i in (chosen, *others[:1])}
-            margin = {"choice_margin": {"runner_up": others[0], **choice_margin(flat[chosen], flat[others[0]])}
-                      } if others else {}
+            margin = {} if not others else {
+                "choice_margin": {"runner_up": others[0], **choice_margin(windows[chosen], windows[others[0]])}}
             rounds.append({"removed": chosen, "loss": losses[chosen],
                            "candidate_losses": {str(i): v for i, v in sorted(losses.items())}, **margin})
 
