@@ -51,6 +51,7 @@ def unit_parameters(layer: nn.Module, adapter) -> tuple[int, int]:
 @register
 class Flap(PruningMethod):
     name = "flap"
+    STREAMS = True
     needs_calibration = True
     description = ("FLAP width pruning: fluctuation-ranked key-value groups and FFN channels removed with an "
                    "adaptive per-layer structure and bias compensation (no retraining)")
@@ -103,8 +104,8 @@ class Flap(PruningMethod):
         from ..structure import numel, removal_report
 
         plan = self.plan(ctx)
-        statistics = self._statistics(ctx)
-        removed = self._select(plan, self._unit_scores(ctx, plan, statistics))
+        statistics, scores = self._statistics(ctx, plan)
+        removed = self._select(plan, scores)
         before = numel(ctx.model)
         added = self._apply(ctx, plan, statistics, removed)
         removed_parameters = sum(len(r["attention"]) * attention + len(r["ffn"]) * ffn
@@ -117,15 +118,16 @@ class Flap(PruningMethod):
                 "layer_shapes": [shape.to_record() for shape in layer_structure(ctx.model, ctx.adapter)],
                 "bias_parameters_added": added, **removal_report(before, ctx.model)}
 
-    def _statistics(self, ctx: PruneContext) -> list[dict]:
-        """Per layer, the input fluctuation of o_proj ("attention") and down_proj ("ffn") on the dense model."""
+    def _statistics(self, ctx: PruneContext, plan: dict) -> tuple[list[dict], list[dict]]:
+        """Per layer, the input fluctuation of o_proj ("attention") and down_proj ("ffn") on the dense model, and
+        the standardised score of every key-value group and FFN channel (computed while the layer is loaded)."""
         from ..engine import InputMoments, LayerStep, LayerwiseEngine, input_hooks
 
         input_ids, _ = ctx.calibration()
         engine = LayerwiseEngine(ctx.model, ctx.adapter, ctx.device, ctx.batch_size, ctx.progress)
         engine.capture(input_ids)
         paths = {"attention": ctx.adapter.attention_projections[-1], "ffn": ctx.adapter.mlp_projections[-1]}
-        statistics = []
+        statistics, scores = [], []
 
         def visit(step: LayerStep):
             meters = {kind: InputMoments(device="cpu") for kind in paths}
@@ -133,26 +135,20 @@ class Flap(PruningMethod):
             with input_hooks(modules, lambda kind, x: meters[kind].add(x)):
                 outputs = step.forward()
             statistics.append(meters)
+            scores.append(self._unit_scores(meters, modules, plan["sizes"][step.index][1]))
             return outputs
 
         engine.run(visit, description="input fluctuation", read_only=True)
-        return statistics
+        return statistics, scores
 
-    def _unit_scores(self, ctx: PruneContext, plan: dict, statistics: list[dict]) -> list[dict]:
-        """Per layer, the standardised score of every key-value group and every FFN channel."""
-        from ..engine import layer_borrowed
+    def _unit_scores(self, meters: dict, modules: dict, kv_heads: int) -> dict:
+        """One layer's standardised score of every key-value group and every FFN channel."""
         from ..fluctuation import channel_scores, standardized, unit_scores
 
-        scores = []
-        layers = ctx.adapter.decoder_layers(ctx.model)
-        for index, (layer, meters, (_, kv_heads, _)) in enumerate(zip(layers, statistics, plan["sizes"])):
-            with layer_borrowed(ctx.model, index):  # streamed from disk when the model's layers live there
-                o, down = (ctx.adapter.layer_part(layer, path).weight
-                           for path in (ctx.adapter.attention_projections[-1], ctx.adapter.mlp_projections[-1]))
-                attention = standardized(channel_scores(self.metric, meters["attention"], o) ** 2)
-                scores.append({"attention": unit_scores(attention, o.shape[1] // kv_heads),
-                               "ffn": standardized(channel_scores(self.metric, meters["ffn"], down))})
-        return scores
+        o, down = (modules[kind].weight.cpu() for kind in ("attention", "ffn"))  # beside the statistics (on the CPU)
+        attention = standardized(channel_scores(self.metric, meters["attention"], o) ** 2)
+        return {"attention": unit_scores(attention, o.shape[1] // kv_heads),
+                "ffn": standardized(channel_scores(self.metric, meters["ffn"], down))}
 
     def _select(self, plan: dict, scores: list[dict]) -> list[dict]:
         """Per layer, the sorted key-value groups and FFN channels to remove."""
