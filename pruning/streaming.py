@@ -15,7 +15,7 @@ and the index, so the directory has the layout `save_model` writes.
 Peak memory ≈ runtime + outer weights + one layer + calibration activations, whatever the depth.
 `plan_memory` estimates both modes from config.json and the safetensors headers and picks one under a cap.
 Methods that need the whole model at once (gradients through it, LoRA recovery, weights changed outside the
-engine) are refused before any work by `streaming_refusal`.
+engine) are refused before any work by `streaming_refusal`, from each method's own `streaming_refusal`.
 """
 from __future__ import annotations
 
@@ -36,12 +36,6 @@ MODES = (IN_MEMORY, STREAMED)
 STAGING = ".streamed-layers"  # inside the output's scratch folder; gone before the output appears
 INDEX_FILE = "model.safetensors.index.json"  # transformers' name for the shard index
 SAFETENSORS_METADATA = {"format": "pt"}  # what transformers expects in a PyTorch safetensors header
-# Methods that reach every decoder layer through the engine and change weights only inside its visits (or only
-# remove whole layers or sub-blocks): the calibration-loss searches borrow the layers after a candidate one at a
-# time. Depth's taylor criterion is left out: it holds a gradient sum for every weight of the model; and `all`
-# streams without its distillation stage (training runs through the whole model).
-STREAMING_METHODS = ("magnitude", "wanda", "sparsegpt", "dsnot", "depth", "layers", "heads", "flap", "two_stage", "all")
-STREAMING_DEPTH_CRITERIA = ("angular", "cosine", "perplexity", "block_ppl")
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": 2**20, "mib": 2**20, "mb": 10**6,
           "g": 2**30, "gib": 2**30, "gb": 10**9, "t": 2**40, "tib": 2**40, "tb": 10**12}
 
@@ -71,19 +65,9 @@ def streaming_refusal(method, *, evaluate: bool = False, recovery_steps: int = 0
     """Why this run cannot stream its layers (one line), or None when it can."""
     from .compressed import DENSE, save_format_of
 
-    names = method.method_names()
-    blocked = sorted(name for name in names if name not in STREAMING_METHODS)
-    if blocked:
-        return (f"method {', '.join(blocked)} cannot stream layers from disk (it needs the whole model in memory); "
-                f"streaming supports {', '.join(STREAMING_METHODS)}")
-    for step in (method, *method.steps()):
-        criterion = getattr(step, "criterion", None)
-        if step.name == "depth" and criterion not in STREAMING_DEPTH_CRITERIA:
-            return (f"method depth with criterion {criterion} holds a gradient sum for every weight of the model and "
-                    f"cannot stream; streaming supports criterion {', '.join(STREAMING_DEPTH_CRITERIA)}")
-        if step.name == "all" and step.settings is not None:
-            return ("method all with training_data distills through the whole model and cannot stream; drop "
-                    "training_data (and distill the streamed output on a machine that holds it)")
+    refusal = method.streaming_refusal()
+    if refusal:
+        return refusal
     if recovery_steps:
         return "recovery fine-tuning (LoRA through the whole model) cannot stream; drop --recover-steps"
     if evaluate:

@@ -7,13 +7,13 @@ from pathlib import Path
 from ..api import prune
 from ..compressed import DENSE, SAVE_FORMAT_CHOICES
 from ..data import CALIBRATION_SOURCES
-from ..methods import available_methods
+from ..methods import available_methods, streaming_methods
 from ..methods.catalog import summary
+from ..methods.depth import STREAMING_CRITERIA as STREAMING_DEPTH_CRITERIA
 from ..methods.distill import PERSLM_DISTILLATION
 from ..methods.finetuning import RECOVERY_OPTIONS
 from ..methods.options import describe
 from ..pruner import check_not_evaluation_text
-from ..streaming import STREAMING_DEPTH_CRITERIA, STREAMING_METHODS
 from .common import (add_eval_arguments, add_overwrite_argument, add_runtime_arguments, evaluation_summary,
                      parse_option_pairs, positive_int, quiet_progress)
 
@@ -80,7 +80,7 @@ def add_parser(subparsers) -> None:
                              "head + calibration activations); a cap even streaming exceeds is refused before work. "
                              "Mode, cap and estimate go to prune.json's memory (default: no cap, in memory)")
     memory.add_argument("--stream", action="store_true",
-                        help=f"stream the decoder layers whatever the size (methods: {', '.join(STREAMING_METHODS)}; "
+                        help=f"stream the decoder layers whatever the size (methods: {', '.join(streaming_methods())}; "
                              f"depth with criterion {', '.join(STREAMING_DEPTH_CRITERIA)}; all without training_data; no "
                              "--evaluate, recovery or sparse --save-format); others are refused before work")
     parser.add_argument("--calib", default="c4",

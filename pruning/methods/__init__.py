@@ -5,7 +5,8 @@ and its import below. `build_method` is the one entry point, for the CLI, the AP
 check alike: it validates the name, ratio and options (`.options()` of the result is what prune.json records).
 Nothing here imports torch, so building a method costs no model and no torch.
 """
-from .base import MethodError, PruneContext, PruningMethod, available_methods, method_class, register
+from .base import (MethodError, PruneContext, PruningMethod, available_methods, method_class, register,
+                   streaming_methods)
 from . import magnitude, wanda, sparsegpt  # noqa: F401  (registration)
 from . import dsnot  # noqa: F401  (mask refinement on wanda/sparsegpt)
 from . import heads, layers, depth, two_stage, distill, combined, flap  # noqa: F401  (structured methods)

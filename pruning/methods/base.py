@@ -83,6 +83,9 @@ class PruningMethod:
     description: ClassVar[str] = ""
     OPTIONS: ClassVar[tuple[Option, ...]] = ()
     COMPOSITE: ClassVar[bool] = False  # runs other methods, whose ratios and options it passes on
+    # Changes weights only inside the engine's layer visits (or removes whole layers or sub-blocks), so its decoder
+    # layers can stay on disk (pruning/streaming.py); `streaming_refusal` refines it per run.
+    STREAMS: ClassVar[bool] = False
     WRAPS_BASE_METHOD: ClassVar[bool] = False  # takes any non-composite base_method's ratio and options beside its own
 
     def __init__(self, **values):
@@ -117,6 +120,14 @@ class PruningMethod:
     def check_model(self, ctx: PruneContext) -> None:
         """Refuse, before any calibration or evaluation, what this model makes impossible."""
 
+    def streaming_refusal(self) -> str | None:
+        """Why this run cannot keep its decoder layers on disk (one line), or None; a composite asks each method
+        it runs."""
+        if not self.STREAMS:
+            return (f"method {self.name} cannot stream layers from disk (it needs the whole model in memory); "
+                    f"streaming supports {', '.join(streaming_methods())}")
+        return next(filter(None, (step.streaming_refusal() for step in self.steps())), None)
+
     def searches_by_loss(self) -> bool:
         """Whether scoring runs the layers after each candidate to the head (a calibration-loss search), holding
         one more decoder layer and a candidate's hidden states meanwhile (the memory estimate counts them); a
@@ -150,6 +161,11 @@ def register(cls: type[PruningMethod]) -> type[PruningMethod]:
 
 def available_methods() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def streaming_methods() -> list[str]:
+    """The methods that can keep a model's decoder layers on disk (some only with some options)."""
+    return [name for name in available_methods() if _REGISTRY[name].STREAMS]
 
 
 def method_class(name: str) -> type[PruningMethod]:

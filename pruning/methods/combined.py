@@ -31,6 +31,7 @@ def _mask_method(name: str) -> str:
 @register
 class Combined(PruningMethod):
     name = "all"
+    STREAMS = True  # without its distillation stage
     description = "heads, then layers, then sparsity, then (with training_data) distillation; each stage reported"
     COMPOSITE = True
     OPTIONS = (
@@ -72,6 +73,12 @@ class Combined(PruningMethod):
         if self.settings:
             options["distill"] = vars(self.settings)
         return options
+
+    def streaming_refusal(self) -> str | None:
+        if self.settings:
+            return ("method all with training_data distills through the whole model and cannot stream; drop "
+                    "training_data (and distill the streamed output on a machine that holds it)")
+        return super().streaming_refusal()
 
     def check_model(self, ctx: PruneContext) -> None:
         for stage in self.stages:

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 # hidden-state change, Quark's perplexity windows, Shortened LLaMA's one-block-removed perplexity and Taylor
 DEPTH_CRITERIA = CRITERIA + ("perplexity", "block_ppl", "taylor")
 REMOVAL_LOSS_CRITERIA = ("perplexity", "block_ppl")  # score every candidate by the calibration loss without it
+GRADIENT_CRITERIA = ("taylor",)  # a gradient sum for every weight of the model: cannot stream its layers from disk
+STREAMING_CRITERIA = tuple(c for c in DEPTH_CRITERIA if c not in GRADIENT_CRITERIA)
 CRITERION_LABELS = {"angular": "Angular", "cosine": "Cosine", "perplexity": "Perplexity", "block_ppl": "Block PPL",
                     "taylor": "Taylor"}  # the column names of the PruneGPT table
 
@@ -53,6 +55,7 @@ def _window_name(start: int, size: int) -> str:
 @register
 class Depth(PruningMethod):
     name = "depth"
+    STREAMS = True
     needs_calibration = True
     description = ("remove the layers (or blocks) that change hidden states least (angular/cosine), the window of "
                    "layers whose removal costs the least calibration perplexity (perplexity), or the layers each "
@@ -100,6 +103,12 @@ class Depth(PruningMethod):
 
     def searches_by_loss(self) -> bool:
         return self.criterion in REMOVAL_LOSS_CRITERIA
+
+    def streaming_refusal(self) -> str | None:
+        if self.criterion in GRADIENT_CRITERIA:
+            return (f"method depth with criterion {self.criterion} holds a gradient sum for every weight of the model "
+                    f"and cannot stream; streaming supports criterion {', '.join(STREAMING_CRITERIA)}")
+        return None
 
     def check_model(self, ctx: PruneContext) -> None:
         self.plan(ctx.adapter.num_layers(ctx.model))

@@ -89,6 +89,7 @@ def removal_units(scores: torch.Tensor, kv_heads: int, mode: str) -> list[tuple[
 @register
 class Heads(PruningMethod):
     name = "heads"
+    STREAMS = True
     description = "remove the least important attention query heads (GQA-consistent), slicing q/k/v/o"
 
     OPTIONS = (

@@ -9,6 +9,7 @@ from .options import Option
 @register
 class Layers(PruningMethod):
     name = "layers"
+    STREAMS = True
     description = "remove a fraction of decoder layers evenly spread, keeping the first and last (no data)"
     OPTIONS = (
         Option("fraction", float, "fraction of decoder layers to remove, e.g. 0.25", required=True,

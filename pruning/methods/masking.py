@@ -81,6 +81,8 @@ class MaskingMethod(PruningMethod):
     every layer alike or, with a non-uniform `allocation`, each layer to its own sparsity with the total
     exact."""
 
+    STREAMS = True
+
     OPTIONS = TARGET_OPTIONS + ALLOCATION_OPTIONS
 
     def __init__(self, **values):

@@ -93,6 +93,7 @@ def attention_round(suffix, adapter, layers, start: int, state: list, remaining:
 @register
 class TwoStage(PruningMethod):
     name = "two_stage"
+    STREAMS = True
     needs_calibration = True
     description = "PP-LLMs: FFN removed in the lowest block-influence layers, then attention removed greedily by calibration loss"
 
