@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 import pruning
-from pruning.data import calibration_windows
+from pruning.core.data import calibration_windows
 from pruning.evaluation.perplexity import forward_throughput
-from pruning.io import atomic_write_text, peak_rss_mb
+from pruning.core.io import atomic_write_text, peak_rss_mb
 
 PATTERNS = (("50%", ["--sparsity", "0.5"], "s0.50"), ("4:8", ["--nm", "4:8"], "nm4-8"), ("2:4", ["--nm", "2:4"], "nm2-4"))
 METHODS = ("magnitude", "wanda", "sparsegpt")

@@ -2,7 +2,7 @@
 (3 models x 10 methods x 5 ratios = 150 pruned runs + 3 dense baselines, ~310 jobs) in a dry run.
 Target: under 5 s. The baseline is the same dry run on a one-run grid, measured here the same way, so
 the difference is the cost of the grid itself. One more run with `-X importtime` checks that building the
-DAG imports neither torch nor transformers (the Snakefile imports only the torch-free `pruning.grid`;
+DAG imports neither torch nor transformers (the Snakefile imports only the torch-free `pruning.reporting.grid`;
 Snakemake itself imports pandas).
 
     .venv/bin/python benchmarks/dag_build.py [--repeats 3]

@@ -24,11 +24,12 @@ import torch
 import torch.nn.functional as F
 
 import pruning
-from pruning.data import evaluation_text
-from pruning.evaluation.perplexity import forward_throughput, token_windows, windows_nll
+from pruning.core.data import evaluation_text
+from pruning.core.token_windows import token_windows, windows_nll
+from pruning.evaluation.perplexity import forward_throughput
 from pruning.evaluation.zeroshot import evaluation_lm, load_task, resolve_task, run_lm_eval
-from pruning.io import atomic_write_text
-from pruning.modeling import load_model
+from pruning.core.io import atomic_write_text
+from pruning.core.modeling import load_model
 
 
 @torch.no_grad()

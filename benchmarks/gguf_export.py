@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 
 import pruning
-from pruning.data import evaluation_text
-from pruning.evaluation.perplexity import token_windows, windows_nll
+from pruning.core.data import evaluation_text
+from pruning.core.token_windows import token_windows, windows_nll
 from pruning.export import export_gguf
-from pruning.export.verify import agreeing_prefix, gguf_summary, hf_greedy, llama_greedy, llama_windows_nll, load_llama
-from pruning.io import atomic_write_json, atomic_write_text, versions
-from pruning.modeling import parameter_counts
+from pruning.evaluation.llamacpp import agreeing_prefix, gguf_summary, hf_greedy, llama_greedy, llama_windows_nll, load_llama
+from pruning.core.io import atomic_write_json, atomic_write_text, versions
+from pruning.core.modeling import parameter_counts
 
 
 def median_seconds(action, repeats: int) -> float:

@@ -1,6 +1,6 @@
 """Benchmark of `python -m pruning memory`: the estimated total against the measured peak resident memory (VmHWM)
 of a fresh process that loads the model with transformers on CPU and runs one forward pass over `--context`
-tokens × `--batch` sequences (`pruning.memory.load_and_forward`), for each model, dtype and context asked.
+tokens × `--batch` sequences (`pruning.core.footprint.load_and_forward`), for each model, dtype and context asked.
 
     .venv/bin/python benchmarks/memory_estimate.py --model ../shared/models/stories260K --context 256 512
     .venv/bin/python benchmarks/memory_estimate.py --model smollm2-135m --dtype float32 bfloat16 --context 512 2048 \
@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pruning import checks, memory
-from pruning.io import atomic_write_json, versions
-from pruning.modeling import DTYPES
+from pruning.core import checks
+from pruning.core import footprint
+from pruning.evaluation import memory
+from pruning.core.io import atomic_write_json, versions
+from pruning.core.modeling import DTYPES
 
 TOLERANCE = 0.10  # the issue's target: estimate within 10 % of the measured peak
 
@@ -26,7 +28,7 @@ def cases(model: str, dtypes: list[str], contexts: list[int], batch: int) -> lis
     for dtype in dtypes:
         for context in contexts:
             report = memory.estimate(path, dtype, context, batch)
-            measured = memory.measured_peak_bytes(path, dtype, context, batch)
+            measured = footprint.measured_peak_bytes(path, dtype, context, batch)
             rows.append({"model": model, "dtype": dtype, "context": context, "batch": batch,
                          "parameters": report["parameters"], "runtime_bytes": report["runtime_bytes"],
                          "weights_bytes": report["weights_bytes"][dtype], "kv_cache_bytes": report["kv_cache_bytes"],

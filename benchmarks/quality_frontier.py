@@ -29,9 +29,9 @@ import torch
 
 import pruning
 from pruning.commands.common import quiet_progress
-from pruning.io import atomic_write_text, versions
-from pruning.modeling import load_model
-from pruning.zoo import resolve as resolve_spec
+from pruning.core.io import atomic_write_text, versions
+from pruning.core.modeling import load_model
+from pruning.core.zoo import resolve as resolve_spec
 
 SPARSITY_METHODS = ("magnitude", "wanda", "sparsegpt")
 DSNOT_BASES = ("wanda", "sparsegpt")

@@ -32,7 +32,7 @@ import streaming_memory  # noqa: E402
 import structured_search  # noqa: E402
 import versus_llmcompressor  # noqa: E402
 
-from pruning.io import atomic_write_text  # noqa: E402
+from pruning.core.io import atomic_write_text  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -95,7 +95,7 @@ def tensors_identical(first: Path, second: Path) -> dict:
     """Compare two checkpoints tensor by tensor (one tensor in memory at a time)."""
     import torch
 
-    from pruning.streaming import ShardedWeights
+    from pruning.core.streaming import ShardedWeights
 
     a, b = ShardedWeights(first), ShardedWeights(second)
     names = sorted(a.names())
@@ -121,8 +121,8 @@ STRUCTURED = {
 
 def streamed_bound(model: Path, method, nsamples: int, seqlen: int) -> dict:
     """The figures behind the bound 1.5 × (decoder layers held + embeddings + head + activations) for `method`."""
-    from pruning.memory import meta_model
-    from pruning.streaming import estimate_pruning_memory
+    from pruning.core.footprint import meta_model
+    from pruning.core.streaming import estimate_pruning_memory
 
     estimate = estimate_pruning_memory(model, method, nsamples=nsamples, seqlen=seqlen, batch_size=8,
                                        measure_runtime=False)
@@ -201,7 +201,7 @@ def run(*, synthetic: bool = True, compare_in_memory: bool = False, identical: l
         method: str = "wanda", nsamples: int = 8, seqlen: int = 64, workdir: str | None = None,
         structured: bool = False) -> dict:
     """The benchmark's figures as a dict (see the module docstring); temporary files go under `workdir`."""
-    from pruning.io import versions
+    from pruning.core.io import versions
 
     results = {"protocol": f"wanda 50 %, {nsamples} calibration windows × {seqlen} tokens of c4, CPU, fp32; peak: "
                            "VmHWM of the prune process (prune.json peak_rss_mb); bound: "
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                   workdir=args.workdir, structured=args.structured)
     print(report_text(results), flush=True)
     if args.out:
-        from pruning.io import atomic_write_json
+        from pruning.core.io import atomic_write_json
 
         atomic_write_json(args.out, results)
     failed = (results.get("synthetic") and not all(

@@ -2,7 +2,7 @@
 criterion perplexity) and two-stage pruning (block-influence pass, then greedy attention rounds).
 
 Both searches run the model's prefix once and, per candidate, only the layers after the candidate plus the final
-norm and head (pruning/influence.py). That per-candidate suffix is their floor: the calibration loss of a model
+norm and head (pruning/methods/suffix_loss.py). That per-candidate suffix is their floor: the calibration loss of a model
 without window s (or without candidate c's attention) needs every later layer and the full-vocabulary head on the
 changed hidden states, and no two candidates share those inputs. The script therefore prints, besides seconds
 and the ratio to one forward, the work each search did in forward units, counted while it runs: rows through
@@ -34,11 +34,11 @@ from pathlib import Path
 import torch
 
 import pruning
-from pruning.data import calibration_windows
+from pruning.core.data import calibration_windows
 from pruning.evaluation.perplexity import forward_throughput
-from pruning.io import atomic_write_text
+from pruning.core.io import atomic_write_text
 from pruning.methods import PruneContext
-from pruning.structure import numel
+from pruning.core.surgery import numel
 
 TARGET = 5.0  # issue 14: each search at most 5 × one calibration forward (met only if wall and CPU ratios both are)
 

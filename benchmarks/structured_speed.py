@@ -24,9 +24,9 @@ import torch
 import pruning
 from pruning.evaluation.perplexity import perplexity
 from pruning.evaluation.speed import measure_hf
-from pruning.io import atomic_write_text, versions
-from pruning.modeling import parameter_counts
-from pruning.structure import rounded_count
+from pruning.core.io import atomic_write_text, versions
+from pruning.core.modeling import parameter_counts
+from pruning.core.surgery import rounded_count
 
 
 def variants(num_layers: int) -> list[tuple[str, str | None, dict]]:

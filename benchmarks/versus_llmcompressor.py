@@ -30,9 +30,9 @@ from transformers import AutoTokenizer
 
 import pruning
 from pruning.commands.common import quiet_progress
-from pruning.data import calibration_windows
-from pruning.io import atomic_write_text, versions
-from pruning.zoo import resolve as resolve_spec
+from pruning.core.data import calibration_windows
+from pruning.core.io import atomic_write_text, versions
+from pruning.core.zoo import resolve as resolve_spec
 
 WORKER = Path(__file__).with_name("llmcompressor_worker.py")
 DEFAULT_PEER_PYTHON = Path(__file__).resolve().parents[1] / ".venv-peer" / "bin" / "python"

@@ -19,7 +19,7 @@ import torch
 import pruning
 from pruning.evaluation.speed import speed
 from pruning.evaluation.zeroshot import zeroshot
-from pruning.io import atomic_write_text
+from pruning.core.io import atomic_write_text
 
 
 def main() -> int:

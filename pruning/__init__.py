@@ -7,7 +7,7 @@ evaluation and export. Usable without Snakemake:
     pruner = pruning.Pruner("smollm2-135m", output_dir="out/chain")   # steps in memory, then save()
 
 The public names are imported on first use (PEP 562), so `import pruning` and torch-free modules such
-as `pruning.grid` stay cheap for the Snakefile, which builds its DAG without loading torch.
+as `pruning.reporting.grid` stay cheap for the Snakefile, which builds its DAG without loading torch.
 """
 from __future__ import annotations
 
@@ -21,19 +21,19 @@ _EXPORTS = {
     "available_methods": ("methods", "available_methods"),
     "build_method": ("methods", "build_method"),
     "evaluate_perplexity": ("api", "evaluate_perplexity"),
-    "fetch_model": ("zoo", "resolve"),
-    "get_adapter": ("adapters", "get_adapter"),
-    "load_model": ("modeling", "load_model"),
+    "fetch_model": ("core.zoo", "resolve"),
+    "get_adapter": ("core.adapters", "get_adapter"),
+    "load_model": ("core.modeling", "load_model"),
     "prune": ("api", "prune"),
     "Pruner": ("pruner", "Pruner"),
-    "save_model": ("modeling", "save_model"),
-    "supported_model_types": ("adapters", "supported_model_types"),
+    "save_model": ("core.modeling", "save_model"),
+    "supported_model_types": ("core.adapters", "supported_model_types"),
 }
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
-    """A public name, or a submodule (`pruning.io` after a bare `import pruning`), imported on first use."""
+    """A public name, or a submodule (`pruning.reporting` after a bare `import pruning`), imported on first use."""
     if name in _EXPORTS:
         module, attribute = _EXPORTS[name]
         value = getattr(importlib.import_module(f".{module}", __name__), attribute)

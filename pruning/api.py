@@ -11,18 +11,18 @@ from pathlib import Path
 
 import torch
 
-from . import checks
-from .adapters import get_adapter, refuse_unsupported_on_moe
-from .compressed import DENSE, check_request as check_save_request
-from .data import CalibrationCache, check_calibration_source, check_evaluation_dataset, data_dir
+from .core import checks
+from .core.adapters import get_adapter, refuse_unsupported_on_moe
+from .core.sparse_formats import DENSE, check_request as check_save_request
+from .core.data import CalibrationCache, check_calibration_source, check_evaluation_dataset, data_dir
 from .evaluation.perplexity import perplexity
 from .methods import PruneContext, PruningMethod, build_method
-from .methods.finetuning import RECOVERY, RecoverySettings
-from .io import PRUNE_REPORT, RUN_ID, atomic_directory
-from .modeling import load_model, parameter_counts, resolve_device, save_model, torch_dtype
-from .record import Measurement
-from .recovery import load_recovery_data, recover, recovery_documents
-from .streaming import STAGING, STREAMED, MemoryPlan, open_streamed, plan_memory, save_streamed
+from .training.recovery_options import RECOVERY, RecoverySettings
+from .core.io import PRUNE_REPORT, RUN_ID, atomic_directory
+from .core.modeling import load_model, parameter_counts, resolve_device, save_model, torch_dtype
+from .evaluation.provenance import Measurement
+from .training.recovery import load_recovery_data, recover, recovery_documents
+from .core.streaming import STAGING, STREAMED, MemoryPlan, open_streamed, plan_memory, save_streamed
 
 
 def _evaluation_seqlen(eval_seqlen: int | None, seqlen: int) -> int:
@@ -40,11 +40,11 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
           stream: bool | None = None, **method_arguments) -> dict:
     """Prune `model` (any zoo spec) with `method` and save the result plus prune.json in `output_dir`.
 
-    `recovery` ({steps, rank, alpha, lr, batch_size, seqlen, data, heldout_windows}; pruning/recovery.py) adds
+    `recovery` ({steps, rank, alpha, lr, batch_size, seqlen, data, heldout_windows}; pruning/training/recovery.py) adds
     LoRA recovery fine-tuning after the method when its steps are > 0. `save_format` (dense, sparse-bitmask,
-    sparse-24-bitmask, auto; pruning/compressed.py) is how the weights are stored. `max_memory` ('64GiB', or
+    sparse-24-bitmask, auto; pruning/core/sparse_formats.py) is how the weights are stored. `max_memory` ('64GiB', or
     bytes) caps the estimated peak memory: over it the decoder layers are streamed from disk one at a time
-    (pruning/streaming.py), and a cap even streaming exceeds is refused; `stream` True forces streaming, False
+    (pruning/core/streaming.py), and a cap even streaming exceeds is refused; `stream` True forces streaming, False
     forbids it."""
     measurement = Measurement(model)
     check_save_request(save_format, method_arguments.get("nm"))

@@ -21,18 +21,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import checks
-from .adapters import get_adapter
-from .data import (WIKITEXT_LOCAL, CalibrationCache, DataError, check_calibration_source, check_evaluation_dataset,
+from .core import checks
+from .core.adapters import get_adapter
+from .core.data import (WIKITEXT_LOCAL, CalibrationCache, DataError, check_calibration_source, check_evaluation_dataset,
                    data_dir)
 from .evaluation.perplexity import perplexity
-from .io import RUN_ID
+from .core.io import RUN_ID
 from .methods import PruneContext, PruningMethod, build_method
-from .methods.distill import PERSLM_DISTILLATION, DistillSettings, distill_model, load_teacher, training_windows
-from .methods.finetuning import RECOVERY
-from .modeling import load_model, parameter_counts, resolve_device, save_model, torch_dtype
-from .record import Measurement
-from .structure import numel, removal_report
+from .methods.distill import PERSLM_DISTILLATION
+from .training.distillation import DistillSettings, distill_model, load_teacher, training_windows
+from .training.recovery_options import RECOVERY
+from .core.modeling import load_model, parameter_counts, resolve_device, save_model, torch_dtype
+from .evaluation.provenance import Measurement
+from .core.surgery import numel, removal_report
 
 PRUNER_METHOD = "pruner"  # prune.json's method for a Pruner chain; its options list the steps
 FIRST_MODEL = "the model as loaded"  # the distillation teacher when none is named

@@ -109,7 +109,7 @@ def stories_text(stories_dir, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def calib_ids(stories_text, stories_tokenizer):
     """Eight C4-style calibration windows of 64 tokens for stories260K."""
-    from pruning.data import calibration_windows
+    from pruning.core.data import calibration_windows
 
     ids, _ = calibration_windows(stories_tokenizer, str(stories_text["calibration"]), 8, 64, seed=0)
     return ids
@@ -119,9 +119,9 @@ def calib_ids(stories_text, stories_tokenizer):
 def no_work(monkeypatch):
     """Fail the test if calibration or evaluation starts (for checks that must come before any work)."""
     import pruning.api
-    import pruning.data
+    import pruning.core.data
 
     def refuse(*_args, **_kwargs):
         raise AssertionError("work started before the check")
-    monkeypatch.setattr(pruning.data, "calibration_windows", refuse)  # what CalibrationCache calls
+    monkeypatch.setattr(pruning.core.data, "calibration_windows", refuse)  # what CalibrationCache calls
     monkeypatch.setattr(pruning.api, "perplexity", refuse)

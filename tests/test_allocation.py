@@ -10,14 +10,14 @@ import torch
 
 import pruning
 import pruning.api
-from pruning.adapters import weight_matrix
-from pruning.allocation import (AllocationError, apportion, layer_zero_counts, outlier_ratio, owl_sparsities, ramp,
+from pruning.core.adapters import weight_matrix
+from pruning.methods.allocation import (AllocationError, apportion, layer_zero_counts, outlier_ratio, owl_sparsities, ramp,
                                 split_zeros, target_zeros)
 from pruning.cli import main as cli_main
-from pruning.data import calibration_windows
-from pruning.masks import inverse_hessian, select_mask, sparsegpt_solve
+from pruning.core.data import calibration_windows
+from pruning.methods.sparsify import inverse_hessian, select_mask, sparsegpt_solve
 from pruning.methods import MethodError, PruneContext, build_method
-from pruning.ratios import Sparsity
+from pruning.core.ratios import Sparsity
 
 SCHEDULE = [0.55, 0.6, 0.7, 0.8, 0.85]  # stories260K has 5 decoder layers; mean 0.7
 

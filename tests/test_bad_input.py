@@ -432,7 +432,7 @@ def test_finding6_leftovers_of_killed_runs_are_removed(stories_dir, tmp_path):
     beside the same output."""
     killed = subprocess.run([sys.executable, "-c", (
         "import os, signal\n"
-        "from pruning.io import atomic_directory\n"
+        "from pruning.core.io import atomic_directory\n"
         f"with atomic_directory({str(tmp_path / 'out')!r}) as tmp:\n"
         "    (tmp / 'model.safetensors').write_bytes(b'x' * 4096)\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n")], capture_output=True)

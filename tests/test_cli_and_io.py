@@ -8,8 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import pruning
-from pruning.masks import is_valid_nm
-from pruning.ratios import NMPattern
+from pruning.methods.sparsify import is_valid_nm
+from pruning.core.ratios import NMPattern
 
 
 def run_cli(*args, cwd=None):
@@ -37,7 +37,7 @@ def test_saved_model_reloads_with_identical_logits(pruned_dir):
     for layer in plain.model.layers:
         for module in (layer.self_attn.q_proj, layer.mlp.down_proj):
             assert is_valid_nm(module.weight, NMPattern(2, 4))
-    assert report["parameters"]["after"]["nonzero"] == pruning.modeling.parameter_counts(plain)["nonzero"]
+    assert report["parameters"]["after"]["nonzero"] == pruning.core.modeling.parameter_counts(plain)["nonzero"]
 
 
 def test_prune_json_records_the_protocol(pruned_dir, stories_dir):
@@ -141,16 +141,16 @@ def test_help_texts_name_the_methods_and_convention():
 def test_peak_rss_is_the_process_own_not_its_parents():
     """A job started by a large parent must not report the parent's peak (getrusage keeps it across exec)."""
     ballast = torch.ones(1024, 1024, 384)  # 1.5 GiB held by this (the parent) process
-    child = subprocess.run([sys.executable, "-c", "from pruning.io import peak_rss_mb; print(peak_rss_mb())"],
+    child = subprocess.run([sys.executable, "-c", "from pruning.core.io import peak_rss_mb; print(peak_rss_mb())"],
                            capture_output=True, text=True, check=True)
     assert float(child.stdout) < 1024, child.stdout
-    assert pruning.io.peak_rss_mb() > 1536
+    assert pruning.core.io.peak_rss_mb() > 1536
     del ballast
 
 
 def test_atomic_directory_replaces_only_what_it_made(tmp_path):
-    """The last guard, for library callers that skip pruning.checks: a user's folder is never replaced."""
-    from pruning.io import OutputError, atomic_directory
+    """The last guard, for library callers that skip pruning.core.checks: a user's folder is never replaced."""
+    from pruning.core.io import OutputError, atomic_directory
 
     user = tmp_path / "user"
     user.mkdir()
@@ -175,7 +175,7 @@ def test_atomic_writes_honour_the_umask(tmp_path):
     import os
     import stat
 
-    from pruning.io import atomic_directory, atomic_write_text
+    from pruning.core.io import atomic_directory, atomic_write_text
 
     previous = os.umask(0o027)
     try:
@@ -192,7 +192,7 @@ def test_atomic_writes_honour_the_umask(tmp_path):
 
 def test_a_gguf_file_we_wrote_is_ours_and_replaced_without_overwrite(stories_dir, tmp_path):
     """The owner key the export writes is the one the output check reads (one constant, in the GGUF format module)."""
-    from pruning.checks import is_our_file
+    from pruning.core.checks import is_our_file
 
     out = tmp_path / "m.gguf"
     for _ in range(2):  # the second convert replaces the first one's file: it is ours
@@ -205,7 +205,7 @@ def test_a_gguf_file_we_wrote_is_ours_and_replaced_without_overwrite(stories_dir
 
 def test_token_lengths_and_counts_are_checked_by_one_rule():
     """The CLI, the library and the workflow's config check share checks.length_problems and checks.positive."""
-    from pruning.checks import MIN_SEQLEN, length_problems, positive
+    from pruning.core.checks import MIN_SEQLEN, length_problems, positive
 
     assert MIN_SEQLEN == 2
     config = {"max_position_embeddings": 512}

@@ -13,13 +13,13 @@ import torch
 from conftest import DATA_DIR
 
 import pruning
-from pruning import structure
+from pruning.core import surgery as structure
 from pruning.cli import main as cli_main
-from pruning.evaluation.perplexity import windows_nll
+from pruning.core.token_windows import windows_nll
 from pruning.methods import PruneContext
-from pruning.modeling import load_model
-from pruning.results import collect
-from pruning.tables import build_tables
+from pruning.core.modeling import load_model
+from pruning.reporting.metric_files import collect
+from pruning.reporting.tables import build_tables
 
 MODEL = "stories260K"
 NUM_LAYERS = 5

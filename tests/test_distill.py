@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import pruning
-from pruning import heterogeneous, structure
-from pruning.evaluation.perplexity import windows_nll
+from pruning.core import heterogeneous, surgery as structure
+from pruning.core.token_windows import windows_nll
 from pruning.methods import MethodError, PruneContext
-from pruning.methods.distill import DistillSettings, distill_model, training_windows, zero_masks
-from pruning.modeling import load_model
+from pruning.training.distillation import DistillSettings, distill_model, training_windows, zero_masks
+from pruning.core.modeling import load_model
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""DSnoT mask refinement (pruning/refine.py, pruning/methods/dsnot.py) on stories260K: each linear's result
+"""DSnoT mask refinement (pruning/methods/dsnot_refine.py, pruning/methods/dsnot.py) on stories260K: each linear's result
 is checked against the base method's, recomputed here from the very inputs the linear saw in the run."""
 import copy
 import json
@@ -9,14 +9,14 @@ import pytest
 import torch
 
 import pruning
-from pruning.adapters import weight_matrix
-from pruning.data import calibration_windows
-from pruning.masks import inverse_hessian, is_valid_nm, select_mask, sparsegpt_solve, wanda_scores
+from pruning.core.adapters import weight_matrix
+from pruning.core.data import calibration_windows
+from pruning.methods.sparsify import inverse_hessian, is_valid_nm, select_mask, sparsegpt_solve, wanda_scores
 from pruning.methods import MethodError, PruneContext
 from pruning.methods.sparsegpt import HessianAccumulator
 from pruning.methods.wanda import InputSquareMean
-from pruning.ratios import NMPattern, mask_target
-from pruning.refine import RefineSettings, dsnot_mask, refined_weights
+from pruning.core.ratios import NMPattern, mask_target
+from pruning.methods.dsnot_refine import RefineSettings, dsnot_mask, refined_weights
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +218,7 @@ def test_cli_prunes_and_refuses_bad_options_before_loading(stories_dir, stories_
 def test_owl_allocation_reaches_the_base_mask(stories):
     """allocation=owl on dsnot: the base method prunes each layer to OWL's planned count and DSnoT keeps every
     row's count, so each layer's measured zeros equal the plan and the total is exact."""
-    from pruning.allocation import target_zeros
+    from pruning.methods.allocation import target_zeros
     from pruning.methods import build_method
 
     model, _, calibration = stories

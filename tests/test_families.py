@@ -10,7 +10,7 @@ from conftest import TINY_FAMILIES, assert_cached_generation_is_greedy, build_ti
 from transformers import AutoModelForCausalLM
 
 import pruning
-from pruning import heterogeneous, structure
+from pruning.core import heterogeneous, surgery as structure
 from pruning.methods import MethodError, PruneContext
 
 STRUCTURED_FAMILIES = TINY_FAMILIES  # every family the adapters support
@@ -163,7 +163,7 @@ def test_refusal_comes_before_the_weights_are_loaded(tmp_path, monkeypatch):
     ("gpt_neox", lambda layer: layer.attention.query_key_value.weight.view(4, 3, 16, 64)[:, 0].reshape(64, 64)),
 ])
 def test_head_magnitude_reads_the_query_rows_out_of_fused_projections(family, query_rows):
-    from pruning.adapters import weight_matrix
+    from pruning.core.adapters import weight_matrix
     from pruning.methods.heads import magnitude_importance, query_weight
 
     model = build_tiny_model(family)

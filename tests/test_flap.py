@@ -9,13 +9,14 @@ import pytest
 import torch
 
 import pruning
-from pruning import cli, heterogeneous, structure
-from pruning.engine import InputMoments
-from pruning.fluctuation import (Unit, channel_scores, compensation_bias, select_global,
+from pruning import cli
+from pruning.core import heterogeneous, surgery as structure
+from pruning.core.engine import InputMoments
+from pruning.methods.flap_fluctuation import (Unit, channel_scores, compensation_bias, select_global,
                                  select_uniform, standardized, unit_scores)
 from pruning.methods import MethodError, PruneContext
 from pruning.methods.flap import unit_parameters
-from pruning.modeling import load_model, save_model
+from pruning.core.modeling import load_model, save_model
 
 PROMPT = "Once upon a time there was a little girl named Lily. She loved to play outside"
 

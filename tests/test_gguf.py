@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import pruning
-from pruning import structure
+from pruning.core import surgery as structure
 from pruning.export import ExportError, export_gguf
 from pruning.export.gguf_families import FAMILIES
 from pruning.export.gguf_tensors import ZERO_FFN_WIDTH, qkv_grouping_order, rotary_interleave_order
@@ -385,7 +385,7 @@ def test_heterogeneous_qwen2_with_biases_through_deci(llama_cpp, stories_tokeniz
 
 @pytest.fixture(scope="module")
 def agreement(llama_cpp, models, exported, stories_text):
-    from pruning.export.verify import evaluate_gguf
+    from pruning.evaluation.llamacpp import evaluate_gguf
 
     return {(name, outtype): evaluate_gguf(exported[name, outtype], models[name], dataset=str(stories_text["evaluation"]),
                                            seqlen=128, max_windows=8, generate_tokens=8, threads=1)

@@ -66,17 +66,60 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_no_import_cycle_in_the_package():
     graph = import_graph()
-    assert "pruning.heterogeneous" in graph and "pruning.export.gguf" in graph
+    assert "pruning.core.heterogeneous" in graph and "pruning.export.gguf" in graph
     cycle = find_cycle(graph)
     assert cycle is None, " -> ".join(cycle)
 
 
 def test_the_format_module_imports_neither_modeling_nor_structure():
     graph = import_graph()
-    assert not graph["pruning.heterogeneous"] & {"pruning.modeling", "pruning.structure"}
-    assert "pruning.structure" not in graph["pruning.modeling"] and "pruning.modeling" not in graph["pruning.structure"]
+    assert not graph["pruning.core.heterogeneous"] & {"pruning.core.modeling", "pruning.core.surgery"}
+    assert "pruning.core.surgery" not in graph["pruning.core.modeling"] and "pruning.core.modeling" not in graph["pruning.core.surgery"]
 
 
 def test_the_cycle_finder_finds_cycles():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+# The package's layers, lowest first: a module may import its own layer and the layers below it, never one above.
+LAYERS = (
+    ("pruning.core",),
+    ("pruning.training",),
+    ("pruning.methods",),
+    ("pruning.export",),
+    ("pruning.evaluation",),
+    ("pruning.reporting",),
+    ("pruning.api", "pruning.pruner", "pruning.preflight"),
+    ("pruning.compat",),
+    ("pruning.cli", "pruning.commands", "pruning.__main__"),
+)
+
+
+def layer_of(module: str) -> int | None:
+    for rank, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return rank
+    return None
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{module} -> {target}" for module, targets in graph.items() for target in targets
+                  if layer_of(module) is not None and layer_of(target) is not None
+                  and layer_of(target) > layer_of(module))
+
+
+def test_every_module_belongs_to_a_layer_and_the_root_holds_only_front_doors():
+    graph = import_graph()
+    assert [m for m in graph if m != "pruning" and layer_of(m) is None] == []
+    root_modules = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(root_modules) <= 6, root_modules
+
+
+def test_no_layer_imports_a_layer_above_it():
+    assert upward_imports(import_graph()) == []
+
+
+def test_the_layer_check_finds_an_upward_import():
+    assert upward_imports({"pruning.core.io": {"pruning.methods.base"}, "pruning.methods.base": {"pruning.core.io"}}) \
+        == ["pruning.core.io -> pruning.methods.base"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import DATA_DIR, REPO, tiny_config
-from pruning import jobs
+from pruning.compat import job_files as jobs
 from pruning.cli import main
 from pruning.methods.two_stage import counts_for_rate
 
@@ -74,8 +74,8 @@ def test_quark_paths_depth_prune_a_family_without_adapter(stories_dir, tmp_path)
     saved model is the original without the chosen layers (same logits)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from pruning.adapters import paths_adapter
-    from pruning.structure import remove_layers
+    from pruning.core.adapters import paths_adapter
+    from pruning.core.surgery import remove_layers
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from pruning.masks import (inverse_hessian, is_valid_nm, lower_rank_update, nm_mask, select_mask, sparsegpt_prune,
+from pruning.methods.sparsify import (inverse_hessian, is_valid_nm, lower_rank_update, nm_mask, select_mask, sparsegpt_prune,
                            sparsegpt_solve, sparsegpt_solve_shared, symmetric_from_lower, wanda_scores)
-from pruning.ratios import NMPattern, RatioError, Sparsity, mask_target, parse_nm
+from pruning.core.ratios import NMPattern, RatioError, Sparsity, mask_target, parse_nm
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.77])
@@ -127,7 +127,7 @@ def test_sparsegpt_prunes_dead_inputs_and_survives_singular_hessian():
 
 def test_selection_equals_first_k_of_a_stable_sort():
     """The linear-time selection removes exactly what a stable sort's first k would, ties included."""
-    from pruning.masks import _lowest
+    from pruning.methods.sparsify import _lowest
 
     gen = torch.Generator().manual_seed(5)
     for trial in range(60):

@@ -9,10 +9,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-from pruning import memory, structure
-from pruning.adapters import get_adapter
+from pruning.core import footprint
+from pruning.evaluation import memory
+from pruning.core import surgery as structure
+from pruning.core.adapters import get_adapter
 from pruning.export.gguf import export_gguf
-from pruning.modeling import parameter_counts, save_model
+from pruning.core.modeling import parameter_counts, save_model
 
 
 def _cache_bytes(model, context: int, batch: int) -> list[int | None]:
@@ -25,9 +27,9 @@ def _cache_bytes(model, context: int, batch: int) -> list[int | None]:
 
 def _assert_kv_exact(path, dtype, model, context, batch):
     """Every layer caches exactly the estimate, a removed attention its placeholder (one value per token)."""
-    element = memory.dtype_bytes(dtype)
-    geometry = memory.geometry(*memory.meta_model(path))
-    estimated = memory.kv_cache_layer_bytes(geometry, context, batch, element)
+    element = footprint.dtype_bytes(dtype)
+    geometry = footprint.geometry(*footprint.meta_model(path))
+    estimated = footprint.kv_cache_layer_bytes(geometry, context, batch, element)
     real = _cache_bytes(model, context, batch)
     for shape, guess, got in zip(geometry.layers, estimated, real):
         if shape.heads:
@@ -67,7 +69,7 @@ def test_parameters_weights_and_kv_cache_are_exact(stories_dir, pruned_stories, 
     assert report["total_bytes"] == (report["weights_bytes"]["float32"] + report["kv_cache_bytes"]
                                      + report["activation_bytes"])
     if which == "pruned":  # grouped-query heads per layer: 2 of 4 key-value heads in layer 0, none in layer 1
-        shapes = memory.geometry(*memory.meta_model(path)).layers
+        shapes = footprint.geometry(*footprint.meta_model(path)).layers
         assert [(s.heads, s.kv_heads, s.ffn) for s in shapes][:4] == [(4, 2, 172), (0, 0, 172), (8, 4, 0), (8, 4, 100)]
 
 
@@ -128,7 +130,7 @@ def test_gguf_bytes_of_a_pruned_model(pruned_stories, tmp_path):
 
 def test_total_is_within_ten_percent_of_measured_peak_rss(stories_dir):
     report = memory.estimate(stories_dir, context=256, batch=2)
-    measured = memory.measured_peak_bytes(stories_dir, context=256, batch=2)
+    measured = footprint.measured_peak_bytes(stories_dir, context=256, batch=2)
     assert abs(report["total_bytes"] - measured) <= 0.1 * measured, (report["total_bytes"], measured)
 
 

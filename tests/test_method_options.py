@@ -12,7 +12,7 @@ import yaml
 
 import pruning
 import pruning.api
-from pruning import grid
+from pruning.reporting import grid
 from pruning.cli import main as cli_main
 from pruning.methods import MethodError, available_methods, build_method, method_class
 from pruning.methods.catalog import is_composite, ratio_kinds, schema_rules

@@ -6,14 +6,14 @@ import torch
 from conftest import TINY_FAMILIES, build_tiny_model
 
 import pruning
-from pruning.adapters import UnsupportedArchitecture, adapter_for_model_type, weight_matrix
-from pruning.data import calibration_windows
-from pruning.engine import LayerwiseEngine, input_hooks, input_statistics
-from pruning.evaluation.perplexity import token_windows, windows_nll
-from pruning.masks import is_valid_nm
+from pruning.core.adapters import UnsupportedArchitecture, adapter_for_model_type, weight_matrix
+from pruning.core.data import calibration_windows
+from pruning.core.engine import LayerwiseEngine, input_hooks, input_statistics
+from pruning.core.token_windows import token_windows, windows_nll
+from pruning.methods.sparsify import is_valid_nm
 from pruning.methods import MethodError, PruneContext
 from pruning.methods.wanda import InputSquareMean
-from pruning.ratios import NMPattern
+from pruning.core.ratios import NMPattern
 
 
 def _prune_in_memory(model, method, seed=0, calibration=None, **arguments):
@@ -195,7 +195,7 @@ def test_same_seed_same_masks_different_seed_differs(stories_setup, stories_text
 @pytest.mark.parametrize("one_pass", [False, True])
 def test_sparsegpt_inverts_each_distinct_hessian_once(monkeypatch, one_pass):
     """q/k/v and gate/up read one input each: a llama layer needs 4 inverse Hessians, not 7."""
-    from pruning import masks
+    from pruning.methods import sparsify as masks
 
     calls = []
     real = masks.inverse_hessian

@@ -8,14 +8,14 @@ from conftest import DATA_DIR, TINY_VOCAB
 
 import pruning
 import pruning.api as api
-from pruning.adapters import (EXPERT_PARTS, ExpertLinear, UnsupportedArchitecture, is_fused_experts,
+from pruning.core.adapters import (EXPERT_PARTS, ExpertLinear, UnsupportedArchitecture, is_fused_experts,
                               weight_matrix)
-from pruning.engine import input_statistics
-from pruning.masks import is_valid_nm, magnitude_scores, select_mask
+from pruning.core.engine import input_statistics
+from pruning.methods.sparsify import is_valid_nm, magnitude_scores, select_mask
 from pruning.methods import PruneContext
 from pruning.methods.wanda import InputSquareMean
-from pruning.modeling import load_model, save_model
-from pruning.ratios import Sparsity, parse_nm
+from pruning.core.modeling import load_model, save_model
+from pruning.core.ratios import Sparsity, parse_nm
 
 MOE_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe")
 HIDDEN, EXPERTS = 64, 4

@@ -15,9 +15,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pruning import cli, io
-from pruning.checks import output_file
-from pruning.io import OutputError, atomic_directory, is_our_file, remove_stale_scratch
+from pruning import cli
+from pruning.core import io
+from pruning.core.checks import output_file
+from pruning.core.io import OutputError, atomic_directory, is_our_file, remove_stale_scratch
 
 HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())
 
@@ -169,7 +170,7 @@ def test_library_measurements_refuse_a_foreign_output(stories_dir, foreign, tmp_
 
 def test_evaluate_gguf_refuses_a_foreign_output(stories_dir, foreign, tmp_path):
     from pruning.export.gguf import export_gguf
-    from pruning.export.verify import evaluate_gguf
+    from pruning.evaluation.llamacpp import evaluate_gguf
 
     export_gguf(stories_dir, tmp_path / "m.gguf", "f32")
     with pytest.raises(OutputError, match="was not written by this tool"):
@@ -209,7 +210,7 @@ def dense_results(stories_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def dense_metrics(dense_results) -> pd.DataFrame:
-    from pruning.results import collect
+    from pruning.reporting.metric_files import collect
 
     return collect(dense_results)
 
@@ -217,7 +218,7 @@ def dense_metrics(dense_results) -> pd.DataFrame:
 def test_write_tables_replaces_only_its_own_tables(dense_metrics, tmp_path):
     """A table file is replaced only if it is exactly what an earlier write_tables put there (or empty, or
     with overwrite); every target is checked before anything is written."""
-    from pruning.tables import TABLES_MANIFEST, write_tables
+    from pruning.reporting.tables import TABLES_MANIFEST, write_tables
 
     out = tmp_path / "tables"
     first = write_tables(dense_metrics, out)

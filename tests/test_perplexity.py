@@ -9,15 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pruning.evaluation.perplexity import forward_throughput, next_token_nll, perplexity, token_windows, windows_nll
-from pruning.data import evaluation_text
+from pruning.core.token_windows import next_token_nll, token_windows, windows_nll
+from pruning.evaluation.perplexity import forward_throughput, perplexity
+from pruning.core.data import evaluation_text
 
 perplexity_module = importlib.import_module("pruning.evaluation.perplexity")  # the package exports the function
 
 
 @pytest.fixture(scope="module")
 def stories(stories_dir):
-    from pruning.modeling import load_model
+    from pruning.core.modeling import load_model
 
     return load_model(stories_dir, dtype="float32", device="cpu")
 

@@ -11,9 +11,9 @@ import torch
 import pruning
 from pruning.cli import main as cli_main
 from pruning.commands.optimize import QUANTIZATION_TYPES
-from pruning.evaluation.perplexity import windows_nll
-from pruning.methods.distill import training_windows, zero_masks
-from pruning.modeling import load_model, parameter_counts
+from pruning.core.token_windows import windows_nll
+from pruning.training.distillation import training_windows, zero_masks
+from pruning.core.modeling import load_model, parameter_counts
 
 QUICK = ["--quiet", "--device", "cpu"]
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"

@@ -12,14 +12,14 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import pruning
-from pruning import heterogeneous
+from pruning.core import heterogeneous
 from pruning.cli import main as cli_main
-from pruning.evaluation.perplexity import token_windows, windows_nll
+from pruning.core.token_windows import token_windows, windows_nll
 from pruning.methods import MethodError, PruneContext
-from pruning.methods.finetuning import (RecoverySettings, cubic_schedule, geometric_schedule, linear_schedule,
+from pruning.training.recovery_options import (RecoverySettings, cubic_schedule, geometric_schedule, linear_schedule,
                                         sparsity_schedule)
-from pruning.modeling import load_model, save_model
-from pruning.recovery import load_recovery_data, recover, recovery_documents
+from pruning.core.modeling import load_model, save_model
+from pruning.training.recovery import load_recovery_data, recover, recovery_documents
 
 from test_workflow import TINY_CONFIG, pruning_commands, snakemake
 

@@ -1,4 +1,4 @@
-"""Sparse checkpoints (pruning/compressed.py) on stories260K: Wanda 50 % and 2:4 saved in the compressed-tensors
+"""Sparse checkpoints (pruning/core/sparse_formats.py) on stories260K: Wanda 50 % and 2:4 saved in the compressed-tensors
 layouts load back bit for bit, are as small as the layout says, convert to the same GGUF, and a layout that cannot
 fit is refused before any work."""
 import json
@@ -11,10 +11,11 @@ import torch
 from safetensors import safe_open
 
 import pruning
-from pruning import cli, compressed
+from pruning import cli
+from pruning.core import sparse_formats as compressed
 from pruning.api import evaluate_perplexity
 from pruning.export import export_gguf
-from pruning.modeling import save_model
+from pruning.core.modeling import save_model
 
 from conftest import DATA_DIR
 

@@ -11,7 +11,7 @@ import torch
 
 from pruning.cli import main
 from pruning.evaluation.speed import CPU_SPARSITY_NOTE, measure_hf, measure_semi_structured, prompt_ids
-from pruning.modeling import load_model, parameter_counts
+from pruning.core.modeling import load_model, parameter_counts
 
 SETTINGS = ["--prompt-tokens", "16", "--new-tokens", "5", "--repeats", "3", "--warmup", "1", "--device", "cpu",
             "--threads", "1"]

@@ -8,9 +8,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-import pruning.memory
+import pruning.core.footprint
 import pruning.methods
-from pruning import cli, streaming
+from pruning import cli
+from pruning.core import streaming
 from pruning.api import prune
 
 COMMON = dict(calib="c4", nsamples=4, seqlen=64, seed=1, device="cpu", progress=False)
@@ -112,7 +113,7 @@ def test_scoring_passes_write_nothing_back(stories_dir, tmp_path, monkeypatch, m
 
 
 def test_estimate_counts_a_search_suffix(stories_dir, monkeypatch):
-    monkeypatch.setattr(pruning.memory, "runtime_bytes", lambda _path: 300 * 2**20)
+    monkeypatch.setattr(pruning.core.footprint, "runtime_bytes", lambda _path: 300 * 2**20)
     angular, search = (streaming.estimate_pruning_memory(
         stories_dir, pruning.methods.build_method("depth", num_blocks=1, criterion=criterion), nsamples=4, seqlen=64)
         for criterion in ("angular", "perplexity"))
@@ -134,7 +135,7 @@ def test_failure_while_streaming_leaves_nothing(stories_dir, tmp_path, monkeypat
 
 
 def test_cap_chooses_streaming_and_is_recorded(stories_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(pruning.memory, "runtime_bytes", lambda _path: 300 * 2**20)  # fixed, not re-measured
+    monkeypatch.setattr(pruning.core.footprint, "runtime_bytes", lambda _path: 300 * 2**20)  # fixed, not re-measured
     method = pruning.methods.build_method("wanda", sparsity=0.5)
     estimate = streaming.estimate_pruning_memory(stories_dir, method, nsamples=4, seqlen=64)
     assert estimate["streamed"] < estimate["in-memory"]
@@ -153,7 +154,7 @@ def test_cap_chooses_streaming_and_is_recorded(stories_dir, tmp_path, monkeypatc
 ])
 def test_bad_cap_or_streaming_request_refused_before_work(stories_dir, tmp_path, no_work, capsys, monkeypatch, flags,
                                                           message):
-    monkeypatch.setattr(pruning.memory, "runtime_bytes", lambda _path: 300 * 2**20)  # not re-measured
+    monkeypatch.setattr(pruning.core.footprint, "runtime_bytes", lambda _path: 300 * 2**20)  # not re-measured
     out = tmp_path / "out"
     code = cli.main(["prune", "--model", str(stories_dir), "--method", "wanda", "--sparsity", "0.5", "--output-dir",
                      str(out), "--nsamples", "4", "--seqlen", "64", "--device", "cpu", "--quiet", *flags])

@@ -9,14 +9,14 @@ import torch
 from conftest import TINY_FAMILIES, assert_cached_generation_is_greedy, build_tiny_model
 
 import pruning
-from pruning import heterogeneous, structure
+from pruning.core import heterogeneous, surgery as structure
 from pruning.cli import main as cli_main
-from pruning.evaluation.perplexity import windows_nll
+from pruning.core.token_windows import windows_nll
 from pruning.methods import MethodError, PruneContext
 from pruning.methods.heads import magnitude_importance
 from pruning.methods.two_stage import counts_for_rate
-from pruning.modeling import ModelLoadError, load_model, save_model
-from pruning.similarity import evenly_spread, select_blocks, token_cosines
+from pruning.core.modeling import ModelLoadError, load_model, save_model
+from pruning.methods.depth_similarity import evenly_spread, select_blocks, token_cosines
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def test_heterogeneous_record_is_validated_on_load(stories, tmp_path):
 def test_heterogeneous_base_shape_is_one_rule():
     """Key-value heads default to the query heads everywhere (recording, validating, shaping); a base config
     without heads or FFN width is a FormatError, not a TypeError."""
-    from pruning.heterogeneous import FormatError, base_shape, layer_shapes, record_layer_shapes
+    from pruning.core.heterogeneous import FormatError, base_shape, layer_shapes, record_layer_shapes
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -209,7 +209,7 @@ def test_heterogeneous_weights_must_fit_the_record(stories, tmp_path):
 
 def test_sharded_heterogeneous_checkpoint_loads(stories, tmp_path):
     """Sharded safetensors are read by transformers itself (no hand-written reader)."""
-    from pruning.heterogeneous import record_layer_shapes
+    from pruning.core.heterogeneous import record_layer_shapes
 
     model = fresh(stories)
     structure.remove_feed_forward(model, pruning.get_adapter(model), 1)
@@ -240,7 +240,7 @@ def test_distances_equal_hand_computed_values():
     b = torch.tensor([[[0.0, 2.0], [1.0, 1.0]]])
     assert token_cosines(a, b, "all").tolist() == pytest.approx([0.0, 1 / math.sqrt(2)])
     assert token_cosines(a, b, "last").tolist() == pytest.approx([1 / math.sqrt(2)])
-    from pruning.similarity import distances
+    from pruning.methods.depth_similarity import distances
 
     assert distances(token_cosines(a, b, "all"), "angular").tolist() == pytest.approx([0.5, 0.25])
     assert distances(token_cosines(a, b, "all"), "cosine").tolist() == pytest.approx([1.0, 1 - 1 / math.sqrt(2)])

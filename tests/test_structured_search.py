@@ -11,14 +11,14 @@ import pytest
 import torch
 
 import pruning
-from pruning import structure
-from pruning.engine import LayerwiseEngine
-from pruning.evaluation.perplexity import windows_nll
-from pruning.influence import SuffixLoss
+from pruning.core import surgery as structure
+from pruning.core.engine import LayerwiseEngine
+from pruning.core.token_windows import windows_nll
+from pruning.methods.suffix_loss import SuffixLoss
 from pruning.methods import PruneContext
 from pruning.methods.search import choice_margin
 from pruning.methods.two_stage import attention_round
-from pruning.modeling import load_model
+from pruning.core.modeling import load_model
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +232,7 @@ def test_search_on_every_window_is_the_exact_search(stories, calib_ids, method, 
 
 def test_first_windows_of_a_draw_are_the_smaller_draw(stories_text, stories_tokenizer, calib_ids):
     """Why the first N windows are a fair subset: they are exactly the seeded draw of N windows."""
-    from pruning.data import calibration_windows
+    from pruning.core.data import calibration_windows
 
     ids, _ = calibration_windows(stories_tokenizer, str(stories_text["calibration"]), 3, 64, seed=0)
     assert torch.equal(ids, calib_ids[:3])

@@ -1,6 +1,6 @@
-"""pruning.tables on real runs of stories260K (structured, depth, Wanda; perplexity, zero-shot, speed, GGUF):
+"""pruning.reporting.tables on real runs of stories260K (structured, depth, Wanda; perplexity, zero-shot, speed, GGUF):
 every cell equals its metric file, layouts as in the papers, deterministic bytes, clear errors, no row that
-mixes two prunes; and the grid contract (pruning.grid) that the workflow and the tables share."""
+mixes two prunes; and the grid contract (pruning.reporting.grid) that the workflow and the tables share."""
 from __future__ import annotations
 
 import importlib.util
@@ -17,12 +17,12 @@ import pytest
 
 import pruning
 from conftest import DATA_DIR, REPO
-from pruning.grid import (GridError, compared_rows, grid_rows, parse_ratio, plot_specs, ratio_token,
+from pruning.reporting.grid import (GridError, compared_rows, grid_rows, parse_ratio, plot_specs, ratio_token,
                           ratio_token_problem, table_specs, task_fewshot)
-from pruning.plots import write_plots
-from pruning.results import TableError, collect, read_metrics
-from pruning.tables import build_tables, layer_ranges, write_tables
-from pruning.tables.common import fmt_bytes
+from pruning.reporting.plots import write_plots
+from pruning.reporting.metric_files import TableError, collect, read_metrics
+from pruning.reporting.tables import build_tables, layer_ranges, write_tables
+from pruning.reporting.tables.common import fmt_bytes
 
 MODEL = "stories260K"
 EVAL = dict(dataset="wikitext2", seqlen=128, max_windows=4, device="cpu", data_dir_path=str(DATA_DIR))
@@ -112,7 +112,7 @@ def test_ratio_with_more_decimals_than_its_token_is_named():
 
 def test_grid_contract_names_the_tables_of_the_library(results, tmp_path):
     """The workflow's table list (from the config rows) and the tables written from the metric files of the
-    same grid are the same list, because both ask pruning.grid."""
+    same grid are the same list, because both ask pruning.reporting.grid."""
     methods = {"wanda": {"method": "wanda", "ratios": {"sparsity": [0.5]}},
                **{e: {"method": "depth", "ratios": {"num_blocks": [1, 2]}, "options": {"criterion": e[6:]}}
                   for e in ("depth-angular", "depth-cosine")},
@@ -128,7 +128,7 @@ def test_grid_contract_names_the_tables_of_the_library(results, tmp_path):
     dense_only = [row for row in rows if row["library_method"] == "dense"]
     assert [spec.name for spec in plot_specs(rows, zeroshot_speed=dense_only)] == [f"sparsity-{MODEL}",
                                                                                    f"structured-{MODEL}"]
-    assert "torch" not in subprocess.run([sys.executable, "-c", "import sys, pruning.grid; print(*sys.modules)"],
+    assert "torch" not in subprocess.run([sys.executable, "-c", "import sys, pruning.reporting.grid; print(*sys.modules)"],
                                          capture_output=True, text=True, check=True).stdout.split()
 
 
@@ -278,7 +278,7 @@ def test_speed_column_from_speed_files(results, tmp_path):
 def test_gguf_table(results, tmp_path):
     copy = tmp_path / "results"
     shutil.copytree(results / "results" / "metrics", copy / "metrics")
-    from pruning.export import evaluate_gguf
+    from pruning.evaluation.llamacpp import evaluate_gguf
     from pruning.export.gguf import export_gguf
 
     model = results / "results/models" / MODEL / "wanda/s0.50"
@@ -434,7 +434,7 @@ def measured(results, tmp_path_factory):
         speed(str(model), prompt_tokens=8, new_tokens=4, repeats=1, warmup=0, device="cpu", threads=1,
               output=str(folder / "speed.json"))
         if HAS_LLAMA_CPP and entry != "layers":
-            from pruning.export import evaluate_gguf
+            from pruning.evaluation.llamacpp import evaluate_gguf
             from pruning.export.gguf import export_gguf
 
             gguf = root.parent / f"{entry}-q4_k_m.gguf"
@@ -548,8 +548,8 @@ def test_plots_from_measured_runs(measured, tmp_path):
     assert [p.name for p in first] == [f"sparsity-{MODEL}.png", f"structured-{MODEL}.png", "zeroshot-speed.png"]
     for a, b in zip(first, second):
         assert a.read_bytes() == b.read_bytes() and a.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", a.name
-    from pruning.plots import plot_structured, plot_zeroshot_speed
-    from pruning.results import Results
+    from pruning.reporting.plots import plot_structured, plot_zeroshot_speed
+    from pruning.reporting.metric_files import Results
 
     without_dense = Results(runs[runs.method != "dense"].reset_index(drop=True))
     assert plot_structured(without_dense, MODEL, tmp_path / "x.png") is None  # no baseline, no plot

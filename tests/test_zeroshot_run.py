@@ -160,7 +160,7 @@ def test_continuation_scoring_gives_lm_evals_loglikelihoods(stories_dir, task):
     accuracies; multi-token continuations (arc, hellaswag), one-token ones sharing a context (boolq) and
     partial-context scoring (winogrande) included. The throughput counts every request's tokens."""
     from pruning.evaluation.scoring_lm import ScoringLM
-    from pruning.modeling import load_model
+    from pruning.core.modeling import load_model
 
     net, tokenizer = load_model(stories_dir, dtype="float32", device="cpu")
     manager, task_object, _ = load_task(resolve_task(task, data_dir_path=str(DATA_DIR)))
@@ -186,7 +186,7 @@ def test_continuation_logits_without_logits_to_keep_are_the_same(stories_dir):
     import torch
 
     from pruning.evaluation.scoring_lm import ScoringLM
-    from pruning.modeling import load_model
+    from pruning.core.modeling import load_model
 
     net, tokenizer = load_model(stories_dir, dtype="float32", device="cpu")
     lm = ScoringLM(pretrained=net, tokenizer=tokenizer, backend="causal", batch_size=2, device="cpu")

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from pruning import data, zoo
-from pruning.data import DataError, calibration_windows, evaluation_text
+from pruning.core import data, zoo
+from pruning.core.data import DataError, calibration_windows, evaluation_text
 
 
 def test_local_directory_resolves_and_copies_idempotently(stories_dir, tmp_path):

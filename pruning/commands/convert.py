@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from .. import checks
+from ..core import checks
 from ..export.gguf import DIRECT_OUTTYPES, LLAMACPP_OUTTYPES, OUTTYPES, ExportError
 from .common import add_overwrite_argument
 
@@ -29,7 +29,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from ..export.gguf import export_gguf
-    from ..io import atomic_write_json, versions
+    from ..core.io import atomic_write_json, versions
 
     if args.outtype not in OUTTYPES:
         raise ExportError(f"unknown outtype {args.outtype!r}; use one of {', '.join(OUTTYPES)}")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import checks, zoo
+from ..core import checks, zoo
 
 
 def add_parser(subparsers) -> None:

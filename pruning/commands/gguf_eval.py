@@ -32,7 +32,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..export.verify import evaluate_gguf
+    from ..evaluation.llamacpp import evaluate_gguf
 
     result = evaluate_gguf(args.gguf, args.model, dataset=args.dataset, split=args.split, seqlen=args.seqlen,
                            max_windows=args.max_windows, data_dir=args.data_dir, compare_hf=args.compare_hf,

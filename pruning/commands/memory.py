@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 
-from .. import checks, memory
-from ..modeling import DTYPES
+from ..core import checks
+from ..evaluation import memory
+from ..core.modeling import DTYPES
 from .common import positive_int
 
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .. import checks
+from ..core import checks
 from ..export.gguf import OUTTYPES, ExportError
 from .common import add_overwrite_argument
 

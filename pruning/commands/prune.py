@@ -5,14 +5,14 @@ import json
 from pathlib import Path
 
 from ..api import prune
-from ..compressed import DENSE, SAVE_FORMAT_CHOICES
-from ..data import CALIBRATION_SOURCES
+from ..core.sparse_formats import DENSE, SAVE_FORMAT_CHOICES
+from ..core.data import CALIBRATION_SOURCES
 from ..methods import available_methods, streaming_methods
 from ..methods.catalog import summary
 from ..methods.depth import STREAMING_CRITERIA as STREAMING_DEPTH_CRITERIA
 from ..methods.distill import PERSLM_DISTILLATION
-from ..methods.finetuning import RECOVERY_OPTIONS
-from ..methods.options import describe
+from ..training.recovery_options import RECOVERY_OPTIONS
+from ..core.options import describe
 from ..pruner import check_not_evaluation_text
 from .common import (add_eval_arguments, add_overwrite_argument, add_runtime_arguments, evaluation_summary,
                      parse_option_pairs, positive_int, quiet_progress)

@@ -6,8 +6,8 @@ import logging
 import sys
 from pathlib import Path
 
-from ..data import CALIBRATION_SOURCES
-from ..jobs import FORMATS, load_job, run_job
+from ..core.data import CALIBRATION_SOURCES
+from ..compat.job_files import FORMATS, load_job, run_job
 from .common import (add_eval_arguments, add_overwrite_argument, add_runtime_arguments, evaluation_summary,
                      positive_int, quiet_progress)
 

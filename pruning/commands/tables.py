@@ -30,9 +30,9 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from ..plots import write_plots
-    from ..results import collect
-    from ..tables import write_tables
+    from ..reporting.plots import write_plots
+    from ..reporting.metric_files import collect
+    from ..reporting.tables import write_tables
 
     notes = {}
     for pair in args.note:

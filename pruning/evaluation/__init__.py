@@ -1,4 +1,2 @@
-"""Evaluation: perplexity (this package), zero-shot, speed and size."""
-from .perplexity import perplexity
-
-__all__ = ["perplexity"]
+"""Evaluation of a (pruned) model: perplexity, zero-shot tasks, speed, memory, the GGUF file in llama.cpp and
+the provenance every result records."""

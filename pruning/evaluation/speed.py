@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checks import positive
-from ..masks import is_valid_nm
-from ..ratios import NMPattern
+from ..core.checks import positive
+from ..methods.sparsify import is_valid_nm
+from ..core.ratios import NMPattern
 
 SEMI_STRUCTURED = NMPattern(2, 4)  # the pattern of torch's semi-structured sparse kernels
 CPU_SPARSITY_NOTE = ("CPU: zeros in the weights are still multiplied by dense kernels, so unstructured and N:M "
@@ -35,7 +35,7 @@ def directory_bytes(path: str | os.PathLike, pattern: str = "*.safetensors") -> 
 
 def model_size(path: str | os.PathLike, model: nn.Module | None = None, gguf: str | os.PathLike | None = None) -> dict:
     """Parameters (tied weights once) and bytes on disk: safetensors of the directory, and the GGUF file."""
-    from ..modeling import parameter_counts
+    from ..core.modeling import parameter_counts
 
     size = {"safetensors_bytes": directory_bytes(path)}
     if model is not None:
@@ -173,7 +173,7 @@ def semi_structured_24(model: nn.Module) -> dict:
     """
     from torch.sparse import to_sparse_semi_structured
 
-    from ..adapters import get_adapter
+    from ..core.adapters import get_adapter
 
     adapter = get_adapter(model)
     converted, dense, rejected, kernels = [], [], {}, set()
@@ -230,7 +230,7 @@ def measure_semi_structured(model: nn.Module, vocab_size: int, dtype: torch.dtyp
 
 def count_24_linears(model: nn.Module) -> dict:
     """How many of the decoder layers' linear modules hold 2:4-sparse weights."""
-    from ..adapters import get_adapter, weight_matrix
+    from ..core.adapters import get_adapter, weight_matrix
 
     adapter = get_adapter(model)
     modules = [module for index in range(adapter.num_layers(model))
@@ -247,10 +247,10 @@ def speed(model: str, *, gguf: str | None = None, prompt_tokens: int = 128, new_
     Every argument, the output and prompt + decode length against the model's positions are checked before
     the model is loaded.
     """
-    from .. import checks
-    from ..export.verify import check_gguf_file
-    from ..modeling import load_model, resolve_device, torch_dtype
-    from ..record import Measurement
+    from ..core import checks
+    from .llamacpp import check_gguf_file
+    from ..core.modeling import load_model, resolve_device, torch_dtype
+    from .provenance import Measurement
 
     measurement = Measurement(model)
     _check_settings(prompt_tokens, new_tokens, repeats, warmup)

@@ -21,11 +21,11 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import checks
-from ..checks import count_problem, positive
-from ..data import DataError, data_dir
-from ..modeling import load_model, parameter_counts, resolve_device, torch_dtype
-from ..record import Measurement
+from ..core import checks
+from ..core.checks import count_problem, positive
+from ..core.data import DataError, data_dir
+from ..core.modeling import load_model, parameter_counts, resolve_device, torch_dtype
+from .provenance import Measurement
 
 LOCAL_TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 LOCAL_SUFFIX = "_local"

@@ -1,5 +1,5 @@
-"""Export pruned models for other runtimes: GGUF for llama.cpp, and its verification in llama.cpp."""
+"""Export pruned models for other runtimes: GGUF files for llama.cpp (their check in llama.cpp is
+evaluation/llamacpp.py)."""
 from .gguf import OUTTYPES, ExportError, export_gguf, plan_export, supported_model_types
-from .verify import evaluate_gguf
 
-__all__ = ["OUTTYPES", "ExportError", "evaluate_gguf", "export_gguf", "plan_export", "supported_model_types"]
+__all__ = ["OUTTYPES", "ExportError", "export_gguf", "plan_export", "supported_model_types"]

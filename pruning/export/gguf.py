@@ -24,8 +24,8 @@ from gguf import LlamaFileType
 from gguf.lazy import LazyNumpyTensor
 
 from .. import __version__
-from .. import checks
-from ..io import GGUF_OWNER_KEY, PRUNE_REPORT, file_mode, remove_stale_scratch, scratch_prefix, versions
+from ..core import checks
+from ..core.io import GGUF_OWNER_KEY, PRUNE_REPORT, file_mode, remove_stale_scratch, scratch_prefix, versions
 from .gguf_families import supported_model_types
 from .gguf_hparams import ExportError, add_hyperparameters
 from .gguf_tensors import DIRECT_OUTTYPES, LLAMACPP_OUTTYPES, OUTTYPES, ExportPlan, PlannedTensor, plan_export

@@ -2,7 +2,7 @@
 reader and the layout conventions the tensor plan reproduces), like the per-architecture classes of
 llama.cpp's converter.
 
-Keyed by the same model types as the architecture adapters in pruning/adapters.py: a new family is one
+Keyed by the same model types as the architecture adapters in pruning/core/adapters.py: a new family is one
 `ArchitectureAdapter` entry there (pruning) plus one `FAMILIES` entry here (GGUF export); tests check that
 every family here has an adapter.
 """

@@ -11,7 +11,7 @@ from its converter and sources):
 - 1-D tensors (norms, biases) stay float32; a matrix whose rows do not split into q8_0 blocks of 32 is
   written as f16 instead (counted in the report).
 
-Models with unequal layers (the heterogeneous format, pruning/heterogeneous.py) go to the `deci` architecture
+Models with unequal layers (the heterogeneous format, pruning/core/heterogeneous.py) go to the `deci` architecture
 with per-layer head, key-value head and FFN counts. In the llama.cpp this project pins, the deci graph
 drops the attention output of a layer whose FFN length is 0 and takes the head size from layer 0's head
 count, so the plan keeps every layer's computation exact by:
@@ -37,9 +37,9 @@ import gguf
 from gguf import GGMLQuantizationType as QType
 from gguf import LlamaFileType, MODEL_ARCH, MODEL_TENSOR
 
-from .. import compressed
-from .. import heterogeneous as heterogeneous_format
-from ..heterogeneous import LayerShape
+from ..core import sparse_formats as compressed
+from ..core import heterogeneous as heterogeneous_format
+from ..core.heterogeneous import LayerShape
 from .gguf_families import FAMILIES, GGUFFamily, supported_model_types
 from .gguf_hparams import ExportError, Hyper, rope_settings
 from .gguf_vocab import describe_vocabulary, read_json

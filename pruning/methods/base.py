@@ -9,14 +9,14 @@ import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..checks import positive
-from .options import MethodError, Option, parse_options
+from ..core.checks import positive
+from ..core.options import MethodError, Option, parse_options
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from ..adapters import ArchitectureAdapter
+    from ..core.adapters import ArchitectureAdapter
 
 __all__ = ["MethodError", "PruneContext", "PruningMethod", "available_methods", "full_fp32", "method_class", "no_grad",
            "register"]
@@ -84,7 +84,7 @@ class PruningMethod:
     OPTIONS: ClassVar[tuple[Option, ...]] = ()
     COMPOSITE: ClassVar[bool] = False  # runs other methods, whose ratios and options it passes on
     # Changes weights only inside the engine's layer visits (or removes whole layers or sub-blocks), so its decoder
-    # layers can stay on disk (pruning/streaming.py); `streaming_refusal` refines it per run.
+    # layers can stay on disk (pruning/core/streaming.py); `streaming_refusal` refines it per run.
     STREAMS: ClassVar[bool] = False
     WRAPS_BASE_METHOD: ClassVar[bool] = False  # takes any non-composite base_method's ratio and options beside its own
 

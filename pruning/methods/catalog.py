@@ -4,7 +4,7 @@ equal to `schema_rules()`)."""
 from __future__ import annotations
 
 from .base import available_methods, method_class
-from .options import Option, describe
+from ..core.options import Option, describe
 
 
 def is_composite(name: str) -> bool:

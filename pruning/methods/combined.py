@@ -11,11 +11,11 @@ import copy
 from dataclasses import replace
 
 from .base import MethodError, PruneContext, PruningMethod, available_methods, method_class, register
-from .distill import DISTILL_OPTIONS, DistillSettings, distill_model, load_teacher, training_windows
+from ..training.distillation import DISTILL_OPTIONS, DistillSettings, distill_model, load_teacher, training_windows
 from .heads import Heads
 from .layers import Layers
-from .masking import TARGET_OPTIONS, MaskingMethod
-from .options import Option, parse_options
+from .mask_base import TARGET_OPTIONS, MaskingMethod
+from ..core.options import Option, parse_options
 
 
 def mask_methods() -> list[str]:
@@ -85,7 +85,7 @@ class Combined(PruningMethod):
             stage.check_model(ctx)
 
     def prune(self, ctx: PruneContext) -> dict:
-        from ..structure import numel, removal_report
+        from ..core.surgery import numel, removal_report
 
         before = numel(ctx.model)
         windows = teacher = None

@@ -30,12 +30,12 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from .base import MethodError, PruneContext, PruningMethod, no_grad, register
-from ..similarity import CRITERIA, TOKENS
-from .options import Option
+from .depth_similarity import CRITERIA, TOKENS
+from ..core.options import Option
 from .search import check_search_windows, choice_margin, search_record, search_windows_option
 
 if TYPE_CHECKING:
-    from ..engine import LayerStep, LayerwiseEngine
+    from ..core.engine import LayerStep, LayerwiseEngine
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class Depth(PruningMethod):
 
     def plan(self, num_layers: int) -> tuple[int, list[int]]:
         """(window size, allowed window starts) for a model of `num_layers` layers, or a clear error."""
-        from ..similarity import allowed_block_starts, max_blocks
+        from .depth_similarity import allowed_block_starts, max_blocks
 
         bad = [i for i in self.skip_blocks if not -num_layers <= i < num_layers]
         if bad:
@@ -135,9 +135,9 @@ class Depth(PruningMethod):
 
     @no_grad
     def prune(self, ctx: PruneContext) -> dict:
-        from ..engine import LayerwiseEngine
-        from ..similarity import select_blocks
-        from ..structure import numel, removal_report, remove_layers
+        from ..core.engine import LayerwiseEngine
+        from .depth_similarity import select_blocks
+        from ..core.surgery import numel, removal_report, remove_layers
 
         num_layers = ctx.adapter.num_layers(ctx.model)
         size, starts = self.plan(num_layers)
@@ -168,7 +168,7 @@ class Depth(PruningMethod):
 
     def _similarity_scores(self, engine: LayerwiseEngine, size: int, starts: list[int]) -> dict[int, float]:
         """Mean distance between the input of layer s and the output of layer s+size-1, for each start s."""
-        from ..similarity import MeanDistance
+        from .depth_similarity import MeanDistance
 
         meters = {s: MeanDistance(self.criterion, self.tokens) for s in starts}
         recent: deque = deque(maxlen=size)  # inputs of the last `size` layers
@@ -187,7 +187,7 @@ class Depth(PruningMethod):
         return {s: meter.value for s, meter in meters.items()}
 
     def _suffix_loss(self, ctx: PruneContext, engine: LayerwiseEngine, input_ids):
-        from ..influence import SuffixLoss, SuffixLossError
+        from .suffix_loss import SuffixLoss, SuffixLossError
 
         suffix = SuffixLoss(ctx.model, ctx.adapter, engine, input_ids)
         try:
@@ -251,7 +251,7 @@ class Depth(PruningMethod):
     def _taylor_scores(self, ctx: PruneContext, engine: LayerwiseEngine, input_ids, size: int,
                        starts: list[int]) -> tuple[dict[int, float], dict]:
         """Shortened LLaMA's Taylor criterion: Σ |w · ∂L/∂w| over the weights of the block at s, for each s."""
-        from ..influence import taylor_layer_scores
+        from .suffix_loss import taylor_layer_scores
 
         layer_scores, dense = taylor_layer_scores(self._suffix_loss(ctx, engine, input_ids))
         return {s: sum(layer_scores[s:s + size]) for s in starts}, {"ppl_dense_calibration": math.exp(dense),

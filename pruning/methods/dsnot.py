@@ -1,5 +1,5 @@
 """DSnoT (Zhang et al. 2024): Wanda's or SparseGPT's mask, then refined by training-free prune-and-grow
-swaps inside each output row (maths in pruning/refine.py), layer by layer on the shared engine.
+swaps inside each output row (maths in pruning/methods/dsnot_refine.py), layer by layer on the shared engine.
 
 The base method prunes each linear exactly as it does alone (its own statistics and `prune_module`); the
 swaps then move weights between removed and kept so that each row's expected reconstruction error
@@ -17,13 +17,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .base import PruneContext, full_fp32, no_grad, register
-from .masking import CalibratedMaskingMethod
-from .options import Option
+from .mask_base import CalibratedMaskingMethod
+from ..core.options import Option
 from .sparsegpt import HessianAccumulator, SparseGPT
 from .wanda import Wanda
 
 if TYPE_CHECKING:
-    from ..engine import InputMoments
+    from ..core.engine import InputMoments
 
 BASES = {"wanda": Wanda, "sparsegpt": SparseGPT}
 
@@ -71,12 +71,12 @@ class DSnoT(CalibratedMaskingMethod):
         self.refined_names: set[str] = set()
 
     def refine_settings(self):
-        from ..refine import RefineSettings
+        from .dsnot_refine import RefineSettings
 
         return RefineSettings(self.max_cycles, self.update_threshold, self.variance_power, self.same_sign)
 
     def statistics(self, weight, device):
-        from ..engine import InputMoments
+        from ..core.engine import InputMoments
 
         base = self.base_method.statistics(weight, device)
         second_moment = None
@@ -85,9 +85,9 @@ class DSnoT(CalibratedMaskingMethod):
         return DSnoTStatistics(base, InputMoments(device), second_moment)
 
     def prune_module(self, name, module, statistics):
-        from ..adapters import weight_matrix
-        from ..ratios import NMPattern
-        from ..refine import dsnot_mask, keep_better_rows, refined_weights
+        from ..core.adapters import weight_matrix
+        from ..core.ratios import NMPattern
+        from .dsnot_refine import dsnot_mask, keep_better_rows, refined_weights
 
         weight = weight_matrix(module)
         dense = weight.detach().clone()

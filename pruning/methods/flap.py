@@ -3,7 +3,7 @@ compensation, so that no retraining is needed.
 
 The shared layer-wise engine runs the dense model over the calibration windows and records, for every layer,
 the per-channel mean and variance of the inputs of the attention output projection (o_proj) and of the FFN
-output projection (down_proj) (pruning/fluctuation.py has the maths). Removal units are ranked:
+output projection (down_proj) (pruning/methods/flap_fluctuation.py has the maths). Removal units are ranked:
 - attention: a whole key-value group (its query heads, its k/v head, its o_proj columns), so grouped-query
   attention stays valid and the k/v projections shrink too; its score is the mean standardised score of its
   o_proj input channels (FLAP scores a head the same way; its code covers plain multi-head attention only);
@@ -16,25 +16,25 @@ same fraction of key-value groups and of FFN channels from every layer.
 
 With `compensation` (default) the removed channels' mean contribution, W[:, removed] · mean(x[removed]),
 becomes a bias of o_proj / down_proj (created where the base model has none and recorded in the heterogeneous
-format, pruning/heterogeneous.py). The slicing is pruning/structure.py's.
+format, pruning/core/heterogeneous.py). The slicing is pruning/core/surgery.py's.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from .base import MethodError, PruneContext, PruningMethod, no_grad, register
-from .options import Option
+from ..core.options import Option
 
 if TYPE_CHECKING:
     from torch import nn
 
 STRUCTURES = ("al-am", "ul-um")
-METRICS = ("wifv", "ifv", "wifn")  # pruning.fluctuation.METRICS, restated here to keep this module torch-free
+METRICS = ("wifv", "ifv", "wifn")  # pruning.methods.flap_fluctuation.METRICS, restated here to keep this module torch-free
 
 
 def unit_parameters(layer: nn.Module, adapter) -> tuple[int, int]:
     """(parameters of one key-value group of the attention, parameters of one FFN channel) of a layer."""
-    from ..heterogeneous import head_counts
+    from ..core.heterogeneous import head_counts
 
     def row(linear) -> int:
         return linear.in_features + (linear.bias is not None)
@@ -72,8 +72,8 @@ class Flap(PruningMethod):
 
     def plan(self, ctx: PruneContext) -> dict:
         """Per-layer sizes and unit costs, and the parameter target, or a clear error before any change."""
-        from ..heterogeneous import attention_removed, feed_forward_removed, ffn_width, head_counts
-        from ..structure import StructureError, require_sliceable
+        from ..core.heterogeneous import attention_removed, feed_forward_removed, ffn_width, head_counts
+        from ..core.surgery import StructureError, require_sliceable
 
         try:
             require_sliceable(ctx.model, ctx.adapter, "flap")
@@ -100,8 +100,8 @@ class Flap(PruningMethod):
 
     @no_grad
     def prune(self, ctx: PruneContext) -> dict:
-        from ..heterogeneous import layer_structure
-        from ..structure import numel, removal_report
+        from ..core.heterogeneous import layer_structure
+        from ..core.surgery import numel, removal_report
 
         plan = self.plan(ctx)
         statistics, scores = self._statistics(ctx, plan)
@@ -121,7 +121,7 @@ class Flap(PruningMethod):
     def _statistics(self, ctx: PruneContext, plan: dict) -> tuple[list[dict], list[dict]]:
         """Per layer, the input fluctuation of o_proj ("attention") and down_proj ("ffn") on the dense model, and
         the standardised score of every key-value group and FFN channel (computed while the layer is loaded)."""
-        from ..engine import InputMoments, LayerStep, LayerwiseEngine, input_hooks
+        from ..core.engine import InputMoments, LayerStep, LayerwiseEngine, input_hooks
 
         input_ids, _ = ctx.calibration()
         engine = LayerwiseEngine(ctx.model, ctx.adapter, ctx.device, ctx.batch_size, ctx.progress)
@@ -143,7 +143,7 @@ class Flap(PruningMethod):
 
     def _unit_scores(self, meters: dict, modules: dict, kv_heads: int) -> dict:
         """One layer's standardised score of every key-value group and every FFN channel."""
-        from ..fluctuation import channel_scores, standardized, unit_scores
+        from .flap_fluctuation import channel_scores, standardized, unit_scores
 
         o, down = (modules[kind].weight.cpu() for kind in ("attention", "ffn"))  # beside the statistics (on the CPU)
         attention = standardized(channel_scores(self.metric, meters["attention"], o) ** 2)
@@ -152,7 +152,7 @@ class Flap(PruningMethod):
 
     def _select(self, plan: dict, scores: list[dict]) -> list[dict]:
         """Per layer, the sorted key-value groups and FFN channels to remove."""
-        from ..fluctuation import Unit, select_global, select_uniform
+        from .flap_fluctuation import Unit, select_global, select_uniform
 
         if self.structure == "ul-um":
             return [{kind: select_uniform(layer[kind], self.fraction) for kind in ("attention", "ffn")}
@@ -167,7 +167,7 @@ class Flap(PruningMethod):
 
     def _apply(self, ctx: PruneContext, plan: dict, statistics: list[dict], removed: list[dict]) -> int:
         """Slice every layer as selected and add the compensation biases; returns the bias parameters added."""
-        from ..engine import layer_loaded
+        from ..core.engine import layer_loaded
 
         added = 0
         for index, layer in enumerate(ctx.adapter.decoder_layers(ctx.model)):
@@ -180,9 +180,9 @@ class Flap(PruningMethod):
         """Slice one layer and add its compensation biases; returns the bias parameters added."""
         import torch
 
-        from ..fluctuation import compensation_bias
-        from ..heterogeneous import add_output_bias
-        from ..structure import slice_feed_forward, slice_heads
+        from .flap_fluctuation import compensation_bias
+        from ..core.heterogeneous import add_output_bias
+        from ..core.surgery import slice_feed_forward, slice_heads
 
         adapter, added = ctx.adapter, 0
         heads, kv_heads, ffn = plan["sizes"][index]

@@ -1,5 +1,5 @@
 """Gradual magnitude pruning (Zhu & Gupta 2017): the sparsity rises over `rounds` pruning steps on a
-schedule (cubic by default), with LoRA recovery fine-tuning after each step (pruning/recovery.py).
+schedule (cubic by default), with LoRA recovery fine-tuning after each step (pruning/training/recovery.py).
 
 Each step is plain magnitude pruning (pruning/methods/magnitude.py) at that step's sparsity. Masks are kept:
 a pruned weight is zero, so it scores lowest and stays pruned at the next, higher sparsity, and recovery
@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .base import PruneContext, PruningMethod, register
-from .finetuning import SCHEDULES, RecoverySettings, check_recovery_length, prefixed_options, sparsity_schedule
+from ..training.recovery_options import SCHEDULES, RecoverySettings, check_recovery_length, prefixed_options, sparsity_schedule
 from .magnitude import Magnitude
-from .masking import TARGET_OPTIONS
-from .options import Option
+from .mask_base import TARGET_OPTIONS
+from ..core.options import Option
 
 ROUNDS = Option("rounds", int, "pruning steps, the last one at the target sparsity", default=4, low=1)
 
@@ -46,7 +46,7 @@ class Gradual(PruningMethod):
         check_recovery_length(ctx, self.settings(), self.name)
 
     def prune(self, ctx: PruneContext) -> dict:
-        from ..recovery import prune_in_rounds
+        from ..training.recovery import prune_in_rounds
 
         self.check_model(ctx)
         return prune_in_rounds(ctx, self.schedule(), lambda sparsity: self.step(sparsity).prune(ctx), self.settings(),

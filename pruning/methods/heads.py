@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .base import MethodError, PruneContext, PruningMethod, no_grad, register
-from .options import Option
+from ..core.options import Option
 
 if TYPE_CHECKING:
     import torch
@@ -32,7 +32,7 @@ GQA_MODES = ("query", "group")
 
 def query_weight(layer, adapter, heads: int) -> torch.Tensor:
     """The query rows [heads x head_dim, hidden] of one layer's attention, out of a fused q/k/v where needed."""
-    from ..adapters import weight_matrix
+    from ..core.adapters import weight_matrix
 
     head_dim = getattr(adapter.layer_part(layer, adapter.attention), adapter.head_dim_attribute)
     first = weight_matrix(adapter.layer_part(layer, adapter.attention_projections[0]))
@@ -106,7 +106,7 @@ class Heads(PruningMethod):
         self.needs_calibration = self.importance == "activation"
 
     def check_config(self, config) -> None:
-        from ..structure import structure_problem
+        from ..core.surgery import structure_problem
 
         problem = structure_problem(config, "head pruning", sub_blocks=False)
         if problem:
@@ -119,8 +119,8 @@ class Heads(PruningMethod):
         """(query and key-value heads per layer, heads to remove), or a clear error before any change."""
         import torch
 
-        from ..heterogeneous import head_counts
-        from ..structure import rounded_count
+        from ..core.heterogeneous import head_counts
+        from ..core.surgery import rounded_count
 
         self.check_config(ctx.model.config)
         counts = [head_counts(layer, ctx.adapter) for layer in ctx.adapter.decoder_layers(ctx.model)]
@@ -135,8 +135,8 @@ class Heads(PruningMethod):
 
     @no_grad
     def prune(self, ctx: PruneContext) -> dict:
-        from ..engine import layer_loaded
-        from ..structure import numel, removal_report, slice_heads
+        from ..core.engine import layer_loaded
+        from ..core.surgery import numel, removal_report, slice_heads
 
         counts, target = self.plan(ctx)
         total_heads = sum(q for q, _ in counts)
@@ -167,8 +167,8 @@ class Heads(PruningMethod):
         return kv_heads if self.gqa == "query" and group > 1 else group
 
     def _scores(self, ctx: PruneContext, counts) -> dict[int, torch.Tensor]:
-        from ..adapters import weight_matrix
-        from ..engine import LayerStep, LayerwiseEngine, input_hooks, layer_borrowed
+        from ..core.adapters import weight_matrix
+        from ..core.engine import LayerStep, LayerwiseEngine, input_hooks, layer_borrowed
 
         layers = ctx.adapter.decoder_layers(ctx.model)
         o_path = ctx.adapter.attention_projections[-1]

@@ -1,5 +1,5 @@
 """Iterative prune + fine-tune: `rounds` rounds of a mask-based base method (magnitude, wanda, sparsegpt, ...)
-at a rising sparsity, each followed by LoRA recovery fine-tuning (pruning/recovery.py); the last round
+at a rising sparsity, each followed by LoRA recovery fine-tuning (pruning/training/recovery.py); the last round
 prunes at the target. By default every round removes the same fraction of the weights still left (geometric
 schedule, as iterative magnitude pruning). Calibration-based bases score the model as the previous round
 left it, on the same calibration windows.
@@ -7,10 +7,10 @@ left it, on the same calibration windows.
 from __future__ import annotations
 
 from .base import MethodError, PruneContext, PruningMethod, method_class, register
-from .finetuning import RecoverySettings, check_recovery_length, prefixed_options, sparsity_schedule
+from ..training.recovery_options import RecoverySettings, check_recovery_length, prefixed_options, sparsity_schedule
 from .gradual import ROUNDS, round_schedule_option
-from .masking import MaskingMethod
-from .options import Option, parse_options, refuse_unknown, split_arguments
+from .mask_base import MaskingMethod
+from ..core.options import Option, parse_options, refuse_unknown, split_arguments
 
 
 def _mask_base(name: str) -> str:
@@ -63,7 +63,7 @@ class Iterative(PruningMethod):
         check_recovery_length(ctx, self.settings(), self.name)
 
     def prune(self, ctx: PruneContext) -> dict:
-        from ..recovery import prune_in_rounds
+        from ..training.recovery import prune_in_rounds
 
         def prune_round(sparsity: float) -> dict:
             return self.base_class.build(**{**self.base_arguments, "sparsity": sparsity}).prune(ctx)

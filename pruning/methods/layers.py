@@ -3,7 +3,7 @@ evenly over the interior so the first and last layers stay. Needs no data; works
 from __future__ import annotations
 
 from .base import MethodError, PruneContext, PruningMethod, no_grad, register
-from .options import Option
+from ..core.options import Option
 
 
 @register
@@ -18,8 +18,8 @@ class Layers(PruningMethod):
 
     def plan(self, num_layers: int) -> list[int]:
         """The layers to remove, or a clear error when the fraction cannot be honoured."""
-        from ..similarity import evenly_spread
-        from ..structure import rounded_count
+        from .depth_similarity import evenly_spread
+        from ..core.surgery import rounded_count
 
         count = rounded_count(self.fraction, num_layers)
         if count == 0:
@@ -34,7 +34,7 @@ class Layers(PruningMethod):
 
     @no_grad
     def prune(self, ctx: PruneContext) -> dict:
-        from ..structure import numel, removal_report, remove_layers
+        from ..core.surgery import numel, removal_report, remove_layers
 
         num_layers = ctx.adapter.num_layers(ctx.model)
         drop = self.plan(num_layers)

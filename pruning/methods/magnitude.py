@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from .base import PruneContext, register
-from .masking import MaskingMethod
-from .options import Option
+from .mask_base import MaskingMethod
+from ..core.options import Option
 
 
 @register
@@ -16,9 +16,9 @@ class Magnitude(MaskingMethod):
     )
 
     def prune(self, ctx: PruneContext) -> dict:
-        from ..adapters import weight_matrix
-        from ..engine import layer_loaded
-        from ..masks import magnitude_scores, select_mask
+        from ..core.adapters import weight_matrix
+        from ..core.engine import layer_loaded
+        from .sparsify import magnitude_scores, select_mask
 
         self.check_model(ctx)
         allocation = self.plan_allocation(ctx)

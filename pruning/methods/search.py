@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from .options import MethodError, Option
+from ..core.options import MethodError, Option
 
 
 def search_windows_option(candidates: str) -> Option:

@@ -4,12 +4,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .base import PruneContext, full_fp32, no_grad, register
-from .masking import CalibratedMaskingMethod
-from .options import Option
+from .mask_base import CalibratedMaskingMethod
+from ..core.options import Option
 
 if TYPE_CHECKING:
     import torch
-    from ..masks import InverseHessian
+    from .sparsify import InverseHessian
 
 
 class HessianAccumulator:
@@ -25,7 +25,7 @@ class HessianAccumulator:
         self._inverse: InverseHessian | None = None
 
     def add(self, x: torch.Tensor) -> None:
-        from ..masks import lower_rank_update
+        from .sparsify import lower_rank_update
 
         self._inverse = self._hessian = None
         x = x.reshape(-1, x.shape[-1]).float()
@@ -35,7 +35,7 @@ class HessianAccumulator:
 
     @property
     def hessian(self) -> torch.Tensor:
-        from ..masks import symmetric_from_lower
+        from .sparsify import symmetric_from_lower
 
         if self._hessian is None:
             self._hessian = symmetric_from_lower(self._lower)
@@ -43,7 +43,7 @@ class HessianAccumulator:
 
     def inverse(self, damp_fraction: float) -> InverseHessian:
         """Computed once and reused by every linear sharing this accumulator (q/k/v, gate/up)."""
-        from ..masks import inverse_hessian
+        from .sparsify import inverse_hessian
 
         if self._inverse is None:
             self._inverse = inverse_hessian(self.hessian, damp_fraction)
@@ -70,8 +70,8 @@ class SparseGPT(CalibratedMaskingMethod):
 
     def prune_group(self, names, modules, statistics):
         """One column loop for all linears sharing the Hessian (the same result as one loop each)."""
-        from ..adapters import weight_matrix
-        from ..masks import sparsegpt_solve_shared
+        from ..core.adapters import weight_matrix
+        from .sparsify import sparsegpt_solve_shared
 
         weights = [weight_matrix(module) for module in modules]
         solved = sparsegpt_solve_shared(weights, statistics.inverse(self.damp_fraction), self.target,

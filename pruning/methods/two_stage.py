@@ -23,11 +23,11 @@ import logging
 from typing import TYPE_CHECKING
 
 from .base import MethodError, PruneContext, PruningMethod, no_grad, register
-from .options import Option
+from ..core.options import Option
 from .search import check_search_windows, choice_margin, search_record, search_windows_option
 
 if TYPE_CHECKING:
-    from ..engine import LayerStep
+    from ..core.engine import LayerStep
 
 log = logging.getLogger(__name__)
 RATIO_TOLERANCE = 0.2  # PP-LLMs: the FFN/attention count ratio may miss mha_ffn_ratio by 20 %
@@ -35,8 +35,8 @@ RATIO_TOLERANCE = 0.2  # PP-LLMs: the FFN/attention count ratio may miss mha_ffn
 
 def sub_block_sizes(layer, adapter) -> tuple[int, int]:
     """(FFN parameters incl. its norms, attention parameters incl. its norms) of one intact layer."""
-    from ..heterogeneous import attention_paths, feed_forward_paths
-    from ..structure import numel
+    from ..core.heterogeneous import attention_paths, feed_forward_paths
+    from ..core.surgery import numel
 
     return tuple(sum(numel(adapter.layer_part(layer, path)) for path in paths)
                  for paths in (feed_forward_paths(adapter), attention_paths(adapter)))
@@ -70,7 +70,7 @@ def attention_round(suffix, adapter, layers, start: int, state: list, remaining:
     point. Returns the losses and (first remaining candidate, its inputs) for the next round: no later
     round changes anything before it.
     """
-    from ..structure import attention_swapped_out
+    from ..core.surgery import attention_swapped_out
 
     losses: dict[int, list[list[float]]] = {}
     hidden, last = state, remaining[-1]
@@ -138,7 +138,7 @@ class TwoStage(PruningMethod):
         return True  # the attention rounds
 
     def check_config(self, config) -> None:
-        from ..structure import structure_problem
+        from ..core.surgery import structure_problem
 
         problem = structure_problem(config, "two_stage", sub_blocks=True)
         if problem:
@@ -149,8 +149,8 @@ class TwoStage(PruningMethod):
 
     def plan(self, ctx: PruneContext) -> tuple[int, int, dict]:
         """(FFN count, attention count, sizing facts), checked against the model before any change."""
-        from ..heterogeneous import attention_removed, feed_forward_removed
-        from ..structure import numel
+        from ..core.heterogeneous import attention_removed, feed_forward_removed
+        from ..core.surgery import numel
 
         self.check_config(ctx.model.config)
         layers = ctx.adapter.decoder_layers(ctx.model)
@@ -179,10 +179,10 @@ class TwoStage(PruningMethod):
 
     @no_grad
     def prune(self, ctx: PruneContext) -> dict:
-        from ..engine import LayerwiseEngine
-        from ..influence import SuffixLoss, SuffixLossError
-        from ..similarity import MeanDistance
-        from ..structure import numel, removal_report, remove_attention, remove_feed_forward
+        from ..core.engine import LayerwiseEngine
+        from .suffix_loss import SuffixLoss, SuffixLossError
+        from .depth_similarity import MeanDistance
+        from ..core.surgery import numel, removal_report, remove_attention, remove_feed_forward
 
         ffn_count, attention_count, facts = self.plan(ctx)
         adapter, layers = ctx.adapter, ctx.adapter.decoder_layers(ctx.model)

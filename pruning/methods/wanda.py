@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .base import register
-from .masking import CalibratedMaskingMethod, InputSquareMean
+from .mask_base import CalibratedMaskingMethod, InputSquareMean
 
 
 @register
@@ -15,8 +15,8 @@ class Wanda(CalibratedMaskingMethod):
         return InputSquareMean(weight.shape[1], device)
 
     def prune_module(self, name, module, statistics):
-        from ..adapters import weight_matrix
-        from ..masks import select_mask, wanda_scores
+        from ..core.adapters import weight_matrix
+        from .sparsify import select_mask, wanda_scores
 
         scores = wanda_scores(weight_matrix(module), statistics.mean)
         self.apply_mask(module, select_mask(scores, self.target, per="row", zeros=self.planned_zeros(name)))

@@ -1,5 +1,5 @@
 """Config checks, the grid (one row per real job), job resources and input/param functions. Building the
-DAG imports only torch-free parts of the library: the grid contract (`pruning.grid`) and the checks that ask
+DAG imports only torch-free parts of the library: the grid contract (`pruning.reporting.grid`) and the checks that ask
 it what a job would refuse; jobs call the library through `python -m pruning`."""
 import importlib.util
 import inspect
@@ -18,7 +18,7 @@ from snakemake.utils import validate
 
 REPO = Path(workflow.basedir).resolve()
 sys.path.insert(0, str(REPO))  # the grid contract of this checkout, whichever `pruning` is installed
-from pruning.grid import (DENSE_METHOD, GridError, grid_rows, plot_specs, ratio_token_problem, table_specs,
+from pruning.reporting.grid import (DENSE_METHOD, GridError, grid_rows, plot_specs, ratio_token_problem, table_specs,
                           task_fewshot)
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -173,7 +173,7 @@ def _semantic_errors(cfg: dict) -> list[str]:
 def _model_config(name: str, spec: str) -> dict | None:
     """A model's config.json where it is readable offline: the local directory, the zoo's or the hub's cache,
     or the copy fetched into resources/; None when there is none yet (the checks that need it are skipped)."""
-    from pruning import zoo
+    from pruning.core import zoo
 
     candidates = []
     cached_dir = zoo.cached_model_dir(str(_resolve_path(spec)) if _is_gguf_spec(spec) else spec)
@@ -208,7 +208,7 @@ def _model_layers(config: dict | None) -> int | None:
 
 def _spec_errors(specs: dict) -> list[str]:
     """Embedded names and hub ids the zoo cannot resolve (directories were checked before)."""
-    from pruning import zoo
+    from pruning.core import zoo
 
     errors = []
     for name, spec in specs.items():
@@ -240,9 +240,9 @@ def _method_errors(methods: dict, specs: dict, configs: dict, save_format: str, 
     protocol's `nsamples` calibration windows; entries whose plan needs only a layer count (depth, layers) also
     planned against each model's layer count; each row's save format checked against its ratio
     (sparse-24-bitmask needs nm 2:4)."""
-    from pruning.compressed import check_request as check_save_request
+    from pruning.core.sparse_formats import check_request as check_save_request
     from pruning.methods import build_method
-    from pruning.methods.finetuning import RecoverySettings
+    from pruning.training.recovery_options import RecoverySettings
 
     errors = []
     for name, entry in methods.items():
@@ -291,9 +291,9 @@ def _length_errors(cfg: dict, configs: dict) -> list[str]:
     """Token lengths a job would refuse, by the check the library runs (checks.length_problems), against each
     model's positions (its config.json, where readable): the calibration seqlen where a calibrating method
     prunes the model, the evaluation seqlen on every model, and prompt + new tokens when speed is measured."""
-    from pruning.checks import length_problems
+    from pruning.core.checks import length_problems
     from pruning.methods import method_class
-    from pruning.methods.finetuning import RECOVERY_OPTIONS
+    from pruning.training.recovery_options import RECOVERY_OPTIONS
 
     default_recovery_seqlen = next(o.default for o in RECOVERY_OPTIONS if o.name == "seqlen")  # what a job uses by default
 
@@ -320,7 +320,7 @@ def _length_errors(cfg: dict, configs: dict) -> list[str]:
 
 def _data_errors(protocol_name: str, protocol: dict) -> list[str]:
     """The protocol's calibration source and evaluation dataset: known names, or files that exist."""
-    from pruning.data import check_calibration_source, check_evaluation_dataset
+    from pruning.core.data import check_calibration_source, check_evaluation_dataset
 
     errors = []
     for part, field, check in (("calibration", "source", check_calibration_source),
@@ -387,7 +387,7 @@ def _memory_errors(max_memory) -> list[str]:
     """`max_memory` must read as a size (prune --max-memory); whether a run fits is decided inside its job."""
     if max_memory is None:
         return []
-    from pruning.streaming import MemoryCapError, parse_memory_size
+    from pruning.core.streaming import MemoryCapError, parse_memory_size
 
     try:
         parse_memory_size(max_memory)
@@ -565,7 +565,7 @@ def prune_arguments(wildcards) -> str:
     save_format = entry.get("save_format", config["save_format"])
     if save_format != "dense":  # the default: rows saved dense keep the command (and results) they had
         args += ["--save-format", save_format]
-    if config["max_memory"] is not None:  # over it the job streams its layers from disk (pruning/streaming.py)
+    if config["max_memory"] is not None:  # over it the job streams its layers from disk (pruning/core/streaming.py)
         args += ["--max-memory", config["max_memory"]]
     return _quote(args)
 
@@ -659,7 +659,7 @@ def all_metric_files() -> list[str]:
 
 
 def table_names() -> list[str]:
-    """The tables pruning.tables writes for this grid (pruning.grid decides for both)."""
+    """The tables pruning.reporting.tables writes for this grid (pruning.reporting.grid decides for both)."""
     return [spec.name for spec in table_specs(GRID, zeroshot=stage_on("zeroshot"), gguf=stage_on("gguf"))]
 
 

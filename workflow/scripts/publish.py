@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pruning.io import atomic_directory
+from pruning.core.io import atomic_directory
 
 PUBLISHABLE = {".md", ".csv", ".png"}
 

@@ -12,7 +12,7 @@ import datasets
 # HellaSwag: lm-eval's own preprocessing, reused rather than copied.
 from lm_eval.tasks.hellaswag.utils import process_docs as hellaswag_process_docs  # noqa: F401
 
-from pruning.data import DataError, data_dir as resolve_data_dir, jsonl_records
+from pruning.core.data import DataError, data_dir as resolve_data_dir, jsonl_records
 
 BOOLQ_PREFIX = "Passage: "
 
