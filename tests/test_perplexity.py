@@ -13,7 +13,7 @@ from pruning.core.token_windows import next_token_nll, token_windows, windows_nl
 from pruning.evaluation.perplexity import forward_throughput, perplexity
 from pruning.core.data import evaluation_text
 
-perplexity_module = importlib.import_module("pruning.evaluation.perplexity")  # the package exports the function
+token_windows_module = importlib.import_module("pruning.core.token_windows")
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +33,9 @@ def reference_nll(model, windows: torch.Tensor) -> float:
     return total
 
 
-@pytest.mark.parametrize("chunk_bytes", [perplexity_module.CPU_CHUNK_BYTES, 4 * 512 * 5])  # 5 rows of 512 logits
+@pytest.mark.parametrize("chunk_bytes", [token_windows_module.CPU_CHUNK_BYTES, 4 * 512 * 5])  # 5 rows of 512 logits
 def test_chunked_nll_equals_full_cross_entropy(chunk_bytes, monkeypatch):
-    monkeypatch.setattr(perplexity_module, "CPU_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(token_windows_module, "CPU_CHUNK_BYTES", chunk_bytes)
     torch.manual_seed(0)
     logits, ids = torch.randn(3, 17, 512) * 4, torch.randint(0, 512, (3, 17))
     full = F.cross_entropy(logits[:, :-1].reshape(-1, 512).double(), ids[:, 1:].reshape(-1), reduction="sum")
