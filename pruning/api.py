@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .core import checks
-from .core.adapters import get_adapter, refuse_unsupported_on_moe
+from .core.adapters import get_adapter
 from .core.sparse_formats import DENSE, check_request as check_save_request
 from .core.data import CalibrationCache, check_calibration_source, check_evaluation_dataset, data_dir
 from .evaluation.perplexity import perplexity
@@ -68,7 +68,6 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
                 *(method_arguments.get(k) for k in ("teacher_model", "training_data"))])
     config = checks.model_config(path)
     instance.check_config(config)
-    refuse_unsupported_on_moe(config.get("model_type"), instance.method_names())
     memory = plan_memory(path, instance, max_memory=max_memory, stream=stream, dtype=dtype,
                          nsamples=nsamples if instance.needs_calibration else 0, seqlen=seqlen, batch_size=batch_size,
                          evaluate=evaluate, recovery_steps=recovery_settings.steps, save_format=save_format,

@@ -17,7 +17,6 @@ layer search (which its tutorial runs on WikiText-2 test) calibrates on WikiText
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import logging
@@ -28,7 +27,8 @@ from pathlib import Path
 import yaml
 
 from ..core.checks import model_config
-from ..methods import PruneContext, PruningMethod, build_method
+from ..methods import PruningMethod, build_method
+from ..methods.depth import BNB_PACKAGE, QuantizedScoring
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,6 @@ QUARK_ALGORITHM = "layer_importance_depth_pruning"
 QUARK_CALIBRATION = "wikitext2-validation"  # Quark's tutorial searches on WikiText-2 test, which we never calibrate on
 PPLLMS_DEFAULTS = {"prune_rate": 0.25, "seed": 0, "nsamples": 128, "dataset": "c4", "eval_ppl": True}
 DEFAULT_NSAMPLES = 128
-BNB_PACKAGE = "bitsandbytes"
 # on AVX512-BF16 CPUs bitsandbytes repacks 4-bit weights: output rows in blocks of 32, inputs in its
 # quantization blocks of 64
 CPU_4BIT_ROWS, CPU_4BIT_COLUMNS = 32, 64
@@ -348,46 +347,6 @@ def quantized_widths(config: dict) -> dict[str, int]:
     return {k: v for k, v in widths.items() if isinstance(v, int)}
 
 
-class QuantizedScoring(PruningMethod):
-    """`depth` whose scores come from a bitsandbytes-quantized copy of the model (PruneGPT's quantize +
-    bnb_config, there to fit the scoring pass in less memory); the layers they pick are removed from the
-    full-precision model, which is the one saved."""
-
-    name = "depth"
-    needs_calibration = True
-
-    def __init__(self, depth: PruningMethod, bnb_config: dict):
-        self.depth, self.bnb_config = depth, dict(bnb_config)
-
-    def options(self) -> dict:
-        return self.depth.options()
-
-    def check_model(self, ctx: PruneContext) -> None:
-        self.depth.check_model(ctx)
-
-    def prune(self, ctx: PruneContext) -> dict:
-        from importlib.metadata import version
-
-        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-        from ..core.adapters import get_adapter
-        from ..core.surgery import numel, removal_report, remove_layers
-
-        dtype = next(ctx.model.parameters()).dtype
-        quantized = AutoModelForCausalLM.from_pretrained(
-            ctx.extras["model_path"], quantization_config=BitsAndBytesConfig(**self.bnb_config), dtype=dtype,
-            device_map={"": str(ctx.device)}).eval()
-        log.info("scoring on the %s model (bitsandbytes %s)", "8-bit" if self.bnb_config.get("load_in_8bit") else "4-bit",
-                 version(BNB_PACKAGE))
-        report = self.depth.prune(dataclasses.replace(ctx, model=quantized, adapter=get_adapter(quantized)))
-        del quantized
-        before = numel(ctx.model)
-        remove_layers(ctx.model, ctx.adapter, report["removed_layers"])
-        report.update(removal_report(before, ctx.model))  # the full-precision model's counts
-        report["scored_on"] = {"quantization": self.bnb_config, BNB_PACKAGE: version(BNB_PACKAGE)}
-        return report
-
-
 # ---------------------------------------------------------------------------------------- running
 
 def run_job(job: Job, *, model: str | None = None, output_dir: str | None = None, calib: str | None = None,
@@ -417,7 +376,7 @@ def run_job(job: Job, *, model: str | None = None, output_dir: str | None = None
     method: str | PruningMethod = job.method
     if job.bnb_config is not None:
         check_quantization(job.bnb_config, str(resolve_device(device)), model_config(model_dir))
-        method = QuantizedScoring(build_method(job.method, **job.method_arguments), job.bnb_config)
+        method = QuantizedScoring.build(job.bnb_config, **job.method_arguments)
     model_type = model_config(model_dir).get("model_type")
     given_paths = job.decoder_layers is not None and model_type not in supported_model_types()
     settings = dict(calib=calib or job.calib, nsamples=nsamples or job.nsamples, seqlen=seqlen,

@@ -333,18 +333,13 @@ _MOE = replace(  # the Llama layout, its MLP a routed mixture of experts
     routers=("mlp.gate", "mlp.shared_expert_gate"),
 )
 MOE_MODEL_TYPES = _MOE.model_types
-# Head slicing and attention / FFN sub-block removal or slicing (pruning/core/surgery.py) know dense MLPs only.
-MOE_UNSUPPORTED_METHODS = ("heads", "two_stage", "flap")
 
 
-def refuse_unsupported_on_moe(model_type: str | None, methods: set[str]) -> None:
-    """Refuse, from config.json alone (before the weights load), methods a mixture-of-experts model cannot run."""
-    refused = sorted(methods & set(MOE_UNSUPPORTED_METHODS))
-    if model_type in MOE_MODEL_TYPES and refused:
-        raise UnsupportedArchitecture(
-            f"{', '.join(refused)} cannot prune mixture-of-experts model type {model_type!r} (head slicing and "
-            f"sub-block removal know dense MLPs only); on MoE models use depth, layers, magnitude, wanda, "
-            f"sparsegpt or dsnot")
+def mixture_of_experts_type(config) -> str | None:
+    """The model type of a config (config.json's dict or a transformers config) when its family routes its MLP
+    through experts, else None: which methods can prune such a model each method says (SUPPORTS_MOE)."""
+    model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
+    return model_type if model_type in MOE_MODEL_TYPES else None
 
 
 ADAPTERS: tuple[ArchitectureAdapter, ...] = (_LLAMA, _GEMMA2, _OPT, _GPT_NEOX, _GPT2, _PHI3, _MOE)

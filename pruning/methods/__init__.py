@@ -1,7 +1,8 @@
 """Pruning methods, one module each, registered by name on import.
 
-Adding a method: one module here (a PruningMethod subclass with its OPTIONS, decorated with @register)
-and its import below. `build_method` is the one entry point, for the CLI, the API and the workflow's config
+Adding a method: one module here (a PruningMethod subclass with its OPTIONS and its FACTS: family, retrains,
+removes layers, supports MoE, composite; decorated with @register) and its import below; the tables, the grid
+and the refusals read the facts, so no list elsewhere names methods. `build_method` is the one entry point, for the CLI, the API and the workflow's config
 check alike: it validates the name, ratio and options (`.options()` of the result is what prune.json records).
 Nothing here imports torch, so building a method costs no model and no torch.
 """

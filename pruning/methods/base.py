@@ -18,8 +18,16 @@ if TYPE_CHECKING:
 
     from ..core.adapters import ArchitectureAdapter
 
-__all__ = ["MethodError", "PruneContext", "PruningMethod", "available_methods", "full_fp32", "method_class", "no_grad",
-           "register"]
+__all__ = ["FACTS", "FAMILIES", "MethodError", "PruneContext", "PruningMethod", "available_methods", "base_methods",
+           "full_fp32", "layer_removal_methods", "method_class", "method_families", "method_family", "moe_methods",
+           "no_grad", "register", "retraining_methods", "streaming_methods"]
+
+# The method families of PersLM's "Performance Impact" table, in its order: every method's FAMILY is one of them.
+FAMILIES = ("head pruning", "width pruning (FLAP)", "layer/depth pruning", "magnitude / Wanda / SparseGPT",
+            "distillation", "two-stage", "combined (all)")
+# What every registered method declares about itself (class attributes, no defaults; `register` refuses a method
+# that leaves one out), read by the tables, the grid and the refusals instead of lists of method names.
+FACTS = ("FAMILY", "RETRAINS", "REMOVES_LAYERS", "SUPPORTS_MOE", "COMPOSITE")
 
 
 def no_grad(function):
@@ -82,7 +90,15 @@ class PruningMethod:
     needs_calibration: ClassVar[bool] = False
     description: ClassVar[str] = ""
     OPTIONS: ClassVar[tuple[Option, ...]] = ()
-    COMPOSITE: ClassVar[bool] = False  # runs other methods, whose ratios and options it passes on
+    # The FACTS, declared by each method:
+    FAMILY: ClassVar[str]  # its PersLM family, one of FAMILIES
+    RETRAINS: ClassVar[bool]  # always trains weights after pruning (a run may also retrain by LoRA recovery or
+    # by distillation given training_data: prune.json records both)
+    REMOVES_LAYERS: ClassVar[bool]  # removes whole decoder layers or their sub-blocks (the layer-removal table)
+    # can prune a mixture-of-experts model (pruning/core/adapters.py); a composite: its own part, the methods it
+    # runs answer for theirs
+    SUPPORTS_MOE: ClassVar[bool]
+    COMPOSITE: ClassVar[bool]  # runs other methods, whose ratios and options it passes on; never another's base
     # Changes weights only inside the engine's layer visits (or removes whole layers or sub-blocks), so its decoder
     # layers can stay on disk (pruning/core/streaming.py); `streaming_refusal` refines it per run.
     STREAMS: ClassVar[bool] = False
@@ -105,9 +121,19 @@ class PruningMethod:
         """The options that identify this run (recorded in prune.json)."""
         return {option.name: getattr(self, option.name) for option in self.OPTIONS}
 
-    def check_config(self, config: dict) -> None:
-        """Refuse, from the model's config.json alone (before its weights are loaded), what this model makes
-        impossible; a composite asks each method it runs."""
+    def check_config(self, config) -> None:
+        """Refuse, from the model's config.json alone (before its weights are loaded; a dict or a transformers
+        config), what this model makes impossible: a mixture-of-experts model unless the method SUPPORTS_MOE; a
+        composite asks each method it runs. A method that refuses more calls this first."""
+        if not self.SUPPORTS_MOE:
+            from ..core.adapters import UnsupportedArchitecture, mixture_of_experts_type
+
+            model_type = mixture_of_experts_type(config)
+            if model_type:
+                raise UnsupportedArchitecture(
+                    f"{self.name} cannot prune mixture-of-experts model type {model_type!r} (head slicing, width "
+                    f"slicing and sub-block removal know dense MLPs only); on MoE models use "
+                    f"{' or '.join(', '.join(moe_methods()).rsplit(', ', 1))}")
         for step in self.steps():
             step.check_config(config)
 
@@ -141,10 +167,6 @@ class PruningMethod:
                 if isinstance(item, PruningMethod):
                     yield item
 
-    def method_names(self) -> set[str]:
-        """This method's name and those of the methods it runs (composites), for refusals made before loading."""
-        return {self.name}.union(*(step.method_names() for step in self.steps()))
-
     def prune(self, ctx: PruneContext) -> dict:
         raise NotImplementedError
 
@@ -155,6 +177,11 @@ _REGISTRY: dict[str, type[PruningMethod]] = {}
 def register(cls: type[PruningMethod]) -> type[PruningMethod]:
     if cls.name in _REGISTRY:
         raise RuntimeError(f"pruning method {cls.name!r} registered twice")
+    missing = [fact for fact in FACTS if not hasattr(cls, fact)]
+    if missing:
+        raise RuntimeError(f"pruning method {cls.name!r} does not declare {', '.join(missing)}")
+    if cls.FAMILY not in FAMILIES:
+        raise RuntimeError(f"pruning method {cls.name!r}: FAMILY {cls.FAMILY!r} is not one of {', '.join(FAMILIES)}")
     _REGISTRY[cls.name] = cls
     return cls
 
@@ -166,6 +193,38 @@ def available_methods() -> list[str]:
 def streaming_methods() -> list[str]:
     """The methods that can keep a model's decoder layers on disk (some only with some options)."""
     return [name for name in available_methods() if _REGISTRY[name].STREAMS]
+
+
+def layer_removal_methods() -> list[str]:
+    """The methods that remove whole decoder layers or their sub-blocks."""
+    return [name for name in available_methods() if _REGISTRY[name].REMOVES_LAYERS]
+
+
+def retraining_methods() -> list[str]:
+    """The methods that always train weights after pruning."""
+    return [name for name in available_methods() if _REGISTRY[name].RETRAINS]
+
+
+def moe_methods() -> list[str]:
+    """The methods that prune a mixture-of-experts model on their own (composites run them as their stages)."""
+    return [name for name in available_methods() if _REGISTRY[name].SUPPORTS_MOE and not _REGISTRY[name].COMPOSITE]
+
+
+def base_methods() -> list[str]:
+    """The methods another may run as its base_method: every method that runs no other."""
+    return [name for name in available_methods() if not _REGISTRY[name].COMPOSITE]
+
+
+def method_families() -> dict[str, list[str]]:
+    """Each family of FAMILIES, in its order, with its methods (a family without any is left out)."""
+    members = {family: [name for name in available_methods() if _REGISTRY[name].FAMILY == family]
+               for family in FAMILIES}
+    return {family: names for family, names in members.items() if names}
+
+
+def method_family(name: str) -> str | None:
+    """The family of a registered method; None for any other name (the dense baseline)."""
+    return _REGISTRY[name].FAMILY if name in _REGISTRY else None
 
 
 def method_class(name: str) -> type[PruningMethod]:

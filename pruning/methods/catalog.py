@@ -3,7 +3,7 @@ per-method rules of the workflow config schema (workflow/schemas/config.schema.y
 equal to `schema_rules()`)."""
 from __future__ import annotations
 
-from .base import available_methods, method_class
+from .base import available_methods, base_methods, method_class
 from ..core.options import Option, describe
 
 
@@ -12,15 +12,10 @@ def is_composite(name: str) -> bool:
     return bool(method_class(name).COMPOSITE)
 
 
-def _base_methods() -> list[str]:
-    """The methods a WRAPS_BASE_METHOD method may run as its base_method."""
-    return [base for base in available_methods() if not is_composite(base)]
-
-
 def ratio_kinds(name: str) -> list[str]:
     """The grid ratio kinds a workflow entry of this method may list under `ratios`."""
     if method_class(name).WRAPS_BASE_METHOD:
-        return sorted({kind for base in _base_methods() for kind in ratio_kinds(base)})
+        return sorted({kind for base in base_methods() for kind in ratio_kinds(base)})
     return [o.name for o in method_class(name).OPTIONS if o.ratio]
 
 
@@ -28,7 +23,7 @@ def option_names(name: str) -> list[str]:
     """The keys a workflow entry of this method may give under `options`."""
     declared = [o.name for o in method_class(name).OPTIONS if is_composite(name) or not o.ratio]
     if method_class(name).WRAPS_BASE_METHOD:
-        declared += sorted({o.name for base in _base_methods() for o in method_class(base).OPTIONS} - set(declared))
+        declared += sorted({o.name for base in base_methods() for o in method_class(base).OPTIONS} - set(declared))
     return declared
 
 

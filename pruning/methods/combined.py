@@ -34,6 +34,10 @@ class Combined(PruningMethod):
     STREAMS = True  # without its distillation stage
     description = "heads, then layers, then sparsity, then (with training_data) distillation; each stage reported"
     COMPOSITE = True
+    FAMILY = "combined (all)"
+    SUPPORTS_MOE = True  # its stages answer for MoE
+    RETRAINS = False  # distills only given training_data (prune.json records it)
+    REMOVES_LAYERS = False
     OPTIONS = (
         replace(Heads.option("fraction"), name="head_fraction", required=False, ratio=False,
                 help="fraction of attention heads to remove (heads stage; skipped when not given)"),

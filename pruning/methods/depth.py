@@ -24,6 +24,7 @@ faster search that may choose differently (pruning/methods/search.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections import deque
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from .base import MethodError, PruneContext, PruningMethod, no_grad, register
 from .depth_similarity import CRITERIA, TOKENS
-from ..core.options import Option
+from ..core.options import Option, parse_options
 from .search import check_search_windows, choice_margin, search_record, search_windows_option
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ GRADIENT_CRITERIA = ("taylor",)  # a gradient sum for every weight of the model:
 STREAMING_CRITERIA = tuple(c for c in DEPTH_CRITERIA if c not in GRADIENT_CRITERIA)
 CRITERION_LABELS = {"angular": "Angular", "cosine": "Cosine", "perplexity": "Perplexity", "block_ppl": "Block PPL",
                     "taylor": "Taylor"}  # the column names of the PruneGPT table
+BNB_PACKAGE = "bitsandbytes"  # scores on a quantized copy (QuantizedScoring)
 
 
 def _window_name(start: int, size: int) -> str:
@@ -55,6 +57,9 @@ def _window_name(start: int, size: int) -> str:
 @register
 class Depth(PruningMethod):
     name = "depth"
+    FAMILY = "layer/depth pruning"
+    REMOVES_LAYERS = SUPPORTS_MOE = True
+    RETRAINS = COMPOSITE = False
     STREAMS = True
     needs_calibration = True
     description = ("remove the layers (or blocks) that change hidden states least (angular/cosine), the window of "
@@ -259,3 +264,44 @@ class Depth(PruningMethod):
 
 
 CALIBRATION_ONLY = "the calibration windows (see calibration in prune.json), never the test split"
+
+
+class QuantizedScoring(Depth):
+    """`depth` whose scores come from a bitsandbytes-quantized copy of the model (PruneGPT's quantize +
+    bnb_config, there to fit the scoring pass in less memory); the layers they pick are removed from the
+    full-precision model, which is the one saved. A configuration of depth (same name, options and facts), run
+    from PruneGPT job files (pruning/compat/job_files.py), so not registered."""
+
+    def __init__(self, bnb_config: dict, **values):
+        super().__init__(**values)
+        self.bnb_config = dict(bnb_config)
+
+    @classmethod
+    def build(cls, bnb_config: dict, **arguments) -> "QuantizedScoring":
+        return cls(bnb_config, **parse_options(cls.name, cls.OPTIONS, arguments))
+
+    def streaming_refusal(self) -> str | None:
+        return ("depth scoring on a bitsandbytes-quantized copy (PruneGPT quantize) loads that whole copy and "
+                "cannot stream; set quantize: false to stream")
+
+    def prune(self, ctx: PruneContext) -> dict:
+        from importlib.metadata import version
+
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        from ..core.adapters import get_adapter
+        from ..core.surgery import numel, removal_report, remove_layers
+
+        dtype = next(ctx.model.parameters()).dtype
+        quantized = AutoModelForCausalLM.from_pretrained(
+            ctx.extras["model_path"], quantization_config=BitsAndBytesConfig(**self.bnb_config), dtype=dtype,
+            device_map={"": str(ctx.device)}).eval()
+        log.info("scoring on the %s model (bitsandbytes %s)", "8-bit" if self.bnb_config.get("load_in_8bit") else "4-bit",
+                 version(BNB_PACKAGE))
+        report = super().prune(dataclasses.replace(ctx, model=quantized, adapter=get_adapter(quantized)))
+        del quantized
+        before = numel(ctx.model)
+        remove_layers(ctx.model, ctx.adapter, report["removed_layers"])
+        report.update(removal_report(before, ctx.model))  # the full-precision model's counts
+        report["scored_on"] = {"quantization": self.bnb_config, BNB_PACKAGE: version(BNB_PACKAGE)}
+        return report

@@ -12,21 +12,20 @@ from __future__ import annotations
 
 import copy
 
-from .base import PruneContext, PruningMethod, method_class, register
+from .base import PruneContext, PruningMethod, base_methods, method_class, register
 from ..core.options import Option, parse_options, refuse_unknown, split_arguments
 from ..training.distillation import (DISTILL_OPTIONS, DistillSettings, distill_model, load_teacher,
                                      training_windows)
 
-NOT_A_BASE = ("distill", "all")
 # PersLM's `--method distillation`: magnitude pruning to `sparsity`, then distillation; the CLI and the Pruner
 # run it as distill with these arguments.
 PERSLM_DISTILLATION = ("distillation", {"base_method": "magnitude"})
 
 
 def _base_method(name: str) -> str:
-    if name in NOT_A_BASE:
-        raise ValueError(f"cannot be {name!r}; use method all with training_data to distill after the combined stages")
-    method_class(name)
+    if method_class(name).COMPOSITE:
+        raise ValueError(f"cannot be {name!r}, which runs other methods (to distill after all's stages give all "
+                         f"training_data); base methods: {', '.join(base_methods())}")
     return name
 
 
@@ -36,6 +35,9 @@ class Distill(PruningMethod):
     description = "prune with base_method, then recover by knowledge distillation from the unpruned teacher"
 
     COMPOSITE = True
+    FAMILY = "distillation"
+    RETRAINS = SUPPORTS_MOE = True  # its base method answers for MoE
+    REMOVES_LAYERS = False
     WRAPS_BASE_METHOD = True
     OPTIONS = (Option("base_method", str, "the pruning method run before distillation; its ratio and options "
                                           "are given alongside", required=True, check=_base_method),) + DISTILL_OPTIONS

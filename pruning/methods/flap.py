@@ -51,6 +51,9 @@ def unit_parameters(layer: nn.Module, adapter) -> tuple[int, int]:
 @register
 class Flap(PruningMethod):
     name = "flap"
+    FAMILY = "width pruning (FLAP)"
+    RETRAINS = REMOVES_LAYERS = COMPOSITE = False
+    SUPPORTS_MOE = False
     STREAMS = True
     needs_calibration = True
     description = ("FLAP width pruning: fluctuation-ranked key-value groups and FFN channels removed with an "

@@ -27,6 +27,9 @@ def round_schedule_option(default: str) -> Option:
 @register
 class Gradual(PruningMethod):
     name = "gradual"
+    FAMILY = "magnitude / Wanda / SparseGPT"
+    RETRAINS = SUPPORTS_MOE = True
+    REMOVES_LAYERS = COMPOSITE = False
     description = ("gradual magnitude pruning: sparsity raised on a schedule over rounds, LoRA recovery after each "
                    "(masks kept)")
     OPTIONS = (replace(TARGET_OPTIONS[0], required=True), Magnitude.option("per"), ROUNDS,

@@ -89,6 +89,9 @@ def removal_units(scores: torch.Tensor, kv_heads: int, mode: str) -> list[tuple[
 @register
 class Heads(PruningMethod):
     name = "heads"
+    FAMILY = "head pruning"
+    RETRAINS = REMOVES_LAYERS = COMPOSITE = False
+    SUPPORTS_MOE = False
     STREAMS = True
     description = "remove the least important attention query heads (GQA-consistent), slicing q/k/v/o"
 
@@ -108,6 +111,7 @@ class Heads(PruningMethod):
     def check_config(self, config) -> None:
         from ..core.surgery import structure_problem
 
+        super().check_config(config)
         problem = structure_problem(config, "head pruning", sub_blocks=False)
         if problem:
             raise MethodError(problem)

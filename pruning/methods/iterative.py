@@ -25,6 +25,9 @@ class Iterative(PruningMethod):
     name = "iterative"
     description = "k rounds of prune with base_method at a rising sparsity + LoRA recovery, the target at the last"
     COMPOSITE = True
+    FAMILY = "magnitude / Wanda / SparseGPT"
+    RETRAINS = SUPPORTS_MOE = True  # its base method answers for MoE
+    REMOVES_LAYERS = False
     WRAPS_BASE_METHOD = True
     OPTIONS = (Option("base_method", str, "mask-based method run each round; its sparsity (the final one) and "
                                           "options are given alongside", required=True, check=_mask_base),

@@ -9,6 +9,9 @@ from ..core.options import Option
 @register
 class Layers(PruningMethod):
     name = "layers"
+    FAMILY = "layer/depth pruning"
+    REMOVES_LAYERS = SUPPORTS_MOE = True
+    RETRAINS = COMPOSITE = False
     STREAMS = True
     description = "remove a fraction of decoder layers evenly spread, keeping the first and last (no data)"
     OPTIONS = (

@@ -82,6 +82,9 @@ class MaskingMethod(PruningMethod):
     exact."""
 
     STREAMS = True
+    FAMILY = "magnitude / Wanda / SparseGPT"
+    RETRAINS = REMOVES_LAYERS = COMPOSITE = False
+    SUPPORTS_MOE = True  # zeroes the experts' fused weights like any other
 
     OPTIONS = TARGET_OPTIONS + ALLOCATION_OPTIONS
 

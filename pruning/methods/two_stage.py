@@ -93,6 +93,9 @@ def attention_round(suffix, adapter, layers, start: int, state: list, remaining:
 @register
 class TwoStage(PruningMethod):
     name = "two_stage"
+    FAMILY = "two-stage"
+    REMOVES_LAYERS = True  # attention and FFN sub-blocks
+    RETRAINS = SUPPORTS_MOE = COMPOSITE = False
     STREAMS = True
     needs_calibration = True
     description = "PP-LLMs: FFN removed in the lowest block-influence layers, then attention removed greedily by calibration loss"
@@ -140,6 +143,7 @@ class TwoStage(PruningMethod):
     def check_config(self, config) -> None:
         from ..core.surgery import structure_problem
 
+        super().check_config(config)
         problem = structure_problem(config, "two_stage", sub_blocks=True)
         if problem:
             raise MethodError(problem)

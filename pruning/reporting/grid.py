@@ -1,6 +1,7 @@
 """The grid contract shared by the workflow (`workflow/rules/common.smk`) and the tables (`pruning.reporting.tables`):
 ratio tokens both ways, the rows a config expands to, method families, and which tables and plots a grid
-produces. Imports neither torch nor pandas, so that Snakemake can load it while it builds the DAG.
+produces. Imports neither torch nor pandas (the method registry it reads imports neither), so that Snakemake can
+load it while it builds the DAG.
 
 A run lives in `.../{model}/{method}/{ratio}/`, where `method` is the name of a config entry and `ratio`
 a token: `s0.50` (sparsity), `nm2-4` (N:M), `L4` (blocks), `f0.25` (fraction of layers or heads),
@@ -13,20 +14,15 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping, NamedTuple
 
+from ..methods.base import layer_removal_methods, method_family
+
 DENSE_METHOD, DENSE_TOKEN = "dense", "base"
 OPTIONS_ONLY_TOKEN = "custom"  # `all`/`distill` entries whose ratios live in `options`
 
-# Method families (library method names, as recorded in prune.json).
+# Library method names (as recorded in prune.json) with tables of their own; which methods remove layers, retrain
+# or form a family each method declares (pruning/methods/base.py FACTS), asked of the registry when a grid is read.
 DEPTH_METHOD, TWO_STAGE_METHOD = "depth", "two_stage"
-LAYER_REMOVAL_METHODS = (DEPTH_METHOD, "layers", TWO_STAGE_METHOD)
 MASK_KINDS = ("sparsity", "nm")  # ratio kinds that zero weights in place: the sparsity table and plot
-# The PersLM "Performance Impact" families, in its order; `all` (heads, layers, sparsity, distillation) stands apart.
-METHOD_FAMILIES = {"head pruning": ("heads",), "width pruning (FLAP)": ("flap",),
-                   "layer/depth pruning": ("depth", "layers"),
-                   "magnitude / Wanda / SparseGPT": ("magnitude", "wanda", "sparsegpt", "dsnot", "gradual", "iterative"),
-                   "distillation": ("distill",), "two-stage": (TWO_STAGE_METHOD,), "combined (all)": ("all",)}
-# Methods that train; also `all` given training_data and any run with LoRA recovery (both read from prune.json).
-RETRAINING_METHODS = ("distill", "gradual", "iterative")
 COMPARED_MASKS = ("s0.50", "nm2-4")  # the skill document's settings of the mask-based methods
 
 # Ratio kind -> its token; the config's ratio lists are keyed by these kinds.
@@ -125,11 +121,6 @@ class TableSpec(NamedTuple):
     model: str | None = None
 
 
-def family(library_method: str) -> str | None:
-    """The PersLM method family of a library method (None for dense)."""
-    return next((name for name, methods in METHOD_FAMILIES.items() if library_method in methods), None)
-
-
 def compared_rows(rows: Iterable[Mapping]) -> list[Mapping]:
     """The rows of the skill document's "Performance Comparison": each method entry (`method`) of each model at
     50 % and at 2:4 when it has them, every other entry at its smallest ratio in the grid; only models with a
@@ -164,7 +155,7 @@ def table_specs(rows: Iterable[Mapping], *, zeroshot: bool, gguf: bool) -> list[
     specs += [TableSpec(f"depth-{m}", "depth", m) for m in models
               if any(r["model"] == m and r["library_method"] == DEPTH_METHOD and kind == "num_blocks"
                      for r, kind in kinds)]
-    if any(row["library_method"] in LAYER_REMOVAL_METHODS for row in rows):
+    if any(row["library_method"] in layer_removal_methods() for row in rows):
         specs.append(TableSpec("layer-removal", "layer_removal"))
     if any(row["library_method"] == TWO_STAGE_METHOD for row in rows):
         specs.append(TableSpec("two-stage", "two_stage"))
@@ -174,7 +165,7 @@ def table_specs(rows: Iterable[Mapping], *, zeroshot: bool, gguf: bool) -> list[
         specs.append(TableSpec("gguf", "gguf"))
     if compared_rows(rows):
         specs.append(TableSpec("comparison", "comparison"))
-    if any(family(row["library_method"]) for row in rows):
+    if any(method_family(row["library_method"]) for row in rows):
         specs.append(TableSpec("impact", "impact"))
     return specs
 

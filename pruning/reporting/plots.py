@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .grid import MASK_KINDS, METHOD_FAMILIES, plot_specs
+from ..methods.base import method_families
+from .grid import MASK_KINDS, plot_specs
 from .metric_files import Results, ordered_unique
 
 
@@ -131,7 +132,7 @@ def plot_zeroshot_speed(results: Results, path: str | os.PathLike) -> Path | Non
     _, scores, _ = headline_scores(results, list(dense.values()))
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    families = list(METHOD_FAMILIES)
+    families = list(method_families())
     for model, run in dense.items():
         if (results.runs.model[measured.index] == model).any() and average(scores.loc[run]) is not None:
             baseline = 100 * average(scores.loc[run])

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..grid import METHOD_FAMILIES, RETRAINING_METHODS, compared_rows, family
+from ...methods.base import method_families, method_family, retraining_methods
+from ..grid import compared_rows
 from ..metric_files import Results, ordered_unique
 from .common import MISSING, PPL, PRUNED, Table, _parameters, _table, caption, fmt_bytes, fmt_change
 from .tasks import average, headline_scores
@@ -42,7 +43,7 @@ def measures(results: Results, ids: list[int]) -> tuple[pd.DataFrame, pd.DataFra
         accuracy, ref_accuracy = average(scores.loc[run]), average(scores.loc[reference]) if ref is not None else None
         library = results.runs.library_method[run]
         table.append({
-            "run": run, "family": family(library),
+            "run": run, "family": method_family(library),
             "nonzero_reduction": None if ratio(nonzero, ref_nonzero) is None else 1 - ratio(nonzero, ref_nonzero),
             "total_reduction": None if ratio(total, ref_total) is None else 1 - ratio(total, ref_total),
             **{f"speedup_{backend}": ratio(w["speed", key], None if ref is None else ref["speed", key])
@@ -51,8 +52,8 @@ def measures(results: Results, ids: list[int]) -> tuple[pd.DataFrame, pd.DataFra
             "ppl_change": ratio(w["ppl", "ppl"], None if ref is None else ref["ppl", "ppl"]),
             "accuracy_loss": None if accuracy is None or ref_accuracy is None else 100 * (ref_accuracy - accuracy),
             "gguf_bytes": gguf_bytes.get(run), "fp32_bytes": None if total is None else total * FP32_BYTES,
-            "retraining": library in RETRAINING_METHODS or bool(w["prune", "recovery.steps"])
-                          or (library == "all" and w["prune", "options.training_data"] is not None),
+            "retraining": library in retraining_methods() or bool(w["prune", "recovery.steps"])
+                          or w["prune", "options.training_data"] is not None,  # distilled (all given training_data)
         })
     used = pd.concat([rows, gguf, zeroshot_rows])
     frame = pd.DataFrame(table).set_index("run").astype(object)
@@ -112,12 +113,12 @@ def _range(values, fmt) -> str:
 def impact_table(results: Results, notes=None) -> Table | None:
     """PersLM layout per method family: the measured range over the family's runs of size reduction, speed
     improvement and quality impact."""
-    pruned = [run for run in results.ids() if family(results.runs.library_method[run])]
+    pruned = [run for run in results.ids() if method_family(results.runs.library_method[run])]
     if not pruned:
         return None
     rows, m = measures(results, pruned)
     display = []
-    for name in METHOD_FAMILIES:
+    for name in method_families():
         mine = m[m.family == name]
         if mine.empty:
             continue

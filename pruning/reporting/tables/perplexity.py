@@ -6,7 +6,8 @@ from typing import Iterable
 
 import pandas as pd
 
-from ..grid import DENSE_METHOD, DEPTH_METHOD, LAYER_REMOVAL_METHODS, MASK_KINDS, TWO_STAGE_METHOD
+from ...methods.base import layer_removal_methods
+from ..grid import DENSE_METHOD, DEPTH_METHOD, MASK_KINDS, TWO_STAGE_METHOD
 from ...methods.depth import CRITERION_LABELS
 from ..metric_files import Results, ordered_unique
 from .common import (CALIBRATION, DTYPE_BYTES, MISSING, PPL, PRUNED, REMOVED, SPEED, STORED, Table, _parameters, _table,
@@ -145,7 +146,7 @@ LAYERS_BEFORE = "result.layers_before"  # the original model's layer count, reco
 
 def layer_removal_table(results: Results, notes=None) -> Table | None:
     """Quark layout: model, PPL original, PPL after, prune ratio (parameters removed), deleted layers."""
-    removal, dense = _removal(results, LAYER_REMOVAL_METHODS)
+    removal, dense = _removal(results, layer_removal_methods())
     if not removal:
         return None
     rows, wide = results.wide(removal + dense, ppl=PPL, prune=[*PRUNED, *REMOVED, LAYERS_BEFORE])
