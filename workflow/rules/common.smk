@@ -370,7 +370,7 @@ def _llama_cpp_errors(cfg: dict) -> list[str]:
     if (not asked or importlib.util.find_spec("llama_cpp") is not None
             or DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method):
         return []
-    from pruning.export.gguf_tensors import LLAMACPP_OUTTYPES
+    from pruning.export.outtypes import LLAMACPP_OUTTYPES
 
     missing = f"llama-cpp-python: {sys.executable} cannot import it (bash scripts/setup.sh installs it)"
     errors = []
