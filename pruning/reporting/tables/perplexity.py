@@ -189,3 +189,7 @@ def two_stage_table(results: Results, notes=None) -> Table | None:
                           "removed count all parameters, embeddings included."), display, rows)
 
 
+
+
+LAYOUTS = {"summary": summary_table, "sparsity": sparsity_table, "depth": depth_table,
+           "layer_removal": layer_removal_table, "two_stage": two_stage_table}
