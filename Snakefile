@@ -42,7 +42,7 @@ rule all:
 
 rule prune_all:
     input:
-        grid_paths("results/metrics/{model}/{method}/{ratio}/prune.json", PRUNED),
+        grid_paths(metric_output("prune"), PRUNED),
 
 
 rule evaluate_all:

@@ -26,7 +26,10 @@ import torch
 import pruning
 from pruning.core.data import calibration_windows
 from pruning.evaluation.perplexity import forward_throughput
-from pruning.core.io import atomic_write_text, peak_rss_mb
+from pruning.core.io import PRUNE_REPORT, atomic_write_text, peak_rss_mb
+from pruning.reporting.evaluations import EVALUATIONS
+
+PPL_FILE = EVALUATIONS["ppl"].file_name()
 
 PATTERNS = (("50%", ["--sparsity", "0.5"], "s0.50"), ("4:8", ["--nm", "4:8"], "nm4-8"), ("2:4", ["--nm", "2:4"], "nm2-4"))
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -61,7 +64,7 @@ def measured_rows(args, model_dir: Path, floor_seconds: float):
                                 str(args.nsamples), "--seqlen", str(args.seqlen), "--batch-size", str(args.batch_size),
                                 "--seed", str(args.seed), "--device", "cpu", "--quiet"],
                                check=True, capture_output=True, env=env)
-                report = json.loads((out / "prune.json").read_text())
+                report = json.loads((out / PRUNE_REPORT).read_text())
                 ppl = pruning.evaluate_perplexity(str(out), seqlen=512, max_windows=args.max_windows, device="cpu")
                 rows.append((name, label, ppl["ppl"], report["prune_seconds"], report["peak_rss_mb"],
                              report["prune_seconds"] / floor_seconds))
@@ -75,13 +78,13 @@ def measured_rows(args, model_dir: Path, floor_seconds: float):
 def result_rows(results: Path, model: str, floor_seconds: float):
     """The same table from a workflow run's metric files."""
     metrics = results / "metrics" / model
-    dense = json.loads((metrics / "dense" / "base" / "ppl.json").read_text())
+    dense = json.loads((metrics / "dense" / "base" / PPL_FILE).read_text())
     rows = [("dense", "-", dense["ppl"], None, None, None)]
     calibration = None
     for method in METHODS:
         for label, _, token in PATTERNS:
-            report = json.loads((metrics / method / token / "prune.json").read_text())
-            ppl = json.loads((metrics / method / token / "ppl.json").read_text())
+            report = json.loads((metrics / method / token / PRUNE_REPORT).read_text())
+            ppl = json.loads((metrics / method / token / PPL_FILE).read_text())
             calibration = report["calibration"] or calibration
             rows.append((method, label, ppl["ppl"], report["prune_seconds"], report["peak_rss_mb"],
                          report["prune_seconds"] / floor_seconds))

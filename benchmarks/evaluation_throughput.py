@@ -23,6 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from pruning.core.dtypes import DEFAULT_DTYPE, DTYPE_NAMES
 import pruning
 from pruning.core.data import evaluation_text
 from pruning.core.token_windows import token_windows, windows_nll
@@ -160,7 +161,7 @@ def main() -> int:
     parser.add_argument("--old-batch", type=int, default=8, help="lm-eval's own scoring at this batch size")
     parser.add_argument("--new-batches", type=int, nargs="+", default=[8, 32], help="ScoringLM batch sizes")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default=DEFAULT_DTYPE, choices=DTYPE_NAMES)
     parser.add_argument("--data-dir", default=None, help="shared/data layout (else $PRUNING_DATA_DIR, else the hub)")
     parser.add_argument("--out", default=None, help="also write the result as JSON here (atomically)")
     args = parser.parse_args()

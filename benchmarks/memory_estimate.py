@@ -17,7 +17,7 @@ from pruning.core import checks
 from pruning.core import footprint
 from pruning.evaluation import memory
 from pruning.core.io import atomic_write_json, versions
-from pruning.core.modeling import DTYPES
+from pruning.core.dtypes import DEFAULT_DTYPE, DTYPE_NAMES
 
 TOLERANCE = 0.10  # the target: estimate within 10 % of the measured peak
 
@@ -51,7 +51,7 @@ def _row(row: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", nargs="+", required=True, help="model specs")
-    parser.add_argument("--dtype", nargs="+", default=["float32"], choices=list(DTYPES))
+    parser.add_argument("--dtype", nargs="+", default=[DEFAULT_DTYPE], choices=DTYPE_NAMES)
     parser.add_argument("--context", nargs="+", type=int, default=[512])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--out", default=None, help="write the rows as JSON here")

@@ -76,6 +76,8 @@ def prune_process(model: str | Path, output: Path, *, stream: bool, method: str 
                   calib: str = "c4") -> dict:
     """Run `python -m pruning prune` in a child process; returns its prune.json (with the child's own peak,
     `peak_rss_mb`) plus `peak_rss_bytes` and its wall time."""
+    from pruning.core.io import PRUNE_REPORT
+
     command = [sys.executable, "-m", "pruning", "prune", "--model", str(model), "--method", method, *arguments,
                "--output-dir", str(output), "--calib", calib, "--nsamples", str(nsamples),
                "--seqlen", str(seqlen), "--device", "cpu", "--quiet", *(["--stream"] if stream else [])]
@@ -85,7 +87,7 @@ def prune_process(model: str | Path, output: Path, *, stream: bool, method: str 
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"prune failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
-    report = json.loads((output / "prune.json").read_text())
+    report = json.loads((output / PRUNE_REPORT).read_text())
     report["child_seconds"] = round(time.perf_counter() - started, 1)
     report["peak_rss_bytes"] = int(report["peak_rss_mb"] * 2**20)
     return report

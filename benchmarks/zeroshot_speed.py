@@ -19,7 +19,8 @@ import torch
 import pruning
 from pruning.evaluation.speed import speed
 from pruning.evaluation.zeroshot import zeroshot
-from pruning.core.io import atomic_write_text
+from pruning.core.io import PRUNE_REPORT, atomic_write_text
+from pruning.reporting.evaluations import EVALUATIONS
 
 
 def main() -> int:
@@ -46,7 +47,7 @@ def main() -> int:
     workdir = Path(args.workdir)
     dense = pruning.fetch_model(args.model)
     wanda = workdir / f"wanda-s{args.sparsity:.2f}"
-    if not (wanda / "prune.json").is_file():
+    if not (wanda / PRUNE_REPORT).is_file():
         pruning.prune(str(dense), "wanda", wanda, sparsity=args.sparsity, nsamples=args.nsamples, seqlen=args.seqlen,
                       device="cpu", progress=False)
     models = {"dense": str(dense), f"wanda {args.sparsity:.0%}": str(wanda)}
@@ -55,7 +56,7 @@ def main() -> int:
     for label, path in models.items():
         for task in args.tasks:
             result = zeroshot(path, task, limit=args.limit, batch_size=args.batch_size, device="cpu", quiet=True,
-                              output=str(workdir / label.replace(" ", "-").replace("%", "") / f"zeroshot-{task}.json"))
+                              output=str(workdir / label.replace(" ", "-").replace("%", "") / EVALUATIONS["zeroshot"].file_name(task)))
             metric = "acc_norm" if "acc_norm" in result["metrics"] else "acc"
             accuracy.setdefault(f"{task} ({metric}, {result['n_docs']} docs, {result['source']['kind']})",
                                 {})[label] = result["metrics"][metric]["value"]
@@ -69,7 +70,7 @@ def main() -> int:
     for label, path in models.items():
         measured[label] = speed(path, gguf=args.gguf if label == "dense" else None, prompt_tokens=args.prompt_tokens,
                                 new_tokens=args.new_tokens, repeats=args.repeats, device="cpu", threads=args.threads,
-                                output=str(workdir / label.replace(" ", "-").replace("%", "") / "speed.json"))
+                                output=str(workdir / label.replace(" ", "-").replace("%", "") / EVALUATIONS["speed"].file_name()))
     base = measured["dense"]["hf"]
     lines += ["", f"Speed (CPU, batch 1, prompt {args.prompt_tokens}, {args.new_tokens} new tokens, median of "
                   f"{args.repeats}, {measured['dense']['settings']['threads']} threads, load average "

@@ -13,8 +13,11 @@ import os
 import pickle
 import sys
 
-COMMANDS = ("fetch_model", "methods", "prune", "run", "evaluate", "convert", "gguf_eval", "zeroshot", "speed",
-            "tables", "memory", "optimize")
+from .reporting.evaluations import evaluation_commands
+
+# The commands that write metric files come from their evaluations' declarations (pruning.reporting.evaluations).
+COMMANDS = tuple(dict.fromkeys(("fetch_model", "methods", "prune", "run", *evaluation_commands(), "tables", "memory",
+                                "optimize")))
 DEBUG_ENV = "PRUNING_DEBUG"
 # ValueError covers the project's own errors (ModelLoadError, DataError, OutputError, ExportError, ...) and
 # JSON syntax errors; OSError covers missing, unreadable and misplaced files.

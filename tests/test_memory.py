@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-from pruning.core import footprint
+from pruning.core import dtypes, footprint
 from pruning.evaluation import memory
 from pruning.core import surgery as structure
 from pruning.core.adapters import get_adapter
@@ -27,7 +27,7 @@ def _cache_bytes(model, context: int, batch: int) -> list[int | None]:
 
 def _assert_kv_exact(path, dtype, model, context, batch):
     """Every layer caches exactly the estimate, a removed attention its placeholder (one value per token)."""
-    element = footprint.dtype_bytes(dtype)
+    element = dtypes.dtype_bytes(dtype)
     geometry = footprint.geometry(*footprint.meta_model(path))
     estimated = footprint.kv_cache_layer_bytes(geometry, context, batch, element)
     real = _cache_bytes(model, context, batch)

@@ -120,7 +120,7 @@ def test_grid_contract_names_the_tables_of_the_library(results, tmp_path):
                "two_stage": {"method": "two_stage", "ratios": {"prune_rate": [0.2]}}}
     rows = grid_rows([MODEL], methods)
     assert [(r["method"], r["ratio"]) for r in rows] == [("dense", "base")] + [(e, t) for e, t, _, _ in PRUNED]
-    expected = table_specs(rows, zeroshot=True, gguf=False)
+    expected = table_specs(rows, ["zeroshot"])
     written = write_tables(collect(results / "results"), tmp_path)
     assert [p.name for p in written] == [f"{spec.name}.{ext}" for spec in expected for ext in ("md", "csv")]
     assert [spec.name for spec in plot_specs(rows)] == [f"sparsity-{MODEL}", f"structured-{MODEL}"]

@@ -6,6 +6,8 @@ import os
 
 import yaml
 
+from ..core.dtypes import DEFAULT_DTYPE, DTYPE_NAMES
+
 
 def positive_int(text: str) -> int:
     """argparse type for counts that must be at least 1 (batch sizes)."""
@@ -20,8 +22,8 @@ def positive_int(text: str) -> int:
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N] (default: auto)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                        help="weights dtype while working (default: float32)")
+    parser.add_argument("--dtype", default=DEFAULT_DTYPE, choices=DTYPE_NAMES,
+                        help=f"weights dtype while working (default: {DEFAULT_DTYPE})")
     parser.add_argument("--data-dir", default=None,
                         help="local data directory with the layout of shared/data (else $PRUNING_DATA_DIR, else the hub)")
 

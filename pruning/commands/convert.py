@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 
 from ..core import checks
-from ..export.gguf import DIRECT_OUTTYPES, LLAMACPP_OUTTYPES, OUTTYPES, ExportError
+from ..export.gguf_hparams import ExportError
+from ..export.outtypes import DIRECT_OUTTYPES, INTERMEDIATE_OUTTYPES, LLAMACPP_OUTTYPES, OUTTYPES
 from .common import add_overwrite_argument
 
 
@@ -19,7 +20,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--model", required=True, help="model directory (or zoo spec)")
     parser.add_argument("--outtype", required=True, metavar="TYPE", help=f"one of: {', '.join(OUTTYPES)}")
     parser.add_argument("--output", required=True, help="GGUF file to write")
-    parser.add_argument("--intermediate", default="f16", choices=["f16", "f32"],
+    parser.add_argument("--intermediate", default="f16", choices=INTERMEDIATE_OUTTYPES,
                         help="type of the temporary file llama.cpp quantizes from (k-quants only; default: f16)")
     parser.add_argument("--threads", type=int, default=None, help="threads for llama.cpp quantization")
     parser.add_argument("--report", default=None, help="also write the conversion report JSON here")

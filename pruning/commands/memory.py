@@ -5,17 +5,15 @@ import json
 
 from ..core import checks
 from ..evaluation import memory
-from ..core.modeling import DTYPES
+from ..core.dtypes import DEFAULT_DTYPE, DTYPE_ALIASES, DTYPE_NAMES
 from .common import positive_int
-
-DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "memory", help="estimate the memory of a model: parameters, weights per dtype and GGUF type, KV cache, total",
         description="Estimate, from config.json and the safetensors headers (no weights read), the parameters, the "
-                    "weight bytes in float32/bfloat16/float16 and in every GGUF type `convert` writes (tensor data, "
+                    f"weight bytes in {'/'.join(DTYPE_NAMES)} and in every GGUF type `convert` writes (tensor data, "
                     "types as llama.cpp's quantizer picks them), the KV cache for CONTEXT tokens x BATCH sequences "
                     "(grouped-query and per-layer heads of pruned models), the activations of one forward pass, "
                     "and the peak resident memory of loading the model and running that forward pass with "
@@ -23,8 +21,9 @@ def add_parser(subparsers) -> None:
                     "KV cache + activations)).")
     parser.add_argument("--model", required=True, help="model spec: local HF directory, .gguf file, pypi: spec, "
                                                        "embedded name or hub id")
-    parser.add_argument("--dtype", default="float32", type=lambda name: DTYPE_ALIASES.get(name, name),
-                        choices=list(DTYPES), help="working dtype (fp32, fp16 and bf16 also accepted; default: float32)")
+    parser.add_argument("--dtype", default=DEFAULT_DTYPE, type=lambda name: DTYPE_ALIASES.get(name, name),
+                        choices=DTYPE_NAMES, help=f"working dtype ({', '.join(DTYPE_ALIASES)} also accepted; "
+                                                  f"default: {DEFAULT_DTYPE})")
     parser.add_argument("--context", type=positive_int, default=None,
                         help="tokens per sequence (default: the positions the model declares)")
     parser.add_argument("--batch", type=positive_int, default=1, help="sequences per forward pass (default: 1)")

@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 
 from ..core import checks
-from ..export.gguf import OUTTYPES, ExportError
+from ..export.gguf_hparams import ExportError
+from ..export.outtypes import OUTTYPES
 from .common import add_overwrite_argument
 
 # PersLM's bit widths as the GGUF types they mean: 8bit is q8_0 (8-bit blocks of 32, written directly by the

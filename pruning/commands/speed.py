@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from ..core.dtypes import DEFAULT_DTYPE, DTYPE_NAMES
 from ..evaluation.speed import speed
 from .common import add_overwrite_argument
 
@@ -26,8 +27,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's current setting)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random prompt (default: 0)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N] (default: auto)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                        help="weights dtype (default: float32)")
+    parser.add_argument("--dtype", default=DEFAULT_DTYPE, choices=DTYPE_NAMES,
+                        help=f"weights dtype (default: {DEFAULT_DTYPE})")
     parser.set_defaults(run=run)
 
 

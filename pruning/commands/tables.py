@@ -1,14 +1,15 @@
 """tables: aggregate the metric files under a results folder into Markdown/CSV tables and plots."""
 from __future__ import annotations
 
+from ..reporting.evaluations import file_patterns
 from .common import add_overwrite_argument
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "tables", help="comparison tables (Markdown + CSV) and plots from results/metrics",
-        description="Read every run under RESULTS/metrics/{model}/{method}/{ratio}/ (ppl.json, prune.json, "
-                    "zeroshot-*.json, gguf-*.json, speed.json) and write the sparsity table per model, the "
+        description="Read every run under RESULTS/metrics/{model}/{method}/{ratio}/ "
+                    f"({file_patterns()}) and write the sparsity table per model, the "
                     "performance-impact summary, the depth, layer-removal and two-stage tables, the zero-shot and "
                     "downstream-task tables, the GGUF table, the performance comparison and the impact per method "
                     "family (those the runs support), each as .md with a protocol caption and a long-form .csv (model, method, "

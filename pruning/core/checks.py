@@ -14,13 +14,12 @@ import pickle
 from contextlib import contextmanager
 from pathlib import Path
 
+from .dtypes import SAFETENSORS_BYTES
 from .io import PRUNE_REPORT, OutputError, is_our_file, replaceable_directory
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 MIN_SEQLEN = 2  # a window predicts each token from the ones before it, so it needs at least two
 _MAX_SAFETENSORS_HEADER = 100 * 2**20
-_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 
 
 class ModelLoadError(ValueError):
@@ -181,12 +180,12 @@ def safetensors_header(path: Path) -> dict:
             count = 1
             for dim in info["shape"]:
                 count *= dim
-            expected = count * _DTYPE_BYTES.get(info["dtype"], 0)
+            expected = count * SAFETENSORS_BYTES.get(info["dtype"], 0)
         except (KeyError, TypeError, ValueError):
             raise ModelLoadError(f"{path}: not a valid safetensors file (bad entry for {name})") from None
         if end > data:
             raise ModelLoadError(f"{path}: truncated: tensor {name} ends at byte {end} of {data} data bytes")
-        if info["dtype"] in _DTYPE_BYTES and end - begin != expected:
+        if info["dtype"] in SAFETENSORS_BYTES and end - begin != expected:
             raise ModelLoadError(f"{path}: corrupt: tensor {name} has {end - begin} bytes for shape {info['shape']}")
     return header
 

@@ -1,4 +1,4 @@
-"""What a model occupies in memory, read without loading its weights: bytes per working dtype, the per-layer
+"""What a model occupies in memory, read without loading its weights: the per-layer
 geometry of a (meta) model, its KV cache and one forward's activations, the stored safetensors, and resident
 memory measured in a fresh process. The memory estimate (evaluation/memory.py) and the streaming planner
 (core/streaming.py) both build on these."""
@@ -11,18 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .heterogeneous import LayerShape
-
-
-def dtype_bytes(dtype: str) -> int:
-    """Bytes per parameter of a working dtype (float32, bfloat16, float16: the names of modeling.DTYPES)."""
-    import torch
-
-    from .modeling import torch_dtype
-
-    return torch.finfo(torch_dtype(dtype)).bits // 8
-
-
-# ------------------------------------------------------------------------------------------- GGUF maths
 
 # ------------------------------------------------------------------------------- KV cache and activations
 
@@ -125,7 +113,6 @@ def stored_weights(model_dir: Path) -> tuple[int, set[str]]:
     return sum(file.stat().st_size for file in files), dtypes
 
 
-_SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 _RUNTIME_PROBE = ("import sys\nfrom pruning.core.footprint import meta_model, resident_bytes\n"
                   "meta_model(sys.argv[1])\nprint(resident_bytes())")
 _PEAK_PROBE = ("import sys\nfrom pruning.core.footprint import load_and_forward, resident_bytes\n"

@@ -7,19 +7,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import checks, sparse_formats as compressed
+from . import checks, dtypes, sparse_formats as compressed
 from .checks import ModelLoadError
 from .heterogeneous import is_heterogeneous, record_layer_shapes  # also registers the format with transformers
 from .io import PRUNE_REPORT, atomic_directory, atomic_write_json
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a working dtype name (pruning/core/dtypes.py); an unknown name is a ModelLoadError."""
     try:
-        return DTYPES[name]
-    except KeyError:
-        raise ModelLoadError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}") from None
+        return dtypes.torch_dtype(name)
+    except dtypes.DtypeError as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 def resolve_device(device: str = "auto") -> torch.device:

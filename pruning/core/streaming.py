@@ -128,8 +128,8 @@ def estimate_pruning_memory(model_dir: str | os.PathLike, method, dtype: str = "
     from dataclasses import replace
 
     from .adapters import get_adapter
-    from .footprint import _SAFETENSORS_DTYPES as SAFETENSORS_DTYPES
-    from .footprint import activation_bytes, dtype_bytes, geometry, meta_model, runtime_bytes, stored_weights
+    from .dtypes import dtype_bytes, safetensors_name
+    from .footprint import activation_bytes, geometry, meta_model, runtime_bytes, stored_weights
 
     element = dtype_bytes(dtype)
     config, model = meta_model(model_dir)
@@ -141,7 +141,7 @@ def estimate_pruning_memory(model_dir: str | os.PathLike, method, dtype: str = "
     outer = sum(p.numel() for p in _unique_parameters(model) if id(p) not in inside) * element
     weights = outer + sum(layer_bytes)
     file_bytes, file_dtypes = stored_weights(Path(model_dir))
-    converts = bool(file_dtypes) and file_dtypes != {SAFETENSORS_DTYPES[dtype]}
+    converts = bool(file_dtypes) and file_dtypes != {safetensors_name(dtype)}
     file_layer = round(file_bytes * layer_bytes[largest] / max(1, weights)) if converts else 0
     shapes = geometry(config, model)
     hidden_states = 2 * nsamples * seqlen * shapes.hidden * element

@@ -32,18 +32,12 @@ from pathlib import Path
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as QType
 
-from ..export.gguf_tensors import DIRECT_OUTTYPES, LLAMACPP_OUTTYPES, OUTTYPES, plan_export
+from ..export.gguf_tensors import plan_export
+from ..export.outtypes import DIRECT_OUTTYPES, LLAMACPP_OUTTYPES, OUTPUT_TYPES, OUTTYPES
 from ..export.gguf_hparams import ExportError
-from ..core.footprint import (_SAFETENSORS_DTYPES, activation_bytes, dtype_bytes, geometry, kv_cache_bytes, meta_model,
-                              runtime_bytes, stored_weights)
+from ..core.dtypes import DTYPE_NAMES, dtype_bytes, safetensors_name
+from ..core.footprint import activation_bytes, geometry, kv_cache_bytes, meta_model, runtime_bytes, stored_weights
 
-# Tensor type of most matrices for each llama.cpp output type (llama.cpp's llama_model_quantize_impl).
-LLAMACPP_MAIN_TYPES = {
-    "q4_0": QType.Q4_0, "q4_1": QType.Q4_1, "q5_0": QType.Q5_0, "q5_1": QType.Q5_1, "q2_k": QType.Q2_K,
-    "q3_k_s": QType.Q3_K, "q3_k_m": QType.Q3_K, "q3_k_l": QType.Q3_K, "q4_k_s": QType.Q4_K, "q4_k_m": QType.Q4_K,
-    "q5_k_s": QType.Q5_K, "q5_k_m": QType.Q5_K, "q6_k": QType.Q6_K,
-}
-assert set(LLAMACPP_MAIN_TYPES) == set(LLAMACPP_OUTTYPES), "every llama.cpp output type needs its main tensor type"
 # What llama.cpp writes when a matrix's rows do not split into blocks of the chosen type (then F16 if still not).
 _LLAMACPP_FALLBACK = {QType.Q2_K: QType.Q4_0, QType.Q3_K: QType.Q4_0, QType.Q4_K: QType.Q5_0,
                       QType.Q5_K: QType.Q5_1, QType.Q6_K: QType.Q8_0}
@@ -71,7 +65,7 @@ def llamacpp_tensor_type(outtype: str, name: str, shape: tuple[int, ...], index:
     stay F32. Rules of the llama.cpp version llama-cpp-python pins (checked against its files in tests)."""
     if len(shape) < 2:
         return QType.F32
-    main = LLAMACPP_MAIN_TYPES[outtype]
+    main = QType[OUTPUT_TYPES[outtype].main_type]
     chosen = main
     columns = shape[-1]
     if name == "output.weight" or (not has_output and name == "token_embd.weight"):
@@ -142,7 +136,7 @@ def estimate(model_dir: str | os.PathLike, dtype: str = "float32", context: int 
         declared = model_positions(config.to_dict())
         context = declared[1] if declared else 2048
     parameters = sum(p.numel() for p in model.parameters())  # shared (tied) parameters are yielded once
-    weights = {name: parameters * dtype_bytes(name) for name in _SAFETENSORS_DTYPES}
+    weights = {name: parameters * dtype_bytes(name) for name in DTYPE_NAMES}
 
     gqa = max(1, shapes.layers[0].heads // max(1, shapes.layers[0].kv_heads))
     try:
@@ -151,7 +145,7 @@ def estimate(model_dir: str | os.PathLike, dtype: str = "float32", context: int 
         gguf, gguf_note = {}, f"no GGUF sizes: {exc}"
 
     file_bytes, file_dtypes = stored_weights(model_dir)
-    conversion = file_bytes if file_dtypes and file_dtypes != {_SAFETENSORS_DTYPES[dtype]} else 0
+    conversion = file_bytes if file_dtypes and file_dtypes != {safetensors_name(dtype)} else 0
     kv = kv_cache_bytes(shapes, context, batch, element)
     eager = getattr(config, "_attn_implementation", None) == "eager"
     activations = activation_bytes(shapes, context, batch, element, eager=eager)

@@ -28,11 +28,11 @@ from ..core import checks
 from ..core.io import GGUF_OWNER_KEY, PRUNE_REPORT, file_mode, remove_stale_scratch, scratch_prefix, versions
 from .gguf_families import supported_model_types
 from .gguf_hparams import ExportError, add_hyperparameters
-from .gguf_tensors import DIRECT_OUTTYPES, LLAMACPP_OUTTYPES, OUTTYPES, ExportPlan, PlannedTensor, plan_export
+from .gguf_tensors import ExportPlan, PlannedTensor, plan_export
+from .outtypes import INTERMEDIATE_OUTTYPES, LLAMACPP_OUTTYPES, OUTPUT_TYPES
 from .gguf_vocab import add_vocabulary, read_json
 
-__all__ = ["DIRECT_OUTTYPES", "LLAMACPP_OUTTYPES", "OUTTYPES", "ExportError", "export_gguf", "plan_export",
-           "require_llama_cpp", "supported_model_types"]
+__all__ = ["ExportError", "export_gguf", "plan_export", "require_llama_cpp", "supported_model_types"]
 
 
 def _lazy(tensor: PlannedTensor) -> LazyNumpyTensor:
@@ -74,7 +74,7 @@ def _llama_cpp_quantize(source: Path, dest: Path, outtype: str, threads: int | N
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, LLAMACPP_OUTTYPES[outtype])
+    params.ftype = getattr(llama_cpp, OUTPUT_TYPES[outtype].llama_cpp_ftype)
     if threads:
         params.nthread = threads
     status = llama_cpp.llama_model_quantize(str(source).encode(), str(dest).encode(), params)
@@ -102,8 +102,9 @@ def export_gguf(model_dir: str | os.PathLike, output: str | os.PathLike, outtype
     remove_stale_scratch(output)
     if outtype in LLAMACPP_OUTTYPES:
         require_llama_cpp(f"outtype {outtype}")
-        if intermediate not in ("f16", "f32"):
-            raise ExportError(f"intermediate type for llama.cpp quantization must be f16 or f32, got {intermediate!r}")
+        if intermediate not in INTERMEDIATE_OUTTYPES:
+            raise ExportError(f"intermediate type for llama.cpp quantization must be {' or '.join(INTERMEDIATE_OUTTYPES)}, "
+                              f"got {intermediate!r}")
     plan = plan_export(model_dir, intermediate if outtype in LLAMACPP_OUTTYPES else outtype)
     output.parent.mkdir(parents=True, exist_ok=True)
     fd, scratch = tempfile.mkstemp(prefix=scratch_prefix(output), suffix=".gguf", dir=output.parent)
@@ -112,10 +113,10 @@ def export_gguf(model_dir: str | os.PathLike, output: str | os.PathLike, outtype
     intermediate_file = scratch.with_name(scratch.name + f".{intermediate}")
     try:
         if outtype in LLAMACPP_OUTTYPES:
-            _write_plan(plan, intermediate_file, DIRECT_OUTTYPES[intermediate][1])
+            _write_plan(plan, intermediate_file, LlamaFileType[OUTPUT_TYPES[intermediate].file_type])
             _llama_cpp_quantize(intermediate_file, scratch, outtype, threads)
         else:
-            _write_plan(plan, scratch, DIRECT_OUTTYPES[outtype][1])
+            _write_plan(plan, scratch, LlamaFileType[OUTPUT_TYPES[outtype].file_type])
         os.chmod(scratch, file_mode())  # mkstemp's 0600 would make shared results unreadable to others
         os.replace(scratch, output)
     finally:

@@ -35,7 +35,7 @@ import numpy as np
 
 import gguf
 from gguf import GGMLQuantizationType as QType
-from gguf import LlamaFileType, MODEL_ARCH, MODEL_TENSOR
+from gguf import MODEL_ARCH, MODEL_TENSOR
 
 from ..core import sparse_formats as compressed
 from ..core import heterogeneous as heterogeneous_format
@@ -43,31 +43,8 @@ from ..core.heterogeneous import LayerShape
 from .gguf_families import FAMILIES, GGUFFamily, supported_model_types
 from .gguf_hparams import ExportError, Hyper, rope_settings
 from .gguf_vocab import describe_vocabulary, read_json
+from .outtypes import OUTPUT_TYPES, OUTTYPES
 
-# Output types written directly by this module: tensor type for matrices and the file-type tag.
-DIRECT_OUTTYPES = {
-    "f32": (QType.F32, LlamaFileType.ALL_F32),
-    "f16": (QType.F16, LlamaFileType.MOSTLY_F16),
-    "bf16": (QType.BF16, LlamaFileType.MOSTLY_BF16),
-    "q8_0": (QType.Q8_0, LlamaFileType.MOSTLY_Q8_0),
-}
-# Output types made by llama.cpp's quantizer (llama-cpp-python), by their llama_cpp ftype constant.
-LLAMACPP_OUTTYPES = {
-    "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
-    "q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1",
-    "q5_0": "LLAMA_FTYPE_MOSTLY_Q5_0",
-    "q5_1": "LLAMA_FTYPE_MOSTLY_Q5_1",
-    "q2_k": "LLAMA_FTYPE_MOSTLY_Q2_K",
-    "q3_k_s": "LLAMA_FTYPE_MOSTLY_Q3_K_S",
-    "q3_k_m": "LLAMA_FTYPE_MOSTLY_Q3_K_M",
-    "q3_k_l": "LLAMA_FTYPE_MOSTLY_Q3_K_L",
-    "q4_k_s": "LLAMA_FTYPE_MOSTLY_Q4_K_S",
-    "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
-    "q5_k_s": "LLAMA_FTYPE_MOSTLY_Q5_K_S",
-    "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
-    "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K",
-}
-OUTTYPES = tuple(DIRECT_OUTTYPES) + tuple(LLAMACPP_OUTTYPES)
 ZERO_FFN_WIDTH = 32  # smallest llama.cpp quantization block, so the zero FFN quantizes like the rest
 _ATTENTION_TENSORS = {MODEL_TENSOR.ATTN_NORM, MODEL_TENSOR.ATTN_Q, MODEL_TENSOR.ATTN_K, MODEL_TENSOR.ATTN_V,
                       MODEL_TENSOR.ATTN_QKV, MODEL_TENSOR.ATTN_OUT, MODEL_TENSOR.ATTN_Q_NORM, MODEL_TENSOR.ATTN_K_NORM}
@@ -238,7 +215,8 @@ def plan_export(model_dir: str | os.PathLike, outtype: str = "f16") -> ExportPla
     layers = _layer_shapes(config, hyper, heterogeneous)
     plan = ExportPlan(model_dir=model_dir, model_type=model_type, arch_name=gguf.MODEL_ARCH_NAMES[arch], config=config,
                       layers=[], source_layers=[], hyper=hyper, heterogeneous=heterogeneous, vocab=vocab)
-    qtype = DIRECT_OUTTYPES.get(outtype, DIRECT_OUTTYPES["f16"])[0]
+    written = OUTPUT_TYPES[outtype]  # llama.cpp quantizes its types from the f16 plan
+    qtype = QType.F16 if written.by_llama_cpp else QType[written.main_type]
 
     # layers as written: identity layers dropped, FFN-free attention layers padded, layer 0 given heads
     written: dict[int, LayerShape] = {}

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, NamedTuple
 
 from ..methods.base import layer_removal_methods, method_family
+from .evaluations import EVALUATIONS
 
 DENSE_METHOD, DENSE_TOKEN = "dense", "base"
 OPTIONS_ONLY_TOKEN = "custom"  # `all`/`distill` entries whose ratios live in `options`
@@ -142,10 +143,12 @@ def compared_rows(rows: Iterable[Mapping]) -> list[Mapping]:
     return [rows[index] for index in sorted(picked | set(smallest.values()))]
 
 
-def table_specs(rows: Iterable[Mapping], *, zeroshot: bool, gguf: bool) -> list[TableSpec]:
+def table_specs(rows: Iterable[Mapping], measured: Iterable[str] = ()) -> list[TableSpec]:
     """The tables a grid produces. `rows` need model, method, ratio (token) and library_method; they come from
     a config (`grid_rows`) or from metric files (`pruning.reporting.tables`), so both agree by construction. The
-    comparison and impact tables read speed and GGUF files where they exist and show a dash elsewhere."""
+    comparison and impact tables read speed and GGUF files where they exist and show a dash elsewhere. `measured`
+    names the evaluations (sources, `pruning.reporting.evaluations`) some row has: each adds its tables."""
+    measured = set(measured)
     rows = list(rows)
     models = list(dict.fromkeys(row["model"] for row in rows))
     kinds = [(row, parse_ratio(row["ratio"]).kind) for row in rows]
@@ -159,10 +162,8 @@ def table_specs(rows: Iterable[Mapping], *, zeroshot: bool, gguf: bool) -> list[
         specs.append(TableSpec("layer-removal", "layer_removal"))
     if any(row["library_method"] == TWO_STAGE_METHOD for row in rows):
         specs.append(TableSpec("two-stage", "two_stage"))
-    if zeroshot:
-        specs += [TableSpec("zeroshot", "zeroshot"), TableSpec("downstream", "downstream")]
-    if gguf:
-        specs.append(TableSpec("gguf", "gguf"))
+    specs += [TableSpec(name, layout) for source, e in EVALUATIONS.items() if source in measured
+              for name, layout in e.tables]
     if compared_rows(rows):
         specs.append(TableSpec("comparison", "comparison"))
     if any(method_family(row["library_method"]) for row in rows):
@@ -183,7 +184,7 @@ def plot_specs(rows: Iterable[Mapping], *, zeroshot_speed: Iterable[Mapping] = (
     rows = list(rows)
     dense = {row["model"] for row in rows if row["library_method"] == DENSE_METHOD}
     specs = [spec._replace(layout="sparsity_plot")
-             for spec in table_specs(rows, zeroshot=False, gguf=False) if spec.layout == "sparsity"]
+             for spec in table_specs(rows) if spec.layout == "sparsity"]
     specs += [TableSpec(f"structured-{m}", "structured_plot", m) for m in dict.fromkeys(r["model"] for r in rows)
               if m in dense and any(r["model"] == m and _structured(r) for r in rows)]
     both = list(zeroshot_speed)

@@ -1,8 +1,8 @@
 """The metric files of a grid of runs as one long frame, the one input of the tables and plots.
 
 A run is one folder `.../{model}/{method}/{ratio}/` (the workflow writes `results/metrics/...`; tokens as
-in `pruning.reporting.grid`) holding any of `ppl.json` (`pruning eval`), `prune.json` (a copy of the pruned model's
-report), `zeroshot-{task}.json`, `gguf-{outtype}.json` and `speed.json`. Every file is read once and
+in `pruning.reporting.grid`) holding metric files named as `pruning.reporting.evaluations` declares (one per
+evaluation, or one per task or GGUF output type). Every file is read once and
 flattened into rows (run, model, method, ratio, source, key, metric, value, file): one row per run × metric
 (the dotted JSON key), `source` the kind of file, `key` its task or GGUF output type. `Results` adds one
 row per run and the filter and pivot steps the tables are made of. A run whose files come from two
@@ -11,24 +11,17 @@ different prunes is refused, so that no table row mixes an old measurement with 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import pandas as pd
 
+from .evaluations import file_patterns, parse_metric_file
 from .grid import DENSE_METHOD, DENSE_TOKEN, GridError, parse_ratio
 from ..core.checks import read_json_object
 from ..core.io import PRUNE_REPORT, RUN_ID
 
 COLUMNS = ["run", "model", "method", "ratio", "source", "key", "metric", "value", "file"]
-_FILE_PATTERNS = {
-    "ppl": re.compile(r"^ppl\.json$"),
-    "prune": re.compile(r"^prune\.json$"),
-    "speed": re.compile(r"^speed\.json$"),
-    "zeroshot": re.compile(r"^zeroshot-(?P<key>.+)\.json$"),
-    "gguf": re.compile(r"^gguf-(?P<key>.+)\.json$"),
-}
 
 
 def ordered_unique(values: Iterable) -> list:
@@ -56,12 +49,10 @@ def _flatten(data: dict, prefix: str = "") -> Iterator[tuple[str, object]]:
 
 
 def _kind_of(path: Path) -> tuple[str, str]:
-    for source, pattern in _FILE_PATTERNS.items():
-        match = pattern.match(path.name)
-        if match:
-            return source, match.groupdict().get("key") or ""
-    raise TableError(f"{path}: not a metric file name (ppl.json, prune.json, speed.json, "
-                     "zeroshot-<task>.json, gguf-<outtype>.json)")
+    kind = parse_metric_file(path.name)
+    if kind is None:
+        raise TableError(f"{path}: not a metric file name ({file_patterns()})")
+    return kind
 
 
 def _recorded_pruning(record: dict) -> dict | None:
@@ -137,7 +128,7 @@ def collect(results: str | os.PathLike, root: str | os.PathLike | None = None) -
     metrics = Path(results) / "metrics"
     if not metrics.is_dir():
         raise TableError(f"{metrics} does not exist: no runs to tabulate")
-    files = [p for p in metrics.glob("*/*/*/*.json") if any(r.match(p.name) for r in _FILE_PATTERNS.values())]
+    files = [p for p in metrics.glob("*/*/*/*.json") if parse_metric_file(p.name)]
     frame = read_metrics(sorted(files), root if root is not None else Path(results).resolve().parent)
     runs = frame.drop_duplicates("run")
     order = sorted(runs.itertuples(), key=lambda r: (r.model, r.method != DENSE_METHOD, r.method,

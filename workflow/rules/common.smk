@@ -18,6 +18,8 @@ from snakemake.utils import validate
 
 REPO = Path(workflow.basedir).resolve()
 sys.path.insert(0, str(REPO))  # the grid contract of this checkout, whichever `pruning` is installed
+from pruning.core.io import PRUNE_REPORT
+from pruning.reporting.evaluations import EVALUATIONS, STAGES, metric_file_names
 from pruning.reporting.grid import (DENSE_METHOD, GridError, grid_rows, plot_specs, ratio_token_problem, table_specs,
                           task_fewshot)
 
@@ -115,9 +117,6 @@ def _data_argument(source: str) -> str:
 def model_specs(models: dict) -> dict[str, str]:
     """Each config model's zoo spec: an entry is the spec itself, or a mapping with `spec` (and a `note`)."""
     return {name: entry if isinstance(entry, str) else entry["spec"] for name, entry in models.items()}
-
-
-STAGES = ("zeroshot", "gguf", "speed")  # the config sections measured on the grid rows of their `models`
 
 
 def _semantic_errors(cfg: dict) -> list[str]:
@@ -370,7 +369,7 @@ def _llama_cpp_errors(cfg: dict) -> list[str]:
     if (not asked or importlib.util.find_spec("llama_cpp") is not None
             or DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method):
         return []
-    from pruning.export.gguf_tensors import LLAMACPP_OUTTYPES
+    from pruning.export.outtypes import LLAMACPP_OUTTYPES
 
     missing = f"llama-cpp-python: {sys.executable} cannot import it (bash scripts/setup.sh installs it)"
     errors = []
@@ -494,9 +493,7 @@ GGUF_OUTTYPES = config["gguf"]["outtypes"]
 
 def stage_applies(stage: str, row: dict) -> bool:
     """Whether a grid row gets a measurement stage: the stage is on and lists the row's model (or every model)."""
-    on = {"zeroshot": bool(ZEROSHOT_TASKS), "gguf": bool(GGUF_OUTTYPES), "speed": config["speed"]["enabled"]}[stage]
-    models = config[stage]["models"]
-    return on and (models is None or row["model"] in models)
+    return EVALUATIONS[stage].applies(config, row["model"], row["method"] != DENSE_METHOD)
 
 
 def stage_on(stage: str) -> bool:
@@ -639,19 +636,18 @@ def speed_arguments() -> str:
                    "--device", config["device"], "--dtype", config["dtype"]])
 
 
+RUN_METRICS = "results/metrics/{model}/{method}/{ratio}"  # a grid row's metric files (pruning.reporting.evaluations)
+
+
+def metric_output(source: str) -> str:
+    """The metric file an evaluation's rule writes, with {model}/{method}/{ratio} (and its key) as wildcards."""
+    return f"{RUN_METRICS}/{EVALUATIONS[source].file_pattern}"
+
+
 def run_metric_files(row: dict) -> list[str]:
     """Every metric file the config asks for on one grid row."""
-    folder = f"results/metrics/{row['model']}/{row['method']}/{row['ratio']}"
-    files = [f"{folder}/ppl.json"]
-    if row["method"] != DENSE_METHOD:
-        files.append(f"{folder}/prune.json")
-    if stage_applies("zeroshot", row):
-        files += [f"{folder}/zeroshot-{task}.json" for task in ZEROSHOT_TASKS]
-    if stage_applies("gguf", row):
-        files += [f"{folder}/gguf-{outtype}.json" for outtype in GGUF_OUTTYPES]
-    if stage_applies("speed", row):
-        files.append(f"{folder}/speed.json")
-    return files
+    folder = RUN_METRICS.format(**row)
+    return [f"{folder}/{name}" for name in metric_file_names(config, row["model"], row["method"] != DENSE_METHOD)]
 
 
 def all_metric_files() -> list[str]:
@@ -660,7 +656,7 @@ def all_metric_files() -> list[str]:
 
 def table_names() -> list[str]:
     """The tables pruning.reporting.tables writes for this grid (pruning.reporting.grid decides for both)."""
-    return [spec.name for spec in table_specs(GRID, zeroshot=stage_on("zeroshot"), gguf=stage_on("gguf"))]
+    return [spec.name for spec in table_specs(GRID, [stage for stage in STAGES if stage_on(stage)])]
 
 
 def plot_names() -> list[str]:

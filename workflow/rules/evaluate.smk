@@ -6,7 +6,7 @@ rule perplexity:
     input:
         model=model_dir,
     output:
-        "results/metrics/{model}/{method}/{ratio}/ppl.json",
+        metric_output("ppl"),
     params:
         evaluation=evaluation_arguments(),
         runtime=runtime_arguments(),
@@ -28,7 +28,7 @@ rule zeroshot:
     input:
         model=model_dir,
     output:
-        "results/metrics/{model}/{method}/{ratio}/zeroshot-{task}.json",
+        metric_output("zeroshot"),
     params:
         settings=zeroshot_arguments,
         runtime=runtime_arguments(),
@@ -71,7 +71,7 @@ rule gguf_eval:
         gguf="results/gguf/{model}/{method}/{ratio}/model-{outtype}.gguf",
         model=model_dir,
     output:
-        "results/metrics/{model}/{method}/{ratio}/gguf-{outtype}.json",
+        metric_output("gguf"),
     params:
         evaluation=evaluation_arguments(batch=False),
         runtime=runtime_arguments(device=False),
@@ -93,7 +93,7 @@ rule speed:
     input:
         unpack(speed_inputs),
     output:
-        "results/metrics/{model}/{method}/{ratio}/speed.json",
+        metric_output("speed"),
     params:
         settings=speed_arguments(),
         gguf=lambda wildcards, input: f"--gguf {input.gguf}" if config["speed"]["gguf_outtype"] else "",

@@ -24,13 +24,14 @@ rule prune:
         model="resources/models/{model}",
     output:
         model=pruned_model_output("results/models/{model}/{method}/{ratio}"),
-        report="results/metrics/{model}/{method}/{ratio}/prune.json",
+        report=metric_output("prune"),
     wildcard_constraints:
         method=PRUNED_METHODS_PATTERN,
     params:
         method=prune_arguments,
         calibration=calibration_arguments(),
         runtime=runtime_arguments(),
+        report=PRUNE_REPORT,
     log:
         "logs/prune/{model}/{method}/{ratio}.log",
     benchmark:
@@ -43,4 +44,4 @@ rule prune:
     shell:
         "OMP_NUM_THREADS={threads} python -m pruning prune --model {input.model:q} {params.method} "
         "{params.calibration} {params.runtime} --output-dir {output.model:q} --quiet > {log:q} 2>&1 "
-        "&& cp {output.model:q}/prune.json {output.report:q}"
+        "&& cp {output.model:q}/{params.report} {output.report:q}"

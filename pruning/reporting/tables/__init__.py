@@ -10,7 +10,8 @@ PruneGPT's #Blocks × criterion table, Quark's layer-removal table, PP-LLMs' two
 zero-shot runs × tasks table, PruneGPT's downstream tasks × runs table, the GGUF table) and `comparison` (the
 skill document's "Performance Comparison", the PersLM "Performance Impact" per method family). Which of them
 a grid produces is decided by `pruning.reporting.grid.table_specs`, for the workflow and for this module alike. A new
-table is a layout function plus its entry in LAYOUTS and in `table_specs`.
+table is a layout function with its entry in its module's LAYOUTS, and in `table_specs` (or, for an evaluation's
+table, in its `pruning.reporting.evaluations` entry).
 """
 from __future__ import annotations
 
@@ -23,29 +24,25 @@ import pandas as pd
 
 from ... import __version__
 from ...core.checks import writable_location
+from ..evaluations import EVALUATIONS
 from ..grid import table_specs
 from ...core.io import OutputError, atomic_write_json, atomic_write_text, is_our_file
 from ..metric_files import Results
 from .common import Table, layer_ranges
-from .comparison import comparison_table, impact_table
-from .perplexity import depth_table, layer_removal_table, sparsity_table, summary_table, two_stage_table
-from .tasks import downstream_table, gguf_table, zeroshot_table
+from . import comparison, perplexity, tasks
 
 __all__ = ["LAYOUTS", "TABLES_MANIFEST", "Table", "build_tables", "layer_ranges", "write_tables"]
 
 TABLES_MANIFEST = ".pruning-tables.json"  # beside the tables: which files this tool wrote there (size, sha256)
 
 
-LAYOUTS = {"summary": summary_table, "sparsity": sparsity_table, "depth": depth_table,
-           "layer_removal": layer_removal_table, "two_stage": two_stage_table, "zeroshot": zeroshot_table,
-           "downstream": downstream_table, "gguf": gguf_table, "comparison": comparison_table, "impact": impact_table}
+LAYOUTS = {**perplexity.LAYOUTS, **tasks.LAYOUTS, **comparison.LAYOUTS}  # each family module names its layouts
 
 
 def build_tables(long: pd.DataFrame, notes: dict[str, str] | None = None) -> list[Table]:
     """Every table the runs support (`pruning.reporting.grid.table_specs`), in its order."""
     results = Results(long)
-    specs = table_specs(results.grid_rows(), zeroshot=bool(results.has("zeroshot").any()),
-                        gguf=bool(results.has("gguf").any()))
+    specs = table_specs(results.grid_rows(), [source for source in EVALUATIONS if results.has(source).any()])
     return [LAYOUTS[spec.layout](results, *([spec.model] if spec.model else []), notes) for spec in specs]
 
 

@@ -13,7 +13,6 @@ from ...core.sparse_formats import CHECKPOINT
 from ..metric_files import Results, ordered_unique
 
 ZEROSHOT_METRIC = "acc"
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 MISSING = "—"
 CSV_COLUMNS = ["model", "method", "ratio", "key", "metric", "value", "file"]
 # The metrics each layout reads, by file kind (flattened JSON keys).

@@ -137,3 +137,6 @@ def impact_table(results: Results, notes=None) -> Table | None:
     runs = pruned + list(results.dense().values())
     return _table("impact", "Performance impact per method family", caption(results, runs, notes, extra), display,
                   rows)
+
+
+LAYOUTS = {"comparison": comparison_table, "impact": impact_table}

@@ -6,11 +6,12 @@ from typing import Iterable
 
 import pandas as pd
 
+from ...core.dtypes import WORKING_DTYPES
 from ...methods.base import layer_removal_methods
 from ..grid import DENSE_METHOD, DEPTH_METHOD, MASK_KINDS, TWO_STAGE_METHOD
 from ...methods.depth import CRITERION_LABELS
 from ..metric_files import Results, ordered_unique
-from .common import (CALIBRATION, DTYPE_BYTES, MISSING, PPL, PRUNED, REMOVED, SPEED, STORED, Table, _parameters, _table,
+from .common import (CALIBRATION, MISSING, PPL, PRUNED, REMOVED, SPEED, STORED, Table, _parameters, _table,
                      caption, fmt_bytes, fmt_change, fmt_count, fmt_percent_change, fmt_ppl, fmt_reduction,
                      deleted_layers)
 
@@ -33,8 +34,9 @@ def summary_table(results: Results, notes=None) -> Table:
         if (ref_total, ref_nonzero) == (None, None):
             ref_total, ref_nonzero = w["prune", "parameters.before.total"], w["prune", "parameters.before.nonzero"]
         dtype = w["ppl", "dtype"] or w["prune", "dtype"]
-        size = total * DTYPE_BYTES[dtype] if total and dtype in DTYPE_BYTES else None
-        ref_size = (ref_total or 0) * DTYPE_BYTES.get(dtype, 0) or None
+        element = WORKING_DTYPES[dtype].bytes if dtype in WORKING_DTYPES else 0
+        size = total * element if total and element else None
+        ref_size = (ref_total or 0) * element or None
         ref_ppl = wide.loc[reference, ("ppl", "ppl")] if reference is not None else None
         is_reference = run == reference
         row = {"model": model, "method": method, "ratio": ratio.label, "parameters": fmt_count(total),
@@ -188,3 +190,7 @@ def two_stage_table(results: Results, notes=None) -> Table | None:
                           "removed count all parameters, embeddings included."), display, rows)
 
 
+
+
+LAYOUTS = {"summary": summary_table, "sparsity": sparsity_table, "depth": depth_table,
+           "layer_removal": layer_removal_table, "two_stage": two_stage_table}

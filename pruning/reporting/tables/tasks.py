@@ -143,3 +143,6 @@ def gguf_table(results: Results, notes=None) -> Table | None:
             "perplexity file where the GGUF evaluation did not measure it again).")
     rows = pd.concat([rows, ppl_rows[ppl_rows.run.isin(used)]])
     return _table("gguf", "GGUF export", text + _notes((d["model"] for d in display), notes), display, rows)
+
+
+LAYOUTS = {"zeroshot": zeroshot_table, "downstream": downstream_table, "gguf": gguf_table}
