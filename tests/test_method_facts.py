@@ -59,7 +59,7 @@ def test_grid_and_tables_read_the_facts_of_a_new_method(registry):
     row = {"model": "m", "method": "entry", "ratio": "L1", "library_method": "toy"}
     dense = {"model": "m", "method": "dense", "ratio": "base", "library_method": "dense"}
     register(toy(REMOVES_LAYERS=True, RETRAINS=True, FAMILY="two-stage"))
-    specs = {spec.name for spec in table_specs([dense, row], zeroshot=False, gguf=False)}
+    specs = {spec.name for spec in table_specs([dense, row])}
     assert {"layer-removal", "impact"} <= specs
     assert "toy" in base.layer_removal_methods() and "toy" in base.retraining_methods()
     assert base.method_families()["two-stage"] == ["toy", "two_stage"]
@@ -68,7 +68,7 @@ def test_grid_and_tables_read_the_facts_of_a_new_method(registry):
 def test_no_layer_removal_table_without_a_method_that_declares_it(registry):
     register(toy(name="toy2"))
     row = {"model": "m", "method": "entry", "ratio": "L1", "library_method": "toy2"}
-    assert "layer-removal" not in {spec.name for spec in table_specs([row], zeroshot=False, gguf=False)}
+    assert "layer-removal" not in {spec.name for spec in table_specs([row])}
 
 
 def test_moe_refusal_reads_supports_moe_and_lists_the_methods_that_do(registry):
