@@ -363,7 +363,7 @@ def test_bad_config_rejected_naming_the_key(bad_config_runs, case):
     assert "invalid workflow config" in output
     expected = BAD_CONFIGS[case][1]
     assert (expected.search(output) if isinstance(expected, re.Pattern) else expected in output), output[-2000:]
-    assert not any((workdir / name).exists() for name in ("results", "resources", "logs", "benchmarks"))
+    assert not any((workdir / name).exists() for name in ("results", "resources", "logs"))
 
 
 def test_duplicate_key_rejected(tmp_path):
@@ -410,7 +410,7 @@ def _without_llama_cpp(folder: Path) -> dict:
 def _refused(result: subprocess.CompletedProcess, workdir: Path) -> str:
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "invalid workflow config" in output, output[-2000:]
-    assert not any((workdir / name).exists() for name in ("results", "resources", "logs", "benchmarks"))
+    assert not any((workdir / name).exists() for name in ("results", "resources", "logs"))
     return output
 
 
