@@ -2,18 +2,17 @@
 carries its throughput."""
 from __future__ import annotations
 
-import importlib
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from pruning.core import token_windows as token_windows_module
 from pruning.core.token_windows import next_token_nll, token_windows, windows_nll
 from pruning.evaluation.perplexity import forward_throughput, perplexity
 from pruning.core.data import evaluation_text
 
-perplexity_module = importlib.import_module("pruning.evaluation.perplexity")  # the package exports the function
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +32,9 @@ def reference_nll(model, windows: torch.Tensor) -> float:
     return total
 
 
-@pytest.mark.parametrize("chunk_bytes", [perplexity_module.CPU_CHUNK_BYTES, 4 * 512 * 5])  # 5 rows of 512 logits
+@pytest.mark.parametrize("chunk_bytes", [token_windows_module.CPU_CHUNK_BYTES, 4 * 512 * 5])  # 5 rows of 512 logits
 def test_chunked_nll_equals_full_cross_entropy(chunk_bytes, monkeypatch):
-    monkeypatch.setattr(perplexity_module, "CPU_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(token_windows_module, "CPU_CHUNK_BYTES", chunk_bytes)
     torch.manual_seed(0)
     logits, ids = torch.randn(3, 17, 512) * 4, torch.randint(0, 512, (3, 17))
     full = F.cross_entropy(logits[:, :-1].reshape(-1, 512).double(), ids[:, 1:].reshape(-1), reduction="sum")
