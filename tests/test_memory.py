@@ -134,6 +134,7 @@ def test_total_is_within_ten_percent_of_measured_peak_rss(stories_dir):
     assert abs(report["total_bytes"] - measured) <= 0.1 * measured, (report["total_bytes"], measured)
 
 
+@pytest.mark.slow
 def test_cli_reports_and_refuses_bad_lengths(stories_dir):
     def run(*args):
         return subprocess.run([sys.executable, "-m", "pruning", "memory", "--model", str(stories_dir), *args],

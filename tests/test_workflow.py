@@ -22,6 +22,9 @@ import yaml
 
 from conftest import DATA_DIR, REPO, SHARED, STORIES
 
+# Every test here but test_publish_replaces_tables_and_plots_together runs Snakemake: the file is end to end.
+pytestmark = pytest.mark.slow
+
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 PYTHON = str(VENV_PYTHON if VENV_PYTHON.exists() else Path(sys.executable))
 DEFAULT_CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
