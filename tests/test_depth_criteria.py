@@ -108,6 +108,7 @@ def test_taylor_blocks_and_skip_blocks(stories, calib_ids):
 
 
 @pytest.mark.parametrize("criterion", ["block_ppl", "taylor"])
+@pytest.mark.slow
 def test_new_criteria_are_deterministic_and_record_their_options(stories, calib_ids, criterion):
     first, second = fresh(stories), fresh(stories)
     report = run(first, calib_ids, num_blocks=2, criterion=criterion)

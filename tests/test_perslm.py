@@ -169,6 +169,7 @@ def test_classroom_scenario_distillation(stories_dir, texts, workdir, quick_eval
 
 # ------------------------------------------------------------------------------------------ Pruner
 
+@pytest.mark.slow
 def test_pruner_chain_equals_the_cli(stories_dir, small_text, tmp_path):
     """PersLM's custom workflow with the Pruner: the same steps give the same model as `--method all`."""
     distill = dict(max_steps=2, train_seqlen=64, learning_rate=1e-3)

@@ -108,6 +108,7 @@ def test_recovery_lowers_heldout_loss_and_keeps_every_zero(magnitude_pruned, sto
         assert torch.equal(reloaded(input_ids=ids).logits, model.eval()(input_ids=ids).logits)
 
 
+@pytest.mark.slow
 def test_recovery_is_deterministic_for_a_seed(magnitude_pruned, stories_text):
     pruned, tokenizer = magnitude_pruned
     settings = settings_for(stories_text["calibration"], steps=4)

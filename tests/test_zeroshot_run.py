@@ -77,6 +77,7 @@ def test_zeroshot_runs_a_heterogeneous_pruned_model(stories_dir, tmp_path):
     assert result["n_docs"] == 6 and 0.0 <= result["metrics"]["acc"]["value"] <= 1.0
 
 
+@pytest.mark.slow
 def test_unknown_task_fails_before_the_model_loads_and_keeps_a_good_result(stories_dir, tmp_path, capsys,
                                                                            monkeypatch):
     out = tmp_path / "zeroshot.json"
