@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,27 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def starts_snakemake(args) -> bool:
+    """Whether a subprocess command line runs Snakemake (`snakemake ...`, `python -m snakemake ...`)."""
+    words = shlex.split(args) if isinstance(args, str) else [str(word) for word in args]
+    return any(Path(word).name == "snakemake" for word in words[:3])
+
+
+@pytest.fixture(autouse=True)
+def snakemake_only_in_slow_tests(request, monkeypatch):
+    """The quick loop (`pytest -m "not slow"`) stays quick: a test not marked slow that starts Snakemake fails."""
+    if request.node.get_closest_marker("slow"):
+        return
+
+    class Guarded(subprocess.Popen):
+        def __init__(self, args, *rest, **options):
+            if starts_snakemake(args):
+                pytest.fail(f"{request.node.nodeid} runs Snakemake: mark it @pytest.mark.slow", pytrace=False)
+            super().__init__(args, *rest, **options)
+    monkeypatch.setattr(subprocess, "Popen", Guarded)
+
 
 TINY_VOCAB = 512  # stories260K's tokenizer, so tiny models can read real text
 

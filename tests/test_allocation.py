@@ -143,6 +143,7 @@ def test_a_schedule_is_centred_on_the_target_sparsity(stories):
     assert report["total_sparsity"] == pytest.approx(0.5, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_owl_is_deterministic_and_wanda_and_sparsegpt_share_its_outlier_ratios(stories):
     dense, calibration = stories
     first, report = _prune(dense, calibration, "wanda", sparsity=0.7, allocation="owl")
@@ -207,6 +208,7 @@ def test_bad_allocations_exit_2_before_work_leaving_nothing(stories_dir, tmp_pat
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_nm_with_owl_is_refused_by_python_m_pruning(stories_dir, tmp_path):
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, "-m", "pruning", "prune", "--model", str(stories_dir), "--method",

@@ -312,6 +312,7 @@ def prune_args(model, out, *extra):
             "--device", "cpu", "--quiet", *extra]
 
 
+@pytest.mark.slow
 def test_finding1_user_files_and_input_models_survive(stories_dir, tmp_path):
     """The three data-loss commands of the issue, exactly; then what may be replaced is replaced."""
     out = tmp_path / "out"
@@ -345,6 +346,7 @@ def test_finding1_user_files_and_input_models_survive(stories_dir, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["m", "ours", "parent", "userdir"]
 
 
+@pytest.mark.slow
 def test_finding3_sequence_length_is_bounded_by_the_model(stories_dir, tmp_path):
     assert json.loads((stories_dir / "config.json").read_text())["max_position_embeddings"] == 512
     calib = tmp_path / "calib.txt"
@@ -366,6 +368,7 @@ def test_finding3_sequence_length_is_bounded_by_the_model(stories_dir, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.txt"]
 
 
+@pytest.mark.slow
 def test_finding4_unwritable_outputs_refused_before_the_model_loads(stories_dir, tmp_path):
     readonly = tmp_path / "readonly"
     readonly.mkdir()
@@ -419,6 +422,7 @@ def test_finding5_read_errors_name_the_file_and_line(world, capfd):
                   str(root / "bad.jsonl")])
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(tmp_path):
     args = ["eval", "--model", tmp_path / "nothing", "--ppl", "--seqlen", 64]
     assert "Traceback" not in run_cli(*args).stderr
@@ -426,6 +430,7 @@ def test_debug_shows_the_traceback(tmp_path):
     assert "Traceback" in run_cli("--debug", *args).stderr
 
 
+@pytest.mark.slow
 def test_finding6_leftovers_of_killed_runs_are_removed(stories_dir, tmp_path):
     """A real kill -9 inside the save leaves `.out.pruning-tmp-*`; the next run into the same folder removes it and
     nothing else: no live or recent scratch, and no dotfile without our marker unless an older version's name
@@ -468,6 +473,7 @@ def test_finding6_leftovers_of_killed_runs_are_removed(stories_dir, tmp_path):
          *(p.name for p in user_files)])
 
 
+@pytest.mark.slow
 def test_finding6_files_get_the_umask_mode_and_quiet_is_quiet(stories_dir, tmp_path):
     out = tmp_path / "out"
     result = run_cli(*prune_args(stories_dir, out), umask=0o002)

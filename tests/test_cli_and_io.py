@@ -27,6 +27,7 @@ def pruned_dir(stories_dir, stories_text, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_saved_model_reloads_with_identical_logits(pruned_dir):
     report = json.loads((pruned_dir / "prune.json").read_text())
     plain = AutoModelForCausalLM.from_pretrained(pruned_dir).eval()
@@ -40,6 +41,7 @@ def test_saved_model_reloads_with_identical_logits(pruned_dir):
     assert report["parameters"]["after"]["nonzero"] == pruning.core.modeling.parameter_counts(plain)["nonzero"]
 
 
+@pytest.mark.slow
 def test_prune_json_records_the_protocol(pruned_dir, stories_dir):
     report = json.loads((pruned_dir / "prune.json").read_text())
     assert report["method"] == "sparsegpt"
@@ -61,6 +63,7 @@ def test_prune_json_records_the_protocol(pruned_dir, stories_dir):
     assert report["versions"]["torch"] == torch.__version__
 
 
+@pytest.mark.slow
 def test_eval_command_writes_protocol(pruned_dir, stories_text, tmp_path):
     out = tmp_path / "ppl.json"
     result = run_cli("eval", "--model", pruned_dir, "--ppl", "--dataset", stories_text["evaluation"],
@@ -87,6 +90,7 @@ def test_eval_command_writes_protocol(pruned_dir, stories_text, tmp_path):
     (["--method", "wanda", "--sparsity", "0.5", "--device", "tpu"], "device must be"),
     (["--method", "wanda", "--sparsity", "0.5", "--option", "nonsense"], "KEY=VALUE"),
 ])
+@pytest.mark.slow
 def test_bad_inputs_fail_cleanly(stories_dir, tmp_path, args, message):
     out = tmp_path / "out"
     result = run_cli("prune", "--model", stories_dir, "--output-dir", out, *args)
@@ -96,6 +100,7 @@ def test_bad_inputs_fail_cleanly(stories_dir, tmp_path, args, message):
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_missing_model_and_unreadable_data_fail_cleanly(tmp_path):
     out = tmp_path / "out"
     result = run_cli("prune", "--model", tmp_path / "no-such-model", "--method", "magnitude", "--sparsity", "0.5",
@@ -107,6 +112,7 @@ def test_missing_model_and_unreadable_data_fail_cleanly(tmp_path):
     assert result.returncode == 2 and "not a Hugging Face model directory" in result.stderr
 
 
+@pytest.mark.slow
 def test_unreadable_calibration_file_leaves_nothing(stories_dir, tmp_path):
     binary = tmp_path / "calib.txt"
     binary.write_bytes(b"\xff\xfe\x00bad")
@@ -118,6 +124,7 @@ def test_unreadable_calibration_file_leaves_nothing(stories_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.txt"]
 
 
+@pytest.mark.slow
 def test_failed_run_keeps_previous_good_result(stories_dir, stories_text, tmp_path):
     out = tmp_path / "out"
     good = run_cli("prune", "--model", stories_dir, "--method", "magnitude", "--sparsity", "0.3", "--output-dir", out,
@@ -138,6 +145,7 @@ def test_help_texts_name_the_methods_and_convention():
         assert word in result.stdout
 
 
+@pytest.mark.slow
 def test_peak_rss_is_the_process_own_not_its_parents():
     """A job started by a large parent must not report the parent's peak (getrusage keeps it across exec)."""
     ballast = torch.ones(1024, 1024, 384)  # 1.5 GiB held by this (the parent) process
@@ -190,6 +198,7 @@ def test_atomic_writes_honour_the_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / "d" / "weights").stat().st_mode) == 0o640
 
 
+@pytest.mark.slow
 def test_a_gguf_file_we_wrote_is_ours_and_replaced_without_overwrite(stories_dir, tmp_path):
     """The owner key the export writes is the one the output check reads (one constant, in the GGUF format module)."""
     from pruning.core.checks import is_our_file

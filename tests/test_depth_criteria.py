@@ -47,6 +47,7 @@ def calibration_ppl(model, ids) -> float:
     return math.exp(nll / tokens)
 
 
+@pytest.mark.slow
 def test_block_ppl_removes_the_blocks_whose_single_removal_costs_least(stories, calib_ids):
     """Brute force: remove each layer alone from a copy, measure the calibration perplexity of the whole
     model; the scores are those perplexities and the removed layers the lowest ones (one-shot)."""
@@ -93,6 +94,7 @@ def test_taylor_scores_equal_autograd_through_the_whole_model(stories, calib_ids
     assert report["parameters_removed"] == 2 * structure.numel(stories[0].model.layers[0])
 
 
+@pytest.mark.slow
 def test_taylor_blocks_and_skip_blocks(stories, calib_ids):
     """block_size 2 sums the layers' scores; skip_blocks (the paper's Taylor+ heuristic) keeps layers."""
     single = run(fresh(stories), calib_ids, num_blocks=1, criterion="taylor")["scores"]
@@ -106,6 +108,7 @@ def test_taylor_blocks_and_skip_blocks(stories, calib_ids):
 
 
 @pytest.mark.parametrize("criterion", ["block_ppl", "taylor"])
+@pytest.mark.slow
 def test_new_criteria_are_deterministic_and_record_their_options(stories, calib_ids, criterion):
     first, second = fresh(stories), fresh(stories)
     report = run(first, calib_ids, num_blocks=2, criterion=criterion)
@@ -119,6 +122,7 @@ EVAL = dict(dataset="wikitext2", seqlen=128, max_windows=4, device="cpu", data_d
 CALIB = ["--calib", "c4", "--nsamples", "4", "--seqlen", "64", "--data-dir", str(DATA_DIR)]
 
 
+@pytest.mark.slow
 def test_depth_table_gets_one_column_per_new_criterion(stories_dir, tmp_path, capsys):
     """Real runs laid out as the workflow writes them (angular and block_ppl through the API, taylor through
     the CLI with --option criterion=taylor): the PruneGPT table shows Block PPL and Taylor beside Angular."""

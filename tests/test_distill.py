@@ -20,6 +20,7 @@ def text_loss(model, windows):
     return nll / tokens
 
 
+@pytest.mark.slow
 def test_distillation_lowers_loss_and_keeps_structure_and_masks(stories_dir, stories_text):
     teacher, tokenizer = load_model(stories_dir)
     student = copy.deepcopy(teacher)
@@ -49,6 +50,7 @@ def test_distillation_lowers_loss_and_keeps_structure_and_masks(stories_dir, sto
         assert torch.equal(p == 0, mask), name  # zeros stay zero, and no new zeros appear
 
 
+@pytest.mark.slow
 def test_distill_method_end_to_end_with_teacher_model(stories_dir, stories_text, tmp_path):
     out = tmp_path / "distilled"
     report = pruning.prune(str(stories_dir), "distill", out, device="cpu", progress=False,

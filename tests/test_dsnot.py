@@ -79,6 +79,7 @@ RATIOS = [{"sparsity": 0.5}, {"sparsity": 0.6}, {"nm": "2:4"}, {"nm": "4:8"}]
 @pytest.mark.parametrize("ratio", RATIOS, ids=lambda r: str(next(iter(r.values()))))
 @pytest.mark.parametrize("base", ["wanda", "sparsegpt"])
 @pytest.mark.parametrize("error_guard", [True, False], ids=["guard", "no-guard"])
+@pytest.mark.slow
 def test_refinement_keeps_the_pattern_and_never_raises_a_linear_s_error(stories, base, ratio, error_guard):
     """Against the base method on the same inputs: every row keeps its count of zeros, N:M stays valid,
     weights the base kept keep the base's value (SparseGPT's updates), regrown ones get their dense value;
@@ -192,6 +193,7 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "pruning", *map(str, args)], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_cli_prunes_and_refuses_bad_options_before_loading(stories_dir, stories_text, tmp_path):
     out = tmp_path / "dsnot"
     common = ["--calib", stories_text["calibration"], "--nsamples", 8, "--seqlen", 64, "--quiet", "--device", "cpu"]

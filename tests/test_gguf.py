@@ -273,6 +273,7 @@ def test_byte_level_bpe_vocabulary(byte_level_models):
 
 # ------------------------------------------------------------------------------------- bad input
 
+@pytest.mark.slow
 def test_bad_inputs_fail_before_any_file(stories_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -363,6 +364,7 @@ def test_heterogeneous_logits_match_transformers(llama_cpp, models, exported, st
         assert np.abs(got - reference).max() < 2e-3 * np.abs(reference).max(), name
 
 
+@pytest.mark.slow
 def test_heterogeneous_qwen2_with_biases_through_deci(llama_cpp, stories_tokenizer, tmp_path):
     """deci reads optional q/k/v biases; they are reordered for its rope like the weights."""
     config = tiny_config("qwen2")
@@ -393,6 +395,7 @@ def agreement(llama_cpp, models, exported, stories_text):
 
 
 @pytest.mark.parametrize("name", ["dense", "depth", "heterogeneous"])
+@pytest.mark.slow
 def test_llama_cpp_perplexity_agrees_with_transformers(agreement, name):
     f16, q8 = agreement[name, "f16"], agreement[name, "q8_0"]
     assert f16["windows"] == 8 and f16["scored_tokens"] == 8 * 127
@@ -404,12 +407,14 @@ def test_llama_cpp_perplexity_agrees_with_transformers(agreement, name):
     assert f16["gguf"]["bytes"] > q8["gguf"]["bytes"] > 0 and f16["load_seconds"] > 0
 
 
+@pytest.mark.slow
 def test_pruning_shows_in_llama_cpp_perplexity(agreement):
     """The exported files keep what pruning did: both pruned models are worse than the dense one."""
     dense = agreement["dense", "f16"]["ppl"]
     assert agreement["depth", "f16"]["ppl"] > dense and agreement["heterogeneous", "f16"]["ppl"] > dense
 
 
+@pytest.mark.slow
 def test_byte_level_tokenizers_match_in_llama_cpp(llama_cpp, byte_level_models):
     text = PROMPT + " In 2024, 17 of the 305 cats said: 'no way!'\n\nThe end."
     for folder in byte_level_models.values():
@@ -421,6 +426,7 @@ def test_byte_level_tokenizers_match_in_llama_cpp(llama_cpp, byte_level_models):
             llm.close()
 
 
+@pytest.mark.slow
 def test_cli_k_quant_and_gguf_eval(llama_cpp, stories_dir, stories_text, tmp_path):
     gguf_file, metrics = tmp_path / "stories-q4_k_m.gguf", tmp_path / "gguf-q4_k_m.json"
     result = run_cli("convert", "--model", stories_dir, "--outtype", "q4_k_m", "--output", gguf_file, "--threads", 2)
@@ -469,6 +475,7 @@ def _nll_ppl(logits, ids):
 
 @pytest.mark.parametrize("family, layers, drop, period", [
     ("gemma3_text", 6, (), 3), ("gemma3_text", 6, (0, 4), 2), ("gemma3_text", 6, (2, 5), 0), ("gemma2", 4, (), None)])
+@pytest.mark.slow
 def test_gemma_sliding_window_logits_match_transformers(llama_cpp, family, layers, drop, period, stories_tokenizer,
                                                          tmp_path):
     """f16 export of Gemma-2/3 (and of depth-pruned Gemma-3, whose layer types then follow another period)

@@ -128,12 +128,14 @@ def test_gguf_bytes_of_a_pruned_model(pruned_stories, tmp_path):
     assert report["gguf_weights_bytes"]["q8_0"] == _real_tensor_bytes(tmp_path / "p.gguf")
 
 
+@pytest.mark.slow
 def test_total_is_within_ten_percent_of_measured_peak_rss(stories_dir):
     report = memory.estimate(stories_dir, context=256, batch=2)
     measured = footprint.measured_peak_bytes(stories_dir, context=256, batch=2)
     assert abs(report["total_bytes"] - measured) <= 0.1 * measured, (report["total_bytes"], measured)
 
 
+@pytest.mark.slow
 def test_cli_reports_and_refuses_bad_lengths(stories_dir):
     def run(*args):
         return subprocess.run([sys.executable, "-m", "pruning", "memory", "--model", str(stories_dir), *args],

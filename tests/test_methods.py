@@ -92,6 +92,7 @@ def stories_setup(stories_dir, stories_text):
     return model, tokenizer, calibration, evaluation
 
 
+@pytest.mark.slow
 def test_quality_ordering_on_stories260k(stories_setup):
     """At 50%: reconstruction error and in-domain perplexity order SparseGPT < Wanda < magnitude."""
     dense, _, calibration, evaluation = stories_setup
@@ -126,6 +127,7 @@ def test_quality_ordering_on_stories260k(stories_setup):
 
 
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+@pytest.mark.slow
 def test_one_pass_prunes_each_linear_from_the_already_pruned_layer(stories_setup, method):
     """One pass: q/k/v read the layer's unchanged input, so their masks equal the two-pass ones; o_proj
     reads the output of the pruned q/k/v, so its statistics (and mask) differ."""

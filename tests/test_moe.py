@@ -155,6 +155,7 @@ def test_mask_methods_prune_every_expert_exactly_and_leave_the_router(family, me
 
 
 @pytest.mark.parametrize("method,one_pass", [("wanda", False), ("sparsegpt", True)])
+@pytest.mark.slow
 def test_an_expert_no_token_reaches_is_pruned_by_magnitude(method, one_pass):
     """Router rows (0, v, -v, u, -u) give logits (0, a, -a, b, -b): top-2 always takes |a| and |b|, never expert 0."""
     model = build("mixtral", experts=5)

@@ -134,6 +134,7 @@ def test_minimal_pruning_scenario(stories_dir, workdir, quick_eval):
     assert sparsity(assert_reloads("models/pruned/stories260K-magnitude_pruned")) == pytest.approx(0.2, abs=0.002)
 
 
+@pytest.mark.slow
 def test_mobile_friendly_scenario_runs_perslm_order(stories_dir, small_text, workdir, quick_eval):
     """`--method all --head-reduction 0.15 --layer-reduction 0.25 --sparsity 0.5 --training-data F --evaluate`:
     heads → layers → magnitude → distillation (3 epochs, no step cap)."""
@@ -151,6 +152,7 @@ def test_mobile_friendly_scenario_runs_perslm_order(stories_dir, small_text, wor
     assert report["parameters"]["after"]["total"] < report["parameters"]["before"]["total"]
 
 
+@pytest.mark.slow
 def test_classroom_scenario_distillation(stories_dir, texts, workdir, quick_eval):
     """`--method distillation --sparsity 0.4 --training-data F --distill-epochs 5 --evaluate`: magnitude pruning,
     then distillation from the unpruned model for five passes."""
@@ -167,6 +169,7 @@ def test_classroom_scenario_distillation(stories_dir, texts, workdir, quick_eval
 
 # ------------------------------------------------------------------------------------------ Pruner
 
+@pytest.mark.slow
 def test_pruner_chain_equals_the_cli(stories_dir, small_text, tmp_path):
     """PersLM's custom workflow with the Pruner: the same steps give the same model as `--method all`."""
     distill = dict(max_steps=2, train_seqlen=64, learning_rate=1e-3)
@@ -194,6 +197,7 @@ def test_pruner_chain_equals_the_cli(stories_dir, small_text, tmp_path):
     assert report["result"]["parameters_removed"] == report_of(tmp_path / "cli")["result"]["parameters_removed"]
 
 
+@pytest.mark.slow
 def test_pruner_distillation_lowers_loss(stories_dir, small_text, tmp_path):
     pruner = pruning.Pruner(str(stories_dir), device="cpu", progress=False)
     windows = training_windows(pruner.tokenizer, str(small_text), 64)

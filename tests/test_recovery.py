@@ -76,6 +76,7 @@ def magnitude_pruned(stories_dir):
     return model, tokenizer
 
 
+@pytest.mark.slow
 def test_recovery_lowers_heldout_loss_and_keeps_every_zero(magnitude_pruned, stories_text, tmp_path):
     pruned, tokenizer = magnitude_pruned
     model = copy.deepcopy(pruned)
@@ -107,6 +108,7 @@ def test_recovery_lowers_heldout_loss_and_keeps_every_zero(magnitude_pruned, sto
         assert torch.equal(reloaded(input_ids=ids).logits, model.eval()(input_ids=ids).logits)
 
 
+@pytest.mark.slow
 def test_recovery_is_deterministic_for_a_seed(magnitude_pruned, stories_text):
     pruned, tokenizer = magnitude_pruned
     settings = settings_for(stories_text["calibration"], steps=4)
@@ -119,6 +121,7 @@ def test_recovery_is_deterministic_for_a_seed(magnitude_pruned, stories_text):
                            pruned.state_dict()["model.layers.0.self_attn.q_proj.weight"])
 
 
+@pytest.mark.slow
 def test_structured_heterogeneous_model_recovers_as_it_is(stories_dir, stories_text, tmp_path):
     model, tokenizer = load_model(stories_dir)
     ctx = context(model, tokenizer)
@@ -211,6 +214,7 @@ def test_gradual_without_fine_tuning_is_one_shot_magnitude(stories_dir, tmp_path
     assert all(torch.equal(a, b) for a, b in zip(one_shot.state_dict().values(), gradual.state_dict().values()))
 
 
+@pytest.mark.slow
 def test_gradual_reaches_the_target_exactly_and_keeps_its_masks(stories_dir, stories_text, tmp_path):
     out = tmp_path / "gradual"
     report = pruning.prune(str(stories_dir), "gradual", out, sparsity=0.6, rounds=3, recover_steps=4,
@@ -265,6 +269,7 @@ def test_gradual_refuses_a_recover_seqlen_longer_than_the_model_before_pruning(s
 
 # ---- the workflow -----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_workflow_config_with_recovery_plans_its_flags(tmp_path):
     config = copy.deepcopy(TINY_CONFIG)
     config["methods"] = {

@@ -60,6 +60,7 @@ def test_decode_loop_reproduces_greedy_generation(stories_dir):
     assert measured["greedy_tokens"] == generated
 
 
+@pytest.mark.slow
 def test_llama_cpp_speed_on_an_exported_gguf(stories_dir, tmp_path):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python (the 'llamacpp' extra) is not installed")
     from pruning.export import export_gguf

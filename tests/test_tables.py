@@ -318,6 +318,7 @@ def test_written_tables_are_deterministic_and_traceable(results, tmp_path):
     assert [p.name for p in plots] == [f"sparsity-{MODEL}.png", f"structured-{MODEL}.png"]
 
 
+@pytest.mark.slow
 def test_unknown_metric_file_and_empty_results_are_errors(results, tmp_path):
     stray = tmp_path / "metrics" / MODEL / "dense" / "base" / "ppl-old.json"
     stray.parent.mkdir(parents=True)
@@ -331,6 +332,7 @@ def test_unknown_metric_file_and_empty_results_are_errors(results, tmp_path):
     assert not (tmp_path / "nothing").exists()
 
 
+@pytest.mark.slow
 def test_run_mixing_two_prunes_is_refused(results, tmp_path):
     """A failed workflow job must not leave a row that mixes an old measurement with a new model: a ppl.json
     that measured an earlier prune with the same options (another run id, however new the file), one that
@@ -454,6 +456,7 @@ def measured_file(root, entry, token, name):
     return read(root / "metrics" / MODEL / entry / token / name)
 
 
+@pytest.mark.slow
 def test_downstream_table_prunegpt_layout(measured):
     table = by_name(collect(measured))["downstream"]
     header, *rows = cells(table.markdown())
@@ -473,6 +476,7 @@ def test_downstream_table_prunegpt_layout(measured):
     assert len(shown) == 4 * len(MEASURED)
 
 
+@pytest.mark.slow
 def test_comparison_table_skill_layout(measured):
     table = by_name(collect(measured))["comparison"]
     header, *rows = cells(table.markdown())
@@ -507,6 +511,7 @@ def test_comparison_table_skill_layout(measured):
            "1 thread(s) on cpu)" in table.caption
 
 
+@pytest.mark.slow
 def test_impact_table_per_method_family(measured):
     table = by_name(collect(measured))["impact"]
     header, *rows = cells(table.markdown())
@@ -542,6 +547,7 @@ def test_impact_table_per_method_family(measured):
                 assert low <= high, (row[0], cell)
 
 
+@pytest.mark.slow
 def test_plots_from_measured_runs(measured, tmp_path):
     runs = collect(measured)
     first, second = write_plots(runs, tmp_path / "a"), write_plots(collect(measured), tmp_path / "b")

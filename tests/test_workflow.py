@@ -22,6 +22,9 @@ import yaml
 
 from conftest import DATA_DIR, REPO, SHARED, STORIES
 
+# Every test here but test_publish_replaces_tables_and_plots_together runs Snakemake: the file is end to end.
+pytestmark = pytest.mark.slow
+
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 PYTHON = str(VENV_PYTHON if VENV_PYTHON.exists() else Path(sys.executable))
 DEFAULT_CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -363,7 +366,7 @@ def test_bad_config_rejected_naming_the_key(bad_config_runs, case):
     assert "invalid workflow config" in output
     expected = BAD_CONFIGS[case][1]
     assert (expected.search(output) if isinstance(expected, re.Pattern) else expected in output), output[-2000:]
-    assert not any((workdir / name).exists() for name in ("results", "resources", "logs", "benchmarks"))
+    assert not any((workdir / name).exists() for name in ("results", "resources", "logs"))
 
 
 def test_duplicate_key_rejected(tmp_path):
@@ -410,7 +413,7 @@ def _without_llama_cpp(folder: Path) -> dict:
 def _refused(result: subprocess.CompletedProcess, workdir: Path) -> str:
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "invalid workflow config" in output, output[-2000:]
-    assert not any((workdir / name).exists() for name in ("results", "resources", "logs", "benchmarks"))
+    assert not any((workdir / name).exists() for name in ("results", "resources", "logs"))
     return output
 
 

@@ -49,6 +49,7 @@ def test_zeroshot_command_writes_one_complete_result(stories_dir, tmp_path):
     assert throughput["loglikelihood"]["tokens_per_s"] > 0 and throughput["generate_until"]["requests"] == 0
 
 
+@pytest.mark.slow
 def test_our_model_object_scores_what_lm_eval_scores_loading_the_directory(stories_dir):
     """Same task object, same documents: passing our loaded model gives lm-eval's own numbers exactly."""
     ours = zeroshot(str(stories_dir), "lambada_openai", limit=12, batch_size=4, device="cpu", quiet=True,
@@ -62,6 +63,7 @@ def test_our_model_object_scores_what_lm_eval_scores_loading_the_directory(stori
     assert ours["metrics"]["perplexity"]["value"] > 1.0  # perplexity is the one metric not in [0, 1]
 
 
+@pytest.mark.slow
 def test_zeroshot_runs_a_heterogeneous_pruned_model(stories_dir, tmp_path):
     import pruning
 
@@ -75,6 +77,7 @@ def test_zeroshot_runs_a_heterogeneous_pruned_model(stories_dir, tmp_path):
     assert result["n_docs"] == 6 and 0.0 <= result["metrics"]["acc"]["value"] <= 1.0
 
 
+@pytest.mark.slow
 def test_unknown_task_fails_before_the_model_loads_and_keeps_a_good_result(stories_dir, tmp_path, capsys,
                                                                            monkeypatch):
     out = tmp_path / "zeroshot.json"
@@ -138,6 +141,7 @@ def test_a_missing_local_file_is_reported_before_the_model_loads(stories_dir, tm
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_local_gsm8k_generates_and_scores_exact_match(stories_dir):
     """GSM8K offline: generation scored by lm-eval's exact match under both of its filters, few-shot examples
     from the test split (the only one the local copy has), recorded."""

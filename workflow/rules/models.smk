@@ -9,7 +9,7 @@ rule fetch_model:
     log:
         "logs/fetch_model/{model}.log",
     benchmark:
-        "benchmarks/fetch_model/{model}.tsv"
+        "logs/benchmarks/fetch_model/{model}.tsv"
     threads: 1
     resources:
         **job_resources("fetch_model"),
@@ -35,7 +35,7 @@ rule prune:
     log:
         "logs/prune/{model}/{method}/{ratio}.log",
     benchmark:
-        "benchmarks/prune/{model}/{method}/{ratio}.tsv"
+        "logs/benchmarks/prune/{model}/{method}/{ratio}.tsv"
     threads: config["threads"]
     resources:
         **job_resources("prune"),

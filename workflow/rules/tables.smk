@@ -22,7 +22,7 @@ rule tables:
     log:
         "logs/tables.log",
     benchmark:
-        "benchmarks/tables/tables.tsv"
+        "logs/benchmarks/tables/tables.tsv"
     threads: 1
     resources:
         **job_resources("tables"),
@@ -44,7 +44,7 @@ rule plots:
     log:
         "logs/plots.log",
     benchmark:
-        "benchmarks/tables/plots.tsv"
+        "logs/benchmarks/tables/plots.tsv"
     threads: 1
     resources:
         **job_resources("plots"),
