@@ -180,8 +180,8 @@ def survey(request: RunRequest, model_config=_RESOLVE) -> Preflight:
             found.problems.append(Problem(key, ValueError(problem)))
     if method is None:
         return found
+    ask(MODEL_CONFIG, _refuse_on_moe, config, method)  # first: on MoE models the method's own plan is moot
     ask(MODEL_CONFIG, method.check_config, config)
-    ask(MODEL_CONFIG, _refuse_on_moe, config, method)
     if model_config is not _RESOLVE:
         _memory_size(request, found)
     elif not found.problems:  # the estimate needs a method the model can run
