@@ -15,31 +15,31 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from . import preflight
 from .core import checks
 from .core.adapters import get_adapter
-from .core.data import (WIKITEXT_LOCAL, CalibrationCache, DataError, check_calibration_source, check_evaluation_dataset,
-                   data_dir)
-from .evaluation.perplexity import perplexity
-from .core.io import RUN_ID
-from .methods import PruneContext, PruningMethod, build_method
-from .methods.distill import PERSLM_DISTILLATION
-from .training.distillation import DistillSettings, distill_model, load_teacher, training_windows
-from .training.recovery_options import RECOVERY
-from .core.modeling import load_model, parameter_counts, resolve_device, save_model, torch_dtype
-from .evaluation.provenance import Measurement
+from .core.data import WIKITEXT_LOCAL, CalibrationCache, DataError, check_evaluation_dataset, data_dir
+from .core.modeling import load_model, parameter_counts, resolve_device, save_model
+from .core.protocols import Calibration, Evaluation
 from .core.surgery import numel, removal_report
+from .evaluation.perplexity import perplexity
+from .evaluation.provenance import Measurement, prune_report
+from .methods import PruneContext, PruningMethod
+from .methods.distill import PERSLM_DISTILLATION
+from .preflight import RunRequest
+from .training.distillation import DistillSettings, distill_model, load_teacher, training_windows
 
+CALIBRATION, EVALUATION = Calibration(), Evaluation()  # the defaults
 PRUNER_METHOD = "pruner"  # prune.json's method for a Pruner chain; its options list the steps
 FIRST_MODEL = "the model as loaded"  # the distillation teacher when none is named
 
 
-def check_not_evaluation_text(training_data: str, eval_dataset: str = "wikitext2", data_dir_path=None) -> None:
+def check_not_evaluation_text(training_data: str, eval_dataset: str = EVALUATION.dataset, data_dir_path=None) -> None:
     """Refuse training text that is the evaluation text: the evaluation file itself, or WikiText-2's test split
     in the local data directory (the names wikitext2 / wikitext2-test are refused by check_calibration_source)."""
     training = Path(training_data).expanduser()
@@ -62,23 +62,21 @@ class Pruner:
     """
 
     def __init__(self, model_path: str | os.PathLike, output_dir: str | os.PathLike | None = None, *,
-                 device: str = "auto", dtype: str = "float32", calib: str = "c4", nsamples: int = 128,
-                 seqlen: int = 2048, seed: int = 0, batch_size: int = 8, data_dir_path: str | None = None,
-                 eval_dataset: str = "wikitext2", eval_seqlen: int | None = None, eval_max_windows: int | None = None,
-                 progress: bool = True):
+                 device: str = "auto", dtype: str = "float32", calib: str = CALIBRATION.source,
+                 nsamples: int = CALIBRATION.nsamples, seqlen: int = CALIBRATION.seqlen, seed: int = CALIBRATION.seed,
+                 batch_size: int = CALIBRATION.batch_size, data_dir_path: str | None = None,
+                 eval_dataset: str = EVALUATION.dataset, eval_seqlen: int | None = None,
+                 eval_max_windows: int | None = None, progress: bool = True):
         self.measurement = Measurement(model_path)
-        checks.positive({"batch_size": batch_size, "nsamples": nsamples, "eval_max_windows": eval_max_windows})
-        check_calibration_source(calib)
-        check_evaluation_dataset(eval_dataset)
-        data_dir(data_dir_path)
+        self.protocol = Calibration(calib, nsamples, seqlen, seed, batch_size)
+        checked = preflight.check(RunRequest(
+            str(model_path), calibration=self.protocol,
+            evaluation=Evaluation(eval_dataset, seqlen=eval_seqlen, max_windows=eval_max_windows),
+            output_dir=output_dir, device=device, dtype=dtype, data_dir=data_dir_path,
+            names={"evaluation.max_windows": "eval_max_windows"}))
         self.device = resolve_device(device)
-        torch_dtype(dtype)
         self.output_dir = Path(output_dir) if output_dir is not None else None
-        if self.output_dir is not None:
-            checks.output_directory(self.output_dir, inputs=[str(model_path), calib, eval_dataset])
-        self.path = checks.local_model(str(model_path))
-        self.config = checks.model_files(self.path)
-        checks.check_lengths(self.path, self.config, {"--eval-seqlen": eval_seqlen})
+        self.path, self.config = checked.path, checked.config
         self.eval_seqlen = seqlen if eval_seqlen is None else eval_seqlen
         self.dtype, self.calib, self.nsamples, self.seqlen, self.seed = dtype, calib, nsamples, seqlen, seed
         self.batch_size, self.data_dir, self.progress = batch_size, data_dir_path, progress
@@ -97,9 +95,9 @@ class Pruner:
     def apply(self, method: str | PruningMethod, **arguments) -> nn.Module:
         """Run one registered method (name and its ratio/options, as `pruning.build_method` takes them) on the
         model in memory; returns the model."""
-        instance = method if isinstance(method, PruningMethod) else build_method(method, **arguments)
-        if instance.needs_calibration:
-            checks.check_lengths(self.path, self.config, {"--seqlen": self.seqlen})
+        instance = preflight.check(  # against the model as it is now (a step before may have removed layers)
+            RunRequest(str(self.path), method, arguments, calibration=self.protocol, device=None, dtype=None,
+                       names={"model": str(self.path)}), model_config=self.model.config.to_dict()).method
         ctx = PruneContext(model=self.model, tokenizer=self.tokenizer, adapter=self.adapter, device=self.device,
                            calibration=self.calibration, seed=self.seed, batch_size=self.batch_size,
                            progress=self.progress, extras={"data_dir": self.data_dir, "model_path": str(self.path)})
@@ -174,22 +172,12 @@ class Pruner:
         for step in self.steps:
             if "total_sparsity" in step["result"]:
                 result["total_sparsity"] = step["result"]["total_sparsity"]
-        report = {
-            "method": PRUNER_METHOD,
-            "options": {"steps": [{"method": step["method"], **step["options"]} for step in self.steps]},
-            "calibration": self.calibration.protocol,
-            "seed": self.seed,
-            RUN_ID: uuid.uuid4().hex,
-            "device": str(self.device),
-            "dtype": self.dtype,
-            "ignore": [],
-            "parameters": {"before": self.parameters_before, "after": parameter_counts(self.model)},
-            "result": result,
-            "evaluation": {"after": latest} if latest else None,
-            "evaluations": self.evaluations,
-            "prune_seconds": round(sum(step["seconds"] for step in self.steps), 3),
-            RECOVERY: None,
-        }
+        report = prune_report(
+            method=PRUNER_METHOD, options={"steps": [{"method": step["method"], **step["options"]} for step in self.steps]},
+            calibration=self.calibration.protocol, seed=self.seed, device=self.device, dtype=self.dtype, ignore=[],
+            parameters={"before": self.parameters_before, "after": parameter_counts(self.model)}, result=result,
+            evaluation={"after": latest} if latest else None, evaluations=self.evaluations,
+            prune_seconds=sum(step["seconds"] for step in self.steps))
         report = self.measurement.finish(report, peak_rss=True)
         return save_model(self.model, self.tokenizer, dest, report, overwrite=overwrite)
 

@@ -273,76 +273,37 @@ def _bad(mutate):
     return config
 
 
+# The schema's cases (its method rules generated from the registry) and a few of the library's pre-flight, to
+# show both reach Snakemake; every pre-flight case is tested against the library in tests/test_preflight.py.
 BAD_CONFIGS = {
     "sparsity 1.5": (lambda c: c["methods"]["wanda"]["ratios"].update(sparsity=[1.5]),
                      "config.methods.wanda.ratios.sparsity[0]: 1.5 is greater than or equal to the maximum of 1"),
     "malformed N:M": (lambda c: c["methods"]["wanda"]["ratios"].update(nm=["2-4"]),
                       "config.methods.wanda.ratios.nm[0]: '2-4' does not match"),
-    "N not below M": (lambda c: c["methods"]["wanda"]["ratios"].update(nm=["4:2"]),
-                      "config.methods.wanda.ratios.nm[0]: wanda: nm: N:M pattern needs integers 1 <= N < M "
-                      "(N kept out of every M), got 4:2"),
     "unknown method": (lambda c: c["methods"]["wanda"].update(method="wandb"),
                        "config.methods.wanda.method: 'wandb' is not one of"),
-    "unknown model in subset": (lambda c: c["methods"]["wanda"].update(models=["gpt-5"]),
-                                "config.methods.wanda.models[0]: 'gpt-5' is not a model in models"),
     "wrong type": (lambda c: c.update(threads="two"), "config.threads: 'two' is not of type 'integer'"),
     "ratio kind of another method": (lambda c: c["methods"]["magnitude"].update(ratios={"num_blocks": [2]}),
                                      "config.methods.magnitude.ratios: 'num_blocks' is not one of ['sparsity', 'nm']"),
-    "three decimals": (lambda c: c["methods"]["wanda"]["ratios"].update(sparsity=[0.525]),
-                       "config.methods.wanda.ratios.sparsity[0]: 0.525 has more than two decimals"),
-    "unknown protocol": (lambda c: c.update(protocol="slow"), "config.protocol: 'slow' is not one of the presets"),
+    "unknown method option": (lambda c: c["methods"]["magnitude"].update(options={"bogus": 1}),
+                              re.compile(r"config\.methods\.magnitude\.options: .*'bogus'")),
     "calibration on the test split": (
         lambda c: c["protocols"]["tiny"]["calibration"].update(source="wikitext2"),
         "config.protocols.tiny.calibration.source: 'wikitext2' should not be valid"),
-    "missing model directory": (lambda c: c["models"].update(ghost="./no/such/model"),
-                                "config.models.ghost: "),
     "misspelt top-level key": (lambda c: c.update(modles={}),
                                "config: Additional properties are not allowed ('modles' was unexpected)"),
     "method named dense": (lambda c: c["methods"].update(dense={"method": "magnitude", "ratios": {"sparsity": [0.5]}}),
                            "config.methods: 'dense' should not be valid"),
     "bad device": (lambda c: c.update(device="tpu"), "config.device: 'tpu' does not match"),
-    "2:4 layout on an unstructured row": (lambda c: c.update(save_format="sparse-24-bitmask"),
-                                          "config.methods.magnitude.ratios.sparsity[0]: save format sparse-24-bitmask "
-                                          "stores 2:4 sparsity only"),
-    # what only the library knows, asked before any job (each of these used to fail inside the job); a
-    # pattern where the wording is the library's (its option declarations) and only the key and value matter
-    "unknown method option": (lambda c: c["methods"]["magnitude"].update(options={"bogus": 1}),
-                              re.compile(r"config\.methods\.magnitude\.options: .*'bogus'")),
-    "bad option value": (lambda c: c["methods"]["magnitude"].update(options={"per": "banana"}),
-                         re.compile(r"config\.methods\.magnitude\.options: magnitude: per .*'banana'")),
-    "option repeating a ratio": (lambda c: c["methods"].update(combined={"method": "all", "ratios": {"sparsity": [0.5]},
-                                                                         "options": {"sparsity": 0.3}}),
-                                 "config.methods.combined.options.sparsity: sparsity is already given in ratios"),
+    # the library's pre-flight, through Snakemake
+    "missing model directory": (lambda c: c["models"].update(ghost="./no/such/model"),
+                                "config.models.ghost: "),
+    "N not below M": (lambda c: c["methods"]["wanda"]["ratios"].update(nm=["4:2"]),
+                      "config.methods.wanda.ratios.nm[0]: wanda: nm: N:M pattern needs integers 1 <= N < M "
+                      "(N kept out of every M), got 4:2"),
     "more blocks than layers": (lambda c: c["methods"].update(depth={"method": "depth", "ratios": {"num_blocks": [2, 8]}}),
                                 "config.methods.depth.ratios.num_blocks[1]: depth: removing 8 of 5 layers would leave "
                                 "none (model stories260K)"),
-    "search on more windows than calibrated": (
-        lambda c: c["methods"].update(quark={"method": "depth", "ratios": {"num_blocks": [1]},
-                                             "options": {"criterion": "perplexity", "search_windows": 9}}),
-        "config.methods.quark.options: depth: search_windows 9 is more than the 8 calibration windows (nsamples)"),
-    "missing calibration file": (lambda c: c["protocols"]["tiny"]["calibration"].update(source="no/such/calib.jsonl"),
-                                 f"config.protocols.tiny.calibration.source: unknown calibration source "
-                                 f"'{REPO / 'no/such/calib.jsonl'}'"),
-    "unknown zero-shot task": (lambda c: c.update(zeroshot={"tasks": ["arc_easy", "nosuchtask"]}),
-                               "config.zeroshot.tasks[1]: unknown task 'nosuchtask': not an lm-eval task or group"),
-    "malformed hub id": (lambda c: c["models"].update(qwen="Qwen/Qwen2.5 0.5B"),
-                         "config.models.qwen: model 'Qwen/Qwen2.5 0.5B' not found"),
-    "evaluation windows longer than the model": (
-        lambda c: c["protocols"]["tiny"]["evaluation"].update(seqlen=1024),
-        "config.protocols.tiny.evaluation.seqlen 1024 exceeds the 512 positions of the model stories260K"),
-    "calibration windows longer than the model": (
-        lambda c: c["protocols"]["tiny"]["calibration"].update(seqlen=600),
-        "config.protocols.tiny.calibration.seqlen 600 exceeds the 512 positions of the model stories260K"),
-    "shots for a task not run": (lambda c: c.update(zeroshot={"tasks": ["winogrande"], "num_fewshot": {"winogrand": 5}}),
-                                 "config.zeroshot.num_fewshot: 'winogrand' not in zeroshot.tasks (winogrande)"),
-    "GGUF speed type without a gguf section": (lambda c: c.update(speed={"enabled": True, "gguf_outtype": "q4_0"}),
-                                               "config.speed.gguf_outtype: 'q4_0' is not listed in gguf.outtypes"),
-    "stage for an unknown model": (lambda c: c.update(zeroshot={"tasks": ["boolq"], "models": ["stories"]}),
-                                   "config.zeroshot.models[0]: 'stories' is not a model in models (stories260K)"),
-    "llama.cpp timing of rows not converted": (
-        lambda c: c.update(gguf={"outtypes": ["f16"], "models": []}, speed={"enabled": True, "gguf_outtype": "f16"}),
-        "config.speed.gguf_outtype: the rows of stories260K are timed in llama.cpp but not converted to GGUF "
-        "(add them to gguf.models)"),
 }
 
 
@@ -381,6 +342,23 @@ def test_duplicate_key_rejected(tmp_path):
     output = result.stdout + result.stderr
     assert "invalid workflow config" in output
     assert f"config.methods.wanda: written twice in {path}" in output, output[-2000:]
+
+
+def test_heads_on_a_moe_model_refused_naming_the_row(tmp_path):
+    """The pre-flight of every grid row runs before any job: heads on a mixture-of-experts model (known from its
+    config.json) is refused by a dry run, naming the row and the model, beside the rows that are fine."""
+    moe = tmp_path / "tinymoe"
+    moe.mkdir()
+    (moe / "config.json").write_text(json.dumps(
+        {"model_type": "mixtral", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "intermediate_size": 96, "max_position_embeddings": 256, "vocab_size": 512,
+         "num_local_experts": 4, "num_experts_per_tok": 2}))
+    config = _bad(lambda c: (c["models"].update(tinymoe=str(moe)),
+                             c["methods"].update(heads={"method": "heads", "ratios": {"fraction": [0.25]}})))
+    output = _refused(snakemake(tmp_path / "run", "-n", "--cores", "1", config=config), tmp_path / "run")
+    assert ("config.methods.heads.ratios.fraction[0]: heads cannot prune mixture-of-experts model type 'mixtral'"
+            in output), output[-2000:]
+    assert "(model tinymoe)" in output and "(model stories260K)" not in output
 
 
 def test_depth_checked_where_the_model_config_is_readable_offline(tmp_path):

@@ -7,17 +7,7 @@ import os
 import yaml
 
 from ..core.dtypes import DEFAULT_DTYPE, DTYPE_NAMES
-
-
-def positive_int(text: str) -> int:
-    """argparse type for counts that must be at least 1 (batch sizes)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
+from ..core.protocols import Evaluation, positive_int  # noqa: F401  (positive_int: the commands' type)
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,13 +19,9 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser, seqlen_default: int | None) -> None:
-    parser.add_argument("--dataset", default="wikitext2",
-                        help="evaluation text: wikitext2 or a local .txt/.jsonl file (default: wikitext2)")
-    parser.add_argument("--eval-seqlen", type=int, default=seqlen_default,
-                        help="tokens per perplexity window" + (f" (default: {seqlen_default})" if seqlen_default else
-                                                               " (default: the calibration --seqlen)"))
-    parser.add_argument("--max-windows", type=int, default=None,
-                        help="score at most this many windows (default: the whole split)")
+    """--dataset, --eval-seqlen, --max-windows of a prune that evaluates."""
+    Evaluation.add_arguments(parser, seqlen_flag="--eval-seqlen", seqlen_default=seqlen_default, split=False,
+                             batch_size=False)
 
 
 def parse_option_pairs(pairs: list[str] | None) -> dict:

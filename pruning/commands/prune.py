@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..api import prune
 from ..core.sparse_formats import DENSE, SAVE_FORMAT_CHOICES
-from ..core.data import CALIBRATION_SOURCES
+from ..core.protocols import Calibration
 from ..methods import available_methods, streaming_methods
 from ..methods.catalog import summary
 from ..methods.depth import STREAMING_CRITERIA as STREAMING_DEPTH_CRITERIA
@@ -15,7 +15,7 @@ from ..training.recovery_options import RECOVERY_OPTIONS
 from ..core.options import describe
 from ..pruner import check_not_evaluation_text
 from .common import (add_eval_arguments, add_overwrite_argument, add_runtime_arguments, evaluation_summary,
-                     parse_option_pairs, positive_int, quiet_progress)
+                     parse_option_pairs, quiet_progress)
 
 DISTILLATION, DISTILLATION_ARGUMENTS = PERSLM_DISTILLATION
 # PersLM's documented defaults: a flag left out takes these for the methods it documents them for.
@@ -83,12 +83,7 @@ def add_parser(subparsers) -> None:
                         help=f"stream the decoder layers whatever the size (methods: {', '.join(streaming_methods())}; "
                              f"depth with criterion {', '.join(STREAMING_DEPTH_CRITERIA)}; all without training_data; no "
                              "--evaluate, recovery or sparse --save-format); others are refused before work")
-    parser.add_argument("--calib", default="c4",
-                        help=f"calibration data: {', '.join(CALIBRATION_SOURCES)} or a .txt/.jsonl file (default: c4)")
-    parser.add_argument("--nsamples", type=int, default=128, help="calibration windows (default: 128)")
-    parser.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration window (default: 2048)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for calibration sampling (default: 0)")
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="calibration windows per layer forward (default: 8)")
+    Calibration.add_arguments(parser)
     parser.add_argument("--ignore", action="append", default=[], metavar="GLOB",
                         help="skip linear modules whose full name matches (e.g. '*.mlp.down_proj'), repeatable")
     parser.add_argument("--evaluate", action="store_true", help="measure perplexity before and after pruning")

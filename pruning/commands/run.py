@@ -6,10 +6,10 @@ import logging
 import sys
 from pathlib import Path
 
-from ..core.data import CALIBRATION_SOURCES
+from ..core.protocols import Calibration
 from ..compat.job_files import FORMATS, load_job, run_job
 from .common import (add_eval_arguments, add_overwrite_argument, add_runtime_arguments, evaluation_summary,
-                     positive_int, quiet_progress)
+                     quiet_progress)
 
 LOG_FORMAT = "%(asctime)s - %(levelname)s - %(message)s"
 
@@ -30,14 +30,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--output-dir", help="where the pruned model goes, replacing PruneGPT's save_directory "
                                              "(required for Quark and PP-LLMs files)")
     add_overwrite_argument(parser, "output directory")
-    parser.add_argument("--calib", help=f"calibration data, replacing the job's dataset: {', '.join(CALIBRATION_SOURCES)} "
-                                        "or a .txt/.jsonl file (default: the job's; Quark: wikitext2-validation)")
-    parser.add_argument("--nsamples", type=positive_int,
-                        help="calibration windows (default: the job's nsamples; PruneGPT 100, Quark 128)")
-    parser.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration window (default: 2048)")
-    parser.add_argument("--seed", type=int, help="calibration sampling seed (default: the job's seed, else 0)")
-    parser.add_argument("--batch-size", type=positive_int,
-                        help="calibration windows per layer forward (default: PruneGPT's dataset.batch_size, else 8)")
+    defaults = Calibration()
+    Calibration.add_arguments(parser, defaults={
+        "source": "the job's dataset; Quark: wikitext2-validation",
+        "nsamples": f"the job's nsamples; PruneGPT 100, Quark {defaults.nsamples}",
+        "seed": f"the job's seed, else {defaults.seed}",
+        "batch_size": f"PruneGPT's dataset.batch_size, else {defaults.batch_size}"})
     add_eval_arguments(parser, seqlen_default=None)  # used when the job evaluates (calculate_ppl, eval_ppl)
     parser.add_argument("--log-file", help="also log to this file (appended; default: the job's log_file)")
     add_runtime_arguments(parser)

@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from ..core.checks import model_config
+from ..core.protocols import Calibration, Evaluation
 from ..methods import PruningMethod, build_method
 from ..methods.depth import BNB_PACKAGE, QuantizedScoring
 
@@ -53,8 +54,9 @@ PRUNEGPT_CRITERIA = {"angular_distance": "angular", "cosine_similarity": "cosine
 PRUNEGPT_NSAMPLES = 100  # PruneGPT scores on the first 100 rows of its dataset
 QUARK_ALGORITHM = "layer_importance_depth_pruning"
 QUARK_CALIBRATION = "wikitext2-validation"  # Quark's tutorial searches on WikiText-2 test, which we never calibrate on
-PPLLMS_DEFAULTS = {"prune_rate": 0.25, "seed": 0, "nsamples": 128, "dataset": "c4", "eval_ppl": True}
-DEFAULT_NSAMPLES = 128
+CALIBRATION, EVALUATION = Calibration(), Evaluation()  # the defaults (PP-LLMs documents the same calibration)
+PPLLMS_DEFAULTS = {"prune_rate": 0.25, "seed": CALIBRATION.seed, "nsamples": CALIBRATION.nsamples,
+                   "dataset": CALIBRATION.source, "eval_ppl": True}
 # on AVX512-BF16 CPUs bitsandbytes repacks 4-bit weights: output rows in blocks of 32, inputs in its
 # quantization blocks of 64
 CPU_4BIT_ROWS, CPU_4BIT_COLUMNS = 32, 64
@@ -74,10 +76,10 @@ class Job:
     method_arguments: dict
     model: str | None = None
     output_dir: str | None = None
-    calib: str = "c4"
-    nsamples: int = DEFAULT_NSAMPLES
-    seed: int = 0
-    batch_size: int = 8
+    calib: str = CALIBRATION.source
+    nsamples: int = CALIBRATION.nsamples
+    seed: int = CALIBRATION.seed
+    batch_size: int = CALIBRATION.batch_size
     evaluate: bool = False
     log_file: str | None = None
     bnb_config: dict | None = None  # PruneGPT's quantize: scores from a bitsandbytes-quantized copy
@@ -198,7 +200,7 @@ def _prunegpt(values: dict, where: str) -> Job:
     return Job(path=where, format="prunegpt", method="depth", method_arguments=arguments,
                model=values.get("model_name"), output_dir=values.get("save_directory"),
                calib=prunegpt_calibration(dataset, where), nsamples=PRUNEGPT_NSAMPLES,
-               batch_size=dataset.get("batch_size", 8), evaluate=values.get("calculate_ppl", False),
+               batch_size=dataset.get("batch_size", CALIBRATION.batch_size), evaluate=values.get("calculate_ppl", False),
                log_file=values.get("log_file"), bnb_config=bnb_config)
 
 
@@ -350,17 +352,18 @@ def quantized_widths(config: dict) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------- running
 
 def run_job(job: Job, *, model: str | None = None, output_dir: str | None = None, calib: str | None = None,
-            nsamples: int | None = None, seqlen: int = 2048, seed: int | None = None, batch_size: int | None = None,
-            device: str = "auto", dtype: str = "float32", data_dir_path: str | None = None,
-            eval_dataset: str = "wikitext2", eval_seqlen: int | None = None, max_windows: int | None = None,
+            nsamples: int | None = None, seqlen: int = CALIBRATION.seqlen, seed: int | None = None,
+            batch_size: int | None = None, device: str = "auto", dtype: str = "float32", data_dir_path: str | None = None,
+            eval_dataset: str = EVALUATION.dataset, eval_seqlen: int | None = None, max_windows: int | None = None,
             overwrite: bool = False, progress: bool = True) -> dict:
     """Run one translated job through `api.prune`; the keyword arguments, where given, replace the job's own
     values (a job without a model or output directory needs them here). Returns prune.json's record."""
     from contextlib import nullcontext
 
-    from ..core import checks
-    from ..core.adapters import adapter_added, paths_adapter, supported_model_types
+    from .. import preflight
     from ..api import prune
+    from ..core.adapters import adapter_added, paths_adapter, supported_model_types
+    from ..preflight import RunRequest
     from ..core.modeling import resolve_device
 
     model = model or job.model
@@ -370,17 +373,20 @@ def run_job(job: Job, *, model: str | None = None, output_dir: str | None = None
     if not output_dir:
         raise JobError(f"{job.path}: no output directory: give --output-dir"
                        + (" or save_directory" if job.format == "prunegpt" else ""))
-    checks.output_directory(output_dir, overwrite=overwrite, inputs=[model])  # before a model is fetched
-    model_dir = checks.local_model(model)
+    settings = dict(calib=calib or job.calib, nsamples=job.nsamples if nsamples is None else nsamples, seqlen=seqlen,
+                    seed=job.seed if seed is None else seed, batch_size=batch_size or job.batch_size)
+    checked = preflight.check(RunRequest(  # the run as api.prune will check it again, before the job's own checks
+        model, job.method, job.method_arguments, calibration=Calibration(*settings.values()),
+        evaluation=Evaluation(eval_dataset, seqlen=eval_seqlen, max_windows=max_windows) if job.evaluate else None,
+        output_dir=output_dir, overwrite=overwrite, device=device, dtype=dtype, data_dir=data_dir_path))
+    model_dir = checked.path
     check_model_fields(job, model_dir)
     method: str | PruningMethod = job.method
     if job.bnb_config is not None:
-        check_quantization(job.bnb_config, str(resolve_device(device)), model_config(model_dir))
+        check_quantization(job.bnb_config, str(resolve_device(device)), checked.config)
         method = QuantizedScoring.build(job.bnb_config, **job.method_arguments)
-    model_type = model_config(model_dir).get("model_type")
+    model_type = checked.config.get("model_type")
     given_paths = job.decoder_layers is not None and model_type not in supported_model_types()
-    settings = dict(calib=calib or job.calib, nsamples=nsamples or job.nsamples, seqlen=seqlen,
-                    seed=job.seed if seed is None else seed, batch_size=batch_size or job.batch_size)
     _log_start(job, settings)
     with adapter_added(paths_adapter(model_type, job.decoder_layers, job.final_norm)) if given_paths else nullcontext():
         report = prune(model, method, output_dir, device=device, dtype=dtype, data_dir_path=data_dir_path,

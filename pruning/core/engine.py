@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .adapters import ArchitectureAdapter, ExpertLinear, feed_expert_inputs
+from .protocols import Calibration
 
 
 LAYER_SOURCE = "pruning_layer_source"  # attribute of a model whose decoder layers live on disk
@@ -170,8 +171,8 @@ class LayerStep:
 
 
 class LayerwiseEngine:
-    def __init__(self, model: nn.Module, adapter: ArchitectureAdapter, device="cpu", batch_size: int = 8,
-                 progress: bool = True):
+    def __init__(self, model: nn.Module, adapter: ArchitectureAdapter, device="cpu",
+                 batch_size: int = Calibration.batch_size, progress: bool = True):
         self.model = model
         self.adapter = adapter
         self.device = torch.device(device)

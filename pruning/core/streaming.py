@@ -30,9 +30,11 @@ from safetensors import safe_open
 from torch import nn
 
 from .checks import ModelLoadError
+from .protocols import Calibration
 
 STREAMED, IN_MEMORY = "streamed", "in-memory"
 MODES = (IN_MEMORY, STREAMED)
+CALIBRATION = Calibration()  # the defaults
 STAGING = ".streamed-layers"  # inside the output's scratch folder; gone before the output appears
 INDEX_FILE = "model.safetensors.index.json"  # transformers' name for the shard index
 SAFETENSORS_METADATA = {"format": "pt"}  # what transformers expects in a PyTorch safetensors header
@@ -111,8 +113,9 @@ def _statistics_bytes(method, index: int, adapter, model) -> int:
                for module in adapter.linear_targets(model, index).values())
 
 
-def estimate_pruning_memory(model_dir: str | os.PathLike, method, dtype: str = "float32", nsamples: int = 128,
-                            seqlen: int = 2048, batch_size: int = 8, *, measure_runtime: bool = True) -> dict:
+def estimate_pruning_memory(model_dir: str | os.PathLike, method, dtype: str = "float32",
+                            nsamples: int = CALIBRATION.nsamples, seqlen: int = CALIBRATION.seqlen,
+                            batch_size: int = CALIBRATION.batch_size, *, measure_runtime: bool = True) -> dict:
     """Peak resident memory of pruning `model_dir` with `method`, in memory and streamed, from config.json and
     the safetensors headers (no weight is read). Terms in bytes:
 
@@ -176,7 +179,8 @@ class MemoryPlan:
 
 
 def plan_memory(model_dir, method, *, max_memory: str | int | None = None, stream: bool | None = None,
-                dtype: str = "float32", nsamples: int = 128, seqlen: int = 2048, batch_size: int = 8,
+                dtype: str = "float32", nsamples: int = CALIBRATION.nsamples, seqlen: int = CALIBRATION.seqlen,
+                batch_size: int = CALIBRATION.batch_size,
                 evaluate: bool = False, recovery_steps: int = 0, save_format: str = "dense",
                 model_config: dict | None = None) -> MemoryPlan:
     """Choose in-memory or streamed before any work. `stream` True forces streaming, False forbids it, None

@@ -12,13 +12,41 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from pathlib import Path
 
 from ..core import zoo
 from ..core.checks import model_config, read_json_object
 from ..core.io import PRUNE_REPORT, RUN_ID, atomic_write_json, git_commit, peak_rss_mb, versions
+from ..training.recovery_options import RECOVERY
 
-PRUNING_KEYS = ("method", "options", "calibration", "seed", "recovery", RUN_ID)  # what a measured model's prune.json contributes
+# prune.json's keys, named once: `prune_report` writes them, the tables and the provenance below read them
+METHOD, OPTIONS, CALIBRATION, SEED, PARAMETERS, RESULT, EVALUATION = (
+    "method", "options", "calibration", "seed", "parameters", "result", "evaluation")
+PRUNING_KEYS = (METHOD, OPTIONS, CALIBRATION, SEED, RECOVERY, RUN_ID)  # what a measured model's prune.json contributes
+
+
+def prune_report(*, method: str, options: dict, calibration: dict | None, seed: int, device, dtype: str, ignore,
+                 parameters: dict, result: dict, evaluation: dict | None, prune_seconds: float,
+                 recovery: dict | None = None, **more) -> dict:
+    """prune.json's fields before `Measurement.finish` adds the model, time, peak memory and versions; `more`
+    adds what only some runs have (memory, peak CUDA memory, a Pruner's evaluations)."""
+    return {
+        METHOD: method,
+        OPTIONS: options,
+        CALIBRATION: calibration,  # the CalibrationProtocol, None when no step calibrated
+        SEED: seed,
+        RUN_ID: uuid.uuid4().hex,  # tells two prunes with identical settings apart
+        "device": str(device),
+        "dtype": dtype,
+        "ignore": list(ignore),
+        PARAMETERS: parameters,
+        RESULT: result,
+        EVALUATION: evaluation or None,
+        "prune_seconds": round(prune_seconds, 3),
+        RECOVERY: recovery,
+        **more,
+    }
 
 
 def model_record(path: Path, spec: str) -> dict:

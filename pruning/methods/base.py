@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..core.checks import positive
 from ..core.options import MethodError, Option, parse_options
+from ..core.protocols import Calibration
 
 if TYPE_CHECKING:
     import torch
@@ -70,8 +71,8 @@ class PruneContext:
     adapter: ArchitectureAdapter
     device: torch.device
     calibration: Any = None
-    seed: int = 0
-    batch_size: int = 8
+    seed: int = Calibration.seed
+    batch_size: int = Calibration.batch_size
     progress: bool = True
     ignore: tuple[str, ...] = ()
     extras: dict = field(default_factory=dict)
@@ -169,6 +170,13 @@ class PruningMethod:
 
     def prune(self, ctx: PruneContext) -> dict:
         raise NotImplementedError
+
+
+def config_layer_count(config: dict) -> int | None:
+    """The decoder layer count config.json declares (num_hidden_layers), or None where it declares none: what
+    a method that plans from the layer count alone (depth, layers) checks before the weights load."""
+    layers = config.get("num_hidden_layers")
+    return layers if isinstance(layers, int) and not isinstance(layers, bool) else None
 
 
 _REGISTRY: dict[str, type[PruningMethod]] = {}

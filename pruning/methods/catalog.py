@@ -1,6 +1,6 @@
 """The registry's declarations in the forms other parts need: the method listing of the CLI and the
-per-method rules of the workflow config schema (workflow/schemas/config.schema.yaml, which a test keeps
-equal to `schema_rules()`)."""
+method names and per-method rules of the workflow config schema (workflow/schemas/config.schema.yaml, which the
+workflow fills through `config_schema` when it loads)."""
 from __future__ import annotations
 
 from .base import available_methods, base_methods, method_class
@@ -40,6 +40,15 @@ def schema_rules() -> list[dict]:
         then = {"required": ["options" if required else "ratios"], **then} if required or not is_composite(name) else then
         rules.append({"if": {"properties": {"method": {"const": name}}}, "then": then})
     return rules
+
+
+def config_schema(schema: dict) -> dict:
+    """The workflow config schema with the registry's part filled in: `$defs.method`'s method names and its
+    per-method rules (`schema_rules`)."""
+    method = schema["$defs"]["method"]
+    method["properties"]["method"]["enum"] = available_methods()
+    method["allOf"] = schema_rules()
+    return schema
 
 
 def listing() -> str:

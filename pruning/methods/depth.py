@@ -30,7 +30,7 @@ import math
 from collections import deque
 from typing import TYPE_CHECKING
 
-from .base import MethodError, PruneContext, PruningMethod, no_grad, register
+from .base import MethodError, PruneContext, PruningMethod, config_layer_count, no_grad, register
 from .depth_similarity import CRITERIA, TOKENS
 from ..core.options import Option, parse_options
 from .search import check_search_windows, choice_margin, search_record, search_windows_option
@@ -114,6 +114,11 @@ class Depth(PruningMethod):
             return (f"method depth with criterion {self.criterion} holds a gradient sum for every weight of the model "
                     f"and cannot stream; streaming supports criterion {', '.join(STREAMING_CRITERIA)}")
         return None
+
+    def check_config(self, config: dict) -> None:
+        super().check_config(config)
+        if (layers := config_layer_count(config)) is not None:
+            self.plan(layers)
 
     def check_model(self, ctx: PruneContext) -> None:
         self.plan(ctx.adapter.num_layers(ctx.model))

@@ -2,7 +2,7 @@
 evenly over the interior so the first and last layers stay. Needs no data; works for every family."""
 from __future__ import annotations
 
-from .base import MethodError, PruneContext, PruningMethod, no_grad, register
+from .base import MethodError, PruneContext, PruningMethod, config_layer_count, no_grad, register
 from ..core.options import Option
 
 
@@ -31,6 +31,11 @@ class Layers(PruningMethod):
             raise MethodError(f"layers: fraction {self.fraction} asks for {count} of {num_layers} layers, but the "
                               f"first and last stay, so at most {max(0, num_layers - 2)} can go")
         return evenly_spread(num_layers, count)
+
+    def check_config(self, config: dict) -> None:
+        super().check_config(config)
+        if (layers := config_layer_count(config)) is not None:
+            self.plan(layers)
 
     def check_model(self, ctx: PruneContext) -> None:
         self.plan(ctx.adapter.num_layers(ctx.model))

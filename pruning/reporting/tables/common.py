@@ -10,6 +10,7 @@ from typing import Iterable
 import pandas as pd
 
 from ...core.sparse_formats import CHECKPOINT
+from ...evaluation import provenance as prune_json  # prune.json's keys
 from ..metric_files import Results, ordered_unique
 
 ZEROSHOT_METRIC = "acc"
@@ -17,10 +18,10 @@ MISSING = "—"
 CSV_COLUMNS = ["model", "method", "ratio", "key", "metric", "value", "file"]
 # The metrics each layout reads, by file kind (flattened JSON keys).
 PROTOCOL = ["dataset", "split", "seqlen", "windows", "max_windows", "scored_tokens", "dtype"]
-CALIBRATION = ["calibration.source", "calibration.nsamples", "calibration.seqlen", "calibration.seed"]
+CALIBRATION = [f"{prune_json.CALIBRATION}.{key}" for key in ("source", "nsamples", "seqlen", "seed")]
 PPL = ["ppl", "parameters.total", "parameters.nonzero", *PROTOCOL]
-PRUNED = ["method", "parameters.before.total", "parameters.before.nonzero", "parameters.after.total",
-          "parameters.after.nonzero", *CALIBRATION]
+PRUNED = [prune_json.METHOD, *(f"{prune_json.PARAMETERS}.{when}.{count}" for when in ("before", "after")
+                               for count in ("total", "nonzero")), *CALIBRATION]
 REMOVED = ["result.prune_ratio_percent", "result.removed_layers", "result.mha_removed_layers",
            "result.ffn_removed_layers"]
 STORED = [f"{CHECKPOINT}.format", f"{CHECKPOINT}.safetensors_bytes"]  # how prune saved the weights (prune.json)

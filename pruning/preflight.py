@@ -1,0 +1,562 @@
+"""The one pre-flight: everything a run can be refused for, found before any weight is loaded.
+
+A `RunRequest` is a whole run as asked (model, method and options, calibration, evaluation, outputs, storage,
+recovery, memory, runtime). `problems(request)` returns every problem it finds, each naming the request key
+it is about; `check(request)` raises the first as the one-line error the API and the CLI print, and otherwise
+returns what the checks learned (the method built, the model directory and its config.json, the recovery
+settings, the memory plan). Only config.json, safetensors headers and data-file names are read.
+
+`api.prune`, `api.evaluate_perplexity`, `Pruner`, the job files (through `api.prune`) and the workflow all ask
+it; `workflow_config_problems` runs it on every grid row of a workflow config (with each model's config.json
+where it is readable offline) and adds what only a config has (cross references, stages, optional parts), each
+problem naming its config key.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .core import checks
+from .core.data import check_calibration_source, check_evaluation_dataset, data_dir
+from .core.protocols import Calibration, Evaluation
+from .core.sparse_formats import DENSE, check_request as check_save_request
+from .methods import PruningMethod, build_method
+from .reporting.evaluations import STAGES
+from .reporting.grid import GridError, ratio_token_problem, task_fewshot
+from .training.recovery_options import RecoverySettings
+
+# How a request key is named in a message where the key is part of the sentence (lengths, counts); the API's
+# and the CLI's spelling unless the request gives its own `names` (the workflow gives config keys).
+DEFAULT_NAMES = {"calibration.batch_size": "batch_size", "calibration.nsamples": "nsamples",
+                 "calibration.seqlen": "--seqlen", "evaluation.seqlen": "--eval-seqlen",
+                 "evaluation.max_windows": "--max-windows", "evaluation.batch_size": "--batch-size",
+                 "recovery.seqlen": "--recover-seqlen"}
+MODEL_CONFIG = "model_config"  # the key of a problem the model's config.json raises against the method
+_RESOLVE = object()  # survey(): resolve the model (fetching it if needed) and check its files
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason to refuse a request: the request key it is about and the error a front door raises."""
+
+    key: str
+    error: Exception
+
+    @property
+    def message(self) -> str:
+        return " ".join(str(self.error).split())
+
+
+@dataclass
+class RunRequest:
+    """One run as asked. `method` None: no method yet (a Pruner before its steps, an evaluation);
+    `calibration` None: the run does not calibrate; `evaluation` None: it does not evaluate. `device` and
+    `dtype` None: checked elsewhere (the workflow checks its device where its jobs run)."""
+
+    model: str
+    method: str | PruningMethod | None = None
+    options: dict = field(default_factory=dict)
+    calibration: Calibration | None = field(default_factory=Calibration)
+    evaluation: Evaluation | None = None
+    output_dir: str | os.PathLike | None = None
+    output_file: str | os.PathLike | None = None
+    overwrite: bool = False
+    save_format: str = DENSE
+    recovery: dict | None = None
+    max_memory: str | int | None = None
+    stream: bool | None = None
+    device: str | None = "auto"
+    dtype: str | None = "float32"
+    data_dir: str | None = None
+    names: dict = field(default_factory=dict)
+
+    def name(self, key: str) -> str:
+        return self.names.get(key) or DEFAULT_NAMES.get(key, key)
+
+    def inputs(self) -> list:
+        """Every input a run reads besides the model, which no output may be, contain or lie inside."""
+        recovery = (self.recovery or {}).get("data") if (self.recovery or {}).get("steps") else None
+        return [self.calibration.source if self.calibration else None,
+                self.evaluation.dataset if self.evaluation else None, recovery,
+                *(self.options.get(k) for k in ("teacher_model", "training_data"))]
+
+
+@dataclass
+class Preflight:
+    """What the checks learned, for the run that follows them."""
+
+    method: PruningMethod | None = None
+    path: Path | None = None
+    config: dict | None = None
+    recovery: RecoverySettings | None = None
+    memory: object | None = None  # core.streaming.MemoryPlan
+    problems: list[Problem] = field(default_factory=list)
+
+
+def problems(request: RunRequest) -> list[Problem]:
+    """Every problem of `request`, found without loading weights (the model is resolved, fetched if needed)."""
+    return survey(request).problems
+
+
+def check(request: RunRequest, model_config=_RESOLVE) -> Preflight:
+    """What `survey` learned; its first problem raised as the error the caller would have met."""
+    found = survey(request, model_config)
+    if found.problems:
+        raise found.problems[0].error
+    return found
+
+
+def survey(request: RunRequest, model_config=_RESOLVE) -> Preflight:
+    """Run every check of `request`. `model_config` given (a config.json mapping, or None where none is
+    readable): the model is not resolved, outputs and the memory estimate are left to the job, and the checks
+    that need the model's config use this one (skipped for None)."""
+    found = Preflight()
+    calibration, evaluation = request.calibration, request.evaluation
+
+    def ask(key, check, *args, **kwargs):
+        try:
+            return check(*args, **kwargs)
+        except ValueError as error:  # the project's errors are ValueErrors (OutputError, DataError, ...)
+            found.problems.append(Problem(key, error))
+            return None
+
+    def count(key, value, minimum=1):
+        if value is not None and (problem := checks.count_problem(request.name(key), value, minimum)):
+            found.problems.append(Problem(key, ValueError(problem)))
+
+    ask("save_format", check_save_request, request.save_format, request.options.get("nm"))
+    if calibration:
+        count("calibration.batch_size", calibration.batch_size)
+    found.recovery = ask("recovery", RecoverySettings.parse, request.recovery)
+    method = request.method
+    if isinstance(method, str):
+        method = ask("method", build_method, method, **request.options)
+    found.method = method
+    calibrates = calibration is not None and (request.method is None or (method is not None and method.needs_calibration))
+    if calibrates:
+        ask("calibration.source", check_calibration_source, calibration.source)
+        count("calibration.nsamples", calibration.nsamples)
+        if method is not None and checks.count_problem("", calibration.nsamples) is None:
+            ask("options", method.check_calibration, calibration.nsamples)
+    if evaluation:
+        ask("evaluation.dataset", check_evaluation_dataset, evaluation.dataset)
+    ask("data_dir", data_dir, request.data_dir)
+    if request.device is not None:
+        from .core.modeling import resolve_device
+
+        ask("device", resolve_device, request.device)
+    if request.dtype is not None:
+        from .core.modeling import torch_dtype
+
+        ask("dtype", torch_dtype, request.dtype)
+    if evaluation:
+        count("evaluation.max_windows", evaluation.max_windows)
+        if request.output_file is not None:
+            count("evaluation.batch_size", evaluation.batch_size)
+    if model_config is _RESOLVE:
+        if found.problems and not Path(request.model).expanduser().is_dir():
+            return found  # a bad argument is refused before a model is fetched
+        resolved = ask("model", _resolve_model, request)
+        if resolved is None:
+            return found
+        found.path, found.config = resolved
+    else:
+        found.config = model_config
+    config = found.config
+    if config is None:
+        _memory_size(request, found)
+        return found
+    label = request.names.get("model") or found.path or request.model
+    lengths = {}
+    if calibrates and method is not None:
+        lengths["calibration.seqlen"] = calibration.seqlen
+    if evaluation:
+        known = calibration.seqlen if calibration is not None and request.method is not None else None
+        lengths["evaluation.seqlen"] = evaluation.seqlen if evaluation.seqlen is not None else known
+    for key, value in lengths.items():
+        for problem in checks.length_problems(label, config, {request.name(key): value}):
+            found.problems.append(Problem(key, ValueError(problem)))
+    if method is None:
+        return found
+    ask(MODEL_CONFIG, method.check_config, config)
+    if model_config is not _RESOLVE:
+        _memory_size(request, found)
+    elif not found.problems:  # the estimate needs a method the model can run
+        found.memory = ask("max_memory", _memory_plan, request, found)
+    if found.recovery is not None and found.recovery.steps:
+        for problem in checks.length_problems(label, config, {request.name("recovery.seqlen"): found.recovery.seqlen}):
+            found.problems.append(Problem("recovery.seqlen", ValueError(problem)))
+    return found
+
+
+def _resolve_model(request: RunRequest) -> tuple[Path, dict]:
+    """The output checked against every input, the model resolved (fetched if needed) and its files checked."""
+    if request.output_file is not None:
+        return checks.model_and_outputs(request.model, [(request.output_file, "output")],
+                                        overwrite=request.overwrite, inputs=request.inputs())
+    if request.output_dir is not None:
+        checks.output_directory(request.output_dir, overwrite=request.overwrite,
+                                inputs=[request.model, *request.inputs()])
+    path = checks.local_model(request.model)
+    if request.output_dir is not None:
+        checks.output_directory(request.output_dir, overwrite=request.overwrite, inputs=[path])
+    return path, checks.model_files(path)
+
+
+def _memory_plan(request: RunRequest, found: Preflight):
+    from .core.streaming import plan_memory
+
+    calibration = request.calibration or Calibration()
+    return plan_memory(found.path, found.method, max_memory=request.max_memory, stream=request.stream,
+                       dtype=request.dtype or "float32",
+                       nsamples=calibration.nsamples if found.method.needs_calibration else 0,
+                       seqlen=calibration.seqlen, batch_size=calibration.batch_size,
+                       evaluate=request.evaluation is not None,
+                       recovery_steps=found.recovery.steps if found.recovery else 0,
+                       save_format=request.save_format, model_config=found.config)
+
+
+def _memory_size(request: RunRequest, found: Preflight) -> None:
+    """Without the model's files: `max_memory` must at least read as a size."""
+    if request.max_memory is None:
+        return
+    from .core.streaming import MemoryCapError, parse_memory_size
+
+    try:
+        parse_memory_size(request.max_memory)
+    except MemoryCapError as error:
+        found.problems.append(Problem("max_memory", error))
+
+
+# ============================================================================== the workflow's config
+
+DATA_FILE_SUFFIXES = (".txt", ".jsonl", ".gz")  # calibration/evaluation text given as a file (path from the repo)
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")  # Hugging Face's own switches, set = offline
+
+
+class WorkflowConfig:
+    """A loaded workflow config (schema defaults filled) and the repository its relative paths start from."""
+
+    def __init__(self, cfg: dict, repo: str | os.PathLike):
+        self.cfg, self.repo = cfg, Path(repo)
+
+    def path(self, text: str) -> Path:
+        """Paths in the config are relative to the repository root, whatever the working directory."""
+        path = Path(text).expanduser()
+        return path if path.is_absolute() else (self.repo / path).resolve()
+
+    @staticmethod
+    def is_gguf_spec(spec: str) -> bool:
+        """A local GGUF file given as model spec (the zoo dequantizes it; checked by zoo.check_spec)."""
+        return spec.lower().endswith(".gguf") and not spec.startswith("pypi:")
+
+    def is_path_spec(self, spec: str) -> bool:
+        return spec.startswith((".", os.sep, "~")) or (self.repo / spec).is_dir() or self.is_gguf_spec(spec)
+
+    def data_argument(self, source: str) -> str:
+        """A calibration/evaluation source as jobs get it: files (by suffix) made absolute, names unchanged."""
+        return str(self.path(source)) if Path(source).suffix in DATA_FILE_SUFFIXES else source
+
+    def model_specs(self) -> dict[str, str]:
+        """Each config model's zoo spec: an entry is the spec itself, or a mapping with `spec` (and a `note`)."""
+        return {name: entry if isinstance(entry, str) else entry["spec"] for name, entry in self.cfg["models"].items()}
+
+    def data_dir(self) -> str | None:
+        return str(self.path(self.cfg["data_dir"])) if self.cfg["data_dir"] else None
+
+    def protocol(self) -> tuple[Calibration, Evaluation]:
+        """The protocol's calibration and evaluation as jobs get them (data files made absolute)."""
+        protocol = self.cfg["protocols"][self.cfg["protocol"]]
+        calibration = Calibration.from_config(protocol["calibration"])
+        evaluation = Evaluation.from_config(protocol["evaluation"])
+        return (replace(calibration, source=self.data_argument(calibration.source)),
+                replace(evaluation, dataset=self.data_argument(evaluation.dataset)))
+
+    def recovery(self, entry: dict) -> dict:
+        """A method entry's `recovery` settings as its job passes them (a data file made absolute)."""
+        recovery = dict(entry.get("recovery", {}))
+        if "data" in recovery:
+            recovery["data"] = self.data_argument(recovery["data"])
+        return recovery
+
+    def model_config(self, name: str, spec: str) -> dict | None:
+        """A model's config.json where it is readable offline: the local directory, the zoo's or the hub's
+        cache, or the copy fetched into resources/; None when there is none yet (its checks are skipped)."""
+        from .core import zoo
+
+        candidates = []
+        cached_dir = zoo.cached_model_dir(str(self.path(spec)) if self.is_gguf_spec(spec) else spec)
+        if cached_dir is not None:
+            candidates.append(cached_dir / "config.json")
+        elif self.is_path_spec(spec):
+            candidates.append(self.path(spec) / "config.json")
+        else:
+            from huggingface_hub import try_to_load_from_cache
+
+            try:
+                cached = try_to_load_from_cache(spec, "config.json")
+            except ValueError:  # not a repo id: the spec check names it
+                cached = None
+            if isinstance(cached, str):
+                candidates.append(Path(cached))
+        candidates.append(Path("resources", "models", name, "config.json"))
+        for path in candidates:
+            try:
+                config = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(config, dict):
+                return config
+        return None
+
+
+def workflow_config_problems(cfg: dict, repo: str | os.PathLike, *, jobs_run_here: bool = True,
+                             jobs_have_own_env: bool = False) -> list[str]:
+    """Every problem of a workflow config whose schema holds (defaults filled), each naming its config key:
+    first the cross references a schema cannot express; where those hold, what a job would refuse, asked of
+    the pre-flight for every grid row, and the optional parts the config needs (llama-cpp-python unless
+    `jobs_have_own_env`, CUDA when `jobs_run_here`, the network). torch is imported only where a model config,
+    a zero-shot task or a cuda device asks for it."""
+    config = WorkflowConfig(cfg, repo)
+    errors = _cross_reference_errors(config)
+    if errors:
+        return errors
+    specs = config.model_specs()
+    model_configs = {name: config.model_config(name, spec) for name, spec in specs.items()}
+    errors = [*_spec_errors(config, specs), *_row_errors(config, model_configs), *_speed_length_errors(cfg, model_configs),
+              *_task_errors(cfg["zeroshot"]["tasks"], config.data_dir()),
+              *([] if jobs_have_own_env else _llama_cpp_errors(cfg)),
+              *(_device_errors(cfg["device"]) if jobs_run_here else [])]
+    return list(dict.fromkeys(errors))
+
+
+def _cross_reference_errors(config: WorkflowConfig) -> list[str]:
+    """Checks a schema cannot express: cross references, token round trips, existing paths, shots per task."""
+    from .methods.catalog import is_composite
+
+    cfg, errors = config.cfg, []
+    models = cfg["models"]
+    for name, spec in config.model_specs().items():
+        if (config.is_path_spec(spec) and not config.is_gguf_spec(spec)
+                and not (config.path(spec) / "config.json").is_file()):
+            errors.append(f"config.models.{name}: {config.path(spec)} is not a Hugging Face model directory "
+                          "(relative paths are taken from the repository root)")
+    if cfg["protocol"] not in cfg["protocols"]:
+        errors.append(f"config.protocol: {cfg['protocol']!r} is not one of the presets in protocols "
+                      f"({', '.join(cfg['protocols'])})")
+    for name, entry in cfg["methods"].items():
+        for index, model in enumerate(entry.get("models", [])):
+            if model not in models:
+                errors.append(f"config.methods.{name}.models[{index}]: {model!r} is not a model in models "
+                              f"({', '.join(models)})")
+        ratios = entry.get("ratios", {})
+        errors += [f"config.methods.{name}.ratios.{kind}[{index}]: {problem}" for kind, values in ratios.items()
+                   for index, value in enumerate(values) if (problem := ratio_token_problem(kind, value))]
+        for kind in sorted(set(ratios) & set(entry["options"])):
+            errors.append(f"config.methods.{name}.options.{kind}: {kind} is already given in ratios")
+        if not ratios and is_composite(entry["method"]) and not entry["options"]:
+            errors.append(f"config.methods.{name}: {entry['method']} without ratios needs its ratios in options")
+    if cfg["data_dir"] and not config.path(cfg["data_dir"]).is_dir():
+        errors.append(f"config.data_dir: {config.path(cfg['data_dir'])} is not a directory")
+    for stage in STAGES:
+        for index, model in enumerate(cfg[stage]["models"] or []):
+            if model not in models:
+                errors.append(f"config.{stage}.models[{index}]: {model!r} is not a model in models "
+                              f"({', '.join(models)})")
+    speed = cfg["speed"]
+    if speed["enabled"] and speed["gguf_outtype"]:
+        if speed["gguf_outtype"] not in cfg["gguf"]["outtypes"]:
+            errors.append(f"config.speed.gguf_outtype: {speed['gguf_outtype']!r} is not listed in gguf.outtypes")
+        elif cfg["gguf"]["models"] is not None:
+            timed = speed["models"] or list(models)
+            unconverted = [model for model in timed if model not in cfg["gguf"]["models"]]
+            if unconverted:
+                errors.append(f"config.speed.gguf_outtype: the rows of {', '.join(unconverted)} are timed in "
+                              "llama.cpp but not converted to GGUF (add them to gguf.models)")
+    try:
+        task_fewshot(cfg["zeroshot"]["tasks"], cfg["zeroshot"]["num_fewshot"])
+    except GridError as exc:
+        errors.append(f"config.zeroshot.num_fewshot: {exc}")
+    return errors
+
+
+def _spec_errors(config: WorkflowConfig, specs: dict) -> list[str]:
+    """Embedded names and hub ids the zoo cannot resolve (directories were checked before)."""
+    from .core import zoo
+
+    errors = []
+    for name, spec in specs.items():
+        if not config.is_path_spec(spec) or config.is_gguf_spec(spec):
+            try:
+                zoo.check_spec(str(config.path(spec)) if config.is_gguf_spec(spec) else spec)
+            except ValueError as exc:
+                errors.append(f"config.models.{name}: {exc}")
+    return errors
+
+
+def _row_errors(config: WorkflowConfig, model_configs: dict) -> list[str]:
+    """The pre-flight of every grid row (each model's dense row and each method entry's rows on its models),
+    its problems named by config key: a row's ratio (`config.methods.E.ratios.K[I]`), or the entry, its
+    options or recovery, or the protocol's calibration and evaluation keys."""
+    cfg = config.cfg
+    protocol_name = cfg["protocol"]
+    calibration, evaluation = config.protocol()
+    shared = dict(evaluation=evaluation, max_memory=cfg["max_memory"], device=None, dtype=None,
+                  data_dir=config.data_dir())
+    protocol_names = {f"{part}.{key}": f"config.protocols.{protocol_name}.{part}.{key}"
+                      for part in ("calibration", "evaluation") for key in ("source", "dataset", "nsamples", "seqlen",
+                                                                             "batch_size", "max_windows")}
+    protocol_names.update({"max_memory": "config.max_memory", "data_dir": "config.data_dir"})
+    errors = []
+    for model, spec in config.model_specs().items():  # the dense rows: evaluation only
+        request = RunRequest(spec, calibration=calibration, names={**protocol_names, "model": model}, **shared)
+        errors += [_render(problem, protocol_names, model) for problem in survey(request, model_configs[model]).problems]
+    for name, entry in cfg["methods"].items():
+        rows = [(kind, index, value) for kind, values in entry.get("ratios", {}).items()
+                for index, value in enumerate(values)] or [(None, None, None)]
+        for kind, index, value in rows:
+            ratio = {kind: value} if kind else {}
+            row = f"config.methods.{name}" + (f".ratios.{kind}[{index}]" if kind else "")
+            names = {**protocol_names, "method": _build_key(entry, ratio, row, name), "save_format": row,
+                     MODEL_CONFIG: row, "options": f"config.methods.{name}.options",
+                     "recovery": f"config.methods.{name}.recovery",
+                     "recovery.seqlen": f"config.methods.{name}.recovery.seqlen"}
+            for model in entry.get("models", list(model_configs)):
+                request = RunRequest(config.model_specs()[model], entry["method"], {**entry["options"], **ratio},
+                                     calibration=calibration, save_format=entry.get("save_format", cfg["save_format"]),
+                                     recovery=config.recovery(entry), names={**names, "model": model}, **shared)
+                errors += [_render(problem, names, model) for problem in survey(request, model_configs[model]).problems]
+    return errors
+
+
+def _build_key(entry: dict, ratio: dict, row: str, name: str) -> str:
+    """Where a method that cannot be built is refused: its options where the ratio alone builds, else the row."""
+    if entry["options"] and ratio:
+        try:
+            build_method(entry["method"], **ratio)
+            return f"config.methods.{name}.options"
+        except (ValueError, TypeError):
+            pass
+    return row
+
+
+def _render(problem: Problem, names: dict, model: str) -> str:
+    """A problem as the config check prints it: a message that names its config key as it is (lengths), else
+    the key first; a refusal from the model's config.json ends with the model's name."""
+    message = problem.message
+    if message.startswith("config."):
+        return message
+    line = f"{names.get(problem.key, 'config')}: {message}"
+    return f"{line} (model {model})" if problem.key == MODEL_CONFIG else line
+
+
+def _speed_length_errors(cfg: dict, model_configs: dict) -> list[str]:
+    """Prompt + new tokens of the speed measurement against each model's positions."""
+    speed = cfg["speed"]
+    if not speed["enabled"]:
+        return []
+    prompt, new = speed["prompt_tokens"], speed["new_tokens"]
+    label = f"config.speed.prompt_tokens {prompt} + new_tokens {new} ="
+    return [problem for model, config in model_configs.items() if config
+            for problem in checks.length_problems(model, config, {label: prompt + new})]
+
+
+def _offline_variable() -> str | None:
+    """The variable that puts this run offline (truthy as huggingface_hub reads it), or None."""
+    return next((name for name in OFFLINE_VARIABLES
+                 if os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}), None)
+
+
+def _task_errors(tasks: list, data_dir: str | None) -> list[str]:
+    """Zero-shot task names: a local copy in the data directory, else a task in lm-eval's list, which needs
+    the hub: refused when offline."""
+    if not tasks:
+        return []
+    from .evaluation.zeroshot import resolve_task
+
+    errors, offline = [], _offline_variable()
+    for index, task in enumerate(tasks):
+        try:
+            choice = resolve_task(task, "auto", data_dir)
+        except ValueError as exc:
+            errors.append(f"config.zeroshot.tasks[{index}]: {exc}")
+            continue
+        if choice.source == "hub" and offline:
+            where = f"in {choice.data_dir}" if choice.data_dir else "(no data_dir)"
+            errors.append(f"config.zeroshot.tasks[{index}]: {task!r} has no local copy {where}, so its documents "
+                          f"come from the Hugging Face hub, and {offline} is set (offline); use a task with a "
+                          "local copy or run online")
+    return errors
+
+
+def _llama_cpp_errors(cfg: dict) -> list[str]:
+    """GGUF outputs (each evaluated in llama.cpp; k-quants also made by its quantizer) and llama.cpp speed
+    need llama-cpp-python in the Python that runs the jobs."""
+    import sys
+
+    asked = cfg["gguf"]["outtypes"] or (cfg["speed"]["enabled"] and cfg["speed"]["gguf_outtype"])
+    if not asked or importlib.util.find_spec("llama_cpp") is not None:
+        return []
+    from .export.outtypes import LLAMACPP_OUTTYPES
+
+    missing = f"llama-cpp-python: {sys.executable} cannot import it (bash scripts/setup.sh installs it)"
+    errors = []
+    for index, outtype in enumerate(cfg["gguf"]["outtypes"]):
+        uses = ("made by llama.cpp's quantizer and evaluated in llama.cpp" if outtype in LLAMACPP_OUTTYPES
+                else "evaluated in llama.cpp, as every GGUF file of the grid (gguf_eval)")
+        errors.append(f"config.gguf.outtypes[{index}]: {outtype!r} is {uses}, which needs {missing}")
+    if cfg["speed"]["enabled"] and cfg["speed"]["gguf_outtype"]:
+        errors.append(f"config.speed.gguf_outtype: timing {cfg['speed']['gguf_outtype']!r} in llama.cpp needs {missing}")
+    return errors
+
+
+def _device_errors(device: str) -> list[str]:
+    """`device: cuda[:N]` needs CUDA where the jobs run. Imports torch only for a cuda device."""
+    if not device.startswith("cuda"):
+        return []
+    import torch
+
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU visible"
+        return [f"config.device: {device!r} needs CUDA, which torch {torch.__version__} here has not ({build}); "
+                "use cpu, or submit to GPU nodes (--workflow-profile profiles/slurm)"]
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        return [f"config.device: {device!r} but this machine has {torch.cuda.device_count()} CUDA device(s)"]
+    return []
+
+
+def duplicate_keys(path: str | os.PathLike) -> list[str]:
+    """Keys written twice in one mapping of a YAML config file (YAML keeps only the last one, silently)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return []  # whoever reads the file reports a file it cannot read
+    visited = set()  # an alias may point back at a node already walked
+
+    def walk(node, key):
+        if id(node) in visited:
+            return
+        visited.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            lines = {}
+            for name, value in node.value:
+                if isinstance(name, yaml.ScalarNode) and name.tag != "tag:yaml.org,2002:merge":
+                    line = name.start_mark.line + 1
+                    if name.value in lines:
+                        yield (f"{key}.{name.value}: written twice in {path} (lines {lines[name.value]} and {line}); "
+                               "remove one (YAML would keep only the last)")
+                    lines.setdefault(name.value, line)
+                yield from walk(value, f"{key}.{name.value}")
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                yield from walk(item, f"{key}[{index}]")
+
+    return list(walk(root, "config"))
+
