@@ -14,7 +14,7 @@ from pruning.reporting.grid import table_specs
 
 PACKAGE = Path(__file__).resolve().parent.parent / "pruning"
 FACT_TYPES = {"FAMILY": str, "RETRAINS": bool, "REMOVES_LAYERS": bool, "SUPPORTS_MOE": bool, "COMPOSITE": bool}
-MIXTRAL = {"model_type": "mixtral", "num_hidden_layers": 2}
+MIXTRAL = {"model_type": "mixtral", "num_hidden_layers": 8}  # enough layers for every plan to fit
 
 
 @pytest.fixture
