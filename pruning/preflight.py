@@ -313,6 +313,56 @@ class WorkflowConfig:
         return None
 
 
+    def prune_arguments(self, row: dict) -> list[str]:
+        """The flags of one grid row's prune job: --method, its ratio, options, recovery, save format, memory cap."""
+        entry = row["entry"]
+        args = ["--method", entry["method"]]
+        if row["kind"] in ("sparsity", "nm"):
+            args += [f"--{row['kind']}", row["value"]]
+        elif row["kind"]:
+            args += ["--option", f"{row['kind']}={row['value']}"]
+        for key, value in entry.get("options", {}).items():
+            args += ["--option", f"{key}={json.dumps(value)}"]
+        for key, value in self.recovery(entry).items():
+            args += [f"--recover-{key.replace('_', '-')}", value]
+        save_format = entry.get("save_format", self.cfg["save_format"])
+        if save_format != DENSE:  # the default: rows saved dense keep the command (and results) they had
+            args += ["--save-format", save_format]
+        if self.cfg["max_memory"] is not None:  # over it the job streams its layers from disk (core/streaming.py)
+            args += ["--max-memory", self.cfg["max_memory"]]
+        return args
+
+    def runtime_arguments(self, device: bool = True) -> list[str]:
+        args = ["--device", self.cfg["device"], "--dtype", self.cfg["dtype"]] if device else []
+        return args + (["--data-dir", self.data_dir()] if self.data_dir() else [])
+
+    def zeroshot_arguments(self, task: str) -> list[str]:
+        """A zero-shot job's settings; shots per task (zeroshot.num_fewshot, a number or a map)."""
+        z = self.cfg["zeroshot"]
+        shots = task_fewshot(z["tasks"], z["num_fewshot"])[task]
+        return ["--num-fewshot", shots, "--batch-size", z["batch_size"],
+                *(["--limit", z["limit"]] if z["limit"] is not None else [])]
+
+    def speed_arguments(self) -> list[str]:
+        s = self.cfg["speed"]
+        return ["--prompt-tokens", s["prompt_tokens"], "--new-tokens", s["new_tokens"], "--repeats", s["repeats"],
+                "--device", self.cfg["device"], "--dtype", self.cfg["dtype"]]
+
+
+def schema_problems(error: Exception) -> list[str]:
+    """The schema violation a validation error carries, each at its leaves (`if/then`/`oneOf` failures) and
+    named by its config key as a user writes it (config.methods.wanda.ratios.sparsity[0])."""
+    import jsonschema
+
+    cause = error if isinstance(error, jsonschema.ValidationError) else error.__context__
+    if not isinstance(cause, jsonschema.ValidationError):
+        return [str(error)]
+    leaves = [cause]
+    while any(e.context for e in leaves):
+        leaves = [c for e in leaves for c in (e.context or [e])]
+    return sorted({"config" + "".join(f"[{part}]" if isinstance(part, int) else f".{part}"
+                                      for part in leaf.absolute_path) + f": {leaf.message}" for leaf in leaves})
+
 def workflow_config_problems(cfg: dict, repo: str | os.PathLike, *, jobs_run_here: bool = True,
                              jobs_have_own_env: bool = False) -> list[str]:
     """Every problem of a workflow config whose schema holds (defaults filled), each naming its config key:

@@ -2,7 +2,6 @@
 imports only torch-free parts of the library: the pre-flight (`pruning.preflight`, which imports torch only where
 a model config, a zero-shot task or a cuda device asks for it) and the grid contract (`pruning.reporting.grid`);
 jobs call the library through `python -m pruning`."""
-import json
 import os
 import re
 import shlex
@@ -10,7 +9,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import jsonschema
 import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.settings.types import DeploymentMethod
@@ -19,10 +17,10 @@ from snakemake.utils import validate
 REPO = Path(workflow.basedir).resolve()
 sys.path.insert(0, str(REPO))  # the library of this checkout, whichever `pruning` is installed
 from pruning.methods.catalog import config_schema
-from pruning.preflight import WorkflowConfig, duplicate_keys, workflow_config_problems
+from pruning.preflight import WorkflowConfig, duplicate_keys, schema_problems, workflow_config_problems
 from pruning.core.io import PRUNE_REPORT
 from pruning.reporting.evaluations import EVALUATIONS, STAGES, metric_file_names
-from pruning.reporting.grid import DENSE_METHOD, grid_rows, plot_specs, table_specs, task_fewshot
+from pruning.reporting.grid import DENSE_METHOD, grid_rows, plot_specs, table_specs
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -36,25 +34,6 @@ os.environ.update(
     PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
 )
-
-
-def _key(path) -> str:
-    """jsonschema path -> the config key as a user writes it: methods.wanda.ratios.sparsity[0]."""
-    text = "config"
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return text
-
-
-def _schema_messages(error: Exception) -> list[str]:
-    """The violation `validate` stopped at, naming its key; `if/then`/`oneOf` failures at their leaves."""
-    cause = error.__context__  # validate() raises WorkflowError inside `except ValidationError`
-    if not isinstance(cause, jsonschema.ValidationError):
-        return [str(error)]
-    leaves = [cause]
-    while any(e.context for e in leaves):
-        leaves = [c for e in leaves for c in (e.context or [e])]
-    return sorted({f"{_key(leaf.absolute_path)}: {leaf.message}" for leaf in leaves})
 
 
 def _config_files() -> list[Path]:
@@ -75,7 +54,7 @@ def check_config(cfg: dict) -> None:
         try:
             validate(cfg, schema=str(schema))
         except WorkflowError as error:
-            errors += _schema_messages(error)
+            errors += schema_problems(error)
     if not errors:
         errors = workflow_config_problems(
             cfg, REPO, jobs_run_here=workflow.resource_settings.nodes is None,
@@ -88,7 +67,6 @@ check_config(config)
 
 CONFIG = WorkflowConfig(config, REPO)
 CALIBRATION, EVALUATION = CONFIG.protocol()
-DATA_DIR = CONFIG.data_dir()
 GPUS = config["gpus_per_job"] if config["gpus_per_job"] is not None else int(config["device"].startswith("cuda"))
 
 # What each rule's jobs ask for: memory (MB) and runtime (minutes) of the first attempt, each retry
@@ -98,7 +76,7 @@ GPUS = config["gpus_per_job"] if config["gpus_per_job"] is not None else int(con
 JOB_RESOURCES = {
     "fetch_model": dict(mem_mb=8000, runtime=60, gpu=False),
     "prune": dict(mem_mb=32000, runtime=240, gpu=True),
-    "perplexity": dict(mem_mb=16000, runtime=120, gpu=True),
+    "perplexity": dict(mem_mb=16000, runtime=120, gpu=True),  # also any evaluation rule not listed here
     "zeroshot": dict(mem_mb=16000, runtime=240, gpu=True),
     "gguf_convert": dict(mem_mb=16000, runtime=60, gpu=False),
     "gguf_eval": dict(mem_mb=16000, runtime=120, gpu=False),  # llama.cpp on CPU
@@ -110,13 +88,15 @@ JOB_RESOURCES = {
 
 
 def job_resources(rule: str) -> dict:
-    """The `resources:` of `rule`, from JOB_RESOURCES."""
-    need = JOB_RESOURCES[rule]
+    """The `resources:` of `rule`, from JOB_RESOURCES (an evaluation rule not listed asks what perplexity does)."""
+    need = JOB_RESOURCES.get(rule, JOB_RESOURCES["perplexity"])
     resources = dict(mem_mb=lambda wildcards, attempt: need["mem_mb"] * attempt,
                      runtime=lambda wildcards, attempt: need["runtime"] * attempt)
     if need["gpu"]:
         resources["gpu"] = GPUS
     return resources
+
+
 MODEL_SPECS = CONFIG.model_specs()
 MODEL_NOTES = {name: entry["note"] for name, entry in config["models"].items()
                if isinstance(entry, dict) and entry.get("note")}
@@ -125,8 +105,6 @@ MODEL_NOTES = {name: entry["note"] for name, entry in config["models"].items()
 GRID = grid_rows(config["models"], config["methods"])
 RUNS = {(row["model"], row["method"], row["ratio"]): row for row in GRID}
 PRUNED = [row for row in GRID if row["method"] != DENSE_METHOD]
-ZEROSHOT_TASKS = config["zeroshot"]["tasks"]
-GGUF_OUTTYPES = config["gguf"]["outtypes"]
 
 
 def stage_applies(stage: str, row: dict) -> bool:
@@ -147,8 +125,7 @@ wildcard_constraints:
     model=_alternation(row["model"] for row in GRID),
     method=_alternation(row["method"] for row in GRID),
     ratio=_alternation(row["ratio"] for row in GRID),
-    task=_alternation(ZEROSHOT_TASKS) if ZEROSHOT_TASKS else "(?!)",
-    outtype=_alternation(GGUF_OUTTYPES) if GGUF_OUTTYPES else "(?!)",
+    **{e.key: _alternation(e.keys(config)) or "(?!)" for e in EVALUATIONS.values() if e.key},  # task, outtype
 
 
 PRUNED_METHODS_PATTERN = _alternation(row["method"] for row in PRUNED) if PRUNED else "(?!)"
@@ -185,24 +162,7 @@ def _quote(args) -> str:
 
 
 def prune_arguments(wildcards) -> str:
-    """--method, the ratio and the options of one grid row, shell-quoted."""
-    row = run_row(wildcards)
-    entry = row["entry"]
-    args = ["--method", entry["method"]]
-    if row["kind"] in ("sparsity", "nm"):
-        args += [f"--{row['kind']}", row["value"]]
-    elif row["kind"]:
-        args += ["--option", f"{row['kind']}={row['value']}"]
-    for key, value in entry.get("options", {}).items():
-        args += ["--option", f"{key}={json.dumps(value)}"]
-    for key, value in CONFIG.recovery(entry).items():
-        args += [f"--recover-{key.replace('_', '-')}", value]
-    save_format = entry.get("save_format", config["save_format"])
-    if save_format != "dense":  # the default: rows saved dense keep the command (and results) they had
-        args += ["--save-format", save_format]
-    if config["max_memory"] is not None:  # over it the job streams its layers from disk (pruning/core/streaming.py)
-        args += ["--max-memory", config["max_memory"]]
-    return _quote(args)
+    return _quote(CONFIG.prune_arguments(run_row(wildcards)))
 
 
 def calibration_arguments() -> str:
@@ -214,10 +174,7 @@ def evaluation_arguments(batch: bool = True) -> str:
 
 
 def runtime_arguments(device: bool = True) -> str:
-    args = ["--device", config["device"], "--dtype", config["dtype"]] if device else []
-    if DATA_DIR:
-        args += ["--data-dir", DATA_DIR]
-    return _quote(args)
+    return _quote(CONFIG.runtime_arguments(device))
 
 
 def pruned_model_output(path: str):
@@ -229,16 +186,8 @@ def gguf_output(path: str):
     return path if config["keep_models"] else temp(path)
 
 
-ZEROSHOT_SHOTS = task_fewshot(ZEROSHOT_TASKS, config["zeroshot"]["num_fewshot"])  # checked in check_config
-
-
 def zeroshot_arguments(wildcards) -> str:
-    """The zeroshot job's settings; shots per task (config.zeroshot.num_fewshot, a number or a map)."""
-    z = config["zeroshot"]
-    args = ["--num-fewshot", ZEROSHOT_SHOTS[wildcards.task], "--batch-size", z["batch_size"]]
-    if z["limit"] is not None:
-        args += ["--limit", z["limit"]]
-    return _quote(args)
+    return _quote(CONFIG.zeroshot_arguments(wildcards.task))
 
 
 def speed_inputs(wildcards) -> dict:
@@ -260,9 +209,7 @@ def speed_job_threads(wildcards) -> int:
 
 
 def speed_arguments() -> str:
-    s = config["speed"]
-    return _quote(["--prompt-tokens", s["prompt_tokens"], "--new-tokens", s["new_tokens"], "--repeats", s["repeats"],
-                   "--device", config["device"], "--dtype", config["dtype"]])
+    return _quote(CONFIG.speed_arguments())
 
 
 RUN_METRICS = "results/metrics/{model}/{method}/{ratio}"  # a grid row's metric files (pruning.reporting.evaluations)
