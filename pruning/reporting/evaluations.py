@@ -75,16 +75,14 @@ EVALUATIONS = {e.source: e for e in (
     Evaluation("speed", "speed", ("speed",), switch="enabled"),
 )}
 STAGES = tuple(e.section for e in EVALUATIONS.values() if e.section)  # the config sections that turn one on
-_NAME = {e.source: re.compile(rf"^{re.escape(e.stem)}" + (r"-(?P<key>.+)" if e.key else "") + rf"{re.escape(SUFFIX)}$")
-         for e in EVALUATIONS.values()}
 
 
 def parse_metric_file(name: str) -> tuple[str, str] | None:
     """(source, key) of a metric file name (key "" for an unkeyed one), or None for any other name."""
-    for source, pattern in _NAME.items():
-        match = pattern.match(name)
+    for e in EVALUATIONS.values():
+        match = re.match(rf"^{re.escape(e.stem)}" + (r"-(?P<key>.+)" if e.key else "") + rf"{re.escape(SUFFIX)}$", name)
         if match:
-            return source, match.groupdict().get("key") or ""
+            return e.source, match.groupdict().get("key") or ""
     return None
 
 
