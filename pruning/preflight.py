@@ -349,6 +349,19 @@ class WorkflowConfig:
                 "--device", self.cfg["device"], "--dtype", self.cfg["dtype"]]
 
 
+def workflow_schema(schema: dict) -> dict:
+    """The workflow config schema with the library's part filled in: the method names and per-method rules
+    (methods.catalog.config_schema), the working dtypes and the GGUF output types, so each list stays in the
+    one module that declares it."""
+    from .core.dtypes import DTYPE_NAMES
+    from .export.outtypes import OUTTYPES
+    from .methods.catalog import config_schema
+
+    schema = config_schema(schema)
+    schema["properties"]["dtype"]["enum"] = list(DTYPE_NAMES)
+    schema["properties"]["gguf"]["properties"]["outtypes"]["items"]["enum"] = list(OUTTYPES)
+    return schema
+
 def schema_problems(error: Exception) -> list[str]:
     """The schema violation a validation error carries, each at its leaves (`if/then`/`oneOf` failures) and
     named by its config key as a user writes it (config.methods.wanda.ratios.sparsity[0])."""

@@ -13,10 +13,11 @@ from safetensors.torch import save_file
 from pruning.cli import build_parser
 from pruning.core import dtypes
 from pruning.export import outtypes
+from pruning.preflight import workflow_schema
 from pruning.reporting import evaluations
 
-SCHEMA = yaml.safe_load((Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml")
-                        .read_text())
+SCHEMA = workflow_schema(yaml.safe_load((Path(__file__).resolve().parent.parent / "workflow" / "schemas" /
+                                         "config.schema.yaml").read_text()))
 
 
 @pytest.mark.parametrize("name", dtypes.DTYPE_NAMES)

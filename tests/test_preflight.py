@@ -16,8 +16,7 @@ from pruning.core.adapters import UnsupportedArchitecture
 from pruning.core.data import DataError
 from pruning.core.protocols import Calibration, Evaluation
 from pruning.core.sparse_formats import SaveFormatError
-from pruning.methods.catalog import config_schema
-from pruning.preflight import MODEL_CONFIG, RunRequest, check, problems, survey, workflow_config_problems
+from pruning.preflight import MODEL_CONFIG, RunRequest, check, problems, survey, workflow_config_problems, workflow_schema
 
 from conftest import DATA_DIR, REPO, STORIES
 
@@ -107,7 +106,7 @@ def workflow_problems(mutate, tmp_path) -> list[str]:
     config = copy.deepcopy(TINY)
     mutate(config)
     schema = tmp_path / "schema.yaml"
-    schema.write_text(yaml.safe_dump(config_schema(yaml.safe_load(
+    schema.write_text(yaml.safe_dump(workflow_schema(yaml.safe_load(
         (REPO / "workflow" / "schemas" / "config.schema.yaml").read_text()))))
     validate(config, schema=str(schema))
     return workflow_config_problems(config, REPO, jobs_run_here=False, jobs_have_own_env=True)

@@ -16,8 +16,8 @@ from snakemake.utils import validate
 
 REPO = Path(workflow.basedir).resolve()
 sys.path.insert(0, str(REPO))  # the library of this checkout, whichever `pruning` is installed
-from pruning.methods.catalog import config_schema
-from pruning.preflight import WorkflowConfig, duplicate_keys, schema_problems, workflow_config_problems
+from pruning.preflight import (WorkflowConfig, duplicate_keys, schema_problems, workflow_config_problems,
+                               workflow_schema)
 from pruning.core.io import PRUNE_REPORT
 from pruning.reporting.evaluations import EVALUATIONS, STAGES, metric_file_names
 from pruning.reporting.grid import DENSE_METHOD, grid_rows, plot_specs, table_specs
@@ -50,7 +50,7 @@ def check_config(cfg: dict) -> None:
     errors = [e for path in _config_files() for e in duplicate_keys(path)]
     with tempfile.TemporaryDirectory() as folder:  # validate() reads a schema file
         schema = Path(folder, SCHEMA.name)
-        schema.write_text(yaml.safe_dump(config_schema(yaml.safe_load(SCHEMA.read_text())), sort_keys=False))
+        schema.write_text(yaml.safe_dump(workflow_schema(yaml.safe_load(SCHEMA.read_text())), sort_keys=False))
         try:
             validate(cfg, schema=str(schema))
         except WorkflowError as error:
