@@ -23,13 +23,14 @@ from .evaluation.provenance import Measurement, prune_report
 from .methods import PruneContext, PruningMethod
 from .preflight import RunRequest
 from .training.recovery import load_recovery_data, recover, recovery_documents
+from .core.dtypes import DEFAULT_DTYPE
 
 CALIBRATION, EVALUATION = Calibration(), Evaluation()  # the defaults
 
 
 def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike, *, calib: str = CALIBRATION.source,
           nsamples: int = CALIBRATION.nsamples, seqlen: int = CALIBRATION.seqlen, seed: int = CALIBRATION.seed,
-          device: str = "auto", dtype: str = "float32", data_dir_path: str | None = None,
+          device: str = "auto", dtype: str = DEFAULT_DTYPE, data_dir_path: str | None = None,
           batch_size: int = CALIBRATION.batch_size, ignore: tuple[str, ...] = (), evaluate: bool = False,
           eval_dataset: str = EVALUATION.dataset, eval_seqlen: int | None = None, eval_max_windows: int | None = None,
           progress: bool = True, overwrite: bool = False, recovery: dict | None = None, save_format: str = DENSE,
@@ -149,7 +150,7 @@ def _prune_streamed(measurement: Measurement, instance: PruningMethod, path: Pat
 
 def evaluate_perplexity(model: str, *, dataset: str = EVALUATION.dataset, split: str = EVALUATION.split,
                         seqlen: int = 512, max_windows: int | None = EVALUATION.max_windows,
-                        batch_size: int = EVALUATION.batch_size, device: str = "auto", dtype: str = "float32",
+                        batch_size: int = EVALUATION.batch_size, device: str = "auto", dtype: str = DEFAULT_DTYPE,
                         data_dir_path: str | None = None, output: str | None = None, overwrite: bool = False) -> dict:
     """Perplexity of a model directory or spec; written atomically to `output` when given (replacing only
     an earlier result of ours unless `overwrite`)."""

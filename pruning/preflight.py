@@ -27,6 +27,7 @@ from .methods import PruningMethod, build_method
 from .reporting.evaluations import STAGES
 from .reporting.grid import GridError, ratio_token_problem, task_fewshot
 from .training.recovery_options import RecoverySettings
+from .core.dtypes import DEFAULT_DTYPE
 
 # How a request key is named in a message where the key is part of the sentence (lengths, counts); the API's
 # and the CLI's spelling unless the request gives its own `names` (the workflow gives config keys).
@@ -69,7 +70,7 @@ class RunRequest:
     max_memory: str | int | None = None
     stream: bool | None = None
     device: str | None = "auto"
-    dtype: str | None = "float32"
+    dtype: str | None = DEFAULT_DTYPE
     data_dir: str | None = None
     names: dict = field(default_factory=dict)
 
@@ -211,7 +212,7 @@ def _memory_plan(request: RunRequest, found: Preflight):
 
     calibration = request.calibration or Calibration()
     return plan_memory(found.path, found.method, max_memory=request.max_memory, stream=request.stream,
-                       dtype=request.dtype or "float32",
+                       dtype=request.dtype or DEFAULT_DTYPE,
                        nsamples=calibration.nsamples if found.method.needs_calibration else 0,
                        seqlen=calibration.seqlen, batch_size=calibration.batch_size,
                        evaluate=request.evaluation is not None,

@@ -33,6 +33,7 @@ from .methods import PruneContext, PruningMethod
 from .methods.distill import PERSLM_DISTILLATION
 from .preflight import RunRequest
 from .training.distillation import DistillSettings, distill_model, load_teacher, training_windows
+from .core.dtypes import DEFAULT_DTYPE
 
 CALIBRATION, EVALUATION = Calibration(), Evaluation()  # the defaults
 PRUNER_METHOD = "pruner"  # prune.json's method for a Pruner chain; its options list the steps
@@ -62,7 +63,7 @@ class Pruner:
     """
 
     def __init__(self, model_path: str | os.PathLike, output_dir: str | os.PathLike | None = None, *,
-                 device: str = "auto", dtype: str = "float32", calib: str = CALIBRATION.source,
+                 device: str = "auto", dtype: str = DEFAULT_DTYPE, calib: str = CALIBRATION.source,
                  nsamples: int = CALIBRATION.nsamples, seqlen: int = CALIBRATION.seqlen, seed: int = CALIBRATION.seed,
                  batch_size: int = CALIBRATION.batch_size, data_dir_path: str | None = None,
                  eval_dataset: str = EVALUATION.dataset, eval_seqlen: int | None = None,

@@ -30,6 +30,7 @@ from ..core.checks import model_config
 from ..core.protocols import Calibration, Evaluation
 from ..methods import PruningMethod, build_method
 from ..methods.depth import BNB_PACKAGE, QuantizedScoring
+from ..core.dtypes import DEFAULT_DTYPE
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +354,7 @@ def quantized_widths(config: dict) -> dict[str, int]:
 
 def run_job(job: Job, *, model: str | None = None, output_dir: str | None = None, calib: str | None = None,
             nsamples: int | None = None, seqlen: int = CALIBRATION.seqlen, seed: int | None = None,
-            batch_size: int | None = None, device: str = "auto", dtype: str = "float32", data_dir_path: str | None = None,
+            batch_size: int | None = None, device: str = "auto", dtype: str = DEFAULT_DTYPE, data_dir_path: str | None = None,
             eval_dataset: str = EVALUATION.dataset, eval_seqlen: int | None = None, max_windows: int | None = None,
             overwrite: bool = False, progress: bool = True) -> dict:
     """Run one translated job through `api.prune`; the keyword arguments, where given, replace the job's own

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .heterogeneous import LayerShape
+from .dtypes import DEFAULT_DTYPE
 
 # ------------------------------------------------------------------------------- KV cache and activations
 
@@ -157,7 +158,7 @@ def load_and_forward(model_dir: str | os.PathLike, dtype: str, context: int, bat
         model(tokens, use_cache=True)
 
 
-def measured_peak_bytes(model_dir: str | os.PathLike, dtype: str = "float32", context: int = 512,
+def measured_peak_bytes(model_dir: str | os.PathLike, dtype: str = DEFAULT_DTYPE, context: int = 512,
                         batch: int = 1) -> int:
     """Peak resident memory (VmHWM) of a fresh process running `load_and_forward`: the measurement the total is
     checked against."""

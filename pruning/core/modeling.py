@@ -11,6 +11,7 @@ from . import checks, dtypes, sparse_formats as compressed
 from .checks import ModelLoadError
 from .heterogeneous import is_heterogeneous, record_layer_shapes  # also registers the format with transformers
 from .io import PRUNE_REPORT, atomic_directory, atomic_write_json
+from .dtypes import DEFAULT_DTYPE
 
 
 
@@ -32,7 +33,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def load_model(path: str | os.PathLike, dtype: str = "float32", device: str = "cpu"):
+def load_model(path: str | os.PathLike, dtype: str = DEFAULT_DTYPE, device: str = "cpu"):
     """(model, tokenizer) from a local directory, homogeneous or heterogeneous (pruning/core/heterogeneous.py),
     in eval mode; sparse checkpoints (pruning/core/sparse_formats.py) are decompressed to their dense weights. Files are
     checked first (config, safetensors headers, shapes), and what the loaders still raise becomes one line naming

@@ -31,6 +31,7 @@ from torch import nn
 
 from .checks import ModelLoadError
 from .protocols import Calibration
+from .dtypes import DEFAULT_DTYPE
 
 STREAMED, IN_MEMORY = "streamed", "in-memory"
 MODES = (IN_MEMORY, STREAMED)
@@ -113,7 +114,7 @@ def _statistics_bytes(method, index: int, adapter, model) -> int:
                for module in adapter.linear_targets(model, index).values())
 
 
-def estimate_pruning_memory(model_dir: str | os.PathLike, method, dtype: str = "float32",
+def estimate_pruning_memory(model_dir: str | os.PathLike, method, dtype: str = DEFAULT_DTYPE,
                             nsamples: int = CALIBRATION.nsamples, seqlen: int = CALIBRATION.seqlen,
                             batch_size: int = CALIBRATION.batch_size, *, measure_runtime: bool = True) -> dict:
     """Peak resident memory of pruning `model_dir` with `method`, in memory and streamed, from config.json and
@@ -179,7 +180,7 @@ class MemoryPlan:
 
 
 def plan_memory(model_dir, method, *, max_memory: str | int | None = None, stream: bool | None = None,
-                dtype: str = "float32", nsamples: int = CALIBRATION.nsamples, seqlen: int = CALIBRATION.seqlen,
+                dtype: str = DEFAULT_DTYPE, nsamples: int = CALIBRATION.nsamples, seqlen: int = CALIBRATION.seqlen,
                 batch_size: int = CALIBRATION.batch_size,
                 evaluate: bool = False, recovery_steps: int = 0, save_format: str = "dense",
                 model_config: dict | None = None) -> MemoryPlan:

@@ -37,6 +37,7 @@ from ..export.outtypes import DIRECT_OUTTYPES, LLAMACPP_OUTTYPES, OUTPUT_TYPES, 
 from ..export.gguf_hparams import ExportError
 from ..core.dtypes import DTYPE_NAMES, dtype_bytes, safetensors_name
 from ..core.footprint import activation_bytes, geometry, kv_cache_bytes, meta_model, runtime_bytes, stored_weights
+from ..core.dtypes import DEFAULT_DTYPE
 
 # What llama.cpp writes when a matrix's rows do not split into blocks of the chosen type (then F16 if still not).
 _LLAMACPP_FALLBACK = {QType.Q2_K: QType.Q4_0, QType.Q3_K: QType.Q4_0, QType.Q4_K: QType.Q5_0,
@@ -122,7 +123,7 @@ def gguf_tensor_bytes(model_dir: str | os.PathLike, gqa: int) -> dict[str, int]:
 
 # ------------------------------------------------------------------------------------------- the estimate
 
-def estimate(model_dir: str | os.PathLike, dtype: str = "float32", context: int | None = None, batch: int = 1, *,
+def estimate(model_dir: str | os.PathLike, dtype: str = DEFAULT_DTYPE, context: int | None = None, batch: int = 1, *,
              measure_runtime: bool = True) -> dict:
     """The memory report of the model in `model_dir` (a local Hugging Face directory) for `dtype` weights and one
     forward over `context` tokens (default: the positions the model declares) × `batch` sequences."""

@@ -19,6 +19,7 @@ from torch import nn
 from ..core.checks import positive
 from ..methods.sparsify import is_valid_nm
 from ..core.ratios import NMPattern
+from ..core.dtypes import DEFAULT_DTYPE
 
 SEMI_STRUCTURED = NMPattern(2, 4)  # the pattern of torch's semi-structured sparse kernels
 CPU_SPARSITY_NOTE = ("CPU: zeros in the weights are still multiplied by dense kernels, so unstructured and N:M "
@@ -239,7 +240,7 @@ def count_24_linears(model: nn.Module) -> dict:
 
 
 def speed(model: str, *, gguf: str | None = None, prompt_tokens: int = 128, new_tokens: int = 32, repeats: int = 5,
-          warmup: int = 1, seed: int = 0, device: str = "auto", dtype: str = "float32", threads: int | None = None,
+          warmup: int = 1, seed: int = 0, device: str = "auto", dtype: str = DEFAULT_DTYPE, threads: int | None = None,
           output: str | None = None, overwrite: bool = False) -> dict:
     """Size and measured speed of a model directory (and its GGUF file); written atomically to `output`
     (replacing only an earlier result of ours unless `overwrite`).

@@ -26,6 +26,7 @@ from ..core.checks import count_problem, positive
 from ..core.data import DataError, data_dir
 from ..core.modeling import load_model, parameter_counts, resolve_device, torch_dtype
 from .provenance import Measurement
+from ..core.dtypes import DEFAULT_DTYPE
 
 LOCAL_TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 LOCAL_SUFFIX = "_local"
@@ -218,7 +219,7 @@ def run_lm_eval(lm, manager, task_object, *, num_fewshot: int = 0, limit: int | 
 
 
 def zeroshot(model: str, task: str, *, limit: int | None = None, num_fewshot: int = 0, batch_size: int | str = 8,
-             device: str = "auto", dtype: str = "float32", data_dir_path: str | None = None, source: str = "auto",
+             device: str = "auto", dtype: str = DEFAULT_DTYPE, data_dir_path: str | None = None, source: str = "auto",
              output: str | None = None, quiet: bool = False, overwrite: bool = False) -> dict:
     """Evaluate `model` (a model directory or zoo spec) on one lm-eval task; written atomically to `output`
     (replacing only an earlier result of ours unless `overwrite`).
