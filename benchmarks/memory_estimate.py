@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pruning.core import checks
+from pruning.core import model_checks
 from pruning.core import footprint
 from pruning.evaluation import memory
 from pruning.core.io import atomic_write_json, versions
@@ -23,7 +23,7 @@ TOLERANCE = 0.10  # the issue's target: estimate within 10 % of the measured pea
 
 
 def cases(model: str, dtypes: list[str], contexts: list[int], batch: int) -> list[dict]:
-    path = checks.local_model(model)
+    path = model_checks.local_model(model)
     rows = []
     for dtype in dtypes:
         for context in contexts:

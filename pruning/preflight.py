@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .core import checks
+from .core import arguments, model_checks, outputs
 from .core.data import check_calibration_source, check_evaluation_dataset, data_dir
 from .core.protocols import Calibration, Evaluation
 from .core.sparse_formats import DENSE, check_request as check_save_request
@@ -125,7 +125,7 @@ def survey(request: RunRequest, model_config=_RESOLVE) -> Preflight:
             return None
 
     def count(key, value, minimum=1):
-        if value is not None and (problem := checks.count_problem(request.name(key), value, minimum)):
+        if value is not None and (problem := arguments.count_problem(request.name(key), value, minimum)):
             found.problems.append(Problem(key, ValueError(problem)))
 
     ask("save_format", check_save_request, request.save_format, request.options.get("nm"))
@@ -140,7 +140,7 @@ def survey(request: RunRequest, model_config=_RESOLVE) -> Preflight:
     if calibrates:
         ask("calibration.source", check_calibration_source, calibration.source)
         count("calibration.nsamples", calibration.nsamples)
-        if method is not None and checks.count_problem("", calibration.nsamples) is None:
+        if method is not None and arguments.count_problem("", calibration.nsamples) is None:
             ask("options", method.check_calibration, calibration.nsamples)
     if evaluation:
         ask("evaluation.dataset", check_evaluation_dataset, evaluation.dataset)
@@ -178,7 +178,7 @@ def survey(request: RunRequest, model_config=_RESOLVE) -> Preflight:
         known = calibration.seqlen if calibration is not None and request.method is not None else None
         lengths["evaluation.seqlen"] = evaluation.seqlen if evaluation.seqlen is not None else known
     for key, value in lengths.items():
-        for problem in checks.length_problems(label, config, {request.name(key): value}):
+        for problem in model_checks.length_problems(label, config, {request.name(key): value}):
             found.problems.append(Problem(key, ValueError(problem)))
     if method is None:
         return found
@@ -188,7 +188,7 @@ def survey(request: RunRequest, model_config=_RESOLVE) -> Preflight:
     elif not found.problems:  # the estimate needs a method the model can run
         found.memory = ask("max_memory", _memory_plan, request, found)
     if found.recovery is not None and found.recovery.steps:
-        for problem in checks.length_problems(label, config, {request.name("recovery.seqlen"): found.recovery.seqlen}):
+        for problem in model_checks.length_problems(label, config, {request.name("recovery.seqlen"): found.recovery.seqlen}):
             found.problems.append(Problem("recovery.seqlen", ValueError(problem)))
     return found
 
@@ -196,15 +196,15 @@ def survey(request: RunRequest, model_config=_RESOLVE) -> Preflight:
 def _resolve_model(request: RunRequest) -> tuple[Path, dict]:
     """The output checked against every input, the model resolved (fetched if needed) and its files checked."""
     if request.output_file is not None:
-        return checks.model_and_outputs(request.model, [(request.output_file, "output")],
+        return model_checks.model_and_outputs(request.model, [(request.output_file, "output")],
                                         overwrite=request.overwrite, inputs=request.inputs())
     if request.output_dir is not None:
-        checks.output_directory(request.output_dir, overwrite=request.overwrite,
+        outputs.output_directory(request.output_dir, overwrite=request.overwrite,
                                 inputs=[request.model, *request.inputs()])
-    path = checks.local_model(request.model)
+    path = model_checks.local_model(request.model)
     if request.output_dir is not None:
-        checks.output_directory(request.output_dir, overwrite=request.overwrite, inputs=[path])
-    return path, checks.model_files(path)
+        outputs.output_directory(request.output_dir, overwrite=request.overwrite, inputs=[path])
+    return path, model_checks.model_files(path)
 
 
 def _memory_plan(request: RunRequest, found: Preflight):
@@ -525,7 +525,7 @@ def _speed_length_errors(cfg: dict, model_configs: dict) -> list[str]:
     prompt, new = speed["prompt_tokens"], speed["new_tokens"]
     label = f"config.speed.prompt_tokens {prompt} + new_tokens {new} ="
     return [problem for model, config in model_configs.items() if config
-            for problem in checks.length_problems(model, config, {label: prompt + new})]
+            for problem in model_checks.length_problems(model, config, {label: prompt + new})]
 
 
 def _offline_variable() -> str | None:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from . import preflight
-from .core import checks
+from .core import model_checks, outputs
 from .core.adapters import get_adapter
 from .core.data import WIKITEXT_LOCAL, CalibrationCache, DataError, check_evaluation_dataset, data_dir
 from .core.modeling import load_model, parameter_counts, resolve_device, save_model
@@ -149,7 +149,7 @@ class Pruner:
         seqlen = seqlen or self.eval_seqlen
         max_windows = max_windows or self.eval_max_windows
         check_evaluation_dataset(dataset)
-        checks.check_lengths(self.path, self.config, {"--eval-seqlen": seqlen})
+        model_checks.check_lengths(self.path, self.config, {"--eval-seqlen": seqlen})
         result = perplexity(self.model.to(self.device), self.tokenizer, dataset, "test", seqlen, max_windows,
                             batch_size, self.data_dir)
         self.model.to("cpu")
@@ -164,7 +164,7 @@ class Pruner:
         dest = Path(output_dir) if output_dir is not None else self.output_dir
         if dest is None:
             raise ValueError("no output directory: give Pruner(..., output_dir=DIR) or save(DIR)")
-        checks.output_directory(dest, overwrite=overwrite, inputs=[self.measurement.spec, self.path])
+        outputs.output_directory(dest, overwrite=overwrite, inputs=[self.measurement.spec, self.path])
         latest = self.evaluations[-1] if self.evaluations and self.evaluations[-1]["after_steps"] == [
             step["method"] for step in self.steps] else None
         stages = [{"stage": step["method"], "options": step["options"], "result": step["result"],

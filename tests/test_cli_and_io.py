@@ -157,7 +157,7 @@ def test_peak_rss_is_the_process_own_not_its_parents():
 
 
 def test_atomic_directory_replaces_only_what_it_made(tmp_path):
-    """The last guard, for library callers that skip pruning.core.checks: a user's folder is never replaced."""
+    """The last guard, for library callers that skip pruning.core.outputs: a user's folder is never replaced."""
     from pruning.core.io import OutputError, atomic_directory
 
     user = tmp_path / "user"
@@ -201,7 +201,7 @@ def test_atomic_writes_honour_the_umask(tmp_path):
 @pytest.mark.slow
 def test_a_gguf_file_we_wrote_is_ours_and_replaced_without_overwrite(stories_dir, tmp_path):
     """The owner key the export writes is the one the output check reads (one constant, in the GGUF format module)."""
-    from pruning.core.checks import is_our_file
+    from pruning.core.io import is_our_file
 
     out = tmp_path / "m.gguf"
     for _ in range(2):  # the second convert replaces the first one's file: it is ours
@@ -214,7 +214,8 @@ def test_a_gguf_file_we_wrote_is_ours_and_replaced_without_overwrite(stories_dir
 
 def test_token_lengths_and_counts_are_checked_by_one_rule():
     """The CLI, the library and the workflow's config check share checks.length_problems and checks.positive."""
-    from pruning.core.checks import MIN_SEQLEN, length_problems, positive
+    from pruning.core.arguments import MIN_SEQLEN, positive
+    from pruning.core.model_checks import length_problems
 
     assert MIN_SEQLEN == 2
     config = {"max_position_embeddings": 512}

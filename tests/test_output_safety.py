@@ -17,7 +17,7 @@ import pytest
 
 from pruning import cli
 from pruning.core import io
-from pruning.core.checks import output_file
+from pruning.core.outputs import output_file
 from pruning.core.io import OutputError, atomic_directory, is_our_file, remove_stale_scratch
 
 HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())

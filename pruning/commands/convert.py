@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from ..core import checks
+from ..core import arguments, model_checks
 from ..export.gguf_hparams import ExportError
 from ..export.outtypes import DIRECT_OUTTYPES, INTERMEDIATE_OUTTYPES, LLAMACPP_OUTTYPES, OUTTYPES
 from .common import add_overwrite_argument
@@ -34,8 +34,8 @@ def run(args) -> int:
 
     if args.outtype not in OUTTYPES:
         raise ExportError(f"unknown outtype {args.outtype!r}; use one of {', '.join(OUTTYPES)}")
-    checks.positive({"--threads": args.threads})
-    path, _ = checks.model_and_outputs(args.model, [(args.output, "output"), (args.report, "report")],
+    arguments.positive({"--threads": args.threads})
+    path, _ = model_checks.model_and_outputs(args.model, [(args.output, "output"), (args.report, "report")],
                                        overwrite=args.overwrite)
     report = export_gguf(path, args.output, args.outtype, intermediate=args.intermediate, threads=args.threads,
                          overwrite=args.overwrite)

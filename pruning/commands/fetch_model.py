@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core import checks, zoo
+from ..core import outputs, zoo
+from ..core.io import OutputError
 
 
 def add_parser(subparsers) -> None:
@@ -21,8 +22,8 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     if args.dest:
-        checks.writable_location(args.dest, "--dest")
+        outputs.writable_location(args.dest, "--dest")
         if Path(args.dest).exists() and not Path(args.dest).is_dir():
-            raise checks.OutputError(f"--dest {args.dest} exists and is not a directory")
+            raise OutputError(f"--dest {args.dest} exists and is not a directory")
     print(zoo.resolve(args.spec, args.dest))
     return 0

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from ..core import checks
+from ..core import model_checks
 from ..evaluation import memory
 from ..core.dtypes import DEFAULT_DTYPE, DTYPE_ALIASES, DTYPE_NAMES
 from .common import positive_int
@@ -32,9 +32,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    path = checks.local_model(args.model)
-    config = checks.model_config(path)
-    problems = checks.length_problems(args.model, config, {"--context": args.context})
+    path = model_checks.local_model(args.model)
+    config = model_checks.model_config(path)
+    problems = model_checks.length_problems(args.model, config, {"--context": args.context})
     if problems:
         raise ValueError(problems[0])
     report = memory.estimate(path, args.dtype, args.context, args.batch)

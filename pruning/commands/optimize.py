@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..core import checks
+from ..core import arguments, model_checks
 from ..export.gguf_hparams import ExportError
 from ..export.outtypes import OUTTYPES
 from .common import add_overwrite_argument
@@ -53,9 +53,9 @@ def run(args) -> int:
     from ..export.gguf import export_gguf
 
     outtype = gguf_type(args.quantization)
-    checks.positive({"--threads": args.threads})
+    arguments.positive({"--threads": args.threads})
     output = Path(args.output) if args.output else default_output(args.model, outtype)
-    path, _ = checks.model_and_outputs(args.model, [(output, "output")], overwrite=args.overwrite)
+    path, _ = model_checks.model_and_outputs(args.model, [(output, "output")], overwrite=args.overwrite)
     report = export_gguf(path, output, outtype, threads=args.threads, overwrite=args.overwrite)
     summary = {"quantization": args.quantization, **{k: report[k] for k in ("output", "outtype", "arch", "block_count",
                                                                              "bytes", "seconds")}}

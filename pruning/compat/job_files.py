@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from ..core.checks import model_config
+from ..core.model_checks import model_config
 from ..core.protocols import Calibration, Evaluation
 from ..methods import PruningMethod, build_method
 from ..methods.depth import BNB_PACKAGE, QuantizedScoring

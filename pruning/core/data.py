@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .checks import MIN_SEQLEN, positive
+from .arguments import MIN_SEQLEN, positive
 
 if TYPE_CHECKING:
     import torch

@@ -212,7 +212,7 @@ def atomic_directory(dest: str | os.PathLike, *, overwrite: bool = False):
 
     An existing `dest` is replaced only if it is empty or a previous result of ours (see
     `replaceable_directory`), or with `overwrite`; callers check this before their work with
-    `pruning.core.checks.output_directory`, this is the last guard.
+    `pruning.core.outputs.output_directory`, this is the last guard.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import checks, dtypes, sparse_formats as compressed
-from .checks import ModelLoadError
+from . import model_checks, dtypes, sparse_formats as compressed
+from .model_checks import ModelLoadError
 from .heterogeneous import is_heterogeneous, record_layer_shapes  # also registers the format with transformers
 from .io import PRUNE_REPORT, atomic_directory, atomic_write_json
 from .dtypes import DEFAULT_DTYPE
@@ -41,10 +41,10 @@ def load_model(path: str | os.PathLike, dtype: str = DEFAULT_DTYPE, device: str 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
-    config = checks.model_files(path)
+    config = model_checks.model_files(path)
     heterogeneous = is_heterogeneous(config)
     loader, source, stored = AutoModelForCausalLM, path, {}
-    with checks.model_read_errors(path):
+    with model_checks.model_read_errors(path):
         if compressed.save_format_of(config) != compressed.DENSE:  # weights from the decompressed state dict
             from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 

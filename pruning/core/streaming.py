@@ -29,7 +29,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from .checks import ModelLoadError
+from .model_checks import ModelLoadError
 from .protocols import Calibration
 from .dtypes import DEFAULT_DTYPE
 

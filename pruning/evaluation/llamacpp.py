@@ -141,8 +141,8 @@ def evaluate_gguf(gguf_path: str | os.PathLike, model_dir: str | os.PathLike, *,
     with `compare_hf`, the HF model's perplexity on the same windows and greedy-generation agreement.
     Written atomically to `output` (replacing only an earlier result of ours unless `overwrite`); every
     argument and the output are checked before anything is loaded."""
-    from ..core import checks
-    from ..core.checks import MIN_SEQLEN, positive
+    from ..core import model_checks
+    from ..core.arguments import MIN_SEQLEN, positive
     from ..core.data import check_evaluation_dataset, data_dir as resolve_data_dir, evaluation_text
     from ..core.token_windows import token_windows, windows_nll
     from ..core.modeling import load_model, parameter_counts, torch_dtype
@@ -157,9 +157,9 @@ def evaluate_gguf(gguf_path: str | os.PathLike, model_dir: str | os.PathLike, *,
     check_evaluation_dataset(dataset)
     resolve_data_dir(data_dir)
     torch_dtype(hf_dtype)
-    path, config = checks.model_and_outputs(str(model_dir), [(output, "output")], overwrite=overwrite,
+    path, config = model_checks.model_and_outputs(str(model_dir), [(output, "output")], overwrite=overwrite,
                                             inputs=[gguf_path, dataset])
-    checks.check_lengths(path, config, {"--seqlen": seqlen})
+    model_checks.check_lengths(path, config, {"--seqlen": seqlen})
     require_llama_cpp("gguf-eval")
     model_path = measurement.resolve(path)
 

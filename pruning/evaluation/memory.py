@@ -127,7 +127,7 @@ def estimate(model_dir: str | os.PathLike, dtype: str = DEFAULT_DTYPE, context: 
              measure_runtime: bool = True) -> dict:
     """The memory report of the model in `model_dir` (a local Hugging Face directory) for `dtype` weights and one
     forward over `context` tokens (default: the positions the model declares) × `batch` sequences."""
-    from ..core.checks import model_positions
+    from ..core.model_checks import model_positions
 
     model_dir = Path(model_dir)
     element = dtype_bytes(dtype)

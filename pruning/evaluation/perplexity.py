@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from ..core.checks import MIN_SEQLEN, positive
+from ..core.arguments import MIN_SEQLEN, positive
 from ..core.data import evaluation_text
 from ..core.token_windows import token_windows, windows_nll
 

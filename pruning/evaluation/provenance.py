@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 from ..core import zoo
-from ..core.checks import model_config, read_json_object
+from ..core.model_checks import model_config, read_json_object
 from ..core.io import PRUNE_REPORT, RUN_ID, atomic_write_json, git_commit, peak_rss_mb, versions
 from ..training.recovery_options import RECOVERY
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..core.checks import positive
+from ..core.arguments import positive
 from ..methods.sparsify import is_valid_nm
 from ..core.ratios import NMPattern
 from ..core.dtypes import DEFAULT_DTYPE
@@ -248,7 +248,7 @@ def speed(model: str, *, gguf: str | None = None, prompt_tokens: int = 128, new_
     Every argument, the output and prompt + decode length against the model's positions are checked before
     the model is loaded.
     """
-    from ..core import checks
+    from ..core import model_checks
     from .llamacpp import check_gguf_file
     from ..core.modeling import load_model, resolve_device, torch_dtype
     from .provenance import Measurement
@@ -259,8 +259,8 @@ def speed(model: str, *, gguf: str | None = None, prompt_tokens: int = 128, new_
     compute = resolve_device(device)
     torch_dtype(dtype)
     gguf_path = check_gguf_file(gguf) if gguf is not None else None
-    path, config = checks.model_and_outputs(model, [(output, "output")], overwrite=overwrite, inputs=[gguf])
-    checks.check_lengths(path, config, {f"--prompt-tokens {prompt_tokens} + --new-tokens {new_tokens} =":
+    path, config = model_checks.model_and_outputs(model, [(output, "output")], overwrite=overwrite, inputs=[gguf])
+    model_checks.check_lengths(path, config, {f"--prompt-tokens {prompt_tokens} + --new-tokens {new_tokens} =":
                                         prompt_tokens + new_tokens})
 
     path = measurement.resolve(path)

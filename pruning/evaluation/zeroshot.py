@@ -21,8 +21,8 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core import checks
-from ..core.checks import count_problem, positive
+from ..core import model_checks
+from ..core.arguments import count_problem, positive
 from ..core.data import DataError, data_dir
 from ..core.modeling import load_model, parameter_counts, resolve_device, torch_dtype
 from .provenance import Measurement
@@ -233,7 +233,7 @@ def zeroshot(model: str, task: str, *, limit: int | None = None, num_fewshot: in
     choice = resolve_task(task, source, data_dir_path)
     if quiet:
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    path, _ = checks.model_and_outputs(model, [(output, "output")], overwrite=overwrite)
+    path, _ = model_checks.model_and_outputs(model, [(output, "output")], overwrite=overwrite)
     manager, task_object, leaf_tasks = load_task(choice)
 
     import lm_eval

@@ -24,7 +24,7 @@ from gguf import LlamaFileType
 from gguf.lazy import LazyNumpyTensor
 
 from .. import __version__
-from ..core import checks
+from ..core import outputs
 from ..core.io import GGUF_OWNER_KEY, PRUNE_REPORT, file_mode, remove_stale_scratch, scratch_prefix, versions
 from .gguf_families import supported_model_types
 from .gguf_hparams import ExportError, add_hyperparameters
@@ -98,7 +98,7 @@ def export_gguf(model_dir: str | os.PathLike, output: str | os.PathLike, outtype
     output = Path(output).expanduser()
     if output.is_dir():
         raise ExportError(f"output {output} is a directory; give a file name like model.gguf")
-    checks.output_file(output, overwrite=overwrite, inputs=[model_dir])
+    outputs.output_file(output, overwrite=overwrite, inputs=[model_dir])
     remove_stale_scratch(output)
     if outtype in LLAMACPP_OUTTYPES:
         require_llama_cpp(f"outtype {outtype}")

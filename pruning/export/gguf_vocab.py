@@ -14,7 +14,7 @@ from pathlib import Path
 
 import gguf
 
-from ..core.checks import read_json_object
+from ..core.model_checks import read_json_object
 from .gguf_hparams import ExportError
 
 

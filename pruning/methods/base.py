@@ -9,7 +9,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..core.checks import positive
+from ..core.arguments import positive
 from ..core.options import MethodError, Option, parse_options
 from ..core.protocols import Calibration
 

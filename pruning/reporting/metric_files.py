@@ -18,7 +18,7 @@ import pandas as pd
 
 from .evaluations import file_patterns, parse_metric_file
 from .grid import DENSE_METHOD, DENSE_TOKEN, GridError, parse_ratio
-from ..core.checks import read_json_object
+from ..core.model_checks import read_json_object
 from ..core.io import PRUNE_REPORT, RUN_ID
 
 COLUMNS = ["run", "model", "method", "ratio", "source", "key", "metric", "value", "file"]

@@ -74,7 +74,7 @@ def prefixed_options(steps_default: int) -> tuple[Option, ...]:
 
 def check_recovery_length(ctx, settings: RecoverySettings, method: str) -> None:
     """A method's recover_seqlen fits the model's positions: refused before its first round, not after it."""
-    from ..core.checks import length_problems
+    from ..core.model_checks import length_problems
     from ..core.options import MethodError
 
     if settings.steps:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from ... import __version__
-from ...core.checks import writable_location
+from ...core.outputs import writable_location
 from ..evaluations import EVALUATIONS
 from ..grid import table_specs
 from ...core.io import OutputError, atomic_write_json, atomic_write_text, is_our_file

@@ -1,11 +1,7 @@
-"""Checks that need no model weights, run before any work: output paths, model files, sequence lengths and
-counts. They read at most config.json and safetensors headers, so a bad argument is refused in a second
-instead of after hours of pruning or evaluation, and every refusal is one line naming the file or argument.
-
-Output rule: an existing output is replaced only if this tool wrote it (a directory holding our prune.json,
-a JSON record with our `versions`, a GGUF file with our metadata key), or with `overwrite`; never when the
-output is, contains or lies inside an input.
-"""
+"""What a model directory must hold before its weights are loaded: a readable config.json, safetensors whose
+headers fit it (no pickled tensors: they can run code), and token lengths within its positions. They read at most
+config.json and the headers, so a bad model is refused in a second instead of after hours of work, in one line
+naming the file."""
 from __future__ import annotations
 
 import json
@@ -14,86 +10,18 @@ import pickle
 from contextlib import contextmanager
 from pathlib import Path
 
+from .arguments import MIN_SEQLEN, count_problem
 from .dtypes import SAFETENSORS_BYTES
-from .io import PRUNE_REPORT, OutputError, is_our_file, replaceable_directory
+from .io import OutputError
+from .outputs import output_file
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
-MIN_SEQLEN = 2  # a window predicts each token from the ones before it, so it needs at least two
 _MAX_SAFETENSORS_HEADER = 100 * 2**20
 
 
 class ModelLoadError(ValueError):
     """A model directory that cannot be read as it is (config, weights, structure)."""
 
-
-# ------------------------------------------------------------------------------------------------ outputs
-
-def _local(paths) -> list[Path]:
-    """The inputs that are local files or folders, resolved (hub ids and dataset names drop out)."""
-    found = []
-    for item in paths:
-        if item is None:
-            continue
-        path = Path(str(item)).expanduser()
-        if path.exists():
-            found.append(path.resolve())
-    return found
-
-
-def _check_against_inputs(what: str, dest: Path, inputs) -> None:
-    resolved = dest.resolve()
-    for source in _local(inputs):
-        if resolved == source:
-            raise OutputError(f"{what} {dest} is the input {source}; choose another path")
-        if source in resolved.parents:
-            raise OutputError(f"{what} {dest} is inside the input {source}; choose a path outside it")
-        if resolved in source.parents:
-            raise OutputError(f"{what} {dest} contains the input {source}; replacing it would delete that input")
-
-
-def writable_location(dest: str | os.PathLike, what: str = "output") -> None:
-    """The folder `dest` will be created in exists (or can be made) and this process may write there."""
-    dest = Path(dest)
-    anchor = dest.parent
-    while not os.path.lexists(anchor) and anchor != anchor.parent:
-        anchor = anchor.parent
-    if not anchor.is_dir():
-        raise OutputError(f"{what} {dest} lies under {anchor}, which is a file, not a directory")
-    if not os.access(anchor, os.W_OK | os.X_OK):
-        raise OutputError(f"{what} {dest}: cannot write in {anchor} (permission denied or read-only file system)")
-
-
-def output_directory(dest: str | os.PathLike, *, overwrite: bool = False, inputs=()) -> Path:
-    """Refuse, before any work, an output directory that cannot be written or must not be replaced."""
-    dest = Path(dest).expanduser()
-    _check_against_inputs("output directory", dest, inputs)
-    writable_location(dest, "output directory")
-    if os.path.lexists(dest):
-        if not dest.is_dir():
-            raise OutputError(f"output directory {dest} exists and is not a directory")
-        if not overwrite and not replaceable_directory(dest):
-            raise OutputError(f"output directory {dest} exists and is not a previous result of this tool (no "
-                              f"{PRUNE_REPORT}); refusing to replace it: remove it, choose another, or pass --overwrite")
-    return dest
-
-
-def output_file(path: str | os.PathLike, *, overwrite: bool = False, inputs=(), what: str = "output") -> Path:
-    """Refuse, before any work, an output file that cannot be written or must not be replaced."""
-    path = Path(path).expanduser()
-    _check_against_inputs(what, path, inputs)
-    writable_location(path, what)
-    if path.is_dir():
-        raise OutputError(f"{what} {path} is a directory; give a file name")
-    if os.path.lexists(path):
-        if not path.is_file():
-            raise OutputError(f"{what} {path} exists and is not a regular file")
-        if not overwrite and path.stat().st_size and not is_our_file(path):
-            raise OutputError(f"{what} {path} exists and was not written by this tool; refusing to replace it: "
-                              "remove it, choose another, or pass --overwrite")
-    return path
-
-
-# ------------------------------------------------------------------------------------------------ models
 
 def read_json_file(path: Path, what: str = "JSON file", error: type[Exception] = ModelLoadError):
     """Parsed JSON; a read or syntax error (raised as `error`) names the file and the line."""
@@ -271,23 +199,6 @@ def model_read_errors(path: str | os.PathLike):
         raise ModelLoadError(f"{path}: cannot read the model ({exc})") from None
 
 
-# ------------------------------------------------------------------------------------------------ runs
-
-def count_problem(name: str, value, minimum: int = 1) -> str | None:
-    """Why `value` is not a whole number >= `minimum` (named `name` as the caller spells it), or None."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        return f"{name} must be a whole number >= {minimum}, got {value!r}"
-    return None
-
-
-def positive(counts: dict[str, int | None], minimum: int = 1, error: type[Exception] = ValueError) -> None:
-    """Every given count ({"--batch-size": 8} or {"repeats": 5}; None: not given) is a whole number >= `minimum`;
-    else `error` with the name as given (a CLI flag or a keyword argument)."""
-    for name, value in counts.items():
-        if value is not None and (problem := count_problem(name, value, minimum)):
-            raise error(problem)
-
-
 def local_model(spec: str) -> Path:
     """The local directory of a model spec, resolved through the zoo (a fetch for hub ids and embedded models)."""
     from . import zoo
@@ -309,26 +220,3 @@ def model_and_outputs(model: str, outputs=(), *, overwrite: bool = False, inputs
     for path, what in outputs:
         output_file(path, overwrite=overwrite, inputs=[directory], what=what)
     return directory, model_files(directory)
-
-
-def before_prune(model: str, output_dir, *, overwrite: bool = False, seqlen: int | None = None,
-                 eval_seqlen: int | None = None, eval_max_windows: int | None = None, inputs=()) -> Path:
-    """Everything api.prune can check before loading weights: output path and ownership, model files,
-    sequence lengths against the model's positions. Pass `seqlen` only when the method calibrates and
-    `eval_seqlen` only when it evaluates. Returns the model directory."""
-    positive({"--max-windows": eval_max_windows})
-    output_directory(output_dir, overwrite=overwrite, inputs=[model, *inputs])
-    path = local_model(model)
-    output_directory(output_dir, overwrite=overwrite, inputs=[path])
-    config = model_files(path)
-    check_lengths(path, config, {"--seqlen": seqlen, "--eval-seqlen": eval_seqlen})
-    return path
-
-
-def before_evaluate(model: str, output=None, *, overwrite: bool = False, seqlen: int | None = None,
-                    batch_size: int | None = None, max_windows: int | None = None, inputs=()) -> Path:
-    """Everything a perplexity run can check before loading weights. Returns the model directory."""
-    positive({"--batch-size": batch_size, "--max-windows": max_windows})
-    path, config = model_and_outputs(model, [(output, "output")], overwrite=overwrite, inputs=inputs)
-    check_lengths(path, config, {"--seqlen": seqlen})
-    return path
