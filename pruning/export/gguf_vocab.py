@@ -74,7 +74,7 @@ def bpe_pre_tokenizer(tokenizer_json: dict) -> str:
 def _collector_paused():
     """Python's cyclic garbage collector paused: loading a large tokenizer makes millions of small containers
     (tokenizer.json parsed, vocabulary dicts, merges) and no cycles, which the collector would otherwise scan
-    over and over (a third of the vocabulary step at 256k tokens)."""
+    over and over (a quarter to a third of the vocabulary step at 256k tokens)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
