@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -132,10 +134,83 @@ def looks_like_hub_id(spec: str) -> bool:
     return True
 
 
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def read_gguf_header(path: str | os.PathLike, tensors: bool = False) -> tuple[dict, list[tuple[str, int]]]:
+    """(metadata, [(tensor name, GGML type id), ...] with `tensors`) of a GGUF file (versions 2 and 3, either byte
+    order). String arrays (token lists, merges) are stepped over and given as None; numbers and number arrays
+    are read whole. gguf.GGUFReader builds numpy views for every element of every array, tens of seconds for a
+    256k-token vocabulary, where this takes milliseconds. ValueError if the header is malformed."""
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        try:
+            return _gguf_header(data, tensors)
+        except struct.error as exc:
+            raise ValueError(f"truncated or malformed header ({exc})") from None
+
+
+def _gguf_header(data, tensors: bool) -> tuple[dict, list[tuple[str, int]]]:
+    if data[:4] != GGUF_MAGIC:
+        raise ValueError(f"it does not start with {GGUF_MAGIC!r}")
+    order = "<"
+    (version,) = struct.unpack_from("<I", data, 4)
+    if version & 0xFFFF == 0:  # written big-endian
+        order = ">"
+        (version,) = struct.unpack_from(">I", data, 4)
+    if version not in (2, 3):
+        raise ValueError(f"GGUF version {version} is not supported (2 or 3)")
+    count_format = struct.Struct(order + "Q")
+    n_tensors, n_kv = struct.unpack_from(order + "QQ", data, 8)
+
+    def string(offset: int, decode: bool = True) -> tuple[str | None, int]:
+        (length,) = count_format.unpack_from(data, offset)
+        end = offset + 8 + length
+        if end > len(data):
+            raise ValueError("a string runs past the end of the file")
+        return (data[offset + 8:end].decode("utf-8") if decode else None), end
+
+    def value(kind: int, offset: int):
+        if kind in _GGUF_SCALARS:
+            item = struct.Struct(order + _GGUF_SCALARS[kind])
+            return item.unpack_from(data, offset)[0], offset + item.size
+        if kind == _GGUF_STRING:
+            return string(offset)
+        if kind != _GGUF_ARRAY:
+            raise ValueError(f"unknown metadata type {kind}")
+        element, count = struct.unpack_from(order + "IQ", data, offset)
+        offset += 12
+        if element in _GGUF_SCALARS:
+            items = struct.Struct(f"{order}{count}{_GGUF_SCALARS[element]}")
+            return list(items.unpack_from(data, offset)), offset + items.size
+        if element == _GGUF_STRING:
+            for _ in range(count):
+                offset = string(offset, decode=False)[1]
+            return None, offset
+        items = []
+        for _ in range(count):
+            item, offset = value(element, offset)
+            items.append(item)
+        return items, offset
+
+    fields, offset = {}, 24
+    for _ in range(n_kv):
+        key, offset = string(offset)
+        (kind,) = struct.unpack_from(order + "I", data, offset)
+        fields[key], offset = value(kind, offset + 4)
+    infos = []
+    for _ in range(n_tensors if tensors else 0):
+        name, offset = string(offset)
+        (dims,) = struct.unpack_from(order + "I", data, offset)
+        offset += 4 + 8 * dims
+        (kind,) = struct.unpack_from(order + "I", data, offset)
+        infos.append((name, kind))
+        offset += 12  # type and data offset
+    return fields, infos
+
+
 def gguf_architecture(path: Path) -> str:
     """The `general.architecture` of a GGUF file (reads its header only); ModelSpecError if it is not GGUF."""
-    import gguf
-
     try:
         with open(path, "rb") as handle:
             magic = handle.read(4)
@@ -144,8 +219,8 @@ def gguf_architecture(path: Path) -> str:
     if magic != GGUF_MAGIC:
         raise ModelSpecError(f"{path} is not a GGUF file (it does not start with {GGUF_MAGIC!r})")
     try:
-        return str(gguf.GGUFReader(path).fields["general.architecture"].contents())
-    except (KeyError, ValueError, IndexError) as exc:
+        return str(read_gguf_header(path)[0]["general.architecture"])
+    except (KeyError, ValueError) as exc:
         raise ModelSpecError(f"{path}: unreadable GGUF header ({type(exc).__name__}: {exc})") from None
 
 
@@ -311,15 +386,15 @@ def gguf_quantization(path: Path) -> dict:
     """The GGUF file's declared file type (LlamaFileType name) and how many tensors each tensor type has."""
     import gguf
 
-    reader = gguf.GGUFReader(path)
-    field = reader.fields.get("general.file_type")
+    fields, tensors = read_gguf_header(path, tensors=True)
+    value = fields.get("general.file_type")
     file_type = None
-    if field is not None:
-        value = int(field.parts[field.data[0]][0])
+    if value is not None:
         file_type = gguf.LlamaFileType(value).name if value in gguf.LlamaFileType._value2member_map_ else str(value)
     counts: dict[str, int] = {}
-    for tensor in reader.tensors:
-        counts[tensor.tensor_type.name] = counts.get(tensor.tensor_type.name, 0) + 1
+    for _, kind in tensors:
+        name = gguf.GGMLQuantizationType(kind).name
+        counts[name] = counts.get(name, 0) + 1
     return {"file_type": file_type, "tensor_types": dict(sorted(counts.items()))}
 
 
@@ -344,13 +419,17 @@ def _dequantize_into(gguf_path: Path, dest: Path, record: dict) -> Path:
 
 
 def _save_dequantized(gguf_path: Path, out: Path) -> None:
-    """transformers refuses to save a GGUF-loaded model, so copy its weights into a fresh model."""
+    """transformers refuses to save a GGUF-loaded model, so copy its weights into a fresh model. The config is
+    read once and handed to the model load (each read parses every metadata array, the whole vocabulary)."""
+    import copy
+
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(gguf_path.parent), gguf_path.name
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=copy.deepcopy(config),
+                                                  dtype=torch.float32)
     for key in ("quantization_config", "_name_or_path"):
         if hasattr(config, key):
             delattr(config, key)

@@ -16,11 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ..core.zoo import GGUF_MAGIC
 from ..export.gguf import ExportError, require_llama_cpp
-
-GGUF_MAGIC = b"GGUF"
 
 
 def check_gguf_file(path: str | os.PathLike) -> Path:
@@ -35,26 +33,24 @@ def check_gguf_file(path: str | os.PathLike) -> Path:
 
 
 def gguf_summary(path: str | os.PathLike) -> dict:
-    """Architecture, file type, block count and per-layer lists from the file's metadata."""
+    """Architecture, file type, block count and per-layer lists from the file's metadata (header only: the
+    token list and merges are stepped over, see zoo.read_gguf_header)."""
     import gguf
 
-    reader = gguf.GGUFReader(path)
-    arch = reader.fields["general.architecture"].contents()
+    from ..core.zoo import read_gguf_header
 
-    def value(key):
-        field = reader.fields.get(key)
-        return field.contents() if field is not None else None
-
-    file_type = value("general.file_type")
+    fields, tensors = read_gguf_header(path, tensors=True)
+    arch = fields["general.architecture"]
+    file_type = fields.get("general.file_type")
     return {
         "arch": arch,
         "file_type": gguf.LlamaFileType(file_type).name if file_type is not None else None,
-        "block_count": value(f"{arch}.block_count"),
-        "head_count": value(f"{arch}.attention.head_count"),
-        "head_count_kv": value(f"{arch}.attention.head_count_kv"),
-        "feed_forward_length": value(f"{arch}.feed_forward_length"),
-        "tensors": len(reader.tensors),
-        "tensor_types": _count(t.tensor_type.name for t in reader.tensors),
+        "block_count": fields.get(f"{arch}.block_count"),
+        "head_count": fields.get(f"{arch}.attention.head_count"),
+        "head_count_kv": fields.get(f"{arch}.attention.head_count_kv"),
+        "feed_forward_length": fields.get(f"{arch}.feed_forward_length"),
+        "tensors": len(tensors),
+        "tensor_types": _count(gguf.GGMLQuantizationType(kind).name for _, kind in tensors),
     }
 
 
@@ -78,15 +74,18 @@ def load_llama(path: str | os.PathLike, n_ctx: int, threads: int | None = None):
 
 
 def llama_windows_nll(llm, windows: torch.Tensor) -> tuple[float, int]:
-    """Summed NLL and scored tokens of `windows` [n, seqlen] in llama.cpp, as `windows_nll` does in PyTorch."""
+    """Summed NLL and scored tokens of `windows` [n, seqlen] in llama.cpp, as `windows_nll` does in PyTorch:
+    llama.cpp's logits are read in place and scored a few rows at a time (`next_token_nll`), not copied and
+    log-softmaxed whole (seqlen x vocabulary floats each, 0.5 GiB for 512 tokens of a 256k vocabulary)."""
+    from ..evaluation.perplexity import next_token_nll
+
     total, scored = 0.0, 0
     seqlen = windows.shape[1]
-    for window in windows.tolist():
+    for window in windows:
         llm.reset()
-        llm.eval(window)
-        logits = torch.from_numpy(np.array(llm.scores[:seqlen - 1], dtype=np.float32))
-        targets = torch.tensor(window[1:])
-        total += F.cross_entropy(logits, targets, reduction="sum").item()
+        llm.eval(window.tolist())
+        logits = torch.from_numpy(np.asarray(llm.scores[:seqlen - 1], dtype=np.float32))
+        total += next_token_nll(logits[None], window[None]).item()
         scored += seqlen - 1
     return total, scored
 
