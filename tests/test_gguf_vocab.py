@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from gguf import GGUFEndian, GGUFValueType
 
-from pruning import zoo
+from pruning.core import zoo
 from pruning.export import ExportError, export_gguf
 from pruning.export.gguf import _Writer
 from pruning.export.gguf_vocab import _hf_token_type, _read_tokenizer_json_head, _tokenizer_json_head, \
