@@ -123,3 +123,23 @@ def test_no_layer_imports_a_layer_above_it():
 def test_the_layer_check_finds_an_upward_import():
     assert upward_imports({"pruning.core.io": {"pruning.methods.base"}, "pruning.methods.base": {"pruning.core.io"}}) \
         == ["pruning.core.io -> pruning.methods.base"]
+
+
+def test_every_name_imported_inside_the_package_exists():
+    """Imports inside functions run only when the function does: a name moved to another module would fail
+    there, at run time. Every `from pruning... import name` is checked here against the module it names."""
+    import importlib
+
+    files = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+    missing = []
+    for module, path in files.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            target = _resolve(module, path.name == "__init__.py", node)
+            if target not in files or target.endswith("__main__"):
+                continue
+            imported = importlib.import_module(target)
+            missing += [f"{module}: {target}.{a.name}" for a in node.names
+                        if not hasattr(imported, a.name) and f"{target}.{a.name}" not in files]
+    assert missing == []

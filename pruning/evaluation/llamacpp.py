@@ -77,7 +77,7 @@ def llama_windows_nll(llm, windows: torch.Tensor) -> tuple[float, int]:
     """Summed NLL and scored tokens of `windows` [n, seqlen] in llama.cpp, as `windows_nll` does in PyTorch:
     llama.cpp's logits are read in place and scored a few rows at a time (`next_token_nll`), not copied and
     log-softmaxed whole (seqlen x vocabulary floats each, 0.5 GiB for 512 tokens of a 256k vocabulary)."""
-    from ..evaluation.perplexity import next_token_nll
+    from ..core.token_windows import next_token_nll
 
     total, scored = 0.0, 0
     seqlen = windows.shape[1]
