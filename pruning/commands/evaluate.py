@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 
 from ..api import evaluate_perplexity
-from .common import add_overwrite_argument, add_runtime_arguments, positive_int, quiet_progress
+from ..core.protocols import Evaluation
+from .common import add_overwrite_argument, add_runtime_arguments, quiet_progress
 
 
 def add_parser(subparsers) -> None:
@@ -16,11 +17,7 @@ def add_parser(subparsers) -> None:
                     "second of forwards and NLL).")
     parser.add_argument("--model", required=True, help="model directory or zoo spec")
     parser.add_argument("--ppl", action="store_true", required=True, help="measure perplexity")
-    parser.add_argument("--dataset", default="wikitext2", help="wikitext2 or a local .txt/.jsonl file")
-    parser.add_argument("--split", default="test", help="wikitext2 split (default: test)")
-    parser.add_argument("--seqlen", type=int, required=True, help="tokens per window (always explicit)")
-    parser.add_argument("--max-windows", type=int, default=None, help="score at most this many windows")
-    parser.add_argument("--batch-size", type=positive_int, default=4, help="windows per forward (default: 4)")
+    Evaluation.add_arguments(parser, seqlen_required=True)
     parser.add_argument("--output", default=None, help="write the result JSON here (atomically)")
     add_overwrite_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

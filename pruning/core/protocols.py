@@ -87,13 +87,14 @@ class Evaluation:
 
     @classmethod
     def add_arguments(cls, parser, seqlen_flag: str = "--seqlen", seqlen_default: int | None = None,
-                      split: bool = True, batch_size: bool = True) -> None:
+                      split: bool = True, batch_size: bool = True, seqlen_required: bool = False) -> None:
         """--dataset, --split, SEQLEN_FLAG, --max-windows, --batch-size (the ones asked for)."""
         parser.add_argument("--dataset", default=cls.dataset, help=f"{cls.DATASET_HELP} (default: {cls.dataset})")
         if split:
             parser.add_argument("--split", default=cls.split, help=f"wikitext2 split (default: {cls.split})")
-        parser.add_argument(seqlen_flag, type=int, default=seqlen_default,
-                            help="tokens per perplexity window" + (f" (default: {seqlen_default})" if seqlen_default
+        parser.add_argument(seqlen_flag, type=int, default=seqlen_default, required=seqlen_required,
+                            help="tokens per perplexity window" + (" (always explicit)" if seqlen_required else
+                                                                   f" (default: {seqlen_default})" if seqlen_default
                                                                    else " (default: the calibration --seqlen)"))
         parser.add_argument("--max-windows", type=int, default=cls.max_windows,
                             help="score at most this many windows (default: the whole split)")
