@@ -146,6 +146,7 @@ def evaluate_gguf(gguf_path: str | os.PathLike, model_dir: str | os.PathLike, *,
     from ..core.token_windows import token_windows, windows_nll
     from ..core.modeling import load_model, parameter_counts, torch_dtype
     from ..core.io import versions
+    from .perplexity import windows_result
     from .provenance import Measurement
 
     measurement = Measurement(model_dir)
@@ -182,17 +183,10 @@ def evaluate_gguf(gguf_path: str | os.PathLike, model_dir: str | os.PathLike, *,
         llm.close()
 
     result = {
-        "ppl": math.exp(nll / scored),
-        "nll_per_token": nll / scored,
+        **windows_result(nll, scored, windows, dataset=dataset, split=split, max_windows=max_windows),
         "gguf": {"path": str(gguf_path), "bytes": gguf_path.stat().st_size, **gguf_summary(gguf_path)},
         "load_seconds": round(load_seconds, 4),
         "eval_seconds": round(eval_seconds, 3),
-        "dataset": dataset,
-        "split": split if dataset == "wikitext2" else None,
-        "seqlen": seqlen,
-        "windows": int(windows.shape[0]),
-        "max_windows": max_windows,
-        "scored_tokens": scored,
         "tokenizer": str(model_path),
         "tokenizer_agreement": tokenizer_check,
         "backend": {"name": "llama.cpp", "llama_cpp_python": versions("llama_cpp_python")["llama_cpp_python"], "threads": n_threads,

@@ -28,6 +28,14 @@ def forward_throughput(model, windows: torch.Tensor, batch_size: int = 4, device
     return windows.numel() / (time.perf_counter() - started)
 
 
+def windows_result(nll: float, scored: int, windows, *, dataset: str, split: str, max_windows: int | None) -> dict:
+    """Perplexity from a summed NLL over token windows, with the protocol that produced it: the part every
+    perplexity record shares, whichever runtime scored the windows (transformers here, llama.cpp in gguf-eval)."""
+    return {"ppl": math.exp(nll / scored), "nll_per_token": nll / scored, "dataset": dataset,
+            "split": split if dataset == "wikitext2" else None, "seqlen": int(windows.shape[1]),
+            "windows": int(windows.shape[0]), "max_windows": max_windows, "scored_tokens": scored}
+
+
 def perplexity(model, tokenizer, dataset: str = "wikitext2", split: str = "test", seqlen: int = 512,
                max_windows: int | None = None, batch_size: int = 4, data_dir=None) -> dict:
     """Perplexity with the protocol that produced it, and its throughput: `tokens_per_s` is windows x seqlen
@@ -41,14 +49,7 @@ def perplexity(model, tokenizer, dataset: str = "wikitext2", split: str = "test"
     nll, scored = windows_nll(model, windows, batch_size, device)
     scoring_seconds = time.perf_counter() - scoring_started
     return {
-        "ppl": math.exp(nll / scored),
-        "nll_per_token": nll / scored,
-        "dataset": dataset,
-        "split": split if dataset == "wikitext2" else None,
-        "seqlen": seqlen,
-        "windows": int(windows.shape[0]),
-        "max_windows": max_windows,
-        "scored_tokens": scored,
+        **windows_result(nll, scored, windows, dataset=dataset, split=split, max_windows=max_windows),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "device": str(device),
         "batch_size": batch_size,
