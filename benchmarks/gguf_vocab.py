@@ -197,20 +197,34 @@ def run_size(vocab_size: int, added: int, converter: Path, work: Path, repeats: 
             "project_bytes": ours.stat().st_size, "converter_bytes": theirs.stat().st_size}
 
 
+def spread(values: list[float]) -> str:
+    """Median and range of the repeats: `3.90 (3.76–4.05)`."""
+    return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
+
+
+def paired_ratios(row: dict, name: str) -> list[float]:
+    """`name`'s time over the converter's, round by round: the commands take turns, so each round's pair saw
+    the same machine load."""
+    return [ours / theirs for ours, theirs in zip(row["runs"][name], row["runs"]["converter"])]
+
+
 def markdown(rows: list[dict], settings: dict) -> str:
     lines = [f"### GGUF export vs llama.cpp's convert_hf_to_gguf.py on large vocabularies "
-             f"(f16, tiny Llama, median of {settings['repeats']} runs taking turns, {settings['cpus']} CPUs)", "",
+             f"(f16, tiny Llama, {settings['repeats']} rounds taking turns, {settings['cpus']} CPUs)", "",
              "| vocabulary | added tokens | project s | converter s | ratio | project CLI s | CLI ratio | "
              "fields identical |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         identical = "yes" if row["fields_identical"] else "no: " + ", ".join(
             name.rsplit(".", 1)[1] for name, field in row["fields"].items() if not field["identical"])
-        lines.append(f"| {row['vocab_size']:,} | {row['added_tokens']:,} | {row['project_seconds']:.2f} | "
-                     f"{row['converter_seconds']:.2f} | {row['ratio']:.2f} | {row['project_cli_seconds']:.2f} | "
-                     f"{row['cli_ratio']:.2f} | {identical} |")
-    lines += ["", "Seconds from process start to exit. project: `export_gguf` in a fresh `python -c`; project CLI: "
-              "`python -m pruning convert` (the same file, after the CLI's model-directory checks); converter: "
-              f"llama.cpp `convert_hf_to_gguf.py` from {settings['converter']}. Fields compared: "
+        runs = row["runs"]
+        lines.append(f"| {row['vocab_size']:,} | {row['added_tokens']:,} | {spread(runs['project'])} | "
+                     f"{spread(runs['converter'])} | {spread(paired_ratios(row, 'project'))} | "
+                     f"{spread(runs['project_cli'])} | {spread(paired_ratios(row, 'project_cli'))} | {identical} |")
+    lines += ["", "Seconds from process start to exit, median of the rounds with their range in brackets (min–max; "
+              f"{settings['repeats']} rounds are too few for a standard error). Ratios are paired: each round's time "
+              "over the converter's in the same round, median and range. project: `export_gguf` in a fresh "
+              "`python -c`; project CLI: `python -m pruning convert` (the same file, after the CLI's model-directory "
+              f"checks); converter: llama.cpp `convert_hf_to_gguf.py` from {settings['converter']}. Fields compared: "
               + ", ".join(FIELDS) + " (neither file has scores for a byte-level BPE)."]
     return "\n".join(lines) + "\n"
 
