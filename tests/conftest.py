@@ -100,6 +100,12 @@ def stories_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """The offline data copies (for tests in subfolders, whose `conftest` import finds their own conftest)."""
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
 def stories_tokenizer(stories_dir):
     from transformers import AutoTokenizer
 

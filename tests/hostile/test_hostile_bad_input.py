@@ -1,131 +1,23 @@
 """Bad input is refused before any work, in one line on stderr, with exit code 2, and nothing is written or
 changed (issue 10). The table runs the CLI in-process (one interpreter: ~50 cases in seconds); the tests per
-finding further down run it as a subprocess, as a user would.
-
-Read-only directories: tests run as root here, and root ignores permission bits. The synthetic read-only
-directory is made immutable with `chattr +i` (which stops root too; os.access reports it unwritable), or,
-where chattr is not allowed, made 0555 for a non-root user; the tests skip only when neither really stops
-this process from writing.
-"""
+finding further down run it as a subprocess, as a user would."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
+from .hostile_harness import (assert_refused, copy_model, make_readonly, prune_args, run_cli, run_in_process, snapshot,
+                             undo_readonly)
 from pruning import cli
-
-BAD_JSONL = '{"text": "one"}\n\n{"text": "two"}\n{"text": oops}\n'  # line 4 is bad (line 2 is blank)
-NO_TEXT_JSONL = '{"text": "one"}\n{"body": "two"}\n'
-
-
-# ------------------------------------------------------------------------------------------------ world
-
-def make_readonly(folder: Path) -> bool:
-    """Make `folder` really unwritable for this process; False if this system gives no way to."""
-    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
-        return True
-    folder.chmod(0o555)
-    if os.access(folder, os.W_OK):
-        folder.chmod(0o755)
-        return False
-    return True
-
-
-def undo_readonly(folder: Path) -> None:
-    subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
-    folder.chmod(0o755)
-
-
-def copy_model(source: Path, dest: Path) -> Path:
-    shutil.copytree(source, dest)
-    for path in [dest, *dest.iterdir()]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    return dest
-
-
-@pytest.fixture(scope="module")
-def world(stories_dir, tmp_path_factory):
-    """Inputs of every kind, good and bad, in one folder the tests snapshot."""
-    root = tmp_path_factory.mktemp("world")
-    model = copy_model(stories_dir, root / "model")
-    (root / "parent").mkdir()
-    copy_model(stories_dir, root / "parent" / "model")
-    for name in ("truncated", "random", "shape", "pickle", "config", "report"):
-        copy_model(stories_dir, root / name)
-    (root / "report" / "prune.json").write_text('{"method": "magnitude",\n')  # cut off mid-write
-    weights = (stories_dir / "model.safetensors").read_bytes()
-    (root / "truncated" / "model.safetensors").write_bytes(weights[:1000])
-    (root / "random" / "model.safetensors").write_bytes(os.urandom(100_000))
-    config = json.loads((stories_dir / "config.json").read_text())
-    (root / "shape" / "config.json").write_text(json.dumps({**config, "intermediate_size": 200}))
-    (root / "config" / "config.json").write_text('{"model_type": "llama",\n  "hidden_size": 64,,\n}\n')
-    import torch
-    from safetensors.torch import load_file
-
-    state = load_file(root / "pickle" / "model.safetensors")
-    (root / "pickle" / "model.safetensors").unlink()
-    state["payload"] = Evil()
-    torch.save(state, root / "pickle" / "pytorch_model.bin")
-
-    userdir = root / "userdir"
-    (userdir / "sub").mkdir(parents=True)
-    (userdir / "notes.txt").write_text("precious\n")
-    (root / "afile").write_text("a plain file\n")
-    (root / "foreign.json").write_text('{"mine": true}\n')
-    (root / "foreign.gguf").write_bytes(b"GGUF" + b"\0" * 60)
-    (root / "bad.jsonl").write_text(BAD_JSONL)
-    (root / "notext.jsonl").write_text(NO_TEXT_JSONL)
-    (root / "text.txt").write_text("Once upon a time there was a cat.\n\nThe cat sat.\n" * 50)
-    (root / "results" / "metrics").mkdir(parents=True)
-    (root / "ro").mkdir()
-    (root / "ro" / "kept.txt").write_text("kept\n")
-    readonly = make_readonly(root / "ro")
-    yield {"root": root, "model": model, "readonly": readonly}
-    undo_readonly(root / "ro")
-
-
-class Evil:
-    """A pickle that would run a shell command when loaded."""
-
-    def __reduce__(self):
-        return (os.system, ("echo pwned",))
-
-
-def snapshot(root: Path) -> dict:
-    """Every entry under `root`: type, mode, size, mtime and content hash (directories: mtime too, so a file
-    created and removed again shows)."""
-    state = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(folder) / name
-            info = path.lstat()
-            digest = hashlib.sha256(path.read_bytes()).hexdigest() if stat.S_ISREG(info.st_mode) else None
-            state[str(path.relative_to(root))] = (stat.S_IFMT(info.st_mode), stat.S_IMODE(info.st_mode),
-                                                  info.st_size, info.st_mtime_ns, digest)
-    info = root.lstat()
-    state["."] = (info.st_mtime_ns,)
-    return state
-
-
-def run_in_process(capfd, argv: list[str]) -> tuple[int, str]:
-    try:
-        code = cli.main(argv)
-    except SystemExit as exc:  # argparse
-        code = exc.code
-    return code, capfd.readouterr().err
-
 
 # ------------------------------------------------------------------------------------------------ the table
 
@@ -275,42 +167,18 @@ def test_the_table_is_large_enough():
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_bad_input_is_refused_in_one_line_and_changes_nothing(name, world, capfd, monkeypatch):
+def test_bad_input_is_refused_in_one_line_and_changes_nothing(name, world, capfd, monkeypatch, no_weights):
     argv, expected = CASES[name]
     if "/ro/" in " ".join(argv) and not world["readonly"]:
         pytest.skip("no way to make a directory read-only for this process here")
     values = {"root": world["root"], "model": world["model"]}
     argv = [arg.format(**values) for arg in argv]
-    expected = expected.format(**values)
-
-    def no_loading(*args, **kwargs):
-        raise AssertionError("the model was loaded before the bad input was refused")
-
-    import transformers
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_loading)
     monkeypatch.chdir(world["root"])
     before = snapshot(world["root"])
-    code, err = run_in_process(capfd, argv)
-    lines = err.strip().splitlines()
-    assert code == 2, err
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
-    assert snapshot(world["root"]) == before
+    assert_refused(run_in_process(capfd, argv), expected.format(**values), before=before, root=world["root"])
 
 
 # ------------------------------------------------------------------------------------------------ per finding
-
-def run_cli(*args, cwd=None, env=None, umask=None):
-    preexec = (lambda: os.umask(umask)) if umask is not None else None
-    return subprocess.run([sys.executable, "-m", "pruning", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, **(env or {})}, preexec_fn=preexec)
-
-
-def prune_args(model, out, *extra):
-    return ["prune", "--model", model, "--method", "magnitude", "--sparsity", "0.5", "--output-dir", out,
-            "--device", "cpu", "--quiet", *extra]
-
 
 @pytest.mark.slow
 def test_finding1_user_files_and_input_models_survive(stories_dir, tmp_path):
@@ -412,11 +280,11 @@ def test_finding5_read_errors_name_the_file_and_line(world, capfd):
                            ("pickle", "Trying to load unsupported GLOBAL posix.system"),
                            ("config", f"{root}/config/config.json: not valid JSON (Expecting property name enclosed "
                                       "in double quotes at line 2 column 21)")):
-        code, err = run_in_process(capfd, ["eval", "--model", str(root / model), "--ppl", "--seqlen", "64"])
-        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
-    code, err = run_in_process(capfd, ["eval", "--model", str(world["model"]), "--ppl", "--seqlen", "64",
-                                       "--dataset", str(root / "bad.jsonl")])
-    assert err.strip() == (f"error: {root}/bad.jsonl:4: not valid JSON (Expecting value at column 10)")
+        outcome = run_in_process(capfd, ["eval", "--model", str(root / model), "--ppl", "--seqlen", "64"])
+        assert_refused(outcome, message)
+    outcome = run_in_process(capfd, ["eval", "--model", str(world["model"]), "--ppl", "--seqlen", "64",
+                                     "--dataset", str(root / "bad.jsonl")])
+    assert outcome.stderr.strip() == (f"error: {root}/bad.jsonl:4: not valid JSON (Expecting value at column 10)")
     with pytest.raises(ValueError, match="bad.jsonl:4"):
         cli.main(["--debug", "eval", "--model", str(world["model"]), "--ppl", "--seqlen", "64", "--dataset",
                   str(root / "bad.jsonl")])

@@ -196,15 +196,14 @@ def test_export_gguf_checks_its_output_and_cleans_scratch(stories_dir, tmp_path)
 
 
 @pytest.fixture(scope="module")
-def dense_results(stories_dir, tmp_path_factory) -> Path:
+def dense_results(stories_dir, shared_data_dir, tmp_path_factory) -> Path:
     """The long frame of one real dense run, laid out as the workflow writes it."""
     import pruning
-    from conftest import DATA_DIR
 
     root = tmp_path_factory.mktemp("tables") / "results"
     pruning.evaluate_perplexity(str(stories_dir), output=str(root / "metrics/stories260K/dense/base/ppl.json"),
                                 dataset="wikitext2", seqlen=64, max_windows=1, device="cpu",
-                                data_dir_path=str(DATA_DIR))
+                                data_dir_path=str(shared_data_dir))
     return root
 
 
