@@ -21,9 +21,12 @@ from pathlib import Path
 
 from .core import arguments, model_checks, outputs
 from .core.data import check_calibration_source, check_evaluation_dataset, data_dir
+from .core.inputs import read_paths
+from .core.options import READS_MODEL, READS_TEXT
 from .core.protocols import Calibration, Evaluation
 from .core.sparse_formats import DENSE, check_request as check_save_request
 from .methods import PruningMethod, build_method
+from .methods.base import reading_options
 from .reporting.evaluations import STAGES
 from .reporting.grid import GridError, ratio_token_problem, task_fewshot
 from .training.recovery_options import RecoverySettings
@@ -73,16 +76,33 @@ class RunRequest:
     dtype: str | None = DEFAULT_DTYPE
     data_dir: str | None = None
     names: dict = field(default_factory=dict)
+    files: tuple = ()  # other files the run reads (a job file)
+    log_file: str | os.PathLike | None = None  # a log the run appends to: an output like the others
 
     def name(self, key: str) -> str:
         return self.names.get(key) or DEFAULT_NAMES.get(key, key)
 
-    def inputs(self) -> list:
-        """Every input a run reads besides the model, which no output may be, contain or lie inside."""
-        recovery = (self.recovery or {}).get("data") if (self.recovery or {}).get("steps") else None
-        return [self.calibration.source if self.calibration else None,
-                self.evaluation.dataset if self.evaluation else None, recovery,
-                *(self.options.get(k) for k in ("teacher_model", "training_data"))]
+    def inputs(self, method: PruningMethod | None = None) -> list[Path]:
+        """Every path the run reads, which no output may be, contain or lie inside (`read_paths`): the model's,
+        the calibration and evaluation files through the data directory, the text a recovery or distillation
+        trains on and a teacher model (from `method`'s options, defaults filled, where it is built), `files`.
+        The calibration source counts even for a method that does not calibrate: the rule errs on the data's
+        side."""
+        values = method.options() if method is not None else self.options
+        reads = reading_options()
+        named = {kind: [value for key, value in values.items() if reads.get(key) == kind and isinstance(value, str)]
+                 for kind in (READS_MODEL, READS_TEXT)}
+        recovery = None
+        if (self.recovery or {}).get("steps"):
+            try:
+                recovery = RecoverySettings.parse(self.recovery).data
+            except ValueError:
+                recovery = self.recovery.get("data")
+        return read_paths(models=[self.model, *named[READS_MODEL]],
+                          calibration=[self.calibration.source if self.calibration else None, recovery,
+                                       *named[READS_TEXT]],
+                          evaluation=[(self.evaluation.dataset, self.evaluation.split) if self.evaluation else None],
+                          files=self.files, data_dir=self.data_dir)
 
 
 @dataclass
@@ -160,7 +180,7 @@ def survey(request: RunRequest, model_config=_RESOLVE) -> Preflight:
     if model_config is _RESOLVE:
         if found.problems and not Path(request.model).expanduser().is_dir():
             return found  # a bad argument is refused before a model is fetched
-        resolved = ask("model", _resolve_model, request)
+        resolved = ask("model", _resolve_model, request, method)
         if resolved is None:
             return found
         found.path, found.config = resolved
@@ -193,18 +213,23 @@ def survey(request: RunRequest, model_config=_RESOLVE) -> Preflight:
     return found
 
 
-def _resolve_model(request: RunRequest) -> tuple[Path, dict]:
-    """The output checked against every input, the model resolved (fetched if needed) and its files checked."""
-    if request.output_file is not None:
-        return model_checks.model_and_outputs(request.model, [(request.output_file, "output")],
-                                        overwrite=request.overwrite, inputs=request.inputs())
-    if request.output_dir is not None:
-        outputs.output_directory(request.output_dir, overwrite=request.overwrite,
-                                inputs=[request.model, *request.inputs()])
+def _resolve_model(request: RunRequest, method: PruningMethod | None = None) -> tuple[Path, dict]:
+    """Every output checked against every input the run reads, the model resolved (fetched if needed), the
+    outputs checked once more against its directory, and its files checked."""
+    _check_outputs(request, request.inputs(method))
     path = model_checks.local_model(request.model)
-    if request.output_dir is not None:
-        outputs.output_directory(request.output_dir, overwrite=request.overwrite, inputs=[path])
+    _check_outputs(request, read_paths(models=[path]))
     return path, model_checks.model_files(path)
+
+
+def _check_outputs(request: RunRequest, inputs: list[Path]) -> None:
+    """The output file or directory, and the log file, against `inputs` and the rest of the output rule."""
+    if request.output_file is not None:
+        outputs.output_file(request.output_file, overwrite=request.overwrite, inputs=inputs)
+    if request.output_dir is not None:
+        outputs.output_directory(request.output_dir, overwrite=request.overwrite, inputs=inputs)
+    if request.log_file is not None:
+        outputs.appended_file(request.log_file, inputs=inputs, replaced=[request.output_dir])
 
 
 def _memory_plan(request: RunRequest, found: Preflight):

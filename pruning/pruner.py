@@ -22,8 +22,9 @@ from torch import nn
 
 from . import preflight
 from .core import model_checks, outputs
+from .core.inputs import read_paths
 from .core.adapters import get_adapter
-from .core.data import WIKITEXT_LOCAL, CalibrationCache, DataError, check_evaluation_dataset, data_dir
+from .core.data import CalibrationCache, DataError, check_evaluation_dataset, data_dir, evaluation_file
 from .core.modeling import load_model, parameter_counts, resolve_device, save_model
 from .core.protocols import Calibration, Evaluation
 from .core.surgery import numel, removal_report
@@ -46,12 +47,9 @@ def check_not_evaluation_text(training_data: str, eval_dataset: str = EVALUATION
     training = Path(training_data).expanduser()
     if not training.is_file():
         return
-    evaluation = [Path(eval_dataset).expanduser()] if eval_dataset not in ("wikitext2",) else []
     root = data_dir(data_dir_path)
-    if root is not None:
-        evaluation.append(root / WIKITEXT_LOCAL["test"])
-    for path in evaluation:
-        if path.is_file() and path.resolve() == training.resolve():
+    for path in (evaluation_file(eval_dataset, "test", root), evaluation_file("wikitext2", "test", root)):
+        if path is not None and path.is_file() and path.resolve() == training.resolve():
             raise DataError(f"training data {training_data} is the evaluation text; train on other text")
 
 
@@ -70,11 +68,12 @@ class Pruner:
                  eval_max_windows: int | None = None, progress: bool = True):
         self.measurement = Measurement(model_path)
         self.protocol = Calibration(calib, nsamples, seqlen, seed, batch_size)
-        checked = preflight.check(RunRequest(
+        self.request = RunRequest(
             str(model_path), calibration=self.protocol,
             evaluation=Evaluation(eval_dataset, seqlen=eval_seqlen, max_windows=eval_max_windows),
             output_dir=output_dir, device=device, dtype=dtype, data_dir=data_dir_path,
-            names={"evaluation.max_windows": "eval_max_windows"}))
+            names={"evaluation.max_windows": "eval_max_windows"})
+        checked = preflight.check(self.request)
         self.device = resolve_device(device)
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.path, self.config = checked.path, checked.config
@@ -164,7 +163,7 @@ class Pruner:
         dest = Path(output_dir) if output_dir is not None else self.output_dir
         if dest is None:
             raise ValueError("no output directory: give Pruner(..., output_dir=DIR) or save(DIR)")
-        outputs.output_directory(dest, overwrite=overwrite, inputs=[self.measurement.spec, self.path])
+        outputs.output_directory(dest, overwrite=overwrite, inputs=self.inputs())
         latest = self.evaluations[-1] if self.evaluations and self.evaluations[-1]["after_steps"] == [
             step["method"] for step in self.steps] else None
         stages = [{"stage": step["method"], "options": step["options"], "result": step["result"],
@@ -183,6 +182,14 @@ class Pruner:
         return save_model(self.model, self.tokenizer, dest, report, overwrite=overwrite)
 
     # ----------------------------------------------------------------------------------------- helpers
+
+    def inputs(self) -> list[Path]:
+        """Every path this chain has read (the model, calibration and evaluation files, each step's training text
+        and teacher), which no output may be, contain or lie inside."""
+        steps = [RunRequest(str(self.path), options=step["options"], calibration=None, data_dir=self.data_dir)
+                 for step in self.steps]
+        return [*self.request.inputs(), *read_paths(models=[self.path]),
+                *(path for request in steps for path in request.inputs())]
 
     def _step(self, method: str, save_model: bool, **arguments) -> nn.Module:
         self.apply(method, **arguments)

@@ -47,14 +47,17 @@ def run(args) -> int:
     if args.quiet:
         quiet_progress()
     job = load_job(args.job, args.format)
+    log_file = args.log_file or job.log_file
     logger = logging.getLogger("pruning")
     level = logger.level
-    handlers = _log_handlers(args.log_file or job.log_file)
+    handlers: list[logging.Handler] = []
     try:
         report = run_job(job, model=args.model, output_dir=args.output_dir, calib=args.calib,
                          nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, batch_size=args.batch_size,
                          device=args.device, dtype=args.dtype, data_dir_path=args.data_dir,
-                         eval_dataset=args.dataset, eval_seqlen=args.eval_seqlen, max_windows=args.max_windows, overwrite=args.overwrite, progress=not args.quiet)
+                         eval_dataset=args.dataset, eval_seqlen=args.eval_seqlen, max_windows=args.max_windows,
+                         overwrite=args.overwrite, progress=not args.quiet, log_file=log_file,
+                         on_checked=lambda: handlers.extend(_log_handlers(log_file)))
     finally:
         logger.setLevel(level)
         for handler in handlers:
@@ -72,7 +75,8 @@ def run(args) -> int:
 
 
 class _LogFile(logging.FileHandler):
-    """Appends to the log file, created with its folder at the first line (so a refused job writes none)."""
+    """Appends to the log file, created with its folder at the first line; opened only once the job's checks
+    have passed, so a refused job writes none."""
 
     def _open(self):
         Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
@@ -80,11 +84,8 @@ class _LogFile(logging.FileHandler):
 
 
 def _log_handlers(log_file: str | None) -> list[logging.Handler]:
-    """INFO lines of the library (scores, candidates, rounds) on stderr, and appended to `log_file`."""
-    if log_file is not None:
-        path = Path(log_file)
-        if path.is_dir():
-            raise ValueError(f"log_file {log_file} is a directory")
+    """INFO lines of the library (scores, candidates, rounds) on stderr, and appended to `log_file` (checked by
+    the job's pre-flight as an output: never an input, never inside the output directory)."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
         handlers.append(_LogFile(log_file, mode="a", encoding="utf-8", delay=True))

@@ -23,6 +23,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -356,9 +357,14 @@ def run_job(job: Job, *, model: str | None = None, output_dir: str | None = None
             nsamples: int | None = None, seqlen: int = CALIBRATION.seqlen, seed: int | None = None,
             batch_size: int | None = None, device: str = "auto", dtype: str = DEFAULT_DTYPE, data_dir_path: str | None = None,
             eval_dataset: str = EVALUATION.dataset, eval_seqlen: int | None = None, max_windows: int | None = None,
-            overwrite: bool = False, progress: bool = True) -> dict:
+            overwrite: bool = False, progress: bool = True, log_file: str | None = None,
+            on_checked: Callable[[], None] | None = None) -> dict:
     """Run one translated job through `api.prune`; the keyword arguments, where given, replace the job's own
-    values (a job without a model or output directory needs them here). Returns prune.json's record."""
+    values (a job without a model or output directory needs them here). Returns prune.json's record.
+
+    `log_file` (the log the caller appends to) is checked with the outputs, against every input the job reads
+    (its job file among them); `on_checked` is called once every check has passed, before any work, so a
+    caller that opens its log there leaves none behind for a refused job."""
     from contextlib import nullcontext
 
     from .. import preflight
@@ -379,7 +385,8 @@ def run_job(job: Job, *, model: str | None = None, output_dir: str | None = None
     checked = preflight.check(RunRequest(  # the run as api.prune will check it again, before the job's own checks
         model, job.method, job.method_arguments, calibration=Calibration(*settings.values()),
         evaluation=Evaluation(eval_dataset, seqlen=eval_seqlen, max_windows=max_windows) if job.evaluate else None,
-        output_dir=output_dir, overwrite=overwrite, device=device, dtype=dtype, data_dir=data_dir_path))
+        output_dir=output_dir, overwrite=overwrite, device=device, dtype=dtype, data_dir=data_dir_path,
+        files=(job.path,), log_file=log_file))
     model_dir = checked.path
     check_model_fields(job, model_dir)
     method: str | PruningMethod = job.method
@@ -388,6 +395,8 @@ def run_job(job: Job, *, model: str | None = None, output_dir: str | None = None
         method = QuantizedScoring.build(job.bnb_config, **job.method_arguments)
     model_type = checked.config.get("model_type")
     given_paths = job.decoder_layers is not None and model_type not in supported_model_types()
+    if on_checked is not None:
+        on_checked()
     _log_start(job, settings)
     with adapter_added(paths_adapter(model_type, job.decoder_layers, job.final_norm)) if given_paths else nullcontext():
         report = prune(model, method, output_dir, device=device, dtype=dtype, data_dir_path=data_dir_path,

@@ -42,10 +42,31 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
     return path
 
 
-def _local_file(root: Path, relative: str) -> Path:
-    path = root / relative
+def calibration_file(source: str, root: Path | None) -> Path | None:
+    """The local file calibration `source` is read from: its place in the data directory `root` (c4,
+    wikitext2-SPLIT), or the file it names; None where it comes from the hub (or the layout has no such file).
+    The loaders read through it, and so does the output rule's list of inputs (pruning.core.inputs)."""
+    if source == "c4":
+        return root / C4_LOCAL if root else None
+    if source.startswith("wikitext2-"):
+        relative = WIKITEXT_LOCAL.get(source.split("-", 1)[1])
+        return root / relative if root and relative else None
+    return Path(source).expanduser()
+
+
+def evaluation_file(dataset: str, split: str, root: Path | None) -> Path | None:
+    """The local file evaluation `dataset` is read from: WikiText-2's `split` in the data directory `root`, or
+    the file it names; None where it comes from the hub (or the split is unknown)."""
+    if dataset == "wikitext2":
+        return root / WIKITEXT_LOCAL[split] if root and split in WIKITEXT_LOCAL else None
+    return Path(dataset).expanduser()
+
+
+def _in_layout(path: Path, root: Path) -> Path:
+    """`path`, a file of the data directory `root`'s layout, which must be there."""
     if not path.is_file():
-        raise DataError(f"{path} not found: the data directory must have the layout of shared/data ({relative})")
+        raise DataError(f"{path} not found: the data directory must have the layout of shared/data "
+                        f"({path.relative_to(root)})")
     return path
 
 
@@ -122,9 +143,12 @@ def check_calibration_source(source: str) -> None:
 def calibration_documents(source: str, data_root: str | os.PathLike | None = None) -> list[str]:
     check_calibration_source(source)
     root = data_dir(data_root)
+    if root and source == "wikitext2-train":
+        raise DataError(f"no WikiText-2 train split in the local data directory {root}; use wikitext2-validation or c4")
+    path = calibration_file(source, root)
     if source == "c4":
-        if root:
-            return _read_documents(_local_file(root, C4_LOCAL))
+        if path:
+            return _read_documents(_in_layout(path, root))
         try:
             from datasets import load_dataset
 
@@ -133,13 +157,9 @@ def calibration_documents(source: str, data_root: str | os.PathLike | None = Non
         except Exception as exc:  # noqa: BLE001 - any hub failure becomes one clear message
             raise _hub_error("C4 calibration data", exc) from None
     if source.startswith("wikitext2-"):
-        split = source.split("-", 1)[1]
-        if root:
-            if split == "train":
-                raise DataError(f"no WikiText-2 train split in the local data directory {root}; use wikitext2-validation or c4")
-            return [d for d in _wikitext_rows(root, split).split("\n\n") if d.strip()]
-        return [d for d in _wikitext_hub(split).split("\n\n") if d.strip()]
-    return _read_documents(Path(source))
+        text = _wikitext_rows(_in_layout(path, root)) if path else _wikitext_hub(source.split("-", 1)[1])
+        return [d for d in text.split("\n\n") if d.strip()]
+    return _read_documents(path)
 
 
 @dataclass(frozen=True)
@@ -208,8 +228,8 @@ class CalibrationCache:
         return self._windows, self.protocol
 
 
-def _wikitext_rows(root: Path, split: str) -> str:
-    raw = _local_file(root, WIKITEXT_LOCAL[split]).read_text(encoding="utf-8")
+def _wikitext_rows(path: Path) -> str:
+    raw = path.read_text(encoding="utf-8")
     rows = [line if line.strip() else "" for line in raw.splitlines(True)]
     return "\n\n".join(rows)
 
@@ -232,8 +252,8 @@ def evaluation_text(dataset: str, split: str = "test", data_root=None) -> str:
         if split not in WIKITEXT_LOCAL:
             raise DataError(f"WikiText-2 evaluation split must be one of {sorted(WIKITEXT_LOCAL)}, got {split!r}")
         root = data_dir(data_root)
-        return _wikitext_rows(root, split) if root else _wikitext_hub(split)
-    path = Path(dataset)
+        return _wikitext_rows(_in_layout(evaluation_file(dataset, split, root), root)) if root else _wikitext_hub(split)
+    path = evaluation_file(dataset, split, None)
     if not path.is_file():
         raise DataError(f"unknown evaluation dataset {dataset!r}: use one of {EVALUATION_DATASETS} or a local text file")
     return "\n\n".join(_read_documents(path))

@@ -13,6 +13,7 @@ from pathlib import Path
 from .arguments import MIN_SEQLEN, count_problem
 from .dtypes import SAFETENSORS_BYTES
 from .io import OutputError
+from .inputs import read_paths
 from .outputs import output_file
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
@@ -208,15 +209,16 @@ def local_model(spec: str) -> Path:
 
 
 def model_and_outputs(model: str, outputs=(), *, overwrite: bool = False, inputs=()) -> tuple[Path, dict]:
-    """Output files [(path or None, what), ...] checked against every input, then the model resolved and its
-    files checked; (model directory, config). Outputs are checked before a hub or embedded model is fetched,
-    and once more against the resolved directory."""
+    """Output files [(path or None, what), ...] checked against the model's paths and every other input (`inputs`:
+    what `pruning.core.inputs.read_paths` resolved), then the model resolved and its files checked; (model
+    directory, config). Outputs are checked before a hub or embedded model is fetched, and once more against the
+    resolved directory."""
     outputs = [(path, what) for path, what in outputs if path is not None]
     if len({Path(path).expanduser().resolve() for path, _ in outputs}) < len(outputs):
         raise OutputError(f"{' and '.join(what for _, what in outputs)} name the same file")
     for path, what in outputs:
-        output_file(path, overwrite=overwrite, inputs=[model, *inputs], what=what)
+        output_file(path, overwrite=overwrite, inputs=[*read_paths(models=[model]), *inputs], what=what)
     directory = local_model(model)
     for path, what in outputs:
-        output_file(path, overwrite=overwrite, inputs=[directory], what=what)
+        output_file(path, overwrite=overwrite, inputs=read_paths(models=[directory]), what=what)
     return directory, model_files(directory)
