@@ -30,6 +30,7 @@ from .core.surgery import numel, removal_report
 from .evaluation.perplexity import perplexity
 from .evaluation.provenance import Measurement, prune_report
 from .methods import PruneContext, PruningMethod
+from .methods.combined import HEAD_REDUCTION, LAYER_REDUCTION, SPARSITY
 from .methods.distill import PERSLM_DISTILLATION
 from .preflight import RunRequest
 from .training.distillation import DistillSettings, distill_model, load_teacher, training_windows
@@ -109,15 +110,15 @@ class Pruner:
         self._record(instance.name, instance.options(), result, before, started)
         return self.model
 
-    def prune_heads(self, head_reduction: float = 0.1, save_model: bool = False, **options) -> nn.Module:
+    def prune_heads(self, head_reduction: float = HEAD_REDUCTION, save_model: bool = False, **options) -> nn.Module:
         """Remove `head_reduction` of the attention heads (method heads; options importance, gqa)."""
         return self._step("heads", save_model, fraction=head_reduction, **options)
 
-    def prune_layers(self, layer_reduction: float = 0.1, save_model: bool = False, **options) -> nn.Module:
+    def prune_layers(self, layer_reduction: float = LAYER_REDUCTION, save_model: bool = False, **options) -> nn.Module:
         """Remove `layer_reduction` of the decoder layers, evenly spread (method layers)."""
         return self._step("layers", save_model, fraction=layer_reduction, **options)
 
-    def magnitude_pruning(self, sparsity: float = 0.3, save_model: bool = False, **options) -> nn.Module:
+    def magnitude_pruning(self, sparsity: float = SPARSITY, save_model: bool = False, **options) -> nn.Module:
         """Zero the smallest `sparsity` of each targeted matrix (method magnitude; options per, allocation, ...)."""
         return self._step("magnitude", save_model, sparsity=sparsity, **options)
 
@@ -129,7 +130,7 @@ class Pruner:
         self._distill(settings, windows)
         return self._saved(save_model)
 
-    def distillation(self, sparsity: float = 0.3, training_data: str | None = None, teacher_model: str | None = None,
+    def distillation(self, sparsity: float = SPARSITY, training_data: str | None = None, teacher_model: str | None = None,
                      epochs: int = 3, learning_rate: float = 5e-5, save_model: bool = False, **options) -> nn.Module:
         """PersLM's distillation-guided pruning: magnitude pruning to `sparsity`, then `distill`."""
         if training_data is None:

@@ -102,3 +102,38 @@ def test_perslm_model_pruner_example_runs_verbatim(long_context_stories, short_w
         "sparsity"] == 0.3
     model, _ = pruning.load_model(tmp_path / "output")
     assert model.config.num_hidden_layers == 4  # 0.2 of 5 layers removed
+
+
+# ------------------------------------------------------------------------ 1. PersLM's `all` and its defaults
+
+def stage_ratios(report: dict) -> list[tuple]:
+    return [(s["method"], s.get("fraction", s.get("target", {}).get("sparsity"))) for s in report["options"]["stages"]]
+
+
+@pytest.mark.parametrize("flags,stages", [
+    # "To apply all pruning methods in sequence": the flags not given take the document's defaults
+    (["--sparsity", "0.5"], [("heads", 0.1), ("layers", 0.1), ("magnitude", 0.5)]),
+    (["--layer-reduction", "0.25"], [("heads", 0.1), ("layers", 0.25), ("magnitude", 0.3)]),
+    (["--head-reduction", "0.15", "--layer-reduction", "0.25", "--sparsity", "0.5"],
+     [("heads", 0.15), ("layers", 0.25), ("magnitude", 0.5)]),
+    (["--head-reduction", "0", "--sparsity", "0.5"], [("layers", 0.1), ("magnitude", 0.5)]),  # 0 leaves a stage out
+])
+def test_perslm_all_runs_every_stage_with_the_documented_defaults(stories_dir, tmp_path, flags, stages):
+    out = tmp_path / "all"
+    assert cli_main(["prune", "--model", str(stories_dir), "--method", "all", *flags, "--output-dir", str(out),
+                     *QUICK]) == 0
+    report = report_of(out)
+    assert stage_ratios(report) == stages
+    assert [s["stage"] for s in report["result"]["stages"]] == [method for method, _ in stages]
+    assert all(s["parameters_removed"] > 0 for s in report["result"]["stages"] if s["stage"] != "magnitude")
+    assert report["result"]["total_sparsity"] > 0
+    model, _ = pruning.load_model(out)
+    assert model.config.num_hidden_layers == 5 - any(method == "layers" for method, _ in stages)
+
+
+def test_perslm_all_defaults_hold_in_the_library_too():
+    """The API's `all` is the command's: one home for the defaults (methods/combined.py)."""
+    assert stage_ratios({"options": pruning.build_method("all", sparsity=0.5).options()}) == [
+        ("heads", 0.1), ("layers", 0.1), ("magnitude", 0.5)]
+    with pytest.raises(ValueError, match="every stage is left out"):
+        pruning.build_method("all", head_fraction=0, layer_fraction=0, sparsity=0)
