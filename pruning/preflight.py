@@ -421,7 +421,7 @@ def _cross_reference_errors(config: WorkflowConfig) -> list[str]:
                    for index, value in enumerate(values) if (problem := ratio_token_problem(kind, value))]
         for kind in sorted(set(ratios) & set(entry["options"])):
             errors.append(f"config.methods.{name}.options.{kind}: {kind} is already given in ratios")
-        if not ratios and is_composite(entry["method"]) and not entry["options"]:
+        if not ratios and is_composite(entry["method"]) and not entry["options"] and not _builds(entry["method"]):
             errors.append(f"config.methods.{name}: {entry['method']} without ratios needs its ratios in options")
     if cfg["data_dir"] and not config.path(cfg["data_dir"]).is_dir():
         errors.append(f"config.data_dir: {config.path(cfg['data_dir'])} is not a directory")
@@ -445,6 +445,15 @@ def _cross_reference_errors(config: WorkflowConfig) -> list[str]:
     except GridError as exc:
         errors.append(f"config.zeroshot.num_fewshot: {exc}")
     return errors
+
+
+def _builds(method: str) -> bool:
+    """Whether `method` runs with its defaults alone (all: PersLM's default stages)."""
+    try:
+        build_method(method)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def _spec_errors(config: WorkflowConfig, specs: dict) -> list[str]:

@@ -137,3 +137,9 @@ def test_perslm_all_defaults_hold_in_the_library_too():
         ("heads", 0.1), ("layers", 0.1), ("magnitude", 0.5)]
     with pytest.raises(ValueError, match="every stage is left out"):
         pruning.build_method("all", head_fraction=0, layer_fraction=0, sparsity=0)
+
+
+def test_workflow_all_entry_without_ratios_runs_the_documented_defaults(tmp_path):
+    from test_preflight import workflow_problems
+
+    assert workflow_problems(lambda c: c["methods"].update(perslm={"method": "all"}), tmp_path) == []
