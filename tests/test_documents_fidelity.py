@@ -143,3 +143,46 @@ def test_workflow_all_entry_without_ratios_runs_the_documented_defaults(tmp_path
     from test_preflight import workflow_problems
 
     assert workflow_problems(lambda c: c["methods"].update(perslm={"method": "all"}), tmp_path) == []
+
+
+# ------------------------------------------------------------------------ 2. PersLM's GGUF conversion
+
+@pytest.fixture
+def perslm_workdir(tmp_path, monkeypatch):
+    """An empty working directory: PersLM's outputs go to models/pruned/... under it."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_perslm_convert_with_quantization_writes_beside_the_model(stories_dir, perslm_workdir, capsys):
+    """`convert --model models/pruned/MODEL_NAME-distill_pruned --quantization q4_k_m`, after the document's
+    distillation-guided prune (one distillation step here)."""
+    import gguf
+
+    training = perslm_workdir / "your_dataset.txt"
+    training.write_text((DATA_DIR / "wikitext-2-raw-v1" / "wiki.valid.raw").read_text(encoding="utf-8")[:600])
+    assert cli_main(["prune", "--model", str(stories_dir), "--method", "distillation", "--sparsity", "0.3",
+                     "--training-data", str(training), "--option", "max_steps=1", "--option", "train_seqlen=64",
+                     *QUICK]) == 0
+    capsys.readouterr()
+    model = Path("models/pruned/stories260K-distill_pruned")
+    quantized = pytest.importorskip("llama_cpp") and "q4_k_m"
+    assert cli_main(["convert", "--model", str(model), "--quantization", quantized]) == 0
+    written = model.with_name(f"{model.name}-q4_k_m.gguf")  # beside the model folder, never inside it
+    assert json.loads(capsys.readouterr().out)["output"] == str(written)
+    reader = gguf.GGUFReader(written)
+    assert int(reader.get_field("general.file_type").parts[-1][0]) == gguf.LlamaFileType.MOSTLY_Q4_K_M
+    assert sorted(p.name for p in model.iterdir()) == sorted(p.name for p in model.iterdir() if p.suffix != ".gguf")
+
+    # the same values as optimize (8bit = q8_0), and the output rule guards the default path like any other
+    assert cli_main(["convert", "--model", str(model), "--quantization", "8bit"]) == 0
+    assert json.loads(capsys.readouterr().out)["outtype"] == "q8_0"
+    foreign = model.with_name(f"{model.name}-f16.gguf")
+    foreign.write_text("a user's file")
+    assert cli_main(["convert", "--model", str(model), "--quantization", "f16"]) == 2
+    assert "was not written by this tool" in one_line_error(capsys) and foreign.read_text() == "a user's file"
+    assert cli_main(["convert", "--model", str(model), "--quantization", "3bit"]) == 2
+    assert "4bit or 8bit" in one_line_error(capsys)
+    with pytest.raises(SystemExit, match="2"):
+        cli_main(["convert", "--model", str(model), "--quantization", "q8_0", "--outtype", "q8_0"])
+    assert "not allowed with argument" in one_line_error(capsys)
