@@ -186,3 +186,58 @@ def test_perslm_convert_with_quantization_writes_beside_the_model(stories_dir, p
     with pytest.raises(SystemExit, match="2"):
         cli_main(["convert", "--model", str(model), "--quantization", "q8_0", "--outtype", "q8_0"])
     assert "not allowed with argument" in one_line_error(capsys)
+
+
+# ------------------------------------------------------------------------ 8. PP-LLMs' command line and defaults
+
+@pytest.fixture(scope="module")
+def test_excerpt(tmp_path_factory):
+    """The start of WikiText-2 test: the runs that evaluate, quickly."""
+    path = tmp_path_factory.mktemp("eval") / "test-excerpt.txt"
+    path.write_text((DATA_DIR / "wikitext-2-raw-v1" / "wiki.test.raw").read_text(encoding="utf-8")[:20000])
+    return path
+
+
+def test_ppllms_command_line_as_its_readme_writes_it(stories_dir, tmp_path, test_excerpt, capsys):
+    """`python ppllms.py --model_name M --num_blocks 5 --prune_rate 0.25 --mha_ffn_ratio 2.0 --eval_ppl True`
+    (stories260K has 5 blocks), and the same without --mha_ffn_ratio: the README's default 2.0 applies, so both
+    remove 2 FFN and 1 MHA sub-block (without the default the counts would be 2 FFN + 0 MHA)."""
+    ours = ["--seqlen", "64", "--eval-dataset", str(test_excerpt), "--max-windows", "2", *QUICK]
+    common = ["ppllms", "--model_name", str(stories_dir), "--num_blocks", "5", "--prune_rate", "0.25",
+              "--nsamples", "4"]
+    assert cli_main([*common, "--mha_ffn_ratio", "2.0", "--eval_ppl", "True", "--output-dir", str(tmp_path / "a"),
+                     *ours]) == 0
+    assert cli_main([*common, "--eval_ppl", "--output-dir", str(tmp_path / "b"), *ours]) == 0
+    given, default = (report_of(tmp_path / name) for name in "ab")
+    for report in (given, default):
+        assert report["method"] == "two_stage" and report["options"]["ffn_attention_ratio"] == 2.0
+        assert (len(report["result"]["ffn_removed_layers"]), len(report["result"]["mha_removed_layers"])) == (2, 1)
+        assert report["calibration"]["source"] == "c4" and report["calibration"]["nsamples"] == 4
+        assert report["evaluation"]["after"]["ppl"] > 1  # eval_ppl True, and the bare flag
+    assert given["result"]["mha_removed_layers"] == default["result"]["mha_removed_layers"]
+    summary = json.loads(capsys.readouterr().out.split("\n}\n")[0] + "\n}")
+    assert summary["format"] == "ppllms" and summary["mha_removed_layers"] == given["result"]["mha_removed_layers"]
+
+
+def test_ppllms_flags_and_job_file_are_one_translation(stories_dir, tmp_path, capsys):
+    """The flags become the job file's mapping: the same keys in a file give the same prune.json options and
+    choices, and a bad value is refused in the same words, before any model loads."""
+    small = ["--seqlen", "64", *QUICK]
+    job = tmp_path / "ppllms.json"
+    job.write_text(json.dumps({"model_name": str(stories_dir), "prune_rate": 0.25, "nsamples": 4, "eval_ppl": False}))
+    assert cli_main(["run", str(job), "--output-dir", str(tmp_path / "file"), *small]) == 0
+    assert cli_main(["ppllms", "--model-name", str(stories_dir), "--prune_rate=0.25", "--nsamples", "4",
+                     "--eval_ppl=False", "--output-dir", str(tmp_path / "flags"), *small]) == 0
+    capsys.readouterr()
+    from_file, from_flags = report_of(tmp_path / "file"), report_of(tmp_path / "flags")
+    assert from_file["evaluation"] is None and from_flags["evaluation"] is None
+    assert from_file["options"] == from_flags["options"] and from_file["calibration"] == from_flags["calibration"]
+    assert from_file["result"]["mha_removed_layers"] == from_flags["result"]["mha_removed_layers"]
+    for bad, message in ((["--prune_rate", "lots"], "prune_rate must be"), (["--num_blocks", "32"],
+                                                                            "num_blocks 32 but the model has 5"),
+                         (["--ffn_remove_layers", "2"], "ffn_remove_layers without mha_remove_layers"),
+                         (["--eval_ppl", "yes"], "eval_ppl must be true or false")):
+        assert cli_main(["ppllms", "--model_name", str(stories_dir), *bad, "--output-dir", str(tmp_path / "bad"),
+                         *small]) == 2
+        assert message in one_line_error(capsys)
+        assert not (tmp_path / "bad").exists()

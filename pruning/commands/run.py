@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..core.protocols import Calibration
-from ..compat.job_files import FORMATS, load_job, run_job
+from ..compat.job_files import FORMATS, Job, load_job, run_job
 from .common import (add_eval_arguments, add_overwrite_argument, add_runtime_arguments, evaluation_summary,
                      quiet_progress)
 
@@ -47,14 +47,21 @@ def run(args) -> int:
     if args.quiet:
         quiet_progress()
     job = load_job(args.job, args.format)
+    return execute(job, args.log_file, model=args.model, output_dir=args.output_dir, calib=args.calib,
+                   nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, batch_size=args.batch_size,
+                   device=args.device, dtype=args.dtype, data_dir_path=args.data_dir, eval_dataset=args.dataset,
+                   eval_seqlen=args.eval_seqlen, max_windows=args.max_windows, overwrite=args.overwrite,
+                   progress=not args.quiet)
+
+
+def execute(job: Job, log_file: str | None, **settings) -> int:
+    """Run a translated job (`run_job` with `settings`), logging at INFO on stderr and in `log_file` (else the
+    job's), and print its summary; for `run` and the commands that take a system's own flags (`ppllms`)."""
     logger = logging.getLogger("pruning")
     level = logger.level
-    handlers = _log_handlers(args.log_file or job.log_file)
+    handlers = _log_handlers(log_file or job.log_file)
     try:
-        report = run_job(job, model=args.model, output_dir=args.output_dir, calib=args.calib,
-                         nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, batch_size=args.batch_size,
-                         device=args.device, dtype=args.dtype, data_dir_path=args.data_dir,
-                         eval_dataset=args.dataset, eval_seqlen=args.eval_seqlen, max_windows=args.max_windows, overwrite=args.overwrite, progress=not args.quiet)
+        report = run_job(job, **settings)
     finally:
         logger.setLevel(level)
         for handler in handlers:

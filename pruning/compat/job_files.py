@@ -10,7 +10,8 @@ its keys (or named), checked whole before any model is loaded, and translated to
   removal costs the least calibration perplexity); `model_decoder_layers` / `layer_norm_field` name the
   modules of a family without an adapter (pruning/core/adapters.py `paths_adapter`).
 - PP-LLMs -> method `two_stage`: `ffn_remove_layers` / `mha_remove_layers` as the counts, else `prune_rate`
-  (with `mha_ffn_ratio` when given).
+  with `mha_ffn_ratio` (PP-LLMs' default 2.0 when not given). Its command line (`ppllms.py --model_name ...`)
+  is read by `pruning/commands/ppllms.py` into the same mapping and translated here.
 
 Calibration never reads an evaluation split: a PruneGPT dataset with split `test` is refused, and Quark's
 layer search (which its tutorial runs on WikiText-2 test) calibrates on WikiText-2 validation.
@@ -56,7 +57,8 @@ PRUNEGPT_NSAMPLES = 100  # PruneGPT scores on the first 100 rows of its dataset
 QUARK_ALGORITHM = "layer_importance_depth_pruning"
 QUARK_CALIBRATION = "wikitext2-validation"  # Quark's tutorial searches on WikiText-2 test, which we never calibrate on
 CALIBRATION, EVALUATION = Calibration(), Evaluation()  # the defaults (PP-LLMs documents the same calibration)
-PPLLMS_DEFAULTS = {"prune_rate": 0.25, "seed": CALIBRATION.seed, "nsamples": CALIBRATION.nsamples,
+# PP-LLMs' documented defaults (its README's Parameters), applied to job files and the `ppllms` command alike
+PPLLMS_DEFAULTS = {"prune_rate": 0.25, "mha_ffn_ratio": 2.0, "seed": CALIBRATION.seed, "nsamples": CALIBRATION.nsamples,
                    "dataset": CALIBRATION.source, "eval_ppl": True}
 # on AVX512-BF16 CPUs bitsandbytes repacks 4-bit weights: output rows in blocks of 32, inputs in its
 # quantization blocks of 64
@@ -251,9 +253,7 @@ def _ppllms(values: dict, where: str) -> Job:
     if counts:
         arguments = {"ffn_layers": values["ffn_remove_layers"], "attention_layers": values["mha_remove_layers"]}
     else:
-        arguments = {"prune_rate": values["prune_rate"]}
-        if "mha_ffn_ratio" in values:
-            arguments["ffn_attention_ratio"] = values["mha_ffn_ratio"]
+        arguments = {"prune_rate": values["prune_rate"], "ffn_attention_ratio": values["mha_ffn_ratio"]}
     return Job(path=where, format="ppllms", method="two_stage", method_arguments=arguments,
                model=values.get("model_name"), calib=ppllms_calibration(values["dataset"], where),
                nsamples=values["nsamples"], seed=values["seed"], evaluate=values["eval_ppl"],
