@@ -72,6 +72,7 @@ class RunRequest:
     device: str | None = "auto"
     dtype: str | None = DEFAULT_DTYPE
     data_dir: str | None = None
+    selection_on_test: bool = False  # the documents' compat path: calibration on WikiText-2 test (core/data.py)
     names: dict = field(default_factory=dict)
 
     def name(self, key: str) -> str:
@@ -138,7 +139,7 @@ def survey(request: RunRequest, model_config=_RESOLVE) -> Preflight:
     found.method = method
     calibrates = calibration is not None and (request.method is None or (method is not None and method.needs_calibration))
     if calibrates:
-        ask("calibration.source", check_calibration_source, calibration.source)
+        ask("calibration.source", check_calibration_source, calibration.source, request.selection_on_test)
         count("calibration.nsamples", calibration.nsamples)
         if method is not None and arguments.count_problem("", calibration.nsamples) is None:
             ask("options", method.check_calibration, calibration.nsamples)

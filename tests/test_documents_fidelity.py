@@ -241,3 +241,91 @@ def test_ppllms_flags_and_job_file_are_one_translation(stories_dir, tmp_path, ca
                          *small]) == 2
         assert message in one_line_error(capsys)
         assert not (tmp_path / "bad").exists()
+
+
+# ------------------------------------------------------------------------ 4. PruneGPT's and Quark's test split
+
+# PruneGPT's README: "A sample config is provided here", each key with its example value; model_name,
+# save_directory and log_file are this run's, num_blocks_to_prune and skip_blocks fit stories260K's 5 blocks,
+# and quantize is off (bitsandbytes' CPU kernel cannot pack stories260K's widths; see documents.md).
+PRUNEGPT_README_CONFIG = {
+    "model_name": "microsoft/Phi-3-mini-4k-instruct", "quantize": False,
+    "bnb_config": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+                   "bnb_4bit_compute_dtype": "float16"},
+    "dataset": {"name": "wikitext", "subset": "wikitext-2-raw-v1", "split": "test", "batch_size": 8},
+    "num_blocks_to_prune": 5, "skip_blocks": [0, 1, 2, 3, -1, -2], "pruning_method": "angular_distance",
+    "pruning_token": "last", "save_directory": "models/phi3_pruned_model", "log_file": "pruning_phi3.log",
+    "calculate_ppl": True,
+}
+
+
+def test_prunegpt_readme_config_selects_on_test_and_the_tables_say_so(stories_dir, tmp_path, test_excerpt, capsys):
+    """The README's config, run as `python -m pruning run config.json`: accepted, one warning line (stderr and
+    PruneGPT's log_file), prune.json's selection_split, and the † mark with its caption note in the tables."""
+    from pruning.reporting.metric_files import collect
+    from pruning.reporting.tables import build_tables
+
+    config = {**PRUNEGPT_README_CONFIG, "model_name": str(stories_dir), "save_directory": str(tmp_path / "pruned"),
+              "log_file": str(tmp_path / "pruning.log"), "num_blocks_to_prune": 1, "skip_blocks": [0, -1]}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    evaluation = dict(dataset=str(test_excerpt), seqlen=64, max_windows=2, device="cpu")
+    assert cli_main(["run", str(tmp_path / "config.json"), "--nsamples", "4", "--seqlen", "64",
+                     "--dataset", evaluation["dataset"], "--max-windows", "2", *QUICK]) == 0
+    stderr = capsys.readouterr().err
+    report = report_of(tmp_path / "pruned")
+    assert report["selection_split"] == "test" and report["calibration"]["source"] == "wikitext2-test"
+    assert report["calibration"]["nsamples"] == 4 and report["options"]["criterion"] == "angular"
+    warning = [line for line in stderr.splitlines() if "WARNING" in line]
+    assert len(warning) == 1 and "evaluation split" in warning[0] and "wikitext2-test" in warning[0], stderr
+    assert warning[0].split(" - ", 2)[2] in (tmp_path / "pruning.log").read_text()
+
+    metrics = tmp_path / "results" / "metrics" / "stories260K"
+    pruning.evaluate_perplexity(str(stories_dir), output=str(metrics / "dense" / "base" / "ppl.json"), **evaluation)
+    run = metrics / "prunegpt" / "L1"
+    run.mkdir(parents=True)
+    shutil.copy(tmp_path / "pruned" / "prune.json", run / "prune.json")  # as the workflow's prune rule does
+    pruning.evaluate_perplexity(str(tmp_path / "pruned"), output=str(run / "ppl.json"), **evaluation)
+    tables = {table.name: table for table in build_tables(collect(tmp_path / "results"))}
+    depth, removal = tables["depth-stories260K"], tables["layer-removal"]
+    assert depth.display.loc[depth.display["#Blocks"] == "1"].iloc[0, -1].endswith(" †")
+    assert removal.display["method"].tolist() == ["prunegpt †"]
+    for table in (depth, removal, tables["summary"]):
+        assert "† Selected on test: stories260K prunegpt (1 block) chose what to prune on the evaluation split" in table.caption
+    assert (depth.data.metric == "selection_split").any()  # the CSV names the file behind the mark
+
+
+def test_test_split_selection_only_through_the_documents_path(stories_dir, tmp_path, capsys, no_work):
+    """Validation stays the default everywhere else: `prune --calib wikitext2-test`, the API without the switch,
+    and the switch with another source are refused before any work."""
+    assert cli_main(["prune", "--model", str(stories_dir), "--method", "wanda", "--sparsity", "0.5", "--calib",
+                     "wikitext2-test", "--output-dir", str(tmp_path / "out"), *QUICK]) == 2
+    assert "must not use the evaluation split" in one_line_error(capsys)
+    with pytest.raises(ValueError, match="must not use the evaluation split"):
+        pruning.prune(str(stories_dir), "depth", tmp_path / "out", num_blocks=1, calib="wikitext2-test")
+    with pytest.raises(ValueError, match="selection on the test split calibrates on wikitext2-test, not 'c4'"):
+        pruning.prune(str(stories_dir), "depth", tmp_path / "out", num_blocks=1, calib="c4", selection_on_test=True)
+    quark = tmp_path / "quark.json"
+    quark.write_text(json.dumps({"delete_layer_num": 1}))
+    prunegpt = tmp_path / "prunegpt.json"
+    prunegpt.write_text(json.dumps({"num_blocks_to_prune": 1}))
+    assert cli_main(["run", str(prunegpt), "--model", str(stories_dir), "--output-dir", str(tmp_path / "out"),
+                     "--selection-split", "test", *QUICK]) == 2
+    assert "names its data in dataset.split" in one_line_error(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_quark_search_on_test_as_its_tutorial(stories_dir, tmp_path, capsys):
+    """Quark's config with `--selection-split test` searches its windows on WikiText-2 test; without it, on
+    validation (no selection_split recorded)."""
+    quark = tmp_path / "quark.json"
+    quark.write_text(json.dumps({"name": "layer_importance_depth_pruning", "delete_layer_num": 1,
+                                 "model_decoder_layers": "model.layers", "layer_norm_field": "model.norm",
+                                 "layer_num_field": "num_hidden_layers", "save_gpu_memory": True}))
+    common = ["run", str(quark), "--model", str(stories_dir), "--nsamples", "4", "--seqlen", "64", *QUICK]
+    assert cli_main([*common, "--selection-split", "test", "--output-dir", str(tmp_path / "test")]) == 0
+    assert json.loads(capsys.readouterr().out)["selection_split"] == "test"
+    assert cli_main([*common, "--output-dir", str(tmp_path / "validation")]) == 0
+    on_test, on_validation = report_of(tmp_path / "test"), report_of(tmp_path / "validation")
+    assert on_test["selection_split"] == "test" and on_test["calibration"]["source"] == "wikitext2-test"
+    assert "selection_split" not in on_validation
+    assert on_validation["calibration"]["source"] == "wikitext2-validation"

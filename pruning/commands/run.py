@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from ..core.protocols import Calibration
-from ..compat.job_files import FORMATS, Job, load_job, run_job
+from ..evaluation.provenance import SELECTION_SPLIT
+from ..compat.job_files import FORMATS, SELECTION_SPLITS, Job, load_job, run_job
 from .common import (add_eval_arguments, add_overwrite_argument, add_runtime_arguments, evaluation_summary,
                      quiet_progress)
 
@@ -26,6 +27,10 @@ def add_parser(subparsers) -> None:
                     "logged at INFO on stderr and in log_file. See config/jobs/ and config/README.md.")
     parser.add_argument("job", metavar="JOB", help="the job file")
     parser.add_argument("--format", choices=FORMATS, help="the job's system (default: recognised by its keys)")
+    parser.add_argument("--selection-split", choices=SELECTION_SPLITS,
+                        help="Quark: the WikiText-2 split its window search runs on (default: validation; Quark's "
+                             "tutorial searches on test, the evaluation split: a warning is logged and prune.json "
+                             "records selection_split test). PruneGPT files name theirs in dataset.split")
     parser.add_argument("--model", help="model spec, replacing the job's model_name (Quark files name none)")
     parser.add_argument("--output-dir", help="where the pruned model goes, replacing PruneGPT's save_directory "
                                              "(required for Quark and PP-LLMs files)")
@@ -51,7 +56,7 @@ def run(args) -> int:
                    nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, batch_size=args.batch_size,
                    device=args.device, dtype=args.dtype, data_dir_path=args.data_dir, eval_dataset=args.dataset,
                    eval_seqlen=args.eval_seqlen, max_windows=args.max_windows, overwrite=args.overwrite,
-                   progress=not args.quiet)
+                   progress=not args.quiet, selection_split=args.selection_split)
 
 
 def execute(job: Job, log_file: str | None, **settings) -> int:
@@ -73,6 +78,8 @@ def execute(job: Job, log_file: str | None, **settings) -> int:
     for key in ("removed_layers", "ffn_removed_layers", "mha_removed_layers"):
         if key in result:
             summary[key] = result[key]
+    if SELECTION_SPLIT in report:
+        summary[SELECTION_SPLIT] = report[SELECTION_SPLIT]
     summary["evaluation"] = evaluation_summary(report)
     print(json.dumps(summary, indent=2))
     return 0
