@@ -37,7 +37,7 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
           eval_dataset: str = EVALUATION.dataset, eval_seqlen: int | None = None, eval_max_windows: int | None = None,
           progress: bool = True, overwrite: bool = False, recovery: dict | None = None, save_format: str = DENSE,
           max_memory: str | int | None = None, stream: bool | None = None, selection_on_test: bool = False,
-          **method_arguments) -> dict:
+          trust_remote_code: bool = False, **method_arguments) -> dict:
     """Prune `model` (any zoo spec) with `method` and save the result plus prune.json in `output_dir`.
 
     `recovery` ({steps, rank, alpha, lr, batch_size, seqlen, data, heldout_windows}; pruning/training/recovery.py) adds
@@ -47,15 +47,18 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
     (pruning/core/streaming.py), and a cap even streaming exceeds is refused; `stream` True forces streaming, False
     forbids it. `selection_on_test` is the documents' compatibility path (PruneGPT's example config and Quark's
     tutorial choose their layers on WikiText-2 test): `calib` must then be "wikitext2-test", a warning is logged
-    and prune.json records `selection_split: test`; nothing else calibrates on the evaluation split. Every
-    argument is checked first by the pre-flight (pruning/preflight.py)."""
+    and prune.json records `selection_split: test`; nothing else calibrates on the evaluation split.
+    `trust_remote_code` lets a model with code of its own in its folder (config.json's auto_map, e.g.
+    deepseek-moe) load and run that code; without it such a model is refused before loading, and prune.json
+    records the opt-in. Every argument is checked first by the pre-flight (pruning/preflight.py)."""
     measurement = Measurement(model)
     calibration = Calibration(calib, nsamples, seqlen, seed, batch_size)
     evaluation = Evaluation(eval_dataset, seqlen=eval_seqlen, max_windows=eval_max_windows) if evaluate else None
     checked = preflight.check(RunRequest(
         model, method, method_arguments, calibration=calibration, evaluation=evaluation, output_dir=output_dir,
         overwrite=overwrite, save_format=save_format, recovery=recovery, max_memory=max_memory, stream=stream,
-        device=device, dtype=dtype, data_dir=data_dir_path, selection_on_test=selection_on_test))
+        device=device, dtype=dtype, data_dir=data_dir_path, selection_on_test=selection_on_test,
+        trust_remote_code=trust_remote_code))
     instance, path, memory, recovery_settings = checked.method, checked.path, checked.memory, checked.recovery
     if selection_on_test:
         log.warning("%s chooses what to prune on %s, the evaluation split (as the document it reproduces does): "
@@ -63,6 +66,9 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
     compute = resolve_device(device)
     output_dir = Path(output_dir)
     if memory.mode == STREAMED:
+        if trust_remote_code:
+            raise ValueError("a model with code of its own (trust_remote_code) is not streamed: its layers are "
+                             "built by that code; prune it in memory (no --max-memory cap below its size)")
         return _prune_streamed(measurement, instance, path, output_dir, memory, calib=calib, nsamples=nsamples,
                                seqlen=seqlen, seed=seed, compute=compute, dtype=dtype, data_dir_path=data_dir_path,
                                batch_size=batch_size, ignore=tuple(ignore), progress=progress, overwrite=overwrite,
@@ -71,7 +77,8 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
     if recovery_settings.steps:
         recovery_text = recovery_documents(recovery_settings, data_dir_path)
 
-    net, tokenizer = load_model(measurement.resolve(path), dtype=dtype, device="cpu")
+    net, tokenizer = load_model(measurement.resolve(path), dtype=dtype, device="cpu",
+                                trust_remote_code=trust_remote_code)
     adapter = get_adapter(net)
     ctx, calibration = _context(instance, net, tokenizer, adapter, path, calib=calib, nsamples=nsamples,
                                 seqlen=seqlen, seed=seed, compute=compute, data_dir_path=data_dir_path,
@@ -100,6 +107,8 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
     report = _report(instance, calibration, seed, compute, dtype, ignore,
                      {"before": before, "after": parameter_counts(net)}, method_report, evaluation, prune_seconds,
                      recovered, memory, selection_on_test)
+    if trust_remote_code:
+        report["trust_remote_code"] = True  # the model's own code ran (and is saved beside the weights)
     report = measurement.finish(report, peak_rss=True)
     save_model(net, tokenizer, output_dir, report, overwrite=overwrite, save_format=save_format)
     return report
@@ -163,16 +172,18 @@ def _prune_streamed(measurement: Measurement, instance: PruningMethod, path: Pat
 def evaluate_perplexity(model: str, *, dataset: str = EVALUATION.dataset, split: str = EVALUATION.split,
                         seqlen: int = 512, max_windows: int | None = EVALUATION.max_windows,
                         batch_size: int = EVALUATION.batch_size, device: str = "auto", dtype: str = DEFAULT_DTYPE,
-                        data_dir_path: str | None = None, output: str | None = None, overwrite: bool = False) -> dict:
+                        data_dir_path: str | None = None, output: str | None = None, overwrite: bool = False,
+                        trust_remote_code: bool = False) -> dict:
     """Perplexity of a model directory or spec; written atomically to `output` when given (replacing only
-    an earlier result of ours unless `overwrite`)."""
+    an earlier result of ours unless `overwrite`); `trust_remote_code` as for `prune`."""
     measurement = Measurement(model)
     checked = preflight.check(RunRequest(
         model, calibration=None, evaluation=Evaluation(dataset, split, seqlen, max_windows, batch_size),
         output_file=output, overwrite=overwrite, device=device, dtype=dtype, data_dir=data_dir_path,
-        names={"evaluation.seqlen": "--seqlen"}))
+        names={"evaluation.seqlen": "--seqlen"}, trust_remote_code=trust_remote_code))
     compute = resolve_device(device)
-    net, tokenizer = load_model(measurement.resolve(checked.path), dtype=dtype, device=str(compute))
+    net, tokenizer = load_model(measurement.resolve(checked.path), dtype=dtype, device=str(compute),
+                                trust_remote_code=trust_remote_code)
     result = perplexity(net, tokenizer, dataset, split, seqlen, max_windows, batch_size, data_dir_path)
     result["parameters"] = parameter_counts(net)
     return measurement.finish(result, output)

@@ -73,6 +73,7 @@ class RunRequest:
     dtype: str | None = DEFAULT_DTYPE
     data_dir: str | None = None
     selection_on_test: bool = False  # the documents' compat path: calibration on WikiText-2 test (core/data.py)
+    trust_remote_code: bool = False  # the opt-in for a model with code of its own (config.json's auto_map)
     names: dict = field(default_factory=dict)
 
     def name(self, key: str) -> str:
@@ -198,14 +199,15 @@ def _resolve_model(request: RunRequest) -> tuple[Path, dict]:
     """The output checked against every input, the model resolved (fetched if needed) and its files checked."""
     if request.output_file is not None:
         return model_checks.model_and_outputs(request.model, [(request.output_file, "output")],
-                                        overwrite=request.overwrite, inputs=request.inputs())
+                                        overwrite=request.overwrite, inputs=request.inputs(),
+                                        trust_remote_code=request.trust_remote_code)
     if request.output_dir is not None:
         outputs.output_directory(request.output_dir, overwrite=request.overwrite,
                                 inputs=[request.model, *request.inputs()])
     path = model_checks.local_model(request.model)
     if request.output_dir is not None:
         outputs.output_directory(request.output_dir, overwrite=request.overwrite, inputs=[path])
-    return path, model_checks.model_files(path)
+    return path, model_checks.model_files(path, request.trust_remote_code)
 
 
 def _memory_plan(request: RunRequest, found: Preflight):
@@ -335,7 +337,10 @@ class WorkflowConfig:
         return args
 
     def runtime_arguments(self, device: bool = True) -> list[str]:
+        """--device, --dtype (and the remote-code opt-in) of the jobs that load models (`device`), --data-dir."""
         args = ["--device", self.cfg["device"], "--dtype", self.cfg["dtype"]] if device else []
+        if device and self.cfg.get("trust_remote_code"):
+            args.append("--trust-remote-code")
         return args + (["--data-dir", self.data_dir()] if self.data_dir() else [])
 
     def zeroshot_arguments(self, task: str) -> list[str]:
@@ -392,6 +397,7 @@ def workflow_config_problems(cfg: dict, repo: str | os.PathLike, *, jobs_run_her
     specs = config.model_specs()
     model_configs = {name: config.model_config(name, spec) for name, spec in specs.items()}
     errors = [*_spec_errors(config, specs), *_row_errors(config, model_configs), *_speed_length_errors(cfg, model_configs),
+              *_remote_code_errors(cfg, model_configs),
               *_task_errors(cfg["zeroshot"]["tasks"], config.data_dir()),
               *([] if jobs_have_own_env else _llama_cpp_errors(cfg)),
               *(_device_errors(cfg["device"]) if jobs_run_here else [])]
@@ -503,6 +509,26 @@ def _row_errors(config: WorkflowConfig, model_configs: dict) -> list[str]:
                                      calibration=calibration, save_format=entry.get("save_format", cfg["save_format"]),
                                      recovery=config.recovery(entry), names={**names, "model": model}, **shared)
                 errors += [_render(problem, names, model) for problem in survey(request, model_configs[model]).problems]
+    return errors
+
+
+def _remote_code_errors(cfg: dict, model_configs: dict) -> list[str]:
+    """Models with code of their own (config.json's auto_map): refused without `trust_remote_code`, and with it
+    in the stages that load no remote code (GGUF export, speed)."""
+    stages = {"gguf": bool(cfg["gguf"]["outtypes"]), "speed": cfg["speed"]["enabled"]}
+    trusted = cfg.get("trust_remote_code", False)
+    errors = []
+    for model, config in model_configs.items():
+        if config is None or model_checks.remote_code(None, config) is None:
+            continue
+        if not trusted:
+            errors.append(model_checks.remote_code_problem(f"config.models.{model}", None, config, False,
+                                                           opt_in="trust_remote_code: true"))
+            continue
+        for stage, enabled in stages.items():
+            if enabled and model in (cfg[stage]["models"] or model_configs):
+                errors.append(f"config.{stage}.models: {model} holds code of its own (auto_map), which the {stage} "
+                              f"jobs do not load; leave it out of {stage}.models")
     return errors
 
 

@@ -61,6 +61,7 @@ class Pruner:
 
     Every argument is checked before the model loads; each step checks its own arguments and the model before
     it changes anything. Calibration (for the methods that need it) uses `calib`, never the evaluation split.
+    A model with code of its own (auto_map) loads only with `trust_remote_code=True`.
     """
 
     def __init__(self, model_path: str | os.PathLike, output_dir: str | os.PathLike | None = None, *,
@@ -68,14 +69,14 @@ class Pruner:
                  nsamples: int = CALIBRATION.nsamples, seqlen: int = CALIBRATION.seqlen, seed: int = CALIBRATION.seed,
                  batch_size: int = CALIBRATION.batch_size, data_dir_path: str | None = None,
                  eval_dataset: str = EVALUATION.dataset, eval_seqlen: int | None = None,
-                 eval_max_windows: int | None = None, progress: bool = True):
+                 eval_max_windows: int | None = None, progress: bool = True, trust_remote_code: bool = False):
         self.measurement = Measurement(model_path)
         self.protocol = Calibration(calib, nsamples, seqlen, seed, batch_size)
         checked = preflight.check(RunRequest(
             str(model_path), calibration=self.protocol,
             evaluation=Evaluation(eval_dataset, seqlen=eval_seqlen, max_windows=eval_max_windows),
             output_dir=output_dir, device=device, dtype=dtype, data_dir=data_dir_path,
-            names={"evaluation.max_windows": "eval_max_windows"}))
+            names={"evaluation.max_windows": "eval_max_windows"}, trust_remote_code=trust_remote_code))
         self.device = resolve_device(device)
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.path, self.config = checked.path, checked.config
@@ -83,7 +84,9 @@ class Pruner:
         self.dtype, self.calib, self.nsamples, self.seqlen, self.seed = dtype, calib, nsamples, seqlen, seed
         self.batch_size, self.data_dir, self.progress = batch_size, data_dir_path, progress
         self.eval_dataset, self.eval_max_windows = eval_dataset, eval_max_windows
-        self.model, self.tokenizer = load_model(self.measurement.resolve(self.path), dtype=dtype, device="cpu")
+        self.trust_remote_code = trust_remote_code  # the model's own code (auto_map) may run: the user opted in
+        self.model, self.tokenizer = load_model(self.measurement.resolve(self.path), dtype=dtype, device="cpu",
+                                                trust_remote_code=trust_remote_code)
         self.adapter = get_adapter(self.model)
         self.parameters_before = parameter_counts(self.model)
         self.numel_before = numel(self.model)
@@ -99,7 +102,8 @@ class Pruner:
         model in memory; returns the model."""
         instance = preflight.check(  # against the model as it is now (a step before may have removed layers)
             RunRequest(str(self.path), method, arguments, calibration=self.protocol, device=None, dtype=None,
-                       names={"model": str(self.path)}), model_config=self.model.config.to_dict()).method
+                       names={"model": str(self.path)}, trust_remote_code=self.trust_remote_code),
+            model_config=self.model.config.to_dict()).method
         ctx = PruneContext(model=self.model, tokenizer=self.tokenizer, adapter=self.adapter, device=self.device,
                            calibration=self.calibration, seed=self.seed, batch_size=self.batch_size,
                            progress=self.progress, extras={"data_dir": self.data_dir, "model_path": str(self.path)})
@@ -179,7 +183,8 @@ class Pruner:
             calibration=self.calibration.protocol, seed=self.seed, device=self.device, dtype=self.dtype, ignore=[],
             parameters={"before": self.parameters_before, "after": parameter_counts(self.model)}, result=result,
             evaluation={"after": latest} if latest else None, evaluations=self.evaluations,
-            prune_seconds=sum(step["seconds"] for step in self.steps))
+            prune_seconds=sum(step["seconds"] for step in self.steps),
+            **({"trust_remote_code": True} if self.trust_remote_code else {}))
         report = self.measurement.finish(report, peak_rss=True)
         return save_model(self.model, self.tokenizer, dest, report, overwrite=overwrite)
 
@@ -210,7 +215,7 @@ class Pruner:
         if settings.teacher_model:
             teacher = load_teacher(settings, self.model)
         else:
-            teacher, _ = load_model(self.path, dtype=self.dtype, device="cpu")
+            teacher, _ = load_model(self.path, dtype=self.dtype, device="cpu", trust_remote_code=self.trust_remote_code)
         started = time.perf_counter()
         result = distill_model(self.model, teacher, self.adapter, windows, settings, self.device, self.seed,
                                self.progress)

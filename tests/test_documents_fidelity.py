@@ -329,3 +329,114 @@ def test_quark_search_on_test_as_its_tutorial(stories_dir, tmp_path, capsys):
     assert on_test["selection_split"] == "test" and on_test["calibration"]["source"] == "wikitext2-test"
     assert "selection_split" not in on_validation
     assert on_validation["calibration"]["source"] == "wikitext2-validation"
+
+
+# ------------------------------------------------------------------------ 10. remote code (deepseek-moe)
+
+REMOTE_MODELING = '''"""A causal LM whose class lives in the model folder, as deepseek-moe's does."""
+import os
+
+from transformers import LlamaForCausalLM
+
+with open(os.environ["REMOTE_CODE_MARKER"], "a") as marker:  # proof that this file ran
+    marker.write("imported\\n")
+
+
+class TinyRemoteForCausalLM(LlamaForCausalLM):
+    pass
+'''
+
+
+@pytest.fixture
+def remote_model(stories_dir, tmp_path, monkeypatch):
+    """stories260K's weights and tokenizer (a LlamaForCausalLM's, which the folder's class extends) with
+    config.json's auto_map pointing at modeling_tiny.py in the folder; REMOTE_CODE_MARKER gets a line each time
+    that file is imported. The folder's name is unique: transformers caches remote modules by folder name."""
+    import uuid
+
+    model = tmp_path / f"remote-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(stories_dir, model)
+    (model / "modeling_tiny.py").write_text(REMOTE_MODELING)
+    config = json.loads((model / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_tiny.TinyRemoteForCausalLM"}
+    (model / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "remote-code-ran.txt"
+    monkeypatch.setenv("REMOTE_CODE_MARKER", str(marker))
+    return model, marker
+
+
+def quark_job(tmp_path) -> Path:
+    """Quark's depth-pruning config (its table prunes deepseek-moe, a remote-code model)."""
+    job = tmp_path / "quark.json"
+    job.write_text(json.dumps({"name": "layer_importance_depth_pruning", "delete_layer_num": 1}))
+    return job
+
+
+def test_remote_code_refused_without_the_opt_in_and_never_run(remote_model, tmp_path, capsys):
+    model, marker = remote_model
+    for argv in (["run", str(quark_job(tmp_path)), "--model", str(model), "--output-dir", str(tmp_path / "out"),
+                  *QUICK],["prune", "--model", str(model), "--method", "magnitude", "--sparsity", "0.5", "--output-dir",
+                  str(tmp_path / "out"), *QUICK],
+                 ["eval", "--model", str(model), "--ppl", "--seqlen", "64", "--max-windows", "1", *QUICK],
+                 ["convert", "--model", str(model), "--outtype", "f16", "--output", str(tmp_path / "m.gguf")]):
+        assert cli_main(argv) == 2, argv
+        err = one_line_error(capsys)
+        assert "auto_map: modeling_tiny.TinyRemoteForCausalLM" in err and "--trust-remote-code" in err, err
+    with pytest.raises(ValueError, match="runs only with --trust-remote-code"):
+        pruning.prune(str(model), "magnitude", tmp_path / "out", sparsity=0.5)
+    with pytest.raises(ValueError, match="runs only with --trust-remote-code"):
+        pruning.ModelPruner(str(model))
+    assert not marker.exists() and not (tmp_path / "out").exists() and not (tmp_path / "m.gguf").exists()
+
+
+def test_remote_code_with_the_opt_in_prunes_and_reloads(remote_model, tmp_path, capsys):
+    model, marker = remote_model
+    out = tmp_path / "pruned"
+    assert cli_main(["prune", "--model", str(model), "--method", "magnitude", "--sparsity", "0.5", "--output-dir",
+                     str(out), "--trust-remote-code", *QUICK]) == 0
+    assert marker.read_text().count("imported") >= 1  # the folder's code ran: the user asked for it
+    report = report_of(out)
+    assert report["trust_remote_code"] is True and report["result"]["total_sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert (out / "modeling_tiny.py").is_file() and "auto_map" in json.loads((out / "config.json").read_text())
+    reloaded, _ = pruning.load_model(out, trust_remote_code=True)
+    assert type(reloaded).__name__ == "TinyRemoteForCausalLM"
+    assert report["parameters"]["after"]["nonzero"] < report["parameters"]["before"]["nonzero"]
+    with pytest.raises(ValueError, match="runs only with --trust-remote-code"):
+        pruning.load_model(out)  # the result is a remote-code model too
+    capsys.readouterr()
+    assert cli_main(["eval", "--model", str(out), "--ppl", "--seqlen", "64", "--max-windows", "1",
+                     "--trust-remote-code", *QUICK]) == 0
+    assert json.loads(capsys.readouterr().out)["ppl"] > 1
+    assert cli_main(["run", str(quark_job(tmp_path)), "--model", str(model), "--output-dir", str(tmp_path / "quark"),
+                     "--nsamples", "2", "--seqlen", "32", "--trust-remote-code", *QUICK]) == 0
+    assert report_of(tmp_path / "quark")["trust_remote_code"] is True
+    assert pruning.load_model(tmp_path / "quark", trust_remote_code=True)[0].config.num_hidden_layers == 4
+
+
+def test_workflow_trust_remote_code_key(remote_model, tmp_path):
+    """The workflow's `trust_remote_code` (default off): without it a remote-code model is refused when the
+    workflow plans; with it the prune, perplexity and zero-shot jobs get --trust-remote-code, and the stages
+    that load no remote code (GGUF export, speed) must leave the model out."""
+    from pruning.preflight import WorkflowConfig
+    from test_preflight import workflow_problems
+
+    model, marker = remote_model
+
+    def with_remote(config, **settings):
+        config["models"]["remote"] = str(model)
+        config.update(settings)
+
+    refused = workflow_problems(with_remote, tmp_path)
+    assert refused == [f"config.models.remote: config.json maps to code in the model folder (auto_map: "
+                       f"modeling_tiny.TinyRemoteForCausalLM), which runs only with trust_remote_code: true; read "
+                       f"that code first"]
+    assert workflow_problems(lambda c: with_remote(c, trust_remote_code=True), tmp_path) == []
+    assert workflow_problems(lambda c: with_remote(c, trust_remote_code=True, gguf={"outtypes": ["f16"]}),
+                             tmp_path) == ["config.gguf.models: remote holds code of its own (auto_map), which the "
+                                           "gguf jobs do not load; leave it out of gguf.models"]
+    runtime = WorkflowConfig({"device": "cpu", "dtype": "float32", "data_dir": None, "trust_remote_code": True},
+                             tmp_path).runtime_arguments()
+    assert "--trust-remote-code" in runtime
+    assert "--trust-remote-code" not in WorkflowConfig({"device": "cpu", "dtype": "float32", "data_dir": None,
+                                                        "trust_remote_code": False}, tmp_path).runtime_arguments()
+    assert not marker.exists()  # planning reads config.json only

@@ -78,4 +78,4 @@ def run(args) -> int:
     return execute(job, args.log_file, output_dir=args.output_dir, seqlen=args.seqlen or Calibration.seqlen,
                    batch_size=args.batch_size, device=args.device, dtype=args.dtype, data_dir_path=args.data_dir,
                    eval_dataset=args.eval_dataset, eval_seqlen=args.eval_seqlen, max_windows=args.max_windows,
-                   overwrite=args.overwrite, progress=not args.quiet)
+                   overwrite=args.overwrite, progress=not args.quiet, trust_remote_code=args.trust_remote_code)

@@ -112,7 +112,7 @@ def run(args) -> int:
                    evaluate=args.evaluate, eval_dataset=args.dataset, eval_seqlen=args.eval_seqlen,
                    eval_max_windows=args.max_windows, progress=not args.quiet, overwrite=args.overwrite,
                    recovery=recovery_arguments(args), save_format=args.save_format, max_memory=args.max_memory,
-                   stream=True if args.stream else None, **arguments)
+                   stream=True if args.stream else None, trust_remote_code=args.trust_remote_code, **arguments)
     summary = {"output_dir": str(output_dir), **{k: report[k] for k in ("method", "options", "parameters", "prune_seconds")}}
     summary["total_sparsity"] = report["result"].get("total_sparsity")
     summary["prune_ratio_percent"] = report["result"].get("prune_ratio_percent")

@@ -56,7 +56,8 @@ def run(args) -> int:
                    nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, batch_size=args.batch_size,
                    device=args.device, dtype=args.dtype, data_dir_path=args.data_dir, eval_dataset=args.dataset,
                    eval_seqlen=args.eval_seqlen, max_windows=args.max_windows, overwrite=args.overwrite,
-                   progress=not args.quiet, selection_split=args.selection_split)
+                   progress=not args.quiet, selection_split=args.selection_split,
+                   trust_remote_code=args.trust_remote_code)
 
 
 def execute(job: Job, log_file: str | None, **settings) -> int:

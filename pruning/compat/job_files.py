@@ -296,7 +296,7 @@ def load_job(path: str | os.PathLike, fmt: str | None = None) -> Job:
 
 # --------------------------------------------------------------------------------- before loading
 
-def check_model_fields(job: Job, model_dir: Path) -> None:
+def check_model_fields(job: Job, model_dir: Path, trust_remote_code: bool = False) -> None:
     """What the job says about the model, against its config.json: PP-LLMs' num_blocks, Quark's paths and
     layer-count field (a family with an adapter must be named as the adapter names it)."""
     from ..core.adapters import adapter_for_model_type, supported_model_types
@@ -310,7 +310,7 @@ def check_model_fields(job: Job, model_dir: Path) -> None:
     if job.layer_num_field is not None:
         from transformers import AutoConfig
 
-        hf_config = AutoConfig.from_pretrained(model_dir)
+        hf_config = AutoConfig.from_pretrained(model_dir, **({"trust_remote_code": True} if trust_remote_code else {}))
         if job.layer_num_field not in config or getattr(hf_config, job.layer_num_field, None) != hf_config.num_hidden_layers:
             raise JobError(f"{job.path}: layer_num_field {job.layer_num_field!r} is not the layer count in "
                            f"{model_dir / 'config.json'}")
@@ -374,10 +374,12 @@ def run_job(job: Job, *, model: str | None = None, output_dir: str | None = None
             nsamples: int | None = None, seqlen: int = CALIBRATION.seqlen, seed: int | None = None,
             batch_size: int | None = None, device: str = "auto", dtype: str = DEFAULT_DTYPE, data_dir_path: str | None = None,
             eval_dataset: str = EVALUATION.dataset, eval_seqlen: int | None = None, max_windows: int | None = None,
-            overwrite: bool = False, progress: bool = True, selection_split: str | None = None) -> dict:
+            overwrite: bool = False, progress: bool = True, selection_split: str | None = None,
+            trust_remote_code: bool = False) -> dict:
     """Run one translated job through `api.prune`; the keyword arguments, where given, replace the job's own
     values (a job without a model or output directory needs them here; `selection_split`: Quark's search split,
-    `with_selection_split`). Returns prune.json's record."""
+    `with_selection_split`; `trust_remote_code`: the opt-in for a model with code of its own, as `api.prune`).
+    Returns prune.json's record."""
     from contextlib import nullcontext
 
     from .. import preflight
@@ -403,9 +405,9 @@ def run_job(job: Job, *, model: str | None = None, output_dir: str | None = None
         model, job.method, job.method_arguments, calibration=Calibration(*settings.values()),
         evaluation=Evaluation(eval_dataset, seqlen=eval_seqlen, max_windows=max_windows) if job.evaluate else None,
         output_dir=output_dir, overwrite=overwrite, device=device, dtype=dtype, data_dir=data_dir_path,
-        selection_on_test=selection_on_test))
+        selection_on_test=selection_on_test, trust_remote_code=trust_remote_code))
     model_dir = checked.path
-    check_model_fields(job, model_dir)
+    check_model_fields(job, model_dir, trust_remote_code)
     method: str | PruningMethod = job.method
     if job.bnb_config is not None:
         check_quantization(job.bnb_config, str(resolve_device(device)), checked.config)
@@ -417,7 +419,7 @@ def run_job(job: Job, *, model: str | None = None, output_dir: str | None = None
         report = prune(model, method, output_dir, device=device, dtype=dtype, data_dir_path=data_dir_path,
                        evaluate=job.evaluate, eval_dataset=eval_dataset, eval_seqlen=eval_seqlen,
                        eval_max_windows=max_windows, progress=progress, overwrite=overwrite,
-                       selection_on_test=selection_on_test,
+                       selection_on_test=selection_on_test, trust_remote_code=trust_remote_code,
                        **settings, **({} if isinstance(method, PruningMethod) else job.method_arguments))
     _log_result(job, report, output_dir)
     return report
