@@ -31,7 +31,7 @@ def _literal(text: str):
     the text itself (a path)."""
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return text
 
 
@@ -75,7 +75,8 @@ def run(args) -> int:
         quiet_progress()
     values = {key: _literal(getattr(args, key)) for key in KEYS[FORMAT] if getattr(args, key) is not None}
     job = translate(values, FORMAT, "ppllms command line")
-    return execute(job, args.log_file, output_dir=args.output_dir, seqlen=args.seqlen or Calibration.seqlen,
+    return execute(job, args.log_file, output_dir=args.output_dir,
+                   seqlen=Calibration.seqlen if args.seqlen is None else args.seqlen,
                    batch_size=args.batch_size, device=args.device, dtype=args.dtype, data_dir_path=args.data_dir,
                    eval_dataset=args.eval_dataset, eval_seqlen=args.eval_seqlen, max_windows=args.max_windows,
                    overwrite=args.overwrite, progress=not args.quiet, trust_remote_code=args.trust_remote_code)
