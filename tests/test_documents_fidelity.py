@@ -191,18 +191,18 @@ def test_perslm_convert_with_quantization_writes_beside_the_model(stories_dir, p
 # ------------------------------------------------------------------------ 8. PP-LLMs' command line and defaults
 
 @pytest.fixture(scope="module")
-def test_excerpt(tmp_path_factory):
+def wikitext_excerpt(tmp_path_factory):
     """The start of WikiText-2 test: the runs that evaluate, quickly."""
     path = tmp_path_factory.mktemp("eval") / "test-excerpt.txt"
     path.write_text((DATA_DIR / "wikitext-2-raw-v1" / "wiki.test.raw").read_text(encoding="utf-8")[:20000])
     return path
 
 
-def test_ppllms_command_line_as_its_readme_writes_it(stories_dir, tmp_path, test_excerpt, capsys):
+def test_ppllms_command_line_as_its_readme_writes_it(stories_dir, tmp_path, wikitext_excerpt, capsys):
     """`python ppllms.py --model_name M --num_blocks 5 --prune_rate 0.25 --mha_ffn_ratio 2.0 --eval_ppl True`
     (stories260K has 5 blocks), and the same without --mha_ffn_ratio: the README's default 2.0 applies, so both
     remove 2 FFN and 1 MHA sub-block (without the default the counts would be 2 FFN + 0 MHA)."""
-    ours = ["--seqlen", "64", "--eval-dataset", str(test_excerpt), "--max-windows", "2", *QUICK]
+    ours = ["--seqlen", "64", "--eval-dataset", str(wikitext_excerpt), "--max-windows", "2", *QUICK]
     common = ["ppllms", "--model_name", str(stories_dir), "--num_blocks", "5", "--prune_rate", "0.25",
               "--nsamples", "4"]
     assert cli_main([*common, "--mha_ffn_ratio", "2.0", "--eval_ppl", "True", "--output-dir", str(tmp_path / "a"),
@@ -259,7 +259,7 @@ PRUNEGPT_README_CONFIG = {
 }
 
 
-def test_prunegpt_readme_config_selects_on_test_and_the_tables_say_so(stories_dir, tmp_path, test_excerpt, capsys):
+def test_prunegpt_readme_config_selects_on_test_and_the_tables_say_so(stories_dir, tmp_path, wikitext_excerpt, capsys):
     """The README's config, run as `python -m pruning run config.json`: accepted, one warning line (stderr and
     PruneGPT's log_file), prune.json's selection_split, and the † mark with its caption note in the tables."""
     from pruning.reporting.metric_files import collect
@@ -268,7 +268,7 @@ def test_prunegpt_readme_config_selects_on_test_and_the_tables_say_so(stories_di
     config = {**PRUNEGPT_README_CONFIG, "model_name": str(stories_dir), "save_directory": str(tmp_path / "pruned"),
               "log_file": str(tmp_path / "pruning.log"), "num_blocks_to_prune": 1, "skip_blocks": [0, -1]}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    evaluation = dict(dataset=str(test_excerpt), seqlen=64, max_windows=2, device="cpu")
+    evaluation = dict(dataset=str(wikitext_excerpt), seqlen=64, max_windows=2, device="cpu")
     assert cli_main(["run", str(tmp_path / "config.json"), "--nsamples", "4", "--seqlen", "64",
                      "--dataset", evaluation["dataset"], "--max-windows", "2", *QUICK]) == 0
     stderr = capsys.readouterr().err
@@ -296,7 +296,8 @@ def test_prunegpt_readme_config_selects_on_test_and_the_tables_say_so(stories_di
 
 def test_test_split_selection_only_through_the_documents_path(stories_dir, tmp_path, capsys, no_work):
     """Validation stays the default everywhere else: `prune --calib wikitext2-test`, the API without the switch,
-    and the switch with another source are refused before any work."""
+    the switch with another source and a selection split on a PruneGPT file are refused before any work (a
+    workflow protocol calibrating on test is refused by the config schema)."""
     assert cli_main(["prune", "--model", str(stories_dir), "--method", "wanda", "--sparsity", "0.5", "--calib",
                      "wikitext2-test", "--output-dir", str(tmp_path / "out"), *QUICK]) == 2
     assert "must not use the evaluation split" in one_line_error(capsys)
@@ -304,8 +305,6 @@ def test_test_split_selection_only_through_the_documents_path(stories_dir, tmp_p
         pruning.prune(str(stories_dir), "depth", tmp_path / "out", num_blocks=1, calib="wikitext2-test")
     with pytest.raises(ValueError, match="selection on the test split calibrates on wikitext2-test, not 'c4'"):
         pruning.prune(str(stories_dir), "depth", tmp_path / "out", num_blocks=1, calib="c4", selection_on_test=True)
-    quark = tmp_path / "quark.json"
-    quark.write_text(json.dumps({"delete_layer_num": 1}))
     prunegpt = tmp_path / "prunegpt.json"
     prunegpt.write_text(json.dumps({"num_blocks_to_prune": 1}))
     assert cli_main(["run", str(prunegpt), "--model", str(stories_dir), "--output-dir", str(tmp_path / "out"),
