@@ -75,6 +75,8 @@ class RunRequest:
     device: str | None = "auto"
     dtype: str | None = DEFAULT_DTYPE
     data_dir: str | None = None
+    selection_on_test: bool = False  # the documents' compat path: calibration on WikiText-2 test (core/data.py)
+    trust_remote_code: bool = False  # the opt-in for a model with code of its own (config.json's auto_map)
     names: dict = field(default_factory=dict)
     files: tuple = ()  # other files the run reads (a job file)
     log_file: str | os.PathLike | None = None  # a log the run appends to: an output like the others
@@ -158,7 +160,7 @@ def survey(request: RunRequest, model_config=_RESOLVE) -> Preflight:
     found.method = method
     calibrates = calibration is not None and (request.method is None or (method is not None and method.needs_calibration))
     if calibrates:
-        ask("calibration.source", check_calibration_source, calibration.source)
+        ask("calibration.source", check_calibration_source, calibration.source, request.selection_on_test)
         count("calibration.nsamples", calibration.nsamples)
         if method is not None and arguments.count_problem("", calibration.nsamples) is None:
             ask("options", method.check_calibration, calibration.nsamples)
@@ -219,7 +221,7 @@ def _resolve_model(request: RunRequest, method: PruningMethod | None = None) -> 
     _check_outputs(request, request.inputs(method))
     path = model_checks.local_model(request.model)
     _check_outputs(request, read_paths(models=[path]))
-    return path, model_checks.model_files(path)
+    return path, model_checks.model_files(path, request.trust_remote_code)
 
 
 def _check_outputs(request: RunRequest, inputs: list[Path]) -> None:
@@ -359,7 +361,10 @@ class WorkflowConfig:
         return args
 
     def runtime_arguments(self, device: bool = True) -> list[str]:
+        """--device, --dtype (and the remote-code opt-in) of the jobs that load models (`device`), --data-dir."""
         args = ["--device", self.cfg["device"], "--dtype", self.cfg["dtype"]] if device else []
+        if device and self.cfg.get("trust_remote_code"):
+            args.append("--trust-remote-code")
         return args + (["--data-dir", self.data_dir()] if self.data_dir() else [])
 
     def zeroshot_arguments(self, task: str) -> list[str]:
@@ -416,6 +421,7 @@ def workflow_config_problems(cfg: dict, repo: str | os.PathLike, *, jobs_run_her
     specs = config.model_specs()
     model_configs = {name: config.model_config(name, spec) for name, spec in specs.items()}
     errors = [*_spec_errors(config, specs), *_row_errors(config, model_configs), *_speed_length_errors(cfg, model_configs),
+              *_remote_code_errors(cfg, model_configs),
               *_task_errors(cfg["zeroshot"]["tasks"], config.data_dir()),
               *([] if jobs_have_own_env else _llama_cpp_errors(cfg)),
               *(_device_errors(cfg["device"]) if jobs_run_here else [])]
@@ -446,7 +452,7 @@ def _cross_reference_errors(config: WorkflowConfig) -> list[str]:
                    for index, value in enumerate(values) if (problem := ratio_token_problem(kind, value))]
         for kind in sorted(set(ratios) & set(entry["options"])):
             errors.append(f"config.methods.{name}.options.{kind}: {kind} is already given in ratios")
-        if not ratios and is_composite(entry["method"]) and not entry["options"]:
+        if not ratios and is_composite(entry["method"]) and not entry["options"] and not _builds(entry["method"]):
             errors.append(f"config.methods.{name}: {entry['method']} without ratios needs its ratios in options")
     if cfg["data_dir"] and not config.path(cfg["data_dir"]).is_dir():
         errors.append(f"config.data_dir: {config.path(cfg['data_dir'])} is not a directory")
@@ -470,6 +476,15 @@ def _cross_reference_errors(config: WorkflowConfig) -> list[str]:
     except GridError as exc:
         errors.append(f"config.zeroshot.num_fewshot: {exc}")
     return errors
+
+
+def _builds(method: str) -> bool:
+    """Whether `method` runs with its defaults alone (all: PersLM's default stages)."""
+    try:
+        build_method(method)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def _spec_errors(config: WorkflowConfig, specs: dict) -> list[str]:
@@ -518,6 +533,26 @@ def _row_errors(config: WorkflowConfig, model_configs: dict) -> list[str]:
                                      calibration=calibration, save_format=entry.get("save_format", cfg["save_format"]),
                                      recovery=config.recovery(entry), names={**names, "model": model}, **shared)
                 errors += [_render(problem, names, model) for problem in survey(request, model_configs[model]).problems]
+    return errors
+
+
+def _remote_code_errors(cfg: dict, model_configs: dict) -> list[str]:
+    """Models with code of their own (config.json's auto_map): refused without `trust_remote_code`, and with it
+    in the stages that load no remote code (GGUF export, speed)."""
+    stages = {"gguf": bool(cfg["gguf"]["outtypes"]), "speed": cfg["speed"]["enabled"]}
+    trusted = cfg.get("trust_remote_code", False)
+    errors = []
+    for model, config in model_configs.items():
+        if config is None or model_checks.remote_code(None, config) is None:
+            continue
+        if not trusted:
+            errors.append(model_checks.remote_code_problem(f"config.models.{model}", None, config, False,
+                                                           opt_in="trust_remote_code: true"))
+            continue
+        for stage, enabled in stages.items():
+            if enabled and model in (cfg[stage]["models"] or model_configs):
+                errors.append(f"config.{stage}.models: {model} holds code of its own (auto_map), which the {stage} "
+                              f"jobs do not load; leave it out of {stage}.models")
     return errors
 
 

@@ -2,7 +2,9 @@
 (with the layout of the project's `shared/data`) when one is configured.
 
 The local directory is taken from the `data_dir` argument or the `PRUNING_DATA_DIR` environment
-variable. Calibration never reads an evaluation split: asking for it is an error.
+variable. Calibration never reads an evaluation split: asking for it is an error, with one exception the
+caller must ask for by name: `selection_on_test`, for the documents that choose their layers on WikiText-2
+test (PruneGPT's example config, Quark's tutorial), which then calibrates on SELECTION_ON_TEST.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ C4_LOCAL = "c4/c4-train.00000-of-01024.first1000.jsonl"
 WIKITEXT_HUB = ("Salesforce/wikitext", "wikitext-2-raw-v1")
 WIKITEXT_LOCAL = {"test": "wikitext-2-raw-v1/wiki.test.raw", "validation": "wikitext-2-raw-v1/wiki.valid.raw"}
 CALIBRATION_SOURCES = ("c4", "wikitext2-train", "wikitext2-validation")
+SELECTION_ON_TEST = "wikitext2-test"  # the evaluation split, as a calibration source only with selection_on_test
 EVALUATION_DATASETS = ("wikitext2",)
 
 
@@ -125,11 +128,16 @@ def _read_documents(path: Path) -> list[str]:
     return docs
 
 
-def check_calibration_source(source: str) -> None:
-    """Reject an unknown or forbidden calibration source before any model is loaded."""
+def check_calibration_source(source: str, selection_on_test: bool = False) -> None:
+    """Reject an unknown or forbidden calibration source before any model is loaded. `selection_on_test` is the
+    documents' compatibility path: the source must then be SELECTION_ON_TEST, which is refused otherwise."""
+    if selection_on_test:
+        if source != SELECTION_ON_TEST:
+            raise DataError(f"selection on the test split calibrates on {SELECTION_ON_TEST}, not {source!r}")
+        return
     if source in CALIBRATION_SOURCES:
         return
-    if source in ("wikitext2", "wikitext2-test"):
+    if source in ("wikitext2", SELECTION_ON_TEST):
         raise DataError("calibration must not use the evaluation split; use wikitext2-train or wikitext2-validation")
     path = Path(source)
     if not path.is_file():
@@ -140,8 +148,9 @@ def check_calibration_source(source: str) -> None:
     _read_documents(path)  # a local text file is small: read it all now rather than fail after loading the model
 
 
-def calibration_documents(source: str, data_root: str | os.PathLike | None = None) -> list[str]:
-    check_calibration_source(source)
+def calibration_documents(source: str, data_root: str | os.PathLike | None = None,
+                          selection_on_test: bool = False) -> list[str]:
+    check_calibration_source(source, selection_on_test)
     root = data_dir(data_root)
     if root and source == "wikitext2-train":
         raise DataError(f"no WikiText-2 train split in the local data directory {root}; use wikitext2-validation or c4")
@@ -175,7 +184,7 @@ class CalibrationProtocol:
 
 
 def calibration_windows(tokenizer, source: str, nsamples: int, seqlen: int, seed: int = 0,
-                        data_root=None) -> tuple[torch.Tensor, CalibrationProtocol]:
+                        data_root=None, selection_on_test: bool = False) -> tuple[torch.Tensor, CalibrationProtocol]:
     """`nsamples` windows of `seqlen` tokens, seeded, as in the Wanda/SparseGPT loaders.
 
     Documents are visited in a seeded random order and a random window is cut from each one longer
@@ -186,7 +195,7 @@ def calibration_windows(tokenizer, source: str, nsamples: int, seqlen: int, seed
 
     positive({"nsamples": nsamples}, error=DataError)
     positive({"seqlen": seqlen}, MIN_SEQLEN, DataError)
-    docs = calibration_documents(source, data_root)
+    docs = calibration_documents(source, data_root, selection_on_test)
     rng = random.Random(seed)
     order = list(range(len(docs)))
     rng.shuffle(order)
@@ -215,8 +224,9 @@ class CalibrationCache:
     """The calibration windows of one prune, cut at the first method that asks and shared after (a chain of
     steps, a composite's stages); `protocol` is None until then, so a run without calibration records none."""
 
-    def __init__(self, tokenizer, source: str, nsamples: int, seqlen: int, seed: int = 0, data_root=None):
-        self._arguments = (tokenizer, source, nsamples, seqlen, seed, data_root)
+    def __init__(self, tokenizer, source: str, nsamples: int, seqlen: int, seed: int = 0, data_root=None,
+                 selection_on_test: bool = False):
+        self._arguments = (tokenizer, source, nsamples, seqlen, seed, data_root, selection_on_test)
         self._windows = None
         self.protocol: dict | None = None
 

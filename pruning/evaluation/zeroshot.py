@@ -236,9 +236,10 @@ def run_lm_eval(lm, manager, task_object, *, num_fewshot: int = 0, limit: int | 
 
 def zeroshot(model: str, task: str, *, limit: int | None = None, num_fewshot: int = 0, batch_size: int | str = 8,
              device: str = "auto", dtype: str = DEFAULT_DTYPE, data_dir_path: str | None = None, source: str = "auto",
-             output: str | None = None, quiet: bool = False, overwrite: bool = False) -> dict:
+             output: str | None = None, quiet: bool = False, overwrite: bool = False,
+             trust_remote_code: bool = False) -> dict:
     """Evaluate `model` (a model directory or zoo spec) on one lm-eval task; written atomically to `output`
-    (replacing only an earlier result of ours unless `overwrite`).
+    (replacing only an earlier result of ours unless `overwrite`); `trust_remote_code` as for `pruning.prune`.
 
     Every argument, the output, the task name and its documents are checked before the model is loaded.
     """
@@ -250,12 +251,14 @@ def zeroshot(model: str, task: str, *, limit: int | None = None, num_fewshot: in
     if quiet:
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
     path, _ = model_checks.model_and_outputs(model, [(output, "output")], overwrite=overwrite,
-                                             inputs=read_paths(files=[task_documents(choice)]))
+                                             inputs=read_paths(files=[task_documents(choice)]),
+                                             trust_remote_code=trust_remote_code)
     manager, task_object, leaf_tasks = load_task(choice)
 
     import lm_eval
 
-    net, tokenizer = load_model(measurement.resolve(path), dtype=dtype, device=str(compute))
+    net, tokenizer = load_model(measurement.resolve(path), dtype=dtype, device=str(compute),
+                                trust_remote_code=trust_remote_code)
     lm = evaluation_lm(net, tokenizer, batch_size, str(compute))
     evaluated = run_lm_eval(lm, manager, task_object, num_fewshot=num_fewshot, limit=limit, quiet=quiet)
     name = choice.lm_eval_name
