@@ -427,8 +427,8 @@ def test_workflow_trust_remote_code_key(remote_model, tmp_path):
 
     refused = workflow_problems(with_remote, tmp_path)
     assert refused == [f"config.models.remote: config.json maps to code in the model folder (auto_map: "
-                       f"modeling_tiny.TinyRemoteForCausalLM), which runs only with trust_remote_code: true; read "
-                       f"that code first"]
+                       "modeling_tiny.TinyRemoteForCausalLM), which runs only with trust_remote_code: true; read "
+                       "that code first"]
     assert workflow_problems(lambda c: with_remote(c, trust_remote_code=True), tmp_path) == []
     assert workflow_problems(lambda c: with_remote(c, trust_remote_code=True, gguf={"outtypes": ["f16"]}),
                              tmp_path) == ["config.gguf.models: remote holds code of its own (auto_map), which the "
