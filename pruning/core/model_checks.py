@@ -4,6 +4,7 @@ config.json and the headers, so a bad model is refused in a second instead of af
 naming the file."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -138,21 +139,37 @@ def pickled_tensors(path: Path) -> None:
         raise ModelLoadError(f"{path}: not a readable PyTorch checkpoint ({' '.join(str(exc).split())})") from None
 
 
-def _expected_shapes(path: Path, config: dict) -> dict[str, list[int]] | None:
-    """Parameter shapes the config implies, from a weightless (meta) model; None where we cannot tell."""
+def weightless_model(config: dict):
+    """The model config.json describes, built on the meta device (shapes, no weights: a fraction of a second
+    and no memory), or None where this transformers cannot build it (unknown or remote-code architecture,
+    quantized checkpoints whose packed tensors keep the names with other shapes). Built once per config in a
+    process; callers only read it."""
+    if config.get("quantization_config"):
+        return None
+    return _weightless_model(json.dumps(config, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=4)
+def _weightless_model(config_json: str):
     from . import heterogeneous  # noqa: F401  (registers the format, so its layer shapes are built too)
 
-    if config.get("quantization_config"):
-        return None  # packed quantized tensors keep the parameter names with other shapes
     try:
         from accelerate import init_empty_weights
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+        config = json.loads(config_json)
+        loaded = CONFIG_MAPPING[config["model_type"]].from_dict(config)
         with init_empty_weights(include_buffers=False):
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+            return AutoModelForCausalLM.from_config(loaded[0] if isinstance(loaded, tuple) else loaded)
     except Exception:  # noqa: BLE001 - an unknown architecture is reported by the real load
         return None
-    return {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def _expected_shapes(config: dict) -> dict[str, list[int]] | None:
+    """Parameter shapes the config implies, from the weightless model; None where we cannot tell."""
+    model = weightless_model(config)
+    return None if model is None else {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
 
 
 def model_files(path: str | os.PathLike) -> dict:
@@ -165,7 +182,7 @@ def model_files(path: str | os.PathLike) -> dict:
     if not headers:
         for file in sorted(path.glob("*.bin")):
             pickled_tensors(file)
-    expected = _expected_shapes(path, config) if headers else None
+    expected = _expected_shapes(config) if headers else None
     if expected:
         for file, header in headers.items():
             wrong = [(name, info["shape"], expected[name]) for name, info in header.items()
