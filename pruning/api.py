@@ -49,7 +49,7 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
     checked = preflight.check(RunRequest(
         model, method, method_arguments, calibration=calibration, evaluation=evaluation, output_dir=output_dir,
         overwrite=overwrite, save_format=save_format, recovery=recovery, max_memory=max_memory, stream=stream,
-        device=device, dtype=dtype, data_dir=data_dir_path))
+        device=device, dtype=dtype, data_dir=data_dir_path, ignore=tuple(ignore)))
     instance, path, memory, recovery_settings = checked.method, checked.path, checked.memory, checked.recovery
     compute = resolve_device(device)
     output_dir = Path(output_dir)

@@ -34,7 +34,7 @@ from .core.dtypes import DEFAULT_DTYPE
 DEFAULT_NAMES = {"calibration.batch_size": "batch_size", "calibration.nsamples": "nsamples",
                  "calibration.seqlen": "--seqlen", "evaluation.seqlen": "--eval-seqlen",
                  "evaluation.max_windows": "--max-windows", "evaluation.batch_size": "--batch-size",
-                 "recovery.seqlen": "--recover-seqlen"}
+                 "recovery.seqlen": "--recover-seqlen", "ignore": "--ignore"}
 MODEL_CONFIG = "model_config"  # the key of a problem the model's config.json raises against the method
 _RESOLVE = object()  # survey(): resolve the model (fetching it if needed) and check its files
 
@@ -72,6 +72,7 @@ class RunRequest:
     device: str | None = "auto"
     dtype: str | None = DEFAULT_DTYPE
     data_dir: str | None = None
+    ignore: tuple[str, ...] = ()  # globs of linear modules to keep dense (methods that READS_IGNORE)
     names: dict = field(default_factory=dict)
 
     def name(self, key: str) -> str:
@@ -136,6 +137,12 @@ def survey(request: RunRequest, model_config=_RESOLVE) -> Preflight:
     if isinstance(method, str):
         method = ask("method", build_method, method, **request.options)
     found.method = method
+    if request.ignore and method is not None and not method.reads_ignore():
+        from .methods.base import ignore_methods
+
+        found.problems.append(Problem("ignore", ValueError(
+            f"{request.name('ignore')} keeps linear modules dense in the methods that prune linears one by one "
+            f"({', '.join(ignore_methods())}, and the composites running one); {method.name} does not read it")))
     calibrates = calibration is not None and (request.method is None or (method is not None and method.needs_calibration))
     if calibrates:
         ask("calibration.source", check_calibration_source, calibration.source)
@@ -182,7 +189,10 @@ def survey(request: RunRequest, model_config=_RESOLVE) -> Preflight:
             found.problems.append(Problem(key, ValueError(problem)))
     if method is None:
         return found
+    before = len(found.problems)
     ask(MODEL_CONFIG, method.check_config, config)
+    if len(found.problems) == before:
+        _check_weightless(request, found, label)
     if model_config is not _RESOLVE:
         _memory_size(request, found)
     elif not found.problems:  # the estimate needs a method the model can run
@@ -191,6 +201,32 @@ def survey(request: RunRequest, model_config=_RESOLVE) -> Preflight:
         for problem in model_checks.length_problems(label, config, {request.name("recovery.seqlen"): found.recovery.seqlen}):
             found.problems.append(Problem("recovery.seqlen", ValueError(problem)))
     return found
+
+
+def _check_weightless(request: RunRequest, found: Preflight, label) -> None:
+    """The method's `check_model` on the model built without weights from its config.json (module names and
+    shapes: head counts, layer counts, input widths, ignore patterns), so that what the loaded model would
+    refuse is refused before it loads. Skipped where transformers cannot build the config or no adapter
+    knows the family (a job file may give its layers' paths; the loaded model is checked again anyway)."""
+    from .core.adapters import UnsupportedArchitecture, get_adapter
+
+    model = model_checks.weightless_model(found.config)
+    if model is None:
+        return
+    try:
+        adapter = get_adapter(model)
+    except UnsupportedArchitecture:
+        return
+    import torch
+
+    from .methods import PruneContext
+
+    context = PruneContext(model=model, tokenizer=None, adapter=adapter, device=torch.device("meta"),
+                           ignore=tuple(request.ignore), progress=False, extras={"model_path": str(label)})
+    try:
+        found.method.check_model(context)
+    except ValueError as error:
+        found.problems.append(Problem(MODEL_CONFIG, error))
 
 
 def _resolve_model(request: RunRequest) -> tuple[Path, dict]:
