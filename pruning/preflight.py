@@ -114,7 +114,18 @@ def check(request: RunRequest, model_config=_RESOLVE) -> Preflight:
 def survey(request: RunRequest, model_config=_RESOLVE) -> Preflight:
     """Run every check of `request`. `model_config` given (a config.json mapping, or None where none is
     readable): the model is not resolved, outputs and the memory estimate are left to the job, and the checks
-    that need the model's config use this one (skipped for None)."""
+    that need the model's config use this one (skipped for None). A resolved model's tokenizer files are
+    checked last (every run loads its tokenizer), so that what the arguments ask of the model comes first."""
+    found = _survey(request, model_config)
+    if found.path is not None:
+        try:
+            model_checks.tokenizer_files(found.path, found.config)
+        except ValueError as error:
+            found.problems.append(Problem("model", error))
+    return found
+
+
+def _survey(request: RunRequest, model_config) -> Preflight:
     found = Preflight()
     calibration, evaluation = request.calibration, request.evaluation
 
@@ -233,14 +244,14 @@ def _resolve_model(request: RunRequest) -> tuple[Path, dict]:
     """The output checked against every input, the model resolved (fetched if needed) and its files checked."""
     if request.output_file is not None:
         return model_checks.model_and_outputs(request.model, [(request.output_file, "output")],
-                                        overwrite=request.overwrite, inputs=request.inputs())
+                                              overwrite=request.overwrite, inputs=request.inputs(), tokenizer=False)
     if request.output_dir is not None:
         outputs.output_directory(request.output_dir, overwrite=request.overwrite,
                                 inputs=[request.model, *request.inputs()])
     path = model_checks.local_model(request.model)
     if request.output_dir is not None:
         outputs.output_directory(request.output_dir, overwrite=request.overwrite, inputs=[path])
-    return path, model_checks.model_files(path)
+    return path, model_checks.model_files(path, tokenizer=False)  # checked last, by survey
 
 
 def _memory_plan(request: RunRequest, found: Preflight):

@@ -209,7 +209,7 @@ class Pruner:
         if settings.teacher_model:
             teacher = load_teacher(settings, self.model)
         else:
-            teacher, _ = load_model(self.path, dtype=self.dtype, device="cpu")
+            teacher, _ = load_model(self.path, dtype=self.dtype, device="cpu", tokenizer=False)
         started = time.perf_counter()
         result = distill_model(self.model, teacher, self.adapter, windows, settings, self.device, self.seed,
                                self.progress)

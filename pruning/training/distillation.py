@@ -153,7 +153,7 @@ def load_teacher(settings: DistillSettings, student: nn.Module):
     """The teacher named in the settings (float32, CPU), checked to share the student's vocabulary."""
     from ..core.modeling import load_model
 
-    teacher, _ = load_model(zoo.resolve(settings.teacher_model), dtype="float32", device="cpu")
+    teacher, _ = load_model(zoo.resolve(settings.teacher_model), dtype="float32", device="cpu", tokenizer=False)
     ours, theirs = student.get_output_embeddings().weight.shape[0], teacher.get_output_embeddings().weight.shape[0]
     if ours != theirs:
         raise MethodError(f"distill: teacher_model vocabulary ({theirs}) differs from the student's ({ours})")
