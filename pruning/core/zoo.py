@@ -292,15 +292,17 @@ def holds(dest: Path, spec: str, overwrite: bool = False) -> bool:
         return True
     if overwrite:
         return False
-    if record is not None:
-        what = f"another model (its {ZOO_RECORD}: source {record.get('source')!r})"
-    elif is_model_dir(dest):
-        what = f"a model this tool did not fetch (no {ZOO_RECORD} naming its source)"
-    else:
+    if not is_model_dir(dest):
         raise OutputError(f"destination {dest} exists and is not a previous result of this tool (not a model "
                           "directory); refusing to replace it: remove it, choose another, or pass --overwrite")
-    raise OutputError(f"destination {dest} already holds {what}, not {spec!r}; refusing to replace it: remove it, "
-                      "choose another, or pass --overwrite")
+    if record is None:
+        what = f"a model this tool did not fetch (no {ZOO_RECORD} naming its source), not {spec!r}"
+    elif record.get("source") == _source_record(spec)["source"]:
+        what = f"{spec!r} as it was when fetched (the file changed since)"
+    else:
+        what = f"another model (its {ZOO_RECORD}: source {record.get('source')!r}), not {spec!r}"
+    raise OutputError(f"destination {dest} already holds {what}; refusing to replace it: remove it, choose another, "
+                      "or pass --overwrite")
 
 
 def same_source(record: dict, spec: str) -> bool:
