@@ -157,9 +157,11 @@ class MaskingMethod(PruningMethod):
         names = [name for index in range(len(layers)) for name in ctx.adapter.linear_targets(ctx.model, index)]
         for pattern in ctx.ignore:
             if not any(fnmatch.fnmatch(name, pattern) for name in names):
-                # one name per place in a layer (the first layer that has it), the nearest to the pattern first
+                # one name per place in a layer (the first layer that has it), the nearest to the pattern's text
                 firsts = {name.split(".", ctx.adapter.layers.count(".") + 2)[-1]: name for name in reversed(names)}
-                nearest = difflib.get_close_matches(pattern, list(firsts.values()), n=3, cutoff=0)
+                text = pattern.replace("*", "").lower()
+                nearest = sorted(firsts.values(), key=lambda name: -difflib.SequenceMatcher(
+                    None, text, name.lower()).ratio())[:3]
                 raise MethodError(f"{self.name}: ignore pattern {pattern!r} matches none of the {len(names)} linear "
                                   f"modules it prunes (full names, e.g. {', '.join(nearest)})")
 
