@@ -15,7 +15,7 @@ import os
 import pickle
 import sys
 
-from .core.io import WriteError, write_failure
+from .core.io import write_failure
 from .reporting.evaluations import evaluation_commands
 
 # The commands that write metric files come from their evaluations' declarations (pruning.reporting.evaluations).
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         if write_failure(exc) is not None:
-            print(f"error: {exc.strerror if isinstance(exc, WriteError) else one_line(exc)}", file=sys.stderr)
+            print(f"error: {one_line(exc)}", file=sys.stderr)
             return WRITE_FAILED
         if not isinstance(exc, EXPECTED_ERRORS):
             raise

@@ -45,20 +45,39 @@ class OutputError(ValueError):
 WRITE_ERRNOS = {errno.ENOSPC: "", errno.EFBIG: " (the file size limit, ulimit -f)", errno.EDQUOT: "",
                 errno.EROFS: ""}  # with a hint where the system's message alone leaves the cause open
 _OS_ERROR_CODE = re.compile(r"\(os error (\d+)\)")  # how the safetensors writer (Rust) reports an OSError
+_SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")  # numpy's tofile (the GGUF writer): no errno
 
 
 class WriteError(OSError):
-    """Writing an output failed part-way (see WRITE_ERRNOS); the output was left as it was before."""
+    """Writing an output failed part-way (see `write_failure`); the output was left as it was before."""
+
+    def __init__(self, code: int, message: str, reason: str):
+        super().__init__(code, message)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.strerror  # the whole sentence (OSError would put "[Errno N]" before it)
 
 
-def write_failure(exc: BaseException) -> int | None:
-    """The errno of `exc` if it is a failed write (an OSError, or the safetensors writer's error, naming one of
-    WRITE_ERRNOS), else None."""
-    code = exc.errno if isinstance(exc, OSError) else None
-    if code is None and type(exc).__name__ == "SafetensorError":
-        found = _OS_ERROR_CODE.search(str(exc))
-        code = int(found[1]) if found else None
-    return code if code in WRITE_ERRNOS else None
+def write_failure(exc: BaseException) -> str | None:
+    """Why `exc` is a failed write, in words: an OSError (or the safetensors writer's error naming one) of
+    WRITE_ERRNOS, or a write the system took only part of; None for any other error."""
+    if isinstance(exc, WriteError):
+        return exc.reason
+    code = _errno(exc)
+    if code in WRITE_ERRNOS:
+        return os.strerror(code) + WRITE_ERRNOS[code]
+    short = _SHORT_WRITE.fullmatch(str(exc)) if isinstance(exc, OSError) and code is None else None
+    if short:
+        return f"the system took {short[2]} of {short[1]} bytes (a full disk or quota, or the file size limit)"
+    return None
+
+
+def _errno(exc: BaseException) -> int | None:
+    if isinstance(exc, OSError):
+        return exc.errno
+    found = _OS_ERROR_CODE.search(str(exc)) if type(exc).__name__ == "SafetensorError" else None
+    return int(found[1]) if found else None
 
 
 @contextmanager
@@ -68,11 +87,11 @@ def write_errors(dest: str | os.PathLike, existed: bool):
     try:
         yield
     except Exception as exc:  # noqa: BLE001 - only write failures are translated, the rest re-raised as they are
-        code = write_failure(exc)
-        if code is None:
+        reason = write_failure(exc)
+        if reason is None:
             raise
         kept = f"the earlier {dest} is unchanged" if existed else f"nothing was written to {dest}"
-        raise WriteError(code, f"writing {dest} failed: {os.strerror(code)}{WRITE_ERRNOS[code]}; {kept}") from exc
+        raise WriteError(_errno(exc) or errno.EIO, f"writing {dest} failed: {reason}; {kept}", reason) from exc
 
 
 def _umask() -> int:
