@@ -153,6 +153,8 @@ class MaskingMethod(PruningMethod):
         import difflib
         import fnmatch
 
+        if not ctx.ignore:
+            return
         layers = ctx.adapter.decoder_layers(ctx.model)
         names = [name for index in range(len(layers)) for name in ctx.adapter.linear_targets(ctx.model, index)]
         for pattern in ctx.ignore:
