@@ -82,6 +82,16 @@ CASES = {
                                     "magnitude: ignore patterns ['*'] leave no linear module to prune"),
     "wanda-ignore-every-projection": (prune("wanda", "--sparsity", "0.5", "--ignore", "*_proj"),
                                       "wanda: ignore patterns ['*_proj'] leave no linear module to prune"),
+    "distill-train-seqlen-beyond-positions": (prune("distill", "--sparsity", "0.5", "--option", "base_method=magnitude",
+                                                    "--training-data", f"{R}/text.txt", "--option", "train_seqlen=1000"),
+                                              "distill: train_seqlen 1000 exceeds the 512 positions of the model "
+                                              "being pruned"),
+    "distill-teacher-other-vocabulary": (prune("distill", "--sparsity", "0.5", "--option", "base_method=magnitude",
+                                               "--training-data", f"{R}/text.txt", "--teacher-model", f"{R}/vocab600"),
+                                         f"distill: teacher_model {R}/vocab600 has a vocabulary of 600 tokens (vocab_size "
+                                         "in its config.json), the model being pruned 512"),
+    "all-teacher-truncated": (prune("all", "--sparsity", "0.5", "--training-data", f"{R}/text.txt", "--teacher-model",
+                                    f"{R}/truncated"), f"{R}/truncated/model.safetensors: not a valid safetensors file"),
     "iterative-ignore-everything": (prune("iterative", "--sparsity", "0.5", "--option", "base_method=magnitude",
                                           "--ignore", "*"), "magnitude: ignore patterns ['*'] leave no linear"),
     # item 12: a pattern that matches no module, or a method that does not read --ignore
@@ -133,7 +143,8 @@ CASES = {
 @pytest.fixture(scope="module")
 def models(world, stories_dir):
     """The world's extra models: without tokenizer files, with a corrupt tokenizer config, with half a BPE
-    vocabulary, with tokenizer.model alone; one fetched into a destination (zoo.json) and a pruned result."""
+    vocabulary, with tokenizer.model alone; one fetched into a destination (zoo.json), a pruned result, and a
+    1-layer model with a vocabulary of 600 (a teacher that does not fit)."""
     root = world["root"]
     notok = copy_model(stories_dir, root / "notok")
     spm = copy_model(stories_dir, root / "spmonly")
@@ -150,6 +161,10 @@ def models(world, stories_dir):
     from pruning.core import zoo
 
     zoo.resolve(str(world["model"]), root / "fetched")
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=600, hidden_size=64, intermediate_size=96,
+                                                 num_hidden_layers=1, num_attention_heads=4)).save_pretrained(root / "vocab600")
     assert cli.main([str(arg) for arg in prune_args(world["model"], root / "pruned")]) == 0
     return {"notok": notok, "spmonly": spm}
 
