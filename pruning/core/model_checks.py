@@ -1,6 +1,7 @@
 """What a model directory must hold before its weights are loaded: a readable config.json, safetensors whose
-headers fit it (no pickled tensors: they can run code), and token lengths within its positions. They read at most
-config.json and the headers, so a bad model is refused in a second instead of after hours of work, in one line
+headers fit it (no pickled tensors: they can run code), usable tokenizer files, and token lengths within its
+positions. They read at most config.json, the headers and the tokenizer's file names (the shapes come from the
+model built without weights), so a bad model is refused in a second instead of after hours of work, in one line
 naming the file."""
 from __future__ import annotations
 
@@ -181,8 +182,9 @@ def tokenizer_files(path: Path, config: dict) -> None:
     """Refuse a model directory transformers cannot build a tokenizer from: it needs tokenizer.json (the
     tokenizers library's file, enough alone) or the vocabulary files its tokenizer class reads
     (tokenizer_config.json's tokenizer_class, else the model type's; tokenizer.model for the generic class)
-    and the packages that read those (a tokenizer.model: sentencepiece and protobuf, or tiktoken). Without them transformers builds an
-    empty tokenizer (every text 0 tokens) or fails after the weights loaded, with its own message."""
+    and the packages that read those (a tokenizer.model: sentencepiece and protobuf, or tiktoken). Without
+    them transformers builds an empty tokenizer (every text 0 tokens) or fails after the weights loaded, with
+    its own message."""
     if (path / TOKENIZER_JSON).is_file():
         return
     settings = path / "tokenizer_config.json"
@@ -201,8 +203,9 @@ def tokenizer_files(path: Path, config: dict) -> None:
     missing = [name for name in files if not (path / name).is_file()]
     if missing:
         partly = f"; {' and '.join(missing)} missing" if missing != files else ""
-        raise ModelLoadError(f"{path}: no usable tokenizer: neither {TOKENIZER_JSON} nor {' + '.join(files)} ({who} "
-                             f"without {TOKENIZER_JSON}{partly}); copy the tokenizer files of the model it was made from")
+        raise ModelLoadError(f"{path}: no usable tokenizer: neither {TOKENIZER_JSON} nor {' + '.join(files)} "
+                             f"({who} without {TOKENIZER_JSON}{partly}); copy the tokenizer files of the model it "
+                             "was made from")
     for name in files:
         missing = [package for module, package in _reader_packages(path / name) if not _importable(module)]
         if missing:
