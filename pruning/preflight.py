@@ -37,7 +37,7 @@ from .core.dtypes import DEFAULT_DTYPE
 DEFAULT_NAMES = {"calibration.batch_size": "batch_size", "calibration.nsamples": "nsamples",
                  "calibration.seqlen": "--seqlen", "evaluation.seqlen": "--eval-seqlen",
                  "evaluation.max_windows": "--max-windows", "evaluation.batch_size": "--batch-size",
-                 "recovery.seqlen": "--recover-seqlen"}
+                 "recovery.seqlen": "--recover-seqlen", "ignore": "--ignore"}
 MODEL_CONFIG = "model_config"  # the key of a problem the model's config.json raises against the method
 _RESOLVE = object()  # survey(): resolve the model (fetching it if needed) and check its files
 
@@ -77,6 +77,7 @@ class RunRequest:
     data_dir: str | None = None
     selection_on_test: bool = False  # the documents' compat path: calibration on WikiText-2 test (core/data.py)
     trust_remote_code: bool = False  # the opt-in for a model with code of its own (config.json's auto_map)
+    ignore: tuple[str, ...] = ()  # globs of linear modules to keep dense (methods that READS_IGNORE)
     names: dict = field(default_factory=dict)
     files: tuple = ()  # other files the run reads (a job file)
     log_file: str | os.PathLike | None = None  # a log the run appends to: an output like the others
@@ -135,7 +136,18 @@ def check(request: RunRequest, model_config=_RESOLVE) -> Preflight:
 def survey(request: RunRequest, model_config=_RESOLVE) -> Preflight:
     """Run every check of `request`. `model_config` given (a config.json mapping, or None where none is
     readable): the model is not resolved, outputs and the memory estimate are left to the job, and the checks
-    that need the model's config use this one (skipped for None)."""
+    that need the model's config use this one (skipped for None). A resolved model's tokenizer files are
+    checked last (every run loads its tokenizer), so that what the arguments ask of the model comes first."""
+    found = _survey(request, model_config)
+    if found.path is not None:
+        try:
+            model_checks.tokenizer_files(found.path, found.config)
+        except ValueError as error:
+            found.problems.append(Problem("model", error))
+    return found
+
+
+def _survey(request: RunRequest, model_config) -> Preflight:
     found = Preflight()
     calibration, evaluation = request.calibration, request.evaluation
 
@@ -158,6 +170,12 @@ def survey(request: RunRequest, model_config=_RESOLVE) -> Preflight:
     if isinstance(method, str):
         method = ask("method", build_method, method, **request.options)
     found.method = method
+    if request.ignore and method is not None and not method.reads_ignore():
+        from .methods.base import ignore_methods
+
+        found.problems.append(Problem("ignore", ValueError(
+            f"{request.name('ignore')} keeps linear modules dense in the methods that prune linears one by one "
+            f"({', '.join(ignore_methods())}, and the composites running one); {method.name} does not read it")))
     calibrates = calibration is not None and (request.method is None or (method is not None and method.needs_calibration))
     if calibrates:
         ask("calibration.source", check_calibration_source, calibration.source, request.selection_on_test)
@@ -204,7 +222,10 @@ def survey(request: RunRequest, model_config=_RESOLVE) -> Preflight:
             found.problems.append(Problem(key, ValueError(problem)))
     if method is None:
         return found
+    before = len(found.problems)
     ask(MODEL_CONFIG, method.check_config, config)
+    if len(found.problems) == before:
+        _check_weightless(request, found, label)
     if model_config is not _RESOLVE:
         _memory_size(request, found)
     elif not found.problems:  # the estimate needs a method the model can run
@@ -215,13 +236,39 @@ def survey(request: RunRequest, model_config=_RESOLVE) -> Preflight:
     return found
 
 
+def _check_weightless(request: RunRequest, found: Preflight, label) -> None:
+    """The method's `check_model` on the model built without weights from its config.json (module names and
+    shapes: head counts, layer counts, input widths, ignore patterns), so that what the loaded model would
+    refuse is refused before it loads. Skipped where transformers cannot build the config or no adapter
+    knows the family (a job file may give its layers' paths; the loaded model is checked again anyway)."""
+    from .core.adapters import UnsupportedArchitecture, get_adapter
+
+    model = model_checks.weightless_model(found.config)
+    if model is None:
+        return
+    try:
+        adapter = get_adapter(model)
+    except UnsupportedArchitecture:
+        return
+    import torch
+
+    from .methods import PruneContext
+
+    context = PruneContext(model=model, tokenizer=None, adapter=adapter, device=torch.device("meta"),
+                           ignore=tuple(request.ignore), progress=False, extras={"model_path": str(label)})
+    try:
+        found.method.check_model(context)
+    except ValueError as error:
+        found.problems.append(Problem(MODEL_CONFIG, error))
+
+
 def _resolve_model(request: RunRequest, method: PruningMethod | None = None) -> tuple[Path, dict]:
     """Every output checked against every input the run reads, the model resolved (fetched if needed), the
-    outputs checked once more against its directory, and its files checked."""
+    outputs checked once more against its directory, and its files checked (the tokenizer's last, by survey)."""
     _check_outputs(request, request.inputs(method))
     path = model_checks.local_model(request.model)
     _check_outputs(request, read_paths(models=[path]))
-    return path, model_checks.model_files(path, request.trust_remote_code)
+    return path, model_checks.model_files(path, tokenizer=False, trust_remote_code=request.trust_remote_code)
 
 
 def _check_outputs(request: RunRequest, inputs: list[Path]) -> None:

@@ -203,14 +203,15 @@ def calibration_windows(tokenizer, source: str, nsamples: int, seqlen: int, seed
     for index in order:
         if len(windows) == nsamples:
             break
-        ids = tokenizer(docs[index], add_special_tokens=False)["input_ids"]
+        # verbose=False: a document longer than the model's positions is cut into windows, no warning needed
+        ids = tokenizer(docs[index], add_special_tokens=False, verbose=False)["input_ids"]
         if len(ids) > seqlen:
             start = rng.randint(0, len(ids) - seqlen - 1)
             windows.append(ids[start:start + seqlen])
     from_stream = nsamples - len(windows)
     if from_stream:
         separator = tokenizer.eos_token or "\n\n"
-        stream = tokenizer(separator.join(docs), add_special_tokens=False)["input_ids"]
+        stream = tokenizer(separator.join(docs), add_special_tokens=False, verbose=False)["input_ids"]
         if len(stream) <= seqlen:
             raise DataError(f"calibration source {source!r} has only {len(stream)} tokens, fewer than seqlen={seqlen}")
         for _ in range(from_stream):
