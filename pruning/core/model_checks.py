@@ -190,9 +190,9 @@ def _config_problem(config: dict, exc: Exception) -> str:
     if not model_type:
         return f"no model_type; {supported}"
     if model_type not in CONFIG_MAPPING:
-        own_code = " and comes with its own code (auto_map), which this tool never runs" if config.get("auto_map") else ""
+        own_code = ", and config.json names its own code (auto_map), which this tool never runs"
         return (f"model_type {model_type!r} is not an architecture transformers {transformers.__version__} "
-                f"knows{own_code}; {supported}")
+                f"knows{own_code if config.get('auto_map') else ''}; {supported}")
     return f"not a config transformers can read ({' '.join(str(exc).split())})"
 
 

@@ -188,7 +188,7 @@ MODELS = {
     "config-unknown-model-type": (lambda m, s: _config(m, lambda c: {**c, "model_type": "llamazilla"}),
                                   "config.json: model_type 'llamazilla' is not an architecture transformers"),
     "config-remote-code": (lambda m, s: _remote_code(m, "evil"),
-                           "model_type 'evil' is not an architecture transformers 5"),
+                           "knows, and config.json names its own code (auto_map), which this tool never runs"),
     "config-zero-layers": (lambda m, s: _config(m, lambda c: {**c, "num_hidden_layers": 0}),
                            "unexpected tensor model.layers.0.input_layernorm.weight (and 44 more)"),
     "config-layers-a-string": (lambda m, s: _config(m, lambda c: {**c, "num_hidden_layers": "five"}),
