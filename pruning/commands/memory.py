@@ -33,7 +33,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     path = model_checks.local_model(args.model)
-    config = model_checks.model_config(path)
+    config = model_checks.model_files(path)  # headers read as the estimate reads them: a bad file refused here
     problems = model_checks.length_problems(args.model, config, {"--context": args.context})
     if problems:
         raise ValueError(problems[0])

@@ -312,7 +312,10 @@ def atomic_directory(dest: str | os.PathLike, *, overwrite: bool = False):
             if dest.exists():
                 os.replace(dest, old)
                 os.replace(tmp, dest)
-                shutil.rmtree(old, ignore_errors=True)
+                if old.is_symlink():  # `dest` was a link (to a user's directory, say): the link goes, never its target
+                    old.unlink()
+                else:
+                    shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, dest)
     except BaseException:

@@ -140,6 +140,7 @@ def safetensors_header(path: Path) -> dict:
     except (ValueError, UnicodeDecodeError):
         raise ModelLoadError(f"{path}: not a valid safetensors file (its header is not JSON)") from None
     data = size - 8 - length
+    spans = []
     for name, info in header.items():
         if name == "__metadata__":
             continue
@@ -153,8 +154,18 @@ def safetensors_header(path: Path) -> dict:
             raise ModelLoadError(f"{path}: not a valid safetensors file (bad entry for {name})") from None
         if end > data:
             raise ModelLoadError(f"{path}: truncated: tensor {name} ends at byte {end} of {data} data bytes")
-        if info["dtype"] in SAFETENSORS_BYTES and end - begin != expected:
+        if info["dtype"] not in SAFETENSORS_BYTES:
+            raise ModelLoadError(f"{path}: not a valid safetensors file (tensor {name} has unknown dtype "
+                                 f"{info['dtype']!r})")
+        if end - begin != expected:
             raise ModelLoadError(f"{path}: corrupt: tensor {name} has {end - begin} bytes for shape {info['shape']}")
+        spans.append((begin, end, name))
+    position = 0  # the tensors tile the data exactly, as the safetensors loader demands
+    for begin, end, name in sorted(spans):
+        if begin != position:
+            raise ModelLoadError(f"{path}: corrupt: tensor {name} starts at byte {begin} of the data, not at "
+                                 f"{position} where the tensor before it ends (overlapping or misplaced offsets)")
+        position = end
     return header
 
 
@@ -178,37 +189,108 @@ def pickled_tensors(path: Path) -> None:
         raise ModelLoadError(f"{path}: not a readable PyTorch checkpoint ({' '.join(str(exc).split())})") from None
 
 
+# Tensors the loader drops without a word from older checkpoints (transformers' own exceptions).
+_IGNORED_EXTRA_TENSORS = (r"rotary_emb\.inv_freq", r"(^|\.)position_ids$")
+
+
 def weightless_model(config: dict):
     """The model config.json describes, built on the meta device (shapes, no weights: a fraction of a second
-    and no memory), or None where this transformers cannot build it (unknown or remote-code architecture,
-    quantized checkpoints whose packed tensors keep the names with other shapes). Built once per config in a
-    process; callers only read it."""
+    and no memory), or None where it cannot be built (quantized checkpoints, whose packed tensors keep the names
+    with other shapes; an architecture this transformers does not know, as a remote-code model's). Built once per
+    config in a process."""
     if config.get("quantization_config"):
         return None
-    return _weightless_model(json.dumps(config, sort_keys=True))
+    try:
+        return _weightless_model(json.dumps(config, sort_keys=True))
+    except ModelLoadError:
+        return None
+
+
+def _meta_model(path: Path, config: dict):
+    """`weightless_model`, but a config transformers cannot build a model from is refused here, naming
+    config.json, rather than by the loader."""
+    if config.get("quantization_config"):
+        return None
+    try:
+        return _weightless_model(json.dumps(config, sort_keys=True))
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{path / 'config.json'}: {exc}") from None
 
 
 @functools.lru_cache(maxsize=4)
 def _weightless_model(config_json: str):
     from . import heterogeneous  # noqa: F401  (registers the format, so its layer shapes are built too)
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+    config = json.loads(config_json)
     try:
-        from accelerate import init_empty_weights
-        from transformers import AutoModelForCausalLM
-        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-        config = json.loads(config_json)
         loaded = CONFIG_MAPPING[config["model_type"]].from_dict(config)
+    except Exception as exc:  # noqa: BLE001 - transformers raises ValueError, KeyError and its own validation errors
+        raise ModelLoadError(_config_problem(config, exc)) from None
+    try:
         with init_empty_weights(include_buffers=False):
             return AutoModelForCausalLM.from_config(loaded[0] if isinstance(loaded, tuple) else loaded)
-    except Exception:  # noqa: BLE001 - an unknown architecture is reported by the real load
-        return None
+    except Exception as exc:  # noqa: BLE001 - as above, and RuntimeError for impossible sizes
+        raise ModelLoadError(f"transformers cannot build the model it describes ({' '.join(str(exc).split())})") from None
 
 
-def _expected_shapes(config: dict) -> dict[str, list[int]] | None:
-    """Parameter shapes the config implies, from the weightless model; None where we cannot tell."""
-    model = weightless_model(config)
-    return None if model is None else {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+def _config_problem(config: dict, exc: Exception) -> str:
+    """Why transformers cannot read a config.json: no or an unknown model_type, or what transformers says."""
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from .adapters import supported_model_types
+
+    model_type = config.get("model_type")
+    supported = f"supported model types: {', '.join(supported_model_types())}"
+    if not model_type:
+        return f"no model_type; {supported}"
+    if model_type not in CONFIG_MAPPING:
+        return (f"model_type {model_type!r} is not an architecture transformers {transformers.__version__} "
+                f"knows; {supported}")
+    return f"not a config transformers can read ({' '.join(str(exc).split())})"
+
+
+def _loaded_files(path: Path) -> list[Path] | None:
+    """The safetensors files the loader reads: those the index names (each must exist), else model.safetensors;
+    None where it reads neither (other files are not checked by name)."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = read_json_object(index, "safetensors index").get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise ModelLoadError(f"{index}: no weight_map of tensor names to files")
+        files = sorted({path / name for name in weight_map.values()})
+        absent = [file.name for file in files if not file.is_file()]
+        if absent:
+            more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
+            raise ModelLoadError(f"{index} names {absent[0]}{more}, which is not in {path} (a shard is missing)")
+        return files
+    single = path / "model.safetensors"
+    return [single] if single.is_file() else None
+
+
+def _tensor_names_problem(model, names: set[str], config_file: Path) -> str | None:
+    """Parameters config.json implies that no weights file holds (the loader would leave them at random values),
+    or tensors the model it describes has no place for (the loader would drop them). Where both occur the
+    checkpoint names its tensors another way (renamed or fused on load): left to the loader."""
+    model.tie_weights()  # tied parameters (the loader ties them): one stored copy serves them all
+    groups = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(parameter), []).append(name)
+    missing = sorted(group[0] for group in groups.values() if not names.intersection(group))
+    ignored = re.compile("|".join([*_IGNORED_EXTRA_TENSORS, *(model._keys_to_ignore_on_load_unexpected or ())]))
+    extra = sorted(name for name in names - set(model.state_dict()) if not ignored.search(name))
+    if missing and not extra:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        return (f"missing tensor {missing[0]}{more}: {config_file} implies it but no weights file holds it (the "
+                "loader would leave it at random values)")
+    if extra and not missing:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        return (f"unexpected tensor {extra[0]}{more}: the model {config_file} describes has no place for it (the "
+                "loader would drop it; num_hidden_layers or another size may be wrong)")
+    return None
 
 
 def tokenizer_files(path: Path, config: dict) -> None:
@@ -268,9 +350,10 @@ def _importable(module: str) -> bool:
 
 
 def model_files(path: str | os.PathLike, tokenizer: bool = True, trust_remote_code: bool = False) -> dict:
-    """config.json readable, no code of the model's own without `trust_remote_code`, every safetensors header
-    sound and its shapes those the config implies, and (`tokenizer`, for every command but those that only time
-    or size the model) usable tokenizer files.
+    """config.json readable, no code of the model's own without `trust_remote_code`, a model transformers can
+    build (with the opt-in, the model's own code builds it: not checked here), every safetensors header sound,
+    its shapes those the config implies, the tensors the loader reads exactly those the model has, and
+    (`tokenizer`, for every command but those that only time or size the model) usable tokenizer files.
 
     Returns the config. Weights are not read, only headers (kilobytes)."""
     path = Path(path)
@@ -282,8 +365,10 @@ def model_files(path: str | os.PathLike, tokenizer: bool = True, trust_remote_co
     if not headers:
         for file in sorted(path.glob("*.bin")):
             pickled_tensors(file)
-    expected = _expected_shapes(config) if headers else None
-    if expected:
+    loaded = _loaded_files(path)
+    model = None if trust_remote_code and remote_code(path, config) else _meta_model(path, config)
+    if model is not None:
+        expected = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
         for file, header in headers.items():
             wrong = [(name, info["shape"], expected[name]) for name, info in header.items()
                      if name in expected and list(info["shape"]) != expected[name]]
@@ -292,6 +377,11 @@ def model_files(path: str | os.PathLike, tokenizer: bool = True, trust_remote_co
                 more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
                 raise ModelLoadError(f"{file}: tensor {name} has shape {found} but {path / 'config.json'} implies "
                                      f"{wanted}{more}: the config and the weights disagree")
+        if loaded and all(file in headers for file in loaded):
+            names = {name for file in loaded for name in headers[file] if name != "__metadata__"}
+            problem = _tensor_names_problem(model, names, path / "config.json")
+            if problem:
+                raise ModelLoadError(f"{path}: {problem}")
     if tokenizer:
         tokenizer_files(path, config)
     return config

@@ -38,7 +38,7 @@ def schema_rules() -> list[dict]:
         if required:
             then["properties"]["options"]["required"] = required
         then = {"required": ["options" if required else "ratios"], **then} if required or not is_composite(name) else then
-        rules.append({"if": {"properties": {"method": {"const": name}}}, "then": then})
+        rules.append({"if": {"required": ["method"], "properties": {"method": {"const": name}}}, "then": then})
     return rules
 
 

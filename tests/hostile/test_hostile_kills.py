@@ -1,0 +1,117 @@
+"""Kills of a single prune (slow: each kill is a real `python -m pruning prune` in a new interpreter): SIGKILL or
+SIGTERM while the model loads, with the whole new result in scratch, or between the two renames that swap it in.
+The earlier good result in the output directory survives every one byte for byte, nothing but our scratch is
+left beside it, no traceback is printed, and the next run into the same directory cleans up and replaces it."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .hostile_harness import run_in_process, snapshot
+
+pytestmark = pytest.mark.slow
+
+# `python -c KILLER POINT SIGNAL ARGV...`: the CLI, with the process signalling itself at POINT.
+KILLER = r"""
+import os, signal, sys
+
+from pruning import api
+from pruning.core import modeling
+
+point, sig, argv = sys.argv[1], getattr(signal, sys.argv[2]), sys.argv[3:]
+
+
+def die(*_, **__):
+    sys.stderr.flush()
+    os.kill(os.getpid(), sig)
+    signal.pause()  # a handled signal returns here: wait for it to end the process
+
+
+if point == "loading":  # the checks passed, the weights are being read
+    api.load_model = die
+elif point == "scratch-written":  # the whole new result is in the scratch folder, the last file just written
+    write_json = modeling.atomic_write_json
+
+    def write_then_die(path, data):
+        write_json(path, data)
+        die()
+
+    modeling.atomic_write_json = write_then_die
+elif point == "between-renames":  # the earlier result moved aside, the new one not yet in its place
+    replace = os.replace
+
+    def replace_then_die(src, dst):
+        replace(src, dst)
+        if ".pruning-old-" in os.fspath(dst):
+            die()
+
+    os.replace = replace_then_die
+from pruning.cli import main
+
+sys.exit(main(argv))
+"""
+
+
+def prune_argv(model, out, sparsity: str) -> list[str]:
+    return ["prune", "--model", str(model), "--method", "magnitude", "--sparsity", sparsity, "--output-dir",
+            str(out), "--device", "cpu", "--quiet"]
+
+
+def killed_prune(point: str, signame: str, model, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", KILLER, point, signame, *prune_argv(model, out, "0.5")],
+                          capture_output=True, text=True, timeout=600)
+
+
+def sparsity_of(out: Path) -> float:
+    return json.loads((out / "prune.json").read_text())["options"]["target"]["sparsity"]
+
+
+@pytest.fixture
+def earlier(stories_dir, tmp_path, capfd) -> Path:
+    """A good result in tmp_path/out (pruned to 0.25), the only entry of tmp_path."""
+    out = tmp_path / "out"
+    outcome = run_in_process(capfd, prune_argv(stories_dir, out, "0.25"))
+    assert outcome.code == 0, outcome.stderr
+    return out
+
+
+def rerun_replaces_it(model, out: Path, capfd) -> None:
+    """The next run into the same directory cleans what the killed one left and puts its own result there."""
+    outcome = run_in_process(capfd, prune_argv(model, out, "0.5"))
+    assert outcome.code == 0, outcome.stderr
+    assert sparsity_of(out) == 0.5
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("signame", ["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("point", ["loading", "scratch-written"])
+def test_a_killed_prune_leaves_the_earlier_result(point, signame, stories_dir, earlier, capfd):
+    before = snapshot(earlier)
+    result = killed_prune(point, signame, stories_dir, earlier)
+    assert result.returncode == -getattr(signal, signame), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert snapshot(earlier) == before
+    beside = sorted(p.name for p in earlier.parent.iterdir() if p.name != "out")
+    if point == "loading":
+        assert beside == []  # nothing was written yet
+    else:  # the killed run's scratch, holding its complete result, until the next run
+        assert len(beside) == 1 and beside[0].startswith(".out.pruning-tmp-"), beside
+        assert sparsity_of(earlier.parent / beside[0]) == 0.5
+    rerun_replaces_it(stories_dir, earlier, capfd)
+
+
+def test_sigkill_between_the_renames_hides_the_earlier_result_until_the_next_run(stories_dir, earlier, capfd):
+    """Killed after the earlier result was moved aside and before the new one took its place: the earlier one is
+    whole, under our `-old-` name beside the output; the next run puts it back before its own work, then swaps."""
+    before = snapshot(earlier)
+    result = killed_prune("between-renames", "SIGKILL", stories_dir, earlier)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    assert not earlier.exists()
+    moved = [p for p in earlier.parent.iterdir() if p.name.startswith(".out.pruning-old-")]
+    assert len(moved) == 1 and snapshot(moved[0]) == before
+    rerun_replaces_it(stories_dir, earlier, capfd)
