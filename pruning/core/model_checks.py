@@ -231,7 +231,9 @@ def _weightless_model(config_json: str):
         raise ModelLoadError(_config_problem(config, exc)) from None
     try:
         with init_empty_weights(include_buffers=False):
-            return AutoModelForCausalLM.from_config(loaded[0] if isinstance(loaded, tuple) else loaded)
+            model = AutoModelForCausalLM.from_config(loaded[0] if isinstance(loaded, tuple) else loaded)
+        model.tie_weights()  # as the loader ties them: parameter counts are those of the loaded model
+        return model
     except Exception as exc:  # noqa: BLE001 - as above, and RuntimeError for impossible sizes
         raise ModelLoadError(f"transformers cannot build the model it describes ({' '.join(str(exc).split())})") from None
 
@@ -275,8 +277,7 @@ def _tensor_names_problem(model, names: set[str], config_file: Path) -> str | No
     """Parameters config.json implies that no weights file holds (the loader would leave them at random values),
     or tensors the model it describes has no place for (the loader would drop them). Where both occur the
     checkpoint names its tensors another way (renamed or fused on load): left to the loader."""
-    model.tie_weights()  # tied parameters (the loader ties them): one stored copy serves them all
-    groups = {}
+    groups = {}  # tied parameters (tied as the loader ties them): one stored copy serves them all
     for name, parameter in model.named_parameters(remove_duplicate=False):
         groups.setdefault(id(parameter), []).append(name)
     missing = sorted(group[0] for group in groups.values() if not names.intersection(group))

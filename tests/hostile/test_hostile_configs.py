@@ -153,8 +153,6 @@ CONFIGS = {
                     f"config.methods.wanda.method: None is not one of {METHODS}"),
     "method-left-out": (lambda c: c["methods"].update(x={"ratios": {"sparsity": [0.5]}}),
                         "config.methods.x: 'method' is a required property"),
-    "composite-without-any-ratio": (lambda c: c["methods"].update(all={"method": "all"}),
-                                    "config.methods.all: all without ratios needs its ratios in options"),
     "entry-2:4-layout-on-a-sparsity-row": (
         lambda c: _entry("wanda")(c).update(save_format="sparse-24-bitmask"),
         "config.methods.wanda.ratios.sparsity[0]: save format sparse-24-bitmask stores 2:4 sparsity only; prune with "

@@ -188,7 +188,7 @@ MODELS = {
     "config-unknown-model-type": (lambda m, s: _config(m, lambda c: {**c, "model_type": "llamazilla"}),
                                   "config.json: model_type 'llamazilla' is not an architecture transformers"),
     "config-remote-code": (lambda m, s: _remote_code(m, "evil"),
-                           "knows, and config.json names its own code (auto_map), which this tool never runs"),
+                           "config.json maps to code in the model folder (auto_map: "),
     "config-zero-layers": (lambda m, s: _config(m, lambda c: {**c, "num_hidden_layers": 0}),
                            "unexpected tensor model.layers.0.input_layernorm.weight (and 44 more)"),
     "config-layers-a-string": (lambda m, s: _config(m, lambda c: {**c, "num_hidden_layers": "five"}),
@@ -295,23 +295,30 @@ def _prune(capfd, model, out):
     return json.loads((Path(out) / "prune.json").read_text())
 
 
-def test_code_shipped_with_a_known_architecture_is_never_run(stories_dir, work, capfd):
-    """auto_map naming the model's own code, model_type llama: transformers' llama is used, evil.py never imported."""
+def _refused_unrun(capfd, model, out, where):
+    """A model naming code of its own is refused without the opt-in (--trust-remote-code), and its code never runs."""
+    outcome = run_in_process(capfd, ["prune", "--model", str(model), "--method", "magnitude", "--sparsity", "0.5",
+                                     "--output-dir", str(out), "--device", "cpu", "--quiet"])
+    assert_refused(outcome, f"{where} maps to code in the model folder")
+    assert not Path(out).exists()
+
+
+def test_code_shipped_with_a_known_architecture_is_never_run(stories_dir, work, capfd, no_weights):
+    """auto_map naming the model's own code, model_type llama: refused without the opt-in, evil.py never imported."""
     model = copy_model(stories_dir, work / "model")
     _remote_code(model, "llama")
-    report = _prune(capfd, model, work / "out")
-    assert report["parameters"]["after"]["nonzero"] < report["parameters"]["before"]["nonzero"]
+    _refused_unrun(capfd, model, work / "out", "config.json")
     assert not (work / MARKER).exists()
 
 
-def test_tokenizer_code_shipped_with_a_model_is_never_run(stories_dir, work, capfd):
+def test_tokenizer_code_shipped_with_a_model_is_never_run(stories_dir, work, capfd, no_weights):
     model = copy_model(stories_dir, work / "model")
     _remote_code(model, "llama")
     _config(model, lambda c: {k: v for k, v in c.items() if k != "auto_map"})
     tokenizer_config = json.loads((model / "tokenizer_config.json").read_text())
     tokenizer_config["auto_map"] = {"AutoTokenizer": ["evil.EvilTokenizer", None]}
     (model / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
-    _prune(capfd, model, work / "out")
+    _refused_unrun(capfd, model, work / "out", "tokenizer_config.json")
     assert not (work / MARKER).exists()
 
 
