@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import pickle
+import signal
 import sys
 
 from .core.io import write_failure
@@ -28,13 +29,15 @@ EXPECTED_ERRORS = (ValueError, OSError, pickle.UnpicklingError)
 USAGE_ERROR = 2
 WRITE_FAILED = 74  # sysexits.h EX_IOERR
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a program stopped by Ctrl-C
+TERMINATED = 143  # 128 + SIGTERM: stopped by kill, Snakemake or SLURM (the program's handler, `program`)
 EXIT_CODES = {0: "done",
               1: "an unexpected error (a bug: its traceback is printed)",
               USAGE_ERROR: "bad input: an argument, config, model, data file or output (refused before any\n"
                            "       work wherever it can be checked up front)",
               WRITE_FAILED: "writing an output failed (disk full, file size limit, quota, read-only file\n"
                             "       system); that output is as it was before",
-              INTERRUPTED: "interrupted (Ctrl-C); every output is complete or as it was, scratch removed"}
+              INTERRUPTED: "interrupted (Ctrl-C); every output is complete or as it was, scratch removed",
+              TERMINATED: "terminated (SIGTERM: kill, Snakemake, SLURM); as for Ctrl-C"}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -73,16 +76,32 @@ def one_line(exc: BaseException) -> str:
     return " ".join(message.split())
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C: the atomic writers remove their scratch and put an earlier result back."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def program(argv: list[str] | None = None) -> int:
+    """`main` as the program `python -m pruning`: SIGTERM unwinds like Ctrl-C (a handler for the whole process,
+    so it is installed here and not by `main`, which in-process callers use)."""
+    signal.signal(signal.SIGTERM, _terminate)
+    return main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return int(args.run(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         if debug:
             raise
-        print("interrupted", file=sys.stderr)
-        return INTERRUPTED
+        terminated = isinstance(stop, Terminated)
+        print("terminated" if terminated else "interrupted", file=sys.stderr)
+        return TERMINATED if terminated else INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the expected kinds become one line, the rest keep their traceback
         if debug:
             raise

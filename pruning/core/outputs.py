@@ -63,6 +63,8 @@ def output_directory(dest: str | os.PathLike, *, overwrite: bool = False, inputs
 
 def output_file(path: str | os.PathLike, *, overwrite: bool = False, inputs=(), what: str = "output") -> Path:
     """Refuse, before any work, an output file that cannot be written or must not be replaced."""
+    if str(path).endswith(("/", os.sep)):  # Path() would drop the slash and write a file where a folder was meant
+        raise OutputError(f"{what} {path} ends with a slash, which names a directory; give a file name")
     path = Path(path).expanduser()
     check_against_inputs(what, path, inputs)
     writable_location(path, what)

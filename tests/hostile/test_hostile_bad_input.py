@@ -107,6 +107,7 @@ CASES = {
     "eval-batch-size-0": (EVAL + ["--seqlen", "64", "--batch-size", "0"], "--batch-size: must be a whole number >= 1"),
     "eval-output-is-a-directory": (EVAL + ["--seqlen", "64", "--output", "{root}/userdir"], "is a directory"),
     "eval-output-under-a-file": (EVAL + ["--seqlen", "64", "--output", "{root}/afile/ppl.json"], "which is a file"),
+    "eval-output-trailing-slash": (EVAL + ["--seqlen", "64", "--output", "{root}/new.json/"], "ends with a slash"),
     "eval-output-foreign-file": (EVAL + ["--seqlen", "64", "--output", "{root}/foreign.json"],
                                  "was not written by this tool"),
     "eval-output-inside-model": (EVAL + ["--seqlen", "64", "--output", "{model}/ppl.json"], "is inside the input"),

@@ -1,5 +1,6 @@
 """Kills of a single prune (slow: each kill is a real `python -m pruning prune` in a new interpreter): SIGKILL or
-SIGTERM while the model loads, with the whole new result in scratch, or between the two renames that swap it in.
+SIGTERM while the model loads, with the whole new result in scratch, or between the two renames that swap it in
+(SIGTERM unwinds like Ctrl-C: `pruning.cli.program`).
 The earlier good result in the output directory survives every one byte for byte, nothing but our scratch is
 left beside it, no traceback is printed, and the next run into the same directory cleans up and replaces it."""
 from __future__ import annotations
@@ -51,9 +52,9 @@ elif point == "between-renames":  # the earlier result moved aside, the new one 
             die()
 
     os.replace = replace_then_die
-from pruning.cli import main
+from pruning.cli import program
 
-sys.exit(main(argv))
+sys.exit(program(argv))
 """
 
 
@@ -91,14 +92,19 @@ def rerun_replaces_it(model, out: Path, capfd) -> None:
 @pytest.mark.parametrize("signame", ["SIGKILL", "SIGTERM"])
 @pytest.mark.parametrize("point", ["loading", "scratch-written"])
 def test_a_killed_prune_leaves_the_earlier_result(point, signame, stories_dir, earlier, capfd):
+    """SIGKILL ends the process where it is (its scratch stays until the next run); SIGTERM unwinds like Ctrl-C:
+    one line, exit 143, scratch removed."""
     before = snapshot(earlier)
     result = killed_prune(point, signame, stories_dir, earlier)
-    assert result.returncode == -getattr(signal, signame), result.stderr[-2000:]
+    if signame == "SIGTERM":
+        assert result.returncode == 143 and result.stderr.strip().splitlines()[-1] == "terminated", result.stderr
+    else:
+        assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert snapshot(earlier) == before
     beside = sorted(p.name for p in earlier.parent.iterdir() if p.name != "out")
-    if point == "loading":
-        assert beside == []  # nothing was written yet
+    if point == "loading" or signame == "SIGTERM":
+        assert beside == []  # nothing written yet, or the scratch removed on the way out
     else:  # the killed run's scratch, holding its complete result, until the next run
         assert len(beside) == 1 and beside[0].startswith(".out.pruning-tmp-"), beside
         assert sparsity_of(earlier.parent / beside[0]) == 0.5
