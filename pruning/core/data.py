@@ -199,7 +199,7 @@ def calibration_windows(tokenizer, source: str, nsamples: int, seqlen: int, seed
 def _token_stream(tokenizer, documents: list[str]) -> list[int]:
     """The documents as one token stream, as windows are cut from it when too few documents are long enough."""
     separator = tokenizer.eos_token or "\n\n"
-    return tokenizer(separator.join(documents), add_special_tokens=False)["input_ids"]
+    return tokenizer(separator.join(documents), add_special_tokens=False, verbose=False)["input_ids"]
 
 
 def _too_short(source: str, tokens: int, seqlen: int) -> DataError:
