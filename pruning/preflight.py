@@ -7,9 +7,9 @@ returns what the checks learned (the method built, the model directory and its c
 settings, the memory plan). Only config.json, safetensors headers and data-file names are read.
 
 `api.prune`, `api.evaluate_perplexity`, `Pruner`, the job files (through `api.prune`) and the workflow all ask
-it; `workflow_config_problems` runs it on every grid row of a workflow config (with each model's config.json
-where it is readable offline) and adds what only a config has (cross references, stages, optional parts), each
-problem naming its config key.
+it; `workflow_config_problems` runs it on every grid row of a workflow config (with the files of each model that
+is local already, checked as a prune checks them, and the calibration documents counted with its tokenizer) and
+adds what only a config has (cross references, stages, optional parts), each problem naming its config key.
 """
 from __future__ import annotations
 
@@ -374,10 +374,11 @@ def schema_problems(error: Exception) -> list[str]:
 def workflow_config_problems(cfg: dict, repo: str | os.PathLike, *, jobs_run_here: bool = True,
                              jobs_have_own_env: bool = False) -> list[str]:
     """Every problem of a workflow config whose schema holds (defaults filled), each naming its config key:
-    first the cross references a schema cannot express; where those hold, what a job would refuse, asked of
-    the pre-flight for every grid row, and the optional parts the config needs (llama-cpp-python unless
-    `jobs_have_own_env`, CUDA when `jobs_run_here`, the network). torch is imported only where a model config,
-    a zero-shot task or a cuda device asks for it."""
+    first the cross references a schema cannot express; where those hold, what a job would refuse: the files of
+    each model that is local already (as a prune checks them before loading), the pre-flight of every grid row,
+    the calibration documents against each local model's tokenizer, and the optional parts the config needs
+    (llama-cpp-python unless `jobs_have_own_env`, CUDA when `jobs_run_here`, the network). torch is imported
+    only where a model config, a zero-shot task or a cuda device asks for it."""
     config = WorkflowConfig(cfg, repo)
     errors = _cross_reference_errors(config)
     if errors:
@@ -385,8 +386,9 @@ def workflow_config_problems(cfg: dict, repo: str | os.PathLike, *, jobs_run_her
     specs = config.model_specs()
     model_dirs = {name: config.model_dir(name, spec) for name, spec in specs.items()}
     file_errors, model_configs = _model_files(model_dirs)
+    sound_dirs = {name: folder for name, folder in model_dirs.items() if model_configs[name]}
     errors = [*_spec_errors(config, specs), *file_errors, *_row_errors(config, model_configs),
-              *_calibration_errors(config, {name: folder for name, folder in model_dirs.items() if model_configs[name]}),
+              *_calibration_errors(config, sound_dirs),
               *_speed_length_errors(cfg, model_configs),
               *_task_errors(cfg["zeroshot"]["tasks"], config.data_dir()),
               *([] if jobs_have_own_env else _llama_cpp_errors(cfg)),

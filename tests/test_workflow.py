@@ -56,10 +56,11 @@ def snakemake(workdir: Path, *args: str, config: dict | None = None, timeout: in
               **popen) -> subprocess.CompletedProcess:
     """`python -m snakemake` on the repository's Snakefile in `workdir`, with `config` (written as YAML)
     replacing the workflow's own config."""
-    return subprocess.run(_command(workdir, args, config), capture_output=True, text=True, timeout=timeout, **popen)
+    return subprocess.run(snakemake_command(workdir, args, config), capture_output=True, text=True, timeout=timeout,
+                          **popen)
 
 
-def _command(workdir: Path, args, config: dict | None) -> list[str]:
+def snakemake_command(workdir: Path, args, config: dict | None) -> list[str]:
     workdir.mkdir(parents=True, exist_ok=True)
     command = [PYTHON, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
     if config is not None:
@@ -339,7 +340,8 @@ def test_duplicate_key_rejected(tmp_path):
     text = text.replace("methods:\n", "methods:\n  wanda:\n    method: wanda\n    ratios: {sparsity: [0.6]}\n", 1)
     path = tmp_path / "twice.yaml"
     path.write_text(text)
-    command = _command(tmp_path, ["-n", "--cores", "1", "--configfile", str(path), "--replace-workflow-config"], None)
+    command = snakemake_command(tmp_path, ["-n", "--cores", "1", "--configfile", str(path),
+                                           "--replace-workflow-config"], None)
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     output = result.stdout + result.stderr
@@ -453,7 +455,7 @@ def tiny_run(tmp_path_factory):
     """The tiny grid run locally: SIGKILL to the whole run once the first pruned model is evaluated while
     other jobs are running, then `--rerun-incomplete` to the end."""
     workdir = tmp_path_factory.mktemp("tiny-local")
-    command = _command(workdir, ["--cores", "2"], TINY_CONFIG)
+    command = snakemake_command(workdir, ["--cores", "2"], TINY_CONFIG)
     log = open(workdir / "first-attempt.log", "w")
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
