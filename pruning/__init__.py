@@ -5,6 +5,7 @@ evaluation and export. Usable without Snakemake:
     report = pruning.prune("smollm2-135m", "wanda", "out/wanda-50", sparsity=0.5)
     model, tokenizer = pruning.load_model("out/wanda-50")
     pruner = pruning.Pruner("smollm2-135m", output_dir="out/chain")   # steps in memory, then save()
+    # (pruning.ModelPruner, PersLM's name, is the same class)
 
 The public names are imported on first use (PEP 562), so `import pruning` and torch-free modules such
 as `pruning.reporting.grid` stay cheap for the Snakefile, which builds its DAG without loading torch.
@@ -24,6 +25,7 @@ _EXPORTS = {
     "fetch_model": ("core.zoo", "resolve"),
     "get_adapter": ("core.adapters", "get_adapter"),
     "load_model": ("core.modeling", "load_model"),
+    "ModelPruner": ("pruner", "Pruner"),  # PersLM's name for it
     "prune": ("api", "prune"),
     "Pruner": ("pruner", "Pruner"),
     "save_model": ("core.modeling", "save_model"),

@@ -16,8 +16,8 @@ import sys
 from .reporting.evaluations import evaluation_commands
 
 # The commands that write metric files come from their evaluations' declarations (pruning.reporting.evaluations).
-COMMANDS = tuple(dict.fromkeys(("fetch_model", "methods", "prune", "run", *evaluation_commands(), "tables", "memory",
-                                "optimize")))
+COMMANDS = tuple(dict.fromkeys(("fetch_model", "methods", "prune", "run", "ppllms", *evaluation_commands(), "tables",
+                                "memory", "optimize")))
 DEBUG_ENV = "PRUNING_DEBUG"
 # ValueError covers the project's own errors (ModelLoadError, DataError, OutputError, ExportError, ...) and
 # JSON syntax errors; OSError covers missing, unreadable and misplaced files.

@@ -22,9 +22,12 @@ from pathlib import Path
 from .core import arguments, model_checks, outputs
 from .core.data import (DataError, calibration_documents, calibration_is_local, check_calibration_length,
                         check_calibration_source, check_evaluation_dataset, data_dir)
+from .core.inputs import read_paths
+from .core.options import READS_MODEL, READS_TEXT
 from .core.protocols import Calibration, Evaluation
 from .core.sparse_formats import DENSE, check_request as check_save_request
 from .methods import PruningMethod, build_method
+from .methods.base import reading_options
 from .reporting.evaluations import STAGES
 from .reporting.grid import GridError, ratio_token_problem, task_fewshot
 from .training.recovery_options import RecoverySettings
@@ -73,17 +76,36 @@ class RunRequest:
     device: str | None = "auto"
     dtype: str | None = DEFAULT_DTYPE
     data_dir: str | None = None
+    selection_on_test: bool = False  # the documents' compat path: calibration on WikiText-2 test (core/data.py)
+    trust_remote_code: bool = False  # the opt-in for a model with code of its own (config.json's auto_map)
     names: dict = field(default_factory=dict)
+    files: tuple = ()  # other files the run reads (a job file)
+    log_file: str | os.PathLike | None = None  # a log the run appends to: an output like the others
 
     def name(self, key: str) -> str:
         return self.names.get(key) or DEFAULT_NAMES.get(key, key)
 
-    def inputs(self) -> list:
-        """Every input a run reads besides the model, which no output may be, contain or lie inside."""
-        recovery = (self.recovery or {}).get("data") if (self.recovery or {}).get("steps") else None
-        return [self.calibration.source if self.calibration else None,
-                self.evaluation.dataset if self.evaluation else None, recovery,
-                *(self.options.get(k) for k in ("teacher_model", "training_data"))]
+    def inputs(self, method: PruningMethod | None = None) -> list[Path]:
+        """Every path the run reads, which no output may be, contain or lie inside (`read_paths`): the model's,
+        the calibration and evaluation files through the data directory, the text a recovery or distillation
+        trains on and a teacher model (from `method`'s options, defaults filled, where it is built), `files`.
+        The calibration source counts even for a method that does not calibrate: the rule errs on the data's
+        side."""
+        values = method.options() if method is not None else self.options
+        reads = reading_options()
+        named = {kind: [value for key, value in values.items() if reads.get(key) == kind and isinstance(value, str)]
+                 for kind in (READS_MODEL, READS_TEXT)}
+        recovery = None
+        if (self.recovery or {}).get("steps"):
+            try:
+                recovery = RecoverySettings.parse(self.recovery).data
+            except ValueError:
+                recovery = self.recovery.get("data")
+        return read_paths(models=[self.model, *named[READS_MODEL]],
+                          calibration=[self.calibration.source if self.calibration else None, recovery,
+                                       *named[READS_TEXT]],
+                          evaluation=[(self.evaluation.dataset, self.evaluation.split) if self.evaluation else None],
+                          files=self.files, data_dir=self.data_dir)
 
 
 @dataclass
@@ -139,7 +161,7 @@ def survey(request: RunRequest, model_config=_RESOLVE) -> Preflight:
     found.method = method
     calibrates = calibration is not None and (request.method is None or (method is not None and method.needs_calibration))
     if calibrates:
-        ask("calibration.source", check_calibration_source, calibration.source)
+        ask("calibration.source", check_calibration_source, calibration.source, request.selection_on_test)
         count("calibration.nsamples", calibration.nsamples)
         if method is not None and arguments.count_problem("", calibration.nsamples) is None:
             ask("options", method.check_calibration, calibration.nsamples)
@@ -161,7 +183,7 @@ def survey(request: RunRequest, model_config=_RESOLVE) -> Preflight:
     if model_config is _RESOLVE:
         if found.problems and not Path(request.model).expanduser().is_dir():
             return found  # a bad argument is refused before a model is fetched
-        resolved = ask("model", _resolve_model, request)
+        resolved = ask("model", _resolve_model, request, method)
         if resolved is None:
             return found
         found.path, found.config = resolved
@@ -194,18 +216,23 @@ def survey(request: RunRequest, model_config=_RESOLVE) -> Preflight:
     return found
 
 
-def _resolve_model(request: RunRequest) -> tuple[Path, dict]:
-    """The output checked against every input, the model resolved (fetched if needed) and its files checked."""
-    if request.output_file is not None:
-        return model_checks.model_and_outputs(request.model, [(request.output_file, "output")],
-                                        overwrite=request.overwrite, inputs=request.inputs())
-    if request.output_dir is not None:
-        outputs.output_directory(request.output_dir, overwrite=request.overwrite,
-                                inputs=[request.model, *request.inputs()])
+def _resolve_model(request: RunRequest, method: PruningMethod | None = None) -> tuple[Path, dict]:
+    """Every output checked against every input the run reads, the model resolved (fetched if needed), the
+    outputs checked once more against its directory, and its files checked."""
+    _check_outputs(request, request.inputs(method))
     path = model_checks.local_model(request.model)
+    _check_outputs(request, read_paths(models=[path]))
+    return path, model_checks.model_files(path, request.trust_remote_code)
+
+
+def _check_outputs(request: RunRequest, inputs: list[Path]) -> None:
+    """The output file or directory, and the log file, against `inputs` and the rest of the output rule."""
+    if request.output_file is not None:
+        outputs.output_file(request.output_file, overwrite=request.overwrite, inputs=inputs)
     if request.output_dir is not None:
-        outputs.output_directory(request.output_dir, overwrite=request.overwrite, inputs=[path])
-    return path, model_checks.model_files(path)
+        outputs.output_directory(request.output_dir, overwrite=request.overwrite, inputs=inputs)
+    if request.log_file is not None:
+        outputs.appended_file(request.log_file, inputs=inputs, replaced=[request.output_dir])
 
 
 def _memory_plan(request: RunRequest, found: Preflight):
@@ -328,7 +355,10 @@ class WorkflowConfig:
         return args
 
     def runtime_arguments(self, device: bool = True) -> list[str]:
+        """--device, --dtype (and the remote-code opt-in) of the jobs that load models (`device`), --data-dir."""
         args = ["--device", self.cfg["device"], "--dtype", self.cfg["dtype"]] if device else []
+        if device and self.cfg.get("trust_remote_code"):
+            args.append("--trust-remote-code")
         return args + (["--data-dir", self.data_dir()] if self.data_dir() else [])
 
     def zeroshot_arguments(self, task: str) -> list[str]:
@@ -390,6 +420,7 @@ def workflow_config_problems(cfg: dict, repo: str | os.PathLike, *, jobs_run_her
     errors = [*_spec_errors(config, specs), *file_errors, *_row_errors(config, model_configs),
               *_calibration_errors(config, sound_dirs),
               *_speed_length_errors(cfg, model_configs),
+              *_remote_code_errors(cfg, model_configs),
               *_task_errors(cfg["zeroshot"]["tasks"], config.data_dir()),
               *([] if jobs_have_own_env else _llama_cpp_errors(cfg)),
               *(_device_errors(cfg["device"]) if jobs_run_here else [])]
@@ -420,7 +451,7 @@ def _cross_reference_errors(config: WorkflowConfig) -> list[str]:
                    for index, value in enumerate(values) if (problem := ratio_token_problem(kind, value))]
         for kind in sorted(set(ratios) & set(entry["options"])):
             errors.append(f"config.methods.{name}.options.{kind}: {kind} is already given in ratios")
-        if not ratios and is_composite(entry["method"]) and not entry["options"]:
+        if not ratios and is_composite(entry["method"]) and not entry["options"] and not _builds(entry["method"]):
             errors.append(f"config.methods.{name}: {entry['method']} without ratios needs its ratios in options")
     if cfg["data_dir"] and not config.path(cfg["data_dir"]).is_dir():
         errors.append(f"config.data_dir: {config.path(cfg['data_dir'])} is not a directory")
@@ -446,6 +477,15 @@ def _cross_reference_errors(config: WorkflowConfig) -> list[str]:
     return errors
 
 
+def _builds(method: str) -> bool:
+    """Whether `method` runs with its defaults alone (all: PersLM's default stages)."""
+    try:
+        build_method(method)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
 def _spec_errors(config: WorkflowConfig, specs: dict) -> list[str]:
     """Embedded names and hub ids the zoo cannot resolve (directories were checked before)."""
     from .core import zoo
@@ -463,14 +503,15 @@ def _spec_errors(config: WorkflowConfig, specs: dict) -> list[str]:
 def _model_files(model_dirs: dict) -> tuple[list[str], dict]:
     """Each local model's files as a prune checks them before loading (config.json, safetensors headers and
     their shapes): the problems, each naming the model's config key, and each model's config (None where its
-    directory is not there yet or its files are refused, so the checks that need them are skipped)."""
+    directory is not there yet or its files are refused, so the checks that need them are skipped). Code of
+    the model's own is named by `_remote_code_errors`, with the workflow's opt-in; none of it runs here."""
     errors, configs = [], {}
     for name, folder in model_dirs.items():
         configs[name] = None
         if folder is None:
             continue
         try:
-            configs[name] = model_checks.model_files(folder)
+            configs[name] = model_checks.model_files(folder, trust_remote_code=True)
         except ValueError as exc:  # ModelLoadError
             errors.append(f"config.models.{name}: {' '.join(str(exc).split())}")
     return errors, configs
@@ -527,11 +568,11 @@ def _calibrating_models(cfg: dict) -> list[str]:
 
 def _local_tokenizer(folder: Path):
     """The tokenizer of a local model directory; None where it cannot be loaded (the job refuses that, naming
-    the files)."""
+    the files) or is code of the model's own (never run here; `_remote_code_errors` names it)."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(folder)
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except Exception:  # noqa: BLE001 - whatever transformers raises for missing or unreadable files
         return None
 
@@ -568,6 +609,26 @@ def _row_errors(config: WorkflowConfig, model_configs: dict) -> list[str]:
                                      calibration=calibration, save_format=entry.get("save_format", cfg["save_format"]),
                                      recovery=config.recovery(entry), names={**names, "model": model}, **shared)
                 errors += [_render(problem, names, model) for problem in survey(request, model_configs[model]).problems]
+    return errors
+
+
+def _remote_code_errors(cfg: dict, model_configs: dict) -> list[str]:
+    """Models with code of their own (config.json's auto_map): refused without `trust_remote_code`, and with it
+    in the stages that load no remote code (GGUF export, speed)."""
+    stages = {"gguf": bool(cfg["gguf"]["outtypes"]), "speed": cfg["speed"]["enabled"]}
+    trusted = cfg.get("trust_remote_code", False)
+    errors = []
+    for model, config in model_configs.items():
+        if config is None or model_checks.remote_code(None, config) is None:
+            continue
+        if not trusted:
+            errors.append(model_checks.remote_code_problem(f"config.models.{model}", None, config, False,
+                                                           opt_in="trust_remote_code: true"))
+            continue
+        for stage, enabled in stages.items():
+            if enabled and model in (cfg[stage]["models"] or model_configs):
+                errors.append(f"config.{stage}.models: {model} holds code of its own (auto_map), which the {stage} "
+                              f"jobs do not load; leave it out of {stage}.models")
     return errors
 
 

@@ -22,14 +22,16 @@ from torch import nn
 
 from . import preflight
 from .core import model_checks, outputs
+from .core.inputs import read_paths
 from .core.adapters import get_adapter
-from .core.data import WIKITEXT_LOCAL, CalibrationCache, DataError, check_evaluation_dataset, data_dir
+from .core.data import CalibrationCache, DataError, check_evaluation_dataset, data_dir, evaluation_file
 from .core.modeling import load_model, parameter_counts, resolve_device, save_model
 from .core.protocols import Calibration, Evaluation
 from .core.surgery import numel, removal_report
 from .evaluation.perplexity import perplexity
 from .evaluation.provenance import Measurement, prune_report
 from .methods import PruneContext, PruningMethod
+from .methods.combined import HEAD_REDUCTION, LAYER_REDUCTION, SPARSITY
 from .methods.distill import PERSLM_DISTILLATION
 from .preflight import RunRequest
 from .training.distillation import DistillSettings, distill_model, load_teacher, training_windows
@@ -46,12 +48,9 @@ def check_not_evaluation_text(training_data: str, eval_dataset: str = EVALUATION
     training = Path(training_data).expanduser()
     if not training.is_file():
         return
-    evaluation = [Path(eval_dataset).expanduser()] if eval_dataset not in ("wikitext2",) else []
     root = data_dir(data_dir_path)
-    if root is not None:
-        evaluation.append(root / WIKITEXT_LOCAL["test"])
-    for path in evaluation:
-        if path.is_file() and path.resolve() == training.resolve():
+    for path in (evaluation_file(eval_dataset, "test", root), evaluation_file("wikitext2", "test", root)):
+        if path is not None and path.is_file() and path.resolve() == training.resolve():
             raise DataError(f"training data {training_data} is the evaluation text; train on other text")
 
 
@@ -60,6 +59,7 @@ class Pruner:
 
     Every argument is checked before the model loads; each step checks its own arguments and the model before
     it changes anything. Calibration (for the methods that need it) uses `calib`, never the evaluation split.
+    A model with code of its own (auto_map) loads only with `trust_remote_code=True`.
     """
 
     def __init__(self, model_path: str | os.PathLike, output_dir: str | os.PathLike | None = None, *,
@@ -67,14 +67,15 @@ class Pruner:
                  nsamples: int = CALIBRATION.nsamples, seqlen: int = CALIBRATION.seqlen, seed: int = CALIBRATION.seed,
                  batch_size: int = CALIBRATION.batch_size, data_dir_path: str | None = None,
                  eval_dataset: str = EVALUATION.dataset, eval_seqlen: int | None = None,
-                 eval_max_windows: int | None = None, progress: bool = True):
+                 eval_max_windows: int | None = None, progress: bool = True, trust_remote_code: bool = False):
         self.measurement = Measurement(model_path)
         self.protocol = Calibration(calib, nsamples, seqlen, seed, batch_size)
-        checked = preflight.check(RunRequest(
+        self.request = RunRequest(
             str(model_path), calibration=self.protocol,
             evaluation=Evaluation(eval_dataset, seqlen=eval_seqlen, max_windows=eval_max_windows),
             output_dir=output_dir, device=device, dtype=dtype, data_dir=data_dir_path,
-            names={"evaluation.max_windows": "eval_max_windows"}))
+            names={"evaluation.max_windows": "eval_max_windows"}, trust_remote_code=trust_remote_code)
+        checked = preflight.check(self.request)
         self.device = resolve_device(device)
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.path, self.config = checked.path, checked.config
@@ -82,7 +83,9 @@ class Pruner:
         self.dtype, self.calib, self.nsamples, self.seqlen, self.seed = dtype, calib, nsamples, seqlen, seed
         self.batch_size, self.data_dir, self.progress = batch_size, data_dir_path, progress
         self.eval_dataset, self.eval_max_windows = eval_dataset, eval_max_windows
-        self.model, self.tokenizer = load_model(self.measurement.resolve(self.path), dtype=dtype, device="cpu")
+        self.trust_remote_code = trust_remote_code  # the model's own code (auto_map) may run: the user opted in
+        self.model, self.tokenizer = load_model(self.measurement.resolve(self.path), dtype=dtype, device="cpu",
+                                                trust_remote_code=trust_remote_code)
         self.adapter = get_adapter(self.model)
         self.parameters_before = parameter_counts(self.model)
         self.numel_before = numel(self.model)
@@ -98,7 +101,8 @@ class Pruner:
         model in memory; returns the model."""
         instance = preflight.check(  # against the model as it is now (a step before may have removed layers)
             RunRequest(str(self.path), method, arguments, calibration=self.protocol, device=None, dtype=None,
-                       names={"model": str(self.path)}), model_config=self.model.config.to_dict()).method
+                       names={"model": str(self.path)}, trust_remote_code=self.trust_remote_code),
+            model_config=self.model.config.to_dict()).method
         ctx = PruneContext(model=self.model, tokenizer=self.tokenizer, adapter=self.adapter, device=self.device,
                            calibration=self.calibration, seed=self.seed, batch_size=self.batch_size,
                            progress=self.progress, extras={"data_dir": self.data_dir, "model_path": str(self.path)})
@@ -109,15 +113,15 @@ class Pruner:
         self._record(instance.name, instance.options(), result, before, started)
         return self.model
 
-    def prune_heads(self, head_reduction: float = 0.1, save_model: bool = False, **options) -> nn.Module:
+    def prune_heads(self, head_reduction: float = HEAD_REDUCTION, save_model: bool = False, **options) -> nn.Module:
         """Remove `head_reduction` of the attention heads (method heads; options importance, gqa)."""
         return self._step("heads", save_model, fraction=head_reduction, **options)
 
-    def prune_layers(self, layer_reduction: float = 0.1, save_model: bool = False, **options) -> nn.Module:
+    def prune_layers(self, layer_reduction: float = LAYER_REDUCTION, save_model: bool = False, **options) -> nn.Module:
         """Remove `layer_reduction` of the decoder layers, evenly spread (method layers)."""
         return self._step("layers", save_model, fraction=layer_reduction, **options)
 
-    def magnitude_pruning(self, sparsity: float = 0.3, save_model: bool = False, **options) -> nn.Module:
+    def magnitude_pruning(self, sparsity: float = SPARSITY, save_model: bool = False, **options) -> nn.Module:
         """Zero the smallest `sparsity` of each targeted matrix (method magnitude; options per, allocation, ...)."""
         return self._step("magnitude", save_model, sparsity=sparsity, **options)
 
@@ -129,7 +133,7 @@ class Pruner:
         self._distill(settings, windows)
         return self._saved(save_model)
 
-    def distillation(self, sparsity: float = 0.3, training_data: str | None = None, teacher_model: str | None = None,
+    def distillation(self, sparsity: float = SPARSITY, training_data: str | None = None, teacher_model: str | None = None,
                      epochs: int = 3, learning_rate: float = 5e-5, save_model: bool = False, **options) -> nn.Module:
         """PersLM's distillation-guided pruning: magnitude pruning to `sparsity`, then `distill`."""
         if training_data is None:
@@ -164,7 +168,7 @@ class Pruner:
         dest = Path(output_dir) if output_dir is not None else self.output_dir
         if dest is None:
             raise ValueError("no output directory: give Pruner(..., output_dir=DIR) or save(DIR)")
-        outputs.output_directory(dest, overwrite=overwrite, inputs=[self.measurement.spec, self.path])
+        outputs.output_directory(dest, overwrite=overwrite, inputs=self.inputs())
         latest = self.evaluations[-1] if self.evaluations and self.evaluations[-1]["after_steps"] == [
             step["method"] for step in self.steps] else None
         stages = [{"stage": step["method"], "options": step["options"], "result": step["result"],
@@ -178,11 +182,20 @@ class Pruner:
             calibration=self.calibration.protocol, seed=self.seed, device=self.device, dtype=self.dtype, ignore=[],
             parameters={"before": self.parameters_before, "after": parameter_counts(self.model)}, result=result,
             evaluation={"after": latest} if latest else None, evaluations=self.evaluations,
-            prune_seconds=sum(step["seconds"] for step in self.steps))
+            prune_seconds=sum(step["seconds"] for step in self.steps),
+            **({"trust_remote_code": True} if self.trust_remote_code else {}))
         report = self.measurement.finish(report, peak_rss=True)
         return save_model(self.model, self.tokenizer, dest, report, overwrite=overwrite)
 
     # ----------------------------------------------------------------------------------------- helpers
+
+    def inputs(self) -> list[Path]:
+        """Every path this chain has read (the model, calibration and evaluation files, each step's training text
+        and teacher), which no output may be, contain or lie inside."""
+        steps = [RunRequest(str(self.path), options=step["options"], calibration=None, data_dir=self.data_dir)
+                 for step in self.steps]
+        return [*self.request.inputs(), *read_paths(models=[self.path]),
+                *(path for request in steps for path in request.inputs())]
 
     def _step(self, method: str, save_model: bool, **arguments) -> nn.Module:
         self.apply(method, **arguments)
@@ -209,7 +222,7 @@ class Pruner:
         if settings.teacher_model:
             teacher = load_teacher(settings, self.model)
         else:
-            teacher, _ = load_model(self.path, dtype=self.dtype, device="cpu")
+            teacher, _ = load_model(self.path, dtype=self.dtype, device="cpu", trust_remote_code=self.trust_remote_code)
         started = time.perf_counter()
         result = distill_model(self.model, teacher, self.adapter, windows, settings, self.device, self.seed,
                                self.progress)

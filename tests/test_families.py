@@ -123,7 +123,7 @@ def test_sub_block_removal_refused_from_the_config_for_post_norm_opt(tmp_path):
     composite = pruning.build_method("all", head_fraction=0.25, sparsity=0.5)  # asks its heads stage
     with pytest.raises(MethodError, match="supported model types"):
         composite.check_config({"model_type": "mamba"})
-    pruning.build_method("all", layer_fraction=0.25, sparsity=0.5).check_config({"model_type": "mamba"})
+    pruning.build_method("all", head_fraction=0, layer_fraction=0.25, sparsity=0.5).check_config({"model_type": "mamba"})
 
 
 def test_gemma3_depth_pruning_keeps_layer_types_with_their_layers(tmp_path):

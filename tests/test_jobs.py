@@ -104,8 +104,8 @@ def test_quark_paths_depth_prune_a_family_without_adapter(stories_dir, tmp_path)
 @pytest.mark.parametrize("values, message", [
     ({"num_blocks_to_prune": 1, "pruning_methd": "angular_distance"}, "unknown prunegpt key 'pruning_methd'"),
     ({"num_blocks_to_prune": 1, "dataset": {"name": "wikitext", "rows": 5}}, "unknown PruneGPT dataset key 'dataset.rows'"),
-    ({"num_blocks_to_prune": 1, "dataset": {"name": "wikitext", "subset": "wikitext-2-raw-v1", "split": "test"}},
-     "dataset.split 'test' is the evaluation split"),
+    ({"num_blocks_to_prune": 1, "dataset": {"name": "wikitext", "subset": "wikitext-2-raw-v1", "split": "dev"}},
+     "dataset.split must be train, validation or test"),  # test is PruneGPT's example (test_documents_fidelity)
     ({"num_blocks_to_prune": "2"}, "num_blocks_to_prune must be an integer"),
     ({"delete_layer_num": 2, "prune_rate": 0.2}, "keys of quark and ppllms mixed"),
     ({"model_name": "x"}, "no PruneGPT, Quark or PP-LLMs key found"),

@@ -94,7 +94,8 @@ def test_moe_refusal_names_the_method_or_stage_that_cannot(name, arguments, refu
 
 
 @pytest.mark.parametrize("name,arguments", [
-    ("depth", {"num_blocks": 1}), ("wanda", {"sparsity": 0.5}), ("all", {"layer_fraction": 0.25, "sparsity": 0.5}),
+    ("depth", {"num_blocks": 1}), ("wanda", {"sparsity": 0.5}),
+    ("all", {"head_fraction": 0, "layer_fraction": 0.25, "sparsity": 0.5}),  # heads (default 0.1) left out
     ("distill", {"base_method": "layers", "fraction": 0.25, "training_data": "c4"}),
 ])
 def test_methods_that_support_moe_pass_its_config(name, arguments):

@@ -113,10 +113,10 @@ def test_records_keep_their_published_layout():
     assert build_method("magnitude", sparsity=0.5, per=None).options()["per"] == "matrix"  # YAML null: the default
     assert build_method("distill", **MINIMAL["distill"], max_steps=None).options()["max_steps"] is None  # nullable: no cap
     assert build_method("two_stage", ffn_layers=2).options() == {"ffn_layers": 2, "attention_layers": 0}
-    assert build_method("all", layer_fraction=0.2, nm="2:4", sparsity_method="magnitude").options() == {"stages": [
-        {"method": "layers", "fraction": 0.2},
-        {"method": "magnitude", "target": {"kind": "nm", "n": 2, "m": 4, "convention": "N kept out of every M"},
-         "per": "matrix"}]}
+    assert build_method("all", head_fraction=0, layer_fraction=0.2, nm="2:4", sparsity_method="magnitude").options() == {
+        "stages": [{"method": "layers", "fraction": 0.2},
+                   {"method": "magnitude", "target": {"kind": "nm", "n": 2, "m": 4, "convention": "N kept out of every M"},
+                    "per": "matrix"}]}
 
 
 def test_building_methods_imports_no_torch():

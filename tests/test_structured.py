@@ -431,7 +431,7 @@ def test_all_runs_each_stage_and_reports_it(stories, calib_ids, tmp_path):
     ("two_stage", {"ffn_layers": 1, "attention_layers": 2}, "attention_layers"),
     ("distill", {"base_method": "layers", "fraction": 0.2}, "training_data"),
     ("distill", {"base_method": "all", "training_data": "x.txt"}, "base_method"),
-    ("all", {}, "at least one"),
+    ("all", {"head_fraction": 0, "layer_fraction": 0, "sparsity": 0}, "every stage is left out"),
 ])
 def test_bad_arguments_fail_at_build(method, arguments, message):
     with pytest.raises(MethodError, match=message):

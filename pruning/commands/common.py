@@ -16,6 +16,10 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"weights dtype while working (default: {DEFAULT_DTYPE})")
     parser.add_argument("--data-dir", default=None,
                         help="local data directory with the layout of shared/data (else $PRUNING_DATA_DIR, else the hub)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let a model with code of its own in its folder (config.json's auto_map, e.g. "
+                             "deepseek-moe) load and run that code; without it such a model is refused before "
+                             "loading. Read the code first (default: off; prune.json records it)")
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser, seqlen_default: int | None) -> None:

@@ -31,7 +31,7 @@ def run(args) -> int:
     result = evaluate_perplexity(args.model, dataset=args.dataset, split=args.split, seqlen=args.seqlen,
                                  max_windows=args.max_windows, batch_size=args.batch_size, device=args.device,
                                  dtype=args.dtype, data_dir_path=args.data_dir, output=args.output,
-                                 overwrite=args.overwrite)
+                                 overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
     print(json.dumps({k: result[k] for k in ("ppl", "dataset", "split", "seqlen", "windows", "scored_tokens",
                                                "tokens_per_s")}, indent=2))
     return 0

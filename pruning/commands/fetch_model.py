@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core import outputs, zoo
+from ..core.inputs import read_paths
 from ..core.io import OutputError
 
 
@@ -22,6 +23,9 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     if args.dest:
+        inputs = read_paths(models=[args.spec])
+        if Path(args.dest).expanduser().resolve() not in inputs:  # the model's own directory: nothing is copied
+            outputs.check_against_inputs("--dest", Path(args.dest).expanduser(), inputs)
         outputs.writable_location(args.dest, "--dest")
         if Path(args.dest).exists() and not Path(args.dest).is_dir():
             raise OutputError(f"--dest {args.dest} exists and is not a directory")

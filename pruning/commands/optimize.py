@@ -5,13 +5,9 @@ import json
 from pathlib import Path
 
 from ..core import arguments, model_checks
-from ..export.gguf_hparams import ExportError
-from ..export.outtypes import OUTTYPES
+from ..export.outtypes import OUTTYPES, QUANTIZATION_TYPES, quantization_outtype
 from .common import add_overwrite_argument
 
-# PersLM's bit widths as the GGUF types they mean: 8bit is q8_0 (8-bit blocks of 32, written directly by the
-# gguf package); 4bit is q4_k_m (llama.cpp's usual 4-bit k-quant, a few tensors at 6 bits; needs llama-cpp-python).
-QUANTIZATION_TYPES = {"4bit": "q4_k_m", "8bit": "q8_0"}
 OUTPUT_PARENT = Path("models/optimized")  # for a model given by name or hub id rather than as a directory
 
 
@@ -33,16 +29,10 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
-def gguf_type(quantization: str) -> str:
-    """The GGUF output type a --quantization value means."""
-    outtype = QUANTIZATION_TYPES.get(quantization.lower(), quantization.lower())
-    if outtype not in OUTTYPES:
-        raise ExportError(f"unknown quantization {quantization!r}; use {' or '.join(QUANTIZATION_TYPES)} or a GGUF "
-                          f"type ({', '.join(OUTTYPES)})")
-    return outtype
-
-
 def default_output(model: str, outtype: str) -> Path:
+    """PersLM's place for a GGUF file (optimize and convert without --output): beside a model directory, named
+    after it (models/pruned/NAME-magnitude_pruned-q4_k_m.gguf), never inside it, which the output rule refuses;
+    for a name or hub id, OUTPUT_PARENT/NAME-TYPE.gguf."""
     source = Path(str(model).rstrip("/\\")).expanduser()
     if source.is_dir():
         return source.with_name(f"{source.name}-{outtype}.gguf")
@@ -52,7 +42,7 @@ def default_output(model: str, outtype: str) -> Path:
 def run(args) -> int:
     from ..export.gguf import export_gguf
 
-    outtype = gguf_type(args.quantization)
+    outtype = quantization_outtype(args.quantization)
     arguments.positive({"--threads": args.threads})
     output = Path(args.output) if args.output else default_output(args.model, outtype)
     path, _ = model_checks.model_and_outputs(args.model, [(output, "output")], overwrite=args.overwrite)

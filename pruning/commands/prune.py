@@ -9,6 +9,7 @@ from ..core.sparse_formats import DENSE, SAVE_FORMAT_CHOICES
 from ..core.protocols import Calibration
 from ..methods import available_methods, streaming_methods
 from ..methods.catalog import summary
+from ..methods.combined import HEAD_REDUCTION, LAYER_REDUCTION, SPARSITY
 from ..methods.depth import STREAMING_CRITERIA as STREAMING_DEPTH_CRITERIA
 from ..methods.distill import PERSLM_DISTILLATION
 from ..training.recovery_options import RECOVERY_OPTIONS
@@ -18,8 +19,6 @@ from .common import (add_eval_arguments, add_overwrite_argument, add_runtime_arg
                      parse_option_pairs, quiet_progress)
 
 DISTILLATION, DISTILLATION_ARGUMENTS = PERSLM_DISTILLATION
-# PersLM's documented defaults: a flag left out takes these for the methods it documents them for.
-HEAD_REDUCTION, LAYER_REDUCTION, SPARSITY = 0.1, 0.1, 0.3
 OUTPUT_PARENT = Path("models/pruned")  # PersLM's --output-dir default; the model goes to NAME-METHOD_pruned inside
 
 
@@ -38,7 +37,7 @@ def add_parser(subparsers) -> None:
     ratio = parser.add_mutually_exclusive_group()
     ratio.add_argument("--sparsity", type=float,
                        help=f"fraction of targeted weights to zero, in [0, 1) (default for magnitude, {DISTILLATION} "
-                            f"and all: {SPARSITY})")
+                            f"and all: {SPARSITY}; 0 leaves all's sparsity stage out)")
     ratio.add_argument("--nm", help="N:M pattern, N kept out of every M consecutive input weights (e.g. 2:4)")
     parser.add_argument("--option", action="append", metavar="KEY=VALUE",
                         help="method option, repeatable, value read as YAML (e.g. per=row for magnitude, one_pass=true "
@@ -46,12 +45,13 @@ def add_parser(subparsers) -> None:
     structured = parser.add_argument_group("structured pruning and distillation (PersLM-style flags)")
     structured.add_argument("--head-reduction", type=float, metavar="F",
                             help=f"fraction of attention heads to remove, in (0, 1) (methods heads, all; default "
-                                 f"{HEAD_REDUCTION})")
+                                 f"{HEAD_REDUCTION}; 0 leaves all's heads stage out)")
     structured.add_argument("--layer-reduction", type=float, metavar="F",
                             help="fraction of decoder layers to remove, evenly spread, first and last kept (methods "
-                                 f"layers, all; default {LAYER_REDUCTION}). all without any of --head-reduction, "
-                                 "--layer-reduction, --sparsity, --nm runs PersLM's full sequence with the three "
-                                 "defaults; given any of them, it runs only the stages given")
+                                 f"layers, all; default {LAYER_REDUCTION}; 0 leaves all's layers stage out). all "
+                                 "applies every method in sequence, as PersLM: a stage whose flag is not given runs "
+                                 f"at its default ({HEAD_REDUCTION} heads, {LAYER_REDUCTION} layers, sparsity "
+                                 f"{SPARSITY})")
     structured.add_argument("--num-blocks", type=int, metavar="N",
                             help="layers (or blocks of block_size layers) to remove (method depth)")
     structured.add_argument("--prune-rate", type=float, metavar="R",
@@ -112,7 +112,7 @@ def run(args) -> int:
                    evaluate=args.evaluate, eval_dataset=args.dataset, eval_seqlen=args.eval_seqlen,
                    eval_max_windows=args.max_windows, progress=not args.quiet, overwrite=args.overwrite,
                    recovery=recovery_arguments(args), save_format=args.save_format, max_memory=args.max_memory,
-                   stream=True if args.stream else None, **arguments)
+                   stream=True if args.stream else None, trust_remote_code=args.trust_remote_code, **arguments)
     summary = {"output_dir": str(output_dir), **{k: report[k] for k in ("method", "options", "parameters", "prune_seconds")}}
     summary["total_sparsity"] = report["result"].get("total_sparsity")
     summary["prune_ratio_percent"] = report["result"].get("prune_ratio_percent")
@@ -143,10 +143,7 @@ def perslm_method(args, arguments: dict) -> str:
         args.head_reduction = HEAD_REDUCTION
     elif method == "layers" and args.layer_reduction is None and "fraction" not in arguments:
         args.layer_reduction = LAYER_REDUCTION
-    elif method == "all" and no_sparsity and args.head_reduction is None and args.layer_reduction is None \
-            and "head_fraction" not in arguments and "layer_fraction" not in arguments:
-        args.head_reduction, args.layer_reduction, arguments["sparsity"] = HEAD_REDUCTION, LAYER_REDUCTION, SPARSITY
-    return method
+    return method  # all takes its stages' defaults itself (methods/combined.py)
 
 
 def default_output_dir(model: str, method: str) -> Path:

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from ..core.protocols import Calibration
-from ..compat.job_files import FORMATS, load_job, run_job
+from ..evaluation.provenance import SELECTION_SPLIT
+from ..compat.job_files import FORMATS, SELECTION_SPLITS, Job, load_job, run_job
 from .common import (add_eval_arguments, add_overwrite_argument, add_runtime_arguments, evaluation_summary,
                      quiet_progress)
 
@@ -26,6 +27,10 @@ def add_parser(subparsers) -> None:
                     "logged at INFO on stderr and in log_file. See config/jobs/ and config/README.md.")
     parser.add_argument("job", metavar="JOB", help="the job file")
     parser.add_argument("--format", choices=FORMATS, help="the job's system (default: recognised by its keys)")
+    parser.add_argument("--selection-split", choices=SELECTION_SPLITS,
+                        help="Quark: the WikiText-2 split its window search runs on (default: validation; Quark's "
+                             "tutorial searches on test, the evaluation split: a warning is logged and prune.json "
+                             "records selection_split test). PruneGPT files name theirs in dataset.split")
     parser.add_argument("--model", help="model spec, replacing the job's model_name (Quark files name none)")
     parser.add_argument("--output-dir", help="where the pruned model goes, replacing PruneGPT's save_directory "
                                              "(required for Quark and PP-LLMs files)")
@@ -47,14 +52,25 @@ def run(args) -> int:
     if args.quiet:
         quiet_progress()
     job = load_job(args.job, args.format)
+    return execute(job, args.log_file, model=args.model, output_dir=args.output_dir, calib=args.calib,
+                   nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, batch_size=args.batch_size,
+                   device=args.device, dtype=args.dtype, data_dir_path=args.data_dir, eval_dataset=args.dataset,
+                   eval_seqlen=args.eval_seqlen, max_windows=args.max_windows, overwrite=args.overwrite,
+                   progress=not args.quiet, selection_split=args.selection_split,
+                   trust_remote_code=args.trust_remote_code)
+
+
+def execute(job: Job, log_file: str | None, **settings) -> int:
+    """Run a translated job (`run_job` with `settings`), logging at INFO on stderr and in `log_file` (else the
+    job's; opened only once the job's checks have passed), and print its summary; for `run` and the commands
+    that take a system's own flags (`ppllms`)."""
+    log_file = log_file or job.log_file
     logger = logging.getLogger("pruning")
     level = logger.level
-    handlers = _log_handlers(args.log_file or job.log_file)
+    handlers: list[logging.Handler] = []
     try:
-        report = run_job(job, model=args.model, output_dir=args.output_dir, calib=args.calib,
-                         nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, batch_size=args.batch_size,
-                         device=args.device, dtype=args.dtype, data_dir_path=args.data_dir,
-                         eval_dataset=args.dataset, eval_seqlen=args.eval_seqlen, max_windows=args.max_windows, overwrite=args.overwrite, progress=not args.quiet)
+        report = run_job(job, **settings, log_file=log_file,
+                         on_checked=lambda: handlers.extend(_log_handlers(log_file)))
     finally:
         logger.setLevel(level)
         for handler in handlers:
@@ -66,13 +82,16 @@ def run(args) -> int:
     for key in ("removed_layers", "ffn_removed_layers", "mha_removed_layers"):
         if key in result:
             summary[key] = result[key]
+    if SELECTION_SPLIT in report:
+        summary[SELECTION_SPLIT] = report[SELECTION_SPLIT]
     summary["evaluation"] = evaluation_summary(report)
     print(json.dumps(summary, indent=2))
     return 0
 
 
 class _LogFile(logging.FileHandler):
-    """Appends to the log file, created with its folder at the first line (so a refused job writes none)."""
+    """Appends to the log file, created with its folder at the first line; opened only once the job's checks
+    have passed, so a refused job writes none."""
 
     def _open(self):
         Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
@@ -80,11 +99,8 @@ class _LogFile(logging.FileHandler):
 
 
 def _log_handlers(log_file: str | None) -> list[logging.Handler]:
-    """INFO lines of the library (scores, candidates, rounds) on stderr, and appended to `log_file`."""
-    if log_file is not None:
-        path = Path(log_file)
-        if path.is_dir():
-            raise ValueError(f"log_file {log_file} is a directory")
+    """INFO lines of the library (scores, candidates, rounds) on stderr, and appended to `log_file` (checked by
+    the job's pre-flight as an output: never an input, never inside the output directory)."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
         handlers.append(_LogFile(log_file, mode="a", encoding="utf-8", delay=True))

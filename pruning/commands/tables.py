@@ -16,22 +16,24 @@ def add_parser(subparsers) -> None:
                     "ratio, key, metric, value, file) naming the metric file behind every number. A run whose metric "
                     "files come from another prune than its prune.json (older, other options, or prune.json missing) "
                     "is refused with exit code 2. The files written are listed with their sha256 in OUT/.pruning-tables.json; "
-                    "an existing .md/.csv there that this tool did not write (or that was changed since) is never "
-                    "replaced without --overwrite.")
+                    "an existing .md/.csv there that this tool did not write (or that was changed since), or a .png "
+                    "plot this tool did not draw, is never replaced without --overwrite; nothing is written inside "
+                    "RESULTS/metrics, the input. Everything is checked before anything is written.")
     parser.add_argument("--results", default="results", help="results folder holding metrics/ (default: results)")
     parser.add_argument("--out", default=None, help="where the tables go (default: RESULTS/tables)")
     parser.add_argument("--plots", default=None, help="also write PNG plots here (e.g. results/plots): PPL against sparsity and against "
                         "parameters removed, zero-shot average against decode speed-up (those the runs support)")
     parser.add_argument("--note", action="append", default=[], metavar="MODEL=TEXT",
                         help="caption note for a model, repeatable (e.g. 'stories260K=out of domain for WikiText')")
-    add_overwrite_argument(parser, "table file")
+    add_overwrite_argument(parser, "table or plot file")
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
     from pathlib import Path
 
-    from ..reporting.plots import write_plots
+    from ..core.inputs import read_paths
+    from ..reporting.plots import planned_plots
     from ..reporting.metric_files import collect
     from ..reporting.tables import write_tables
 
@@ -42,9 +44,11 @@ def run(args) -> int:
             raise ValueError(f"--note takes MODEL=TEXT, got {pair!r}")
         notes[model] = text
     metrics = collect(args.results)
-    written = write_tables(metrics, args.out or Path(args.results) / "tables", notes, overwrite=args.overwrite)
-    if args.plots:
-        written += write_plots(metrics, args.plots)
+    inputs = read_paths(files=[Path(args.results) / "metrics"])
+    plots = planned_plots(metrics, args.plots, overwrite=args.overwrite, inputs=inputs) if args.plots else []
+    written = write_tables(metrics, args.out or Path(args.results) / "tables", notes, overwrite=args.overwrite,
+                           inputs=inputs)
+    written += [path for path in (draw() for draw in plots) if path is not None]
     for path in written:
         print(path)
     return 0

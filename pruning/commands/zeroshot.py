@@ -44,7 +44,7 @@ def run(args) -> int:
     result = zeroshot(args.model, args.task, limit=args.limit, num_fewshot=args.num_fewshot,
                       batch_size=args.batch_size, device=args.device, dtype=args.dtype, data_dir_path=args.data_dir,
                       source=args.source, output=args.output, quiet=args.quiet,
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
     summary = {k: result[k] for k in ("task", "lm_eval_task", "n_docs", "num_fewshot")}
     summary["source"] = result["source"]["kind"]
     summary["metrics"] = {k: round(v["value"], 4) for k, v in result["metrics"].items()}

@@ -10,10 +10,13 @@ its keys (or named), checked whole before any model is loaded, and translated to
   removal costs the least calibration perplexity); `model_decoder_layers` / `layer_norm_field` name the
   modules of a family without an adapter (pruning/core/adapters.py `paths_adapter`).
 - PP-LLMs -> method `two_stage`: `ffn_remove_layers` / `mha_remove_layers` as the counts, else `prune_rate`
-  (with `mha_ffn_ratio` when given).
+  with `mha_ffn_ratio` (PP-LLMs' default 2.0 when not given). Its command line (`ppllms.py --model_name ...`)
+  is read by `pruning/commands/ppllms.py` into the same mapping and translated here.
 
-Calibration never reads an evaluation split: a PruneGPT dataset with split `test` is refused, and Quark's
-layer search (which its tutorial runs on WikiText-2 test) calibrates on WikiText-2 validation.
+Calibration reads the evaluation split only where the document does and its user asks for it: a PruneGPT
+dataset with split `test` (its README's example) chooses the layers on WikiText-2 test, and so does a Quark
+job run with `selection_split="test"` (`run --selection-split test`; Quark's tutorial searches on test, the
+default here is validation). Such a run logs a warning and prune.json records `selection_split: test`.
 """
 from __future__ import annotations
 
@@ -21,11 +24,13 @@ import importlib.util
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
+from ..core.data import SELECTION_ON_TEST
 from ..core.model_checks import model_config
 from ..core.protocols import Calibration, Evaluation
 from ..methods import PruningMethod, build_method
@@ -54,9 +59,11 @@ PRUNEGPT_DATASET_KEYS = {"name": str, "subset": str, "split": str, "batch_size":
 PRUNEGPT_CRITERIA = {"angular_distance": "angular", "cosine_similarity": "cosine"}
 PRUNEGPT_NSAMPLES = 100  # PruneGPT scores on the first 100 rows of its dataset
 QUARK_ALGORITHM = "layer_importance_depth_pruning"
-QUARK_CALIBRATION = "wikitext2-validation"  # Quark's tutorial searches on WikiText-2 test, which we never calibrate on
+QUARK_CALIBRATION = "wikitext2-validation"  # Quark's tutorial searches on WikiText-2 test: only when asked for
+SELECTION_SPLITS = ("validation", "test")  # where a Quark search may run (run --selection-split)
 CALIBRATION, EVALUATION = Calibration(), Evaluation()  # the defaults (PP-LLMs documents the same calibration)
-PPLLMS_DEFAULTS = {"prune_rate": 0.25, "seed": CALIBRATION.seed, "nsamples": CALIBRATION.nsamples,
+# PP-LLMs' documented defaults (its README's Parameters), applied to job files and the `ppllms` command alike
+PPLLMS_DEFAULTS = {"prune_rate": 0.25, "mha_ffn_ratio": 2.0, "seed": CALIBRATION.seed, "nsamples": CALIBRATION.nsamples,
                    "dataset": CALIBRATION.source, "eval_ppl": True}
 # on AVX512-BF16 CPUs bitsandbytes repacks 4-bit weights: output rows in blocks of 32, inputs in its
 # quantization blocks of 64
@@ -88,6 +95,7 @@ class Job:
     final_norm: str | None = None
     layer_num_field: str | None = None
     num_layers: int | None = None  # PP-LLMs' num_blocks, checked against the model
+    selection_on_test: bool = False  # the document chooses on WikiText-2 test (calib SELECTION_ON_TEST)
     source: dict = field(default_factory=dict)  # the file's own values
 
 
@@ -198,26 +206,26 @@ def _prunegpt(values: dict, where: str) -> Job:
         if not values.get("bnb_config"):
             raise JobError(f"{where}: quantize is true but no bnb_config says how (e.g. load_in_4bit: true)")
         bnb_config = values["bnb_config"]
+    calib = prunegpt_calibration(dataset, where)
     return Job(path=where, format="prunegpt", method="depth", method_arguments=arguments,
                model=values.get("model_name"), output_dir=values.get("save_directory"),
-               calib=prunegpt_calibration(dataset, where), nsamples=PRUNEGPT_NSAMPLES,
+               calib=calib, selection_on_test=calib == SELECTION_ON_TEST, nsamples=PRUNEGPT_NSAMPLES,
                batch_size=dataset.get("batch_size", CALIBRATION.batch_size), evaluate=values.get("calculate_ppl", False),
                log_file=values.get("log_file"), bnb_config=bnb_config)
 
 
 def prunegpt_calibration(dataset: dict, where: str = "job") -> str:
     """The calibration source of a PruneGPT dataset {name, subset, split}: WikiText-2 and C4 by name, or a
-    local .txt/.jsonl file as name; the evaluation split (test) is refused."""
+    local .txt/.jsonl file as name; WikiText-2's test split (PruneGPT's example) is SELECTION_ON_TEST."""
     name, split = dataset.get("name", "wikitext"), dataset.get("split", "validation")
     if Path(name).suffix in (".txt", ".jsonl") and not dataset.get("subset"):
         return name
     if name in ("wikitext", "Salesforce/wikitext") and dataset.get("subset", "wikitext-2-raw-v1") in (
             "wikitext-2-raw-v1", "wikitext-2-v1"):
         if split == "test":
-            raise JobError(f"{where}: dataset.split 'test' is the evaluation split, and calibration never uses it; "
-                           "use 'validation' (or 'train')")
+            return SELECTION_ON_TEST
         if split not in ("train", "validation"):
-            raise JobError(f"{where}: dataset.split must be train or validation for WikiText-2, got {split!r}")
+            raise JobError(f"{where}: dataset.split must be train, validation or test for WikiText-2, got {split!r}")
         return f"wikitext2-{split}"
     if name in ("c4", "allenai/c4"):
         return "c4"
@@ -251,9 +259,7 @@ def _ppllms(values: dict, where: str) -> Job:
     if counts:
         arguments = {"ffn_layers": values["ffn_remove_layers"], "attention_layers": values["mha_remove_layers"]}
     else:
-        arguments = {"prune_rate": values["prune_rate"]}
-        if "mha_ffn_ratio" in values:
-            arguments["ffn_attention_ratio"] = values["mha_ffn_ratio"]
+        arguments = {"prune_rate": values["prune_rate"], "ffn_attention_ratio": values["mha_ffn_ratio"]}
     return Job(path=where, format="ppllms", method="two_stage", method_arguments=arguments,
                model=values.get("model_name"), calib=ppllms_calibration(values["dataset"], where),
                nsamples=values["nsamples"], seed=values["seed"], evaluate=values["eval_ppl"],
@@ -271,6 +277,19 @@ def ppllms_calibration(dataset: str, where: str = "job") -> str:
     raise JobError(f"{where}: dataset {dataset!r} is not available here; use c4, wikitext2 or a local .txt/.jsonl file")
 
 
+def with_selection_split(job: Job, split: str) -> Job:
+    """A Quark job whose window search runs on WikiText-2 `split`: validation (the default here) or test (Quark's
+    tutorial). Other formats name their data in the file (PruneGPT: dataset.split)."""
+    if job.format != "quark":
+        raise JobError(f"{job.path}: a selection split is given for Quark jobs; a {job.format} file names its data "
+                       + ("in dataset.split" if job.format == "prunegpt" else "in dataset"))
+    if split not in SELECTION_SPLITS:
+        raise JobError(f"selection split must be {' or '.join(SELECTION_SPLITS)}, got {split!r}")
+    if split == "test":
+        return replace(job, calib=SELECTION_ON_TEST, selection_on_test=True)
+    return job
+
+
 def load_job(path: str | os.PathLike, fmt: str | None = None) -> Job:
     """Read and translate one job file; every problem is refused naming the file and the key."""
     return translate(read_job_file(path), fmt, str(path))
@@ -278,7 +297,7 @@ def load_job(path: str | os.PathLike, fmt: str | None = None) -> Job:
 
 # --------------------------------------------------------------------------------- before loading
 
-def check_model_fields(job: Job, model_dir: Path) -> None:
+def check_model_fields(job: Job, model_dir: Path, trust_remote_code: bool = False) -> None:
     """What the job says about the model, against its config.json: PP-LLMs' num_blocks, Quark's paths and
     layer-count field (a family with an adapter must be named as the adapter names it)."""
     from ..core.adapters import adapter_for_model_type, supported_model_types
@@ -292,7 +311,7 @@ def check_model_fields(job: Job, model_dir: Path) -> None:
     if job.layer_num_field is not None:
         from transformers import AutoConfig
 
-        hf_config = AutoConfig.from_pretrained(model_dir)
+        hf_config = AutoConfig.from_pretrained(model_dir, **({"trust_remote_code": True} if trust_remote_code else {}))
         if job.layer_num_field not in config or getattr(hf_config, job.layer_num_field, None) != hf_config.num_hidden_layers:
             raise JobError(f"{job.path}: layer_num_field {job.layer_num_field!r} is not the layer count in "
                            f"{model_dir / 'config.json'}")
@@ -356,9 +375,17 @@ def run_job(job: Job, *, model: str | None = None, output_dir: str | None = None
             nsamples: int | None = None, seqlen: int = CALIBRATION.seqlen, seed: int | None = None,
             batch_size: int | None = None, device: str = "auto", dtype: str = DEFAULT_DTYPE, data_dir_path: str | None = None,
             eval_dataset: str = EVALUATION.dataset, eval_seqlen: int | None = None, max_windows: int | None = None,
-            overwrite: bool = False, progress: bool = True) -> dict:
+            overwrite: bool = False, progress: bool = True, selection_split: str | None = None,
+            trust_remote_code: bool = False, log_file: str | None = None,
+            on_checked: Callable[[], None] | None = None) -> dict:
     """Run one translated job through `api.prune`; the keyword arguments, where given, replace the job's own
-    values (a job without a model or output directory needs them here). Returns prune.json's record."""
+    values (a job without a model or output directory needs them here; `selection_split`: Quark's search split,
+    `with_selection_split`; `trust_remote_code`: the opt-in for a model with code of its own, as `api.prune`).
+    Returns prune.json's record.
+
+    `log_file` (the log the caller appends to) is checked with the outputs, against every input the job reads
+    (its job file among them); `on_checked` is called once every check has passed, before any work, so a
+    caller that opens its log there leaves none behind for a refused job."""
     from contextlib import nullcontext
 
     from .. import preflight
@@ -367,6 +394,8 @@ def run_job(job: Job, *, model: str | None = None, output_dir: str | None = None
     from ..preflight import RunRequest
     from ..core.modeling import resolve_device
 
+    if selection_split is not None:
+        job = with_selection_split(job, selection_split)
     model = model or job.model
     output_dir = output_dir or job.output_dir
     if not model:
@@ -374,25 +403,32 @@ def run_job(job: Job, *, model: str | None = None, output_dir: str | None = None
     if not output_dir:
         raise JobError(f"{job.path}: no output directory: give --output-dir"
                        + (" or save_directory" if job.format == "prunegpt" else ""))
+    # the document's selection on test holds only while the job's own calibration is used
+    selection_on_test = job.selection_on_test and (calib or job.calib) == SELECTION_ON_TEST
     settings = dict(calib=calib or job.calib, nsamples=job.nsamples if nsamples is None else nsamples, seqlen=seqlen,
                     seed=job.seed if seed is None else seed, batch_size=batch_size or job.batch_size)
     checked = preflight.check(RunRequest(  # the run as api.prune will check it again, before the job's own checks
         model, job.method, job.method_arguments, calibration=Calibration(*settings.values()),
         evaluation=Evaluation(eval_dataset, seqlen=eval_seqlen, max_windows=max_windows) if job.evaluate else None,
-        output_dir=output_dir, overwrite=overwrite, device=device, dtype=dtype, data_dir=data_dir_path))
+        output_dir=output_dir, overwrite=overwrite, device=device, dtype=dtype, data_dir=data_dir_path,
+        selection_on_test=selection_on_test, trust_remote_code=trust_remote_code, files=(job.path,),
+        log_file=log_file))
     model_dir = checked.path
-    check_model_fields(job, model_dir)
+    check_model_fields(job, model_dir, trust_remote_code)
     method: str | PruningMethod = job.method
     if job.bnb_config is not None:
         check_quantization(job.bnb_config, str(resolve_device(device)), checked.config)
         method = QuantizedScoring.build(job.bnb_config, **job.method_arguments)
     model_type = checked.config.get("model_type")
     given_paths = job.decoder_layers is not None and model_type not in supported_model_types()
+    if on_checked is not None:
+        on_checked()
     _log_start(job, settings)
     with adapter_added(paths_adapter(model_type, job.decoder_layers, job.final_norm)) if given_paths else nullcontext():
         report = prune(model, method, output_dir, device=device, dtype=dtype, data_dir_path=data_dir_path,
                        evaluate=job.evaluate, eval_dataset=eval_dataset, eval_seqlen=eval_seqlen,
                        eval_max_windows=max_windows, progress=progress, overwrite=overwrite,
+                       selection_on_test=selection_on_test, trust_remote_code=trust_remote_code,
                        **settings, **({} if isinstance(method, PruningMethod) else job.method_arguments))
     _log_result(job, report, output_dir)
     return report

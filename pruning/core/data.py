@@ -2,7 +2,9 @@
 (with the layout of the project's `shared/data`) when one is configured.
 
 The local directory is taken from the `data_dir` argument or the `PRUNING_DATA_DIR` environment
-variable. Calibration never reads an evaluation split: asking for it is an error.
+variable. Calibration never reads an evaluation split: asking for it is an error, with one exception the
+caller must ask for by name: `selection_on_test`, for the documents that choose their layers on WikiText-2
+test (PruneGPT's example config, Quark's tutorial), which then calibrates on SELECTION_ON_TEST.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ C4_LOCAL = "c4/c4-train.00000-of-01024.first1000.jsonl"
 WIKITEXT_HUB = ("Salesforce/wikitext", "wikitext-2-raw-v1")
 WIKITEXT_LOCAL = {"test": "wikitext-2-raw-v1/wiki.test.raw", "validation": "wikitext-2-raw-v1/wiki.valid.raw"}
 CALIBRATION_SOURCES = ("c4", "wikitext2-train", "wikitext2-validation")
+SELECTION_ON_TEST = "wikitext2-test"  # the evaluation split, as a calibration source only with selection_on_test
 EVALUATION_DATASETS = ("wikitext2",)
 
 
@@ -42,10 +45,31 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
     return path
 
 
-def _local_file(root: Path, relative: str) -> Path:
-    path = root / relative
+def calibration_file(source: str, root: Path | None) -> Path | None:
+    """The local file calibration `source` is read from: its place in the data directory `root` (c4,
+    wikitext2-SPLIT), or the file it names; None where it comes from the hub (or the layout has no such file).
+    The loaders read through it, and so does the output rule's list of inputs (pruning.core.inputs)."""
+    if source == "c4":
+        return root / C4_LOCAL if root else None
+    if source.startswith("wikitext2-"):
+        relative = WIKITEXT_LOCAL.get(source.split("-", 1)[1])
+        return root / relative if root and relative else None
+    return Path(source).expanduser()
+
+
+def evaluation_file(dataset: str, split: str, root: Path | None) -> Path | None:
+    """The local file evaluation `dataset` is read from: WikiText-2's `split` in the data directory `root`, or
+    the file it names; None where it comes from the hub (or the split is unknown)."""
+    if dataset == "wikitext2":
+        return root / WIKITEXT_LOCAL[split] if root and split in WIKITEXT_LOCAL else None
+    return Path(dataset).expanduser()
+
+
+def _in_layout(path: Path, root: Path) -> Path:
+    """`path`, a file of the data directory `root`'s layout, which must be there."""
     if not path.is_file():
-        raise DataError(f"{path} not found: the data directory must have the layout of shared/data ({relative})")
+        raise DataError(f"{path} not found: the data directory must have the layout of shared/data "
+                        f"({path.relative_to(root)})")
     return path
 
 
@@ -104,11 +128,16 @@ def _read_documents(path: Path) -> list[str]:
     return docs
 
 
-def check_calibration_source(source: str) -> None:
-    """Reject an unknown or forbidden calibration source before any model is loaded."""
+def check_calibration_source(source: str, selection_on_test: bool = False) -> None:
+    """Reject an unknown or forbidden calibration source before any model is loaded. `selection_on_test` is the
+    documents' compatibility path: the source must then be SELECTION_ON_TEST, which is refused otherwise."""
+    if selection_on_test:
+        if source != SELECTION_ON_TEST:
+            raise DataError(f"selection on the test split calibrates on {SELECTION_ON_TEST}, not {source!r}")
+        return
     if source in CALIBRATION_SOURCES:
         return
-    if source in ("wikitext2", "wikitext2-test"):
+    if source in ("wikitext2", SELECTION_ON_TEST):
         raise DataError("calibration must not use the evaluation split; use wikitext2-train or wikitext2-validation")
     path = Path(source)
     if not path.is_file():
@@ -125,12 +154,16 @@ def calibration_is_local(source: str, data_root: str | os.PathLike | None = None
     return source not in CALIBRATION_SOURCES or data_dir(data_root) is not None
 
 
-def calibration_documents(source: str, data_root: str | os.PathLike | None = None) -> list[str]:
-    check_calibration_source(source)
+def calibration_documents(source: str, data_root: str | os.PathLike | None = None,
+                          selection_on_test: bool = False) -> list[str]:
+    check_calibration_source(source, selection_on_test)
     root = data_dir(data_root)
+    if root and source == "wikitext2-train":
+        raise DataError(f"no WikiText-2 train split in the local data directory {root}; use wikitext2-validation or c4")
+    path = calibration_file(source, root)
     if source == "c4":
-        if root:
-            return _read_documents(_local_file(root, C4_LOCAL))
+        if path:
+            return _read_documents(_in_layout(path, root))
         try:
             from datasets import load_dataset
 
@@ -139,13 +172,9 @@ def calibration_documents(source: str, data_root: str | os.PathLike | None = Non
         except Exception as exc:  # noqa: BLE001 - any hub failure becomes one clear message
             raise _hub_error("C4 calibration data", exc) from None
     if source.startswith("wikitext2-"):
-        split = source.split("-", 1)[1]
-        if root:
-            if split == "train":
-                raise DataError(f"no WikiText-2 train split in the local data directory {root}; use wikitext2-validation or c4")
-            return [d for d in _wikitext_rows(root, split).split("\n\n") if d.strip()]
-        return [d for d in _wikitext_hub(split).split("\n\n") if d.strip()]
-    return _read_documents(Path(source))
+        text = _wikitext_rows(_in_layout(path, root)) if path else _wikitext_hub(source.split("-", 1)[1])
+        return [d for d in text.split("\n\n") if d.strip()]
+    return _read_documents(path)
 
 
 @dataclass(frozen=True)
@@ -161,7 +190,7 @@ class CalibrationProtocol:
 
 
 def calibration_windows(tokenizer, source: str, nsamples: int, seqlen: int, seed: int = 0,
-                        data_root=None) -> tuple[torch.Tensor, CalibrationProtocol]:
+                        data_root=None, selection_on_test: bool = False) -> tuple[torch.Tensor, CalibrationProtocol]:
     """`nsamples` windows of `seqlen` tokens, seeded, as in the Wanda/SparseGPT loaders.
 
     Documents are visited in a seeded random order and a random window is cut from each one longer
@@ -172,7 +201,7 @@ def calibration_windows(tokenizer, source: str, nsamples: int, seqlen: int, seed
 
     positive({"nsamples": nsamples}, error=DataError)
     positive({"seqlen": seqlen}, MIN_SEQLEN, DataError)
-    docs = calibration_documents(source, data_root)
+    docs = calibration_documents(source, data_root, selection_on_test)
     rng = random.Random(seed)
     order = list(range(len(docs)))
     rng.shuffle(order)
@@ -224,8 +253,9 @@ class CalibrationCache:
     """The calibration windows of one prune, cut at the first method that asks and shared after (a chain of
     steps, a composite's stages); `protocol` is None until then, so a run without calibration records none."""
 
-    def __init__(self, tokenizer, source: str, nsamples: int, seqlen: int, seed: int = 0, data_root=None):
-        self._arguments = (tokenizer, source, nsamples, seqlen, seed, data_root)
+    def __init__(self, tokenizer, source: str, nsamples: int, seqlen: int, seed: int = 0, data_root=None,
+                 selection_on_test: bool = False):
+        self._arguments = (tokenizer, source, nsamples, seqlen, seed, data_root, selection_on_test)
         self._windows = None
         self.protocol: dict | None = None
 
@@ -237,8 +267,8 @@ class CalibrationCache:
         return self._windows, self.protocol
 
 
-def _wikitext_rows(root: Path, split: str) -> str:
-    raw = _local_file(root, WIKITEXT_LOCAL[split]).read_text(encoding="utf-8")
+def _wikitext_rows(path: Path) -> str:
+    raw = path.read_text(encoding="utf-8")
     rows = [line if line.strip() else "" for line in raw.splitlines(True)]
     return "\n\n".join(rows)
 
@@ -261,8 +291,8 @@ def evaluation_text(dataset: str, split: str = "test", data_root=None) -> str:
         if split not in WIKITEXT_LOCAL:
             raise DataError(f"WikiText-2 evaluation split must be one of {sorted(WIKITEXT_LOCAL)}, got {split!r}")
         root = data_dir(data_root)
-        return _wikitext_rows(root, split) if root else _wikitext_hub(split)
-    path = Path(dataset)
+        return _wikitext_rows(_in_layout(evaluation_file(dataset, split, root), root)) if root else _wikitext_hub(split)
+    path = evaluation_file(dataset, split, None)
     if not path.is_file():
         raise DataError(f"unknown evaluation dataset {dataset!r}: use one of {EVALUATION_DATASETS} or a local text file")
     return "\n\n".join(_read_documents(path))

@@ -29,6 +29,9 @@ from pathlib import Path
 PRUNE_REPORT = "prune.json"  # the report a pruned model directory holds; its presence marks our own output
 RUN_ID = "run_id"  # prune.json's id of that one prune, copied into every metric file measured on its model
 GGUF_OWNER_KEY = "pruning.version"  # written into every GGUF file this tool exports
+PNG_OWNER_KEY = GGUF_OWNER_KEY  # a text chunk of every PNG plot this tool draws (pruning.reporting.plots)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_PNG_TEXT_BYTES = 2**16  # our text chunks are a few bytes; a larger chunk before the image data is not ours
 SCRATCH_MARK = "pruning"  # in every scratch name we make: `.NAME.pruning-tmp-...`, `.NAME.pruning-old-...`
 MAX_OWNED_JSON_BYTES = 4 * 2**20  # our JSON records and prune.json are far smaller; larger files are not ours
 STALE_SECONDS = 3600  # a scratch entry untouched this long, from another host or an older version, is dead
@@ -178,17 +181,39 @@ def gguf_metadata_keys(path: Path) -> set[str] | None:
         return None
 
 
+def png_text_keys(path: Path) -> set[str]:
+    """The keywords of a PNG file's text chunks before its image data (read chunk by chunk, never the image)."""
+    keys = set()
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+                return keys
+            while len(header := handle.read(8)) == 8:
+                length, kind = int.from_bytes(header[:4], "big"), header[4:]
+                if kind in (b"IDAT", b"IEND") or length > MAX_PNG_TEXT_BYTES:
+                    break
+                data = handle.read(length + 4)[:length]  # the chunk and its CRC
+                if kind in (b"tEXt", b"iTXt", b"zTXt"):
+                    keys.add(data.split(b"\0", 1)[0].decode("latin-1"))
+    except OSError:
+        pass
+    return keys
+
+
 def is_our_file(path: str | os.PathLike) -> bool:
-    """A file this tool wrote: a JSON record with our `versions` (at most MAX_OWNED_JSON_BYTES), or a GGUF file
-    whose metadata holds GGUF_OWNER_KEY. Reads only that much of any file."""
+    """A file this tool wrote: a JSON record with our `versions` (at most MAX_OWNED_JSON_BYTES), a GGUF file
+    whose metadata holds GGUF_OWNER_KEY, or a PNG plot with a PNG_OWNER_KEY text chunk. Reads only that much of
+    any file."""
     path = Path(path)
     try:
         with open(path, "rb") as handle:
-            head = handle.read(4)
+            head = handle.read(len(PNG_SIGNATURE))
     except OSError:
         return False
-    if head == b"GGUF":
+    if head[:4] == b"GGUF":
         return GGUF_OWNER_KEY in (gguf_metadata_keys(path) or ())
+    if head == PNG_SIGNATURE:
+        return PNG_OWNER_KEY in png_text_keys(path)
     data = _read_json_prefix(path)
     return data is not None and isinstance(data.get("versions"), dict) and "pruning" in data["versions"]
 

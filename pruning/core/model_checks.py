@@ -1,7 +1,8 @@
 """What a model directory must hold before its weights are loaded: a readable config.json, safetensors whose
-headers fit it (no pickled tensors: they can run code), and token lengths within its positions. They read at most
-config.json and the headers, so a bad model is refused in a second instead of after hours of work, in one line
-naming the file."""
+headers fit it (no pickled tensors: they can run code), no code of its own unless the user opted in (an
+`auto_map` naming Python files in the folder, as deepseek-moe's), and token lengths within its positions. They
+read at most config.json, tokenizer_config.json and the headers, so a bad model is refused in a second instead
+of after hours of work, in one line naming the file."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ from pathlib import Path
 from .arguments import MIN_SEQLEN, count_problem
 from .dtypes import SAFETENSORS_BYTES
 from .io import OutputError
+from .inputs import read_paths
 from .outputs import output_file
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
@@ -46,6 +48,37 @@ def model_config(path: str | os.PathLike) -> dict:
     if not config_file.is_file():
         raise ModelLoadError(f"{path} has no config.json: not a Hugging Face model directory")
     return read_json_object(config_file, "config")
+
+
+REMOTE_CODE_OPT_IN = "--trust-remote-code (API: trust_remote_code=True; workflow: trust_remote_code: true)"
+
+
+def remote_code(path: str | os.PathLike | None, config: dict) -> tuple[str, str] | None:
+    """(file, class) of the first code a model maps to outside transformers: config.json's `auto_map`, else
+    tokenizer_config.json's (read when `path` is given); None for a model transformers runs itself."""
+    maps = [("config.json", config.get("auto_map"))]
+    tokenizer_config = Path(path) / "tokenizer_config.json" if path is not None else None
+    if tokenizer_config is not None and tokenizer_config.is_file():
+        maps.append(("tokenizer_config.json", read_json_object(tokenizer_config, "tokenizer config").get("auto_map")))
+    for name, auto_map in maps:
+        if isinstance(auto_map, dict) and auto_map:
+            first = next(iter(auto_map.values()))
+            return name, " / ".join(map(str, first)) if isinstance(first, (list, tuple)) else str(first)
+        if auto_map:
+            return name, str(auto_map)
+    return None
+
+
+def remote_code_problem(label, path: str | os.PathLike | None, config: dict, trust_remote_code: bool,
+                        opt_in: str = REMOTE_CODE_OPT_IN) -> str | None:
+    """Why a model whose files name code of its own may not load without the opt-in (the code would run in
+    this process; `opt_in` says how to give it), or None."""
+    found = None if trust_remote_code else remote_code(path, config)
+    if found is None:
+        return None
+    name, target = found
+    return (f"{label}: {name} maps to code in the model folder (auto_map: {target}), which runs only with "
+            f"{opt_in}; read that code first")
 
 
 def model_positions(config: dict) -> tuple[str, int] | None:
@@ -155,12 +188,16 @@ def _expected_shapes(path: Path, config: dict) -> dict[str, list[int]] | None:
     return {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
 
 
-def model_files(path: str | os.PathLike) -> dict:
-    """config.json readable, every safetensors header sound and its shapes those the config implies.
+def model_files(path: str | os.PathLike, trust_remote_code: bool = False) -> dict:
+    """config.json readable, no code of the model's own without `trust_remote_code`, every safetensors header
+    sound and its shapes those the config implies.
 
     Returns the config. Weights are not read, only headers (kilobytes)."""
     path = Path(path)
     config = model_config(path)
+    problem = remote_code_problem(path, path, config, trust_remote_code)
+    if problem:
+        raise ModelLoadError(problem)
     headers = {file: safetensors_header(file) for file in sorted(path.glob("*.safetensors"))}
     if not headers:
         for file in sorted(path.glob("*.bin")):
@@ -207,16 +244,18 @@ def local_model(spec: str) -> Path:
     return zoo.resolve(spec)
 
 
-def model_and_outputs(model: str, outputs=(), *, overwrite: bool = False, inputs=()) -> tuple[Path, dict]:
-    """Output files [(path or None, what), ...] checked against every input, then the model resolved and its
-    files checked; (model directory, config). Outputs are checked before a hub or embedded model is fetched,
-    and once more against the resolved directory."""
+def model_and_outputs(model: str, outputs=(), *, overwrite: bool = False, inputs=(),
+                      trust_remote_code: bool = False) -> tuple[Path, dict]:
+    """Output files [(path or None, what), ...] checked against the model's paths and every other input (`inputs`:
+    what `pruning.core.inputs.read_paths` resolved), then the model resolved and its files checked; (model
+    directory, config). Outputs are checked before a hub or embedded model is fetched, and once more against the
+    resolved directory."""
     outputs = [(path, what) for path, what in outputs if path is not None]
     if len({Path(path).expanduser().resolve() for path, _ in outputs}) < len(outputs):
         raise OutputError(f"{' and '.join(what for _, what in outputs)} name the same file")
     for path, what in outputs:
-        output_file(path, overwrite=overwrite, inputs=[model, *inputs], what=what)
+        output_file(path, overwrite=overwrite, inputs=[*read_paths(models=[model]), *inputs], what=what)
     directory = local_model(model)
     for path, what in outputs:
-        output_file(path, overwrite=overwrite, inputs=[directory], what=what)
-    return directory, model_files(directory)
+        output_file(path, overwrite=overwrite, inputs=read_paths(models=[directory]), what=what)
+    return directory, model_files(directory, trust_remote_code)

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 
+READS_MODEL, READS_TEXT = "model", "text"  # Option.reads: the value is a model spec / a text source
+
+
 class MethodError(ValueError):
     """Bad method name or options."""
 
@@ -21,6 +24,8 @@ class Option:
     None (YAML null) stands for the default, or for "none" where `nullable` (e.g. no step cap); an option
     whose default is None is optional. `required` options have no default.
     `check` converts or refuses a value beyond its type and range (raising ValueError with the reason).
+    `reads` marks a value that names something the run reads: READS_MODEL (a model spec) or READS_TEXT (a
+    calibration source or text file); such values are inputs of the output rule (pruning.core.inputs).
     """
 
     name: str
@@ -37,6 +42,7 @@ class Option:
     nullable: bool = False
     check: Callable[[Any], Any] | None = None
     item: type = int  # a list's element type: int or float
+    reads: str = ""  # READS_MODEL, READS_TEXT, or "" (the value names nothing the run reads)
 
     def allowed(self) -> str:
         """What a valid value looks like, in words ("an integer >= 1", "a number in (0, 1)", ...)."""

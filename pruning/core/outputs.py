@@ -1,6 +1,8 @@
 """The output rule, checked before any work: an existing output is replaced only if this tool wrote it (a
-directory holding our prune.json, a JSON record with our `versions`, a GGUF file with our metadata key), or with
-`overwrite`; never when the output is, contains or lies inside an input, and only where this process may write."""
+directory holding our prune.json, a JSON record with our `versions`, a GGUF file with our metadata key, a PNG plot
+with our text chunk), or with `overwrite`; never when the output is, contains or lies inside an input, and only
+where this process may write. The inputs are the paths a command reads (`pruning.core.inputs.read_paths`: model
+files, data files resolved through the data directory, job files), not the words it was given."""
 from __future__ import annotations
 
 import os
@@ -21,7 +23,8 @@ def _local(paths) -> list[Path]:
     return found
 
 
-def _check_against_inputs(what: str, dest: Path, inputs) -> None:
+def check_against_inputs(what: str, dest: Path, inputs) -> None:
+    """Refuse `dest` if it is, contains or lies inside one of `inputs` (paths; `read_paths` gives them)."""
     resolved = dest.resolve()
     for source in _local(inputs):
         if resolved == source:
@@ -47,7 +50,7 @@ def writable_location(dest: str | os.PathLike, what: str = "output") -> None:
 def output_directory(dest: str | os.PathLike, *, overwrite: bool = False, inputs=()) -> Path:
     """Refuse, before any work, an output directory that cannot be written or must not be replaced."""
     dest = Path(dest).expanduser()
-    _check_against_inputs("output directory", dest, inputs)
+    check_against_inputs("output directory", dest, inputs)
     writable_location(dest, "output directory")
     if os.path.lexists(dest):
         if not dest.is_dir():
@@ -61,7 +64,7 @@ def output_directory(dest: str | os.PathLike, *, overwrite: bool = False, inputs
 def output_file(path: str | os.PathLike, *, overwrite: bool = False, inputs=(), what: str = "output") -> Path:
     """Refuse, before any work, an output file that cannot be written or must not be replaced."""
     path = Path(path).expanduser()
-    _check_against_inputs(what, path, inputs)
+    check_against_inputs(what, path, inputs)
     writable_location(path, what)
     if path.is_dir():
         raise OutputError(f"{what} {path} is a directory; give a file name")
@@ -71,4 +74,30 @@ def output_file(path: str | os.PathLike, *, overwrite: bool = False, inputs=(), 
         if not overwrite and path.stat().st_size and not is_our_file(path):
             raise OutputError(f"{what} {path} exists and was not written by this tool; refusing to replace it: "
                               "remove it, choose another, or pass --overwrite")
+    return path
+
+
+def appended_file(path: str | os.PathLike, *, inputs=(), replaced=(), what: str = "log file") -> Path:
+    """Refuse, before any work, a file lines are appended to (a log) that is, contains or lies inside an input,
+    or lies inside (or would hold) an output directory the run replaces (`replaced`: the log would go with the
+    old result and make the new one look like someone else's folder), or cannot be written. An existing file is
+    appended to, not replaced, so whose it is does not matter."""
+    path = Path(path).expanduser()
+    check_against_inputs(what, path, inputs)
+    resolved = path.resolve()
+    for directory in replaced:
+        if directory is None:
+            continue
+        directory = Path(directory).expanduser().resolve()
+        if resolved == directory or directory in resolved.parents:
+            where = "is" if resolved == directory else "is inside"
+            raise OutputError(f"{what} {path} {where} the output directory {directory}, which the run replaces; "
+                              "put it outside")
+        if resolved in directory.parents:
+            raise OutputError(f"{what} {path} would hold the output directory {directory}; choose another path")
+    writable_location(path, what)
+    if path.is_dir():
+        raise OutputError(f"{what} {path} is a directory; give a file name")
+    if os.path.lexists(path) and not path.is_file():
+        raise OutputError(f"{what} {path} exists and is not a regular file")
     return path

@@ -143,6 +143,7 @@ def evaluate_gguf(gguf_path: str | os.PathLike, model_dir: str | os.PathLike, *,
     from ..core import model_checks
     from ..core.arguments import MIN_SEQLEN, positive
     from ..core.data import check_evaluation_dataset, data_dir as resolve_data_dir, evaluation_text
+    from ..core.inputs import read_paths
     from ..core.token_windows import token_windows, windows_nll
     from ..core.modeling import load_model, parameter_counts, torch_dtype
     from ..core.io import versions
@@ -158,7 +159,8 @@ def evaluate_gguf(gguf_path: str | os.PathLike, model_dir: str | os.PathLike, *,
     resolve_data_dir(data_dir)
     torch_dtype(hf_dtype)
     path, config = model_checks.model_and_outputs(str(model_dir), [(output, "output")], overwrite=overwrite,
-                                            inputs=[gguf_path, dataset])
+                                                  inputs=read_paths(files=[gguf_path], evaluation=[(dataset, split)],
+                                                                    data_dir=data_dir))
     model_checks.check_lengths(path, config, {"--seqlen": seqlen})
     require_llama_cpp("gguf-eval")
     model_path = measurement.resolve(path)

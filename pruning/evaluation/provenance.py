@@ -24,6 +24,7 @@ from ..training.recovery_options import RECOVERY
 METHOD, OPTIONS, CALIBRATION, SEED, PARAMETERS, RESULT, EVALUATION = (
     "method", "options", "calibration", "seed", "parameters", "result", "evaluation")
 PRUNING_KEYS = (METHOD, OPTIONS, CALIBRATION, SEED, RECOVERY, RUN_ID)  # what a measured model's prune.json contributes
+SELECTION_SPLIT = "selection_split"  # "test" where the documents' compat path chose on the evaluation split
 
 
 def prune_report(*, method: str, options: dict, calibration: dict | None, seed: int, device, dtype: str, ignore,

@@ -249,6 +249,7 @@ def speed(model: str, *, gguf: str | None = None, prompt_tokens: int = 128, new_
     the model is loaded.
     """
     from ..core import model_checks
+    from ..core.inputs import read_paths
     from .llamacpp import check_gguf_file
     from ..core.modeling import load_model, resolve_device, torch_dtype
     from .provenance import Measurement
@@ -259,7 +260,8 @@ def speed(model: str, *, gguf: str | None = None, prompt_tokens: int = 128, new_
     compute = resolve_device(device)
     torch_dtype(dtype)
     gguf_path = check_gguf_file(gguf) if gguf is not None else None
-    path, config = model_checks.model_and_outputs(model, [(output, "output")], overwrite=overwrite, inputs=[gguf])
+    path, config = model_checks.model_and_outputs(model, [(output, "output")], overwrite=overwrite,
+                                                  inputs=read_paths(files=[gguf_path]))
     model_checks.check_lengths(path, config, {f"--prompt-tokens {prompt_tokens} + --new-tokens {new_tokens} =":
                                         prompt_tokens + new_tokens})
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from ..core import model_checks
 from ..core.arguments import count_problem, positive
 from ..core.data import DataError, data_dir
+from ..core.inputs import read_paths
 from ..core.modeling import load_model, parameter_counts, resolve_device, torch_dtype
 from .provenance import Measurement
 from ..core.dtypes import DEFAULT_DTYPE
@@ -100,6 +101,21 @@ def resolve_task(task: str, source: str = "auto", data_dir_path: str | None = No
     return TaskChoice(task, task, "hub", root)
 
 
+def task_documents(choice: TaskChoice) -> Path | None:
+    """Where a local task's documents are read from: its definition's `dataset_kwargs.local_file` under the data
+    directory (what tasks/utils.py's loaders open); None for a hub task. Read from the YAML, before any model."""
+    if choice.source != "local":
+        return None
+    import yaml
+
+    class Loader(yaml.SafeLoader):  # the definitions name Python loaders with lm-eval's !function tag
+        pass
+
+    Loader.add_constructor("!function", lambda loader, node: None)
+    definition = yaml.load((LOCAL_TASKS_DIR / f"{choice.lm_eval_name}.yaml").read_text(encoding="utf-8"), Loader)
+    return choice.data_dir / definition["dataset_kwargs"]["local_file"]
+
+
 def load_task(choice: TaskChoice):
     """(task manager, the lm-eval Task or Group object, its leaf tasks by name), documents read."""
     manager = local_task_manager(choice.data_dir) if choice.source == "local" else hub_task_manager()
@@ -145,7 +161,7 @@ def source_record(choice: TaskChoice, tasks: dict) -> dict:
     record = {"kind": choice.source}
     if choice.source == "local":
         task = tasks[choice.lm_eval_name]
-        path = choice.data_dir / task.config.dataset_kwargs["local_file"]
+        path = task_documents(choice)
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         record.update(
             mirrors=task.config.metadata.get("mirrors"),
@@ -220,9 +236,10 @@ def run_lm_eval(lm, manager, task_object, *, num_fewshot: int = 0, limit: int | 
 
 def zeroshot(model: str, task: str, *, limit: int | None = None, num_fewshot: int = 0, batch_size: int | str = 8,
              device: str = "auto", dtype: str = DEFAULT_DTYPE, data_dir_path: str | None = None, source: str = "auto",
-             output: str | None = None, quiet: bool = False, overwrite: bool = False) -> dict:
+             output: str | None = None, quiet: bool = False, overwrite: bool = False,
+             trust_remote_code: bool = False) -> dict:
     """Evaluate `model` (a model directory or zoo spec) on one lm-eval task; written atomically to `output`
-    (replacing only an earlier result of ours unless `overwrite`).
+    (replacing only an earlier result of ours unless `overwrite`); `trust_remote_code` as for `pruning.prune`.
 
     Every argument, the output, the task name and its documents are checked before the model is loaded.
     """
@@ -233,12 +250,15 @@ def zeroshot(model: str, task: str, *, limit: int | None = None, num_fewshot: in
     choice = resolve_task(task, source, data_dir_path)
     if quiet:
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    path, _ = model_checks.model_and_outputs(model, [(output, "output")], overwrite=overwrite)
+    path, _ = model_checks.model_and_outputs(model, [(output, "output")], overwrite=overwrite,
+                                             inputs=read_paths(files=[task_documents(choice)]),
+                                             trust_remote_code=trust_remote_code)
     manager, task_object, leaf_tasks = load_task(choice)
 
     import lm_eval
 
-    net, tokenizer = load_model(measurement.resolve(path), dtype=dtype, device=str(compute))
+    net, tokenizer = load_model(measurement.resolve(path), dtype=dtype, device=str(compute),
+                                trust_remote_code=trust_remote_code)
     lm = evaluation_lm(net, tokenizer, batch_size, str(compute))
     evaluated = run_lm_eval(lm, manager, task_object, num_fewshot=num_fewshot, limit=limit, quiet=quiet)
     name = choice.lm_eval_name

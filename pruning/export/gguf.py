@@ -27,6 +27,7 @@ from gguf.lazy import LazyNumpyTensor
 
 from .. import __version__
 from ..core import outputs
+from ..core.inputs import read_paths
 from ..core.io import GGUF_OWNER_KEY, PRUNE_REPORT, file_mode, remove_stale_scratch, scratch_prefix, versions
 from .gguf_families import supported_model_types
 from .gguf_hparams import ExportError, add_hyperparameters
@@ -140,7 +141,7 @@ def export_gguf(model_dir: str | os.PathLike, output: str | os.PathLike, outtype
     output = Path(output).expanduser()
     if output.is_dir():
         raise ExportError(f"output {output} is a directory; give a file name like model.gguf")
-    outputs.output_file(output, overwrite=overwrite, inputs=[model_dir])
+    outputs.output_file(output, overwrite=overwrite, inputs=read_paths(models=[model_dir]))
     remove_stale_scratch(output)
     if outtype in LLAMACPP_OUTTYPES:
         require_llama_cpp(f"outtype {outtype}")

@@ -1,4 +1,4 @@
-"""The one table of GGUF output types (`convert --outtype`, `optimize`, the config's gguf.outtypes): for each,
+"""The one table of GGUF output types (`convert --outtype`/`--quantization`, `optimize`, the config's gguf.outtypes): for each,
 who makes it (this package's writer directly, or llama.cpp's quantizer from an f16/f32 file this package
 writes) and its types as the `gguf` package names them. Plain names, no `gguf`, numpy or torch import, so the
 CLI's help and the workflow read it for free; `gguf.LlamaFileType[file_type]`,
@@ -41,3 +41,17 @@ OUTTYPES = tuple(OUTPUT_TYPES)  # every name, direct ones first
 DIRECT_OUTTYPES = tuple(name for name, t in OUTPUT_TYPES.items() if not t.by_llama_cpp)
 LLAMACPP_OUTTYPES = tuple(name for name, t in OUTPUT_TYPES.items() if t.by_llama_cpp)
 INTERMEDIATE_OUTTYPES = ("f16", "f32")  # what llama.cpp's quantizer may start from
+
+# PersLM's bit widths (`optimize --quantization 4bit|8bit`, also taken by `convert --quantization`) as the GGUF
+# types they mean: 8bit is q8_0 (8-bit blocks of 32, written directly by the gguf package); 4bit is q4_k_m
+# (llama.cpp's usual 4-bit k-quant, a few tensors at 6 bits; needs llama-cpp-python).
+QUANTIZATION_TYPES = {"4bit": "q4_k_m", "8bit": "q8_0"}
+
+
+def quantization_outtype(quantization: str) -> str:
+    """The GGUF output type a `--quantization` value means: 4bit, 8bit or any output type's name."""
+    outtype = QUANTIZATION_TYPES.get(quantization.lower(), quantization.lower())
+    if outtype not in OUTPUT_TYPES:
+        raise ValueError(f"unknown quantization {quantization!r}; use {' or '.join(QUANTIZATION_TYPES)} or a GGUF "
+                         f"type ({', '.join(OUTTYPES)})")
+    return outtype

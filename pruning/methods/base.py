@@ -198,6 +198,12 @@ def available_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def reading_options() -> dict[str, str]:
+    """Every method option whose value names something a run reads, and what it names (`Option.reads`: a model
+    or a text source): the pre-flight resolves them as inputs of the output rule."""
+    return {option.name: option.reads for cls in _REGISTRY.values() for option in cls.OPTIONS if option.reads}
+
+
 def streaming_methods() -> list[str]:
     """The methods that can keep a model's decoder layers on disk (some only with some options)."""
     return [name for name in available_methods() if _REGISTRY[name].STREAMS]

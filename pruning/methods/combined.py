@@ -1,9 +1,11 @@
-"""`all` (PersLM `--method all`): heads → layers → magnitude → optional distillation, in one run.
+"""`all` (PersLM `--method all`, "apply all pruning methods in sequence"): heads → layers → magnitude →
+optional distillation, in one run.
 
 Each stage is the ordinary method (heads, layers, then magnitude as PersLM does, or another mask-based method
-with `sparsity_method`) applied to the result of the previous one; stages whose ratio is not given are skipped.
-With `training_data` the result is distilled from the model as it was before the first stage. Every stage's
-report is kept.
+with `sparsity_method`) applied to the result of the previous one. A stage whose ratio is not given runs at
+PersLM's documented default (head_fraction 0.1, layer_fraction 0.1, sparsity 0.3); a ratio of 0 leaves that
+stage out. With `training_data` the result is distilled from the model as it was before the first stage.
+Every stage's report is kept.
 """
 from __future__ import annotations
 
@@ -16,6 +18,10 @@ from .heads import Heads
 from .layers import Layers
 from .mask_base import TARGET_OPTIONS, MaskingMethod
 from ..core.options import Option, parse_options
+
+# PersLM's documented defaults (`--head-reduction`, `--layer-reduction`, `--sparsity`), for `all`, the prune
+# command's heads / layers / magnitude / distillation and the Pruner's steps
+HEAD_REDUCTION, LAYER_REDUCTION, SPARSITY = 0.1, 0.1, 0.3
 
 
 def mask_methods() -> list[str]:
@@ -32,18 +38,21 @@ def _mask_method(name: str) -> str:
 class Combined(PruningMethod):
     name = "all"
     STREAMS = True  # without its distillation stage
-    description = "heads, then layers, then sparsity, then (with training_data) distillation; each stage reported"
+    description = ("PersLM's every method in sequence: heads, layers, sparsity (defaults 0.1, 0.1, 0.3; 0 leaves a stage "
+                   "out), then (with training_data) distillation; each stage reported")
     COMPOSITE = True
     FAMILY = "combined (all)"
     SUPPORTS_MOE = True  # its stages answer for MoE
     RETRAINS = False  # distills only given training_data (prune.json records it)
     REMOVES_LAYERS = False
     OPTIONS = (
-        replace(Heads.option("fraction"), name="head_fraction", required=False, ratio=False,
-                help="fraction of attention heads to remove (heads stage; skipped when not given)"),
+        replace(Heads.option("fraction"), name="head_fraction", required=False, ratio=False, default=HEAD_REDUCTION,
+                low_open=False, help="fraction of attention heads to remove (heads stage; 0 leaves it out)"),
         replace(Layers.option("fraction"), name="layer_fraction", required=False, ratio=False,
-                help="fraction of decoder layers to remove (layers stage; skipped when not given)"),
-        *TARGET_OPTIONS,
+                default=LAYER_REDUCTION, low_open=False,
+                help="fraction of decoder layers to remove (layers stage; 0 leaves it out)"),
+        *(replace(o, help=f"{o.help} (sparsity stage; default: sparsity {SPARSITY}; sparsity 0 leaves it out)")
+          for o in TARGET_OPTIONS),
         Option("sparsity_method", str, "mask-based method of the sparsity stage (PersLM: magnitude)", default="magnitude",
                check=_mask_method),
         replace(Heads.option("importance"), name="head_importance"),
@@ -59,16 +68,19 @@ class Combined(PruningMethod):
     @classmethod
     def build(cls, **arguments) -> "Combined":
         values = parse_options(cls.name, cls.OPTIONS, arguments)
+        if values["sparsity"] is None and values["nm"] is None:
+            values["sparsity"] = SPARSITY
         stages: list[PruningMethod] = []
-        if values["head_fraction"] is not None:
+        if values["head_fraction"]:
             stages.append(Heads.build(fraction=values["head_fraction"], importance=values["head_importance"],
                                       gqa=values["gqa"]))
-        if values["layer_fraction"] is not None:
+        if values["layer_fraction"]:
             stages.append(Layers.build(fraction=values["layer_fraction"]))
-        if values["sparsity"] is not None or values["nm"] is not None:
+        if values["sparsity"] or values["nm"] is not None:
             stages.append(method_class(values["sparsity_method"]).build(sparsity=values["sparsity"], nm=values["nm"]))
         if not stages:
-            raise MethodError("all needs at least one of head_fraction, layer_fraction, sparsity or nm")
+            raise MethodError("all: every stage is left out (head_fraction, layer_fraction and sparsity 0); "
+                              "give at least one ratio above 0")
         distill = {o.name: arguments[o.name] for o in DISTILL_OPTIONS if o.name in arguments}
         return cls(stages, DistillSettings(**distill) if distill else None)
 

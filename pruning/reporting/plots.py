@@ -3,11 +3,16 @@ decided by `pruning.reporting.grid.plot_specs`: PPL against sparsity (mask-based
 removed (structured methods) and the zero-shot average against decode speed-up."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
+from .. import __version__
+from ..core.io import PNG_OWNER_KEY
+from ..core.outputs import output_file
 from ..methods.base import method_families
 from .grid import MASK_KINDS, plot_specs
 from .metric_files import Results, ordered_unique
@@ -40,14 +45,15 @@ def _perplexity_axes(ax, xlabel: str, title: str) -> None:
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    """Written atomically, without the matplotlib version in the metadata (same data, same bytes)."""
+    """Written atomically, marked as ours (PNG_OWNER_KEY: our version, so a later run may replace it), without the
+    matplotlib version in the metadata (same data, same bytes)."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, metadata={"Software": None})
+    fig.savefig(tmp, metadata={"Software": None, PNG_OWNER_KEY: __version__})
     plt.close(fig)
     os.replace(tmp, path)
     return path
@@ -155,14 +161,24 @@ def plot_zeroshot_speed(results: Results, path: str | os.PathLike) -> Path | Non
     return _save(fig, path)
 
 
-def write_plots(long: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
-    """Every plot `pruning.reporting.grid.plot_specs` names for these runs; returns the paths written."""
+def planned_plots(long: pd.DataFrame, out_dir: str | os.PathLike, *, overwrite: bool = False,
+                  inputs=()) -> list[Callable[[], Path | None]]:
+    """Every plot `pruning.reporting.grid.plot_specs` names for these runs, each file checked by the output rule
+    before anything is drawn (an existing file is replaced only if this tool drew it, or with `overwrite`; never
+    an input: `inputs` from `pruning.core.inputs.read_paths`); call each to draw it (None: nothing to draw)."""
     results = Results(long)
     draw = {"sparsity_plot": plot_sparsity, "structured_plot": plot_structured,
             "zeroshot_speed_plot": plot_zeroshot_speed}
     both = results.has("zeroshot") & results.has("speed")
     rows = results.grid_rows()
     specs = plot_specs(rows, zeroshot_speed=[row for row in rows if both[row["run"]]])
-    paths = [draw[spec.layout](results, *([spec.model] if spec.model else []), Path(out_dir) / f"{spec.name}.png")
-             for spec in specs]
+    paths = [output_file(Path(out_dir).expanduser() / f"{spec.name}.png", overwrite=overwrite, inputs=inputs,
+                         what="plot") for spec in specs]
+    return [functools.partial(draw[spec.layout], results, *([spec.model] if spec.model else []), path)
+            for spec, path in zip(specs, paths)]
+
+
+def write_plots(long: pd.DataFrame, out_dir: str | os.PathLike, *, overwrite: bool = False, inputs=()) -> list[Path]:
+    """Every plot of `planned_plots`, all checked first; returns the paths written."""
+    paths = [draw() for draw in planned_plots(long, out_dir, overwrite=overwrite, inputs=inputs)]
     return [p for p in paths if p is not None]

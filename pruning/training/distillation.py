@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from ..core import zoo
-from ..core.options import MethodError, Option, parse_options
+from ..core.options import READS_MODEL, READS_TEXT, MethodError, Option, parse_options
 
 if TYPE_CHECKING:
     import torch
@@ -29,9 +29,9 @@ def _teacher_spec(spec: str) -> str:
 
 DISTILL_OPTIONS = (
     Option("training_data", str, "local .txt/.jsonl text (or a calibration source such as c4) to distill on",
-           required=True, check=_training_source),
+           required=True, check=_training_source, reads=READS_TEXT),
     Option("teacher_model", str, "teacher directory, embedded name or hub id (default: the model before pruning)",
-           check=_teacher_spec),
+           check=_teacher_spec, reads=READS_MODEL),
     Option("epochs", int, "passes over the training data (PersLM's default)", default=3, low=1),
     Option("learning_rate", float, "AdamW learning rate", default=5e-5, low=0, high=1, low_open=True),
     Option("temperature", float, "softmax temperature of the KL term", default=2.0, low=0, high=100, low_open=True),

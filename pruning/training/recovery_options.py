@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from ..core.options import Option, parse_options
+from ..core.options import READS_TEXT, Option, parse_options
 
 RECOVERY = "recovery"  # the name in messages, the API keyword, prune.json's key and the config entry's key
 PREFIX = "recover_"  # fine-tuning options of the methods that fine-tune between rounds (recover_steps, ...)
@@ -29,7 +29,7 @@ RECOVERY_OPTIONS = (
     Option("batch_size", int, "training windows per optimizer step", default=4, low=1),
     Option("seqlen", int, "tokens per training window", default=256, low=2),
     Option("data", str, "training text: c4, wikitext2-train, wikitext2-validation or a .txt/.jsonl file "
-                        "(never the evaluation split)", default="c4", check=_training_source),
+                        "(never the evaluation split)", default="c4", check=_training_source, reads=READS_TEXT),
     Option("heldout_windows", int, "windows of the text never trained on, for the loss before and after",
            default=8, low=1),
 )

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from ... import __version__
-from ...core.outputs import writable_location
+from ...core.outputs import check_against_inputs, writable_location
 from ..evaluations import EVALUATIONS
 from ..grid import table_specs
 from ...core.io import OutputError, atomic_write_json, atomic_write_text, is_our_file
@@ -72,14 +72,16 @@ def _ours_unchanged(path: Path, entry) -> bool:
 
 
 def write_tables(long: pd.DataFrame, out_dir: str | os.PathLike, notes: dict[str, str] | None = None, *,
-                 overwrite: bool = False) -> list[Path]:
+                 overwrite: bool = False, inputs=()) -> list[Path]:
     """`{name}.md` and `{name}.csv` for every table; returns the paths written.
 
     Every file written is listed with its size and sha256 in `out_dir`/TABLES_MANIFEST. An existing table file
     is replaced only if it is empty or exactly what an earlier call wrote there (so a user's own or edited
-    file is never lost), or with `overwrite`; all of them are checked before anything is written.
+    file is never lost), or with `overwrite`; never if it is or lies inside one of `inputs` (the metric
+    files' folder: `pruning.core.inputs.read_paths`); all of them are checked before anything is written.
     """
     out_dir = Path(out_dir).expanduser()
+    check_against_inputs("tables manifest", out_dir / TABLES_MANIFEST, inputs)
     writable_location(out_dir / TABLES_MANIFEST, "tables folder")
     if os.path.lexists(out_dir) and not out_dir.is_dir():
         raise OutputError(f"tables folder {out_dir} exists and is not a directory")
@@ -89,6 +91,7 @@ def write_tables(long: pd.DataFrame, out_dir: str | os.PathLike, notes: dict[str
         contents += [(out_dir / f"{table.name}.md", table.markdown()),
                      (out_dir / f"{table.name}.csv", table.data.to_csv(index=False, lineterminator="\n"))]
     for path, _ in contents:
+        check_against_inputs("table", path, inputs)
         if overwrite or not os.path.lexists(path):
             continue
         if path.is_file() and not path.is_symlink() and path.stat().st_size == 0:

@@ -20,8 +20,10 @@ CSV_COLUMNS = ["model", "method", "ratio", "key", "metric", "value", "file"]
 PROTOCOL = ["dataset", "split", "seqlen", "windows", "max_windows", "scored_tokens", "dtype"]
 CALIBRATION = [f"{prune_json.CALIBRATION}.{key}" for key in ("source", "nsamples", "seqlen", "seed")]
 PPL = ["ppl", "parameters.total", "parameters.nonzero", *PROTOCOL]
+SELECTION = [prune_json.SELECTION_SPLIT]  # "test" where a document's run chose on the evaluation split
 PRUNED = [prune_json.METHOD, *(f"{prune_json.PARAMETERS}.{when}.{count}" for when in ("before", "after")
-                               for count in ("total", "nonzero")), *CALIBRATION]
+                               for count in ("total", "nonzero")), *CALIBRATION, *SELECTION]
+TEST_MARK = "†"  # a run that chose what to prune on the evaluation split (PruneGPT's and Quark's documents do)
 REMOVED = ["result.prune_ratio_percent", "result.removed_layers", "result.mha_removed_layers",
            "result.ffn_removed_layers"]
 STORED = [f"{CHECKPOINT}.format", f"{CHECKPOINT}.safetensors_bytes"]  # how prune saved the weights (prune.json)
@@ -122,9 +124,31 @@ def _notes(models: Iterable[str], notes: dict[str, str] | None) -> str:
     return "".join(f" Note on {model}: {notes[model]}." for model in ordered_unique(models) if notes and notes.get(model))
 
 
+def selected_on_test(results: Results, ids: Iterable[int]) -> list[int]:
+    """The runs of `ids` whose prune.json records `selection_split: test` (the documents' compat path)."""
+    long = results.long
+    marked = set(long.run[(long.source == "prune") & (long.metric == prune_json.SELECTION_SPLIT)
+                          & (long.value == "test")])
+    return [run for run in ids if run in marked]
+
+
+def test_mark(results: Results, run: int) -> str:
+    """` †` after a cell of a run selected on the test split, else nothing."""
+    return f" {TEST_MARK}" if selected_on_test(results, [run]) else ""
+
+
+def _test_note(results: Results, ids: list[int]) -> str:
+    runs = results.runs.loc[selected_on_test(results, ids)]
+    if runs.empty:
+        return ""
+    named = ", ".join(f"{r.model} {r.method} ({r.ratio.label})" for r in runs.itertuples())
+    return (f"{TEST_MARK} Selected on test: {named} chose what to prune on the evaluation split (WikiText-2 test), "
+            "as PruneGPT's example config and Quark's tutorial do, so its test perplexity is not a held-out score.")
+
+
 def caption(results: Results, ids: list[int], notes: dict[str, str] | None = None, extra: str = "") -> str:
     """One line for runs `ids` (in order): evaluation protocol per model (or one for all), calibration,
-    notes, and `extra`."""
+    notes, `extra`, and which runs were selected on the test split (marked TEST_MARK in the rows)."""
     _, wide = results.wide(ids, ppl=PROTOCOL, prune=CALIBRATION)
     runs = results.runs.loc[ids].assign(ppl=results.has("ppl")[ids], prune=results.has("prune")[ids])
     by_model: dict[str, list[str]] = {}
@@ -146,7 +170,9 @@ def caption(results: Results, ids: list[int], notes: dict[str, str] | None = Non
         text = "Calibration: " + ("; ".join(described) if described else "none")
         parts.append(text + (f" ({', '.join(free)}: no data)" if described and free else ""))
     line = ". ".join(parts) + "." + _notes(runs.model, notes)
-    return f"{line} {extra}" if extra else line
+    line = f"{line} {extra}" if extra else line
+    note = _test_note(results, ids)
+    return f"{line} {note}" if note else line
 
 
 # ---- tables: filter, pivot, format -------------------------------------------------------------------

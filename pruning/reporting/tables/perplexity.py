@@ -11,9 +11,9 @@ from ...methods.base import layer_removal_methods
 from ..grid import DENSE_METHOD, DEPTH_METHOD, MASK_KINDS, TWO_STAGE_METHOD
 from ...methods.depth import CRITERION_LABELS
 from ..metric_files import Results, ordered_unique
-from .common import (CALIBRATION, MISSING, PPL, PRUNED, REMOVED, SPEED, STORED, Table, _parameters, _table,
-                     caption, fmt_bytes, fmt_change, fmt_count, fmt_percent_change, fmt_ppl, fmt_reduction,
-                     deleted_layers)
+from .common import (CALIBRATION, MISSING, PPL, PRUNED, REMOVED, SELECTION, SPEED, STORED, Table, _parameters,
+                     _table, caption, fmt_bytes, fmt_change, fmt_count, fmt_percent_change, fmt_ppl, fmt_reduction,
+                     deleted_layers, test_mark)
 
 
 def summary_table(results: Results, notes=None) -> Table:
@@ -39,7 +39,8 @@ def summary_table(results: Results, notes=None) -> Table:
         ref_size = (ref_total or 0) * element or None
         ref_ppl = wide.loc[reference, ("ppl", "ppl")] if reference is not None else None
         is_reference = run == reference
-        row = {"model": model, "method": method, "ratio": ratio.label, "parameters": fmt_count(total),
+        row = {"model": model, "method": method + test_mark(results, run), "ratio": ratio.label,
+               "parameters": fmt_count(total),
                "non-zero": fmt_count(nonzero),
                "size reduction (non-zero params)": MISSING if is_reference else fmt_reduction(nonzero, ref_nonzero),
                "weights (dense storage)": fmt_bytes(size),
@@ -81,9 +82,9 @@ def sparsity_table(results: Results, model: str, notes=None) -> Table | None:
     if not masked:
         return None
     dense = [results.dense()[model]] if model in results.dense() else []
-    rows, wide = results.wide(masked + dense, ppl=PPL, prune=["result.total_sparsity", *CALIBRATION])
+    rows, wide = results.wide(masked + dense, ppl=PPL, prune=["result.total_sparsity", *CALIBRATION, *SELECTION])
     cells = pd.DataFrame({"method": runs.method[masked], "label": [runs.ratio[r].label for r in masked],
-                          "PPL": [fmt_ppl(wide.loc[r, ("ppl", "ppl")]) for r in masked]})
+                          "PPL": [fmt_ppl(wide.loc[r, ("ppl", "ppl")]) + test_mark(results, r) for r in masked]})
     labels = [r.label for r in sorted(ordered_unique(runs.ratio[masked]), key=lambda r: r.order)]
     display = (cells.pivot(index="method", columns="label", values="PPL")
                .reindex(index=ordered_unique(cells.method), columns=labels).fillna(MISSING))
@@ -109,7 +110,7 @@ def depth_table(results: Results, model: str, notes=None) -> Table | None:
     counted = [r for r in depth if _parameters(wide, r) != (None, None)]
     cells = pd.DataFrame({"#Blocks": [runs.ratio[r].value for r in depth],
                           "criterion": [criteria[runs.method[r]] for r in depth],
-                          "PPL": [fmt_ppl(wide.loc[r, ("ppl", "ppl")]) for r in depth],
+                          "PPL": [fmt_ppl(wide.loc[r, ("ppl", "ppl")]) + test_mark(results, r) for r in depth],
                           "#Param": [fmt_count(_parameters(wide, r)[0]) if r in counted else None for r in depth]})
     table = (cells.pivot(index="#Blocks", columns="criterion", values="PPL")
              .reindex(columns=ordered_unique(cells.criterion)).sort_index().fillna(MISSING))
@@ -158,7 +159,7 @@ def layer_removal_table(results: Results, notes=None) -> Table | None:
         model, method, ratio = results.runs.loc[run, ["model", "method", "ratio"]]
         w, percent = wide.loc[run], _prune_ratio_percent(wide.loc[run])
         count, where = deleted_layers(*(w["prune", m] for m in REMOVED[1:]), w["prune", LAYERS_BEFORE])
-        display.append({"model": model, "method": method, "ratio": ratio.label,
+        display.append({"model": model, "method": method + test_mark(results, run), "ratio": ratio.label,
                         "PPL original": fmt_ppl(originals.get(model)), "PPL after": fmt_ppl(w["ppl", "ppl"]),
                         "prune ratio": MISSING if percent is None else f"{percent:.2f}%",
                         "deleted": count, "deleted layers": where})
@@ -181,7 +182,7 @@ def two_stage_table(results: Results, notes=None) -> Table | None:
         w = wide.loc[run]
         mha, ffn = (sorted(w["prune", f"result.{part}_removed_layers"] or []) for part in ("mha", "ffn"))
         removed = w["prune", "parameters.before.total"] - w["prune", "parameters.after.total"]
-        display.append({"model": model, "method": method, "ratio": ratio.label,
+        display.append({"model": model, "method": method + test_mark(results, run), "ratio": ratio.label,
                         "MHA layers removed": f"{len(mha)} {mha}", "FFN layers removed": f"{len(ffn)} {ffn}",
                         "params removed": f"{fmt_count(removed)} ({_prune_ratio_percent(w):.2f}%)",
                         "PPL original": fmt_ppl(originals.get(model)), "PPL": fmt_ppl(w["ppl", "ppl"])})
