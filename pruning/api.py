@@ -58,7 +58,7 @@ def prune(model: str, method: str | PruningMethod, output_dir: str | os.PathLike
         model, method, method_arguments, calibration=calibration, evaluation=evaluation, output_dir=output_dir,
         overwrite=overwrite, save_format=save_format, recovery=recovery, max_memory=max_memory, stream=stream,
         device=device, dtype=dtype, data_dir=data_dir_path, selection_on_test=selection_on_test,
-        trust_remote_code=trust_remote_code))
+        trust_remote_code=trust_remote_code, ignore=tuple(ignore)))
     instance, path, memory, recovery_settings = checked.method, checked.path, checked.memory, checked.recovery
     if selection_on_test:
         log.warning("%s chooses what to prune on %s, the evaluation split (as the document it reproduces does): "

@@ -38,7 +38,7 @@ from .core.dtypes import DEFAULT_DTYPE
 DEFAULT_NAMES = {"calibration.batch_size": "batch_size", "calibration.nsamples": "nsamples",
                  "calibration.seqlen": "--seqlen", "evaluation.seqlen": "--eval-seqlen",
                  "evaluation.max_windows": "--max-windows", "evaluation.batch_size": "--batch-size",
-                 "recovery.seqlen": "--recover-seqlen"}
+                 "recovery.seqlen": "--recover-seqlen", "ignore": "--ignore"}
 MODEL_CONFIG = "model_config"  # the key of a problem the model's config.json raises against the method
 _RESOLVE = object()  # survey(): resolve the model (fetching it if needed) and check its files
 
@@ -78,6 +78,7 @@ class RunRequest:
     data_dir: str | None = None
     selection_on_test: bool = False  # the documents' compat path: calibration on WikiText-2 test (core/data.py)
     trust_remote_code: bool = False  # the opt-in for a model with code of its own (config.json's auto_map)
+    ignore: tuple[str, ...] = ()  # globs of linear modules to keep dense (methods that READS_IGNORE)
     names: dict = field(default_factory=dict)
     files: tuple = ()  # other files the run reads (a job file)
     log_file: str | os.PathLike | None = None  # a log the run appends to: an output like the others
@@ -136,7 +137,18 @@ def check(request: RunRequest, model_config=_RESOLVE) -> Preflight:
 def survey(request: RunRequest, model_config=_RESOLVE) -> Preflight:
     """Run every check of `request`. `model_config` given (a config.json mapping, or None where none is
     readable): the model is not resolved, outputs and the memory estimate are left to the job, and the checks
-    that need the model's config use this one (skipped for None)."""
+    that need the model's config use this one (skipped for None). A resolved model's tokenizer files are
+    checked last (every run loads its tokenizer), so that what the arguments ask of the model comes first."""
+    found = _survey(request, model_config)
+    if found.path is not None:
+        try:
+            model_checks.tokenizer_files(found.path, found.config)
+        except ValueError as error:
+            found.problems.append(Problem("model", error))
+    return found
+
+
+def _survey(request: RunRequest, model_config) -> Preflight:
     found = Preflight()
     calibration, evaluation = request.calibration, request.evaluation
 
@@ -159,6 +171,12 @@ def survey(request: RunRequest, model_config=_RESOLVE) -> Preflight:
     if isinstance(method, str):
         method = ask("method", build_method, method, **request.options)
     found.method = method
+    if request.ignore and method is not None and not method.reads_ignore():
+        from .methods.base import ignore_methods
+
+        found.problems.append(Problem("ignore", ValueError(
+            f"{request.name('ignore')} keeps linear modules dense in the methods that prune linears one by one "
+            f"({', '.join(ignore_methods())}, and the composites running one); {method.name} does not read it")))
     calibrates = calibration is not None and (request.method is None or (method is not None and method.needs_calibration))
     if calibrates:
         ask("calibration.source", check_calibration_source, calibration.source, request.selection_on_test)
@@ -205,7 +223,10 @@ def survey(request: RunRequest, model_config=_RESOLVE) -> Preflight:
             found.problems.append(Problem(key, ValueError(problem)))
     if method is None:
         return found
+    before = len(found.problems)
     ask(MODEL_CONFIG, method.check_config, config)
+    if len(found.problems) == before:
+        _check_weightless(request, found, label)
     if model_config is not _RESOLVE:
         _memory_size(request, found)
     elif not found.problems:  # the estimate needs a method the model can run
@@ -216,13 +237,39 @@ def survey(request: RunRequest, model_config=_RESOLVE) -> Preflight:
     return found
 
 
+def _check_weightless(request: RunRequest, found: Preflight, label) -> None:
+    """The method's `check_model` on the model built without weights from its config.json (module names and
+    shapes: head counts, layer counts, input widths, ignore patterns), so that what the loaded model would
+    refuse is refused before it loads. Skipped where transformers cannot build the config or no adapter
+    knows the family (a job file may give its layers' paths; the loaded model is checked again anyway)."""
+    from .core.adapters import UnsupportedArchitecture, get_adapter
+
+    model = model_checks.weightless_model(found.config)
+    if model is None:
+        return
+    try:
+        adapter = get_adapter(model)
+    except UnsupportedArchitecture:
+        return
+    import torch
+
+    from .methods import PruneContext
+
+    context = PruneContext(model=model, tokenizer=None, adapter=adapter, device=torch.device("meta"),
+                           ignore=tuple(request.ignore), progress=False, extras={"model_path": str(label)})
+    try:
+        found.method.check_model(context)
+    except ValueError as error:
+        found.problems.append(Problem(MODEL_CONFIG, error))
+
+
 def _resolve_model(request: RunRequest, method: PruningMethod | None = None) -> tuple[Path, dict]:
     """Every output checked against every input the run reads, the model resolved (fetched if needed), the
-    outputs checked once more against its directory, and its files checked."""
+    outputs checked once more against its directory, and its files checked (the tokenizer's last, by survey)."""
     _check_outputs(request, request.inputs(method))
     path = model_checks.local_model(request.model)
     _check_outputs(request, read_paths(models=[path]))
-    return path, model_checks.model_files(path, request.trust_remote_code)
+    return path, model_checks.model_files(path, tokenizer=False, trust_remote_code=request.trust_remote_code)
 
 
 def _check_outputs(request: RunRequest, inputs: list[Path]) -> None:
@@ -418,7 +465,7 @@ def workflow_config_problems(cfg: dict, repo: str | os.PathLike, *, jobs_run_her
     file_errors, model_configs = _model_files(model_dirs)
     sound_dirs = {name: folder for name, folder in model_dirs.items() if model_configs[name]}
     errors = [*_spec_errors(config, specs), *file_errors, *_row_errors(config, model_configs),
-              *_calibration_errors(config, sound_dirs),
+              *_calibration_errors(config, sound_dirs, model_configs),
               *_speed_length_errors(cfg, model_configs),
               *_remote_code_errors(cfg, model_configs),
               *_task_errors(cfg["zeroshot"]["tasks"], config.data_dir()),
@@ -511,13 +558,13 @@ def _model_files(model_dirs: dict) -> tuple[list[str], dict]:
         if folder is None:
             continue
         try:
-            configs[name] = model_checks.model_files(folder, trust_remote_code=True)
+            configs[name] = model_checks.model_files(folder, tokenizer=False, trust_remote_code=True)
         except ValueError as exc:  # ModelLoadError
             errors.append(f"config.models.{name}: {' '.join(str(exc).split())}")
     return errors, configs
 
 
-def _calibration_errors(config: WorkflowConfig, model_dirs: dict) -> list[str]:
+def _calibration_errors(config: WorkflowConfig, model_dirs: dict, model_configs: dict) -> list[str]:
     """The protocol's calibration documents, read as a prune job reads them, and counted with the tokenizer of
     each local model a grid row calibrates: each must give more tokens than one window (the job's own
     refusal, made here before any job). Left to the jobs where the documents come from the hub or a model
@@ -540,7 +587,7 @@ def _calibration_errors(config: WorkflowConfig, model_dirs: dict) -> list[str]:
         return [f"{key}: {' '.join(str(exc).split())}"]
     errors = []
     for name in models:
-        tokenizer = _local_tokenizer(model_dirs[name])
+        tokenizer = _local_tokenizer(model_dirs[name], model_configs[name])
         if tokenizer is None:
             continue
         try:
@@ -566,14 +613,20 @@ def _calibrating_models(cfg: dict) -> list[str]:
     return list(dict.fromkeys(models))
 
 
-def _local_tokenizer(folder: Path):
-    """The tokenizer of a local model directory; None where it cannot be loaded (the job refuses that, naming
-    the files) or is code of the model's own (never run here; `_remote_code_errors` names it)."""
+def _local_tokenizer(folder: Path, config: dict):
+    """The tokenizer of a local model directory; None where its files would not make one (the job refuses
+    that, naming them) or it is code of the model's own (never run here; `_remote_code_errors` names it)."""
+    try:
+        model_checks.tokenizer_files(folder, config)
+    except ValueError:
+        return None
+    if model_checks.remote_code(folder, config) is not None:
+        return None
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-    except Exception:  # noqa: BLE001 - whatever transformers raises for missing or unreadable files
+    except (OSError, ValueError):  # what transformers raises for files it cannot read
         return None
 
 

@@ -222,7 +222,8 @@ class Pruner:
         if settings.teacher_model:
             teacher = load_teacher(settings, self.model)
         else:
-            teacher, _ = load_model(self.path, dtype=self.dtype, device="cpu", trust_remote_code=self.trust_remote_code)
+            teacher, _ = load_model(self.path, dtype=self.dtype, device="cpu", tokenizer=False,
+                                    trust_remote_code=self.trust_remote_code)
         started = time.perf_counter()
         result = distill_model(self.model, teacher, self.adapter, windows, settings, self.device, self.seed,
                                self.progress)

@@ -426,7 +426,7 @@ def test_workflow_trust_remote_code_key(remote_model, tmp_path):
         config.update(settings)
 
     refused = workflow_problems(with_remote, tmp_path)
-    assert refused == [f"config.models.remote: config.json maps to code in the model folder (auto_map: "
+    assert refused == ["config.models.remote: config.json maps to code in the model folder (auto_map: "
                        "modeling_tiny.TinyRemoteForCausalLM), which runs only with trust_remote_code: true; read "
                        "that code first"]
     assert workflow_problems(lambda c: with_remote(c, trust_remote_code=True), tmp_path) == []

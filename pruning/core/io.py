@@ -11,6 +11,7 @@ Ownership (`is_our_file`, `is_our_directory`) is decided here, once, from a boun
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -40,6 +41,60 @@ _HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "localhost"
 
 class OutputError(ValueError):
     """An output that cannot or must not be written; raised before any work."""
+
+
+# What only a write can fail with: the disk or the quota is full, a file passes the size limit (`ulimit -f`: Python
+# ignores SIGXFSZ, so the write fails with EFBIG instead of killing the process), the file system is read-only.
+WRITE_ERRNOS = {errno.ENOSPC: "", errno.EFBIG: " (the file size limit, ulimit -f)", errno.EDQUOT: "",
+                errno.EROFS: ""}  # with a hint where the system's message alone leaves the cause open
+_OS_ERROR_CODE = re.compile(r"\(os error (\d+)\)")  # how the safetensors writer (Rust) reports an OSError
+_SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")  # numpy's tofile (the GGUF writer): no errno
+
+
+class WriteError(OSError):
+    """Writing an output failed part-way (see `write_failure`); the output was left as it was before."""
+
+    def __init__(self, code: int, message: str, reason: str):
+        super().__init__(code, message)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.strerror  # the whole sentence (OSError would put "[Errno N]" before it)
+
+
+def write_failure(exc: BaseException) -> str | None:
+    """Why `exc` is a failed write, in words: an OSError (or the safetensors writer's error naming one) of
+    WRITE_ERRNOS, or a write the system took only part of; None for any other error."""
+    if isinstance(exc, WriteError):
+        return exc.reason
+    code = _errno(exc)
+    if code in WRITE_ERRNOS:
+        return os.strerror(code) + WRITE_ERRNOS[code]
+    short = _SHORT_WRITE.fullmatch(str(exc)) if isinstance(exc, OSError) and code is None else None
+    if short:
+        return f"the system took {short[2]} of {short[1]} bytes (a full disk or quota, or the file size limit)"
+    return None
+
+
+def _errno(exc: BaseException) -> int | None:
+    if isinstance(exc, OSError):
+        return exc.errno
+    found = _OS_ERROR_CODE.search(str(exc)) if type(exc).__name__ == "SafetensorError" else None
+    return int(found[1]) if found else None
+
+
+@contextmanager
+def write_errors(dest: str | os.PathLike, existed: bool):
+    """A failed write inside becomes a WriteError naming `dest` (the outermost writer's name wins, so the user
+    reads the output they asked for, not a scratch file) and saying what became of it."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - only write failures are translated, the rest re-raised as they are
+        reason = write_failure(exc)
+        if reason is None:
+            raise
+        kept = f"the earlier {dest} is unchanged" if existed else f"nothing was written to {dest}"
+        raise WriteError(_errno(exc) or errno.EIO, f"writing {dest} failed: {reason}; {kept}", reason) from exc
 
 
 def _umask() -> int:
@@ -245,18 +300,21 @@ def atomic_directory(dest: str | os.PathLike, *, overwrite: bool = False):
     if not overwrite and not replaceable_directory(dest):
         raise OutputError(f"output directory {dest} exists and is not a previous result of this tool "
                           f"(no {PRUNE_REPORT}): refusing to replace it; remove it or choose another path")
-    tmp = Path(tempfile.mkdtemp(prefix=scratch_prefix(dest), dir=dest.parent))
+    existed = dest.exists()
+    with write_errors(dest, existed):
+        tmp = Path(tempfile.mkdtemp(prefix=scratch_prefix(dest), dir=dest.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would make shared results unreadable to others
     old = _old_name(dest)
     try:
-        yield tmp
-        _share_like_directories(tmp)
-        if dest.exists():
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
+        with write_errors(dest, existed):
+            yield tmp
+            _share_like_directories(tmp)
+            if dest.exists():
+                os.replace(dest, old)
+                os.replace(tmp, dest)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, dest)
     except BaseException:
         if os.path.lexists(old) and not os.path.lexists(dest):  # failed between the renames: put it back
             os.replace(old, dest)
@@ -269,9 +327,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_scratch(path)
-    fd, tmp = tempfile.mkstemp(prefix=scratch_prefix(path), dir=path.parent)
+    existed = path.exists()
+    with write_errors(path, existed):
+        fd, tmp = tempfile.mkstemp(prefix=scratch_prefix(path), dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with write_errors(path, existed), os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)

@@ -1,13 +1,18 @@
 """What a model directory must hold before its weights are loaded: a readable config.json, safetensors whose
 headers fit it (no pickled tensors: they can run code), no code of its own unless the user opted in (an
-`auto_map` naming Python files in the folder, as deepseek-moe's), and token lengths within its positions. They
-read at most config.json, tokenizer_config.json and the headers, so a bad model is refused in a second instead
-of after hours of work, in one line naming the file."""
+`auto_map` naming Python files in the folder, as deepseek-moe's), usable tokenizer files, and token lengths within
+its positions. They read at most config.json, tokenizer_config.json, the headers and the tokenizer's file names
+(the shapes come from the model built without weights), so a bad model is refused in a second instead of after
+hours of work, in one line naming the file."""
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import os
 import pickle
+import re
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,6 +22,8 @@ from .io import OutputError
 from .inputs import read_paths
 from .outputs import output_file
 
+TOKENIZER_JSON = "tokenizer.json"  # the tokenizers library's serialization: a tokenizer needs nothing else
+GENERIC_VOCABULARY = "tokenizer.model"  # what transformers' generic tokenizer class converts without tokenizer.json
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 _MAX_SAFETENSORS_HEADER = 100 * 2**20
 
@@ -171,26 +178,99 @@ def pickled_tensors(path: Path) -> None:
         raise ModelLoadError(f"{path}: not a readable PyTorch checkpoint ({' '.join(str(exc).split())})") from None
 
 
-def _expected_shapes(path: Path, config: dict) -> dict[str, list[int]] | None:
-    """Parameter shapes the config implies, from a weightless (meta) model; None where we cannot tell."""
+def weightless_model(config: dict):
+    """The model config.json describes, built on the meta device (shapes, no weights: a fraction of a second
+    and no memory), or None where this transformers cannot build it (unknown or remote-code architecture,
+    quantized checkpoints whose packed tensors keep the names with other shapes). Built once per config in a
+    process; callers only read it."""
+    if config.get("quantization_config"):
+        return None
+    return _weightless_model(json.dumps(config, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=4)
+def _weightless_model(config_json: str):
     from . import heterogeneous  # noqa: F401  (registers the format, so its layer shapes are built too)
 
-    if config.get("quantization_config"):
-        return None  # packed quantized tensors keep the parameter names with other shapes
     try:
         from accelerate import init_empty_weights
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+        config = json.loads(config_json)
+        loaded = CONFIG_MAPPING[config["model_type"]].from_dict(config)
         with init_empty_weights(include_buffers=False):
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+            return AutoModelForCausalLM.from_config(loaded[0] if isinstance(loaded, tuple) else loaded)
     except Exception:  # noqa: BLE001 - an unknown architecture is reported by the real load
         return None
-    return {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
 
 
-def model_files(path: str | os.PathLike, trust_remote_code: bool = False) -> dict:
+def _expected_shapes(config: dict) -> dict[str, list[int]] | None:
+    """Parameter shapes the config implies, from the weightless model; None where we cannot tell."""
+    model = weightless_model(config)
+    return None if model is None else {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def tokenizer_files(path: Path, config: dict) -> None:
+    """Refuse a model directory transformers cannot build a tokenizer from: it needs tokenizer.json (the
+    tokenizers library's file, enough alone) or the vocabulary files its tokenizer class reads
+    (tokenizer_config.json's tokenizer_class, else the model type's; tokenizer.model for the generic class)
+    and the packages that read those (a tokenizer.model: sentencepiece and protobuf, or tiktoken). Without
+    them transformers builds an empty tokenizer (every text 0 tokens) or fails after the weights loaded, with
+    its own message."""
+    if (path / TOKENIZER_JSON).is_file():
+        return
+    settings = path / "tokenizer_config.json"
+    named = read_json_object(settings, "tokenizer config").get("tokenizer_class") if settings.is_file() else None
+    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES, tokenizer_class_from_name
+
+    from .heterogeneous import base_model_type
+
+    named = named or TOKENIZER_MAPPING_NAMES.get(base_model_type(config))
+    try:
+        reads = dict(getattr(tokenizer_class_from_name(named), "vocab_files_names", None) or {}) if named else {}
+    except Exception:  # noqa: BLE001 - a class this transformers cannot import: the generic one's files
+        reads = {}
+    files = [name for key, name in reads.items() if key != "tokenizer_file"] or [GENERIC_VOCABULARY]
+    who = f"what {named} reads" if named else "what transformers' generic tokenizer reads"
+    missing = [name for name in files if not (path / name).is_file()]
+    if missing:
+        partly = f"; {' and '.join(missing)} missing" if missing != files else ""
+        raise ModelLoadError(f"{path}: no usable tokenizer: neither {TOKENIZER_JSON} nor {' + '.join(files)} "
+                             f"({who} without {TOKENIZER_JSON}{partly}); copy the tokenizer files of the model it "
+                             "was made from")
+    for name in files:
+        missing = [package for module, package in _reader_packages(path / name) if not _importable(module)]
+        if missing:
+            raise ModelLoadError(f"{path}: its tokenizer is {name} without {TOKENIZER_JSON}, which transformers reads "
+                                 f"only with {' and '.join(missing)} installed (pip install {' '.join(missing)}); "
+                                 f"or copy in the {TOKENIZER_JSON} of the model it was made from")
+
+
+def _reader_packages(vocabulary: Path) -> tuple[tuple[str, str], ...]:
+    """(module, pip name) of the packages transformers needs to read a vocabulary file: a `.model` is tiktoken's
+    text ("<base64 token> <rank>" lines) or else a sentencepiece protobuf; other files need none."""
+    if vocabulary.suffix != ".model":
+        return ()
+    with open(vocabulary, "rb") as handle:
+        if re.match(rb"[A-Za-z0-9+/=]+ \d+\r?\n", handle.read(256)):
+            return (("tiktoken", "tiktoken"),)
+    return ("sentencepiece", "sentencepiece"), ("google.protobuf", "protobuf")
+
+
+def _importable(module: str) -> bool:
+    if module in sys.modules:
+        return sys.modules[module] is not None  # None: imports of it are blocked
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def model_files(path: str | os.PathLike, tokenizer: bool = True, trust_remote_code: bool = False) -> dict:
     """config.json readable, no code of the model's own without `trust_remote_code`, every safetensors header
-    sound and its shapes those the config implies.
+    sound and its shapes those the config implies, and (`tokenizer`, for every command but those that only time
+    or size the model) usable tokenizer files.
 
     Returns the config. Weights are not read, only headers (kilobytes)."""
     path = Path(path)
@@ -202,7 +282,7 @@ def model_files(path: str | os.PathLike, trust_remote_code: bool = False) -> dic
     if not headers:
         for file in sorted(path.glob("*.bin")):
             pickled_tensors(file)
-    expected = _expected_shapes(path, config) if headers else None
+    expected = _expected_shapes(config) if headers else None
     if expected:
         for file, header in headers.items():
             wrong = [(name, info["shape"], expected[name]) for name, info in header.items()
@@ -212,6 +292,8 @@ def model_files(path: str | os.PathLike, trust_remote_code: bool = False) -> dic
                 more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
                 raise ModelLoadError(f"{file}: tensor {name} has shape {found} but {path / 'config.json'} implies "
                                      f"{wanted}{more}: the config and the weights disagree")
+    if tokenizer:
+        tokenizer_files(path, config)
     return config
 
 
@@ -244,12 +326,12 @@ def local_model(spec: str) -> Path:
     return zoo.resolve(spec)
 
 
-def model_and_outputs(model: str, outputs=(), *, overwrite: bool = False, inputs=(),
+def model_and_outputs(model: str, outputs=(), *, overwrite: bool = False, inputs=(), tokenizer: bool = True,
                       trust_remote_code: bool = False) -> tuple[Path, dict]:
     """Output files [(path or None, what), ...] checked against the model's paths and every other input (`inputs`:
-    what `pruning.core.inputs.read_paths` resolved), then the model resolved and its files checked; (model
-    directory, config). Outputs are checked before a hub or embedded model is fetched, and once more against the
-    resolved directory."""
+    what `pruning.core.inputs.read_paths` resolved), then the model resolved and its files checked (`model_files`);
+    (model directory, config). Outputs are checked before a hub or embedded model is fetched, and once more
+    against the resolved directory."""
     outputs = [(path, what) for path, what in outputs if path is not None]
     if len({Path(path).expanduser().resolve() for path, _ in outputs}) < len(outputs):
         raise OutputError(f"{' and '.join(what for _, what in outputs)} name the same file")
@@ -258,4 +340,4 @@ def model_and_outputs(model: str, outputs=(), *, overwrite: bool = False, inputs
     directory = local_model(model)
     for path, what in outputs:
         output_file(path, overwrite=overwrite, inputs=read_paths(models=[directory]), what=what)
-    return directory, model_files(directory, trust_remote_code)
+    return directory, model_files(directory, tokenizer, trust_remote_code)

@@ -33,17 +33,18 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def load_model(path: str | os.PathLike, dtype: str = DEFAULT_DTYPE, device: str = "cpu",
+def load_model(path: str | os.PathLike, dtype: str = DEFAULT_DTYPE, device: str = "cpu", tokenizer: bool = True,
                trust_remote_code: bool = False):
     """(model, tokenizer) from a local directory, homogeneous or heterogeneous (pruning/core/heterogeneous.py),
     in eval mode; sparse checkpoints (pruning/core/sparse_formats.py) are decompressed to their dense weights. Files are
-    checked first (config, safetensors headers, shapes), and what the loaders still raise becomes one line naming
-    the file. A model with code of its own (config.json's auto_map) is refused unless `trust_remote_code`, which
-    lets transformers import and run that code."""
+    checked first (config, safetensors headers, shapes, tokenizer files unless `tokenizer` is False: then the
+    tokenizer is None), and what the loaders still raise becomes one line naming the file. A model with code of
+    its own (config.json's auto_map) is refused unless `trust_remote_code`, which lets transformers import and run
+    that code."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
-    config = model_checks.model_files(path, trust_remote_code)
+    config = model_checks.model_files(path, tokenizer, trust_remote_code)
     heterogeneous = is_heterogeneous(config)
     loader, source, stored = AutoModelForCausalLM, path, {}
     with model_checks.model_read_errors(path):
@@ -55,7 +56,7 @@ def load_model(path: str | os.PathLike, dtype: str = DEFAULT_DTYPE, device: str 
         trusted = {"trust_remote_code": True} if trust_remote_code else {}
         model, info = loader.from_pretrained(source, dtype=torch_dtype(dtype), output_loading_info=True, **stored,
                                              **trusted)
-        tokenizer = AutoTokenizer.from_pretrained(path, **trusted)
+        tokenizer = AutoTokenizer.from_pretrained(path, **trusted) if tokenizer else None
     if heterogeneous and (info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"]):
         raise ModelLoadError(f"{path}: weights do not fit the recorded layer structure (missing "
                              f"{sorted(info['missing_keys'])[:5]}, unexpected {sorted(info['unexpected_keys'])[:5]}, "

@@ -13,7 +13,8 @@ CPU_CHUNK_BYTES = 4 << 20
 
 
 def token_windows(tokenizer, text: str, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+    # verbose=False: a text longer than the model's positions is cut into windows, no warning needed
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False, verbose=False)["input_ids"][0]
     count = ids.numel() // seqlen
     if max_windows is not None:
         count = min(count, max_windows)

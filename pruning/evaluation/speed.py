@@ -261,12 +261,13 @@ def speed(model: str, *, gguf: str | None = None, prompt_tokens: int = 128, new_
     torch_dtype(dtype)
     gguf_path = check_gguf_file(gguf) if gguf is not None else None
     path, config = model_checks.model_and_outputs(model, [(output, "output")], overwrite=overwrite,
-                                                  inputs=read_paths(files=[gguf_path]))
+                                                  inputs=read_paths(files=[gguf_path]),
+                                                  tokenizer=False)  # timed on random token ids
     model_checks.check_lengths(path, config, {f"--prompt-tokens {prompt_tokens} + --new-tokens {new_tokens} =":
                                         prompt_tokens + new_tokens})
 
     path = measurement.resolve(path)
-    net, _ = load_model(path, dtype=dtype, device=str(compute))
+    net, _ = load_model(path, dtype=dtype, device=str(compute), tokenizer=False)
     vocab_size = net.get_output_embeddings().weight.shape[0]
     settings = dict(prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats, warmup=warmup, seed=seed)
     size = model_size(path, net, gguf_path)

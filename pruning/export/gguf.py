@@ -28,7 +28,8 @@ from gguf.lazy import LazyNumpyTensor
 from .. import __version__
 from ..core import outputs
 from ..core.inputs import read_paths
-from ..core.io import GGUF_OWNER_KEY, PRUNE_REPORT, file_mode, remove_stale_scratch, scratch_prefix, versions
+from ..core.io import (GGUF_OWNER_KEY, PRUNE_REPORT, file_mode, remove_stale_scratch, scratch_prefix, versions,
+                       write_errors)
 from .gguf_families import supported_model_types
 from .gguf_hparams import ExportError, add_hyperparameters
 from .gguf_tensors import ExportPlan, PlannedTensor, plan_export
@@ -150,18 +151,21 @@ def export_gguf(model_dir: str | os.PathLike, output: str | os.PathLike, outtype
                               f"got {intermediate!r}")
     plan = plan_export(model_dir, intermediate if outtype in LLAMACPP_OUTTYPES else outtype)
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, scratch = tempfile.mkstemp(prefix=scratch_prefix(output), suffix=".gguf", dir=output.parent)
+    existed = output.exists()
+    with write_errors(output, existed):
+        fd, scratch = tempfile.mkstemp(prefix=scratch_prefix(output), suffix=".gguf", dir=output.parent)
     os.close(fd)
     scratch = Path(scratch)
     intermediate_file = scratch.with_name(scratch.name + f".{intermediate}")
     try:
-        if outtype in LLAMACPP_OUTTYPES:
-            _write_plan(plan, intermediate_file, LlamaFileType[OUTPUT_TYPES[intermediate].file_type])
-            _llama_cpp_quantize(intermediate_file, scratch, outtype, threads)
-        else:
-            _write_plan(plan, scratch, LlamaFileType[OUTPUT_TYPES[outtype].file_type])
-        os.chmod(scratch, file_mode())  # mkstemp's 0600 would make shared results unreadable to others
-        os.replace(scratch, output)
+        with write_errors(output, existed):
+            if outtype in LLAMACPP_OUTTYPES:
+                _write_plan(plan, intermediate_file, LlamaFileType[OUTPUT_TYPES[intermediate].file_type])
+                _llama_cpp_quantize(intermediate_file, scratch, outtype, threads)
+            else:
+                _write_plan(plan, scratch, LlamaFileType[OUTPUT_TYPES[outtype].file_type])
+            os.chmod(scratch, file_mode())  # mkstemp's 0600 would make shared results unreadable to others
+            os.replace(scratch, output)
     finally:
         scratch.unlink(missing_ok=True)
         intermediate_file.unlink(missing_ok=True)

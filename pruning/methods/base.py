@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from ..core.adapters import ArchitectureAdapter
 
 __all__ = ["FACTS", "FAMILIES", "MethodError", "PruneContext", "PruningMethod", "available_methods", "base_methods",
-           "full_fp32", "layer_removal_methods", "method_class", "method_families", "method_family", "moe_methods",
-           "no_grad", "register", "retraining_methods", "streaming_methods"]
+           "full_fp32", "ignore_methods", "layer_removal_methods", "method_class", "method_families", "method_family",
+           "moe_methods", "no_grad", "register", "retraining_methods", "streaming_methods"]
 
 # The method families of PersLM's "Performance Impact" table, in its order: every method's FAMILY is one of them.
 FAMILIES = ("head pruning", "width pruning (FLAP)", "layer/depth pruning", "magnitude / Wanda / SparseGPT",
@@ -104,6 +104,7 @@ class PruningMethod:
     # layers can stay on disk (pruning/core/streaming.py); `streaming_refusal` refines it per run.
     STREAMS: ClassVar[bool] = False
     WRAPS_BASE_METHOD: ClassVar[bool] = False  # takes any non-composite base_method's ratio and options beside its own
+    READS_IGNORE: ClassVar[bool] = False  # prunes linears one by one, so `ignore` patterns can keep some dense
 
     def __init__(self, **values):
         vars(self).update(values)
@@ -154,6 +155,10 @@ class PruningMethod:
             return (f"method {self.name} cannot stream layers from disk (it needs the whole model in memory); "
                     f"streaming supports {', '.join(streaming_methods())}")
         return next(filter(None, (step.streaming_refusal() for step in self.steps())), None)
+
+    def reads_ignore(self) -> bool:
+        """Whether this run honours `ignore` patterns (READS_IGNORE); a composite asks each method it runs."""
+        return self.READS_IGNORE or any(step.reads_ignore() for step in self.steps())
 
     def searches_by_loss(self) -> bool:
         """Whether scoring runs the layers after each candidate to the head (a calibration-loss search), holding
@@ -207,6 +212,11 @@ def reading_options() -> dict[str, str]:
 def streaming_methods() -> list[str]:
     """The methods that can keep a model's decoder layers on disk (some only with some options)."""
     return [name for name in available_methods() if _REGISTRY[name].STREAMS]
+
+
+def ignore_methods() -> list[str]:
+    """The methods that honour `ignore` patterns themselves (composites running one honour them too)."""
+    return [name for name in available_methods() if _REGISTRY[name].READS_IGNORE]
 
 
 def layer_removal_methods() -> list[str]:

@@ -13,7 +13,8 @@ import copy
 from dataclasses import replace
 
 from .base import MethodError, PruneContext, PruningMethod, available_methods, method_class, register
-from ..training.distillation import DISTILL_OPTIONS, DistillSettings, distill_model, load_teacher, training_windows
+from ..training.distillation import (DISTILL_OPTIONS, DistillSettings, check_settings, distill_model, load_teacher,
+                                     training_windows)
 from .heads import Heads
 from .layers import Layers
 from .mask_base import TARGET_OPTIONS, MaskingMethod
@@ -95,6 +96,11 @@ class Combined(PruningMethod):
             return ("method all with training_data distills through the whole model and cannot stream; drop "
                     "training_data (and distill the streamed output on a machine that holds it)")
         return super().streaming_refusal()
+
+    def check_config(self, config) -> None:
+        super().check_config(config)
+        if self.settings:
+            check_settings(self.settings, config, self.name)
 
     def check_model(self, ctx: PruneContext) -> None:
         for stage in self.stages:

@@ -14,8 +14,8 @@ import copy
 
 from .base import PruneContext, PruningMethod, base_methods, method_class, register
 from ..core.options import Option, parse_options, refuse_unknown, split_arguments
-from ..training.distillation import (DISTILL_OPTIONS, DistillSettings, distill_model, load_teacher,
-                                     training_windows)
+from ..training.distillation import (DISTILL_OPTIONS, DistillSettings, check_settings, distill_model,
+                                     load_teacher, training_windows)
 
 # PersLM's `--method distillation`: magnitude pruning to `sparsity`, then distillation; the CLI and the Pruner
 # run it as distill with these arguments.
@@ -56,6 +56,10 @@ class Distill(PruningMethod):
 
     def options(self) -> dict:
         return {"base_method": self.base.name, **self.base.options(), **vars(self.settings)}
+
+    def check_config(self, config) -> None:
+        super().check_config(config)
+        check_settings(self.settings, config, self.name)
 
     def check_model(self, ctx: PruneContext) -> None:
         self.base.check_model(ctx)

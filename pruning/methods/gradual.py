@@ -30,6 +30,7 @@ class Gradual(PruningMethod):
     FAMILY = "magnitude / Wanda / SparseGPT"
     RETRAINS = SUPPORTS_MOE = True
     REMOVES_LAYERS = COMPOSITE = False
+    READS_IGNORE = True  # each round is magnitude pruning on the same context
     description = ("gradual magnitude pruning: sparsity raised on a schedule over rounds, LoRA recovery after each "
                    "(masks kept)")
     OPTIONS = (replace(TARGET_OPTIONS[0], required=True), Magnitude.option("per"), ROUNDS,

@@ -81,7 +81,7 @@ class MaskingMethod(PruningMethod):
     every layer alike or, with a non-uniform `allocation`, each layer to its own sparsity with the total
     exact."""
 
-    STREAMS = True
+    STREAMS = READS_IGNORE = True
     FAMILY = "magnitude / Wanda / SparseGPT"
     RETRAINS = REMOVES_LAYERS = COMPOSITE = False
     SUPPORTS_MOE = True  # zeroes the experts' fused weights like any other
@@ -129,10 +129,13 @@ class MaskingMethod(PruningMethod):
         return {"target": self.target.as_dict(), **rest, **(allocation if self.allocation != UNIFORM else {})}
 
     def check_model(self, ctx: PruneContext) -> None:
-        """At least one linear is targeted, an N:M group fits in every targeted input width, and a schedule
-        has one sparsity per decoder layer that stays in [0, 1) once centred on the target."""
+        """Every ignore pattern matches a linear it could keep dense, at least one linear is targeted, an N:M
+        group fits in every targeted input width, and a schedule has one sparsity per decoder layer that stays
+        in [0, 1) once centred on the target. Needs only the modules' shapes: the pre-flight asks it of the
+        weightless model too."""
         from ..core.adapters import weight_matrix
 
+        self.check_ignore(ctx)
         targets = {name: module for modules in self.targets(ctx).values() for name, module in modules.items()}
         if not targets:
             raise MethodError(f"{self.name}: ignore patterns {list(ctx.ignore)} leave no linear module to prune")
@@ -143,6 +146,26 @@ class MaskingMethod(PruningMethod):
                                   f"targeted linear; {name} has {width} (ignore it or use a smaller M)")
         if self.allocation in (SCHEDULE, RAMP):
             self.layer_sparsities(self.layer_sizes(ctx))
+
+    def check_ignore(self, ctx: PruneContext) -> None:
+        """Refuse an ignore pattern that matches none of the linears this method prunes (a typo would otherwise
+        prune what it meant to keep), naming a few of their names nearest the pattern."""
+        import difflib
+        import fnmatch
+
+        if not ctx.ignore:
+            return
+        layers = ctx.adapter.decoder_layers(ctx.model)
+        names = [name for index in range(len(layers)) for name in ctx.adapter.linear_targets(ctx.model, index)]
+        for pattern in ctx.ignore:
+            if not any(fnmatch.fnmatch(name, pattern) for name in names):
+                # one name per place in a layer (the first layer that has it), the nearest to the pattern's text
+                firsts = {name.split(".", ctx.adapter.layers.count(".") + 2)[-1]: name for name in reversed(names)}
+                text = pattern.replace("*", "").lower()
+                nearest = sorted(firsts.values(), key=lambda name: -difflib.SequenceMatcher(
+                    None, text, name.lower()).ratio())[:3]
+                raise MethodError(f"{self.name}: ignore pattern {pattern!r} matches none of the {len(names)} linear "
+                                  f"modules it prunes (full names, e.g. {', '.join(nearest)})")
 
     def layer_sizes(self, ctx: PruneContext) -> dict[int, dict[str, int]]:
         """{layer index: {module name: targeted weights}}."""

@@ -51,6 +51,28 @@ class DistillSettings(SimpleNamespace):
         super().__init__(**parse_options("distill", DISTILL_OPTIONS, arguments))
 
 
+def check_settings(settings: DistillSettings, config, method: str) -> None:
+    """Refuse, from the student's config.json (a dict or a transformers config) and a local teacher's files, what
+    would otherwise stop the run after the pruning: train_seqlen beyond the student's positions, a teacher_model
+    directory that cannot be read, or one whose vocabulary differs from the student's. A teacher given as an
+    embedded name or hub id is checked when it is fetched, as the distillation starts."""
+    from pathlib import Path
+
+    from ..core.model_checks import length_problems, model_files
+
+    config = config if isinstance(config, dict) else config.to_dict()
+    problems = length_problems("being pruned", config, {f"{method}: train_seqlen": settings.train_seqlen})
+    if problems:
+        raise MethodError(problems[0])
+    teacher = Path(settings.teacher_model).expanduser() if settings.teacher_model else None
+    if teacher is None or not teacher.is_dir():
+        return
+    theirs, ours = model_files(teacher, tokenizer=False).get("vocab_size"), config.get("vocab_size")
+    if isinstance(theirs, int) and isinstance(ours, int) and theirs != ours:
+        raise MethodError(f"{method}: teacher_model {teacher} has a vocabulary of {theirs} tokens (vocab_size in its "
+                          f"config.json), the model being pruned {ours}; a teacher must share the student's vocabulary")
+
+
 def training_windows(tokenizer, source: str, seqlen: int, data_dir=None) -> torch.Tensor:
     """The training text (documents joined by the end-of-text token) cut into non-overlapping windows of
     `seqlen` tokens, as the perplexity evaluator cuts its text."""
@@ -153,7 +175,7 @@ def load_teacher(settings: DistillSettings, student: nn.Module):
     """The teacher named in the settings (float32, CPU), checked to share the student's vocabulary."""
     from ..core.modeling import load_model
 
-    teacher, _ = load_model(zoo.resolve(settings.teacher_model), dtype="float32", device="cpu")
+    teacher, _ = load_model(zoo.resolve(settings.teacher_model), dtype="float32", device="cpu", tokenizer=False)
     ours, theirs = student.get_output_embeddings().weight.shape[0], teacher.get_output_embeddings().weight.shape[0]
     if ours != theirs:
         raise MethodError(f"distill: teacher_model vocabulary ({theirs}) differs from the student's ({ours})")
