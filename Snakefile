@@ -26,6 +26,7 @@ include: "workflow/rules/tables.smk"
 localrules:
     all,
     fetch_model,
+    install_model,
     prune_all,
     evaluate_all,
     tables,
@@ -33,18 +34,22 @@ localrules:
     publish,
 
 
+# The aggregating targets list every file they stand for (grid_outputs in common.smk), so that a rerun after
+# a kill or a failure remakes whatever is missing.
 rule all:
     input:
         rules.tables.output,
         rules.plots.output,
+        grid_outputs(),
     default_target: True
 
 
 rule prune_all:
     input:
         grid_paths(metric_output("prune"), PRUNED),
+        kept_models(),
 
 
 rule evaluate_all:
     input:
-        all_metric_files(),
+        grid_outputs(),

@@ -7,9 +7,9 @@ returns what the checks learned (the method built, the model directory and its c
 settings, the memory plan). Only config.json, safetensors headers and data-file names are read.
 
 `api.prune`, `api.evaluate_perplexity`, `Pruner`, the job files (through `api.prune`) and the workflow all ask
-it; `workflow_config_problems` runs it on every grid row of a workflow config (with each model's config.json
-where it is readable offline) and adds what only a config has (cross references, stages, optional parts), each
-problem naming its config key.
+it; `workflow_config_problems` runs it on every grid row of a workflow config (with the files of each model that
+is local already, checked as a prune checks them, and the calibration documents counted with its tokenizer) and
+adds what only a config has (cross references, stages, optional parts), each problem naming its config key.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .core import arguments, model_checks, outputs
-from .core.data import check_calibration_source, check_evaluation_dataset, data_dir
+from .core.data import (DataError, calibration_documents, calibration_is_local, check_calibration_length,
+                        check_calibration_source, check_evaluation_dataset, data_dir)
 from .core.inputs import read_paths
 from .core.options import READS_MODEL, READS_TEXT
 from .core.protocols import Calibration, Evaluation
@@ -357,17 +358,18 @@ class WorkflowConfig:
             recovery["data"] = self.data_argument(recovery["data"])
         return recovery
 
-    def model_config(self, name: str, spec: str) -> dict | None:
-        """A model's config.json where it is readable offline: the local directory, the zoo's or the hub's
-        cache, or the copy fetched into resources/; None when there is none yet (its checks are skipped)."""
+    def model_dir(self, name: str, spec: str) -> Path | None:
+        """A model's local directory where one is there offline (it holds a config.json): the local directory,
+        the zoo's or the hub's cache, or the copy fetched into resources/; None when there is none yet (the
+        checks that need its files are left to its jobs)."""
         from .core import zoo
 
         candidates = []
         cached_dir = zoo.cached_model_dir(str(self.path(spec)) if self.is_gguf_spec(spec) else spec)
         if cached_dir is not None:
-            candidates.append(cached_dir / "config.json")
+            candidates.append(cached_dir)
         elif self.is_path_spec(spec):
-            candidates.append(self.path(spec) / "config.json")
+            candidates.append(self.path(spec))
         else:
             from huggingface_hub import try_to_load_from_cache
 
@@ -376,17 +378,9 @@ class WorkflowConfig:
             except ValueError:  # not a repo id: the spec check names it
                 cached = None
             if isinstance(cached, str):
-                candidates.append(Path(cached))
-        candidates.append(Path("resources", "models", name, "config.json"))
-        for path in candidates:
-            try:
-                config = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(config, dict):
-                return config
-        return None
-
+                candidates.append(Path(cached).parent)
+        candidates.append(Path("resources", "models", name))
+        return next((folder for folder in candidates if (folder / "config.json").is_file()), None)
 
     def prune_arguments(self, row: dict) -> list[str]:
         """The flags of one grid row's prune job: --method, its ratio, options, recovery, save format, memory cap."""
@@ -457,17 +451,22 @@ def schema_problems(error: Exception) -> list[str]:
 def workflow_config_problems(cfg: dict, repo: str | os.PathLike, *, jobs_run_here: bool = True,
                              jobs_have_own_env: bool = False) -> list[str]:
     """Every problem of a workflow config whose schema holds (defaults filled), each naming its config key:
-    first the cross references a schema cannot express; where those hold, what a job would refuse, asked of
-    the pre-flight for every grid row, and the optional parts the config needs (llama-cpp-python unless
-    `jobs_have_own_env`, CUDA when `jobs_run_here`, the network). torch is imported only where a model config,
-    a zero-shot task or a cuda device asks for it."""
+    first the cross references a schema cannot express; where those hold, what a job would refuse: the files of
+    each model that is local already (as a prune checks them before loading), the pre-flight of every grid row,
+    the calibration documents against each local model's tokenizer, and the optional parts the config needs
+    (llama-cpp-python unless `jobs_have_own_env`, CUDA when `jobs_run_here`, the network). torch is imported
+    only where a model config, a zero-shot task or a cuda device asks for it."""
     config = WorkflowConfig(cfg, repo)
     errors = _cross_reference_errors(config)
     if errors:
         return errors
     specs = config.model_specs()
-    model_configs = {name: config.model_config(name, spec) for name, spec in specs.items()}
-    errors = [*_spec_errors(config, specs), *_row_errors(config, model_configs), *_speed_length_errors(cfg, model_configs),
+    model_dirs = {name: config.model_dir(name, spec) for name, spec in specs.items()}
+    file_errors, model_configs = _model_files(model_dirs)
+    sound_dirs = {name: folder for name, folder in model_dirs.items() if model_configs[name]}
+    errors = [*_spec_errors(config, specs), *file_errors, *_row_errors(config, model_configs),
+              *_calibration_errors(config, sound_dirs, model_configs),
+              *_speed_length_errors(cfg, model_configs),
               *_remote_code_errors(cfg, model_configs),
               *_task_errors(cfg["zeroshot"]["tasks"], config.data_dir()),
               *([] if jobs_have_own_env else _llama_cpp_errors(cfg)),
@@ -546,6 +545,89 @@ def _spec_errors(config: WorkflowConfig, specs: dict) -> list[str]:
             except ValueError as exc:
                 errors.append(f"config.models.{name}: {exc}")
     return errors
+
+
+def _model_files(model_dirs: dict) -> tuple[list[str], dict]:
+    """Each local model's files as a prune checks them before loading (config.json, safetensors headers and
+    their shapes): the problems, each naming the model's config key, and each model's config (None where its
+    directory is not there yet or its files are refused, so the checks that need them are skipped). Code of
+    the model's own is named by `_remote_code_errors`, with the workflow's opt-in; none of it runs here."""
+    errors, configs = [], {}
+    for name, folder in model_dirs.items():
+        configs[name] = None
+        if folder is None:
+            continue
+        try:
+            configs[name] = model_checks.model_files(folder, tokenizer=False, trust_remote_code=True)
+        except ValueError as exc:  # ModelLoadError
+            errors.append(f"config.models.{name}: {' '.join(str(exc).split())}")
+    return errors, configs
+
+
+def _calibration_errors(config: WorkflowConfig, model_dirs: dict, model_configs: dict) -> list[str]:
+    """The protocol's calibration documents, read as a prune job reads them, and counted with the tokenizer of
+    each local model a grid row calibrates: each must give more tokens than one window (the job's own
+    refusal, made here before any job). Left to the jobs where the documents come from the hub or a model
+    (or its tokenizer) is not local yet."""
+    cfg = config.cfg
+    calibration, _ = config.protocol()
+    key = f"config.protocols.{cfg['protocol']}.calibration.source"
+    models = [name for name in _calibrating_models(cfg) if model_dirs.get(name)]
+    if not models:
+        return []
+    try:
+        if not calibration_is_local(calibration.source, config.data_dir()):
+            return []
+        check_calibration_source(calibration.source)
+    except DataError:  # a bad data directory or source: the rows' pre-flight names it
+        return []
+    try:
+        documents = calibration_documents(calibration.source, config.data_dir())
+    except DataError as exc:  # e.g. a data directory without the source's files
+        return [f"{key}: {' '.join(str(exc).split())}"]
+    errors = []
+    for name in models:
+        tokenizer = _local_tokenizer(model_dirs[name], model_configs[name])
+        if tokenizer is None:
+            continue
+        try:
+            check_calibration_length(tokenizer, documents, calibration.source, calibration.seqlen)
+        except DataError as exc:
+            errors.append(f"{key}: {exc} (model {name})")
+    return errors
+
+
+def _calibrating_models(cfg: dict) -> list[str]:
+    """The models with a grid row whose method calibrates (a row that cannot be built is refused elsewhere)."""
+    models = []
+    for entry in cfg["methods"].values():
+        ratios = [{kind: value} for kind, values in entry.get("ratios", {}).items() for value in values] or [{}]
+        for ratio in ratios:
+            try:
+                method = build_method(entry["method"], **{**entry["options"], **ratio})
+            except (ValueError, TypeError):
+                continue
+            if method.needs_calibration:
+                models += entry.get("models", list(cfg["models"]))
+                break
+    return list(dict.fromkeys(models))
+
+
+def _local_tokenizer(folder: Path, config: dict):
+    """The tokenizer of a local model directory; None where its files would not make one (the job refuses
+    that, naming them) or it is code of the model's own (never run here; `_remote_code_errors` names it)."""
+    try:
+        model_checks.tokenizer_files(folder, config)
+    except ValueError:
+        return None
+    if model_checks.remote_code(folder, config) is not None:
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    except (OSError, ValueError):  # what transformers raises for files it cannot read
+        return None
 
 
 def _row_errors(config: WorkflowConfig, model_configs: dict) -> list[str]:

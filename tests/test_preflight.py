@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 
 import pytest
 import yaml
@@ -201,3 +202,39 @@ def test_every_row_s_problems_together(tmp_path):
 
 def test_a_sound_config_has_no_problems(tmp_path):
     assert workflow_problems(lambda c: None, tmp_path) == []
+
+
+def test_local_model_files_read_as_a_prune_reads_them(tmp_path):
+    """A local model's config.json that is not JSON, or a safetensors file cut short, is refused by the
+    workflow's pre-flight, naming the model's key and the file, as `prune` refuses it before loading."""
+    broken_config, truncated = tmp_path / "broken-config", tmp_path / "truncated"
+    for folder in (broken_config, truncated):
+        shutil.copytree(STORIES, folder)
+    (broken_config / "config.json").write_text('{"model_type": "llama",\n  "hidden_size": 64,,\n}\n')
+    (truncated / "model.safetensors").write_bytes((STORIES / "model.safetensors").read_bytes()[:1000])
+    found = workflow_problems(lambda c: c["models"].update(broken=str(broken_config), cut=str(truncated)), tmp_path)
+    assert found == [
+        f"config.models.broken: {broken_config}/config.json: not valid JSON (Expecting property name enclosed in "
+        "double quotes at line 2 column 21)",
+        f"config.models.cut: {truncated}/model.safetensors: not a valid safetensors file (header length 4856 does "
+        "not fit its 1000 bytes; truncated or another format)"]
+
+
+def test_calibration_documents_counted_with_each_local_tokenizer(tmp_path):
+    """A calibration file with fewer tokens than one window is the prune job's own refusal, made by the
+    pre-flight with the tokenizer of each local model a calibrating method prunes; magnitude alone does not
+    calibrate, and a model without a local tokenizer is left to its job."""
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("tiny\n")
+
+    def source(c):
+        c["protocols"]["tiny"]["calibration"]["source"] = str(tiny)
+
+    assert workflow_problems(source, tmp_path) == [
+        f"config.protocols.tiny.calibration.source: calibration source '{tiny}' has only 4 tokens, fewer than "
+        "seqlen=64 (model stories260K)"]
+    assert workflow_problems(lambda c: (source(c), c["methods"].pop("wanda")), tmp_path) == []
+    no_tokenizer = tmp_path / "no-tokenizer"
+    no_tokenizer.mkdir()
+    (no_tokenizer / "config.json").write_text((STORIES / "config.json").read_text())
+    assert workflow_problems(lambda c: (source(c), c.update(models={"bare": str(no_tokenizer)})), tmp_path) == []

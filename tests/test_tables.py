@@ -560,3 +560,30 @@ def test_plots_from_measured_runs(measured, tmp_path):
     without_dense = Results(runs[runs.method != "dense"].reset_index(drop=True))
     assert plot_structured(without_dense, MODEL, tmp_path / "x.png") is None  # no baseline, no plot
     assert plot_zeroshot_speed(without_dense, tmp_path / "y.png") is None and not list(tmp_path.glob("[xy].png"))
+
+
+def test_installing_a_prune_replaces_the_model_and_its_measurements(tmp_path):
+    """`install_pruned_model` (the workflow's install_model job): the finished prune becomes the run's model, its
+    prune.json the run's record, and the measurements of the model it replaces go; nothing else in the folder
+    is touched, and it refuses a directory that is not a finished prune."""
+    from pruning.core.io import OutputError
+    from pruning.reporting.metric_files import install_pruned_model
+
+    new, dest, metrics = tmp_path / "models/wanda/s0.50.new", tmp_path / "models/wanda/s0.50", tmp_path / "metrics"
+    new.mkdir(parents=True)
+    report = json.dumps({"method": "wanda", "versions": {"pruning": pruning.__version__}, "run_id": "new"})
+    (new / "prune.json").write_text(report)
+    (new / "model.safetensors").write_bytes(b"weights")
+    metrics.mkdir()
+    for name in ("ppl.json", "zeroshot-boolq.json", "gguf-f16.json", "speed.json"):
+        (metrics / name).write_text('{"pruning": {"run_id": "old"}}')
+    (metrics / "notes.txt").write_text("mine\n")
+    install_pruned_model(new, dest, metrics / "prune.json")
+    assert not new.exists() and (dest / "model.safetensors").read_bytes() == b"weights"
+    assert sorted(p.name for p in metrics.iterdir()) == ["notes.txt", "prune.json"]
+    assert (metrics / "prune.json").read_text() == report
+    with pytest.raises(OutputError, match="exists: a pruned model is installed only where none is"):
+        install_pruned_model(dest, dest, tmp_path / "other" / "prune.json")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(OutputError, match="not a finished prune"):
+        install_pruned_model(tmp_path / "empty", tmp_path / "elsewhere", tmp_path / "other" / "prune.json")

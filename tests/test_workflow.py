@@ -45,9 +45,10 @@ TINY_CONFIG = {
 # Every job of the default grid: 2 models; 3 methods x (2 sparsities + 2:4) = 9 pruned runs per model; on
 # smollm2 only, OWL-Wanda at 70 % and 9 structured runs (angular and cosine x 2 block counts, Quark, layers,
 # heads, two_stage, FLAP); + 1 dense each: 30 rows, 28 pruned. The 20 smollm2 rows also get 4 zero-shot
-# tasks, GGUF f16 and q4_k_m (convert + llama.cpp evaluation each) and speed.
-DEFAULT_GRID_JOBS = {"fetch_model": 2, "prune": 28, "perplexity": 30, "zeroshot": 80, "gguf_convert": 40,
-                     "gguf_eval": 40, "speed": 20, "plots": 1, "tables": 1, "all": 1, "total": 243}
+# tasks, GGUF f16 and q4_k_m (convert + llama.cpp evaluation each) and speed. Each prune is installed as its
+# row's model by a local job once it has succeeded (install_model).
+DEFAULT_GRID_JOBS = {"fetch_model": 2, "prune": 28, "install_model": 28, "perplexity": 30, "zeroshot": 80,
+                     "gguf_convert": 40, "gguf_eval": 40, "speed": 20, "plots": 1, "tables": 1, "all": 1, "total": 271}
 TINY_ROWS = [("dense", "base"), ("magnitude", "s0.50"), ("magnitude", "nm2-4"), ("wanda", "s0.50"), ("wanda", "nm2-4")]
 
 
@@ -55,10 +56,11 @@ def snakemake(workdir: Path, *args: str, config: dict | None = None, timeout: in
               **popen) -> subprocess.CompletedProcess:
     """`python -m snakemake` on the repository's Snakefile in `workdir`, with `config` (written as YAML)
     replacing the workflow's own config."""
-    return subprocess.run(_command(workdir, args, config), capture_output=True, text=True, timeout=timeout, **popen)
+    return subprocess.run(snakemake_command(workdir, args, config), capture_output=True, text=True, timeout=timeout,
+                          **popen)
 
 
-def _command(workdir: Path, args, config: dict | None) -> list[str]:
+def snakemake_command(workdir: Path, args, config: dict | None) -> list[str]:
     workdir.mkdir(parents=True, exist_ok=True)
     command = [PYTHON, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
     if config is not None:
@@ -144,10 +146,11 @@ def test_publish_plans_the_grid_then_itself(tmp_path):
 
 
 @pytest.mark.parametrize("target, expected", [
-    ("prune_all", {"fetch_model": 2, "prune": 28, "prune_all": 1, "total": 31}),
+    ("prune_all", {"fetch_model": 2, "prune": 28, "install_model": 28, "prune_all": 1, "total": 59}),
     ("evaluate_all", {**{k: v for k, v in DEFAULT_GRID_JOBS.items() if k not in ("tables", "plots", "all")},
-                      "evaluate_all": 1, "total": 241}),
-    ("results/metrics/stories260K/wanda/nm2-4/ppl.json", {"fetch_model": 1, "prune": 1, "perplexity": 1, "total": 3}),
+                      "evaluate_all": 1, "total": 269}),
+    ("results/metrics/stories260K/wanda/nm2-4/ppl.json", {"fetch_model": 1, "prune": 1, "install_model": 1,
+                                                          "perplexity": 1, "total": 4}),
     ("results/metrics/smollm2-135m/dense/base/ppl.json", {"fetch_model": 1, "perplexity": 1, "total": 2}),
 ])
 def test_named_targets(tmp_path, target, expected):
@@ -169,8 +172,9 @@ def test_optional_evaluations_join_the_grid(tmp_path):
     pruned = 28 + 2
     rows = pruned + 2
     assert job_counts(result.stdout) == {
-        "fetch_model": 2, "prune": pruned, "perplexity": rows, "zeroshot": 2 * rows, "gguf_convert": 2 * rows,
-        "gguf_eval": 2 * rows, "speed": rows, "tables": 1, "plots": 1, "all": 1, "total": 2 + pruned + 8 * rows + 3}
+        "fetch_model": 2, "prune": pruned, "install_model": pruned, "perplexity": rows, "zeroshot": 2 * rows,
+        "gguf_convert": 2 * rows, "gguf_eval": 2 * rows, "speed": rows, "tables": 1, "plots": 1, "all": 1,
+        "total": 2 + 2 * pruned + 8 * rows + 3}
     for table in ("summary", "sparsity-smollm2-135m", "depth-smollm2-135m", "layer-removal", "zeroshot", "gguf"):
         assert f"results/tables/{table}.csv" in result.stdout
     assert "--option num_blocks=2 --option 'criterion=\"angular\"'" in result.stdout
@@ -336,7 +340,8 @@ def test_duplicate_key_rejected(tmp_path):
     text = text.replace("methods:\n", "methods:\n  wanda:\n    method: wanda\n    ratios: {sparsity: [0.6]}\n", 1)
     path = tmp_path / "twice.yaml"
     path.write_text(text)
-    command = _command(tmp_path, ["-n", "--cores", "1", "--configfile", str(path), "--replace-workflow-config"], None)
+    command = snakemake_command(tmp_path, ["-n", "--cores", "1", "--configfile", str(path),
+                                           "--replace-workflow-config"], None)
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     output = result.stdout + result.stderr
@@ -450,7 +455,7 @@ def tiny_run(tmp_path_factory):
     """The tiny grid run locally: SIGKILL to the whole run once the first pruned model is evaluated while
     other jobs are running, then `--rerun-incomplete` to the end."""
     workdir = tmp_path_factory.mktemp("tiny-local")
-    command = _command(workdir, ["--cores", "2"], TINY_CONFIG)
+    command = snakemake_command(workdir, ["--cores", "2"], TINY_CONFIG)
     log = open(workdir / "first-attempt.log", "w")
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

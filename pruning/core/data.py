@@ -148,6 +148,12 @@ def check_calibration_source(source: str, selection_on_test: bool = False) -> No
     _read_documents(path)  # a local text file is small: read it all now rather than fail after loading the model
 
 
+def calibration_is_local(source: str, data_root: str | os.PathLike | None = None) -> bool:
+    """Whether `calibration_documents` reads local files (a file source, or a named one with a data directory)
+    rather than the hub."""
+    return source not in CALIBRATION_SOURCES or data_dir(data_root) is not None
+
+
 def calibration_documents(source: str, data_root: str | os.PathLike | None = None,
                           selection_on_test: bool = False) -> list[str]:
     check_calibration_source(source, selection_on_test)
@@ -210,15 +216,38 @@ def calibration_windows(tokenizer, source: str, nsamples: int, seqlen: int, seed
             windows.append(ids[start:start + seqlen])
     from_stream = nsamples - len(windows)
     if from_stream:
-        separator = tokenizer.eos_token or "\n\n"
-        stream = tokenizer(separator.join(docs), add_special_tokens=False, verbose=False)["input_ids"]
+        stream = _token_stream(tokenizer, docs)
         if len(stream) <= seqlen:
-            raise DataError(f"calibration source {source!r} has only {len(stream)} tokens, fewer than seqlen={seqlen}")
+            raise _too_short(source, len(stream), seqlen)
         for _ in range(from_stream):
             start = rng.randint(0, len(stream) - seqlen - 1)
             windows.append(stream[start:start + seqlen])
     protocol = CalibrationProtocol(source, nsamples, seqlen, seed, from_stream)
     return torch.tensor(windows, dtype=torch.long), protocol
+
+
+def _token_stream(tokenizer, documents: list[str]) -> list[int]:
+    """The documents as one token stream, as windows are cut from it when too few documents are long enough."""
+    separator = tokenizer.eos_token or "\n\n"
+    return tokenizer(separator.join(documents), add_special_tokens=False, verbose=False)["input_ids"]
+
+
+def _too_short(source: str, tokens: int, seqlen: int) -> DataError:
+    return DataError(f"calibration source {source!r} has only {tokens} tokens, fewer than seqlen={seqlen}")
+
+
+def check_calibration_length(tokenizer, documents: list[str], source: str, seqlen: int) -> None:
+    """Refuse calibration documents too short for one window of `seqlen` tokens: `calibration_windows`' own
+    refusal, made before any model is loaded. The stream is tokenized in growing prefixes (1, 2, 4, ...
+    documents) until one holds more than `seqlen` tokens, so a long source costs a few documents' worth."""
+    end = 1
+    while True:
+        tokens = len(_token_stream(tokenizer, documents[:end]))
+        if tokens > seqlen:
+            return
+        if end >= len(documents):
+            raise _too_short(source, tokens, seqlen)
+        end *= 2
 
 
 class CalibrationCache:

@@ -6,7 +6,8 @@ evaluation, or one per task or GGUF output type). Every file is read once and
 flattened into rows (run, model, method, ratio, source, key, metric, value, file): one row per run × metric
 (the dotted JSON key), `source` the kind of file, `key` its task or GGUF output type. `Results` adds one
 row per run and the filter and pivot steps the tables are made of. A run whose files come from two
-different prunes is refused, so that no table row mixes an old measurement with a new model.
+different prunes is refused, so that no table row mixes an old measurement with a new model; the workflow
+installs a new prune with `install_pruned_model`, which removes the old model's measurements as it does.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import pandas as pd
 from .evaluations import file_patterns, parse_metric_file
 from .grid import DENSE_METHOD, DENSE_TOKEN, GridError, parse_ratio
 from ..core.model_checks import read_json_object
-from ..core.io import PRUNE_REPORT, RUN_ID
+from ..core.io import PRUNE_REPORT, RUN_ID, OutputError, atomic_write_text, is_our_directory
 
 COLUMNS = ["run", "model", "method", "ratio", "source", "key", "metric", "value", "file"]
 
@@ -91,6 +92,27 @@ def check_same_run(folder: Path, records: dict[Path, dict]) -> None:
         elif path.stat().st_mtime_ns < report.stat().st_mtime_ns:
             raise TableError(f"{path} is older than {report}, so it measured an earlier prune of this run: "
                              "re-run its evaluation (Snakemake does), or remove it")
+
+
+def install_pruned_model(new: str | os.PathLike, dest: str | os.PathLike, report: str | os.PathLike) -> None:
+    """Make a finished prune a run's model: `new` (a prune's output directory, written beside `dest`) is renamed
+    to `dest`, its prune.json copied to `report` in the run's metric folder (the run's record, kept when the
+    model is deleted after its measurements), and the folder's other metric files, measured on the model this
+    one replaces, are removed first, so that none is left beside a model it does not describe. The workflow's
+    prune jobs write `new` and this replaces the run's model only once a prune has succeeded: a failed or
+    killed prune leaves the previous model and its files as they were. `dest` and `report` must be absent."""
+    new, dest, report = Path(new), Path(dest), Path(report)
+    if not is_our_directory(new):
+        raise OutputError(f"{new}: not a finished prune (no {PRUNE_REPORT} in it)")
+    for taken in (dest, report):
+        if os.path.lexists(taken):
+            raise OutputError(f"{taken} exists: a pruned model is installed only where none is")
+    report.parent.mkdir(parents=True, exist_ok=True)
+    for path in report.parent.iterdir():
+        if path.name != PRUNE_REPORT and parse_metric_file(path.name):
+            path.unlink()
+    atomic_write_text(report, (new / PRUNE_REPORT).read_text(encoding="utf-8"))
+    os.replace(new, dest)
 
 
 def read_metrics(paths: Iterable[str | os.PathLike], root: str | os.PathLike = ".") -> pd.DataFrame:

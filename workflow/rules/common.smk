@@ -76,6 +76,7 @@ GPUS = config["gpus_per_job"] if config["gpus_per_job"] is not None else int(con
 JOB_RESOURCES = {
     "fetch_model": dict(mem_mb=8000, runtime=60, gpu=False),
     "prune": dict(mem_mb=32000, runtime=240, gpu=True),
+    "install_model": dict(mem_mb=2000, runtime=10, gpu=False),
     "perplexity": dict(mem_mb=16000, runtime=120, gpu=True),  # also any evaluation rule not listed here
     "zeroshot": dict(mem_mb=16000, runtime=240, gpu=True),
     "gguf_convert": dict(mem_mb=16000, runtime=60, gpu=False),
@@ -149,12 +150,16 @@ def model_spec_argument(model: str) -> str:
     return shlex.quote(str(CONFIG.path(spec)) if CONFIG.is_path_spec(spec) else spec)
 
 
+PRUNED_MODEL = "results/models/{model}/{method}/{ratio}"  # a pruned grid row's model directory
+NEW_PRUNED_MODEL = "results/models/{model}/{method}/{ratio}.new"  # a prune job's output (install_model)
+
+
 def model_dir(wildcards) -> str:
     """The directory a metric is measured on: the fetched model for dense, else the pruned one."""
     row = run_row(wildcards)
     if row["method"] == DENSE_METHOD:
         return f"resources/models/{row['model']}"
-    return f"results/models/{row['model']}/{row['method']}/{row['ratio']}"
+    return PRUNED_MODEL.format(**row)
 
 
 def _quote(args) -> str:
@@ -177,6 +182,11 @@ def runtime_arguments(device: bool = True) -> str:
     return _quote(CONFIG.runtime_arguments(device))
 
 
+# A prune job's params, recorded by Snakemake with its output and again with the installed model (install_model).
+PRUNE_PARAMS = {"method": prune_arguments, "calibration": calibration_arguments(), "runtime": runtime_arguments(),
+                "report": PRUNE_REPORT}
+
+
 def pruned_model_output(path: str):
     """Pruned model directories are kept, or deleted once every evaluation of them is done."""
     return directory(path) if config["keep_models"] else temp(directory(path))
@@ -184,6 +194,9 @@ def pruned_model_output(path: str):
 
 def gguf_output(path: str):
     return path if config["keep_models"] else temp(path)
+
+
+GGUF_FILE = "results/gguf/{model}/{method}/{ratio}/model-{outtype}.gguf"
 
 
 def zeroshot_arguments(wildcards) -> str:
@@ -194,7 +207,7 @@ def speed_inputs(wildcards) -> dict:
     inputs = {"model": model_dir(wildcards)}
     outtype = config["speed"]["gguf_outtype"]
     if outtype:
-        inputs["gguf"] = "results/gguf/{model}/{method}/{ratio}/model-{outtype}.gguf".format(outtype=outtype, **wildcards)
+        inputs["gguf"] = GGUF_FILE.format(outtype=outtype, **wildcards)
     return inputs
 
 
@@ -228,6 +241,21 @@ def run_metric_files(row: dict) -> list[str]:
 
 def all_metric_files() -> list[str]:
     return [path for row in GRID for path in run_metric_files(row)]
+
+
+def kept_models() -> list[str]:
+    """The pruned model directories the grid keeps (none with keep_models: false)."""
+    return grid_paths(PRUNED_MODEL, PRUNED) if config["keep_models"] else []
+
+
+def grid_outputs() -> list[str]:
+    """Every file the grid keeps for its rows: the metric files, and with keep_models the pruned models and GGUF
+    files. The aggregating targets (all, evaluate_all) take them all as input, so a rerun remakes whichever is
+    missing: Snakemake re-runs a job for a missing output only when a job that needs it runs, and the tables,
+    newer than every metric file that is still there, would not."""
+    gguf = [GGUF_FILE.format(outtype=outtype, **row) for row in GRID if stage_applies("gguf", row)
+            for outtype in config["gguf"]["outtypes"]] if config["keep_models"] else []
+    return [*all_metric_files(), *kept_models(), *gguf]
 
 
 def table_names() -> list[str]:

@@ -50,7 +50,7 @@ rule gguf_convert:
     input:
         model=model_dir,
     output:
-        gguf_output("results/gguf/{model}/{method}/{ratio}/model-{outtype}.gguf"),
+        gguf_output(GGUF_FILE),
     log:
         "logs/gguf_convert/{model}/{method}/{ratio}/{outtype}.log",
     benchmark:
@@ -68,7 +68,7 @@ rule gguf_convert:
 # The transformers PPL it is compared with is the perplexity rule's, on the same windows (tables join them).
 rule gguf_eval:
     input:
-        gguf="results/gguf/{model}/{method}/{ratio}/model-{outtype}.gguf",
+        gguf=GGUF_FILE,
         model=model_dir,
     output:
         metric_output("gguf"),

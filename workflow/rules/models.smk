@@ -19,19 +19,18 @@ rule fetch_model:
         "python -m pruning fetch-model {params.spec} --dest {output:q} > {log:q} 2>&1"
 
 
+# A prune writes beside the row's model ({ratio}.new, temp) and install_model moves it into place only once it
+# has succeeded: Snakemake removes a job's outputs before it runs it, so were the model the prune job's own
+# output, a failing or killed prune would lose the previous one (docs/workflow.md, "Failed and killed jobs").
 rule prune:
     input:
         model="resources/models/{model}",
     output:
-        model=pruned_model_output("results/models/{model}/{method}/{ratio}"),
-        report=metric_output("prune"),
+        temp(directory(NEW_PRUNED_MODEL)),
     wildcard_constraints:
         method=PRUNED_METHODS_PATTERN,
     params:
-        method=prune_arguments,
-        calibration=calibration_arguments(),
-        runtime=runtime_arguments(),
-        report=PRUNE_REPORT,
+        **PRUNE_PARAMS,
     log:
         "logs/prune/{model}/{method}/{ratio}.log",
     benchmark:
@@ -43,5 +42,29 @@ rule prune:
         "../envs/pruning.yaml"
     shell:
         "OMP_NUM_THREADS={threads} python -m pruning prune --model {input.model:q} {params.method} "
-        "{params.calibration} {params.runtime} --output-dir {output.model:q} --quiet > {log:q} 2>&1 "
-        "&& cp {output.model:q}/{params.report} {output.report:q}"
+        "{params.calibration} {params.runtime} --output-dir {output:q} --quiet > {log:q} 2>&1"
+
+
+# The prune's params again: what they record is what the installed model was pruned with, so a prune that
+# failed under new params (Snakemake records them for its output all the same) is retried by the next run.
+rule install_model:
+    input:
+        NEW_PRUNED_MODEL,
+    output:
+        model=pruned_model_output(PRUNED_MODEL),
+        report=metric_output("prune"),
+    wildcard_constraints:
+        method=PRUNED_METHODS_PATTERN,
+    params:
+        **PRUNE_PARAMS,
+    log:
+        "logs/install_model/{model}/{method}/{ratio}.log",
+    benchmark:
+        "logs/benchmarks/install_model/{model}/{method}/{ratio}.tsv"
+    threads: 1
+    resources:
+        **job_resources("install_model"),
+    conda:
+        "../envs/pruning.yaml"
+    script:
+        "../scripts/install_model.py"
