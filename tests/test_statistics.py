@@ -118,6 +118,11 @@ def test_a_model_answering_at_random_is_flagged_at_chance():
     assert at_chance(mean_se(guesses == gold), chance) is True
     knows = np.where(rng.random(300) < 0.6, gold, guesses)  # answers 60 % from knowledge
     assert at_chance(mean_se(knows == gold), chance) is False
+    # yes/no questions, 62 % "yes": a model that answers "no" to all is far below chance, by a bias
+    yes = rng.random(300) < 0.62
+    outcome = mean_se(~yes)
+    assert outcome.mean < 0.5 - 2 * outcome.se and at_chance(outcome, 0.5) is True
+    assert at_chance(Estimate(0.3, None, 1), 0.25) is None
 
 
 def test_chance_and_majority_rates():

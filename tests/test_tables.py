@@ -1,10 +1,12 @@
 """pruning.reporting.tables on real runs of stories260K (structured, depth, Wanda; perplexity, zero-shot, speed, GGUF):
-every cell equals its metric file, layouts as in the papers, deterministic bytes, clear errors, no row that
-mixes two prunes; and the grid contract (pruning.reporting.grid) that the workflow and the tables share."""
+every cell equals its metric file, with the uncertainty its per-item data give (recomputed here with
+pruning.core.statistics), layouts as in the papers, deterministic bytes, clear errors, no row that mixes two
+prunes; and the grid contract (pruning.reporting.grid) that the workflow and the tables share."""
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -22,7 +24,9 @@ from pruning.reporting.grid import (GridError, compared_rows, grid_rows, parse_r
 from pruning.reporting.plots import write_plots
 from pruning.reporting.metric_files import TableError, collect, read_metrics
 from pruning.reporting.tables import build_tables, layer_ranges, write_tables
-from pruning.reporting.tables.common import fmt_bytes
+from pruning.reporting.tables.common import fmt_bytes, fmt_ppl
+from pruning.core.statistics import (at_chance, chance_rate, indistinguishable, mean_of_independent, mean_se,
+                                     paired_difference, paired_perplexity, perplexity_estimate)
 
 MODEL = "stories260K"
 EVAL = dict(dataset="wikitext2", seqlen=128, max_windows=4, device="cpu", data_dir_path=str(DATA_DIR))
@@ -37,6 +41,8 @@ PRUNED = [  # (grid entry, ratio token, library method, arguments)
 ]
 ZEROSHOT_RUNS = [("dense", "base"), ("layers", "f0.40")]
 TASKS = ("arc_easy", "boolq")
+UNCERTAINTY = ["n_items", "se", "low", "high", "vs_dense", "vs_dense_se", "vs_dense_ratio", "vs_dense_ratio_low",
+               "vs_dense_ratio_high", "indistinguishable", "chance", "majority", "at_chance"]  # the CSV's extra columns
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +76,21 @@ def read(path):
 def cells(markdown: str) -> list[list[str]]:
     lines = [line for line in markdown.splitlines() if line.startswith("|")]
     return [[c.strip() for c in line.strip("|").split("|")] for line in lines[:1] + lines[2:]]
+
+
+def ppl_se(record: dict) -> float:
+    """The standard error of a perplexity, from its file's per-window NLLs."""
+    return perplexity_estimate(record["per_window"]["nll"], record["per_window"]["scored_tokens"]).se
+
+
+def ppl_cell(record: dict, dense: dict | None = None) -> str:
+    """A perplexity cell as the tables write it: value ± SE, ≈ when within 2 paired SE of dense."""
+    text = f"{fmt_ppl(record['ppl'])} ± {fmt_ppl(ppl_se(record))}"
+    if dense is not None:
+        paired = paired_perplexity(record["per_window"]["nll"], dense["per_window"]["nll"],
+                                   record["per_window"]["scored_tokens"])
+        text += " ≈" if paired.indistinguishable else ""
+    return text
 
 
 def by_name(metrics) -> dict:
@@ -139,13 +160,13 @@ def test_depth_table_prunegpt_layout(results):
     assert rows[0] == ["#Blocks", "#Param", "Angular", "Cosine"]
     metrics = results / "results" / "metrics" / MODEL
     dense = read(metrics / "dense/base/ppl.json")
-    assert rows[1] == ["0", f"{dense['parameters']['total'] / 1e3:.1f}K", f"{dense['ppl']:.2f}", f"{dense['ppl']:.2f}"]
+    assert rows[1] == ["0", f"{dense['parameters']['total'] / 1e3:.1f}K", ppl_cell(dense), ppl_cell(dense)]
     for row, blocks in zip(rows[2:], (1, 2)):
         angular, cosine = (read(metrics / f"depth-{c}/L{blocks}/ppl.json") for c in ("angular", "cosine"))
         # one decoder layer of stories260K holds 45,440 parameters
         assert angular["parameters"]["total"] == dense["parameters"]["total"] - blocks * 45440
-        assert row == [str(blocks), f"{angular['parameters']['total'] / 1e3:.1f}K", f"{angular['ppl']:.2f}",
-                       f"{cosine['ppl']:.2f}"]
+        assert row == [str(blocks), f"{angular['parameters']['total'] / 1e3:.1f}K", ppl_cell(angular, dense),
+                       ppl_cell(cosine, dense)]
     assert "Protocol: WikiText-2 test token-level perplexity, non-overlapping windows of 128 tokens" in table.caption
     assert "Calibration: c4, 4 × 64 tokens, seed 0" in table.caption
 
@@ -157,14 +178,14 @@ def test_layer_removal_table_quark_layout(results):
     assert rows[0] == ["model", "method", "ratio", "PPL original", "PPL after", "prune ratio", "deleted",
                        "deleted layers"]
     metrics = results / "results" / "metrics" / MODEL
-    dense_ppl = read(metrics / "dense/base/ppl.json")["ppl"]
+    dense = read(metrics / "dense/base/ppl.json")
     expected = [(e, t) for e, t, m, _ in PRUNED if m in ("depth", "layers", "two_stage")]
     assert [(r[1], r[2]) for r in rows[1:]] == [(e, parse_ratio(t).label) for e, t in sorted(expected)]
     for row in rows[1:]:
         entry, token = row[1], next(t for e, t, _, _ in PRUNED if e == row[1] and parse_ratio(t).label == row[2])
         report = read(metrics / entry / token / "prune.json")["result"]
-        assert row[3] == f"{dense_ppl:.2f}"
-        assert row[4] == f"{read(metrics / entry / token / 'ppl.json')['ppl']:.2f}"
+        assert row[3] == ppl_cell(dense)
+        assert row[4] == ppl_cell(read(metrics / entry / token / 'ppl.json'), dense)
         assert row[5] == f"{report['prune_ratio_percent']:.2f}%"
         # Quark's "delete 3 layer [11-13] total 32": the number after "total" is the model's layer count, which
         # every layer-removal method records in its prune.json
@@ -200,23 +221,143 @@ def test_two_stage_table_layout(results):
     removed = report["parameters"]["before"]["total"] - report["parameters"]["after"]["total"]
     assert len(rows) == 2 and rows[1][:3] == [MODEL, "two_stage", parse_ratio("r0.20").label]
     assert rows[1][3] == f"{len(mha)} {mha}" and rows[1][4] == f"{len(ffn)} {ffn}"
-    assert rows[1][7] == f"{read(metrics / 'two_stage' / 'r0.20' / 'ppl.json')['ppl']:.2f}"
+    dense = read(metrics / "dense" / "base" / "ppl.json")
+    assert rows[1][6] == ppl_cell(dense)
+    assert rows[1][7] == ppl_cell(read(metrics / "two_stage" / "r0.20" / "ppl.json"), dense)
     data = table.data
     before, after = (value_of(data, "two_stage", "r0.20", f"parameters.{when}.total") for when in ("before", "after"))
     assert before - after == removed > 0
     assert f"({report['result']['prune_ratio_percent']:.2f}%)" in rows[1][5]
 
 
-def test_zeroshot_table_with_average(results):
+def accuracy(record: dict, metric: str = "acc") -> tuple[list, float]:
+    """A zero-shot file's per-document outcomes of `metric` (its one leaf task) and the chance rate of guessing."""
+    (leaf,) = record["per_document"].values()
+    options = [len(answers) for answers in leaf.get("loglikelihoods", [])]
+    return leaf["values"][metric], (chance_rate(options) if options else 0.0)
+
+
+def accuracy_cell(record: dict, dense: dict, metric: str = "acc") -> str:
+    """An accuracy cell as the tables write it, recomputed from the files: value ± SE, for a pruned run the
+    paired Δ ± SE (≈ within 2 of them), and "at chance" when the dense run does not beat guessing by 2 SE."""
+    values, _ = accuracy(record, metric)
+    dense_values, chance = accuracy(dense, metric)
+    text = f"{100 * record['metrics'][metric]['value']:.2f} ± {100 * mean_se(values).se:.1f}"
+    if record is not dense:
+        difference = paired_difference(values, dense_values)
+        text += f" (Δ {100 * difference.mean:+.1f} ± {100 * difference.se:.1f}{' ≈' if indistinguishable(difference) else ''})"
+    return text + (" at chance" if at_chance(mean_se(dense_values), chance) else "")
+
+
+def test_zeroshot_table_with_uncertainty_and_chance(results):
+    """Every accuracy with its SE, the pruned run's paired Δ against dense on the same documents, the tasks
+    the dense model answers at chance flagged and left out of the Average, and a smoke-run line driven by
+    the measured standard errors (8 documents per task here)."""
     table = by_name(collect(results / "results"))["zeroshot"]
     rows = cells(table.markdown())
     assert rows[0] == ["model", "method", "ratio", *TASKS, "Average"]
     metrics = results / "results" / "metrics" / MODEL
+    dense = {task: read(metrics / "dense" / "base" / f"zeroshot-{task}.json") for task in TASKS}
+    informative = [t for t in TASKS if not at_chance(mean_se(accuracy(dense[t])[0]), accuracy(dense[t])[1])]
     for row, (entry, token) in zip(rows[1:], ZEROSHOT_RUNS):
-        values = [read(metrics / entry / token / f"zeroshot-{task}.json")["metrics"]["acc"]["value"] for task in TASKS]
-        assert row[3:] == [f"{100 * v:.2f}" for v in values] + [f"{100 * sum(values) / len(values):.2f}"]
+        records = {task: read(metrics / entry / token / f"zeroshot-{task}.json") for task in TASKS}
+        assert row[3:5] == [accuracy_cell(records[task], dense[task] if entry != "dense" else records[task])
+                            for task in TASKS]
+        if not informative:
+            assert row[5] == "—"
+        else:
+            estimate = mean_of_independent([mean_se(accuracy(records[t])[0]) for t in informative])
+            assert row[5].startswith(f"{100 * estimate.mean:.2f} ± {100 * estimate.se:.1f}")
     assert len(rows) == 1 + len(ZEROSHOT_RUNS)
     assert table.caption.startswith("Protocol: lm-evaluation-harness, metric acc × 100, 0-shot, first 8 documents")
+    assert "Average over the tasks of the row that are not at chance" in table.caption
+    flagged = [t for t in TASKS if t not in informative]
+    if flagged:
+        assert "At chance — not informative for this model" in table.caption
+        assert all(f"{ {'arc_easy': 'ARC-Easy', 'boolq': 'BoolQ'}[t]} (dense " in table.caption for t in flagged)
+    worst = max(mean_se(accuracy(dense[t])[0]).se for t in TASKS)
+    assert worst > 0.015 and "Smoke run, large uncertainty: standard errors of" in table.caption
+    assert "over 8 documents per task" in table.caption
+
+
+def test_uncertainty_columns_of_the_csv(results):
+    """The CSV's uncertainty columns on the headline rows equal the statistics of the files' per-item data:
+    an accuracy's SE, 2-SE interval, chance and flag; a perplexity's exp-mapped interval and its paired ratio
+    to dense; the other rows leave them empty."""
+    tables = by_name(collect(results / "results"))
+    metrics = results / "results" / "metrics" / MODEL
+    data = tables["zeroshot"].data
+    shown = data[data.metric == "metrics.acc.value"]
+    assert len(shown) == len(ZEROSHOT_RUNS) * len(TASKS)
+    for row in shown.itertuples():
+        record, reference = (read(metrics / e / t / f"zeroshot-{row.key}.json") for e, t in
+                             ((row.method, row.ratio), ("dense", "base")))
+        values, chance = accuracy(record)
+        estimate = mean_se(values)
+        assert (row.n_items, row.se, row.low, row.high, row.chance) == (8, pytest.approx(estimate.se), pytest.approx(
+            estimate.low), pytest.approx(estimate.high), pytest.approx(chance))
+        assert row.at_chance == at_chance(mean_se(accuracy(reference)[0]), accuracy(reference)[1])
+        if row.method == "dense":
+            assert row.vs_dense is None and row.indistinguishable is None
+        else:
+            difference = paired_difference(values, accuracy(reference)[0])
+            assert (row.vs_dense, row.vs_dense_se) == (pytest.approx(difference.mean), pytest.approx(difference.se))
+    assert data[data.metric != "metrics.acc.value"][UNCERTAINTY].isna().all().all()
+    sparsity = tables[f"sparsity-{MODEL}"].data
+    dense, wanda = (read(metrics / e / t / "ppl.json") for e, t in (("dense", "base"), ("wanda", "s0.50")))
+    row = sparsity[(sparsity.method == "wanda") & (sparsity.metric == "ppl")].iloc[0]
+    estimate = perplexity_estimate(wanda["per_window"]["nll"], wanda["per_window"]["scored_tokens"])
+    assert row.low < row.value < row.high and row.n_items == 4
+    assert (row.low, row.high) == (pytest.approx(estimate.low), pytest.approx(estimate.high))
+    assert math.log(row.high / row.value) == pytest.approx(2 * estimate.nll.se)
+    paired = paired_perplexity(wanda["per_window"]["nll"], dense["per_window"]["nll"], [127] * 4)
+    assert row.vs_dense_ratio == pytest.approx(wanda["ppl"] / dense["ppl"])
+    assert (row.vs_dense_ratio_low, row.vs_dense_ratio_high) == (pytest.approx(paired.low), pytest.approx(paired.high))
+    assert row.indistinguishable == paired.indistinguishable
+
+
+def strip_per_item_data(folder: Path) -> None:
+    """Rewrite every metric file under `folder` as it was written before per-item records existed."""
+    for path in folder.rglob("*.json"):
+        record = read(path)
+        record.pop("per_window", None)
+        record.pop("per_document", None)
+        path.write_text(json.dumps(record))
+
+
+def test_old_metric_files_without_per_item_data_still_read(results, tmp_path):
+    """Files from before per-item records: every table is built, no cell carries a ± or a flag, the captions
+    say why, and the Average is the plain mean over every task as before."""
+    copy = tmp_path / "results"
+    shutil.copytree(results / "results" / "metrics", copy / "metrics")
+    strip_per_item_data(copy / "metrics")
+    tables = by_name(collect(copy))
+    for name in ("zeroshot", f"sparsity-{MODEL}", f"depth-{MODEL}", "summary", "layer-removal"):
+        body = tables[name].markdown().split("\n\n", 2)[2]
+        assert "±" not in body and "≈" not in body and "at chance" not in body, name
+        assert "Smoke run" not in tables[name].caption
+        assert tables[name].data[UNCERTAINTY[1:]].isna().all().all(), name
+    assert "without per-document data" in tables["zeroshot"].caption
+    assert "without per-window data" in tables[f"sparsity-{MODEL}"].caption
+    metrics = copy / "metrics" / MODEL
+    for row, (entry, token) in zip(cells(tables["zeroshot"].markdown())[1:], ZEROSHOT_RUNS):
+        values = [read(metrics / entry / token / f"zeroshot-{t}.json")["metrics"]["acc"]["value"] for t in TASKS]
+        assert row[3:] == [f"{100 * v:.2f}" for v in values] + [f"{100 * sum(values) / len(values):.2f}"]
+
+
+def test_pruned_runs_on_other_windows_are_not_paired(results, tmp_path):
+    """A dense perplexity over other windows (fewer of them) is no reference for a paired comparison: the
+    pruned cells keep their own ± but no ≈ and no Δ, and the caption says why."""
+    copy = tmp_path / "results"
+    shutil.copytree(results / "results" / "metrics", copy / "metrics")
+    dense = copy / "metrics" / MODEL / "dense" / "base" / "ppl.json"
+    pruning.evaluate_perplexity(str(REPO.parent / "shared/models/stories260K"), output=str(dense), overwrite=True,
+                                **{**EVAL, "max_windows": 3})
+    table = by_name(collect(copy))[f"sparsity-{MODEL}"]
+    assert "Not paired with dense, measured on other windows (windows differ)." in table.caption
+    wanda = read(copy / "metrics" / MODEL / "wanda" / "s0.50" / "ppl.json")
+    assert cells(table.markdown())[1][2] == ppl_cell(wanda)
+    assert table.data[["vs_dense", "vs_dense_ratio", "indistinguishable"]].isna().all().all()
 
 
 def test_summary_sizes_and_quality(results):
@@ -237,8 +378,16 @@ def test_summary_sizes_and_quality(results):
     assert rows[("layers", "40%")][header.index("weights (dense storage)")] == \
         f"{layers['parameters.total'] * 4 / 1e3:.1f} kB"  # float32
     assert rows[("layers", "40%")][bytes_column] == f"{1 - layers['parameters.total'] / dense['parameters.total']:.1%}"
+    # the PPL difference with its paired SE on the same windows (pruning.core.statistics, delta method)
+    dense_record, layers_record = (read(results / "results" / "metrics" / MODEL / e / t / "ppl.json")
+                                   for e, t in (("dense", "base"), ("layers", "f0.40")))
+    paired = paired_perplexity(layers_record["per_window"]["nll"], dense_record["per_window"]["nll"],
+                               dense_record["per_window"]["scored_tokens"])
     change = layers["ppl"] - dense["ppl"]
-    assert rows[("layers", "40%")][header.index("quality change (PPL)")] == f"{change:+.2f} ({change / dense['ppl']:+.1%})"
+    assert paired.difference.mean == pytest.approx(change) and paired.difference.se > 0
+    assert rows[("layers", "40%")][header.index("quality change (PPL)")] == \
+        f"{change:+.2f} ± {paired.difference.se:.2f} ({change / dense['ppl']:+.1%})"
+    assert rows[("layers", "40%")][header.index("PPL")] == ppl_cell(layers_record, dense_record)
     # the checkpoint as prune saved it: the bitmask layout stores the 50 % zeros as bits
     stored = read(results / "results" / "metrics" / MODEL / "wanda" / "s0.50" / "prune.json")["checkpoint"]
     dense_bytes = dense["parameters.total"] * 4
@@ -289,8 +438,9 @@ def test_gguf_table(results, tmp_path):
     header, row = cells(table.markdown())
     assert header == ["model", "method", "ratio", "type", "GGUF size", "PPL (llama.cpp)", "PPL (transformers)",
                       "difference"]
-    assert row == [MODEL, "wanda", "50%", "f16", f"{record['gguf']['bytes'] / 1e3:.1f} kB", f"{record['ppl']:.2f}",
+    assert row == [MODEL, "wanda", "50%", "f16", f"{record['gguf']['bytes'] / 1e3:.1f} kB", ppl_cell(record),
                    f"{record['reference']['ppl']:.2f}", f"{record['relative_difference']:+.2%}"]
+    assert len(record["per_window"]["nll"]) == 2 and " ± (llama.cpp): one standard error over the windows." in table.caption
 
 
 def test_written_tables_are_deterministic_and_traceable(results, tmp_path):
@@ -306,7 +456,7 @@ def test_written_tables_are_deterministic_and_traceable(results, tmp_path):
         assert a.read_bytes() == b.read_bytes(), a.name
     for csv in (p for p in first if p.suffix == ".csv"):  # long form: every value is the one in its file
         frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
-        assert list(frame.columns) == ["model", "method", "ratio", "key", "metric", "value", "file"], csv.name
+        assert list(frame.columns) == ["model", "method", "ratio", "key", "metric", "value", "file", *UNCERTAINTY], csv.name
         assert len(frame) > 0
         for row in frame.itertuples():
             record = read(results / row.file)

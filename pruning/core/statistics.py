@@ -189,9 +189,13 @@ def majority_rate(labels: Sequence) -> float:
 
 
 def at_chance(accuracy: Estimate, chance: float) -> bool | None:
-    """Whether an accuracy is within SE_MULTIPLE standard errors of the chance rate: the task does not
-    separate this model from guessing (None without an SE)."""
-    return accuracy.within(chance)
+    """Whether an accuracy fails to beat the chance rate by more than SE_MULTIPLE standard errors: within them
+    of chance, or below it (a model below chance on a yes/no task answers by a bias, not by reading; BoolQ's
+    "no" to every question scores 38 against chance 50). Such a task does not separate this model from
+    guessing (None without an SE)."""
+    if accuracy.se is None:
+        return None
+    return accuracy.mean - chance <= SE_MULTIPLE * accuracy.se
 
 
 # ---- spread of repeated timings -----------------------------------------------------------------------
