@@ -420,6 +420,9 @@ def test_speed_column_from_speed_files(results, tmp_path):
     assert row[column] == (f"{layers['prefill_tokens_per_s'] / dense['prefill_tokens_per_s'] - 1:+.1%} / "
                            f"{layers['decode_tokens_per_s'] / dense['decode_tokens_per_s'] - 1:+.1%}")
     assert next(r for r in rows if r[1] == "wanda")[column] == "—"  # not measured
+    spread = header.index("decode tokens/s (median [min–max])")
+    assert row[spread] == f"{layers['decode_tokens_per_s']:.0f} [{layers['decode_tokens_per_s']:.0f}–" \
+                          f"{layers['decode_tokens_per_s']:.0f}]"  # one repeat: no spread
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
@@ -583,7 +586,7 @@ def measured(results, tmp_path_factory):
         for task, shots in SHOTS.items():
             zeroshot(str(model), task, limit=2 if task == "gsm8k" else 8, num_fewshot=shots, device="cpu",
                      data_dir_path=str(DATA_DIR), output=str(folder / f"zeroshot-{task}.json"), quiet=True)
-        speed(str(model), prompt_tokens=8, new_tokens=4, repeats=1, warmup=0, device="cpu", threads=1,
+        speed(str(model), prompt_tokens=8, new_tokens=4, repeats=3, warmup=0, device="cpu", threads=1,
               output=str(folder / "speed.json"))
         if HAS_LLAMA_CPP and entry != "layers":
             from pruning.evaluation.llamacpp import evaluate_gguf
@@ -597,13 +600,30 @@ def measured(results, tmp_path_factory):
 
 
 def headline(record: dict) -> float:
-    metrics = record["metrics"]
-    name = next(n for n in ("exact_match,strict-match", "acc_norm", "acc") if n in metrics)
-    return metrics[name]["value"]
+    return record["metrics"][headline_name(record)]["value"]
+
+
+def headline_name(record: dict) -> str:
+    return next(n for n in ("exact_match,strict-match", "acc_norm", "acc") if n in record["metrics"])
 
 
 def measured_file(root, entry, token, name):
     return read(root / "metrics" / MODEL / entry / token / name)
+
+
+def informative_average(root, entry, token, tasks) -> tuple[float, float, object] | None:
+    """(mean, SE, paired difference from dense) of the headline metric over the tasks the dense model beats
+    chance on, recomputed from the files; None when every task is at chance."""
+    records = {t: measured_file(root, entry, token, f"zeroshot-{t}.json") for t in tasks}
+    dense = {t: measured_file(root, "dense", "base", f"zeroshot-{t}.json") for t in tasks}
+    kept = [t for t in tasks if not at_chance(mean_se(accuracy(dense[t], headline_name(dense[t]))[0]),
+                                              accuracy(dense[t], headline_name(dense[t]))[1])]
+    if not kept:
+        return None
+    estimate = mean_of_independent([mean_se(accuracy(records[t], headline_name(records[t]))[0]) for t in kept])
+    difference = mean_of_independent([paired_difference(accuracy(records[t], headline_name(records[t]))[0],
+                                                        accuracy(dense[t], headline_name(dense[t]))[0]) for t in kept])
+    return estimate.mean, estimate.se, difference
 
 
 @pytest.mark.slow
@@ -613,10 +633,18 @@ def test_downstream_table_prunegpt_layout(measured):
     assert header == ["task", f"{MODEL} · dense", f"{MODEL} · layers · 40%", f"{MODEL} · wanda · 50%"]
     assert [r[0] for r in rows] == ["Winogrande (5-shot)", "BoolQ (0-shot)", "ARC-Easy (0-shot)", "GSM8K (1-shot)",
                                     "Average"]
+    tasks = ("winogrande", "boolq", "arc_easy", "gsm8k")
     for column, (entry, token) in enumerate(MEASURED, start=1):
-        scores = [headline(measured_file(measured, entry, token, f"zeroshot-{task}.json"))
-                  for task in ("winogrande", "boolq", "arc_easy", "gsm8k")]
-        assert [r[column] for r in rows] == [f"{100 * v:.2f}" for v in scores] + [f"{100 * sum(scores) / 4:.2f}"]
+        records = [measured_file(measured, entry, token, f"zeroshot-{task}.json") for task in tasks]
+        dense = [measured_file(measured, "dense", "base", f"zeroshot-{task}.json") for task in tasks]
+        assert [r[column] for r in rows[:-1]] == [
+            accuracy_cell(record, record if entry == "dense" else reference, headline_name(record))
+            for record, reference in zip(records, dense)]
+        average = informative_average(measured, entry, token, tasks)
+        if average is None:
+            assert rows[-1][column] == "—"
+        else:
+            assert rows[-1][column].startswith(f"{100 * average[0]:.2f} ± {100 * average[1]:.1f}")
     assert ("each task's headline metric × 100 (Winogrande acc, BoolQ acc, ARC-Easy acc_norm, GSM8K exact_match "
             "(strict-match filter))") in table.caption
     assert "first 2, 8 documents per task" in table.caption
@@ -624,6 +652,16 @@ def test_downstream_table_prunegpt_layout(measured):
     assert sorted(set(shown.metric)) == ["metrics.acc.value", "metrics.acc_norm.value",
                                          "metrics.exact_match,strict-match.value"]
     assert len(shown) == 4 * len(MEASURED)
+    gsm8k = shown[shown.metric == "metrics.exact_match,strict-match.value"]
+    assert (gsm8k.chance == 0.0).all() and (gsm8k.n_items == 2).all()  # a free answer: guessing scores 0
+
+
+def speedup_cell(root, entry, token) -> str:
+    """`1.23× [1.10–1.31]`: decode tokens/s against dense, medians, and the range over the repeats."""
+    own, dense = (measured_file(root, e, t, "speed.json")["hf"] for e, t in ((entry, token), ("dense", "base")))
+    rate = lambda record, at: record["decode_tokens_per_s"] * record["decode_seconds"]["median"] / record["decode_seconds"][at]  # noqa: E731
+    return (f"{own['decode_tokens_per_s'] / dense['decode_tokens_per_s']:.2f}× "
+            f"[{rate(own, 'max') / rate(dense, 'min'):.2f}–{rate(own, 'min') / rate(dense, 'max'):.2f}]")
 
 
 @pytest.mark.slow
@@ -636,21 +674,25 @@ def test_comparison_table_skill_layout(measured):
     assert [(r[1], r[2]) for r in rows] == [("depth-angular", "1 block"), ("depth-cosine", "1 block"),
                                             ("layers", "40%"), ("two_stage", "20%"), ("wanda", "50%")]
     dense_ppl = measured_file(measured, "dense", "base", "ppl.json")
-    dense_speed = measured_file(measured, "dense", "base", "speed.json")["hf"]["decode_tokens_per_s"]
-    dense_score = sum(headline(measured_file(measured, "dense", "base", f"zeroshot-{t}.json")) for t in SHOTS) / 4
     for row in rows:
         entry, token = row[1], {"1 block": "L1", "40%": "f0.40", "20%": "r0.20", "50%": "s0.50"}[row[2]]
         ppl = measured_file(measured, entry, token, "ppl.json")
         change = ppl["ppl"] - dense_ppl["ppl"]
-        assert row[4] == f"{change:+.2f} ({change / dense_ppl['ppl']:+.1%})"
+        paired = paired_perplexity(ppl["per_window"]["nll"], dense_ppl["per_window"]["nll"], [127] * 4)
+        assert row[4] == (f"{change:+.2f} ± {paired.difference.se:.2f} ({change / dense_ppl['ppl']:+.1%})"
+                          + (" ≈" if paired.indistinguishable else ""))
         assert row[8] == fmt_bytes(ppl["parameters"]["total"] * 4)
         assert row[9] == "no"
         assert row[6] == "—"  # speed.json measured no GGUF
         if (entry, token) in MEASURED:
-            score = sum(headline(measured_file(measured, entry, token, f"zeroshot-{t}.json")) for t in SHOTS) / 4
-            assert row[3] == f"{100 * (dense_score - score):+.2f}"
-            decode = measured_file(measured, entry, token, "speed.json")["hf"]["decode_tokens_per_s"]
-            assert row[5] == f"{decode / dense_speed:.2f}×"
+            average = informative_average(measured, entry, token, SHOTS)
+            if average is None:  # every task at chance for stories260K: no average to lose
+                assert row[3] == "—"
+            else:
+                loss = average[2]
+                assert row[3] == f"{-100 * loss.mean:+.2f} ± {100 * loss.se:.2f}" + (
+                    " ≈" if indistinguishable(loss) else "")
+            assert row[5] == speedup_cell(measured, entry, token)
         else:  # not measured: a dash, never a number
             assert row[3] == row[5] == "—"
         if HAS_LLAMA_CPP and entry == "wanda":
@@ -698,15 +740,106 @@ def test_impact_table_per_method_family(measured):
 
 
 @pytest.mark.slow
-def test_plots_from_measured_runs(measured, tmp_path):
+def test_plots_from_measured_runs(measured, tmp_path, monkeypatch):
     runs = collect(measured)
     first, second = write_plots(runs, tmp_path / "a"), write_plots(collect(measured), tmp_path / "b")
     assert [p.name for p in first] == [f"sparsity-{MODEL}.png", f"structured-{MODEL}.png", "zeroshot-speed.png"]
     for a, b in zip(first, second):
         assert a.read_bytes() == b.read_bytes() and a.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", a.name
-    from pruning.reporting.plots import plot_structured, plot_zeroshot_speed
+    from pruning.reporting import plots
+    from pruning.reporting.plots import plot_sparsity, plot_structured, plot_zeroshot_speed
     from pruning.reporting.metric_files import Results
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or Path(path))
+    results = Results(runs)
+    plot_sparsity(results, MODEL, tmp_path / "s.png")
+    (axes,) = drawn.pop().axes
+    bars = [c for c in axes.containers if c.has_yerr]
+    assert bars  # the perplexity points carry their 2-SE intervals: the wanda 50 % bar spans exactly that
+    wanda = measured_file(measured, "wanda", "s0.50", "ppl.json")
+    estimate = perplexity_estimate(wanda["per_window"]["nll"], wanda["per_window"]["scored_tokens"])
+    spans = [tuple(sorted(segment[:, 1])) for c in bars for segment in c.lines[2][0].get_segments()]
+    assert (pytest.approx(estimate.low), pytest.approx(estimate.high)) in spans
+    plot_zeroshot_speed(results, tmp_path / "z.png")
+    (axes,) = drawn.pop().axes
+    if all(informative_average(measured, e, t, SHOTS) is None for e, t in MEASURED):  # every task at chance
+        assert [text.get_text() for text in axes.texts] == [
+            f"no zero-shot average for {MODEL}: no task above chance (or one not measured)"]
+        assert axes.containers == [] and axes.get_legend() is None
 
     without_dense = Results(runs[runs.method != "dense"].reset_index(drop=True))
     assert plot_structured(without_dense, MODEL, tmp_path / "x.png") is None  # no baseline, no plot
     assert plot_zeroshot_speed(without_dense, tmp_path / "y.png") is None and not list(tmp_path.glob("[xy].png"))
+
+
+@pytest.fixture(scope="module")
+def informative(results, tmp_path_factory):
+    """The zero-shot runs of `results` plus LAMBADA on the dense and the layer-pruned model: stories260K answers
+    ARC-Easy and BoolQ at chance, but beats chance (0, a free answer) on LAMBADA: 6 of its first 640 documents
+    (4 of the first 400 would sit on the 2-SE line)."""
+    from pruning.evaluation.zeroshot import zeroshot
+
+    root = tmp_path_factory.mktemp("informative") / "results"
+    shutil.copytree(results / "results" / "metrics", root / "metrics")
+    from pruning.evaluation.speed import speed
+
+    for (entry, token), model in ((("dense", "base"), REPO.parent / "shared/models/stories260K"),
+                                  (("layers", "f0.40"), results / "results/models" / MODEL / "layers/f0.40")):
+        folder = root / "metrics" / MODEL / entry / token
+        zeroshot(str(model), "lambada_openai", limit=640, batch_size=64, device="cpu", data_dir_path=str(DATA_DIR),
+                 quiet=True,
+                 output=str(folder / "zeroshot-lambada_openai.json"))
+        speed(str(model), prompt_tokens=8, new_tokens=4, repeats=3, warmup=0, device="cpu", threads=1,
+              output=str(folder / "speed.json"))
+    return root
+
+
+@pytest.mark.slow
+def test_average_over_the_tasks_that_separate_the_model_from_chance(informative):
+    """The mechanism for any task: LAMBADA is informative for stories260K, ARC-Easy and BoolQ are not; the
+    Average and the accuracy loss cover the informative task only, with the paired SE over its documents."""
+    tasks = (*TASKS, "lambada_openai")
+    dense = {t: measured_file(informative, "dense", "base", f"zeroshot-{t}.json") for t in tasks}
+    flags = {t: at_chance(mean_se(accuracy(dense[t])[0]), accuracy(dense[t])[1]) for t in tasks}
+    assert flags["lambada_openai"] is False and accuracy(dense["lambada_openai"])[1] == 0.0
+    kept = [t for t in tasks if not flags[t]]
+    tables = by_name(collect(informative))
+    header, *rows = cells(tables["zeroshot"].markdown())
+    assert header == ["model", "method", "ratio", "arc_easy", "boolq", "lambada_openai", "Average"]
+    for row, (entry, token) in zip(rows, ZEROSHOT_RUNS):
+        average = informative_average(informative, entry, token, kept)
+        assert average is not None
+        expected = f"{100 * average[0]:.2f} ± {100 * average[1]:.1f}"
+        if entry != "dense":
+            difference = average[2]
+            expected += f" (Δ {100 * difference.mean:+.1f} ± {100 * difference.se:.1f}" + (
+                " ≈)" if indistinguishable(difference) else ")")
+        assert row[-1] == expected
+        assert (row[5].endswith("at chance")) is False
+    for task in (t for t in tasks if flags[t]):
+        assert {"arc_easy": "ARC-Easy", "boolq": "BoolQ"}[task] + " (dense " in tables["zeroshot"].caption
+    (row,) = [r for r in cells(tables["comparison"].markdown())[1:] if r[1] == "layers"]
+    loss = informative_average(informative, "layers", "f0.40", kept)[2]
+    assert row[3] == f"{-100 * loss.mean:+.2f} ± {100 * loss.se:.2f}" + (" ≈" if indistinguishable(loss) else "")
+
+
+@pytest.mark.slow
+def test_zeroshot_speed_plot_keys_points_by_a_legend(informative, tmp_path, monkeypatch):
+    """The zero-shot/speed plot writes no label on its points (labels of close points overlap): a legend names
+    each point; the pruned point has the paired 2-SE bar of its accuracy and the speed-up's range over repeats."""
+    from pruning.reporting import plots
+    from pruning.reporting.metric_files import Results
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or Path(path))
+    plots.plot_zeroshot_speed(Results(collect(informative)), tmp_path / "z.png")
+    (axes,) = drawn.pop().axes
+    assert list(axes.texts) == []
+    assert axes.get_legend_handles_labels()[1] == [f"{MODEL} dense", f"{MODEL} layers 40% (layer/depth pruning)"]
+    (point,) = axes.containers
+    loss = informative_average(informative, "layers", "f0.40", ["lambada_openai"])[2]
+    (vertical,) = [segment for segment in point.lines[2][1].get_segments()]
+    assert vertical[1, 1] - vertical[0, 1] == pytest.approx(4 * 100 * loss.se)  # ± 2 paired SE, in points
+    (horizontal,) = point.lines[2][0].get_segments()
+    assert horizontal[1, 0] > horizontal[0, 0]  # the speed-up's range over the three repeats

@@ -146,15 +146,15 @@ def plot_zeroshot_speed(results: Results, path: str | os.PathLike) -> Path | Non
     if not pruned:
         return None
     measured = measures(results, pruned).frame
-    measured = measured[measured.speedup_HF.notna() & measured.accuracy_loss.notna() & measured.family.notna()
-                        & measured.accuracy_reference.notna()]
+    measured = measured[measured.speedup_HF.notna() & measured.family.notna()]
     if measured.empty:
         return None
+    points = measured[measured.accuracy_loss.notna() & measured.accuracy_reference.notna()]
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
     families = list(method_families())
-    for model_index, model in enumerate(ordered_unique(results.runs.model[measured.index])):
-        mine = measured[results.runs.model[measured.index] == model]
+    for model_index, model in enumerate(ordered_unique(results.runs.model[points.index])):
+        mine = points[results.runs.model[points.index] == model]
         baseline = mine.accuracy_reference.iloc[0]
         ax.plot([1.0], [baseline], marker="*", markersize=12, color=f"C{len(families) + model_index}",
                 linestyle="none", label=f"{model} dense")
@@ -166,7 +166,13 @@ def plot_zeroshot_speed(results: Results, path: str | os.PathLike) -> Path | Non
             ax.errorbar([row.speedup_HF], [y], xerr=xerr, yerr=yerr, marker=marker, color=f"C{families.index(row.family)}",
                         linestyle="none", capsize=2, markersize=6,
                         label=f"{model} {results.runs.method[run]} {results.runs.ratio[run].label} ({row.family})")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    plotted = set(results.runs.model[points.index])
+    without = [m for m in ordered_unique(results.runs.model[measured.index]) if m not in plotted]
+    if without:  # said on the plot, not drawn
+        ax.text(0.5, 0.02, f"no zero-shot average for {', '.join(without)}: no task above chance (or one not measured)",
+                transform=ax.transAxes, ha="center", va="bottom", fontsize=8)
+    if not points.empty:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     ax.set_xlabel("decode speed-up against the dense model (Hugging Face, batch 1; bars: range over repeats)")
     ax.set_ylabel("zero-shot average × 100\n(bars: ±2 paired SE against dense)")
     ax.set_title("Zero-shot accuracy against decode speed")
