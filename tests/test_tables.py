@@ -360,6 +360,17 @@ def test_pruned_runs_on_other_windows_are_not_paired(results, tmp_path):
     assert table.data[["vs_dense", "vs_dense_ratio", "indistinguishable"]].isna().all().all()
 
 
+def test_without_a_dense_run_nothing_is_paired_or_flagged(results):
+    """Chance flags and paired differences come from the model's dense run: without it the pruned cells keep
+    their own ± only."""
+    runs = collect(results / "results")
+    table = build_tables(runs[runs.method != "dense"].reset_index(drop=True))
+    (zeroshot,) = [t for t in table if t.name == "zeroshot"]
+    (row,) = cells(zeroshot.markdown())[1:]
+    assert all(" ± " in cell and "Δ" not in cell and "at chance" not in cell for cell in row[3:5])
+    assert zeroshot.data[["vs_dense", "at_chance"]].isna().all().all()
+
+
 def test_summary_sizes_and_quality(results):
     runs = collect(results / "results")
     table = by_name(runs)["summary"]

@@ -132,8 +132,11 @@ def accuracy_figures(results: Results, ids: Iterable[int], metrics: dict[str, st
         if run not in ids:
             continue
         reference_run = dense.get(results.runs.model[run])
-        if reference_run is None or reference_run == run or (reference_run, task) not in own:
+        if reference_run == run:
             figures[(run, task)] = figure
+            continue
+        if reference_run is None or (reference_run, task) not in own:  # no dense run to flag or pair with
+            figures[(run, task)] = Figure(**{**asdict(figure), "at_chance": None})
             continue
         reference, reference_scored, reference_record = own[(reference_run, task)]
         same_shots = record.get("num_fewshot") == reference_record.get("num_fewshot")
