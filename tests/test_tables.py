@@ -245,7 +245,8 @@ def accuracy_cell(record: dict, dense: dict, metric: str = "acc") -> str:
     text = f"{100 * record['metrics'][metric]['value']:.2f} ± {100 * mean_se(values).se:.1f}"
     if record is not dense:
         difference = paired_difference(values, dense_values)
-        text += f" (Δ {100 * difference.mean:+.1f} ± {100 * difference.se:.1f}{' ≈' if indistinguishable(difference) else ''})"
+        mark = " ≈" if indistinguishable(difference) else ""
+        text += f" (Δ {100 * difference.mean:+.1f} ± {100 * difference.se:.1f}{mark})"
     return text + (" at chance" if at_chance(mean_se(dense_values), chance) else "")
 
 
@@ -670,7 +671,9 @@ def test_downstream_table_prunegpt_layout(measured):
 def speedup_cell(root, entry, token) -> str:
     """`1.23× [1.10–1.31]`: decode tokens/s against dense, medians, and the range over the repeats."""
     own, dense = (measured_file(root, e, t, "speed.json")["hf"] for e, t in ((entry, token), ("dense", "base")))
-    rate = lambda record, at: record["decode_tokens_per_s"] * record["decode_seconds"]["median"] / record["decode_seconds"][at]  # noqa: E731
+    def rate(record, at):  # decode tokens/s of the repeat that took the `at` time
+        return record["decode_tokens_per_s"] * record["decode_seconds"]["median"] / record["decode_seconds"][at]
+
     return (f"{own['decode_tokens_per_s'] / dense['decode_tokens_per_s']:.2f}× "
             f"[{rate(own, 'max') / rate(dense, 'min'):.2f}–{rate(own, 'min') / rate(dense, 'max'):.2f}]")
 

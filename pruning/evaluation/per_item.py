@@ -148,7 +148,8 @@ def documents(record: dict, metric: str) -> Documents | None:
     for name, leaf in sorted(entry.items()):
         keys += [(name, doc_id) for doc_id in leaf["doc_id"]]
         values += leaf["values"][metric]
-        options += [len(answers) for answers in leaf["loglikelihoods"]] if "loglikelihoods" in leaf else [None] * len(leaf["doc_id"])
+        answers = leaf.get("loglikelihoods") or [None] * len(leaf["doc_id"])
+        options += [None if each is None else len(each) for each in answers]
         gold += leaf["gold"] if "gold" in leaf else [None] * len(leaf["doc_id"])
     return Documents(keys, np.asarray(values, dtype=np.float64),
                      tuple((name, leaf["documents_sha256"]) for name, leaf in sorted(entry.items())),

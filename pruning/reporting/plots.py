@@ -138,8 +138,10 @@ MARKERS = "osD^v<>pPXhH*d"  # one per run of a model, so that the legend names e
 def plot_zeroshot_speed(results: Results, path: str | os.PathLike) -> Path | None:
     """Zero-shot average (headline metrics × 100, over the tasks not at chance for the model) against Hugging
     Face decode speed-up, one point per run that has both, colour by method family and a marker per run named
-    (with its family) in the legend (no labels on the points, so none overlap), the dense models as stars at 1×. Bars: ± 2 paired
-    standard errors of the difference from dense (vertical) and the speed-up's range over the repeats."""
+    (with its family) in the legend (no labels on the points, so none overlap), the dense models as stars at
+    1×. Bars: ± 2 paired standard errors of the difference from dense (vertical) and the speed-up's range over
+    the repeats. A model with no task above chance has no average to plot: a line on the plot says so (the
+    plot is still drawn, as the grid names it)."""
     from .tables.comparison import measures
 
     pruned = [run for run in results.ids() if results.runs.kind[run] != "dense"]

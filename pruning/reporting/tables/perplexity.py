@@ -12,10 +12,9 @@ from ..grid import DENSE_METHOD, DEPTH_METHOD, MASK_KINDS, TWO_STAGE_METHOD
 from ...methods.depth import CRITERION_LABELS
 from ..metric_files import Results, ordered_unique
 from ..uncertainty import perplexity_figures
-from .common import (CALIBRATION, MISSING, PPL, PRUNED, REMOVED, SPEED, SPEED_SPREAD, STORED,
-                     Table, _parameters, _table, caption, deleted_layers, fmt_bytes, fmt_change, fmt_count,
-                     fmt_percent_change, fmt_ppl, fmt_ppl_change, fmt_ppl_figure, fmt_rate_spread, fmt_reduction, keyed,
-                     perplexity_uncertainty)
+from .common import (CALIBRATION, MISSING, PPL, PRUNED, REMOVED, SPEED, SPEED_SPREAD, STORED, Table, _parameters,
+                     _table, caption, deleted_layers, fmt_bytes, fmt_count, fmt_percent_change, fmt_ppl_change,
+                     fmt_ppl_figure, fmt_rate_spread, fmt_reduction, keyed, perplexity_uncertainty)
 
 
 def summary_table(results: Results, notes=None) -> Table:

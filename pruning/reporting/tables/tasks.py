@@ -189,7 +189,8 @@ def gguf_table(results: Results, notes=None) -> Table | None:
             used.append(run)
         difference = None if reference is None else (record["ppl"] - reference) / reference
         display.append({"model": model, "method": method, "ratio": ratio.label, "type": outtype,
-                        "GGUF size": fmt_bytes(record["gguf.bytes"]), "PPL (llama.cpp)": fmt_ppl_figure(figures[(run, outtype)], record["ppl"]),
+                        "GGUF size": fmt_bytes(record["gguf.bytes"]),
+                        "PPL (llama.cpp)": fmt_ppl_figure(figures[(run, outtype)], record["ppl"]),
                         "PPL (transformers)": fmt_ppl(reference),
                         "difference": MISSING if difference is None else f"{difference:+.2%}"})
     first = records.iloc[0]
