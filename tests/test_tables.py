@@ -1,10 +1,12 @@
 """pruning.reporting.tables on real runs of stories260K (structured, depth, Wanda; perplexity, zero-shot, speed, GGUF):
-every cell equals its metric file, layouts as in the papers, deterministic bytes, clear errors, no row that
-mixes two prunes; and the grid contract (pruning.reporting.grid) that the workflow and the tables share."""
+every cell equals its metric file, with the uncertainty its per-item data give (recomputed here with
+pruning.core.statistics), layouts as in the papers, deterministic bytes, clear errors, no row that mixes two
+prunes; and the grid contract (pruning.reporting.grid) that the workflow and the tables share."""
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -22,7 +24,9 @@ from pruning.reporting.grid import (GridError, compared_rows, grid_rows, parse_r
 from pruning.reporting.plots import write_plots
 from pruning.reporting.metric_files import TableError, collect, read_metrics
 from pruning.reporting.tables import build_tables, layer_ranges, write_tables
-from pruning.reporting.tables.common import fmt_bytes
+from pruning.reporting.tables.common import fmt_bytes, fmt_ppl
+from pruning.core.statistics import (at_chance, chance_rate, indistinguishable, mean_of_independent, mean_se,
+                                     paired_difference, paired_perplexity, perplexity_estimate)
 
 MODEL = "stories260K"
 EVAL = dict(dataset="wikitext2", seqlen=128, max_windows=4, device="cpu", data_dir_path=str(DATA_DIR))
@@ -37,6 +41,8 @@ PRUNED = [  # (grid entry, ratio token, library method, arguments)
 ]
 ZEROSHOT_RUNS = [("dense", "base"), ("layers", "f0.40")]
 TASKS = ("arc_easy", "boolq")
+UNCERTAINTY = ["n_items", "se", "low", "high", "vs_dense", "vs_dense_se", "vs_dense_ratio", "vs_dense_ratio_low",
+               "vs_dense_ratio_high", "indistinguishable", "chance", "majority", "at_chance"]  # the CSV's extra columns
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +76,21 @@ def read(path):
 def cells(markdown: str) -> list[list[str]]:
     lines = [line for line in markdown.splitlines() if line.startswith("|")]
     return [[c.strip() for c in line.strip("|").split("|")] for line in lines[:1] + lines[2:]]
+
+
+def ppl_se(record: dict) -> float:
+    """The standard error of a perplexity, from its file's per-window NLLs."""
+    return perplexity_estimate(record["per_window"]["nll"], record["per_window"]["scored_tokens"]).se
+
+
+def ppl_cell(record: dict, dense: dict | None = None) -> str:
+    """A perplexity cell as the tables write it: value ± SE, ≈ when within 2 paired SE of dense."""
+    text = f"{fmt_ppl(record['ppl'])} ± {fmt_ppl(ppl_se(record))}"
+    if dense is not None:
+        paired = paired_perplexity(record["per_window"]["nll"], dense["per_window"]["nll"],
+                                   record["per_window"]["scored_tokens"])
+        text += " ≈" if paired.indistinguishable else ""
+    return text
 
 
 def by_name(metrics) -> dict:
@@ -139,13 +160,13 @@ def test_depth_table_prunegpt_layout(results):
     assert rows[0] == ["#Blocks", "#Param", "Angular", "Cosine"]
     metrics = results / "results" / "metrics" / MODEL
     dense = read(metrics / "dense/base/ppl.json")
-    assert rows[1] == ["0", f"{dense['parameters']['total'] / 1e3:.1f}K", f"{dense['ppl']:.2f}", f"{dense['ppl']:.2f}"]
+    assert rows[1] == ["0", f"{dense['parameters']['total'] / 1e3:.1f}K", ppl_cell(dense), ppl_cell(dense)]
     for row, blocks in zip(rows[2:], (1, 2)):
         angular, cosine = (read(metrics / f"depth-{c}/L{blocks}/ppl.json") for c in ("angular", "cosine"))
         # one decoder layer of stories260K holds 45,440 parameters
         assert angular["parameters"]["total"] == dense["parameters"]["total"] - blocks * 45440
-        assert row == [str(blocks), f"{angular['parameters']['total'] / 1e3:.1f}K", f"{angular['ppl']:.2f}",
-                       f"{cosine['ppl']:.2f}"]
+        assert row == [str(blocks), f"{angular['parameters']['total'] / 1e3:.1f}K", ppl_cell(angular, dense),
+                       ppl_cell(cosine, dense)]
     assert "Protocol: WikiText-2 test token-level perplexity, non-overlapping windows of 128 tokens" in table.caption
     assert "Calibration: c4, 4 × 64 tokens, seed 0" in table.caption
 
@@ -157,14 +178,14 @@ def test_layer_removal_table_quark_layout(results):
     assert rows[0] == ["model", "method", "ratio", "PPL original", "PPL after", "prune ratio", "deleted",
                        "deleted layers"]
     metrics = results / "results" / "metrics" / MODEL
-    dense_ppl = read(metrics / "dense/base/ppl.json")["ppl"]
+    dense = read(metrics / "dense/base/ppl.json")
     expected = [(e, t) for e, t, m, _ in PRUNED if m in ("depth", "layers", "two_stage")]
     assert [(r[1], r[2]) for r in rows[1:]] == [(e, parse_ratio(t).label) for e, t in sorted(expected)]
     for row in rows[1:]:
         entry, token = row[1], next(t for e, t, _, _ in PRUNED if e == row[1] and parse_ratio(t).label == row[2])
         report = read(metrics / entry / token / "prune.json")["result"]
-        assert row[3] == f"{dense_ppl:.2f}"
-        assert row[4] == f"{read(metrics / entry / token / 'ppl.json')['ppl']:.2f}"
+        assert row[3] == ppl_cell(dense)
+        assert row[4] == ppl_cell(read(metrics / entry / token / 'ppl.json'), dense)
         assert row[5] == f"{report['prune_ratio_percent']:.2f}%"
         # Quark's "delete 3 layer [11-13] total 32": the number after "total" is the model's layer count, which
         # every layer-removal method records in its prune.json
@@ -200,23 +221,155 @@ def test_two_stage_table_layout(results):
     removed = report["parameters"]["before"]["total"] - report["parameters"]["after"]["total"]
     assert len(rows) == 2 and rows[1][:3] == [MODEL, "two_stage", parse_ratio("r0.20").label]
     assert rows[1][3] == f"{len(mha)} {mha}" and rows[1][4] == f"{len(ffn)} {ffn}"
-    assert rows[1][7] == f"{read(metrics / 'two_stage' / 'r0.20' / 'ppl.json')['ppl']:.2f}"
+    dense = read(metrics / "dense" / "base" / "ppl.json")
+    assert rows[1][6] == ppl_cell(dense)
+    assert rows[1][7] == ppl_cell(read(metrics / "two_stage" / "r0.20" / "ppl.json"), dense)
     data = table.data
     before, after = (value_of(data, "two_stage", "r0.20", f"parameters.{when}.total") for when in ("before", "after"))
     assert before - after == removed > 0
     assert f"({report['result']['prune_ratio_percent']:.2f}%)" in rows[1][5]
 
 
-def test_zeroshot_table_with_average(results):
+def accuracy(record: dict, metric: str = "acc") -> tuple[list, float]:
+    """A zero-shot file's per-document outcomes of `metric` (its one leaf task) and the chance rate of guessing."""
+    (leaf,) = record["per_document"].values()
+    options = [len(answers) for answers in leaf.get("loglikelihoods", [])]
+    return leaf["values"][metric], (chance_rate(options) if options else 0.0)
+
+
+def accuracy_cell(record: dict, dense: dict, metric: str = "acc") -> str:
+    """An accuracy cell as the tables write it, recomputed from the files: value ± SE, for a pruned run the
+    paired Δ ± SE (≈ within 2 of them), and "at chance" when the dense run does not beat guessing by 2 SE."""
+    values, _ = accuracy(record, metric)
+    dense_values, chance = accuracy(dense, metric)
+    text = f"{100 * record['metrics'][metric]['value']:.2f} ± {100 * mean_se(values).se:.1f}"
+    if record is not dense:
+        difference = paired_difference(values, dense_values)
+        mark = " ≈" if indistinguishable(difference) else ""
+        text += f" (Δ {100 * difference.mean:+.1f} ± {100 * difference.se:.1f}{mark})"
+    return text + (" at chance" if at_chance(mean_se(dense_values), chance) else "")
+
+
+def test_zeroshot_table_with_uncertainty_and_chance(results):
+    """Every accuracy with its SE, the pruned run's paired Δ against dense on the same documents, the tasks
+    the dense model answers at chance flagged and left out of the Average, and a smoke-run line driven by
+    the measured standard errors (8 documents per task here)."""
     table = by_name(collect(results / "results"))["zeroshot"]
     rows = cells(table.markdown())
     assert rows[0] == ["model", "method", "ratio", *TASKS, "Average"]
     metrics = results / "results" / "metrics" / MODEL
+    dense = {task: read(metrics / "dense" / "base" / f"zeroshot-{task}.json") for task in TASKS}
+    informative = [t for t in TASKS if not at_chance(mean_se(accuracy(dense[t])[0]), accuracy(dense[t])[1])]
     for row, (entry, token) in zip(rows[1:], ZEROSHOT_RUNS):
-        values = [read(metrics / entry / token / f"zeroshot-{task}.json")["metrics"]["acc"]["value"] for task in TASKS]
-        assert row[3:] == [f"{100 * v:.2f}" for v in values] + [f"{100 * sum(values) / len(values):.2f}"]
+        records = {task: read(metrics / entry / token / f"zeroshot-{task}.json") for task in TASKS}
+        assert row[3:5] == [accuracy_cell(records[task], dense[task] if entry != "dense" else records[task])
+                            for task in TASKS]
+        if not informative:
+            assert row[5] == "—"
+        else:
+            estimate = mean_of_independent([mean_se(accuracy(records[t])[0]) for t in informative])
+            assert row[5].startswith(f"{100 * estimate.mean:.2f} ± {100 * estimate.se:.1f}")
     assert len(rows) == 1 + len(ZEROSHOT_RUNS)
     assert table.caption.startswith("Protocol: lm-evaluation-harness, metric acc × 100, 0-shot, first 8 documents")
+    assert "Average over the tasks of the row that are not at chance" in table.caption
+    flagged = [t for t in TASKS if t not in informative]
+    if flagged:
+        assert "At chance — not informative for this model" in table.caption
+        assert all(f"{ {'arc_easy': 'ARC-Easy', 'boolq': 'BoolQ'}[t]} (dense " in table.caption for t in flagged)
+    worst = max(mean_se(accuracy(dense[t])[0]).se for t in TASKS)
+    assert worst > 0.015 and "Smoke run, large uncertainty: standard errors of" in table.caption
+    assert "over 8 documents per task" in table.caption
+
+
+def test_uncertainty_columns_of_the_csv(results):
+    """The CSV's uncertainty columns on the headline rows equal the statistics of the files' per-item data:
+    an accuracy's SE, 2-SE interval, chance and flag; a perplexity's exp-mapped interval and its paired ratio
+    to dense; the other rows leave them empty."""
+    tables = by_name(collect(results / "results"))
+    metrics = results / "results" / "metrics" / MODEL
+    data = tables["zeroshot"].data
+    shown = data[data.metric == "metrics.acc.value"]
+    assert len(shown) == len(ZEROSHOT_RUNS) * len(TASKS)
+    for row in shown.itertuples():
+        record, reference = (read(metrics / e / t / f"zeroshot-{row.key}.json") for e, t in
+                             ((row.method, row.ratio), ("dense", "base")))
+        values, chance = accuracy(record)
+        estimate = mean_se(values)
+        assert (row.n_items, row.se, row.low, row.high, row.chance) == (8, pytest.approx(estimate.se), pytest.approx(
+            estimate.low), pytest.approx(estimate.high), pytest.approx(chance))
+        assert row.at_chance == at_chance(mean_se(accuracy(reference)[0]), accuracy(reference)[1])
+        if row.method == "dense":
+            assert row.vs_dense is None and row.indistinguishable is None
+        else:
+            difference = paired_difference(values, accuracy(reference)[0])
+            assert (row.vs_dense, row.vs_dense_se) == (pytest.approx(difference.mean), pytest.approx(difference.se))
+    assert data[data.metric != "metrics.acc.value"][UNCERTAINTY].isna().all().all()
+    sparsity = tables[f"sparsity-{MODEL}"].data
+    dense, wanda = (read(metrics / e / t / "ppl.json") for e, t in (("dense", "base"), ("wanda", "s0.50")))
+    row = sparsity[(sparsity.method == "wanda") & (sparsity.metric == "ppl")].iloc[0]
+    estimate = perplexity_estimate(wanda["per_window"]["nll"], wanda["per_window"]["scored_tokens"])
+    assert row.low < row.value < row.high and row.n_items == 4
+    assert (row.low, row.high) == (pytest.approx(estimate.low), pytest.approx(estimate.high))
+    assert math.log(row.high / row.value) == pytest.approx(2 * estimate.nll.se)
+    paired = paired_perplexity(wanda["per_window"]["nll"], dense["per_window"]["nll"], [127] * 4)
+    assert row.vs_dense_ratio == pytest.approx(wanda["ppl"] / dense["ppl"])
+    assert (row.vs_dense_ratio_low, row.vs_dense_ratio_high) == (pytest.approx(paired.low), pytest.approx(paired.high))
+    assert row.indistinguishable == paired.indistinguishable
+
+
+def strip_per_item_data(folder: Path) -> None:
+    """Rewrite every metric file under `folder` as it was written before per-item records existed."""
+    for path in folder.rglob("*.json"):
+        record = read(path)
+        record.pop("per_window", None)
+        record.pop("per_document", None)
+        path.write_text(json.dumps(record))
+
+
+def test_old_metric_files_without_per_item_data_still_read(results, tmp_path):
+    """Files from before per-item records: every table is built, no cell carries a ± or a flag, the captions
+    say why, and the Average is the plain mean over every task as before."""
+    copy = tmp_path / "results"
+    shutil.copytree(results / "results" / "metrics", copy / "metrics")
+    strip_per_item_data(copy / "metrics")
+    tables = by_name(collect(copy))
+    for name in ("zeroshot", f"sparsity-{MODEL}", f"depth-{MODEL}", "summary", "layer-removal"):
+        body = tables[name].markdown().split("\n\n", 2)[2]
+        assert "±" not in body and "≈" not in body and "at chance" not in body, name
+        assert "Smoke run" not in tables[name].caption
+        assert tables[name].data[UNCERTAINTY[1:]].isna().all().all(), name
+    assert "without per-document data" in tables["zeroshot"].caption
+    assert "without per-window data" in tables[f"sparsity-{MODEL}"].caption
+    metrics = copy / "metrics" / MODEL
+    for row, (entry, token) in zip(cells(tables["zeroshot"].markdown())[1:], ZEROSHOT_RUNS):
+        values = [read(metrics / entry / token / f"zeroshot-{t}.json")["metrics"]["acc"]["value"] for t in TASKS]
+        assert row[3:] == [f"{100 * v:.2f}" for v in values] + [f"{100 * sum(values) / len(values):.2f}"]
+
+
+def test_pruned_runs_on_other_windows_are_not_paired(results, tmp_path):
+    """A dense perplexity over other windows (fewer of them) is no reference for a paired comparison: the
+    pruned cells keep their own ± but no ≈ and no Δ, and the caption says why."""
+    copy = tmp_path / "results"
+    shutil.copytree(results / "results" / "metrics", copy / "metrics")
+    dense = copy / "metrics" / MODEL / "dense" / "base" / "ppl.json"
+    pruning.evaluate_perplexity(str(REPO.parent / "shared/models/stories260K"), output=str(dense), overwrite=True,
+                                **{**EVAL, "max_windows": 3})
+    table = by_name(collect(copy))[f"sparsity-{MODEL}"]
+    assert "Not paired with dense, measured on other windows (windows differ)." in table.caption
+    wanda = read(copy / "metrics" / MODEL / "wanda" / "s0.50" / "ppl.json")
+    assert cells(table.markdown())[1][2] == ppl_cell(wanda)
+    assert table.data[["vs_dense", "vs_dense_ratio", "indistinguishable"]].isna().all().all()
+
+
+def test_without_a_dense_run_nothing_is_paired_or_flagged(results):
+    """Chance flags and paired differences come from the model's dense run: without it the pruned cells keep
+    their own ± only."""
+    runs = collect(results / "results")
+    table = build_tables(runs[runs.method != "dense"].reset_index(drop=True))
+    (zeroshot,) = [t for t in table if t.name == "zeroshot"]
+    (row,) = cells(zeroshot.markdown())[1:]
+    assert all(" ± " in cell and "Δ" not in cell and "at chance" not in cell for cell in row[3:5])
+    assert zeroshot.data[["vs_dense", "at_chance"]].isna().all().all()
 
 
 def test_summary_sizes_and_quality(results):
@@ -237,8 +390,16 @@ def test_summary_sizes_and_quality(results):
     assert rows[("layers", "40%")][header.index("weights (dense storage)")] == \
         f"{layers['parameters.total'] * 4 / 1e3:.1f} kB"  # float32
     assert rows[("layers", "40%")][bytes_column] == f"{1 - layers['parameters.total'] / dense['parameters.total']:.1%}"
+    # the PPL difference with its paired SE on the same windows (pruning.core.statistics, delta method)
+    dense_record, layers_record = (read(results / "results" / "metrics" / MODEL / e / t / "ppl.json")
+                                   for e, t in (("dense", "base"), ("layers", "f0.40")))
+    paired = paired_perplexity(layers_record["per_window"]["nll"], dense_record["per_window"]["nll"],
+                               dense_record["per_window"]["scored_tokens"])
     change = layers["ppl"] - dense["ppl"]
-    assert rows[("layers", "40%")][header.index("quality change (PPL)")] == f"{change:+.2f} ({change / dense['ppl']:+.1%})"
+    assert paired.difference.mean == pytest.approx(change) and paired.difference.se > 0
+    assert rows[("layers", "40%")][header.index("quality change (PPL)")] == \
+        f"{change:+.2f} ± {paired.difference.se:.2f} ({change / dense['ppl']:+.1%})"
+    assert rows[("layers", "40%")][header.index("PPL")] == ppl_cell(layers_record, dense_record)
     # the checkpoint as prune saved it: the bitmask layout stores the 50 % zeros as bits
     stored = read(results / "results" / "metrics" / MODEL / "wanda" / "s0.50" / "prune.json")["checkpoint"]
     dense_bytes = dense["parameters.total"] * 4
@@ -271,6 +432,9 @@ def test_speed_column_from_speed_files(results, tmp_path):
     assert row[column] == (f"{layers['prefill_tokens_per_s'] / dense['prefill_tokens_per_s'] - 1:+.1%} / "
                            f"{layers['decode_tokens_per_s'] / dense['decode_tokens_per_s'] - 1:+.1%}")
     assert next(r for r in rows if r[1] == "wanda")[column] == "—"  # not measured
+    spread = header.index("decode tokens/s (median [min–max])")
+    assert row[spread] == f"{layers['decode_tokens_per_s']:.0f} [{layers['decode_tokens_per_s']:.0f}–" \
+                          f"{layers['decode_tokens_per_s']:.0f}]"  # one repeat: no spread
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
@@ -289,8 +453,9 @@ def test_gguf_table(results, tmp_path):
     header, row = cells(table.markdown())
     assert header == ["model", "method", "ratio", "type", "GGUF size", "PPL (llama.cpp)", "PPL (transformers)",
                       "difference"]
-    assert row == [MODEL, "wanda", "50%", "f16", f"{record['gguf']['bytes'] / 1e3:.1f} kB", f"{record['ppl']:.2f}",
+    assert row == [MODEL, "wanda", "50%", "f16", f"{record['gguf']['bytes'] / 1e3:.1f} kB", ppl_cell(record),
                    f"{record['reference']['ppl']:.2f}", f"{record['relative_difference']:+.2%}"]
+    assert len(record["per_window"]["nll"]) == 2 and " ± (llama.cpp): one standard error over the windows." in table.caption
 
 
 def test_written_tables_are_deterministic_and_traceable(results, tmp_path):
@@ -306,7 +471,7 @@ def test_written_tables_are_deterministic_and_traceable(results, tmp_path):
         assert a.read_bytes() == b.read_bytes(), a.name
     for csv in (p for p in first if p.suffix == ".csv"):  # long form: every value is the one in its file
         frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
-        assert list(frame.columns) == ["model", "method", "ratio", "key", "metric", "value", "file"], csv.name
+        assert list(frame.columns) == ["model", "method", "ratio", "key", "metric", "value", "file", *UNCERTAINTY], csv.name
         assert len(frame) > 0
         for row in frame.itertuples():
             record = read(results / row.file)
@@ -433,7 +598,7 @@ def measured(results, tmp_path_factory):
         for task, shots in SHOTS.items():
             zeroshot(str(model), task, limit=2 if task == "gsm8k" else 8, num_fewshot=shots, device="cpu",
                      data_dir_path=str(DATA_DIR), output=str(folder / f"zeroshot-{task}.json"), quiet=True)
-        speed(str(model), prompt_tokens=8, new_tokens=4, repeats=1, warmup=0, device="cpu", threads=1,
+        speed(str(model), prompt_tokens=8, new_tokens=4, repeats=3, warmup=0, device="cpu", threads=1,
               output=str(folder / "speed.json"))
         if HAS_LLAMA_CPP and entry != "layers":
             from pruning.evaluation.llamacpp import evaluate_gguf
@@ -447,13 +612,30 @@ def measured(results, tmp_path_factory):
 
 
 def headline(record: dict) -> float:
-    metrics = record["metrics"]
-    name = next(n for n in ("exact_match,strict-match", "acc_norm", "acc") if n in metrics)
-    return metrics[name]["value"]
+    return record["metrics"][headline_name(record)]["value"]
+
+
+def headline_name(record: dict) -> str:
+    return next(n for n in ("exact_match,strict-match", "acc_norm", "acc") if n in record["metrics"])
 
 
 def measured_file(root, entry, token, name):
     return read(root / "metrics" / MODEL / entry / token / name)
+
+
+def informative_average(root, entry, token, tasks) -> tuple[float, float, object] | None:
+    """(mean, SE, paired difference from dense) of the headline metric over the tasks the dense model beats
+    chance on, recomputed from the files; None when every task is at chance."""
+    records = {t: measured_file(root, entry, token, f"zeroshot-{t}.json") for t in tasks}
+    dense = {t: measured_file(root, "dense", "base", f"zeroshot-{t}.json") for t in tasks}
+    kept = [t for t in tasks if not at_chance(mean_se(accuracy(dense[t], headline_name(dense[t]))[0]),
+                                              accuracy(dense[t], headline_name(dense[t]))[1])]
+    if not kept:
+        return None
+    estimate = mean_of_independent([mean_se(accuracy(records[t], headline_name(records[t]))[0]) for t in kept])
+    difference = mean_of_independent([paired_difference(accuracy(records[t], headline_name(records[t]))[0],
+                                                        accuracy(dense[t], headline_name(dense[t]))[0]) for t in kept])
+    return estimate.mean, estimate.se, difference
 
 
 @pytest.mark.slow
@@ -463,10 +645,18 @@ def test_downstream_table_prunegpt_layout(measured):
     assert header == ["task", f"{MODEL} · dense", f"{MODEL} · layers · 40%", f"{MODEL} · wanda · 50%"]
     assert [r[0] for r in rows] == ["Winogrande (5-shot)", "BoolQ (0-shot)", "ARC-Easy (0-shot)", "GSM8K (1-shot)",
                                     "Average"]
+    tasks = ("winogrande", "boolq", "arc_easy", "gsm8k")
     for column, (entry, token) in enumerate(MEASURED, start=1):
-        scores = [headline(measured_file(measured, entry, token, f"zeroshot-{task}.json"))
-                  for task in ("winogrande", "boolq", "arc_easy", "gsm8k")]
-        assert [r[column] for r in rows] == [f"{100 * v:.2f}" for v in scores] + [f"{100 * sum(scores) / 4:.2f}"]
+        records = [measured_file(measured, entry, token, f"zeroshot-{task}.json") for task in tasks]
+        dense = [measured_file(measured, "dense", "base", f"zeroshot-{task}.json") for task in tasks]
+        assert [r[column] for r in rows[:-1]] == [
+            accuracy_cell(record, record if entry == "dense" else reference, headline_name(record))
+            for record, reference in zip(records, dense)]
+        average = informative_average(measured, entry, token, tasks)
+        if average is None:
+            assert rows[-1][column] == "—"
+        else:
+            assert rows[-1][column].startswith(f"{100 * average[0]:.2f} ± {100 * average[1]:.1f}")
     assert ("each task's headline metric × 100 (Winogrande acc, BoolQ acc, ARC-Easy acc_norm, GSM8K exact_match "
             "(strict-match filter))") in table.caption
     assert "first 2, 8 documents per task" in table.caption
@@ -474,6 +664,18 @@ def test_downstream_table_prunegpt_layout(measured):
     assert sorted(set(shown.metric)) == ["metrics.acc.value", "metrics.acc_norm.value",
                                          "metrics.exact_match,strict-match.value"]
     assert len(shown) == 4 * len(MEASURED)
+    gsm8k = shown[shown.metric == "metrics.exact_match,strict-match.value"]
+    assert (gsm8k.chance == 0.0).all() and (gsm8k.n_items == 2).all()  # a free answer: guessing scores 0
+
+
+def speedup_cell(root, entry, token) -> str:
+    """`1.23× [1.10–1.31]`: decode tokens/s against dense, medians, and the range over the repeats."""
+    own, dense = (measured_file(root, e, t, "speed.json")["hf"] for e, t in ((entry, token), ("dense", "base")))
+    def rate(record, at):  # decode tokens/s of the repeat that took the `at` time
+        return record["decode_tokens_per_s"] * record["decode_seconds"]["median"] / record["decode_seconds"][at]
+
+    return (f"{own['decode_tokens_per_s'] / dense['decode_tokens_per_s']:.2f}× "
+            f"[{rate(own, 'max') / rate(dense, 'min'):.2f}–{rate(own, 'min') / rate(dense, 'max'):.2f}]")
 
 
 @pytest.mark.slow
@@ -486,21 +688,25 @@ def test_comparison_table_skill_layout(measured):
     assert [(r[1], r[2]) for r in rows] == [("depth-angular", "1 block"), ("depth-cosine", "1 block"),
                                             ("layers", "40%"), ("two_stage", "20%"), ("wanda", "50%")]
     dense_ppl = measured_file(measured, "dense", "base", "ppl.json")
-    dense_speed = measured_file(measured, "dense", "base", "speed.json")["hf"]["decode_tokens_per_s"]
-    dense_score = sum(headline(measured_file(measured, "dense", "base", f"zeroshot-{t}.json")) for t in SHOTS) / 4
     for row in rows:
         entry, token = row[1], {"1 block": "L1", "40%": "f0.40", "20%": "r0.20", "50%": "s0.50"}[row[2]]
         ppl = measured_file(measured, entry, token, "ppl.json")
         change = ppl["ppl"] - dense_ppl["ppl"]
-        assert row[4] == f"{change:+.2f} ({change / dense_ppl['ppl']:+.1%})"
+        paired = paired_perplexity(ppl["per_window"]["nll"], dense_ppl["per_window"]["nll"], [127] * 4)
+        assert row[4] == (f"{change:+.2f} ± {paired.difference.se:.2f} ({change / dense_ppl['ppl']:+.1%})"
+                          + (" ≈" if paired.indistinguishable else ""))
         assert row[8] == fmt_bytes(ppl["parameters"]["total"] * 4)
         assert row[9] == "no"
         assert row[6] == "—"  # speed.json measured no GGUF
         if (entry, token) in MEASURED:
-            score = sum(headline(measured_file(measured, entry, token, f"zeroshot-{t}.json")) for t in SHOTS) / 4
-            assert row[3] == f"{100 * (dense_score - score):+.2f}"
-            decode = measured_file(measured, entry, token, "speed.json")["hf"]["decode_tokens_per_s"]
-            assert row[5] == f"{decode / dense_speed:.2f}×"
+            average = informative_average(measured, entry, token, SHOTS)
+            if average is None:  # every task at chance for stories260K: no average to lose
+                assert row[3] == "—"
+            else:
+                loss = average[2]
+                assert row[3] == f"{-100 * loss.mean:+.2f} ± {100 * loss.se:.2f}" + (
+                    " ≈" if indistinguishable(loss) else "")
+            assert row[5] == speedup_cell(measured, entry, token)
         else:  # not measured: a dash, never a number
             assert row[3] == row[5] == "—"
         if HAS_LLAMA_CPP and entry == "wanda":
@@ -548,14 +754,33 @@ def test_impact_table_per_method_family(measured):
 
 
 @pytest.mark.slow
-def test_plots_from_measured_runs(measured, tmp_path):
+def test_plots_from_measured_runs(measured, tmp_path, monkeypatch):
     runs = collect(measured)
     first, second = write_plots(runs, tmp_path / "a"), write_plots(collect(measured), tmp_path / "b")
     assert [p.name for p in first] == [f"sparsity-{MODEL}.png", f"structured-{MODEL}.png", "zeroshot-speed.png"]
     for a, b in zip(first, second):
         assert a.read_bytes() == b.read_bytes() and a.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", a.name
-    from pruning.reporting.plots import plot_structured, plot_zeroshot_speed
+    from pruning.reporting import plots
+    from pruning.reporting.plots import plot_sparsity, plot_structured, plot_zeroshot_speed
     from pruning.reporting.metric_files import Results
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or Path(path))
+    results = Results(runs)
+    plot_sparsity(results, MODEL, tmp_path / "s.png")
+    (axes,) = drawn.pop().axes
+    bars = [c for c in axes.containers if c.has_yerr]
+    assert bars  # the perplexity points carry their 2-SE intervals: the wanda 50 % bar spans exactly that
+    wanda = measured_file(measured, "wanda", "s0.50", "ppl.json")
+    estimate = perplexity_estimate(wanda["per_window"]["nll"], wanda["per_window"]["scored_tokens"])
+    spans = [tuple(sorted(segment[:, 1])) for c in bars for segment in c.lines[2][0].get_segments()]
+    assert (pytest.approx(estimate.low), pytest.approx(estimate.high)) in spans
+    plot_zeroshot_speed(results, tmp_path / "z.png")
+    (axes,) = drawn.pop().axes
+    if all(informative_average(measured, e, t, SHOTS) is None for e, t in MEASURED):  # every task at chance
+        assert [text.get_text() for text in axes.texts] == [
+            f"no zero-shot average for {MODEL}: no task above chance (or one not measured)"]
+        assert axes.containers == [] and axes.get_legend() is None
 
     without_dense = Results(runs[runs.method != "dense"].reset_index(drop=True))
     assert plot_structured(without_dense, MODEL, tmp_path / "x.png") is None  # no baseline, no plot
@@ -587,3 +812,75 @@ def test_installing_a_prune_replaces_the_model_and_its_measurements(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(OutputError, match="not a finished prune"):
         install_pruned_model(tmp_path / "empty", tmp_path / "elsewhere", tmp_path / "other" / "prune.json")
+
+
+@pytest.fixture(scope="module")
+def informative(results, tmp_path_factory):
+    """The zero-shot runs of `results` plus LAMBADA on the dense and the layer-pruned model: stories260K answers
+    ARC-Easy and BoolQ at chance, but beats chance (0, a free answer) on LAMBADA: 6 of its first 640 documents
+    (4 of the first 400 would sit on the 2-SE line)."""
+    from pruning.evaluation.zeroshot import zeroshot
+
+    root = tmp_path_factory.mktemp("informative") / "results"
+    shutil.copytree(results / "results" / "metrics", root / "metrics")
+    from pruning.evaluation.speed import speed
+
+    for (entry, token), model in ((("dense", "base"), REPO.parent / "shared/models/stories260K"),
+                                  (("layers", "f0.40"), results / "results/models" / MODEL / "layers/f0.40")):
+        folder = root / "metrics" / MODEL / entry / token
+        zeroshot(str(model), "lambada_openai", limit=640, batch_size=64, device="cpu", data_dir_path=str(DATA_DIR),
+                 quiet=True,
+                 output=str(folder / "zeroshot-lambada_openai.json"))
+        speed(str(model), prompt_tokens=8, new_tokens=4, repeats=3, warmup=0, device="cpu", threads=1,
+              output=str(folder / "speed.json"))
+    return root
+
+
+@pytest.mark.slow
+def test_average_over_the_tasks_that_separate_the_model_from_chance(informative):
+    """The mechanism for any task: LAMBADA is informative for stories260K, ARC-Easy and BoolQ are not; the
+    Average and the accuracy loss cover the informative task only, with the paired SE over its documents."""
+    tasks = (*TASKS, "lambada_openai")
+    dense = {t: measured_file(informative, "dense", "base", f"zeroshot-{t}.json") for t in tasks}
+    flags = {t: at_chance(mean_se(accuracy(dense[t])[0]), accuracy(dense[t])[1]) for t in tasks}
+    assert flags["lambada_openai"] is False and accuracy(dense["lambada_openai"])[1] == 0.0
+    kept = [t for t in tasks if not flags[t]]
+    tables = by_name(collect(informative))
+    header, *rows = cells(tables["zeroshot"].markdown())
+    assert header == ["model", "method", "ratio", "arc_easy", "boolq", "lambada_openai", "Average"]
+    for row, (entry, token) in zip(rows, ZEROSHOT_RUNS):
+        average = informative_average(informative, entry, token, kept)
+        assert average is not None
+        expected = f"{100 * average[0]:.2f} ± {100 * average[1]:.1f}"
+        if entry != "dense":
+            difference = average[2]
+            expected += f" (Δ {100 * difference.mean:+.1f} ± {100 * difference.se:.1f}" + (
+                " ≈)" if indistinguishable(difference) else ")")
+        assert row[-1] == expected
+        assert (row[5].endswith("at chance")) is False
+    for task in (t for t in tasks if flags[t]):
+        assert {"arc_easy": "ARC-Easy", "boolq": "BoolQ"}[task] + " (dense " in tables["zeroshot"].caption
+    (row,) = [r for r in cells(tables["comparison"].markdown())[1:] if r[1] == "layers"]
+    loss = informative_average(informative, "layers", "f0.40", kept)[2]
+    assert row[3] == f"{-100 * loss.mean:+.2f} ± {100 * loss.se:.2f}" + (" ≈" if indistinguishable(loss) else "")
+
+
+@pytest.mark.slow
+def test_zeroshot_speed_plot_keys_points_by_a_legend(informative, tmp_path, monkeypatch):
+    """The zero-shot/speed plot writes no label on its points (labels of close points overlap): a legend names
+    each point; the pruned point has the paired 2-SE bar of its accuracy and the speed-up's range over repeats."""
+    from pruning.reporting import plots
+    from pruning.reporting.metric_files import Results
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or Path(path))
+    plots.plot_zeroshot_speed(Results(collect(informative)), tmp_path / "z.png")
+    (axes,) = drawn.pop().axes
+    assert list(axes.texts) == []
+    assert axes.get_legend_handles_labels()[1] == [f"{MODEL} dense", f"{MODEL} layers 40% (layer/depth pruning)"]
+    (point,) = axes.containers
+    loss = informative_average(informative, "layers", "f0.40", ["lambada_openai"])[2]
+    (vertical,) = [segment for segment in point.lines[2][1].get_segments()]
+    assert vertical[1, 1] - vertical[0, 1] == pytest.approx(4 * 100 * loss.se)  # ± 2 paired SE, in points
+    (horizontal,) = point.lines[2][0].get_segments()
+    assert horizontal[1, 0] > horizontal[0, 0]  # the speed-up's range over the three repeats

@@ -520,8 +520,20 @@ def test_tiny_run_tables(tiny_run):
     header = [c.strip() for c in markdown[4].strip("|").split("|")]
     assert header == ["method", "dense", "50%", "2:4"]
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")][1:] for line in markdown[6:]}
-    dense = f"{ppl[('dense', 'base')]:.2f}"
-    assert rows == {m: [dense, f"{ppl[(m, 's0.50')]:.2f}", f"{ppl[(m, 'nm2-4')]:.2f}"] for m in ("magnitude", "wanda")}
+    from pruning.core.statistics import paired_perplexity, perplexity_estimate
+
+    windows = {key: read_json(workdir / f"results/metrics/stories260K/{key[0]}/{key[1]}/ppl.json")["per_window"]
+               for key in TINY_ROWS}
+
+    def cell(key) -> str:  # PPL ± its SE over the 8 windows, ≈ when within 2 paired SE of dense
+        se = perplexity_estimate(windows[key]["nll"], windows[key]["scored_tokens"]).se
+        paired = paired_perplexity(windows[key]["nll"], windows[("dense", "base")]["nll"], windows[key]["scored_tokens"])
+        close = key != ("dense", "base") and paired.indistinguishable
+        return f"{ppl[key]:.2f} ± {se:.2f}" + (" ≈" if close else "")
+
+    assert rows == {m: [cell(("dense", "base")), cell((m, "s0.50")), cell((m, "nm2-4"))] for m in ("magnitude", "wanda")}
+    relative = max(perplexity_estimate(w["nll"], w["scored_tokens"]).se / ppl[key] for key, w in windows.items())
+    assert ("Smoke run, large uncertainty: the standard error of a perplexity" in markdown[2]) == (relative > 0.05)
 
     import pandas as pd
 

@@ -47,6 +47,32 @@ def test_zeroshot_command_writes_one_complete_result(stories_dir, tmp_path):
     throughput = result["throughput"]
     assert throughput["loglikelihood"]["requests"] >= 3 * 8  # three to five choices per question
     assert throughput["loglikelihood"]["tokens_per_s"] > 0 and throughput["generate_until"]["requests"] == 0
+    check_per_document(result, "arc_easy_local", 8)
+
+
+def check_per_document(result: dict, leaf: str, n_docs: int) -> None:
+    """The per-document record (pruning.evaluation.per_item) reproduces lm-eval's figures: each metric's mean
+    and stderr, and for multiple choice acc = (the best-scored answer is the gold one)."""
+    import numpy as np
+
+    from pruning.core.statistics import mean_se
+    from pruning.evaluation.per_item import chance, documents
+
+    record = result["per_document"][leaf]
+    assert record["doc_id"] == list(range(n_docs)) and len(record["documents_sha256"]) == 64
+    assert set(record["values"]) == set(result["metrics"]) - {"perplexity"}  # the mean-aggregated metrics
+    for metric, values in record["values"].items():
+        estimate = mean_se(values)
+        assert estimate.mean == pytest.approx(result["metrics"][metric]["value"], abs=1e-12)
+        assert estimate.se == pytest.approx(result["metrics"][metric]["stderr"], abs=1e-12)
+        assert documents(result, metric).keys == [(leaf, d) for d in range(n_docs)]
+    if record["output_type"] == "multiple_choice":
+        picked = [int(np.argmax(answers)) for answers in record["loglikelihoods"]]
+        assert record["values"]["acc"] == [int(p == g) for p, g in zip(picked, record["gold"])]
+        options = [len(answers) for answers in record["loglikelihoods"]]
+        assert chance(documents(result, "acc")) == pytest.approx(np.mean([1 / k for k in options]))
+    else:
+        assert "loglikelihoods" not in record and chance(documents(result, next(iter(record["values"])))) == 0.0
 
 
 @pytest.mark.slow
@@ -155,6 +181,7 @@ def test_local_gsm8k_generates_and_scores_exact_match(stories_dir):
     assert result["fewshot_split"] == {"gsm8k_local": "test"}
     assert result["task_config"]["output_type"] == "generate_until"
     assert result["task_config"]["doc_to_text"] == "Question: {{question}}\nAnswer:"
+    check_per_document(result, "gsm8k_local", 2)
 
 
 @pytest.mark.parametrize("task", ["arc_easy", "boolq", "hellaswag", "winogrande"])

@@ -1,6 +1,6 @@
 """Token windows and their summed next-token NLL: the one loss primitive shared by perplexity, distillation,
 recovery and the suffix-loss searches. The next-token NLL is taken from the logits a few rows at a time
-(`next_token_nll`), so no full-vocabulary log-probability tensor, float copy of the logits or shifted copy
+(`window_next_token_nll`), so no full-vocabulary log-probability tensor, float copy of the logits or shifted copy
 is ever written; sums are kept in float64."""
 from __future__ import annotations
 
@@ -23,28 +23,33 @@ def token_windows(tokenizer, text: str, seqlen: int, max_windows: int | None = N
     return ids[: count * seqlen].reshape(count, seqlen)
 
 
-def next_token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Summed NLL (float64 scalar) of each window's tokens 1.. given the logits [b, t, vocab] at positions
-    ..t-1; log-softmax in float32 whatever the logits' dtype."""
+def window_next_token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Summed NLL (float64, one per window [b]) of each window's tokens 1.. given the logits [b, t, vocab] at
+    positions ..t-1; log-softmax in float32 whatever the logits' dtype."""
     length, vocab = input_ids.shape[1], logits.shape[-1]
     rows = max(1, CPU_CHUNK_BYTES // (4 * vocab)) if logits.device.type == "cpu" else length
-    total = torch.zeros((), dtype=torch.float64, device=logits.device)
-    for window_logits, ids in zip(logits, input_ids):
+    totals = torch.zeros(input_ids.shape[0], dtype=torch.float64, device=logits.device)
+    for index, (window_logits, ids) in enumerate(zip(logits, input_ids)):
         for start in range(0, length - 1, rows):
             stop = min(start + rows, length - 1)
             chunk = window_logits[start:stop].float()
-            total += F.cross_entropy(chunk, ids[start + 1:stop + 1], reduction="sum").double()
-    return total
+            totals[index] += F.cross_entropy(chunk, ids[start + 1:stop + 1], reduction="sum").double()
+    return totals
 
 
 @torch.no_grad()
-def windows_nll(model, windows: torch.Tensor, batch_size: int = 4, device=None) -> tuple[float, int]:
-    """Summed NLL (float64) and scored token count over `windows` [n, seqlen]."""
+def window_nlls(model, windows: torch.Tensor, batch_size: int = 4, device=None) -> torch.Tensor:
+    """Summed NLL of each of `windows` [n, seqlen] (float64 [n], on the CPU); each scores seqlen - 1 tokens."""
     device = device or next(model.parameters()).device
-    total = torch.zeros((), dtype=torch.float64, device=device)
+    parts = []
     for start in range(0, windows.shape[0], batch_size):
         batch = windows[start:start + batch_size].to(device)
         logits = model(input_ids=batch, use_cache=False).logits
-        total += next_token_nll(logits, batch)
+        parts.append(window_next_token_nll(logits, batch).cpu())
         del logits  # freed before the next forward allocates its own
-    return total.item(), windows.shape[0] * (windows.shape[1] - 1)
+    return torch.cat(parts)
+
+
+def windows_nll(model, windows: torch.Tensor, batch_size: int = 4, device=None) -> tuple[float, int]:
+    """Summed NLL (float64) and scored token count over `windows` [n, seqlen]."""
+    return window_nlls(model, windows, batch_size, device).sum().item(), windows.shape[0] * (windows.shape[1] - 1)

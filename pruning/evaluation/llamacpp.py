@@ -73,21 +73,25 @@ def load_llama(path: str | os.PathLike, n_ctx: int, threads: int | None = None):
     return llm, time.perf_counter() - started
 
 
-def llama_windows_nll(llm, windows: torch.Tensor) -> tuple[float, int]:
-    """Summed NLL and scored tokens of `windows` [n, seqlen] in llama.cpp, as `windows_nll` does in PyTorch:
-    llama.cpp's logits are read in place and scored a few rows at a time (`next_token_nll`), not copied and
+def llama_window_nlls(llm, windows: torch.Tensor) -> list[float]:
+    """Summed NLL of each of `windows` [n, seqlen] in llama.cpp, as `window_nlls` does in PyTorch: llama.cpp's
+    logits are read in place and scored a few rows at a time (`window_next_token_nll`), not copied and
     log-softmaxed whole (seqlen x vocabulary floats each, 0.5 GiB for 512 tokens of a 256k vocabulary)."""
-    from ..core.token_windows import next_token_nll
+    from ..core.token_windows import window_next_token_nll
 
-    total, scored = 0.0, 0
+    nlls = []
     seqlen = windows.shape[1]
     for window in windows:
         llm.reset()
         llm.eval(window.tolist())
         logits = torch.from_numpy(np.asarray(llm.scores[:seqlen - 1], dtype=np.float32))
-        total += next_token_nll(logits[None], window[None]).item()
-        scored += seqlen - 1
-    return total, scored
+        nlls.append(window_next_token_nll(logits[None], window[None]).item())
+    return nlls
+
+
+def llama_windows_nll(llm, windows: torch.Tensor) -> tuple[float, int]:
+    """Summed NLL and scored tokens of `windows` [n, seqlen] in llama.cpp, as `windows_nll` does in PyTorch."""
+    return math.fsum(llama_window_nlls(llm, windows)), windows.shape[0] * (windows.shape[1] - 1)
 
 
 def llama_greedy(llm, prompt: list[int], new_tokens: int) -> list[int]:
@@ -175,7 +179,7 @@ def evaluate_gguf(gguf_path: str | os.PathLike, model_dir: str | os.PathLike, *,
         if int(windows.max()) >= llm.n_vocab():
             raise ExportError(f"tokenizer of {model_path} produces ids beyond the GGUF vocabulary ({llm.n_vocab()})")
         started = time.perf_counter()
-        nll, scored = llama_windows_nll(llm, windows)
+        window_nll = llama_window_nlls(llm, windows)
         eval_seconds = time.perf_counter() - started
         prompt = windows[0, :min(prompt_tokens, seqlen - generate_tokens)].tolist() if generate_tokens else []
         gguf_generation = llama_greedy(llm, prompt, generate_tokens) if generate_tokens else []
@@ -185,7 +189,7 @@ def evaluate_gguf(gguf_path: str | os.PathLike, model_dir: str | os.PathLike, *,
         llm.close()
 
     result = {
-        **windows_result(nll, scored, windows, dataset=dataset, split=split, max_windows=max_windows),
+        **windows_result(window_nll, windows, dataset=dataset, split=split, max_windows=max_windows),
         "gguf": {"path": str(gguf_path), "bytes": gguf_path.stat().st_size, **gguf_summary(gguf_path)},
         "load_seconds": round(load_seconds, 4),
         "eval_seconds": round(eval_seconds, 3),

@@ -3,7 +3,7 @@ non-overlapping windows of `seqlen` tokens (tail dropped), NLL summed over the s
 ppl = exp(total NLL / scored tokens).
 
 Scoring costs one model forward per batch of windows and little else: the next-token NLL is taken from the
-logits a few rows at a time (`next_token_nll`), so no full-vocabulary log-probability tensor, float copy of
+logits a few rows at a time (`window_next_token_nll`), so no full-vocabulary log-probability tensor, float copy of
 the logits or shifted copy is ever written; sums are kept in float64. `forward_throughput` times the bare
 forward over the same windows, the yardstick the scoring throughput is compared with."""
 from __future__ import annotations
@@ -15,7 +15,8 @@ import torch
 
 from ..core.arguments import MIN_SEQLEN, positive
 from ..core.data import evaluation_text
-from ..core.token_windows import token_windows, windows_nll
+from ..core.token_windows import token_windows, window_nlls
+from .per_item import WINDOWS, window_record
 
 @torch.no_grad()
 def forward_throughput(model, windows: torch.Tensor, batch_size: int = 4, device=None) -> float:
@@ -28,12 +29,18 @@ def forward_throughput(model, windows: torch.Tensor, batch_size: int = 4, device
     return windows.numel() / (time.perf_counter() - started)
 
 
-def windows_result(nll: float, scored: int, windows, *, dataset: str, split: str, max_windows: int | None) -> dict:
-    """Perplexity from a summed NLL over token windows, with the protocol that produced it: the part every
-    perplexity record shares, whichever runtime scored the windows (transformers here, llama.cpp in gguf-eval)."""
+def windows_result(window_nll, windows, *, dataset: str, split: str, max_windows: int | None) -> dict:
+    """Perplexity from the summed NLL of each token window, with the protocol that produced it and the
+    per-window record (`pruning.evaluation.per_item`) its confidence interval and paired comparisons are
+    computed from: the part every perplexity record shares, whichever runtime scored the windows
+    (transformers here, llama.cpp in gguf-eval)."""
+    window_nll = [float(v) for v in window_nll]
+    per_window = [int(windows.shape[1]) - 1] * len(window_nll)
+    nll, scored = math.fsum(window_nll), sum(per_window)
     return {"ppl": math.exp(nll / scored), "nll_per_token": nll / scored, "dataset": dataset,
             "split": split if dataset == "wikitext2" else None, "seqlen": int(windows.shape[1]),
-            "windows": int(windows.shape[0]), "max_windows": max_windows, "scored_tokens": scored}
+            "windows": int(windows.shape[0]), "max_windows": max_windows, "scored_tokens": scored,
+            WINDOWS: window_record(window_nll, per_window, windows.numpy())}
 
 
 def perplexity(model, tokenizer, dataset: str = "wikitext2", split: str = "test", seqlen: int = 512,
@@ -46,10 +53,10 @@ def perplexity(model, tokenizer, dataset: str = "wikitext2", split: str = "test"
     windows = token_windows(tokenizer, evaluation_text(dataset, split, data_dir), seqlen, max_windows)
     device = next(model.parameters()).device
     scoring_started = time.perf_counter()
-    nll, scored = windows_nll(model, windows, batch_size, device)
+    nll = window_nlls(model, windows, batch_size, device)
     scoring_seconds = time.perf_counter() - scoring_started
     return {
-        **windows_result(nll, scored, windows, dataset=dataset, split=split, max_windows=max_windows),
+        **windows_result(nll.tolist(), windows, dataset=dataset, split=split, max_windows=max_windows),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "device": str(device),
         "batch_size": batch_size,

@@ -3,7 +3,9 @@
 The model is loaded by `pruning.load_model` (so pruned and heterogeneous models work) and handed to lm-eval as
 `ScoringLM`, lm-eval's `HFLM` that computes the logits of the continuation positions only (same log-likelihoods,
 a fraction of the work; scoring_lm.py) and counts its throughput; prompts, request building and aggregation are
-lm-eval's. Two kinds of task:
+lm-eval's. Each document's outcome is kept in the result (`per_document`, format in per_item.py), so that
+the tables give every accuracy its standard error and compare pruned and dense models document by document.
+Two kinds of task:
 
 - hub: lm-eval's own task definitions (arc_easy, boolq, mmlu, gsm8k, ...), documents from the Hugging Face hub;
 - local: `<task>_local` definitions shipped in `pruning/evaluation/tasks/`, the same prompts, choices and
@@ -26,6 +28,7 @@ from ..core.arguments import count_problem, positive
 from ..core.data import DataError, data_dir
 from ..core.inputs import read_paths
 from ..core.modeling import load_model, parameter_counts, resolve_device, torch_dtype
+from .per_item import DOCUMENTS, document_record
 from .provenance import Measurement
 from ..core.dtypes import DEFAULT_DTYPE
 
@@ -223,7 +226,8 @@ def evaluation_lm(net, tokenizer, batch_size: int | str, device: str, *, all_pos
 
 def run_lm_eval(lm, manager, task_object, *, num_fewshot: int = 0, limit: int | None = None,
                 quiet: bool = False) -> dict:
-    """lm-eval's `simple_evaluate` of one task with the fixed seeds, without samples, bars off when `quiet`."""
+    """lm-eval's `simple_evaluate` of one task with the fixed seeds, bars off when `quiet`; with its logged
+    samples (`log_samples`), from which the per-document record is kept."""
     import lm_eval
 
     if quiet:  # lm-eval's request bars take disable=disable_tqdm, which the evaluator never sets
@@ -231,7 +235,7 @@ def run_lm_eval(lm, manager, task_object, *, num_fewshot: int = 0, limit: int | 
             setattr(lm, request_type, functools.partial(getattr(lm, request_type), disable_tqdm=True))
     with _request_bars_silenced() if quiet else nullcontext():
         return lm_eval.simple_evaluate(model=lm, tasks=[task_object], task_manager=manager, num_fewshot=num_fewshot,
-                                       limit=limit, log_samples=False, **SEEDS)
+                                       limit=limit, log_samples=True, **SEEDS)
 
 
 def zeroshot(model: str, task: str, *, limit: int | None = None, num_fewshot: int = 0, batch_size: int | str = 8,
@@ -281,6 +285,7 @@ def zeroshot(model: str, task: str, *, limit: int | None = None, num_fewshot: in
         "num_fewshot": num_fewshot,
         "fewshot_split": {sub: _fewshot_split(t) for sub, t in sorted(leaf_tasks.items())} if num_fewshot else None,
         "subtasks": subtasks or None,
+        DOCUMENTS: document_record(evaluated["samples"], leaf_tasks),
         "task_config": {key: config[key] for key in CONFIG_KEYS if key in config} or None,
         "task_version": evaluated.get("versions", {}).get(name),
         "parameters": parameter_counts(net),

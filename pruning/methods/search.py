@@ -10,10 +10,8 @@ windows may well not make, whatever the search's cost.
 """
 from __future__ import annotations
 
-import math
-import statistics
-
 from ..core.options import MethodError, Option
+from ..core.statistics import paired_difference
 
 
 def search_windows_option(candidates: str) -> Option:
@@ -42,9 +40,8 @@ def choice_margin(chosen: list[list[float]], runner_up: list[list[float]]) -> di
     choice's loss was lower, and the paired t statistic of the runner-up's excess loss (mean over windows / its
     standard error; None with one window or no spread). Below about 2, another draw of calibration windows may
     well choose the runner-up."""
-    differences = [other - ours for ours_batch, other_batch in zip(chosen, runner_up, strict=True)
-                   for ours, other in zip(ours_batch, other_batch, strict=True)]
-    spread = statistics.stdev(differences) if len(differences) > 1 else 0.0
-    t = statistics.fmean(differences) / (spread / math.sqrt(len(differences))) if spread > 0 else None
-    return {"windows_won": sum(d > 0 for d in differences), "windows": len(differences),
-            "paired_t": None if t is None else round(t, 4)}
+    pairs = [(ours, other) for ours_batch, other_batch in zip(chosen, runner_up, strict=True)
+             for ours, other in zip(ours_batch, other_batch, strict=True)]
+    excess = paired_difference([other for _, other in pairs], [ours for ours, _ in pairs])
+    return {"windows_won": sum(other > ours for ours, other in pairs), "windows": len(pairs),
+            "paired_t": round(excess.mean / excess.se, 4) if excess.se else None}

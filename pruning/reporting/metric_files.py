@@ -167,6 +167,7 @@ class Results:
         if long.empty:
             raise TableError("no runs to tabulate")
         self.long = long
+        self._files: dict | None = None  # (run, source, key) -> its rows, grouped on first use by `record`
         first = long.drop_duplicates("run").set_index("run")
         library = long[(long.source == "prune") & (long.metric == "method")].set_index("run").value
         self.runs = pd.DataFrame({"model": first.model, "method": first.method,
@@ -204,6 +205,23 @@ class Results:
         columns = pd.MultiIndex.from_tuples(ordered_unique((source, m) for source, names in metrics.items() for m in names))
         wide = rows.pivot(index=index, columns=["source", "metric"], values="value").reindex(columns=columns)
         return wide.astype(object).where(wide.notna(), None)
+
+    def record(self, run: int, source: str, key: str = "") -> dict | None:
+        """One metric file of a run as its nested JSON again (from the long frame: the dotted keys split), for
+        what is read whole, such as its per-item record; None when the run has no such file."""
+        if self._files is None:
+            self._files = {name: rows for name, rows in self.long.groupby(["run", "source", "key"], sort=False)}
+        rows = self._files.get((run, source, key))
+        if rows is None:
+            return None
+        nested: dict = {}
+        for metric, value in zip(rows.metric, rows.value):
+            *parents, leaf = metric.split(".")
+            node = nested
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        return nested
 
     def wide(self, ids: list[int], **metrics: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(the filtered rows, their pivot with one row per run of `ids`, in that order)."""

@@ -1,6 +1,8 @@
 """Plots from the long frame of a grid's metric files (`pruning.reporting.metric_files`); which plots a grid produces is
 decided by `pruning.reporting.grid.plot_specs`: PPL against sparsity (mask-based methods), PPL against parameters
-removed (structured methods) and the zero-shot average against decode speed-up."""
+removed (structured methods) and the zero-shot average against decode speed-up. Error bars come from the
+per-item data (`pruning.reporting.uncertainty`): ± 2 standard errors, perplexity's as exp(mean NLL ± 2 SE);
+points from files without per-item data have none."""
 from __future__ import annotations
 
 import functools
@@ -16,6 +18,8 @@ from ..core.outputs import output_file
 from ..methods.base import method_families
 from .grid import MASK_KINDS, plot_specs
 from .metric_files import Results, ordered_unique
+from .uncertainty import perplexity_figures
+from ..core.statistics import SE_MULTIPLE
 
 
 def _pyplot():
@@ -38,10 +42,18 @@ def _log_y(ax) -> None:
 def _perplexity_axes(ax, xlabel: str, title: str) -> None:
     """Labels, grid and legend of a perplexity-against-something plot."""
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("perplexity")
+    ax.set_ylabel("perplexity (bars: ±2 SE over the windows)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+
+
+def _ppl_bars(figures: dict, runs: list, values: list) -> list[list[float]] | None:
+    """Asymmetric error bars [below, above] of perplexities (their 2-SE intervals), zero where not measured;
+    None when no point has one."""
+    bars = [[0.0, 0.0] if run not in figures or figures[run].low is None
+            else [value - figures[run].low, figures[run].high - value] for run, value in zip(runs, values)]
+    return [list(side) for side in zip(*bars)] if any(any(bar) for bar in bars) else None
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
@@ -69,18 +81,21 @@ def plot_sparsity(results: Results, model: str, path: str | os.PathLike) -> Path
     dense = results.dense().get(model)
     _, wide = results.wide(masked + ([dense] if dense is not None else []), ppl=["ppl"])
     ppl = wide["ppl", "ppl"]
+    figures = perplexity_figures(results, masked + ([dense] if dense is not None else []))
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for index, method in enumerate(ordered_unique(runs.method[masked])):
         color = f"C{index}"
         mine = [r for r in masked if runs.method[r] == method]
-        curve = sorted((runs.ratio[r].value, ppl[r]) for r in mine if runs.kind[r] == "sparsity")
+        curve = sorted((runs.ratio[r].value, ppl[r], r) for r in mine if runs.kind[r] == "sparsity")
         if dense is not None and ppl[dense] is not None:
-            curve.insert(0, (0.0, ppl[dense]))
+            curve.insert(0, (0.0, ppl[dense], dense))
         if curve:
-            ax.plot(*zip(*curve), marker="o", color=color, label=method)
+            x, y, ids = zip(*curve)
+            ax.errorbar(x, y, yerr=_ppl_bars(figures, ids, y), marker="o", color=color, label=method, capsize=2)
         for run in (r for r in mine if runs.kind[r] == "nm"):
             n, m = runs.ratio[run].value
-            ax.plot([1 - n / m], [ppl[run]], marker="s", markerfacecolor="none", color=color, linestyle="none")
+            ax.errorbar([1 - n / m], [ppl[run]], yerr=_ppl_bars(figures, [run], [ppl[run]]), marker="s",
+                        markerfacecolor="none", color=color, linestyle="none", capsize=2)
             ax.annotate(runs.ratio[run].label, (1 - n / m, ppl[run]), textcoords="offset points", xytext=(4, 2),
                         fontsize=7, color=color)
     _log_y(ax)
@@ -100,8 +115,8 @@ def plot_structured(results: Results, model: str, path: str | os.PathLike) -> Pa
                              & results.has("ppl"))
     if dense is None or not structured:
         return None
-    _, measured = measures(results, structured)
-    measured = measured[measured.total_reduction.notna() & measured.ppl.notna()]
+    found = measures(results, structured)
+    measured = found.frame[found.frame.total_reduction.notna() & found.frame.ppl.notna()]
     if measured.empty:
         return None
     plt = _pyplot()
@@ -109,10 +124,12 @@ def plot_structured(results: Results, model: str, path: str | os.PathLike) -> Pa
     reference = measured.ppl_reference.iloc[0]
     for index, method in enumerate(ordered_unique(runs.method[measured.index])):
         mine = measured[runs.method[measured.index] == method]
-        curve = sorted(zip(100 * mine.total_reduction, mine.ppl))
+        curve = sorted(zip(100 * mine.total_reduction, mine.ppl, mine.index))
         if reference is not None:
-            curve.insert(0, (0.0, reference))
-        ax.plot(*zip(*curve), marker="o", color=f"C{index}", label=method)
+            curve.insert(0, (0.0, reference, dense))
+        x, y, ids = zip(*curve)
+        ax.errorbar(x, y, yerr=_ppl_bars(found.perplexities, ids, y), marker="o", color=f"C{index}", label=method,
+                    capsize=2)
     _log_y(ax)
     import matplotlib.ticker
 
@@ -121,41 +138,51 @@ def plot_structured(results: Results, model: str, path: str | os.PathLike) -> Pa
     return _save(fig, path)
 
 
+MARKERS = "osD^v<>pPXhH*d"  # one per run of a model, so that the legend names every point
+
+
 def plot_zeroshot_speed(results: Results, path: str | os.PathLike) -> Path | None:
-    """Zero-shot average (headline metrics × 100) against Hugging Face decode speed-up, one point per run that
-    has both, colour by method family, the dense models at 1×."""
+    """Zero-shot average (headline metrics × 100, over the tasks not at chance for the model) against Hugging
+    Face decode speed-up, one point per run that has both, colour by method family and a marker per run named
+    (with its family) in the legend (no labels on the points, so none overlap), the dense models as stars at
+    1×. Bars: ± 2 paired standard errors of the difference from dense (vertical) and the speed-up's range over
+    the repeats. A model with no task above chance has no average to plot: a line on the plot says so (the
+    plot is still drawn, as the grid names it)."""
     from .tables.comparison import measures
-    from .tables.tasks import average, headline_scores
 
     pruned = [run for run in results.ids() if results.runs.kind[run] != "dense"]
     if not pruned:
         return None
-    _, measured = measures(results, pruned)
-    measured = measured[measured.speedup_HF.notna() & measured.accuracy_loss.notna() & measured.family.notna()]
+    measured = measures(results, pruned).frame
+    measured = measured[measured.speedup_HF.notna() & measured.family.notna()]
     if measured.empty:
         return None
-    dense = results.dense()
-    _, scores, _ = headline_scores(results, list(dense.values()))
+    points = measured[measured.accuracy_loss.notna() & measured.accuracy_reference.notna()]
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
     families = list(method_families())
-    for model, run in dense.items():
-        if (results.runs.model[measured.index] == model).any() and average(scores.loc[run]) is not None:
-            baseline = 100 * average(scores.loc[run])
-            ax.plot([1.0], [baseline], marker="*", markersize=12, color="black", linestyle="none")
-            ax.annotate(f"{model} dense", (1.0, baseline), textcoords="offset points", xytext=(4, 2), fontsize=7)
-            for run_id, row in measured[results.runs.model[measured.index] == model].iterrows():
-                color = f"C{families.index(row.family)}"
-                ax.plot([row.speedup_HF], [baseline - row.accuracy_loss], marker="o", color=color, linestyle="none",
-                        label=row.family)
-                ax.annotate(f"{results.runs.method[run_id]} {results.runs.ratio[run_id].label}",
-                            (row.speedup_HF, baseline - row.accuracy_loss), textcoords="offset points",
-                            xytext=(4, 2), fontsize=7, color=color)
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    ax.legend(unique.values(), unique.keys(), fontsize=8)
-    ax.set_xlabel("decode speed-up against the dense model (Hugging Face, batch 1)")
-    ax.set_ylabel("zero-shot average (headline metrics × 100)")
+    for model_index, model in enumerate(ordered_unique(results.runs.model[points.index])):
+        mine = points[results.runs.model[points.index] == model]
+        baseline = mine.accuracy_reference.iloc[0]
+        ax.plot([1.0], [baseline], marker="*", markersize=12, color=f"C{len(families) + model_index}",
+                linestyle="none", label=f"{model} dense")
+        for marker, (run, row) in zip(MARKERS * len(mine), mine.iterrows()):
+            y = baseline - row.accuracy_loss
+            yerr = None if row.accuracy_loss_se is None else [[SE_MULTIPLE * row.accuracy_loss_se]] * 2
+            xerr = (None if row.speedup_HF_low is None
+                    else [[row.speedup_HF - row.speedup_HF_low], [row.speedup_HF_high - row.speedup_HF]])
+            ax.errorbar([row.speedup_HF], [y], xerr=xerr, yerr=yerr, marker=marker, color=f"C{families.index(row.family)}",
+                        linestyle="none", capsize=2, markersize=6,
+                        label=f"{model} {results.runs.method[run]} {results.runs.ratio[run].label} ({row.family})")
+    plotted = set(results.runs.model[points.index])
+    without = [m for m in ordered_unique(results.runs.model[measured.index]) if m not in plotted]
+    if without:  # said on the plot, not drawn
+        ax.text(0.5, 0.02, f"no zero-shot average for {', '.join(without)}: no task above chance (or one not measured)",
+                transform=ax.transAxes, ha="center", va="bottom", fontsize=8)
+    if not points.empty:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    ax.set_xlabel("decode speed-up against the dense model (Hugging Face, batch 1; bars: range over repeats)")
+    ax.set_ylabel("zero-shot average × 100\n(bars: ±2 paired SE against dense)")
     ax.set_title("Zero-shot accuracy against decode speed")
     ax.grid(True, alpha=0.3)
     return _save(fig, path)

@@ -10,12 +10,19 @@ from typing import Iterable
 import pandas as pd
 
 from ...core.sparse_formats import CHECKPOINT
+from ...core.statistics import Spread
 from ...evaluation import provenance as prune_json  # prune.json's keys
 from ..metric_files import Results, ordered_unique
+from ..uncertainty import (CSV_FIELDS, Figure, csv_values, missing_note, perplexity_note, se_legend,
+                           unpaired_note)
 
 ZEROSHOT_METRIC = "acc"
 MISSING = "—"
-CSV_COLUMNS = ["model", "method", "ratio", "key", "metric", "value", "file"]
+INDISTINGUISHABLE = "≈"  # a pruned figure within 2 paired standard errors of its dense model
+AT_CHANCE = "at chance"
+LONG_COLUMNS = ["model", "method", "ratio", "key", "metric", "value", "file"]
+# each number with the file behind it, and for a perplexity or accuracy what its per-item data say (uncertainty.py)
+CSV_COLUMNS = [*LONG_COLUMNS, *CSV_FIELDS]
 # The metrics each layout reads, by file kind (flattened JSON keys).
 PROTOCOL = ["dataset", "split", "seqlen", "windows", "max_windows", "scored_tokens", "dtype"]
 CALIBRATION = [f"{prune_json.CALIBRATION}.{key}" for key in ("source", "nsamples", "seqlen", "seed")]
@@ -28,6 +35,7 @@ REMOVED = ["result.prune_ratio_percent", "result.removed_layers", "result.mha_re
            "result.ffn_removed_layers"]
 STORED = [f"{CHECKPOINT}.format", f"{CHECKPOINT}.safetensors_bytes"]  # how prune saved the weights (prune.json)
 SPEED = ["hf.prefill_tokens_per_s", "hf.decode_tokens_per_s"]
+SPEED_SPREAD = [f"{backend}.decode_seconds.{at}" for backend in ("hf", "gguf") for at in ("min", "median", "max")]
 ZEROSHOT = [f"metrics.{ZEROSHOT_METRIC}.value", f"metrics.{ZEROSHOT_METRIC}.stderr", "n_docs", "limit", "num_fewshot"]
 GGUF = ["gguf.bytes", "ppl", "reference.ppl", "load_seconds", "dataset", "split", "seqlen",
         "windows"]
@@ -46,8 +54,22 @@ class Table:
         return f"## {self.title}\n\n{self.caption}\n\n{body}\n"
 
 
-def _table(name: str, title: str, caption: str, display: list[dict] | pd.DataFrame, rows: pd.DataFrame) -> Table:
-    return Table(name, title, caption, pd.DataFrame(display), rows[CSV_COLUMNS])
+FigureKey = tuple  # (run, source, key, metric): the long-frame row a figure belongs to
+
+
+def _table(name: str, title: str, caption: str, display: list[dict] | pd.DataFrame, rows: pd.DataFrame,
+           figures: dict[FigureKey, Figure] | None = None) -> Table:
+    """The table, its CSV the long rows read with the uncertainty columns of the rows that have a figure."""
+    figures = figures or {}
+    extra = pd.DataFrame([csv_values(figures.get(key)) for key in zip(rows.run, rows.source, rows.key, rows.metric)],
+                         columns=CSV_FIELDS, dtype=object)
+    data = pd.concat([rows[LONG_COLUMNS].reset_index(drop=True), extra], axis=1)
+    return Table(name, title, caption, pd.DataFrame(display), data)
+
+
+def keyed(figures: dict[int, Figure], source: str = "ppl", key: str = "", metric: str = "ppl") -> dict[FigureKey, Figure]:
+    """Per-run figures keyed by the long-frame row they describe."""
+    return {(run, source, key, metric): figure for run, figure in figures.items()}
 
 
 # ---- formatting -------------------------------------------------------------------------------------
@@ -56,6 +78,57 @@ def fmt_ppl(value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return MISSING
     return f"{value:.2f}" if value < 1e4 else f"{value:.3e}"
+
+
+def fmt_ppl_figure(figure: Figure | None, value: float | None = None) -> str:
+    """`84.18 ± 2.10`, with ≈ when a pruned model is not distinguishable from dense; the bare value (or
+    `value`) without per-window data."""
+    if figure is None:
+        return fmt_ppl(value)
+    text = fmt_ppl(figure.value)
+    if figure.se is not None:
+        text += f" ± {fmt_ppl(figure.se)}"
+    return text + (f" {INDISTINGUISHABLE}" if figure.indistinguishable else "")
+
+
+def fmt_ppl_change(figure: Figure | None, value: float | None, reference: float | None) -> str:
+    """`+3.21 ± 0.15 (+8.8%)`: the PPL difference from dense with its paired SE (≈ when within 2 of them),
+    `fmt_change` without per-window data."""
+    if figure is None or figure.vs_dense_se is None:
+        return fmt_change(value, reference)
+    text = f"{figure.vs_dense:+.2f} ± {figure.vs_dense_se:.2f} ({figure.vs_dense_ratio - 1:+.1%})"
+    return text + (f" {INDISTINGUISHABLE}" if figure.indistinguishable else "")
+
+
+def fmt_accuracy(figure: Figure | None) -> str:
+    """`45.00 ± 7.9 (Δ −2.5 ± 2.1 ≈) at chance`, × 100: the accuracy and its SE, for a pruned run the paired
+    difference from dense and its SE (≈: within 2 of them), and the chance flag of the task for this model."""
+    if figure is None or figure.value is None:
+        return MISSING
+    text = f"{100 * figure.value:.2f}"
+    if figure.se is not None:
+        text += f" ± {100 * figure.se:.1f}"
+    if figure.vs_dense is not None:
+        mark = f" {INDISTINGUISHABLE}" if figure.indistinguishable else ""
+        text += f" (Δ {100 * figure.vs_dense:+.1f} ± {100 * figure.vs_dense_se:.1f}{mark})"
+    return text + (f" {AT_CHANCE}" if figure.at_chance else "")
+
+
+def decode_spread(speed: pd.Series, backend: str = "hf") -> Spread | None:
+    """Decode tokens/s of a speed.json (its `speed` columns of a wide row): slowest, median and fastest of
+    the timed repeats, None where not measured."""
+    rate = speed.get(f"{backend}.decode_tokens_per_s")
+    seconds = [speed.get(f"{backend}.decode_seconds.{at}") for at in ("max", "median", "min")]
+    if rate is None or None in seconds or not all(seconds):
+        return None
+    slowest, median, fastest = seconds
+    return Spread(rate * median / slowest, rate, rate * median / fastest)
+
+
+def fmt_rate_spread(speed: pd.Series) -> str:
+    """`1234 [1200–1250]`: Hugging Face decode tokens/s, median and range over the repeats."""
+    spread = decode_spread(speed)
+    return MISSING if spread is None else f"{spread.median:.0f} [{spread.low:.0f}–{spread.high:.0f}]"
 
 
 def fmt_count(value: int | None) -> str:
@@ -111,6 +184,18 @@ def deleted_layers(removed, mha, ffn, layers: int | None) -> tuple[str, str]:
 
 
 # ---- protocol captions ------------------------------------------------------------------------------
+
+def perplexity_uncertainty(figures: Iterable[Figure]) -> str:
+    """The caption's sentences on the perplexities' uncertainty: what ± and ≈ mean, how large it is (a smoke
+    run says so), and which values have none."""
+    figures = list(figures)
+    parts = []
+    if any(f.se is not None for f in figures):
+        parts.append(se_legend("windows") + " The CSV gives each interval exp(mean NLL per token ± 2 SE) and the "
+                     "paired PPL ratio to dense with its interval.")
+    parts += [perplexity_note(figures), missing_note(figures, "window"), unpaired_note(figures)]
+    return " ".join(part for part in parts if part)
+
 
 def _evaluation_protocol(ppl: pd.Series) -> str:
     dataset = "WikiText-2" if ppl["dataset"] == "wikitext2" else str(ppl["dataset"])
@@ -170,6 +255,7 @@ def caption(results: Results, ids: list[int], notes: dict[str, str] | None = Non
         text = "Calibration: " + ("; ".join(described) if described else "none")
         parts.append(text + (f" ({', '.join(free)}: no data)" if described and free else ""))
     line = ". ".join(parts) + "." + _notes(runs.model, notes)
+    extra = extra.strip()
     line = f"{line} {extra}" if extra else line
     note = _test_note(results, ids)
     return f"{line} {note}" if note else line

@@ -4,13 +4,17 @@ with its model's dense run: zero-shot average (headline metrics), perplexity, de
 size (parameters, GGUF q4_k_m bytes)."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import pandas as pd
 
 from ...methods.base import method_families, method_family, retraining_methods
 from ..grid import compared_rows
 from ..metric_files import Results, ordered_unique
-from .common import MISSING, PPL, PRUNED, Table, _parameters, _table, caption, fmt_bytes, fmt_change
-from .tasks import average, headline_scores
+from ..uncertainty import perplexity_figures
+from .common import (INDISTINGUISHABLE, MISSING, PPL, PRUNED, SPEED_SPREAD, Table, _parameters, _table, caption,
+                     decode_spread, fmt_bytes, fmt_ppl_change, keyed, perplexity_uncertainty)
+from .tasks import accuracy_uncertainty, average, headline_keys, task_figures
 
 COMPARED_GGUF = "q4_k_m"
 FP32_BYTES = 4
@@ -18,17 +22,30 @@ SPEED_SETTINGS = ["settings.prompt_tokens", "settings.new_tokens", "settings.thr
 DECODE = {"HF": "hf.decode_tokens_per_s", "llama.cpp": "gguf.decode_tokens_per_s"}
 
 
-def measures(results: Results, ids: list[int]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(the long rows read, one row per run of `ids` against its model's dense run): non-zero and total
-    parameter reduction, decode speed-up per backend, PPL and its change, zero-shot average and loss in points,
-    GGUF q4_k_m bytes, dense fp32 bytes, retraining. None where a side was not measured."""
+class Measures(NamedTuple):
+    rows: pd.DataFrame  # the long rows read
+    frame: pd.DataFrame  # one row per run (below)
+    accuracies: dict  # (run, task) -> the headline metric's Figure, runs and their dense runs
+    headline: dict  # task -> its headline metric
+    perplexities: dict  # run -> its perplexity Figure
+
+
+def measures(results: Results, ids: list[int]) -> Measures:
+    """The long rows read and one row per run of `ids` against its model's dense run, with the figures
+    behind it: non-zero and total
+    parameter reduction, decode speed-up per backend (Hugging Face also its range over the repeats), PPL and its
+    change (with its perplexity figure), zero-shot average over the model's informative tasks and its loss in
+    points (paired on the same documents where both runs kept them: with its SE and whether it is within 2 of
+    them), GGUF q4_k_m bytes, dense fp32 bytes, retraining. None where a side was not measured."""
     dense = results.dense()
     every = ordered_unique(ids + [dense[m] for m in ordered_unique(results.runs.model[ids]) if m in dense])
     rows, wide = results.wide(every, ppl=PPL, prune=[*PRUNED, "options.training_data", "recovery.steps"],
-                              speed=[*DECODE.values(), *SPEED_SETTINGS])
+                              speed=[*DECODE.values(), *SPEED_SETTINGS, *SPEED_SPREAD])
     long = results.long
     gguf = long[long.run.isin(every) & (long.source == "gguf") & (long.key == COMPARED_GGUF) & (long.metric == "gguf.bytes")]
-    zeroshot_rows, scores, headline = headline_scores(results, every)
+    zeroshot_rows, scores, headline, accuracies = task_figures(results, every)
+    tasks = ordered_unique(scores.columns.get_level_values("task"))
+    perplexities = perplexity_figures(results, every)
     gguf_bytes = gguf.set_index("run").value
     table = []
     for run in ids:
@@ -40,7 +57,17 @@ def measures(results: Results, ids: list[int]) -> tuple[pd.DataFrame, pd.DataFra
         def ratio(value, base):
             return value / base if value is not None and base else None
 
-        accuracy, ref_accuracy = average(scores.loc[run]), average(scores.loc[reference]) if ref is not None else None
+        measured_all = None not in list(scores.loc[run])
+        accuracy = average(accuracies, run, tasks) if measured_all else None
+        ref_accuracy = (average(accuracies, reference, tasks) if ref is not None and None not in list(scores.loc[reference])
+                        else None)
+        loss, loss_se, same = None, None, None
+        if accuracy is not None and accuracy.vs_dense is not None:  # paired on the same documents
+            loss, loss_se, same = -100 * accuracy.vs_dense, 100 * accuracy.vs_dense_se, accuracy.indistinguishable
+        elif accuracy is not None and ref_accuracy is not None:
+            loss = 100 * (ref_accuracy.value - accuracy.value)
+        own_speed, ref_speed = decode_spread(w["speed"]), None if ref is None else decode_spread(ref["speed"])
+        speedup = own_speed.ratio(ref_speed) if own_speed and ref_speed else None
         library = results.runs.library_method[run]
         table.append({
             "run": run, "family": method_family(library),
@@ -48,16 +75,25 @@ def measures(results: Results, ids: list[int]) -> tuple[pd.DataFrame, pd.DataFra
             "total_reduction": None if ratio(total, ref_total) is None else 1 - ratio(total, ref_total),
             **{f"speedup_{backend}": ratio(w["speed", key], None if ref is None else ref["speed", key])
                for backend, key in DECODE.items()},
+            "speedup_HF_low": None if speedup is None else speedup.low,
+            "speedup_HF_high": None if speedup is None else speedup.high,
             "ppl": w["ppl", "ppl"], "ppl_reference": None if ref is None else ref["ppl", "ppl"],
             "ppl_change": ratio(w["ppl", "ppl"], None if ref is None else ref["ppl", "ppl"]),
-            "accuracy_loss": None if accuracy is None or ref_accuracy is None else 100 * (ref_accuracy - accuracy),
+            "accuracy": None if accuracy is None else 100 * accuracy.value,
+            "accuracy_reference": None if ref_accuracy is None else 100 * ref_accuracy.value,
+            "accuracy_loss": loss, "accuracy_loss_se": loss_se, "accuracy_indistinguishable": same,
             "gguf_bytes": gguf_bytes.get(run), "fp32_bytes": None if total is None else total * FP32_BYTES,
             "retraining": library in retraining_methods() or bool(w["prune", "recovery.steps"])
                           or w["prune", "options.training_data"] is not None,  # distilled (all given training_data)
         })
     used = pd.concat([rows, gguf, zeroshot_rows])
     frame = pd.DataFrame(table).set_index("run").astype(object)
-    return used, frame.where(frame.notna(), None)
+    return Measures(used, frame.where(frame.notna(), None), accuracies, headline, perplexities)
+
+
+def _figure_keys(measured: Measures) -> dict:
+    """The figures of a Measures by the long-frame row they describe (the CSV's uncertainty columns)."""
+    return {**keyed(measured.perplexities), **headline_keys(measured.accuracies, measured.headline)}
 
 
 def _speed_caption(rows: pd.DataFrame) -> str:
@@ -69,11 +105,15 @@ def _speed_caption(rows: pd.DataFrame) -> str:
             **{metric.removeprefix("settings."): value for metric, value in zip(group.metric, group.value)})
         for _, group in settings.groupby("run"))
     return (f"Decode speed-up: decode tokens/s at batch 1 against the dense model ({'; '.join(described)}), "
-            "Hugging Face and llama.cpp (the GGUF of speed.json).")
+            "Hugging Face and llama.cpp (the GGUF of speed.json), medians of the timed repeats; [range]: from the "
+            "slowest repeat against the dense model's fastest to the fastest against its slowest.")
 
 
-def _times(value) -> str:
-    return MISSING if value is None else f"{value:.2f}×"
+def _times(value, low=None, high=None) -> str:
+    """`1.37×`, with `[1.30–1.42]` the range over the repeats where measured."""
+    if value is None:
+        return MISSING
+    return f"{value:.2f}×" + ("" if low is None else f" [{low:.2f}–{high:.2f}]")
 
 
 def comparison_table(results: Results, notes=None) -> Table | None:
@@ -81,25 +121,48 @@ def comparison_table(results: Results, notes=None) -> Table | None:
     picked = [row["run"] for row in compared_rows(results.grid_rows())]
     if not picked:
         return None
-    rows, m = measures(results, picked)
+    measured = measures(results, picked)
+    m = measured.frame
     display = []
     for run in picked:
         r = m.loc[run]
         display.append({"model": results.runs.model[run], "method": results.runs.method[run],
                         "setting": results.runs.ratio[run].label,
-                        "accuracy loss (points)": MISSING if r.accuracy_loss is None else f"{r.accuracy_loss:+.2f}",
-                        "PPL change": fmt_change(r.ppl, r.ppl_reference),
-                        "decode speed-up (HF)": _times(r.speedup_HF),
+                        "accuracy loss (points)": _loss(r),
+                        "PPL change": fmt_ppl_change(measured.perplexities.get(run), r.ppl, r.ppl_reference),
+                        "decode speed-up (HF)": _times(r.speedup_HF, r.speedup_HF_low, r.speedup_HF_high),
                         "decode speed-up (llama.cpp)": _times(r["speedup_llama.cpp"]),
                         f"memory (GGUF {COMPARED_GGUF})": fmt_bytes(r.gguf_bytes),
                         "memory (dense fp32)": fmt_bytes(r.fp32_bytes),
                         "retraining": "yes" if r.retraining else "no"})
+    rows = measured.rows
     extra = ("One row per method at 50 % sparsity and at 2:4, the structured methods at their smallest ratio in the "
-             "grid. Accuracy loss: zero-shot average of the tasks' headline metrics × 100, dense minus pruned "
-             f"(as in the downstream table). {_speed_caption(rows)} Memory: bytes of the GGUF {COMPARED_GGUF} file, "
-             "and parameters × 4 bytes (dense fp32 storage, so zeros in place do not shrink it). Retraining: "
-             "distillation after pruning. A dash: not measured.")
-    return _table("comparison", "Performance comparison", caption(results, picked, notes, extra), display, rows)
+             "grid. Accuracy loss: zero-shot average of the tasks' headline metrics × 100 over the tasks not at "
+             "chance for the model, dense minus pruned (as in the downstream table), ± the paired standard error "
+             f"on the same documents; ≈: within 2 of them, not distinguishable from dense. {_speed_caption(rows)} "
+             f"Memory: bytes of the GGUF {COMPARED_GGUF} file, and parameters × 4 bytes (dense fp32 storage, so "
+             "zeros in place do not shrink it). Retraining: distillation after pruning. A dash: not measured. "
+             + _uncertainty(measured, results, picked))
+    return _table("comparison", "Performance comparison", caption(results, picked, notes, extra), display, rows,
+                  _figure_keys(measured))
+
+
+def _uncertainty(measured: Measures, results: Results, runs: list[int]) -> str:
+    """The accuracy and perplexity sentences of the captions, for these runs and their dense runs."""
+    dense = results.dense()
+    shown = set(runs) | {dense[m] for m in results.runs.model[runs] if m in dense}
+    accuracies = {key: figure for key, figure in measured.accuracies.items() if key[0] in shown}
+    return " ".join(part for part in (accuracy_uncertainty(accuracies, results),
+                                      perplexity_uncertainty(f for run, f in measured.perplexities.items() if run in shown))
+                    if part)
+
+
+def _loss(r) -> str:
+    """`+10.63 ± 3.20 ≈`: the accuracy loss with its paired SE; a bare difference without per-document data."""
+    if r.accuracy_loss is None:
+        return MISSING
+    text = f"{r.accuracy_loss:+.2f}" + ("" if r.accuracy_loss_se is None else f" ± {r.accuracy_loss_se:.2f}")
+    return text + (f" {INDISTINGUISHABLE}" if r.accuracy_indistinguishable else "")
 
 
 def _range(values, fmt) -> str:
@@ -116,7 +179,8 @@ def impact_table(results: Results, notes=None) -> Table | None:
     pruned = [run for run in results.ids() if method_family(results.runs.library_method[run])]
     if not pruned:
         return None
-    rows, m = measures(results, pruned)
+    measured = measures(results, pruned)
+    m = measured.frame
     display = []
     for name in method_families():
         mine = m[m.family == name]
@@ -133,10 +197,11 @@ def impact_table(results: Results, notes=None) -> Table | None:
                                                         "{:+.2f}".format)})
     extra = ("Ranges over every run of the family, each against its model's dense run: share of non-zero "
              "parameters and of all parameters removed, decode tokens/s change (Hugging Face, speed.json), "
-             "perplexity change, and zero-shot average change in points (headline metrics). A dash: not measured.")
+             "perplexity change, and zero-shot average change in points (headline metrics, over the tasks not at "
+             "chance for the model). A dash: not measured. " + _uncertainty(measured, results, pruned))
     runs = pruned + list(results.dense().values())
     return _table("impact", "Performance impact per method family", caption(results, runs, notes, extra), display,
-                  rows)
+                  measured.rows, _figure_keys(measured))
 
 
 LAYOUTS = {"comparison": comparison_table, "impact": impact_table}

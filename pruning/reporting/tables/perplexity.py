@@ -11,9 +11,11 @@ from ...methods.base import layer_removal_methods
 from ..grid import DENSE_METHOD, DEPTH_METHOD, MASK_KINDS, TWO_STAGE_METHOD
 from ...methods.depth import CRITERION_LABELS
 from ..metric_files import Results, ordered_unique
-from .common import (CALIBRATION, MISSING, PPL, PRUNED, REMOVED, SELECTION, SPEED, STORED, Table, _parameters,
-                     _table, caption, fmt_bytes, fmt_change, fmt_count, fmt_percent_change, fmt_ppl, fmt_reduction,
-                     deleted_layers, test_mark)
+from ..uncertainty import perplexity_figures
+from .common import (CALIBRATION, MISSING, PPL, PRUNED, REMOVED, SELECTION, SPEED, SPEED_SPREAD, STORED, Table,
+                     _parameters, _table, caption, deleted_layers, fmt_bytes, fmt_count, fmt_percent_change,
+                     fmt_ppl_change, fmt_ppl_figure, fmt_rate_spread, fmt_reduction, keyed, perplexity_uncertainty,
+                     test_mark)
 
 
 def summary_table(results: Results, notes=None) -> Table:
@@ -23,8 +25,10 @@ def summary_table(results: Results, notes=None) -> Table:
     ids = results.ids()
     ids.sort(key=lambda run: models.index(results.runs.model[run]))  # grouped by model, order kept within
     with_speed = bool(results.has("speed").any())
-    rows, wide = results.wide(ids, ppl=PPL, prune=[*PRUNED, "dtype", "prune_seconds", *STORED], speed=SPEED)
+    rows, wide = results.wide(ids, ppl=PPL, prune=[*PRUNED, "dtype", "prune_seconds", *STORED],
+                              speed=[*SPEED, *SPEED_SPREAD])
     dense = results.dense()
+    figures = perplexity_figures(results, ids)
     display = []
     for run in ids:
         model, method, ratio = results.runs.loc[run, ["model", "method", "ratio"]]
@@ -52,17 +56,22 @@ def summary_table(results: Results, notes=None) -> Table:
                                for m in ("prefill_tokens_per_s", "decode_tokens_per_s"))
             row["speed change (prefill / decode)"] = (MISSING if is_reference or prefill == decode == MISSING
                                                       else f"{prefill} / {decode}")
-        row["PPL"] = fmt_ppl(w["ppl", "ppl"])
-        row["quality change (PPL)"] = MISSING if is_reference else fmt_change(w["ppl", "ppl"], ref_ppl)
+            row["decode tokens/s (median [min–max])"] = fmt_rate_spread(w["speed"])
+        row["PPL"] = fmt_ppl_figure(figures.get(run), w["ppl", "ppl"])
+        row["quality change (PPL)"] = MISSING if is_reference else fmt_ppl_change(figures.get(run), w["ppl", "ppl"], ref_ppl)
         display.append(row)
     extra = ("Size reduction: non-zero parameters, and bytes of the weights stored densely (parameters × dtype "
              "size, as in safetensors, so unstructured and N:M zeros do not shrink them), against the dense model; "
              "checkpoint on disk: the safetensors bytes prune wrote, in its save format (sparse-bitmask, "
              "sparse-24-bitmask: non-zero values and one bit per weight), and their reduction against the dense "
-             "model's weights; quality change: PPL against the dense model.")
+             "model's weights; quality change: PPL against the dense model, ± the paired standard error of the "
+             "difference on the same windows.")
     if with_speed:
-        extra += " Speed: Hugging Face prefill / decode tokens/s at batch 1 against the dense model (speed.json)."
-    return _table("summary", "Performance impact per run", caption(results, results.ids(), notes, extra), display, rows)
+        extra += (" Speed: Hugging Face prefill / decode tokens/s at batch 1 against the dense model (medians of the "
+                  "repeats in speed.json), and decode tokens/s as the median with the slowest and fastest repeat.")
+    extra += " " + perplexity_uncertainty(figures.values())
+    return _table("summary", "Performance impact per run", caption(results, results.ids(), notes, extra.strip()),
+                  display, rows, keyed(figures))
 
 
 def _stored(size: int | None, save_format: str | None, ref_size: int | None) -> str:
@@ -83,16 +92,20 @@ def sparsity_table(results: Results, model: str, notes=None) -> Table | None:
         return None
     dense = [results.dense()[model]] if model in results.dense() else []
     rows, wide = results.wide(masked + dense, ppl=PPL, prune=["result.total_sparsity", *CALIBRATION, *SELECTION])
+    figures = perplexity_figures(results, masked + dense)
     cells = pd.DataFrame({"method": runs.method[masked], "label": [runs.ratio[r].label for r in masked],
-                          "PPL": [fmt_ppl(wide.loc[r, ("ppl", "ppl")]) + test_mark(results, r) for r in masked]})
+                          "PPL": [fmt_ppl_figure(figures.get(r), wide.loc[r, ("ppl", "ppl")]) + test_mark(results, r)
+                                  for r in masked]})
     labels = [r.label for r in sorted(ordered_unique(runs.ratio[masked]), key=lambda r: r.order)]
     display = (cells.pivot(index="method", columns="label", values="PPL")
                .reindex(index=ordered_unique(cells.method), columns=labels).fillna(MISSING))
-    display.insert(0, DENSE_METHOD, fmt_ppl(wide.loc[dense[0], ("ppl", "ppl")]) if dense else MISSING)
+    display.insert(0, DENSE_METHOD, fmt_ppl_figure(figures.get(dense[0]), wide.loc[dense[0], ("ppl", "ppl")])
+                   if dense else MISSING)
     return _table(f"sparsity-{model}", f"Perplexity by sparsity pattern: {model}",
                   caption(results, masked + dense, notes, "Percentages: share of the weights of every decoder linear "
-                          "layer set to zero; N:M keeps N of every M consecutive weights."),
-                  display.reset_index(), rows)
+                          "layer set to zero; N:M keeps N of every M consecutive weights. "
+                          + perplexity_uncertainty(figures.values())),
+                  display.reset_index(), rows, keyed(figures))
 
 
 def depth_table(results: Results, model: str, notes=None) -> Table | None:
@@ -108,22 +121,25 @@ def depth_table(results: Results, model: str, notes=None) -> Table | None:
     if len(set(criteria.values())) < len(criteria):  # two entries share a criterion: name columns by entry
         criteria = {method: method for method in criteria}
     counted = [r for r in depth if _parameters(wide, r) != (None, None)]
+    figures = perplexity_figures(results, depth + dense)
     cells = pd.DataFrame({"#Blocks": [runs.ratio[r].value for r in depth],
                           "criterion": [criteria[runs.method[r]] for r in depth],
-                          "PPL": [fmt_ppl(wide.loc[r, ("ppl", "ppl")]) + test_mark(results, r) for r in depth],
+                          "PPL": [fmt_ppl_figure(figures.get(r), wide.loc[r, ("ppl", "ppl")]) + test_mark(results, r)
+                                  for r in depth],
                           "#Param": [fmt_count(_parameters(wide, r)[0]) if r in counted else None for r in depth]})
     table = (cells.pivot(index="#Blocks", columns="criterion", values="PPL")
              .reindex(columns=ordered_unique(cells.criterion)).sort_index().fillna(MISSING))
     params = cells.dropna(subset="#Param").groupby("#Blocks")["#Param"].agg(lambda texts: " / ".join(ordered_unique(texts)))
     table.insert(0, "#Param", params.reindex(table.index).fillna(MISSING))
     if dense:
-        table.loc[0] = [fmt_count(_parameters(wide, dense[0])[0])] + [fmt_ppl(wide.loc[dense[0], ("ppl", "ppl")])] * (
-            len(table.columns) - 1)
+        table.loc[0] = [fmt_count(_parameters(wide, dense[0])[0])] + [
+            fmt_ppl_figure(figures.get(dense[0]), wide.loc[dense[0], ("ppl", "ppl")])] * (len(table.columns) - 1)
         table = table.sort_index()
     table.index = table.index.map(str)
     return _table(f"depth-{model}", f"Depth pruning by removed blocks: {model}",
                   caption(results, depth + dense, notes, "Blocks chosen on calibration data by the criterion of each "
-                          "column; #Param after removal."), table.reset_index(), rows)
+                          "column; #Param after removal. " + perplexity_uncertainty(figures.values())),
+                  table.reset_index(), rows, keyed(figures))
 
 
 def _criterion_label(criterion) -> str:
@@ -153,20 +169,23 @@ def layer_removal_table(results: Results, notes=None) -> Table | None:
     if not removal:
         return None
     rows, wide = results.wide(removal + dense, ppl=PPL, prune=[*PRUNED, *REMOVED, LAYERS_BEFORE])
-    originals = {results.runs.model[d]: wide.loc[d, ("ppl", "ppl")] for d in dense}
+    figures = perplexity_figures(results, removal + dense)
+    originals = {results.runs.model[d]: fmt_ppl_figure(figures.get(d), wide.loc[d, ("ppl", "ppl")]) for d in dense}
     display = []
     for run in removal:
         model, method, ratio = results.runs.loc[run, ["model", "method", "ratio"]]
         w, percent = wide.loc[run], _prune_ratio_percent(wide.loc[run])
         count, where = deleted_layers(*(w["prune", m] for m in REMOVED[1:]), w["prune", LAYERS_BEFORE])
         display.append({"model": model, "method": method + test_mark(results, run), "ratio": ratio.label,
-                        "PPL original": fmt_ppl(originals.get(model)), "PPL after": fmt_ppl(w["ppl", "ppl"]),
+                        "PPL original": originals.get(model, MISSING),
+                        "PPL after": fmt_ppl_figure(figures.get(run), w["ppl", "ppl"]),
                         "prune ratio": MISSING if percent is None else f"{percent:.2f}%",
                         "deleted": count, "deleted layers": where})
     return _table("layer-removal", "Layer removal",
                   caption(results, removal + dense, notes, "Prune ratio: share of all parameters removed; deleted "
                           "layers are indices in the original model, in Quark's notation: [11-13] total 32 is "
-                          "layers 11 to 13 of a 32-layer model."), display, rows)
+                          "layers 11 to 13 of a 32-layer model. " + perplexity_uncertainty(figures.values())),
+                  display, rows, keyed(figures))
 
 
 def two_stage_table(results: Results, notes=None) -> Table | None:
@@ -175,7 +194,8 @@ def two_stage_table(results: Results, notes=None) -> Table | None:
     if not staged:
         return None
     rows, wide = results.wide(staged + dense, ppl=PPL, prune=[*PRUNED, *REMOVED])
-    originals = {results.runs.model[d]: wide.loc[d, ("ppl", "ppl")] for d in dense}
+    figures = perplexity_figures(results, staged + dense)
+    originals = {results.runs.model[d]: fmt_ppl_figure(figures.get(d), wide.loc[d, ("ppl", "ppl")]) for d in dense}
     display = []
     for run in staged:
         model, method, ratio = results.runs.loc[run, ["model", "method", "ratio"]]
@@ -185,10 +205,12 @@ def two_stage_table(results: Results, notes=None) -> Table | None:
         display.append({"model": model, "method": method + test_mark(results, run), "ratio": ratio.label,
                         "MHA layers removed": f"{len(mha)} {mha}", "FFN layers removed": f"{len(ffn)} {ffn}",
                         "params removed": f"{fmt_count(removed)} ({_prune_ratio_percent(w):.2f}%)",
-                        "PPL original": fmt_ppl(originals.get(model)), "PPL": fmt_ppl(w["ppl", "ppl"])})
+                        "PPL original": originals.get(model, MISSING),
+                        "PPL": fmt_ppl_figure(figures.get(run), w["ppl", "ppl"])})
     return _table("two-stage", "Two-stage MHA/FFN removal",
                   caption(results, staged + dense, notes, "Layer indices are those of the original model; parameters "
-                          "removed count all parameters, embeddings included."), display, rows)
+                          "removed count all parameters, embeddings included. "
+                          + perplexity_uncertainty(figures.values())), display, rows, keyed(figures))
 
 
 

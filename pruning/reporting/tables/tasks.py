@@ -5,7 +5,10 @@ from __future__ import annotations
 import pandas as pd
 
 from ..metric_files import Results, ordered_unique
-from .common import GGUF, MISSING, ZEROSHOT, ZEROSHOT_METRIC, Table, _notes, _table, fmt_bytes, fmt_ppl
+from ..uncertainty import (Figure, accuracy_figures, accuracy_note, average_figure, informative, missing_note,
+                           perplexity_figures, se_legend, unpaired_note)
+from .common import (AT_CHANCE, GGUF, MISSING, ZEROSHOT, ZEROSHOT_METRIC, Table, _notes, _table, fmt_accuracy,
+                     fmt_bytes, fmt_ppl, fmt_ppl_figure)
 
 # The metric lm-eval reports as a task's headline, first match wins: GSM8K's exact match under its strict
 # "#### <number>" filter, acc_norm where the task defines it, acc otherwise.
@@ -49,10 +52,50 @@ def metric_name(metric: str) -> str:
     return f"{name} ({filter_name} filter)" if filter_name else name
 
 
-def average(values) -> float | None:
-    """Mean over tasks, None unless every task was measured."""
-    values = list(values)
-    return None if not values or None in values else sum(values) / len(values)
+def task_figures(results: Results, ids: list[int]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str],
+                                                           dict[tuple[int, str], Figure]]:
+    """`headline_scores` and the headline metric's figure of each (run, task) (`uncertainty.accuracy_figures`)."""
+    rows, scores, headline = headline_scores(results, ids)
+    return rows, scores, headline, accuracy_figures(results, ids, headline)
+
+
+def average(figures: dict[tuple[int, str], Figure], run: int, tasks) -> Figure | None:
+    """Mean over the tasks that separate the run's model from chance, None unless every task was measured
+    (or when every one is at chance)."""
+    chosen = [figures.get((run, task)) for task in tasks]
+    return None if None in chosen else average_figure(informative(chosen))
+
+
+def chance_note(figures: dict[tuple[int, str], Figure], results: Results) -> str:
+    """Which tasks each model's dense run answers at chance (they stay out of the Average), with the chance
+    rate and, where known, the majority answer's rate."""
+    flagged: dict[str, list[str]] = {}
+    for (run, task), figure in figures.items():
+        if figure.at_chance and results.runs.kind[run] == "dense":
+            majority = "" if figure.majority is None else f", majority answer {100 * figure.majority:.1f}"
+            flagged.setdefault(results.runs.model[run], []).append(
+                f"{TASK_LABELS.get(task, task)} (dense {100 * figure.value:.2f} ± {100 * figure.se:.1f}, chance "
+                f"{100 * figure.chance:.1f}{majority})")
+    if not flagged:
+        return ""
+    listed = "; ".join(f"{model}: {', '.join(tasks)}" for model, tasks in flagged.items())
+    return (f"{AT_CHANCE.capitalize()} — not informative for this model: the dense model does not beat guessing "
+            "(1/number of answers for multiple choice, 0 for a free answer) by more than 2 standard errors (below "
+            "chance counts too: answers by a bias, not by reading), so the task says nothing about pruning that "
+            f"model and is left out of its Average (a dash when no task is left); {listed}.")
+
+
+def accuracy_uncertainty(figures: dict[tuple[int, str], Figure], results: Results) -> str:
+    """The caption's sentences on the accuracies' uncertainty and chance."""
+    values = list(figures.values())
+    parts = []
+    if any(f.se is not None for f in values):
+        parts.append(se_legend("documents") + " Δ: the paired difference from the dense model on the same "
+                     "documents, ± the standard error of the per-document differences; Average: ± from the tasks' "
+                     "standard errors.")
+    parts += [chance_note(figures, results), accuracy_note(values), missing_note(values, "document"),
+              unpaired_note(values)]
+    return " ".join(part for part in parts if part)
 
 
 def _limits(rows: pd.DataFrame) -> str:
@@ -68,46 +111,57 @@ def run_label(results: Results, run: int) -> str:
 
 def downstream_table(results: Results, notes=None) -> Table | None:
     """PruneGPT layout: rows are tasks with their shot count, columns grid rows, each cell the task's headline
-    metric × 100, and an Average row (only for columns that measured every task)."""
+    metric × 100 with its uncertainty, and an Average row (over the informative tasks, only for columns that
+    measured every task)."""
     measured = results.ids(results.has("zeroshot"))
     if not measured:
         return None
-    rows, scores, headline = headline_scores(results, measured)
+    rows, scores, headline, figures = task_figures(results, measured)
     labels = [run_label(results, run) for run in measured]
+    tasks = ordered_unique(scores.columns.get_level_values("task"))
     display = pd.DataFrame({"task": [f"{TASK_LABELS.get(task, task)} ({shots}-shot)" for task, shots in scores.columns]})
     for label, run in zip(labels, measured):
-        display[label] = [MISSING if v is None else f"{100 * v:.2f}" for v in scores.loc[run]]
-    display.loc[len(display)] = ["Average"] + [MISSING if (a := average(scores.loc[run])) is None else f"{100 * a:.2f}"
-                                               for run in measured]
-    tasks = ordered_unique(scores.columns.get_level_values("task"))
+        display[label] = [MISSING if v is None else fmt_accuracy(figures.get((run, task)))
+                          for (task, _), v in scores.loc[run].items()]
+    display.loc[len(display)] = ["Average"] + [
+        fmt_accuracy(average(figures, run, tasks) if None not in list(scores.loc[run]) else None) for run in measured]
     metrics = ", ".join(f"{TASK_LABELS.get(task, task)} {metric_name(headline[task])}" for task in tasks)
     text = (f"Protocol: lm-evaluation-harness, each task's headline metric × 100 ({metrics}), shots as in the "
-            f"row label, {_limits(rows)}. Average: mean over the tasks of the column.")
-    return _table("downstream", "Downstream tasks", text + _notes(results.runs.model[measured], notes), display, rows)
+            f"row label, {_limits(rows)}. Average: mean over the tasks of the column that are not at chance. "
+            + accuracy_uncertainty(figures, results))
+    return _table("downstream", "Downstream tasks", text.strip() + _notes(results.runs.model[measured], notes),
+                  display, rows, headline_keys(figures, headline))
+
+
+def headline_keys(figures: dict[tuple[int, str], Figure], metrics: dict[str, str]) -> dict:
+    """Per-(run, task) figures keyed by the long-frame row of the metric they describe."""
+    return {(run, "zeroshot", task, f"metrics.{metrics[task]}.value"): figure for (run, task), figure in figures.items()}
 
 
 def zeroshot_table(results: Results, notes=None) -> Table | None:
-    """Tasks as columns, one row per run, plus the Average over tasks (only when every task was run)."""
+    """Tasks as columns, one row per run, plus the Average over the informative tasks (only when every task
+    was run)."""
     measured = results.ids(results.has("zeroshot"))
     if not measured:
         return None
     rows = results.select(measured, zeroshot=ZEROSHOT)
     values = results.pivot(rows, ["run", "key"], zeroshot=ZEROSHOT)["zeroshot"]
     tasks = sorted(ordered_unique(values.index.get_level_values("key")))
-    accuracy = values[f"metrics.{ZEROSHOT_METRIC}.value"].unstack("key").reindex(index=measured, columns=tasks)
-    accuracy = accuracy.astype(object).where(accuracy.notna(), None)
+    metrics = {task: ZEROSHOT_METRIC for task in tasks}
+    figures = accuracy_figures(results, measured, metrics)
     display = results.runs.loc[measured, ["model", "method"]].assign(ratio=results.runs.ratio[measured].map(
         lambda r: r.label))
     for task in tasks:
-        display[task] = accuracy[task].map(lambda v: MISSING if v is None else f"{100 * v:.2f}")
-    display["Average"] = [MISSING if None in row else f"{100 * sum(row) / len(row):.2f}"
-                          for row in accuracy.itertuples(index=False)]
+        display[task] = [fmt_accuracy(figures.get((run, task))) for run in measured]
+    display["Average"] = [fmt_accuracy(average(figures, run, tasks)) for run in measured]
     shots = sorted(ordered_unique(values.num_fewshot))
     limits = sorted(ordered_unique(map(str, values.limit)))
     extent = "all documents" if limits == ["None"] else f"first {', '.join(limits)} documents per task"
     text = (f"Protocol: lm-evaluation-harness, metric {ZEROSHOT_METRIC} × 100, {', '.join(map(str, shots))}-shot, "
-            f"{extent}. Average over the tasks of the row.")
-    return _table("zeroshot", "Zero-shot accuracy", text + _notes(display.model, notes), display, rows)
+            f"{extent}. Average over the tasks of the row that are not at chance. "
+            + accuracy_uncertainty(figures, results))
+    return _table("zeroshot", "Zero-shot accuracy", text.strip() + _notes(display.model, notes), display, rows,
+                  headline_keys(figures, metrics))
 
 
 SAME_WINDOWS = ["dataset", "split", "seqlen", "windows"]  # what makes two perplexities comparable
@@ -123,6 +177,8 @@ def gguf_table(results: Results, notes=None) -> Table | None:
     rows = results.select(measured, gguf=GGUF)
     records = results.pivot(rows, ["run", "key"], gguf=GGUF)["gguf"].reindex(measured, level="run")
     ppl_rows, hf = results.wide(measured, ppl=["ppl", *SAME_WINDOWS])
+    figures = {(run, outtype): perplexity_figures(results, [run], "gguf", outtype, paired=False).get(run)
+               for run, outtype in records.index}
     used = []
     display = []
     for (run, outtype), record in records.iterrows():
@@ -133,7 +189,8 @@ def gguf_table(results: Results, notes=None) -> Table | None:
             used.append(run)
         difference = None if reference is None else (record["ppl"] - reference) / reference
         display.append({"model": model, "method": method, "ratio": ratio.label, "type": outtype,
-                        "GGUF size": fmt_bytes(record["gguf.bytes"]), "PPL (llama.cpp)": fmt_ppl(record["ppl"]),
+                        "GGUF size": fmt_bytes(record["gguf.bytes"]),
+                        "PPL (llama.cpp)": fmt_ppl_figure(figures[(run, outtype)], record["ppl"]),
                         "PPL (transformers)": fmt_ppl(reference),
                         "difference": MISSING if difference is None else f"{difference:+.2%}"})
     first = records.iloc[0]
@@ -141,8 +198,14 @@ def gguf_table(results: Results, notes=None) -> Table | None:
             f"evaluator: {first['dataset']} {first['split'] or ''}, windows of {first['seqlen']} tokens, "
             f"{first['windows']} windows; transformers PPL of the same model on the same windows (the run's "
             "perplexity file where the GGUF evaluation did not measure it again).")
+    measured_figures = [figure for figure in figures.values() if figure is not None]
+    if any(figure.se is not None for figure in measured_figures):
+        text += " ± (llama.cpp): one standard error over the windows."
+    text += " " + missing_note(measured_figures, "window")
     rows = pd.concat([rows, ppl_rows[ppl_rows.run.isin(used)]])
-    return _table("gguf", "GGUF export", text + _notes((d["model"] for d in display), notes), display, rows)
+    keys = {(run, "gguf", outtype, "ppl"): figure for (run, outtype), figure in figures.items() if figure is not None}
+    return _table("gguf", "GGUF export", text.strip() + _notes((d["model"] for d in display), notes), display, rows,
+                  keys)
 
 
 LAYOUTS = {"zeroshot": zeroshot_table, "downstream": downstream_table, "gguf": gguf_table}
