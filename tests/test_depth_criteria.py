@@ -149,7 +149,7 @@ def test_depth_table_gets_one_column_per_new_criterion(stories_dir, tmp_path, ca
     table = {t.name: t for t in build_tables(collect(tmp_path / "results"))}[f"depth-{MODEL}"]
     lines = [line for line in table.markdown().splitlines() if line.startswith("|")]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[:1] + lines[2:]]
-    assert rows[0] == ["#Blocks", "#Param", "Angular", "Block PPL", "Taylor"]
+    assert rows[0] == ["# Blocks", "#Param", "Angular", "Block PPL", "Taylor"]
     for row, blocks in zip(rows[2:], (1, 2)):
         ppl = [json.loads((metrics / c / f"L{blocks}" / "ppl.json").read_text())["ppl"]
                for c in ("angular", "block_ppl", "taylor")]

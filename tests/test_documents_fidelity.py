@@ -287,7 +287,7 @@ def test_prunegpt_readme_config_selects_on_test_and_the_tables_say_so(stories_di
     pruning.evaluate_perplexity(str(tmp_path / "pruned"), output=str(run / "ppl.json"), **evaluation)
     tables = {table.name: table for table in build_tables(collect(tmp_path / "results"))}
     depth, removal = tables["depth-stories260K"], tables["layer-removal"]
-    assert depth.display.loc[depth.display["#Blocks"] == "1"].iloc[0, -1].endswith(" †")
+    assert depth.display.loc[depth.display["# Blocks"] == "1"].iloc[0, -1].endswith(" †")
     assert removal.display["method"].tolist() == ["prunegpt †"]
     for table in (depth, removal, tables["summary"]):
         assert "† Selected on test: stories260K prunegpt (1 block) chose what to prune on the evaluation split" in table.caption

@@ -157,10 +157,11 @@ def test_depth_table_prunegpt_layout(results):
     runs = collect(results / "results")
     table = by_name(runs)[f"depth-{MODEL}"]
     rows = cells(table.markdown())
-    assert rows[0] == ["#Blocks", "#Param", "Angular", "Cosine"]
+    assert rows[0] == ["# Blocks", "#Param", "Angular", "Cosine"]  # PruneGPT's header
     metrics = results / "results" / "metrics" / MODEL
     dense = read(metrics / "dense/base/ppl.json")
-    assert rows[1] == ["0", f"{dense['parameters']['total'] / 1e3:.1f}K", ppl_cell(dense), ppl_cell(dense)]
+    # PruneGPT's Baseline row: the dense PPL under the first criterion, "-" under the others
+    assert rows[1] == ["Baseline", f"{dense['parameters']['total'] / 1e3:.1f}K", ppl_cell(dense), "-"]
     for row, blocks in zip(rows[2:], (1, 2)):
         angular, cosine = (read(metrics / f"depth-{c}/L{blocks}/ppl.json") for c in ("angular", "cosine"))
         # one decoder layer of stories260K holds 45,440 parameters
@@ -884,3 +885,11 @@ def test_zeroshot_speed_plot_keys_points_by_a_legend(informative, tmp_path, monk
     assert vertical[1, 1] - vertical[0, 1] == pytest.approx(4 * 100 * loss.se)  # ± 2 paired SE, in points
     (horizontal,) = point.lines[2][0].get_segments()
     assert horizontal[1, 0] > horizontal[0, 0]  # the speed-up's range over the three repeats
+
+
+def test_parameter_counts_in_prunegpt_units():
+    """PruneGPT's #Param: one decimal in the count's unit (its Llama-3-8B reads 8.0, in billions)."""
+    from pruning.reporting.tables.common import fmt_params
+
+    assert [fmt_params(n) for n in (8_030_261_248, 134_515_008, 292_480, 950, None)] == \
+        ["8.0B", "134.5M", "292.5K", "950", "—"]

@@ -18,6 +18,7 @@ from ..uncertainty import (CSV_FIELDS, Figure, csv_values, missing_note, perplex
 
 ZEROSHOT_METRIC = "acc"
 MISSING = "—"
+NOT_APPLICABLE = "-"  # a cell the document itself leaves empty (PruneGPT's Baseline row under all but one criterion)
 INDISTINGUISHABLE = "≈"  # a pruned figure within 2 paired standard errors of its dense model
 AT_CHANCE = "at chance"
 LONG_COLUMNS = ["model", "method", "ratio", "key", "metric", "value", "file"]
@@ -135,6 +136,16 @@ def fmt_count(value: int | None) -> str:
     if value is None:
         return MISSING
     return f"{value / 1e6:.2f}M" if value >= 1e6 else f"{value / 1e3:.1f}K"
+
+
+def fmt_params(value: int | None) -> str:
+    """A parameter count as PruneGPT's #Param writes it, one decimal in its unit: `8.0B`, `134.5M`, `292.5K`."""
+    if value is None:
+        return MISSING
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if value >= scale:
+            return f"{value / scale:.1f}{unit}"
+    return str(value)
 
 
 def fmt_bytes(value: int | None) -> str:

@@ -13,7 +13,8 @@ from ...methods.depth import CRITERION_LABELS
 from ..metric_files import Results, ordered_unique
 from ..uncertainty import perplexity_figures
 from .common import (CALIBRATION, MISSING, PPL, PRUNED, REMOVED, SELECTION, SPEED, SPEED_SPREAD, STORED, Table,
-                     _parameters, _table, caption, deleted_layers, fmt_bytes, fmt_count, fmt_percent_change,
+                     NOT_APPLICABLE, _parameters, _table, caption, deleted_layers, fmt_bytes, fmt_count,
+                     fmt_params, fmt_percent_change,
                      fmt_ppl_change, fmt_ppl_figure, fmt_rate_spread, fmt_reduction, keyed, perplexity_uncertainty,
                      test_mark)
 
@@ -108,8 +109,14 @@ def sparsity_table(results: Results, model: str, notes=None) -> Table | None:
                   display.reset_index(), rows, keyed(figures))
 
 
+BLOCKS = "# Blocks"  # PruneGPT's first column
+BASELINE = "Baseline"  # PruneGPT's row of the unpruned model
+
+
 def depth_table(results: Results, model: str, notes=None) -> Table | None:
-    """PruneGPT layout: rows number of removed blocks, columns #Param and PPL per criterion."""
+    """PruneGPT layout: rows number of removed blocks, columns #Param and PPL per criterion; its Baseline row
+    (the dense model) has the dense PPL under the first criterion and "-" under the others, as PruneGPT writes
+    it, and #Param in one unit with one decimal."""
     runs = results.runs
     depth = results.ids((runs.model == model) & (runs.library_method == DEPTH_METHOD) & (runs.kind == "num_blocks"))
     if not depth:
@@ -122,23 +129,27 @@ def depth_table(results: Results, model: str, notes=None) -> Table | None:
         criteria = {method: method for method in criteria}
     counted = [r for r in depth if _parameters(wide, r) != (None, None)]
     figures = perplexity_figures(results, depth + dense)
-    cells = pd.DataFrame({"#Blocks": [runs.ratio[r].value for r in depth],
+    cells = pd.DataFrame({BLOCKS: [runs.ratio[r].value for r in depth],
                           "criterion": [criteria[runs.method[r]] for r in depth],
                           "PPL": [fmt_ppl_figure(figures.get(r), wide.loc[r, ("ppl", "ppl")]) + test_mark(results, r)
                                   for r in depth],
-                          "#Param": [fmt_count(_parameters(wide, r)[0]) if r in counted else None for r in depth]})
-    table = (cells.pivot(index="#Blocks", columns="criterion", values="PPL")
+                          "#Param": [fmt_params(_parameters(wide, r)[0]) if r in counted else None for r in depth]})
+    table = (cells.pivot(index=BLOCKS, columns="criterion", values="PPL")
              .reindex(columns=ordered_unique(cells.criterion)).sort_index().fillna(MISSING))
-    params = cells.dropna(subset="#Param").groupby("#Blocks")["#Param"].agg(lambda texts: " / ".join(ordered_unique(texts)))
+    params = cells.dropna(subset="#Param").groupby(BLOCKS)["#Param"].agg(lambda texts: " / ".join(ordered_unique(texts)))
     table.insert(0, "#Param", params.reindex(table.index).fillna(MISSING))
-    if dense:
-        table.loc[0] = [fmt_count(_parameters(wide, dense[0])[0])] + [
-            fmt_ppl_figure(figures.get(dense[0]), wide.loc[dense[0], ("ppl", "ppl")])] * (len(table.columns) - 1)
-        table = table.sort_index()
     table.index = table.index.map(str)
+    if dense:
+        baseline = [fmt_params(_parameters(wide, dense[0])[0]),
+                    fmt_ppl_figure(figures.get(dense[0]), wide.loc[dense[0], ("ppl", "ppl")])]
+        baseline += [NOT_APPLICABLE] * (len(table.columns) - len(baseline))
+        table = pd.concat([pd.DataFrame([baseline], index=[BASELINE], columns=table.columns), table])
+    table.index.name = BLOCKS
     return _table(f"depth-{model}", f"Depth pruning by removed blocks: {model}",
                   caption(results, depth + dense, notes, "Blocks chosen on calibration data by the criterion of each "
-                          "column; #Param after removal. " + perplexity_uncertainty(figures.values())),
+                          "column; #Param: all parameters after removal. Baseline: the unpruned model, its PPL under "
+                          "the first criterion and \"-\" under the others, as PruneGPT's table. "
+                          + perplexity_uncertainty(figures.values())),
                   table.reset_index(), rows, keyed(figures))
 
 
