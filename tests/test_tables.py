@@ -683,38 +683,40 @@ def speedup_cell(root, entry, token) -> str:
 def test_comparison_table_skill_layout(measured):
     table = by_name(collect(measured))["comparison"]
     header, *rows = cells(table.markdown())
-    assert header == ["model", "method", "setting", "accuracy loss (points)", "PPL change", "decode speed-up (HF)",
-                      "decode speed-up (llama.cpp)", "memory (GGUF q4_k_m)", "memory (dense fp32)", "retraining"]
-    # 50 % for the mask-based method, the smallest ratio of each structured entry
-    assert [(r[1], r[2]) for r in rows] == [("depth-angular", "1 block"), ("depth-cosine", "1 block"),
-                                            ("layers", "40%"), ("two_stage", "20%"), ("wanda", "50%")]
+    assert header == ["model", "Method", "entry", "setting", "Accuracy Loss", "PPL change", "Speed",
+                      "Speed (llama.cpp)", "Memory", "memory (bytes)", "memory (GGUF q4_k_m)", "Retraining Needed"]
+    # the document's order: the mask-based method at 50 %, then the smallest ratio of each structured entry
+    assert [(r[1], r[2], r[3]) for r in rows] == [("Wanda", "wanda", "50%"), ("Structured", "depth-angular", "1 block"),
+                                                  ("Structured", "depth-cosine", "1 block"),
+                                                  ("Structured", "layers", "40%"), ("Structured", "two_stage", "20%")]
     dense_ppl = measured_file(measured, "dense", "base", "ppl.json")
     for row in rows:
-        entry, token = row[1], {"1 block": "L1", "40%": "f0.40", "20%": "r0.20", "50%": "s0.50"}[row[2]]
+        entry, token = row[2], {"1 block": "L1", "40%": "f0.40", "20%": "r0.20", "50%": "s0.50"}[row[3]]
         ppl = measured_file(measured, entry, token, "ppl.json")
         change = ppl["ppl"] - dense_ppl["ppl"]
         paired = paired_perplexity(ppl["per_window"]["nll"], dense_ppl["per_window"]["nll"], [127] * 4)
-        assert row[4] == (f"{change:+.2f} ± {paired.difference.se:.2f} ({change / dense_ppl['ppl']:+.1%})"
+        assert row[5] == (f"{change:+.2f} ± {paired.difference.se:.2f} ({change / dense_ppl['ppl']:+.1%})"
                           + (" ≈" if paired.indistinguishable else ""))
-        assert row[8] == fmt_bytes(ppl["parameters"]["total"] * 4)
-        assert row[9] == "no"
-        assert row[6] == "—"  # speed.json measured no GGUF
+        stored = measured_file(measured, entry, token, "prune.json")["checkpoint"]
+        assert row[8] == f"{stored['safetensors_bytes'] / (dense_ppl['parameters']['total'] * 4) - 1:+.1%}"
+        assert row[11] == "No"
+        assert row[7] == "—"  # speed.json measured no GGUF
         if (entry, token) in MEASURED:
             average = informative_average(measured, entry, token, SHOTS)
             if average is None:  # every task at chance for stories260K: no average to lose
-                assert row[3] == "—"
+                assert row[4] == "—"
             else:
-                loss = average[2]
-                assert row[3] == f"{-100 * loss.mean:+.2f} ± {100 * loss.se:.2f}" + (
-                    " ≈" if indistinguishable(loss) else "")
-            assert row[5] == speedup_cell(measured, entry, token)
+                change = average[2]  # pruned minus dense: negative is a loss, as the document writes it
+                assert row[4] == f"{100 * change.mean:+.2f}% ± {100 * change.se:.2f}" + (
+                    " ≈" if indistinguishable(change) else "")
+            assert row[6] == speedup_cell(measured, entry, token)
         else:  # not measured: a dash, never a number
-            assert row[3] == row[5] == "—"
+            assert row[4] == row[6] == "—"
         if HAS_LLAMA_CPP and entry == "wanda":
-            assert row[7] == fmt_bytes(measured_file(measured, entry, token, "gguf-q4_k_m.json")["gguf"]["bytes"])
+            assert row[10] == fmt_bytes(measured_file(measured, entry, token, "gguf-q4_k_m.json")["gguf"]["bytes"])
         else:
-            assert row[7] == "—"
-    assert "Decode speed-up: decode tokens/s at batch 1 against the dense model (8-token prompt, 4 new tokens, " \
+            assert row[10] == "—"
+    assert "decode tokens/s at batch 1 against the dense model (8-token prompt, 4 new tokens, " \
            "1 thread(s) on cpu)" in table.caption
 
 
@@ -724,9 +726,9 @@ def test_impact_table_per_method_family(measured):
     header, *rows = cells(table.markdown())
     assert header == ["method family", "methods", "runs", "size reduction (non-zero params)",
                       "size reduction (dense bytes)", "speed improvement (decode, HF)", "quality impact (PPL)",
-                      "quality impact (zero-shot points)"]
+                      "quality impact", "quality impact (zero-shot points)"]
     families = {"layer/depth pruning": [(e, t) for e, t, m, _ in PRUNED if m in ("depth", "layers")],
-                "magnitude / Wanda / SparseGPT": [("wanda", "s0.50")], "two-stage": [("two_stage", "r0.20")]}
+                "Wanda / SparseGPT": [("wanda", "s0.50")], "two-stage": [("two_stage", "r0.20")]}
     assert [r[0] for r in rows] == list(families)
     dense = measured_file(measured, "dense", "base", "ppl.json")
     dense_speed = measured_file(measured, "dense", "base", "speed.json")["hf"]["decode_tokens_per_s"]
@@ -747,8 +749,8 @@ def test_impact_table_per_method_family(measured):
         assert row[5] == (span([measured_file(measured, e, t, "speed.json")["hf"]["decode_tokens_per_s"] / dense_speed - 1
                                 for e, t in timed], "{:+.1%}".format) if timed else "—")
     assert rows[1][4] == "0.0%" != rows[1][3]  # Wanda zeros weights: no bytes saved when stored densely
-    for row in rows:  # every range reads low – high
-        for cell in row[3:]:
+    for row in rows:  # every numeric range reads low – high
+        for cell in row[3:7] + row[8:]:
             if " – " in cell:
                 low, high = (float(part.rstrip("%")) for part in cell.split(" – "))
                 assert low <= high, (row[0], cell)
@@ -861,9 +863,9 @@ def test_average_over_the_tasks_that_separate_the_model_from_chance(informative)
         assert (row[5].endswith("at chance")) is False
     for task in (t for t in tasks if flags[t]):
         assert {"arc_easy": "ARC-Easy", "boolq": "BoolQ"}[task] + " (dense " in tables["zeroshot"].caption
-    (row,) = [r for r in cells(tables["comparison"].markdown())[1:] if r[1] == "layers"]
-    loss = informative_average(informative, "layers", "f0.40", kept)[2]
-    assert row[3] == f"{-100 * loss.mean:+.2f} ± {100 * loss.se:.2f}" + (" ≈" if indistinguishable(loss) else "")
+    (row,) = [r for r in cells(tables["comparison"].markdown())[1:] if r[2] == "layers"]
+    change = informative_average(informative, "layers", "f0.40", kept)[2]  # pruned minus dense, as the document
+    assert row[4] == f"{100 * change.mean:+.2f}% ± {100 * change.se:.2f}" + (" ≈" if indistinguishable(change) else "")
 
 
 @pytest.mark.slow
@@ -893,3 +895,100 @@ def test_parameter_counts_in_prunegpt_units():
 
     assert [fmt_params(n) for n in (8_030_261_248, 134_515_008, 292_480, 950, None)] == \
         ["8.0B", "134.5M", "292.5K", "950", "—"]
+
+
+# ---- the documents' rows: magnitude on its own, distillation, N:M (2:4), sparse checkpoints (issue 25) ----
+
+DOCUMENT_RUNS = [  # added to `results`: (grid entry, ratio token, library method, arguments)
+    ("magnitude", "s0.50", "magnitude", dict(sparsity=0.5, save_format="sparse-bitmask")),
+    ("wanda", "nm2-4", "wanda", dict(nm="2:4", save_format="sparse-24-bitmask")),
+    ("distill", "s0.50", "distill", dict(sparsity=0.5, base_method="magnitude", training_data="c4", max_steps=2,
+                                         train_seqlen=32, train_batch_size=2, loss_windows=2)),
+]
+
+
+@pytest.fixture(scope="module")
+def documents(results, tmp_path_factory, stories_dir):
+    """The runs of `results` plus magnitude 50 % and Wanda 2:4 saved sparse, and a real (two-step) distillation."""
+    root = tmp_path_factory.mktemp("documents")
+    shutil.copytree(results / "results" / "metrics", root / "results" / "metrics")
+    metrics = root / "results" / "metrics" / MODEL
+    for entry, token, method, arguments in DOCUMENT_RUNS:
+        out = root / "models" / entry / token
+        pruning.prune(str(stories_dir), method, out, calib="c4", nsamples=4, seqlen=64, device="cpu",
+                      data_dir_path=str(DATA_DIR), progress=False, **arguments)
+        (metrics / entry / token).mkdir(parents=True)
+        shutil.copy(out / "prune.json", metrics / entry / token / "prune.json")
+        pruning.evaluate_perplexity(str(out), output=str(metrics / entry / token / "ppl.json"), **EVAL)
+    return root / "results"
+
+
+def test_comparison_table_skill_document_rows_signs_and_memory(documents):
+    """The skill document's Performance Comparison: its headers, its rows in its order (Magnitude, Wanda,
+    SparseGPT at 50 %, N:M (2:4), Structured), Memory as a change of the saved checkpoint's bytes against dense."""
+    from pruning.reporting.tables.comparison import QUALITY_LEVELS  # noqa: F401  (one home for the thresholds)
+
+    table = by_name(collect(documents))["comparison"]
+    header, *rows = cells(table.markdown())
+    assert header == ["model", "Method", "entry", "setting", "Accuracy Loss", "PPL change", "Speed",
+                      "Speed (llama.cpp)", "Memory", "memory (bytes)", "memory (GGUF q4_k_m)", "Retraining Needed"]
+    assert [(r[1], r[2], r[3]) for r in rows] == [
+        ("Magnitude", "magnitude", "50%"), ("Wanda", "wanda", "50%"), ("N:M (2:4)", "wanda", "2:4"),
+        ("Structured", "depth-angular", "1 block"), ("Structured", "depth-cosine", "1 block"),
+        ("Structured", "layers", "40%"), ("Structured", "two_stage", "20%"), ("distill", "distill", "50%")]
+    metrics = documents / "metrics" / MODEL
+    dense = read(metrics / "dense/base/ppl.json")
+    dense_bytes = dense["parameters"]["total"] * 4  # float32 weights
+    for row in rows:
+        token = {"50%": "s0.50", "2:4": "nm2-4", "1 block": "L1", "40%": "f0.40", "20%": "r0.20"}[row[3]]
+        report = read(metrics / row[2] / token / "prune.json")
+        stored = report["checkpoint"]
+        assert row[9] == f"{fmt_bytes(stored['safetensors_bytes'])} {stored['format']}"
+        assert row[8] == f"{stored['safetensors_bytes'] / dense_bytes - 1:+.1%}"
+        assert row[11] == ("Yes" if row[2] == "distill" else "No")
+    memory = {r[1]: float(r[8].rstrip("%")) for r in rows}
+    # zeros not stored: on the document's −50 % side (stories260K's embeddings, a large share, stay dense)
+    assert memory["Magnitude"] < -30 and memory["N:M (2:4)"] < -30
+    assert memory["distill"] > -1  # saved dense: a mask does not shrink the checkpoint
+    assert "Accuracy Loss as the document signs it" in table.caption and "negative is a loss" in table.caption
+
+
+def test_accuracy_change_has_the_documents_sign():
+    """The skill document writes a loss as −2.5%: pruned minus dense, in points, negative for a loss."""
+    from pruning.reporting.tables.comparison import _accuracy_change
+
+    loss = pd.Series({"accuracy_loss": 2.5, "accuracy_loss_se": 0.4, "accuracy_indistinguishable": False})
+    assert _accuracy_change(loss) == "-2.50% ± 0.40"
+    gain = pd.Series({"accuracy_loss": -1.0, "accuracy_loss_se": None, "accuracy_indistinguishable": None},
+                     dtype=object)  # as measures() keeps them: None where not measured
+    assert _accuracy_change(gain) == "+1.00%"
+    assert _accuracy_change(pd.Series({"accuracy_loss": None}, dtype=object)) == "—"
+
+
+def test_impact_table_magnitude_and_distillation_rows_with_perslm_levels(documents):
+    """PersLM's Performance Impact: magnitude pruning a family of its own, a Distillation row from a real
+    distillation run, and the qualitative quality impact derived from the PPL change by the stated thresholds."""
+    from pruning.reporting.tables.comparison import QUALITY_LEVELS, quality_level
+
+    table = by_name(collect(documents))["impact"]
+    header, *rows = cells(table.markdown())
+    assert header == ["method family", "methods", "runs", "size reduction (non-zero params)",
+                      "size reduction (dense bytes)", "speed improvement (decode, HF)", "quality impact (PPL)",
+                      "quality impact", "quality impact (zero-shot points)"]
+    families = {"layer/depth pruning": [("depth-angular", "L1"), ("depth-angular", "L2"), ("depth-cosine", "L1"),
+                                        ("depth-cosine", "L2"), ("layers", "f0.40")],
+                "magnitude pruning": [("magnitude", "s0.50")],
+                "Wanda / SparseGPT": [("wanda", "nm2-4"), ("wanda", "s0.50")],
+                "distillation": [("distill", "s0.50")], "two-stage": [("two_stage", "r0.20")]}
+    assert [r[0] for r in rows] == list(families)
+    metrics = documents / "metrics" / MODEL
+    dense = read(metrics / "dense/base/ppl.json")
+    distilled = read(metrics / "distill/s0.50/prune.json")
+    assert distilled["result"]["distillation"]["steps"] == 2  # a real distillation ran
+    for row in rows:
+        ratios = sorted(read(metrics / e / t / "ppl.json")["ppl"] / dense["ppl"] for e, t in families[row[0]])
+        low, high = quality_level(ratios[0]), quality_level(ratios[-1])
+        assert row[7] == (low if low == high else f"{low} – {high}")
+    bounds = [bound for bound, _ in QUALITY_LEVELS]
+    assert [quality_level(1 + b - 1e-9) for b in bounds] + [quality_level(1 + bounds[-1])] == ["Low", "Medium", "High"]
+    assert "Low below +25% PPL, Medium below +100% PPL, High from +100%" in table.caption

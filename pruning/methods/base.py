@@ -23,9 +23,11 @@ __all__ = ["FACTS", "FAMILIES", "MethodError", "PruneContext", "PruningMethod", 
            "full_fp32", "ignore_methods", "layer_removal_methods", "method_class", "method_families", "method_family",
            "moe_methods", "no_grad", "register", "retraining_methods", "streaming_methods"]
 
-# The method families of PersLM's "Performance Impact" table, in its order: every method's FAMILY is one of them.
-FAMILIES = ("head pruning", "width pruning (FLAP)", "layer/depth pruning", "magnitude / Wanda / SparseGPT",
-            "distillation", "two-stage", "combined (all)")
+# The method families of PersLM's "Performance Impact" table, in its order (attention heads, layers, magnitude,
+# distillation), the project's other families among them: every method's FAMILY is one of them. Magnitude
+# pruning is a family of its own, as PersLM lists it; the calibration-based mask methods are the next one.
+FAMILIES = ("head pruning", "width pruning (FLAP)", "layer/depth pruning", "magnitude pruning",
+            "Wanda / SparseGPT", "distillation", "two-stage", "combined (all)")
 # What every registered method declares about itself (class attributes, no defaults; `register` refuses a method
 # that leaves one out), read by the tables, the grid and the refusals instead of lists of method names.
 FACTS = ("FAMILY", "RETRAINS", "REMOVES_LAYERS", "SUPPORTS_MOE", "COMPOSITE")

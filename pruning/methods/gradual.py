@@ -27,7 +27,7 @@ def round_schedule_option(default: str) -> Option:
 @register
 class Gradual(PruningMethod):
     name = "gradual"
-    FAMILY = "magnitude / Wanda / SparseGPT"
+    FAMILY = "magnitude pruning"
     RETRAINS = SUPPORTS_MOE = True
     REMOVES_LAYERS = COMPOSITE = False
     READS_IGNORE = True  # each round is magnitude pruning on the same context

@@ -25,7 +25,7 @@ class Iterative(PruningMethod):
     name = "iterative"
     description = "k rounds of prune with base_method at a rising sparsity + LoRA recovery, the target at the last"
     COMPOSITE = True
-    FAMILY = "magnitude / Wanda / SparseGPT"
+    FAMILY = "Wanda / SparseGPT"
     RETRAINS = SUPPORTS_MOE = True  # its base method answers for MoE
     REMOVES_LAYERS = False
     WRAPS_BASE_METHOD = True

@@ -9,6 +9,7 @@ from ..core.options import Option
 @register
 class Magnitude(MaskingMethod):
     name = "magnitude"
+    FAMILY = "magnitude pruning"  # PersLM's "Magnitude-based Pruning", a family of its own
     description = "smallest |w| zeroed per matrix (or per output row); no calibration data unless allocation=owl"
     OPTIONS = MaskingMethod.OPTIONS + (
         Option("per", str, "compare |w| within the whole matrix or within each output row", default="matrix",

@@ -82,7 +82,7 @@ class MaskingMethod(PruningMethod):
     exact."""
 
     STREAMS = READS_IGNORE = True
-    FAMILY = "magnitude / Wanda / SparseGPT"
+    FAMILY = "Wanda / SparseGPT"
     RETRAINS = REMOVES_LAYERS = COMPOSITE = False
     SUPPORTS_MOE = True  # zeroes the experts' fused weights like any other
 
