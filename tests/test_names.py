@@ -99,6 +99,11 @@ def test_metric_files_of_a_row_follow_the_config_sections():
     assert names(CONFIG, "b", pruned=False) == ["ppl.json", "gguf-q4_k_m.json"]
     speed_on = {**CONFIG, "speed": {"models": ["b"], "enabled": True}}
     assert names(speed_on, "b", pruned=False)[-1] == "speed.json" and "speed.json" not in names(speed_on, "a", True)
+    # a ppl_only entry's rows: perplexity (and prune.json) only, whatever the stages ask (PruneGPT's block counts)
+    ppl_only = {**speed_on, "methods": {"angular": {"method": "depth", "ppl_only": True}, "wanda": {"method": "wanda"}}}
+    assert names(ppl_only, "b", True, "angular") == ["ppl.json", "prune.json"]
+    assert names(ppl_only, "b", True, "wanda") == ["ppl.json", "prune.json", "gguf-q4_k_m.json", "speed.json"]
+    assert names(ppl_only, "b", False, "dense") == ["ppl.json", "gguf-q4_k_m.json", "speed.json"]
 
 
 def test_collected_rows_carry_the_source_and_key_of_their_file_name(tmp_path):

@@ -54,17 +54,23 @@ class Evaluation:
             return list(settings[self.keys_from] or [])
         return [""] if settings[self.switch] else []
 
-    def applies(self, config: Mapping, model: str, pruned: bool) -> bool:
-        """Whether a grid row of `model` (pruned or dense) gets this file: on, the model among the section's
-        `models` (null = every model), and a pruned row where only pruned rows have it."""
+    def applies(self, config: Mapping, model: str, pruned: bool, entry: str | None = None) -> bool:
+        """Whether a grid row of `model` (pruned or dense; of method entry `entry`) gets this file: on, the model
+        among the section's `models` (null = every model), the entry not `ppl_only`, and a pruned row where only
+        pruned rows have it."""
         if self.pruned_only and not pruned:
             return False
         if self.section is None:
             return True
+        if entry is not None and (config.get("methods") or {}).get(entry, {}).get(PPL_ONLY, False):
+            return False
         models = config[self.section]["models"]
         return bool(self.keys(config)) and (models is None or model in models)
 
 
+# A method entry's key: its rows get the perplexity evaluation only (no zero-shot, GGUF or speed jobs), for rows
+# that fill a perplexity table (PruneGPT's block counts) and would cost the grid's time budget in the other stages.
+PPL_ONLY = "ppl_only"
 EVALUATIONS = {e.source: e for e in (
     Evaluation("ppl", "ppl", ("evaluate",)),
     Evaluation("prune", PRUNE_REPORT.removesuffix(SUFFIX), ("prune",), pruned_only=True),
@@ -91,9 +97,11 @@ def file_patterns() -> str:
     return ", ".join(e.file_pattern for e in EVALUATIONS.values())
 
 
-def metric_file_names(config: Mapping, model: str, pruned: bool) -> list[str]:
-    """The names of every metric file a workflow config asks for on a grid row of `model`, in order."""
-    return [e.file_name(key) for e in EVALUATIONS.values() if e.applies(config, model, pruned) for key in e.keys(config)]
+def metric_file_names(config: Mapping, model: str, pruned: bool, entry: str | None = None) -> list[str]:
+    """The names of every metric file a workflow config asks for on a grid row of `model` (and method entry
+    `entry`), in order."""
+    return [e.file_name(key) for e in EVALUATIONS.values() if e.applies(config, model, pruned, entry)
+            for key in e.keys(config)]
 
 
 def evaluation_commands() -> tuple[str, ...]:

@@ -109,8 +109,9 @@ PRUNED = [row for row in GRID if row["method"] != DENSE_METHOD]
 
 
 def stage_applies(stage: str, row: dict) -> bool:
-    """Whether a grid row gets a measurement stage: the stage is on and lists the row's model (or every model)."""
-    return EVALUATIONS[stage].applies(config, row["model"], row["method"] != DENSE_METHOD)
+    """Whether a grid row gets a measurement stage: the stage is on, lists the row's model (or every model) and
+    the row's method entry is not ppl_only."""
+    return EVALUATIONS[stage].applies(config, row["model"], row["method"] != DENSE_METHOD, row["method"])
 
 
 def stage_on(stage: str) -> bool:
@@ -236,7 +237,8 @@ def metric_output(source: str) -> str:
 def run_metric_files(row: dict) -> list[str]:
     """Every metric file the config asks for on one grid row."""
     folder = RUN_METRICS.format(**row)
-    return [f"{folder}/{name}" for name in metric_file_names(config, row["model"], row["method"] != DENSE_METHOD)]
+    return [f"{folder}/{name}" for name in metric_file_names(config, row["model"], row["method"] != DENSE_METHOD,
+                                                                     row["method"])]
 
 
 def all_metric_files() -> list[str]:
