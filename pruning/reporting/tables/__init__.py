@@ -6,7 +6,7 @@ metric, value, file: every number with the file behind it). Built from measured 
 files give the same bytes.
 
 Layouts, one module per family: `perplexity` (the PersLM per-run summary, the Wanda/SparseGPT sparsity table,
-PruneGPT's #Blocks × criterion table, Quark's layer-removal table, PP-LLMs' two-stage table), `tasks` (the
+PruneGPT's # Blocks × criterion table, Quark's layer-removal table, PP-LLMs' two-stage table), `tasks` (the
 zero-shot runs × tasks table, PruneGPT's downstream tasks × runs table, the GGUF table) and `comparison` (the
 skill document's "Performance Comparison", the PersLM "Performance Impact" per method family). Which of them
 a grid produces is decided by `pruning.reporting.grid.table_specs`, for the workflow and for this module alike. A new
