@@ -41,6 +41,9 @@ def test_every_method_declares_every_fact(name):
 def test_every_family_has_a_method_and_the_published_order():
     assert list(base.method_families()) == list(FAMILIES)
     assert base.method_families()["layer/depth pruning"] == ["depth", "layers"]
+    # PersLM lists magnitude pruning on its own: its family holds magnitude and gradual magnitude only
+    assert base.method_families()["magnitude pruning"] == ["gradual", "magnitude"]
+    assert base.method_families()["Wanda / SparseGPT"] == ["dsnot", "iterative", "sparsegpt", "wanda"]
     assert base.layer_removal_methods() == ["depth", "layers", "two_stage"]
     assert base.retraining_methods() == ["distill", "gradual", "iterative"]
 
