@@ -136,7 +136,8 @@ def depth_table(results: Results, model: str, notes=None) -> Table | None:
                           "#Param": [fmt_params(_parameters(wide, r)[0]) if r in counted else None for r in depth]})
     table = (cells.pivot(index=BLOCKS, columns="criterion", values="PPL")
              .reindex(columns=ordered_unique(cells.criterion)).sort_index().fillna(MISSING))
-    params = cells.dropna(subset="#Param").groupby(BLOCKS)["#Param"].agg(lambda texts: " / ".join(ordered_unique(texts)))
+    params = (cells.dropna(subset="#Param").groupby(BLOCKS)["#Param"]
+              .agg(lambda texts: " / ".join(ordered_unique(texts))))
     table.insert(0, "#Param", params.reindex(table.index).fillna(MISSING))
     table.index = table.index.map(str)
     if dense:
