@@ -13,6 +13,16 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("PRUNING_SHARED_DIR", REPO.parent / "shared")).resolve()
 DATA_DIR = SHARED / "data"
 STORIES = SHARED / "models" / "stories260K"
+# A two-method workflow config on stories260K with a tiny protocol (copy it before changing it).
+TINY_WORKFLOW_CONFIG = {
+    "models": {"stories260K": str(STORIES)},
+    "methods": {"magnitude": {"method": "magnitude", "ratios": {"sparsity": [0.5], "nm": ["2:4"]}},
+                "wanda": {"method": "wanda", "ratios": {"sparsity": [0.5], "nm": ["2:4"]}}},
+    "protocol": "tiny",
+    "protocols": {"tiny": {"calibration": {"source": "c4", "nsamples": 8, "seqlen": 64},
+                           "evaluation": {"dataset": "wikitext2", "seqlen": 128, "max_windows": 8}}},
+    "data_dir": str(DATA_DIR),
+}
 
 # Tests and CI read data from the local copies, never from the hub.
 os.environ.setdefault("PRUNING_DATA_DIR", str(DATA_DIR))

@@ -19,7 +19,7 @@ from pruning.core.protocols import Calibration, Evaluation
 from pruning.core.sparse_formats import SaveFormatError
 from pruning.preflight import MODEL_CONFIG, RunRequest, check, problems, survey, workflow_config_problems, workflow_schema
 
-from conftest import DATA_DIR, REPO, STORIES
+from conftest import DATA_DIR, REPO, STORIES, TINY_WORKFLOW_CONFIG
 
 MOE_CONFIG = {"model_type": "mixtral", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
               "num_key_value_heads": 2, "intermediate_size": 96, "max_position_embeddings": 256, "vocab_size": 512,
@@ -90,15 +90,7 @@ def test_pruner_refuses_through_the_pre_flight(tmp_path):
 
 # ---- the workflow's config: every grid row through the pre-flight, problems named by config key ---------
 
-TINY = {
-    "models": {"stories260K": str(STORIES)},
-    "methods": {"magnitude": {"method": "magnitude", "ratios": {"sparsity": [0.5], "nm": ["2:4"]}},
-                "wanda": {"method": "wanda", "ratios": {"sparsity": [0.5], "nm": ["2:4"]}}},
-    "protocol": "tiny",
-    "protocols": {"tiny": {"calibration": {"source": "c4", "nsamples": 8, "seqlen": 64},
-                           "evaluation": {"dataset": "wikitext2", "seqlen": 128, "max_windows": 8}}},
-    "data_dir": str(DATA_DIR),
-}
+TINY = TINY_WORKFLOW_CONFIG
 
 
 def workflow_problems(mutate, tmp_path) -> list[str]:

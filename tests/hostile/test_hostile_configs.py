@@ -13,22 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import DATA_DIR, REPO, STORIES, TINY_WORKFLOW_CONFIG
+
 from .hostile_harness import snapshot
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared"
-STORIES, DATA_DIR = SHARED / "models" / "stories260K", SHARED / "data"
 CHECK_SECONDS = 10  # a config is checked at planning, in seconds (no model is loaded)
 
-TINY = {
-    "models": {"stories260K": str(STORIES)},
-    "methods": {"magnitude": {"method": "magnitude", "ratios": {"sparsity": [0.5], "nm": ["2:4"]}},
-                "wanda": {"method": "wanda", "ratios": {"sparsity": [0.5], "nm": ["2:4"]}}},
-    "protocol": "tiny",
-    "protocols": {"tiny": {"calibration": {"source": "c4", "nsamples": 8, "seqlen": 64},
-                           "evaluation": {"dataset": "wikitext2", "seqlen": 128, "max_windows": 8}}},
-    "data_dir": str(DATA_DIR),
-}
+TINY = TINY_WORKFLOW_CONFIG
 
 
 @pytest.fixture(scope="module")
