@@ -926,7 +926,6 @@ def documents(results, tmp_path_factory, stories_dir):
 def test_comparison_table_skill_document_rows_signs_and_memory(documents):
     """The skill document's Performance Comparison: its headers, its rows in its order (Magnitude, Wanda,
     SparseGPT at 50 %, N:M (2:4), Structured), Memory as a change of the saved checkpoint's bytes against dense."""
-    from pruning.reporting.tables.comparison import QUALITY_LEVELS  # noqa: F401  (one home for the thresholds)
 
     table = by_name(collect(documents))["comparison"]
     header, *rows = cells(table.markdown())

@@ -147,9 +147,9 @@ def test_publish_plans_the_grid_then_itself(tmp_path):
 
 
 @pytest.mark.parametrize("target, expected", [
-    ("prune_all", {"fetch_model": 2, "prune": 28, "install_model": 28, "prune_all": 1, "total": 59}),
+    ("prune_all", {"fetch_model": 2, "prune": 33, "install_model": 33, "prune_all": 1, "total": 69}),
     ("evaluate_all", {**{k: v for k, v in DEFAULT_GRID_JOBS.items() if k not in ("tables", "plots", "all")},
-                      "evaluate_all": 1, "total": 269}),
+                      "evaluate_all": 1, "total": 257}),
     ("results/metrics/stories260K/wanda/nm2-4/ppl.json", {"fetch_model": 1, "prune": 1, "install_model": 1,
                                                           "perplexity": 1, "total": 4}),
     ("results/metrics/smollm2-135m/dense/base/ppl.json", {"fetch_model": 1, "perplexity": 1, "total": 2}),
@@ -170,12 +170,13 @@ def test_optional_evaluations_join_the_grid(tmp_path):
                                           "options": {"criterion": "angular"}, "models": ["smollm2-135m"]}
     result = snakemake(tmp_path, "-n", "--cores", "2", "-p", config=config)
     assert result.returncode == 0, result.stderr
-    pruned = 28 + 2
+    pruned = 33 + 2
     rows = pruned + 2
+    measured = rows - 8  # the default grid's eight angular/cosine rows are ppl_only: perplexity, nothing else
     assert job_counts(result.stdout) == {
-        "fetch_model": 2, "prune": pruned, "install_model": pruned, "perplexity": rows, "zeroshot": 2 * rows,
-        "gguf_convert": 2 * rows, "gguf_eval": 2 * rows, "speed": rows, "tables": 1, "plots": 1, "all": 1,
-        "total": 2 + 2 * pruned + 8 * rows + 3}
+        "fetch_model": 2, "prune": pruned, "install_model": pruned, "perplexity": rows, "zeroshot": 2 * measured,
+        "gguf_convert": 2 * measured, "gguf_eval": 2 * measured, "speed": measured, "tables": 1, "plots": 1,
+        "all": 1, "total": 2 + 2 * pruned + rows + 7 * measured + 3}
     for table in ("summary", "sparsity-smollm2-135m", "depth-smollm2-135m", "layer-removal", "zeroshot", "gguf"):
         assert f"results/tables/{table}.csv" in result.stdout
     assert "--option num_blocks=2 --option 'criterion=\"angular\"'" in result.stdout
@@ -234,7 +235,8 @@ def test_per_task_shots_and_the_tables_and_plots_they_add(tmp_path):
     assert result.returncode == 0, result.stderr
     for task, shots in (("winogrande", 5), ("boolq", 0), ("gsm8k", 5)):
         lines = [line for line in result.stdout.splitlines() if f"--task {task} " in line]
-        assert len(lines) == 30 and all(f"--num-fewshot {shots} " in line for line in lines), task
+        # 35 rows of the default grid, less its eight ppl_only depth rows
+        assert len(lines) == 27 and all(f"--num-fewshot {shots} " in line for line in lines), task
     for name in ("tables/downstream.md", "tables/comparison.md", "tables/impact.md", "plots/zeroshot-speed.png",
                  "plots/structured-smollm2-135m.png"):
         assert f"results/{name}" in result.stdout, name

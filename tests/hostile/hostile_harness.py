@@ -105,8 +105,9 @@ def run_cli(*args, cwd=None, env=None, umask=None, **options) -> subprocess.Comp
                           cwd=cwd, env={**os.environ, **(env or {})}, preexec_fn=preexec, **options)
 
 
-def prune_args(model, out, *extra):
-    return ["prune", "--model", model, "--method", "magnitude", "--sparsity", "0.5", "--output-dir", out,
+def prune_args(model, out, *extra, sparsity: str = "0.5") -> list[str]:
+    """A magnitude prune of `model` into `out` on the CPU, quiet."""
+    return ["prune", "--model", str(model), "--method", "magnitude", "--sparsity", sparsity, "--output-dir", str(out),
             "--device", "cpu", "--quiet", *extra]
 
 
@@ -121,3 +122,51 @@ def assert_refused(outcome: Outcome, expected: str, *, before: dict | None = Non
     assert outcome.seconds < seconds, f"refused after {outcome.seconds:.1f} s"
     if before is not None:
         assert snapshot(root) == before
+
+
+# `python -c KILLER POINT SIGNAL ARGV...`: the program (`pruning.cli.program`), signalling itself at POINT:
+# "loading" (the checks passed, the weights being read), "scratch-written" (the whole new result in scratch),
+# "between-renames" (the earlier result moved aside, the new one not yet in place).
+KILLER = r"""
+import os, signal, sys
+
+from pruning import api
+from pruning.core import modeling
+
+point, sig, argv = sys.argv[1], getattr(signal, sys.argv[2]), sys.argv[3:]
+
+
+def die(*_, **__):
+    sys.stderr.flush()
+    os.kill(os.getpid(), sig)
+    signal.pause()  # a handled signal returns here: wait for it to end the process
+
+
+if point == "loading":  # the checks passed, the weights are being read
+    api.load_model = die
+elif point == "scratch-written":  # the whole new result is in the scratch folder, the last file just written
+    write_json = modeling.atomic_write_json
+
+    def write_then_die(path, data):
+        write_json(path, data)
+        die()
+
+    modeling.atomic_write_json = write_then_die
+elif point == "between-renames":  # the earlier result moved aside, the new one not yet in its place
+    replace = os.replace
+
+    def replace_then_die(src, dst):
+        replace(src, dst)
+        if ".pruning-old-" in os.fspath(dst):
+            die()
+
+    os.replace = replace_then_die
+from pruning.cli import program
+
+sys.exit(program(argv))
+"""
+
+
+def signalled_prune(point: str, signame: str, model, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", KILLER, point, signame, *prune_args(model, out)],
+                          capture_output=True, text=True, timeout=600)

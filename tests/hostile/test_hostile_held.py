@@ -5,7 +5,6 @@ before any weight loads with nothing on disk changed; what a user may ask for (r
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest

@@ -7,66 +7,13 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from .hostile_harness import run_in_process, snapshot
+from .hostile_harness import prune_args, run_in_process, signalled_prune, snapshot
 
 pytestmark = pytest.mark.slow
-
-# `python -c KILLER POINT SIGNAL ARGV...`: the CLI, with the process signalling itself at POINT.
-KILLER = r"""
-import os, signal, sys
-
-from pruning import api
-from pruning.core import modeling
-
-point, sig, argv = sys.argv[1], getattr(signal, sys.argv[2]), sys.argv[3:]
-
-
-def die(*_, **__):
-    sys.stderr.flush()
-    os.kill(os.getpid(), sig)
-    signal.pause()  # a handled signal returns here: wait for it to end the process
-
-
-if point == "loading":  # the checks passed, the weights are being read
-    api.load_model = die
-elif point == "scratch-written":  # the whole new result is in the scratch folder, the last file just written
-    write_json = modeling.atomic_write_json
-
-    def write_then_die(path, data):
-        write_json(path, data)
-        die()
-
-    modeling.atomic_write_json = write_then_die
-elif point == "between-renames":  # the earlier result moved aside, the new one not yet in its place
-    replace = os.replace
-
-    def replace_then_die(src, dst):
-        replace(src, dst)
-        if ".pruning-old-" in os.fspath(dst):
-            die()
-
-    os.replace = replace_then_die
-from pruning.cli import program
-
-sys.exit(program(argv))
-"""
-
-
-def prune_argv(model, out, sparsity: str) -> list[str]:
-    return ["prune", "--model", str(model), "--method", "magnitude", "--sparsity", sparsity, "--output-dir",
-            str(out), "--device", "cpu", "--quiet"]
-
-
-def killed_prune(point: str, signame: str, model, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", KILLER, point, signame, *prune_argv(model, out, "0.5")],
-                          capture_output=True, text=True, timeout=600)
-
 
 def sparsity_of(out: Path) -> float:
     return json.loads((out / "prune.json").read_text())["options"]["target"]["sparsity"]
@@ -76,14 +23,14 @@ def sparsity_of(out: Path) -> float:
 def earlier(stories_dir, tmp_path, capfd) -> Path:
     """A good result in tmp_path/out (pruned to 0.25), the only entry of tmp_path."""
     out = tmp_path / "out"
-    outcome = run_in_process(capfd, prune_argv(stories_dir, out, "0.25"))
+    outcome = run_in_process(capfd, prune_args(stories_dir, out, sparsity="0.25"))
     assert outcome.code == 0, outcome.stderr
     return out
 
 
 def rerun_replaces_it(model, out: Path, capfd) -> None:
     """The next run into the same directory cleans what the killed one left and puts its own result there."""
-    outcome = run_in_process(capfd, prune_argv(model, out, "0.5"))
+    outcome = run_in_process(capfd, prune_args(model, out, sparsity="0.5"))
     assert outcome.code == 0, outcome.stderr
     assert sparsity_of(out) == 0.5
     assert sorted(p.name for p in out.parent.iterdir()) == ["out"]
@@ -95,7 +42,7 @@ def test_a_killed_prune_leaves_the_earlier_result(point, signame, stories_dir, e
     """SIGKILL ends the process where it is (its scratch stays until the next run); SIGTERM unwinds like Ctrl-C:
     one line, exit 143, scratch removed."""
     before = snapshot(earlier)
-    result = killed_prune(point, signame, stories_dir, earlier)
+    result = signalled_prune(point, signame, stories_dir, earlier)
     if signame == "SIGTERM":
         assert result.returncode == 143 and result.stderr.strip().splitlines()[-1] == "terminated", result.stderr
     else:
@@ -115,7 +62,7 @@ def test_sigkill_between_the_renames_hides_the_earlier_result_until_the_next_run
     """Killed after the earlier result was moved aside and before the new one took its place: the earlier one is
     whole, under our `-old-` name beside the output; the next run puts it back before its own work, then swaps."""
     before = snapshot(earlier)
-    result = killed_prune("between-renames", "SIGKILL", stories_dir, earlier)
+    result = signalled_prune("between-renames", "SIGKILL", stories_dir, earlier)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     assert not earlier.exists()
     moved = [p for p in earlier.parent.iterdir() if p.name.startswith(".out.pruning-old-")]
