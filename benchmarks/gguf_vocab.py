@@ -225,7 +225,10 @@ def markdown(rows: list[dict], settings: dict) -> str:
               "over the converter's in the same round, median and range. project: `export_gguf` in a fresh "
               "`python -c`; project CLI: `python -m pruning convert` (the same file, after the CLI's model-directory "
               f"checks); converter: llama.cpp `convert_hf_to_gguf.py` from {settings['converter']}. Fields compared: "
-              + ", ".join(FIELDS) + " (neither file has scores for a byte-level BPE)."]
+              + ", ".join(FIELDS) + " (neither file has scores for a byte-level BPE). How sure: no cell shows ± "
+              "because its spread is the bracketed range over the rounds, taken on a machine shared with other jobs; "
+              "a ratio whose range stays below (or above) 1.0 held in every round. \"Fields identical\" is an exact "
+              "comparison of the two files, not a measurement, so it has no uncertainty."]
     return "\n".join(lines) + "\n"
 
 
