@@ -7,8 +7,8 @@ import ast
 
 from ..compat.job_files import KEYS, PPLLMS_DEFAULTS, translate
 from ..core.protocols import Calibration, Evaluation
-from .common import add_overwrite_argument, add_runtime_arguments, positive_int, quiet_progress
-from .run import execute
+from .common import add_overwrite_argument, positive_int, quiet_progress
+from .run import add_job_running_arguments, execute
 
 FORMAT = "ppllms"
 # What PP-LLMs' README says of each of its parameters (the flags are its own names, from job_files.KEYS)
@@ -64,10 +64,7 @@ def add_parser(subparsers) -> None:
                           help="tokens per perplexity window (default: the calibration --seqlen)")
     measured.add_argument("--max-windows", type=int, default=None,
                           help="score at most this many windows (default: the whole split)")
-    parser.add_argument("--log-file", help="also log to this file (appended)")
-    add_runtime_arguments(parser)
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(run=run)
+    add_job_running_arguments(parser, run, "also log to this file (appended)")
 
 
 def run(args) -> int:

@@ -42,10 +42,15 @@ def add_parser(subparsers) -> None:
         "seed": f"the job's seed, else {defaults.seed}",
         "batch_size": f"PruneGPT's dataset.batch_size, else {defaults.batch_size}"})
     add_eval_arguments(parser, seqlen_default=None)  # used when the job evaluates (calculate_ppl, eval_ppl)
-    parser.add_argument("--log-file", help="also log to this file (appended; default: the job's log_file)")
+    add_job_running_arguments(parser, run, "also log to this file (appended; default: the job's log_file)")
+
+
+def add_job_running_arguments(parser, command, log_help: str) -> None:
+    """--log-file, the runtime flags and --quiet of the commands that run a translated job (`execute`)."""
+    parser.add_argument("--log-file", help=log_help)
     add_runtime_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=command)
 
 
 def run(args) -> int:
