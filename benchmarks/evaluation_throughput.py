@@ -4,10 +4,8 @@ Perplexity: the bare forward `model(input_ids)` over the evaluation windows (the
 (`windows_nll`, what `perplexity` times as scoring_seconds) and the earlier scorer (full cross-entropy over a
 shifted copy of the logits), interleaved `--repeats` times on the same windows, batch, dtype and threads; the
 best of each is reported, per wall second and per CPU second of the process (steadier when the machine is
-shared), with the scorer/forward ratio (target >= 0.9). Zero-shot: lm-eval's own scoring at
-the old batch size against `ScoringLM` (continuation logits only) at each new batch size, on the same model
-object and documents; tokens/s counts the tokens fed per loglikelihood request (padding not counted), and the
-accuracies must agree. `measure()` returns everything as a dict for a driver that imports it.
+shared), with the scorer/forward ratio (target >= 0.9). Zero-shot scoring speed is measured by
+benchmarks/multiple_choice_throughput.py. `measure()` returns everything as a dict for a driver that imports it.
 
     PRUNING_DATA_DIR=../shared/data nice -n 19 .venv/bin/python benchmarks/evaluation_throughput.py \\
         --model ../shared/models/stories260K --seqlen 256 --windows 32
@@ -28,7 +26,6 @@ import pruning
 from pruning.core.data import evaluation_text
 from pruning.core.token_windows import token_windows, windows_nll
 from pruning.evaluation.perplexity import forward_throughput
-from pruning.evaluation.zeroshot import evaluation_lm, load_task, resolve_task, run_lm_eval
 from pruning.core.io import atomic_write_text
 from pruning.core.modeling import load_model
 
@@ -78,34 +75,9 @@ def perplexity_throughput(model, windows: torch.Tensor, batch_size: int, repeats
             "ppl_relative_difference": abs(nll["scorer"] - nll["earlier_scorer"]) / nll["earlier_scorer"]}
 
 
-def zeroshot_throughput(model, tokenizer, task: str, limit: int, old_batch: int, new_batches: list[int],
-                        data_dir: str | None) -> dict:
-    """lm-eval's scoring at `old_batch` and ScoringLM at each of `new_batches` on one task's first `limit`
-    documents: loglikelihood throughput and the accuracies."""
-    manager, task_object, _ = load_task(resolve_task(task, data_dir_path=data_dir))
-    runs = {}
-    settings = [("lm-eval", old_batch, True)] + [("ScoringLM", batch, False) for batch in new_batches]
-    for label, batch_size, all_positions in settings:
-        lm = evaluation_lm(model, tokenizer, batch_size, "cpu", all_positions=all_positions)
-        evaluated, _, cpu_seconds = timed(lambda: run_lm_eval(lm, manager, task_object, limit=limit, quiet=True))
-        metrics = {key.split(",")[0]: value for key, value in next(iter(evaluated["results"].values())).items()
-                   if key.endswith(",none") and "_stderr" not in key}
-        counted = lm.throughput()["loglikelihood"]
-        runs[f"{label} batch {batch_size}"] = {**counted, "batch_size": batch_size, "metrics": metrics,
-                                               "tokens_per_cpu_s": round(counted["tokens"] / cpu_seconds, 1)}
-    reference = runs[f"lm-eval batch {old_batch}"]
-    for run in runs.values():
-        run["speedup"] = round(run["tokens_per_s"] / reference["tokens_per_s"], 2)
-        run["cpu_speedup"] = round(run["tokens_per_cpu_s"] / reference["tokens_per_cpu_s"], 2)
-        run["same_metrics"] = run["metrics"] == reference["metrics"]
-    return runs
-
-
 def measure(model: str = "smollm2-135m", *, seqlen: int = 512, windows: int = 8, batch_size: int = 4,
-            repeats: int = 3, tasks: tuple[str, ...] = ("arc_easy",), limit: int = 40, old_batch: int = 8,
-            new_batches: tuple[int, ...] = (8, 32), threads: int | None = None, dtype: str = "float32",
-            data_dir: str | None = None) -> dict:
-    """Perplexity and zero-shot throughput of `model` (zoo spec or directory) on the CPU; see the module text."""
+            repeats: int = 3, threads: int | None = None, dtype: str = "float32", data_dir: str | None = None) -> dict:
+    """Perplexity throughput of `model` (zoo spec or directory) on the CPU; see the module text."""
     if threads:
         torch.set_num_threads(threads)
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
@@ -117,8 +89,6 @@ def measure(model: str = "smollm2-135m", *, seqlen: int = 512, windows: int = 8,
         "load_average": os.getloadavg()[0], "cpu_count": os.cpu_count(),
         "perplexity": {"seqlen": seqlen, "windows": int(ids.shape[0]), "batch_size": batch_size, "repeats": repeats,
                        **perplexity_throughput(net, ids, batch_size, repeats)},
-        "zeroshot": {task: zeroshot_throughput(net, tokenizer, task, limit, old_batch, list(new_batches), data_dir)
-                     for task in tasks},
     }
     result["load_average_after"] = os.getloadavg()[0]
     return result
@@ -137,15 +107,6 @@ def markdown(result: dict) -> str:
         lines.append(f"| {label} | {ppl['tokens_per_s'][name]:.0f} | {ppl['ratio_to_forward'][name]:.2f} | "
                      f"{ppl['tokens_per_cpu_s'][name]:.0f} | {ppl['cpu_ratio_to_forward'][name]:.2f} |")
     lines += ["", f"NLL relative difference between the scorers: {ppl['ppl_relative_difference']:.1e}"]
-    for task, runs in result["zeroshot"].items():
-        lines += ["", f"Zero-shot {task}: loglikelihood requests", "",
-                  "| scoring | requests | tokens | seconds | tokens/s | requests/s | x lm-eval | tokens per CPU s "
-                  "| x lm-eval (CPU) | metrics equal |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-        for label, run in runs.items():
-            lines.append(f"| {label} | {run['requests']} | {run['tokens']} | {run['seconds']:.1f} | "
-                         f"{run['tokens_per_s']:.0f} | {run['requests_per_s']:.1f} | {run['speedup']:.2f} | "
-                         f"{run['tokens_per_cpu_s']:.0f} | {run['cpu_speedup']:.2f} | "
-                         f"{'yes' if run['same_metrics'] else 'NO'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -156,19 +117,13 @@ def main() -> int:
     parser.add_argument("--windows", type=int, default=8, help="perplexity windows (WikiText-2 test)")
     parser.add_argument("--batch-size", type=int, default=4, help="perplexity windows per forward")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of forward and scorers")
-    parser.add_argument("--tasks", nargs="+", default=["arc_easy"])
-    parser.add_argument("--limit", type=int, default=40, help="zero-shot documents per task")
-    parser.add_argument("--old-batch", type=int, default=8, help="lm-eval's own scoring at this batch size")
-    parser.add_argument("--new-batches", type=int, nargs="+", default=[8, 32], help="ScoringLM batch sizes")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--dtype", default=DEFAULT_DTYPE, choices=DTYPE_NAMES)
     parser.add_argument("--data-dir", default=None, help="shared/data layout (else $PRUNING_DATA_DIR, else the hub)")
     parser.add_argument("--out", default=None, help="also write the result as JSON here (atomically)")
     args = parser.parse_args()
     result = measure(args.model, seqlen=args.seqlen, windows=args.windows, batch_size=args.batch_size,
-                     repeats=args.repeats, tasks=tuple(args.tasks), limit=args.limit, old_batch=args.old_batch,
-                     new_batches=tuple(args.new_batches), threads=args.threads, dtype=args.dtype,
-                     data_dir=args.data_dir)
+                     repeats=args.repeats, threads=args.threads, dtype=args.dtype, data_dir=args.data_dir)
     print(markdown(result))
     if args.out:
         atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")

@@ -184,32 +184,69 @@ def test_local_gsm8k_generates_and_scores_exact_match(stories_dir):
     check_per_document(result, "gsm8k_local", 2)
 
 
-@pytest.mark.parametrize("task", ["arc_easy", "boolq", "hellaswag", "winogrande"])
-def test_continuation_scoring_gives_lm_evals_loglikelihoods(stories_dir, task):
-    """ScoringLM (logits of the continuation positions only) against lm-eval's own scoring of every position,
-    same model object and batches: the same log-likelihood and greedy flag for every request, so the same
-    accuracies; multi-token continuations (arc, hellaswag), one-token ones sharing a context (boolq) and
-    partial-context scoring (winogrande) included. The throughput counts every request's tokens."""
+@pytest.mark.parametrize("task,num_fewshot", [("arc_easy", 0), ("boolq", 0), ("hellaswag", 0), ("winogrande", 5),
+                                              ("piqa", 0), ("lambada_openai", 0)])
+def test_faster_scorings_give_lm_evals_loglikelihoods(stories_dir, task, num_fewshot):
+    """ScoringLM's packed rows (a document's shared prefix once) and continuation-only logits against lm-eval's
+    own scoring of every position, same model object: the same log-likelihood (1e-5 relative) and greedy flag
+    for every request, so the same accuracies; multi-token continuations (arc, hellaswag, piqa), one-token ones
+    sharing a context (boolq), partial-context scoring after five shots (winogrande) and one request per document
+    (lambada) included. Packing computes fewer tokens than lm-eval feeds whenever a document has several
+    requests; the throughput counts every request's tokens."""
     from pruning.evaluation.scoring_lm import ScoringLM
     from pruning.core.modeling import load_model
 
     net, tokenizer = load_model(stories_dir, dtype="float32", device="cpu")
     manager, task_object, _ = load_task(resolve_task(task, data_dir_path=str(DATA_DIR)))
     runs = {}
-    for all_positions in (True, False):
-        lm = ScoringLM(pretrained=net, tokenizer=tokenizer, backend="causal", batch_size=3, device="cpu",
-                       all_positions=all_positions)
+    for scoring in ("lm-eval", "continuations", "packed"):
+        lm = ScoringLM(pretrained=net, tokenizer=tokenizer, backend="causal", batch_size=5, device="cpu",
+                       scoring=scoring)
         evaluated = lm_eval.simple_evaluate(model=lm, tasks=[task_object], task_manager=manager, limit=7,
-                                            log_samples=True, **zeroshot_module.SEEDS)
+                                            num_fewshot=num_fewshot, log_samples=True, **zeroshot_module.SEEDS)
         samples = next(iter(evaluated["samples"].values()))
-        runs[all_positions] = ([response for sample in samples for response in sample["resps"]],
-                               evaluated["results"], lm.throughput()["loglikelihood"])
-    (reference, reference_results, reference_count), (ours, results, count) = runs[True], runs[False]
-    assert len(ours) == len(reference) == count["requests"] > 7
-    for (ll, greedy), (ll_ref, greedy_ref) in zip((r[0] for r in ours), (r[0] for r in reference)):
-        assert ll == pytest.approx(ll_ref, rel=1e-5, abs=1e-5) and greedy == greedy_ref
-    assert results == reference_results  # every metric and stderr
-    assert count["tokens"] == reference_count["tokens"] > count["requests"] and count["tokens_per_s"] > 0
+        runs[scoring] = ([response[0] for sample in samples for response in sample["resps"]],
+                         evaluated["results"], lm.throughput()["loglikelihood"])
+    reference, reference_results, reference_count = runs["lm-eval"]
+    for scoring in ("continuations", "packed"):
+        ours, results, count = runs[scoring]
+        assert len(ours) == len(reference) == count["requests"] >= 7
+        for (ll, greedy), (ll_ref, greedy_ref) in zip(ours, reference):
+            assert ll == pytest.approx(ll_ref, rel=1e-5, abs=1e-5) and greedy == greedy_ref
+        for name, metrics in reference_results.items():  # every metric and stderr (lambada's perplexity: 1e-5)
+            assert results[name].keys() == metrics.keys()
+            for key, value in metrics.items():
+                assert results[name][key] == (pytest.approx(value, rel=1e-5) if "perplexity" in key else value), key
+        assert count["tokens"] == reference_count["tokens"] > count["requests"] and count["tokens_per_s"] > 0
+    packed = runs["packed"][2]
+    assert packed["scoring"] == "packed"
+    if packed["requests"] > 7:  # several requests per document share their prefix
+        assert packed["computed_tokens"] < packed["tokens"]
+    else:
+        assert packed["computed_tokens"] == packed["tokens"]
+
+
+def test_packed_rows_keep_requests_apart():
+    """The packed layout on a hand-made document: the shared prefix once, positions restarting after it, each
+    request seeing the prefix and itself only, padding seeing something (no empty softmax row), and each
+    continuation token read from the position that precedes it."""
+    from pruning.evaluation.scoring_lm import PackedDocument, packed_batch
+
+    document = PackedDocument([[1, 2, 3, 7, 8], [1, 2, 3, 9]], [2, 1])  # contexts [1, 2, 3], continuations
+    assert document.tokens == [1, 2, 3, 7]  # the prefix 1 2 3 once; request 0 feeds 7, request 1 nothing more
+    assert document.positions == [0, 1, 2, 3]
+    assert document.targets == [[(2, 7), (3, 8)], [(2, 9)]]
+    short = PackedDocument([[5, 6]], [1])
+    ids, positions, mask = packed_batch([document, short], "cpu")
+    assert ids.tolist() == [[1, 2, 3, 7], [5, 0, 0, 0]]
+    expected = [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
+    assert mask[0, 0].int().tolist() == expected
+    assert mask[1, 0].int().tolist() == [[1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]]
+    two_branches = PackedDocument([[1, 2, 4, 5], [1, 2, 6, 7]], [1, 1])
+    assert two_branches.tokens == [1, 2, 4, 6] and two_branches.positions == [0, 1, 2, 2]
+    _, _, mask = packed_batch([two_branches], "cpu")
+    assert mask[0, 0, 3].int().tolist() == [1, 1, 0, 1]  # request 1 sees the prefix and itself, not request 0
+    assert two_branches.targets == [[(2, 5)], [(3, 7)]]
 
 
 def test_continuation_logits_without_logits_to_keep_are_the_same(stories_dir):
@@ -225,3 +262,10 @@ def test_continuation_logits_without_logits_to_keep_are_the_same(stories_dir):
     kept = lm._continuation_logits(batch, 7)
     lm.keeps_logits = False
     assert kept.shape == (2, 5, 512) and torch.allclose(lm._continuation_logits(batch, 7), kept, atol=1e-6)
+
+
+def test_prefix_tree_size_counts_distinct_prefixes():
+    from pruning.evaluation.scoring_lm import prefix_tree_size
+
+    assert prefix_tree_size([[1, 2, 3], [1, 2, 4], [1, 5]]) == 5  # 1, 12, 123, 124, 15
+    assert prefix_tree_size([[1, 2], [1, 2]]) == 2 and prefix_tree_size([[7]]) == 1

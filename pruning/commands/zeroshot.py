@@ -30,7 +30,7 @@ def add_parser(subparsers) -> None:
     add_overwrite_argument(parser)
     parser.add_argument("--limit", type=int, default=None, help="score only the first N documents (quick runs)")
     parser.add_argument("--num-fewshot", type=int, default=0, help="in-context examples (default: 0)")
-    parser.add_argument("--batch-size", type=_batch_size, default=8, help="requests per forward, or 'auto' (default: 8)")
+    parser.add_argument("--batch-size", type=_batch_size, default=32, help="requests per forward (a document's requests stay together), or 'auto' (default: 32)")
     parser.add_argument("--source", choices=list(TASK_SOURCES), default="auto",
                         help="; ".join(f"{k}: {v}" for k, v in TASK_SOURCES.items()) + " (default: auto)")
     parser.add_argument("--quiet", action="store_true", help="only errors from lm-eval's logging, no progress bars")

@@ -88,6 +88,10 @@ class ArchitectureAdapter:
     # a config flag that must be true for the norms to feed the sub-blocks (OPT's post-norm variant has false):
     # removing a sub-block removes its input norm, which is only exact with pre-norm layers
     pre_norm_flag: str | None = None
+    # the decoder honours a custom 4D attention mask with explicit position ids (transformers' masking utilities)
+    # and the logits are the output embedding of its last hidden state, so the zero-shot scorer can run a
+    # document's continuations side by side after one shared context and read only the positions it needs
+    custom_attention_masks: bool = False
 
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         return _get(model, self.layers)
@@ -132,6 +136,7 @@ _LLAMA = ArchitectureAdapter(
     attention_norm="input_layernorm",
     mlp_norm="post_attention_layernorm",
     sliceable_model_types=("llama", "mistral", "qwen2", "qwen3", "gemma"),
+    custom_attention_masks=True,
 )
 
 _GEMMA2 = replace(  # Gemma-2/3: the Llama layout plus a norm after each sub-block; the FFN reads its own pre-norm
@@ -143,6 +148,7 @@ _GEMMA2 = replace(  # Gemma-2/3: the Llama layout plus a norm after each sub-blo
     attention_post_norm="post_attention_layernorm",
     mlp_post_norm="post_feedforward_layernorm",
     sliceable_model_types=(),
+    custom_attention_masks=False,  # sliding-window layers: packed rows not verified
 )
 
 _OPT = ArchitectureAdapter(
@@ -348,6 +354,12 @@ _BY_MODEL_TYPE = {model_type: adapter for adapter in ADAPTERS for model_type in 
 
 def supported_model_types() -> list[str]:
     return sorted(_BY_MODEL_TYPE)
+
+
+def takes_custom_attention_masks(model_type: str) -> bool:
+    """Whether models of this type may be fed packed rows (a 4D mask and position ids); False when unknown."""
+    adapter = _BY_MODEL_TYPE.get(model_type)
+    return adapter is not None and adapter.custom_attention_masks
 
 
 def adapter_for_model_type(model_type: str) -> ArchitectureAdapter:

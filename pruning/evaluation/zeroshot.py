@@ -1,8 +1,9 @@
 """Zero-shot (and few-shot) accuracy with lm-evaluation-harness, run on our own model objects.
 
 The model is loaded by `pruning.load_model` (so pruned and heterogeneous models work) and handed to lm-eval as
-`ScoringLM`, lm-eval's `HFLM` that computes the logits of the continuation positions only (same log-likelihoods,
-a fraction of the work; scoring_lm.py) and counts its throughput; prompts, request building and aggregation are
+`ScoringLM`, lm-eval's `HFLM` that computes a document's shared context once and the logits of the
+continuation positions only (same log-likelihoods, a fraction of the work; scoring_lm.py) and counts its
+throughput; prompts, request building and aggregation are
 lm-eval's. Each document's outcome is kept in the result (`per_document`, format in per_item.py), so that
 the tables give every accuracy its standard error and compare pruned and dense models document by document.
 Two kinds of task:
@@ -215,13 +216,13 @@ def _check_settings(limit, num_fewshot, batch_size) -> None:
         raise ValueError(f"{problem}; or 'auto'")
 
 
-def evaluation_lm(net, tokenizer, batch_size: int | str, device: str, *, all_positions: bool = False):
-    """The lm-eval model over a loaded model: `ScoringLM` (pruning/evaluation/scoring_lm.py); `all_positions`
-    keeps lm-eval's own scoring, the reference to compare with."""
+def evaluation_lm(net, tokenizer, batch_size: int | str, device: str, *, scoring: str | None = None):
+    """The lm-eval model over a loaded model: `ScoringLM` (pruning/evaluation/scoring_lm.py); `scoring` one of
+    its SCORING ("lm-eval": lm-eval's own, the reference to compare with), None for the fastest exact one."""
     from .scoring_lm import ScoringLM
 
     return ScoringLM(pretrained=net, tokenizer=tokenizer, backend="causal", batch_size=batch_size, device=device,
-                     all_positions=all_positions)
+                     scoring=scoring)
 
 
 def run_lm_eval(lm, manager, task_object, *, num_fewshot: int = 0, limit: int | None = None,
@@ -238,7 +239,7 @@ def run_lm_eval(lm, manager, task_object, *, num_fewshot: int = 0, limit: int | 
                                        limit=limit, log_samples=True, **SEEDS)
 
 
-def zeroshot(model: str, task: str, *, limit: int | None = None, num_fewshot: int = 0, batch_size: int | str = 8,
+def zeroshot(model: str, task: str, *, limit: int | None = None, num_fewshot: int = 0, batch_size: int | str = 32,
              device: str = "auto", dtype: str = DEFAULT_DTYPE, data_dir_path: str | None = None, source: str = "auto",
              output: str | None = None, quiet: bool = False, overwrite: bool = False,
              trust_remote_code: bool = False) -> dict:
