@@ -17,6 +17,15 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+
+
+# results/, logs/ and .snakemake/ of this run: config run_dir (relative to the repository root), else where
+# Snakemake runs (its --directory)
+if config["run_dir"]:
+
+    workdir: str(REPO / config["run_dir"])
+
+
 include: "workflow/rules/models.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"

@@ -498,6 +498,11 @@ def _cross_reference_errors(config: WorkflowConfig) -> list[str]:
                    for index, value in enumerate(values) if (problem := ratio_token_problem(kind, value))]
         for kind in sorted(set(ratios) & set(entry["options"])):
             errors.append(f"config.methods.{name}.options.{kind}: {kind} is already given in ratios")
+        listed = [value for values in ratios.values() for value in values]
+        if isinstance(entry.get("ppl_only"), list):
+            errors += [f"config.methods.{name}.ppl_only[{index}]: {value!r} is not one of the entry's ratios "
+                       f"({', '.join(map(str, listed))})"
+                       for index, value in enumerate(entry["ppl_only"]) if value not in listed]
         if not ratios and is_composite(entry["method"]) and not entry["options"] and not _builds(entry["method"]):
             errors.append(f"config.methods.{name}: {entry['method']} without ratios needs its ratios in options")
     if cfg["data_dir"] and not config.path(cfg["data_dir"]).is_dir():

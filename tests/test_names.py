@@ -104,6 +104,10 @@ def test_metric_files_of_a_row_follow_the_config_sections():
     assert names(ppl_only, "b", True, "angular") == ["ppl.json", "prune.json"]
     assert names(ppl_only, "b", True, "wanda") == ["ppl.json", "prune.json", "gguf-q4_k_m.json", "speed.json"]
     assert names(ppl_only, "b", False, "dense") == ["ppl.json", "gguf-q4_k_m.json", "speed.json"]
+    # a list: only the rows at those ratio values (the publication run's frontier-only sparsities)
+    curve = {**speed_on, "methods": {"wanda": {"method": "wanda", "ppl_only": [0.3, "2:4"]}}}
+    assert names(curve, "b", True, "wanda", 0.3) == names(curve, "b", True, "wanda", "2:4") == ["ppl.json", "prune.json"]
+    assert names(curve, "b", True, "wanda", 0.5) == ["ppl.json", "prune.json", "gguf-q4_k_m.json", "speed.json"]
 
 
 def test_collected_rows_carry_the_source_and_key_of_their_file_name(tmp_path):

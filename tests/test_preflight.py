@@ -111,6 +111,8 @@ BAD_CONFIGS = {
                       "(N kept out of every M), got 4:2"),
     "unknown model in subset": (lambda c: c["methods"]["wanda"].update(models=["gpt-5"]),
                                 "config.methods.wanda.models[0]: 'gpt-5' is not a model in models"),
+    "ppl_only value not a ratio": (lambda c: c["methods"]["wanda"].update(ppl_only=[0.6]),
+                                   "config.methods.wanda.ppl_only[0]: 0.6 is not one of the entry's ratios"),
     "three decimals": (lambda c: c["methods"]["wanda"]["ratios"].update(sparsity=[0.525]),
                        "config.methods.wanda.ratios.sparsity[0]: 0.525 has more than two decimals"),
     "unknown protocol": (lambda c: c.update(protocol="slow"), "config.protocol: 'slow' is not one of the presets"),

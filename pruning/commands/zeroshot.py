@@ -21,9 +21,9 @@ def add_parser(subparsers) -> None:
                     "dtype, device and versions. Task names are lm-eval's (arc_easy, boolq, mmlu, gsm8k, ...). "
                     f"With a data directory, {', '.join(local)} read the local copies under <data dir>/zeroshot "
                     "(task definitions <name>_local, same prompts and metrics as lm-eval's); "
-                    "--source hub forces lm-eval's own task. Log-likelihoods come from the logits of the "
-                    "continuation positions only (lm-eval's values, less work); the result records the "
-                    "throughput (requests and tokens per second).")
+                    "--source hub forces lm-eval's own task. Log-likelihoods are lm-eval's values, computed with "
+                    "less work: a document's shared context once, logits only where a continuation token is "
+                    "predicted; the result records the throughput (requests, tokens fed and computed per second).")
     parser.add_argument("--model", required=True, help="model directory or zoo spec")
     parser.add_argument("--task", required=True, help="lm-eval task or group name, or <name>_local")
     parser.add_argument("--output", required=True, help="result JSON (written atomically)")

@@ -54,23 +54,30 @@ class Evaluation:
             return list(settings[self.keys_from] or [])
         return [""] if settings[self.switch] else []
 
-    def applies(self, config: Mapping, model: str, pruned: bool, entry: str | None = None) -> bool:
-        """Whether a grid row of `model` (pruned or dense; of method entry `entry`) gets this file: on, the model
-        among the section's `models` (null = every model), the entry not `ppl_only`, and a pruned row where only
-        pruned rows have it."""
+    def applies(self, config: Mapping, model: str, pruned: bool, entry: str | None = None, value=None) -> bool:
+        """Whether a grid row of `model` (pruned or dense; of method entry `entry` at ratio `value`) gets this
+        file: on, the model among the section's `models` (null = every model), the row not `ppl_only`, and a
+        pruned row where only pruned rows have it."""
         if self.pruned_only and not pruned:
             return False
         if self.section is None:
             return True
-        if entry is not None and (config.get("methods") or {}).get(entry, {}).get(PPL_ONLY, False):
+        if entry is not None and perplexity_only((config.get("methods") or {}).get(entry, {}), value):
             return False
         models = config[self.section]["models"]
         return bool(self.keys(config)) and (models is None or model in models)
 
 
 # A method entry's key: its rows get the perplexity evaluation only (no zero-shot, GGUF or speed jobs), for rows
-# that fill a perplexity table (PruneGPT's block counts) and would cost the grid's time budget in the other stages.
+# that fill a perplexity table or curve (PruneGPT's block counts, the frontier's sparsities) and would cost the
+# grid's time budget in the other stages. true: every row of the entry; a list: the rows at these ratio values.
 PPL_ONLY = "ppl_only"
+
+
+def perplexity_only(entry: Mapping, value) -> bool:
+    """Whether a method entry's row at ratio `value` is `ppl_only`."""
+    setting = entry.get(PPL_ONLY, False)
+    return setting is True or (isinstance(setting, list) and value in setting)
 EVALUATIONS = {e.source: e for e in (
     Evaluation("ppl", "ppl", ("evaluate",)),
     Evaluation("prune", PRUNE_REPORT.removesuffix(SUFFIX), ("prune",), pruned_only=True),
@@ -97,10 +104,10 @@ def file_patterns() -> str:
     return ", ".join(e.file_pattern for e in EVALUATIONS.values())
 
 
-def metric_file_names(config: Mapping, model: str, pruned: bool, entry: str | None = None) -> list[str]:
+def metric_file_names(config: Mapping, model: str, pruned: bool, entry: str | None = None, value=None) -> list[str]:
     """The names of every metric file a workflow config asks for on a grid row of `model` (and method entry
-    `entry`), in order."""
-    return [e.file_name(key) for e in EVALUATIONS.values() if e.applies(config, model, pruned, entry)
+    `entry`, ratio `value`), in order."""
+    return [e.file_name(key) for e in EVALUATIONS.values() if e.applies(config, model, pruned, entry, value)
             for key in e.keys(config)]
 
 

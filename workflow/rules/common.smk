@@ -110,8 +110,8 @@ PRUNED = [row for row in GRID if row["method"] != DENSE_METHOD]
 
 def stage_applies(stage: str, row: dict) -> bool:
     """Whether a grid row gets a measurement stage: the stage is on, lists the row's model (or every model) and
-    the row's method entry is not ppl_only."""
-    return EVALUATIONS[stage].applies(config, row["model"], row["method"] != DENSE_METHOD, row["method"])
+    the row is not ppl_only."""
+    return EVALUATIONS[stage].applies(config, row["model"], row["method"] != DENSE_METHOD, row["method"], row["value"])
 
 
 def stage_on(stage: str) -> bool:
@@ -238,7 +238,7 @@ def run_metric_files(row: dict) -> list[str]:
     """Every metric file the config asks for on one grid row."""
     folder = RUN_METRICS.format(**row)
     return [f"{folder}/{name}" for name in metric_file_names(config, row["model"], row["method"] != DENSE_METHOD,
-                                                                     row["method"])]
+                                                                     row["method"], row["value"])]
 
 
 def all_metric_files() -> list[str]:
@@ -272,5 +272,5 @@ def plot_names() -> list[str]:
 
 # Where `snakemake publish` copies a finished run's tables and plots: the only tracked results. The workflow
 # itself writes only ignored paths (results/tables, results/plots, ...), so a fresh clone runs the grid.
-PUBLISHED_TABLES = "results/published/tables"
-PUBLISHED_PLOTS = "results/published/plots"
+PUBLISHED_TABLES = str(REPO / config["published_dir"] / "tables")
+PUBLISHED_PLOTS = str(REPO / config["published_dir"] / "plots")
