@@ -30,8 +30,10 @@ import torch
 import pruning
 from pruning.commands.common import quiet_progress
 from pruning.core.io import atomic_write_text, versions
+from pruning.core.statistics import PairedPerplexity, Perplexity, paired_perplexity, perplexity_estimate
 from pruning.core.modeling import load_model
 from pruning.core.zoo import resolve as resolve_spec
+from pruning.evaluation.per_item import WINDOWS
 
 SPARSITY_METHODS = ("magnitude", "wanda", "sparsegpt")
 DSNOT_BASES = ("wanda", "sparsegpt")
@@ -129,11 +131,14 @@ def main(argv=None) -> None:
                                        recovery=recovery, **ratio, **options, **common)
                 before, after = report["evaluation"]["before"], report["evaluation"]["after"]
                 parameters = report["parameters"]
+                interval, versus_dense = perplexity_intervals(before, after)
                 row = {"method": label + (" + LoRA" if recovery else ""), "kind": next(iter(ratio)),
                        "ratio": next(iter(ratio.values())),
                        "sparsity": report["result"].get("total_sparsity"),
                        "parameters removed": 1 - parameters["after"]["total"] / parameters["before"]["total"],
-                       "PPL dense": before["ppl"], "PPL": after["ppl"], "seconds": time.perf_counter() - started,
+                       "PPL dense": before["ppl"], "PPL": after["ppl"], "PPL low": interval.low,
+                       "PPL high": interval.high, "PPL / dense low": versus_dense.low, "PPL / dense high": versus_dense.high,
+                       "seconds": time.perf_counter() - started,
                        "recovery seconds": report["recovery"]["seconds"] if recovery else None,
                        "recovery": json.dumps(recovery) if recovery else "", "threads": torch.get_num_threads()}
                 rows.append(row)
@@ -144,7 +149,9 @@ def main(argv=None) -> None:
     frame = pd.DataFrame(rows)
     protocol = (f"Model {args.model}; calibration C4 {args.nsamples} × {args.seqlen} tokens, seed 0; WikiText-2 "
                 f"test PPL over {args.max_windows} windows of {args.eval_seqlen} tokens (dense "
-                f"{rows[0]['PPL dense']:.2f}); LoRA recovery rows: the `recovery` column's settings, library "
+                f"{rows[0]['PPL dense']:.2f}); PPL low/high: exp(mean NLL ± 2 SE over the windows); PPL / dense "
+                "low/high: the same for the paired ratio to dense on the same windows (pruning.core.statistics; "
+                "error bars of the plot); LoRA recovery rows: the `recovery` column's settings, library "
                 f"defaults otherwise, C4 training windows; versions {versions('torch', 'transformers')}.")
     atomic_write_text(args.out_dir / "frontier.json", json.dumps({"protocol": key, "rows": rows}, indent=1))
     atomic_write_text(args.out_dir / "frontier.md", f"## Quality frontier\n\n{protocol}\n\n"
@@ -154,8 +161,17 @@ def main(argv=None) -> None:
     print(f"wrote {args.out_dir / 'frontier.md'}, .csv, .png")
 
 
+def perplexity_intervals(before: dict, after: dict) -> tuple[Perplexity, PairedPerplexity]:
+    """The pruned model's PPL with its interval over the evaluation windows, and its paired ratio to the
+    dense model's PPL on the same windows (the prune report's per-window NLLs)."""
+    dense, pruned = before[WINDOWS], after[WINDOWS]
+    return (perplexity_estimate(pruned["nll"], pruned["scored_tokens"]),
+            paired_perplexity(pruned["nll"], dense["nll"], pruned["scored_tokens"]))
+
+
 def plot(frame: pd.DataFrame, path: Path) -> None:
-    """PPL against sparsity (mask rows) and against parameters removed (structured rows), a line per method."""
+    """PPL against sparsity (mask rows) and against parameters removed (structured rows), a line per method,
+    with error bars from the windows (exp(mean NLL ± 2 SE))."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,11 +179,11 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
     masks = frame[frame.kind == "sparsity"]
-    for method, rows in masks.groupby("method", sort=False):
-        left.plot(rows.sparsity, rows.PPL, marker="o", label=method)
     structured = frame[~frame.kind.isin(["sparsity", "nm"])]
-    for method, rows in structured.groupby("method", sort=False):
-        right.plot(rows["parameters removed"], rows.PPL, marker="o", label=method)
+    for ax, rows_of, x in ((left, masks, "sparsity"), (right, structured, "parameters removed")):
+        for method, rows in rows_of.groupby("method", sort=False):
+            errors = [rows.PPL - rows["PPL low"], rows["PPL high"] - rows.PPL] if "PPL low" in rows else None
+            ax.errorbar(rows[x], rows.PPL, yerr=errors, marker="o", capsize=3, label=method)
     for ax, xlabel in ((left, "sparsity of the targeted weights"), (right, "share of all parameters removed")):
         ax.set_yscale("log")
         ax.set_xlabel(xlabel)
