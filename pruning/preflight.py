@@ -311,6 +311,7 @@ def _memory_size(request: RunRequest, found: Preflight) -> None:
 
 DATA_FILE_SUFFIXES = (".txt", ".jsonl", ".gz")  # calibration/evaluation text given as a file (path from the repo)
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")  # Hugging Face's own switches, set = offline
+HUB_HOST = "huggingface.co"
 
 
 class WorkflowConfig:
@@ -342,6 +343,17 @@ class WorkflowConfig:
 
     def data_dir(self) -> str | None:
         return str(self.path(self.cfg["data_dir"])) if self.cfg["data_dir"] else None
+
+    def skipped_tasks(self) -> tuple[dict[str, int], str | None]:
+        """The zero-shot tasks this run leaves out, each with its shots, and why: with `offline_hub_tasks: skip`,
+        the tasks without a local copy when the run is offline (`hub_unreachable`); else none."""
+        z = self.cfg["zeroshot"]
+        hub_tasks = online_only_tasks(z["tasks"], self.data_dir()) if z["offline_hub_tasks"] == "skip" else []
+        reason = hub_unreachable() if hub_tasks else None
+        if not reason:
+            return {}, None
+        shots = task_fewshot(z["tasks"], z["num_fewshot"])
+        return {task: shots[task] for task in hub_tasks}, reason
 
     def protocol(self) -> tuple[Calibration, Evaluation]:
         """The protocol's calibration and evaluation as jobs get them (data files made absolute)."""
@@ -468,7 +480,7 @@ def workflow_config_problems(cfg: dict, repo: str | os.PathLike, *, jobs_run_her
               *_calibration_errors(config, sound_dirs, model_configs),
               *_speed_length_errors(cfg, model_configs),
               *_remote_code_errors(cfg, model_configs),
-              *_task_errors(cfg["zeroshot"]["tasks"], config.data_dir()),
+              *_task_errors(cfg["zeroshot"]["tasks"], config.data_dir(), cfg["zeroshot"]["offline_hub_tasks"]),
               *([] if jobs_have_own_env else _llama_cpp_errors(cfg)),
               *(_device_errors(cfg["device"]) if jobs_run_here else [])]
     return list(dict.fromkeys(errors))
@@ -728,14 +740,35 @@ def _offline_variable() -> str | None:
                  if os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}), None)
 
 
-def _task_errors(tasks: list, data_dir: str | None) -> list[str]:
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why this run is offline: an offline variable, or the Hugging Face hub refusing a connection within
+    `timeout` seconds; None when the hub answers."""
+    if variable := _offline_variable():
+        return f"{variable} is set"
+    import socket
+
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+    except OSError as exc:
+        return f"{HUB_HOST} cannot be reached ({exc.strerror or type(exc).__name__})"
+    return None
+
+
+def online_only_tasks(tasks: list, data_dir: str | None) -> list[str]:
+    """The zero-shot tasks without a local copy in the data directory (their documents come from the hub)."""
+    from .evaluation.zeroshot import resolve_task
+
+    return [task for task in tasks if resolve_task(task, "auto", data_dir).source == "hub"]
+
+
+def _task_errors(tasks: list, data_dir: str | None, offline_hub_tasks: str = "refuse") -> list[str]:
     """Zero-shot task names: a local copy in the data directory, else a task in lm-eval's list, which needs
-    the hub: refused when offline."""
+    the hub: refused when offline unless the config skips such tasks (`offline_hub_tasks: skip`)."""
     if not tasks:
         return []
     from .evaluation.zeroshot import resolve_task
 
-    errors, offline = [], _offline_variable()
+    errors, offline = [], _offline_variable() if offline_hub_tasks == "refuse" else None
     for index, task in enumerate(tasks):
         try:
             choice = resolve_task(task, "auto", data_dir)

@@ -669,6 +669,23 @@ def test_downstream_table_prunegpt_layout(measured):
     assert (gsm8k.chance == 0.0).all() and (gsm8k.n_items == 2).all()  # a free answer: guessing scores 0
 
 
+def test_downstream_table_shows_tasks_an_offline_run_left_out(measured):
+    """PruneGPT's MMLU (hub only) in an offline run: its row in PruneGPT's order (before GSM8K) reads
+    "— (online only)" in every column, the caption says why, and the Average is the one without it."""
+    from pruning.reporting.tables import build_tables
+
+    plain = {t.name: t for t in build_tables(collect(measured))}["downstream"]
+    table = {t.name: t for t in build_tables(collect(measured), skipped_tasks={"mmlu": 5},
+                                             skip_reason="HF_HUB_OFFLINE is set")}["downstream"]
+    header, *rows = cells(table.markdown())
+    assert [r[0] for r in rows] == ["Winogrande (5-shot)", "BoolQ (0-shot)", "ARC-Easy (0-shot)", "MMLU (5-shot)",
+                                    "GSM8K (1-shot)", "Average"]
+    assert rows[3][1:] == ["— (online only)"] * (len(header) - 1)
+    assert rows[-1] == cells(plain.markdown())[-1]
+    assert ("— (online only): MMLU has no local copy and this run was offline (HF_HUB_OFFLINE is set); an online run "
+            "fills it in, the Average leaves it out.") in table.caption
+
+
 def speedup_cell(root, entry, token) -> str:
     """`1.23× [1.10–1.31]`: decode tokens/s against dense, medians, and the range over the repeats."""
     own, dense = (measured_file(root, e, t, "speed.json")["hf"] for e, t in ((entry, token), ("dense", "base")))

@@ -447,6 +447,33 @@ def test_online_only_task_refused_offline(tmp_path, variable):
         assert job_counts(result.stdout)["zeroshot"] == 2 * len(TINY_ROWS)
 
 
+def test_online_only_task_skipped_offline_when_the_config_says_so(tmp_path):
+    """`offline_hub_tasks: skip` (config/prunegpt.yaml): offline, mmlu gets no jobs and one warning line names
+    it and why; its shots leave the map; the local tasks are planned as usual."""
+    config = {**TINY_CONFIG, "zeroshot": {"tasks": ["arc_easy", "mmlu"], "num_fewshot": {"mmlu": 5},
+                                          "offline_hub_tasks": "skip"}}
+    result = snakemake(tmp_path, "-n", "--cores", "1", config=config)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert ("zero-shot tasks left out, HF_HUB_OFFLINE is set: mmlu (no local copy in data_dir)"
+            in result.stdout + result.stderr)
+    assert job_counts(result.stdout)["zeroshot"] == len(TINY_ROWS)
+    assert "zeroshot-mmlu" not in result.stdout
+
+
+def test_prunegpt_config_plans_its_document_tasks_and_shots(tmp_path):
+    """config/prunegpt.yaml as written (offline here): PruneGPT's tasks with its shots on three rows, MMLU left
+    out with its reason, every other task's jobs planned."""
+    config = yaml.safe_load((REPO / "config" / "prunegpt.yaml").read_text())
+    config.update(run_dir=None, data_dir=str(DATA_DIR))
+    result = snakemake(tmp_path, "-n", "-p", "--cores", "2", config=config)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "zero-shot tasks left out, HF_HUB_OFFLINE is set: mmlu" in result.stdout + result.stderr
+    assert job_counts(result.stdout)["zeroshot"] == 3 * 5
+    shots = {(c[c.index("--task") + 1], c[c.index("--num-fewshot") + 1] if "--num-fewshot" in c else "0")
+             for c in pruning_commands(result.stdout) if c[0] == "zeroshot"}
+    assert shots == {("winogrande", "5"), ("boolq", "0"), ("hellaswag", "10"), ("arc_challenge", "25"), ("gsm8k", "5")}
+
+
 # ---- a tiny real run: killed mid-way, resumed with --rerun-incomplete, ends in the tables ---------------
 
 def _metric_files(workdir: Path) -> dict[Path, tuple[bytes, int]]:

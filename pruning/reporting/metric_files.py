@@ -161,12 +161,14 @@ def collect(results: str | os.PathLike, root: str | os.PathLike | None = None) -
 
 class Results:
     """The long frame plus one row per run (`runs`: model, method, ratio (a `grid.Ratio`), kind,
-    library_method), and the filter and pivot steps every table is made of."""
+    library_method), and the filter and pivot steps every table is made of. `skipped_tasks`: zero-shot tasks
+    the run was asked for but left out (task -> shots), with `skip_reason`, shown as such in the task tables."""
 
-    def __init__(self, long: pd.DataFrame):
+    def __init__(self, long: pd.DataFrame, skipped_tasks: dict[str, int] | None = None, skip_reason: str | None = None):
         if long.empty:
             raise TableError("no runs to tabulate")
         self.long = long
+        self.skipped_tasks, self.skip_reason = dict(skipped_tasks or {}), skip_reason
         self._files: dict | None = None  # (run, source, key) -> its rows, grouped on first use by `record`
         first = long.drop_duplicates("run").set_index("run")
         library = long[(long.source == "prune") & (long.metric == "method")].set_index("run").value

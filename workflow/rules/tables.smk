@@ -19,6 +19,8 @@ rule tables:
         ),
     params:
         notes=MODEL_NOTES,
+        skipped_tasks=SKIPPED_TASKS,
+        skip_reason=SKIP_REASON,
     log:
         "logs/tables.log",
     benchmark:

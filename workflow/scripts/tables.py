@@ -7,4 +7,5 @@ from pruning.reporting.metric_files import read_metrics
 from pruning.reporting.tables import write_tables
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
-write_tables(read_metrics(snakemake.input), Path(snakemake.output.md[0]).parent, snakemake.params.notes)
+write_tables(read_metrics(snakemake.input), Path(snakemake.output.md[0]).parent, snakemake.params.notes,
+             skipped_tasks=snakemake.params.skipped_tasks, skip_reason=snakemake.params.skip_reason)

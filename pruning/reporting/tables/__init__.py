@@ -39,9 +39,11 @@ TABLES_MANIFEST = ".pruning-tables.json"  # beside the tables: which files this 
 LAYOUTS = {**perplexity.LAYOUTS, **tasks.LAYOUTS, **comparison.LAYOUTS}  # each family module names its layouts
 
 
-def build_tables(long: pd.DataFrame, notes: dict[str, str] | None = None) -> list[Table]:
-    """Every table the runs support (`pruning.reporting.grid.table_specs`), in its order."""
-    results = Results(long)
+def build_tables(long: pd.DataFrame, notes: dict[str, str] | None = None, skipped_tasks: dict[str, int] | None = None,
+                 skip_reason: str | None = None) -> list[Table]:
+    """Every table the runs support (`pruning.reporting.grid.table_specs`), in its order; `skipped_tasks` (task ->
+    shots) were asked for but not run, for `skip_reason` (an offline run's hub-only tasks)."""
+    results = Results(long, skipped_tasks, skip_reason)
     specs = table_specs(results.grid_rows(), [source for source in EVALUATIONS if results.has(source).any()])
     return [LAYOUTS[spec.layout](results, *([spec.model] if spec.model else []), notes) for spec in specs]
 
@@ -72,8 +74,9 @@ def _ours_unchanged(path: Path, entry) -> bool:
 
 
 def write_tables(long: pd.DataFrame, out_dir: str | os.PathLike, notes: dict[str, str] | None = None, *,
-                 overwrite: bool = False, inputs=()) -> list[Path]:
-    """`{name}.md` and `{name}.csv` for every table; returns the paths written.
+                 overwrite: bool = False, inputs=(), skipped_tasks: dict[str, int] | None = None,
+                 skip_reason: str | None = None) -> list[Path]:
+    """`{name}.md` and `{name}.csv` for every table (`build_tables`); returns the paths written.
 
     Every file written is listed with its size and sha256 in `out_dir`/TABLES_MANIFEST. An existing table file
     is replaced only if it is empty or exactly what an earlier call wrote there (so a user's own or edited
@@ -87,7 +90,7 @@ def write_tables(long: pd.DataFrame, out_dir: str | os.PathLike, notes: dict[str
         raise OutputError(f"tables folder {out_dir} exists and is not a directory")
     ours = _tables_manifest(out_dir, overwrite)
     contents = []
-    for table in build_tables(long, notes):
+    for table in build_tables(long, notes, skipped_tasks, skip_reason):
         contents += [(out_dir / f"{table.name}.md", table.markdown()),
                      (out_dir / f"{table.name}.csv", table.data.to_csv(index=False, lineterminator="\n"))]
     for path, _ in contents:

@@ -14,6 +14,7 @@ from .common import (AT_CHANCE, GGUF, MISSING, ZEROSHOT, ZEROSHOT_METRIC, Table,
 # "#### <number>" filter, acc_norm where the task defines it, acc otherwise.
 HEADLINE_METRICS = ("exact_match,strict-match", "exact_match", "acc_norm", "acc")
 SETTINGS = ["n_docs", "limit", "num_fewshot"]
+ONLINE_ONLY = "— (online only)"  # the cell of a task an offline run could not read
 # Row labels of PruneGPT's table, in its order; other tasks follow under their lm-eval names.
 TASK_LABELS = {"winogrande": "Winogrande", "boolq": "BoolQ", "hellaswag": "HellaSwag", "arc_challenge": "ARC-Challenge",
                "arc_easy": "ARC-Easy", "piqa": "PIQA", "openbookqa": "OpenBookQA", "lambada_openai": "LAMBADA",
@@ -123,12 +124,24 @@ def downstream_table(results: Results, notes=None) -> Table | None:
     for label, run in zip(labels, measured):
         display[label] = [MISSING if v is None else fmt_accuracy(figures.get((run, task)))
                           for (task, _), v in scores.loc[run].items()]
+    if results.skipped_tasks:  # in PruneGPT's task order among the measured ones
+        order = list(TASK_LABELS)
+        rank = lambda task: order.index(task) if task in order else len(order)  # noqa: E731
+        skipped = pd.DataFrame({"task": [f"{TASK_LABELS.get(task, task)} ({shots}-shot)"
+                                         for task, shots in results.skipped_tasks.items()],
+                                **{label: ONLINE_ONLY for label in labels}})
+        keys = [rank(task) for task, _ in scores.columns] + [rank(task) for task in results.skipped_tasks]
+        display = pd.concat([display, skipped], ignore_index=True).iloc[
+            sorted(range(len(keys)), key=keys.__getitem__)].reset_index(drop=True)
     display.loc[len(display)] = ["Average"] + [
         fmt_accuracy(average(figures, run, tasks) if None not in list(scores.loc[run]) else None) for run in measured]
     metrics = ", ".join(f"{TASK_LABELS.get(task, task)} {metric_name(headline[task])}" for task in tasks)
+    skipped = (f" {ONLINE_ONLY}: {', '.join(TASK_LABELS.get(task, task) for task in results.skipped_tasks)} has no "
+               f"local copy and this run was offline ({results.skip_reason}); an online run fills it in, the Average "
+               "leaves it out." if results.skipped_tasks else "")
     text = (f"Protocol: lm-evaluation-harness, each task's headline metric × 100 ({metrics}), shots as in the "
-            f"row label, {_limits(rows)}. Average: mean over the tasks of the column that are not at chance. "
-            + accuracy_uncertainty(figures, results))
+            f"row label, {_limits(rows)}. Average: mean over the tasks of the column that are not at chance."
+            f"{skipped} " + accuracy_uncertainty(figures, results))
     return _table("downstream", "Downstream tasks", text.strip() + _notes(results.runs.model[measured], notes),
                   display, rows, headline_keys(figures, headline))
 
