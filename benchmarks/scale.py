@@ -10,7 +10,7 @@ It runs, one after the other in this process (each part is also a script of its 
    streamed == in memory;
 3. `structured_search.measure`: Quark's window search and two-stage's rounds against one calibration forward
    (target ≤ 5 ×), and with --search-windows N also on that subset of the calibration windows;
-4. `evaluation_throughput.measure`: perplexity against the bare forward (target ≥ 0.9 ×) and zero-shot scoring.
+4. `evaluation_throughput.measure`: perplexity against the bare forward (target ≥ 0.9 ×).
 Writes scale.md and scale.json (and each part's own files) into --out-dir, replaced atomically.
 
     bash scripts/setup_peer.sh
