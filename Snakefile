@@ -19,11 +19,11 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 
 
-# results/, logs/ and .snakemake/ of this run: config run_dir (relative to the repository root), else where
-# Snakemake runs (its --directory)
+# results/, logs/ and .snakemake/ of this run: config run_dir (relative to where Snakemake was started), else
+# that directory itself
 if config["run_dir"]:
 
-    workdir: str(REPO / config["run_dir"])
+    workdir: str(LAUNCH_DIR / config["run_dir"])
 
 
 include: "workflow/rules/models.smk"

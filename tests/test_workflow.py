@@ -180,7 +180,7 @@ def test_optional_evaluations_join_the_grid(tmp_path):
     for table in ("summary", "sparsity-smollm2-135m", "depth-smollm2-135m", "layer-removal", "zeroshot", "gguf"):
         assert f"results/tables/{table}.csv" in result.stdout
     assert "--option num_blocks=2 --option 'criterion=\"angular\"'" in result.stdout
-    assert "--task boolq --num-fewshot 0 --batch-size 8 --limit 20" in result.stdout
+    assert "--task boolq --num-fewshot 0 --batch-size 32 --limit 20" in result.stdout
     assert "--gguf results/gguf/smollm2-135m/depth-angular/L4/model-q8_0.gguf" in result.stdout
     # every command line a job would run is accepted by the CLI it calls
     from pruning.cli import build_parser

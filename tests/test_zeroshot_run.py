@@ -226,6 +226,30 @@ def test_faster_scorings_give_lm_evals_loglikelihoods(stories_dir, task, num_few
         assert packed["computed_tokens"] == packed["tokens"]
 
 
+def test_packed_scoring_of_a_structured_pruned_model(stories_dir, tmp_path):
+    """A two-stage pruned model (heterogeneous layers: FFN and attention sub-blocks removed) is scored packed by
+    default, with lm-eval's log-likelihoods."""
+    import pruning
+    from pruning.evaluation.scoring_lm import ScoringLM
+    from pruning.core.modeling import load_model
+
+    pruning.prune(str(stories_dir), "two_stage", tmp_path / "two-stage", prune_rate=0.25, nsamples=4, seqlen=64,
+                  data_dir_path=str(DATA_DIR), device="cpu", progress=False)
+    net, tokenizer = load_model(tmp_path / "two-stage", dtype="float32", device="cpu")
+    manager, task_object, _ = load_task(resolve_task("hellaswag", data_dir_path=str(DATA_DIR)))
+    answers = {}
+    for scoring in ("lm-eval", None):
+        lm = ScoringLM(pretrained=net, tokenizer=tokenizer, backend="causal", batch_size=8, device="cpu",
+                       scoring=scoring)
+        evaluated = lm_eval.simple_evaluate(model=lm, tasks=[task_object], task_manager=manager, limit=5,
+                                            log_samples=True, **zeroshot_module.SEEDS)
+        samples = next(iter(evaluated["samples"].values()))
+        answers[lm.scoring] = [response[0] for sample in samples for response in sample["resps"]]
+    assert set(answers) == {"lm-eval", "packed"} and len(answers["packed"]) == 20
+    for (ll, greedy), (ll_ref, greedy_ref) in zip(answers["packed"], answers["lm-eval"]):
+        assert ll == pytest.approx(ll_ref, rel=1e-5, abs=1e-5) and greedy == greedy_ref
+
+
 def test_packed_rows_keep_requests_apart():
     """The packed layout on a hand-made document: the shared prefix once, positions restarting after it, each
     request seeing the prefix and itself only, padding seeing something (no empty softmax row), and each

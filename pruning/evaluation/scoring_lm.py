@@ -31,6 +31,7 @@ from lm_eval.models.utils_hf import pad_and_concat
 from tqdm import tqdm
 
 from ..core.adapters import takes_custom_attention_masks
+from ..core.heterogeneous import base_model_type
 
 SCORING = ("packed", "continuations", "lm-eval")
 _TRUNK = -1  # segment id of a row's shared prefix; requests are 0, 1, ...; padding is _PADDING
@@ -115,7 +116,8 @@ class ScoringLM(HFLM):
     def __init__(self, *args, scoring: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if scoring is None:
-            scoring = "packed" if takes_custom_attention_masks(self.model.config.model_type) else "continuations"
+            packs = takes_custom_attention_masks(base_model_type(self.model.config))  # structured-pruned ones too
+            scoring = "packed" if packs else "continuations"
         if scoring not in SCORING:
             raise ValueError(f"scoring must be one of {', '.join(SCORING)}, not {scoring!r}")
         self.scoring = scoring

@@ -16,6 +16,9 @@ from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
 REPO = Path(workflow.basedir).resolve()
+# Where Snakemake was started (its --directory; the repository root in every documented command), before the
+# Snakefile's `workdir:` moves into the config's run_dir: run_dir and published_dir are relative to it.
+LAUNCH_DIR = Path.cwd()
 sys.path.insert(0, str(REPO))  # the library of this checkout, whichever `pruning` is installed
 from pruning.preflight import (WorkflowConfig, duplicate_keys, schema_problems, workflow_config_problems,
                                workflow_schema)
@@ -282,5 +285,5 @@ def plot_names() -> list[str]:
 
 # Where `snakemake publish` copies a finished run's tables and plots: the only tracked results. The workflow
 # itself writes only ignored paths (results/tables, results/plots, ...), so a fresh clone runs the grid.
-PUBLISHED_TABLES = str(REPO / config["published_dir"] / "tables")
-PUBLISHED_PLOTS = str(REPO / config["published_dir"] / "plots")
+PUBLISHED_TABLES = str(LAUNCH_DIR / config["published_dir"] / "tables")
+PUBLISHED_PLOTS = str(LAUNCH_DIR / config["published_dir"] / "plots")
