@@ -43,7 +43,7 @@ def test_every_family_has_a_method_and_the_published_order():
     assert base.method_families()["layer/depth pruning"] == ["depth", "layers"]
     # PersLM lists magnitude pruning on its own: its family holds magnitude and gradual magnitude only
     assert base.method_families()["magnitude pruning"] == ["gradual", "magnitude"]
-    assert base.method_families()["Wanda / SparseGPT"] == ["dsnot", "iterative", "sparsegpt", "wanda"]
+    assert base.method_families()["Wanda / SparseGPT"] == ["alps", "dsnot", "iterative", "sparsegpt", "wanda"]
     assert base.layer_removal_methods() == ["depth", "layers", "two_stage"]
     assert base.retraining_methods() == ["distill", "gradual", "iterative"]
 
@@ -78,7 +78,7 @@ def test_moe_refusal_reads_supports_moe_and_lists_the_methods_that_do(registry):
     register(toy(name="dense_only", SUPPORTS_MOE=False))
     register(toy(name="expert_ready"))
     with pytest.raises(UnsupportedArchitecture, match=r"dense_only cannot prune mixture-of-experts model type "
-                                                      r"'mixtral'.*on MoE models use depth, dsnot, expert_ready, "
+                                                      r"'mixtral'.*on MoE models use alps, depth, dsnot, expert_ready, "
                                                       r"gradual, layers, magnitude, sparsegpt or wanda$"):
         method_class("dense_only")().check_config(MIXTRAL)
     method_class("dense_only")().check_config({"model_type": "llama"})
@@ -108,7 +108,7 @@ def test_methods_that_support_moe_pass_its_config(name, arguments):
 @pytest.mark.parametrize("composite", ["all", "distill", "iterative"])
 def test_distill_base_method_is_any_method_that_runs_no_other(composite):
     assert method_class(composite).COMPOSITE
-    with pytest.raises(MethodError, match=f"cannot be '{composite}', which runs other methods.*base methods: depth, "
+    with pytest.raises(MethodError, match=f"cannot be '{composite}', which runs other methods.*base methods: alps, depth, "
                                           f"dsnot, flap, gradual, heads, layers, magnitude, sparsegpt, two_stage, wanda"):
         build_method("distill", base_method=composite, sparsity=0.5, training_data="c4")
 

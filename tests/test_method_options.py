@@ -24,6 +24,7 @@ SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").r
 # The least each method needs; every other option keeps its default.
 MINIMAL = {
     "magnitude": {"sparsity": 0.5}, "wanda": {"sparsity": 0.5}, "sparsegpt": {"nm": "2:4"}, "dsnot": {"sparsity": 0.5},
+    "alps": {"sparsity": 0.5},
     "heads": {"fraction": 0.25}, "layers": {"fraction": 0.25}, "depth": {"num_blocks": 1},
     "two_stage": {"prune_rate": 0.2}, "all": {"sparsity": 0.5}, "flap": {"fraction": 0.2},
     "distill": {"base_method": "layers", "fraction": 0.25, "training_data": "c4"},

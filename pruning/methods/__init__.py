@@ -10,6 +10,7 @@ from .base import (MethodError, PruneContext, PruningMethod, available_methods, 
                    streaming_methods)
 from . import magnitude, wanda, sparsegpt  # noqa: F401  (registration)
 from . import dsnot  # noqa: F401  (mask refinement on wanda/sparsegpt)
+from . import alps  # noqa: F401  (ADMM layer solver)
 from . import heads, layers, depth, two_stage, distill, combined, flap  # noqa: F401  (structured methods)
 from . import gradual, iterative  # noqa: F401  (prune + fine-tune in rounds)
 

@@ -232,3 +232,125 @@ def is_valid_nm(weight: torch.Tensor, pattern: NMPattern) -> bool:
     padded = torch.zeros(rows, groups * pattern.m, dtype=torch.bool, device=weight.device)
     padded[:, :cols] = weight != 0
     return bool((padded.reshape(rows, groups, pattern.m).sum(dim=2) <= pattern.n).all())
+
+
+# ---- ALPS: the layer problem solved by ADMM ---------------------------------------------------------
+
+def reconstruction_error(weight: torch.Tensor, dense: torch.Tensor, hessian: torch.Tensor) -> float:
+    """The layer's output error on the calibration inputs relative to its dense output:
+    tr((W − W₀) H (W − W₀)ᵀ) / tr(W₀ H W₀ᵀ), with H ∝ Σ x xᵀ."""
+    difference = (weight.float() - dense.float())
+    dense = dense.float()
+    return float(((difference @ hessian) * difference).sum() / ((dense @ hessian) * dense).sum().clamp_min(1e-30))
+
+
+def _support_projection(weight: torch.Tensor, target: MaskTarget, zeros: int | None) -> torch.Tensor:
+    """The prune mask of the best approximation of `weight` with the target's sparsity: the smallest
+    magnitudes across the whole matrix (exactly `zeros`, else int(numel · s)), or per N:M group."""
+    return select_mask(weight.abs(), target, per="matrix", zeros=zeros)
+
+
+def _masked_conjugate_gradient(W: torch.Tensor, dense_gradient: torch.Tensor, hessian: torch.Tensor,
+                               kept: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Minimise ½ (w − w₀) H (w − w₀)ᵀ for every row w of W over its kept entries only (zeros stay zero),
+    by conjugate gradients run per row; `dense_gradient` = W₀ H. Returns the improved W."""
+    keep = kept.to(W.dtype)
+    residual = (dense_gradient - W @ hessian) * keep
+    direction = residual.clone()
+    norm = (residual * residual).sum(dim=1, keepdim=True)
+    for _ in range(iterations):
+        curvature_direction = (direction @ hessian) * keep
+        denominator = (direction * curvature_direction).sum(dim=1, keepdim=True)
+        step = torch.where(denominator > 0, norm / denominator.clamp_min(1e-30), torch.zeros_like(norm))
+        W = W + step * direction
+        residual = residual - step * curvature_direction
+        new_norm = (residual * residual).sum(dim=1, keepdim=True)
+        direction = residual + torch.where(norm > 0, new_norm / norm.clamp_min(1e-30), torch.zeros_like(norm)) * direction
+        norm = new_norm
+    return W * keep
+
+
+@dataclass(frozen=True)
+class ALPSSettings:
+    """ADMM penalty ρ to start from, iteration cap, damping of H (fraction of its mean diagonal) and the
+    conjugate-gradient steps on the final support."""
+    rho: float = 0.1
+    max_iterations: int = 300
+    damp_fraction: float = 0.01
+    refine_iterations: int = 20
+
+
+def alps_solve(weight: torch.Tensor, eigen: tuple[torch.Tensor, torch.Tensor, torch.Tensor], target: MaskTarget,
+               settings: ALPSSettings = ALPSSettings(), zeros: int | None = None) -> tuple[torch.Tensor, dict]:
+    """ALPS (Meng et al. 2024): the ℓ0-constrained layer problem min ‖X Wᵀ − X W₀ᵀ‖² s.t. the target's
+    sparsity, by ADMM on the split W = D (D carries the support), then conjugate gradients on the kept
+    weights. `eigen` = (eigenvalues, eigenvectors, column scale) of the damped, diagonally normalised H
+    (`alps_eigen`), computed once per input and reused for every ρ and every linear reading that input.
+
+    ρ grows as the support settles (support changes checked every 3 iterations: ×1.3 while more than 10 %
+    of the kept weights move, ×1.2 above 0.5 %, ×1.1 below; before any growth a ρ that moves nothing is cut
+    fivefold); it stops once the support is stable. Returns (new [out, in] weight, info)."""
+    values, vectors, scale = eigen
+    dense = weight.detach().float() * scale  # normalised coordinates: H̃ = H / (d dᵀ), W̃ = W d
+    hessian = (vectors * values) @ vectors.t()
+    dense_gradient = dense @ hessian
+    kept_count = dense.numel() - int(_support_projection(dense, target, zeros).sum())
+    rho = settings.rho
+
+    def solve(rhs: torch.Tensor, penalty: float) -> torch.Tensor:  # rhs (H̃ + ρ I)⁻¹
+        return ((rhs @ vectors) / (values + penalty)) @ vectors.t()
+
+    removed = _support_projection(dense, target, zeros)
+    start_removed = removed.clone()
+    D = dense.masked_fill(removed, 0.0)
+    V = torch.zeros_like(dense)
+    W = dense
+    grown, iterations = False, 0
+    checked = removed.clone()
+    for iterations in range(1, settings.max_iterations + 1):
+        W = solve(dense_gradient - V + rho * D, rho)
+        removed = _support_projection(W + V / rho, target, zeros)
+        D = (W + V / rho).masked_fill(removed, 0.0)
+        V = V + rho * (W - D)
+        if iterations % 3:
+            continue
+        changed = int((removed != checked).sum())
+        checked = removed.clone()
+        if changed > 0.1 * kept_count:
+            rho, grown = rho * 1.3, True
+        elif changed > 0.005 * kept_count:
+            rho, grown = rho * 1.2, True
+        elif changed > 0:
+            if grown:
+                rho *= 1.1
+            else:  # too stiff from the start: soften and begin again from the dense weights
+                rho /= 5
+                D, V = dense.masked_fill(start_removed, 0.0), torch.zeros_like(dense)
+        elif grown:
+            break
+        else:
+            rho /= 5
+        rho = min(rho, 1e6)
+    removed = _support_projection(W, target, zeros)
+    admm = W.masked_fill(removed, 0.0)
+    # ADMM on this non-convex problem can leave a support worse than the one it started from (the largest
+    # |w|·sqrt(H_jj), Wanda's score): both are refined and the better kept, so ALPS is never worse than it
+    candidates = {"admm": (admm, removed), "start": (dense.masked_fill(start_removed, 0.0), start_removed)}
+    refined = {key: _masked_conjugate_gradient(W0, dense_gradient, hessian, ~mask, settings.refine_iterations)
+               for key, (W0, mask) in candidates.items()}
+    errors = {key: reconstruction_error(value, dense, hessian) for key, value in refined.items()}
+    chosen = min(errors, key=errors.get)  # ties: "admm", listed first
+    info = {"iterations": iterations, "final_rho": rho, "support": chosen,
+            "error_after_admm": reconstruction_error(admm, dense, hessian), "error": errors[chosen]}
+    return (refined[chosen] / scale).to(weight.dtype), info
+
+
+def alps_eigen(hessian: torch.Tensor, damp_fraction: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(eigenvalues, eigenvectors, column scale d) of H damped by damp_fraction · mean(diag H) and normalised
+    to unit diagonal (H̃ = H / (d dᵀ), d = sqrt(diag)), in float64 for the decomposition."""
+    H = hessian.detach().double().clone()
+    H.diagonal().add_(damp_fraction * float(H.diagonal().mean()))
+    scale = H.diagonal().sqrt().clamp_min(1e-12)
+    normalised = H / scale.unsqueeze(0) / scale.unsqueeze(1)
+    values, vectors = torch.linalg.eigh(normalised)
+    return values.float(), vectors.float(), scale.float()
