@@ -6,16 +6,15 @@ the paper: where ADMM's support ends worse than the one it started from (|w|·sq
 refinement, the starting one is kept (counted in prune.json's `solver`)."""
 from __future__ import annotations
 
-from .base import full_fp32, no_grad, register
+from .base import register
 from .mask_base import CalibratedMaskingMethod
 from ..core.options import Option
-from .sparsegpt import HessianAccumulator
+from .sparsegpt import DAMP_FRACTION, HessianMethod
 
 
 @register
-class ALPS(CalibratedMaskingMethod):
+class ALPS(HessianMethod):
     name = "alps"
-    needs_calibration = True
     description = ("optimisation-based layer solver: ADMM on the l0-constrained least squares of each linear, "
                    "then conjugate gradients on the kept weights (ALPS)")
 
@@ -24,15 +23,8 @@ class ALPS(CalibratedMaskingMethod):
                low_open=True),
         Option("max_iterations", int, "ADMM iterations at most", default=300, low=1),
         Option("refine_iterations", int, "conjugate-gradient steps on the final support", default=20, low=0),
-        Option("damp_fraction", float, "dampening added to the Hessian diagonal, as a fraction of its mean",
-               default=0.01, low=0, high=1, low_open=True, high_open=True),
+        DAMP_FRACTION,
     )
-
-    def statistics(self, weight, device):
-        return HessianAccumulator(weight.shape[1], device)
-
-    def prune_module(self, name, module, statistics):
-        return self.prune_group([name], [module], statistics)[0]
 
     def prune_group(self, names, modules, statistics):
         """One eigendecomposition of the shared input's Hessian for every linear reading it (q/k/v, gate/up)."""
@@ -48,11 +40,6 @@ class ALPS(CalibratedMaskingMethod):
             weight.copy_(solved)
             infos.append(info)
         return infos
-
-    @no_grad
-    @full_fp32
-    def prune(self, ctx) -> dict:
-        return super().prune(ctx)
 
     def finish(self, report: dict, details: dict[str, dict]) -> dict:
         errors = [info["error"] for info in details.values()]

@@ -50,23 +50,37 @@ class HessianAccumulator:
         return self._inverse
 
 
-@register
-class SparseGPT(CalibratedMaskingMethod):
-    name = "sparsegpt"
-    needs_calibration = True
-    description = "Hessian-based pruning with weight updates (blocks of 128, lazy batch updates)"
+DAMP_FRACTION = Option("damp_fraction", float, "dampening added to the Hessian diagonal, as a fraction of its mean",
+                       default=0.01, low=0, high=1, low_open=True, high_open=True)
 
-    OPTIONS = CalibratedMaskingMethod.OPTIONS + (
-        Option("block_size", int, "columns solved together before the lazy batch update", default=128, low=1),
-        Option("damp_fraction", float, "dampening added to the Hessian diagonal, as a fraction of its mean",
-               default=0.01, low=0, high=1, low_open=True, high_open=True),
-    )
+
+class HessianMethod(CalibratedMaskingMethod):
+    """A mask method that solves each linear's layer problem on the Hessian of its inputs (`HessianAccumulator`),
+    the linears reading the same input together (`prune_group`), in full fp32."""
+
+    needs_calibration = True
 
     def statistics(self, weight, device):
         return HessianAccumulator(weight.shape[1], device)
 
     def prune_module(self, name, module, statistics):
         return self.prune_group([name], [module], statistics)[0]
+
+    @no_grad
+    @full_fp32
+    def prune(self, ctx: PruneContext) -> dict:
+        return super().prune(ctx)
+
+
+@register
+class SparseGPT(HessianMethod):
+    name = "sparsegpt"
+    description = "Hessian-based pruning with weight updates (blocks of 128, lazy batch updates)"
+
+    OPTIONS = CalibratedMaskingMethod.OPTIONS + (
+        Option("block_size", int, "columns solved together before the lazy batch update", default=128, low=1),
+        DAMP_FRACTION,
+    )
 
     def prune_group(self, names, modules, statistics):
         """One column loop for all linears sharing the Hessian (the same result as one loop each)."""
@@ -79,11 +93,6 @@ class SparseGPT(CalibratedMaskingMethod):
         for weight, (new_weight, _, info) in zip(weights, solved):
             weight.copy_(new_weight)
         return [info for _, _, info in solved]
-
-    @no_grad
-    @full_fp32
-    def prune(self, ctx: PruneContext) -> dict:
-        return super().prune(ctx)
 
     def finish(self, report: dict, details: dict[str, dict]) -> dict:
         report["solver"] = {
