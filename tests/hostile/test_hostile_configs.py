@@ -15,6 +15,8 @@ import yaml
 
 from conftest import DATA_DIR, REPO, STORIES, TINY_WORKFLOW_CONFIG
 
+from pruning.methods import available_methods
+
 from .hostile_harness import snapshot
 
 CHECK_SECONDS = 10  # a config is checked at planning, in seconds (no model is loaded)
@@ -62,8 +64,7 @@ def _evaluation(c):
     return c["protocols"]["tiny"]["evaluation"]
 
 
-METHODS = "['all', 'depth', 'distill', 'dsnot', 'flap', 'gradual', 'heads', 'iterative', 'layers', 'magnitude', " \
-          "'sparsegpt', 'two_stage', 'wanda']"
+METHODS = repr(available_methods())  # the schema's enum, as jsonschema prints it
 
 # case: (how the tiny config is spoilt, the one problem it has: the line, or how it starts)
 CONFIGS = {

@@ -19,6 +19,7 @@ import pytest
 
 from .hostile_harness import assert_refused, copy_model, prune_args, run_cli, run_in_process, signalled_prune, snapshot
 from pruning import cli
+from pruning.methods.base import ignore_methods
 
 M, R = "{model}", "{root}"
 CALIBRATED = ["--device", "cpu", "--quiet", "--calib", f"{R}/text.txt", "--nsamples", "2", "--seqlen", "16",
@@ -32,8 +33,8 @@ def prune(method: str, *arguments: str, model: str = M) -> list[str]:
 EVAL = ["--ppl", "--seqlen", "64", "--dataset", f"{R}/text.txt", "--device", "cpu"]
 NO_TOKENIZER = (f"{R}/notok: no usable tokenizer: neither tokenizer.json nor tokenizer.model (what LlamaTokenizer "
                 "reads without tokenizer.json); copy the tokenizer files of the model it was made from")
-NOT_READ = ("--ignore keeps linear modules dense in the methods that prune linears one by one (dsnot, gradual, "
-            "magnitude, sparsegpt, wanda, and the composites running one); {} does not read it")
+NOT_READ = ("--ignore keeps linear modules dense in the methods that prune linears one by one "
+            f"({', '.join(ignore_methods())}, and the composites running one); {{}} does not read it")
 NO_MATCH = "ignore pattern {!r} matches none of the 35 linear modules it prunes (full names, e.g. "
 
 CASES = {
