@@ -5,13 +5,13 @@ the shared context is computed once per option, and it log-softmaxes the full vo
 `ScoringLM` answers the same requests with the same log-likelihoods and greedy flags, in one of three ways
 (`SCORING`):
 
-- "packed" (the default where the architecture allows it): one row per document, its requests' common token
-  prefix (the context, or Winogrande's shots) once, then each request's remaining tokens side by side, kept
-  apart by a 4D attention mask and position ids that restart after the prefix; the output layer is applied
-  to the hidden states that predict a continuation token only. A forward holds whole documents, up to
-  `batch_size` requests. For the families whose adapter says `custom_attention_masks` (their logits are the
-  output embedding of the decoder's last hidden state).
-- "continuations": lm-eval's rows, batches and order, logits of the continuation positions only.
+- "packed" (the default for the families whose adapter sets `custom_attention_masks`, structured-pruned
+  models of them included): one row per document, its requests' common token prefix (the context, or
+  Winogrande's shots) once, then each request's remaining tokens side by side, kept apart by a 4D attention
+  mask and position ids that restart after the prefix; the output layer is applied to the hidden states
+  that predict a continuation token only. A forward holds whole documents, up to `batch_size` requests.
+- "continuations" (the default for other families): lm-eval's rows, batches and order, logits of the
+  continuation positions only.
 - "lm-eval": lm-eval's own scoring, the reference a benchmark or test compares with (also taken for batch
   size 'auto', whose search probes lm-eval's own batches, and for seq2seq models).
 
