@@ -72,14 +72,19 @@ def measure(model: str = "smollm2-135m", *, tasks: dict[str, int] = TASKS, limit
         for _ in range(repeats):
             for label, scoring, batch in settings:
                 run = scored(net, tokenizer, task, shots, limit, scoring, batch, data_dir)
-                best = runs.setdefault(label, run | {"batch_size": batch, "scoring": scoring})
+                best = runs.setdefault(label, run | {"batch_size": batch, "scoring": scoring, "round_seconds": []})
+                best["round_seconds"].append(run["loglikelihood_seconds"])
                 best["loglikelihood_seconds"] = min(best["loglikelihood_seconds"], run["loglikelihood_seconds"])
                 best["cpu_seconds"] = min(best["cpu_seconds"], run["cpu_seconds"])
         reference, today = runs["lm-eval"], runs["today: continuations"]
         for run in runs.values():
             run["documents_per_s"] = run["documents"] / run["loglikelihood_seconds"]
             run["documents_per_cpu_s"] = run["documents"] / run["cpu_seconds"]
+            run["documents_per_s_slowest_round"] = run["documents"] / max(run["round_seconds"])
         for run in runs.values():
+            # the speed-up with the rounds' spread: slowest round against today's fastest, fastest against slowest
+            run["speedup_range"] = [run["documents_per_s_slowest_round"] / today["documents_per_s"],
+                                    run["documents_per_s"] / today["documents_per_s_slowest_round"]]
             run["speedup"] = run["documents_per_s"] / today["documents_per_s"]
             run["cpu_speedup"] = run["documents_per_cpu_s"] / today["documents_per_cpu_s"]
             run["largest_relative_difference"], run["same_greedy"] = largest_relative_difference(
@@ -96,8 +101,11 @@ def markdown(result: dict, tolerance: float) -> str:
     lines = [f"{result['model']}, {result['dtype']}, {result['torch_threads']} threads, the first {result['limit']} "
              f"documents of each task, best of {result['repeats']} interleaved rounds; load average "
              f"{result['load_average']:.1f} -> {result['load_average_after']:.1f} on {result['cpu_count']} cores.",
-             "", "x today: documents/s against the continuation-only scorer the grid used before (batch "
-             "8). Tokens: as lm-eval feeds them / as the scorer computed them / the floor (distinct input "
+             "", "docs/s: the fastest round, with the slowest in brackets; x today: documents/s against the "
+             "continuation-only scorer the grid used before (batch 8), fastest round against fastest, in brackets "
+             "the range the rounds allow (slowest against fastest, fastest against slowest): how sure the figure is. "
+             "Per CPU second: fastest rounds only, no spread given. Token counts and log-likelihood differences are exact "
+             "(the same in every round). Tokens: as lm-eval feeds them / as the scorer computed them / the floor (distinct input "
              "prefixes per document). Likelihoods: the largest relative difference of any request's "
              f"log-likelihood from lm-eval's (target <= {tolerance:g}), and whether every greedy flag and metric "
              "is the same.", "",
@@ -109,7 +117,9 @@ def markdown(result: dict, tolerance: float) -> str:
             floor = run["floor_tokens"]
             same = run["largest_relative_difference"] <= tolerance and run["same_greedy"] and run["same_metrics"]
             lines.append(
-                f"| {task} | {entry['shots']} | {label} | {run['documents_per_s']:.2f} | {run['speedup']:.2f} | "
+                f"| {task} | {entry['shots']} | {label} | {run['documents_per_s']:.2f} "
+                f"[{run['documents_per_s_slowest_round']:.2f}] | {run['speedup']:.2f} "
+                f"[{run['speedup_range'][0]:.2f}–{run['speedup_range'][1]:.2f}] | "
                 f"{run['documents_per_cpu_s']:.2f} | {run['cpu_speedup']:.2f} | {run['tokens_fed']} | "
                 f"{run['tokens_computed']} | {floor if floor else '-'} | "
                 f"{run['tokens_computed'] / floor if floor else float('nan'):.3f} | "

@@ -344,15 +344,19 @@ class WorkflowConfig:
     def data_dir(self) -> str | None:
         return str(self.path(self.cfg["data_dir"])) if self.cfg["data_dir"] else None
 
-    def skipped_tasks(self) -> tuple[dict[str, int], str | None]:
-        """The zero-shot tasks this run leaves out, each with its shots, and why: with `offline_hub_tasks: skip`,
-        the tasks without a local copy when the run is offline (`hub_unreachable`); else none."""
+    def skip_offline_hub_tasks(self) -> tuple[dict[str, int], str | None]:
+        """With `offline_hub_tasks: skip` and the run offline (`hub_unreachable`), take the zero-shot tasks without
+        a local copy out of the config (tasks and their shots), so that no job is made for them; returns them,
+        each with its shots, and why (the tables show them as online only). Else nothing changes: ({}, None)."""
         z = self.cfg["zeroshot"]
         hub_tasks = online_only_tasks(z["tasks"], self.data_dir()) if z["offline_hub_tasks"] == "skip" else []
         reason = hub_unreachable() if hub_tasks else None
         if not reason:
             return {}, None
         shots = task_fewshot(z["tasks"], z["num_fewshot"])
+        z["tasks"] = [task for task in z["tasks"] if task not in hub_tasks]
+        if isinstance(z["num_fewshot"], dict):
+            z["num_fewshot"] = {task: count for task, count in z["num_fewshot"].items() if task not in hub_tasks}
         return {task: shots[task] for task in hub_tasks}, reason
 
     def protocol(self) -> tuple[Calibration, Evaluation]:

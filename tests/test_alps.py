@@ -11,7 +11,7 @@ from pruning.core.data import calibration_windows
 from pruning.core.ratios import NMPattern, mask_target
 from pruning.methods import MethodError, PruneContext
 from pruning.methods.sparsegpt import HessianAccumulator
-from pruning.methods.sparsify import (ALPSSettings, alps_eigen, alps_solve, inverse_hessian, is_valid_nm,
+from pruning.methods.sparsify import (alps_solve, inverse_hessian, is_valid_nm, normalised_hessian,
                                       reconstruction_error, sparsegpt_solve)
 
 
@@ -75,8 +75,7 @@ def test_admm_then_refinement_on_a_known_problem():
     h = torch.rand(16) + 0.5
     hessian = torch.diag(h)
     weight = torch.randn(4, 16)
-    solved, info = alps_solve(weight, alps_eigen(hessian, 1e-9), mask_target(0.5, None),
-                              ALPSSettings(damp_fraction=1e-9))
+    solved, info = alps_solve(weight, normalised_hessian(hessian, 1e-9), mask_target(0.5, None))
     best = weight.abs() * h.sqrt()
     keep = best.reshape(-1).argsort(descending=True)[:32]
     expected = torch.zeros(64)

@@ -20,6 +20,7 @@ Everything else (prompts, generation, rolling loglikelihood, metrics) is lm-eval
 from __future__ import annotations
 
 import inspect
+import os
 import time
 from itertools import groupby
 
@@ -40,12 +41,7 @@ _PADDING = -2
 
 def shared_prefix_length(sequences: list[list[int]]) -> int:
     """Length of the token prefix common to every sequence."""
-    length = 0
-    for column in zip(*sequences):
-        if any(token != column[0] for token in column[1:]):
-            break
-        length += 1
-    return length
+    return len(os.path.commonprefix(sequences))
 
 
 def prefix_tree_size(sequences: list[list[int]]) -> int:
@@ -81,7 +77,6 @@ class PackedDocument:
             # the token at sequence index j is predicted by input index j - 1: in the trunk or in this request's part
             self.targets.append([(j - 1 if j - 1 < trunk else start + j - 1 - trunk, sequence[j])
                                  for j in range(len(sequence) - continuation, len(sequence))])
-
         self.floor = prefix_tree_size([sequence[:-1] for sequence in sequences])
 
     def __len__(self) -> int:
@@ -135,9 +130,17 @@ class ScoringLM(HFLM):
         finally:
             self.document_keys = None
 
+    def _sequence(self, context: list[int], continuation: list[int]) -> list[int]:
+        """Context + continuation, left-truncated as lm-eval does; it feeds all but the last token."""
+        return (context + continuation)[-(self.max_length + 1):]
+
     def _input_tokens(self, context: list[int], continuation: list[int]) -> list[int]:
-        """The tokens lm-eval feeds for one request: context + continuation, left-truncated, last one dropped."""
-        return (context + continuation)[-(self.max_length + 1):][:-1]
+        """The tokens lm-eval feeds for one request."""
+        return self._sequence(context, continuation)[:-1]
+
+    def _autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                              enabled=self.mixed_precision_dtype is not None)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
         started = time.perf_counter()
@@ -165,9 +168,7 @@ class ScoringLM(HFLM):
     def _continuation_logits(self, batch: torch.Tensor, first: int) -> torch.Tensor:
         """Logits [b, width - first, vocab] of positions first.. of the right-padded `batch`."""
         keep = torch.arange(first, batch.shape[1], device=batch.device)
-        autocast = torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
-                                  enabled=self.mixed_precision_dtype is not None)
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), self._autocast():
             if self.keeps_logits:
                 return self.model(input_ids=batch, use_cache=False, logits_to_keep=keep).logits
             return self.model(input_ids=batch, use_cache=False).logits[:, first:]
@@ -208,7 +209,7 @@ class ScoringLM(HFLM):
         `batch_size` requests; the answers in request order and the number of tokens the rows hold."""
         keys = self.document_keys if self.document_keys and len(self.document_keys) == len(requests) \
             else list(range(len(requests)))  # unknown documents: every request on its own
-        sequences = [(ctx + cont)[-(self.max_length + 1):] for _, ctx, cont in requests]
+        sequences = [self._sequence(ctx, cont) for _, ctx, cont in requests]
         documents = []  # (request indices, packed row), a document's requests being consecutive in lm-eval's order
         for _, members in groupby(range(len(requests)), key=keys.__getitem__):
             indices = list(members)
@@ -243,9 +244,7 @@ class ScoringLM(HFLM):
         columns = [position for document in documents for target in document.targets for position, _ in target]
         tokens = torch.tensor([token for document in documents for target in document.targets for _, token in target],
                               dtype=torch.long, device=self.device)
-        autocast = torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
-                                  enabled=self.mixed_precision_dtype is not None)
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), self._autocast():
             hidden = self.model.get_decoder()(input_ids=ids, position_ids=positions, attention_mask=mask,
                                               use_cache=False).last_hidden_state
             logits = self.model.get_output_embeddings()(hidden[rows, columns])

@@ -29,14 +29,14 @@ class ALPS(HessianMethod):
     def prune_group(self, names, modules, statistics):
         """One eigendecomposition of the shared input's Hessian for every linear reading it (q/k/v, gate/up)."""
         from ..core.adapters import weight_matrix
-        from .sparsify import ALPSSettings, alps_eigen, alps_solve
+        from .sparsify import ALPSSettings, alps_solve, normalised_hessian
 
-        settings = ALPSSettings(self.rho, self.max_iterations, self.damp_fraction, self.refine_iterations)
-        eigen = alps_eigen(statistics.hessian, self.damp_fraction)
+        settings = ALPSSettings(self.rho, self.max_iterations, self.refine_iterations)
+        normalised = normalised_hessian(statistics.hessian, self.damp_fraction)
         infos = []
         for name, module in zip(names, modules):
             weight = weight_matrix(module)
-            solved, info = alps_solve(weight, eigen, self.target, settings, self.planned_zeros(name))
+            solved, info = alps_solve(weight, normalised, self.target, settings, self.planned_zeros(name))
             weight.copy_(solved)
             infos.append(info)
         return infos

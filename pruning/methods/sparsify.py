@@ -272,29 +272,34 @@ def _masked_conjugate_gradient(W: torch.Tensor, dense_gradient: torch.Tensor, he
 
 @dataclass(frozen=True)
 class ALPSSettings:
-    """ADMM penalty ρ to start from, iteration cap, damping of H (fraction of its mean diagonal) and the
-    conjugate-gradient steps on the final support."""
+    """ADMM penalty ρ to start from, iteration cap and the conjugate-gradient steps on the final support."""
     rho: float = 0.1
     max_iterations: int = 300
-    damp_fraction: float = 0.01
     refine_iterations: int = 20
 
 
-def alps_solve(weight: torch.Tensor, eigen: tuple[torch.Tensor, torch.Tensor, torch.Tensor], target: MaskTarget,
+@dataclass(frozen=True)
+class NormalisedHessian:
+    """H damped and scaled to unit diagonal (H̃ = H / (d dᵀ)), its eigendecomposition and the column scale d:
+    what ALPS needs of one input, computed once for every ρ and every linear reading that input."""
+    matrix: torch.Tensor
+    values: torch.Tensor
+    vectors: torch.Tensor
+    scale: torch.Tensor
+
+
+def alps_solve(weight: torch.Tensor, normalised: NormalisedHessian, target: MaskTarget,
                settings: ALPSSettings = ALPSSettings(), zeros: int | None = None) -> tuple[torch.Tensor, dict]:
     """ALPS (Meng et al. 2024): the ℓ0-constrained layer problem min ‖X Wᵀ − X W₀ᵀ‖² s.t. the target's
     sparsity, by ADMM on the split W = D (D carries the support), then conjugate gradients on the kept
-    weights. `eigen` = (eigenvalues, eigenvectors, column scale) of the damped, diagonally normalised H
-    (`alps_eigen`), computed once per input and reused for every ρ and every linear reading that input.
+    weights, on the input's `normalised_hessian`.
 
     ρ grows as the support settles (support changes checked every 3 iterations: ×1.3 while more than 10 %
     of the kept weights move, ×1.2 above 0.5 %, ×1.1 below; before any growth a ρ that moves nothing is cut
     fivefold); it stops once the support is stable. Returns (new [out, in] weight, info)."""
-    values, vectors, scale = eigen
-    dense = weight.detach().float() * scale  # normalised coordinates: H̃ = H / (d dᵀ), W̃ = W d
-    hessian = (vectors * values) @ vectors.t()
+    values, vectors, hessian = normalised.values, normalised.vectors, normalised.matrix
+    dense = weight.detach().float() * normalised.scale  # normalised coordinates: W̃ = W d
     dense_gradient = dense @ hessian
-    kept_count = dense.numel() - int(_support_projection(dense, target, zeros).sum())
     rho = settings.rho
 
     def solve(rhs: torch.Tensor, penalty: float) -> torch.Tensor:  # rhs (H̃ + ρ I)⁻¹
@@ -302,6 +307,7 @@ def alps_solve(weight: torch.Tensor, eigen: tuple[torch.Tensor, torch.Tensor, to
 
     removed = _support_projection(dense, target, zeros)
     start_removed = removed.clone()
+    kept_count = dense.numel() - int(removed.sum())
     D = dense.masked_fill(removed, 0.0)
     V = torch.zeros_like(dense)
     W = dense
@@ -342,15 +348,15 @@ def alps_solve(weight: torch.Tensor, eigen: tuple[torch.Tensor, torch.Tensor, to
     chosen = min(errors, key=errors.get)  # ties: "admm", listed first
     info = {"iterations": iterations, "final_rho": rho, "support": chosen,
             "error_after_admm": reconstruction_error(admm, dense, hessian), "error": errors[chosen]}
-    return (refined[chosen] / scale).to(weight.dtype), info
+    return (refined[chosen] / normalised.scale).to(weight.dtype), info
 
 
-def alps_eigen(hessian: torch.Tensor, damp_fraction: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(eigenvalues, eigenvectors, column scale d) of H damped by damp_fraction · mean(diag H) and normalised
-    to unit diagonal (H̃ = H / (d dᵀ), d = sqrt(diag)), in float64 for the decomposition."""
+def normalised_hessian(hessian: torch.Tensor, damp_fraction: float) -> NormalisedHessian:
+    """H damped by damp_fraction · mean(diag H) and normalised to unit diagonal (d = sqrt(diag)), with its
+    eigendecomposition (in float64)."""
     H = hessian.detach().double().clone()
     H.diagonal().add_(damp_fraction * float(H.diagonal().mean()))
     scale = H.diagonal().sqrt().clamp_min(1e-12)
     normalised = H / scale.unsqueeze(0) / scale.unsqueeze(1)
     values, vectors = torch.linalg.eigh(normalised)
-    return values.float(), vectors.float(), scale.float()
+    return NormalisedHessian(normalised.float(), values.float(), vectors.float(), scale.float())

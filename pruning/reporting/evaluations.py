@@ -78,6 +78,8 @@ def perplexity_only(entry: Mapping, value) -> bool:
     """Whether a method entry's row at ratio `value` is `ppl_only`."""
     setting = entry.get(PPL_ONLY, False)
     return setting is True or (isinstance(setting, list) and value in setting)
+
+
 EVALUATIONS = {e.source: e for e in (
     Evaluation("ppl", "ppl", ("evaluate",)),
     Evaluation("prune", PRUNE_REPORT.removesuffix(SUFFIX), ("prune",), pruned_only=True),

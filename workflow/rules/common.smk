@@ -72,14 +72,9 @@ check_config(config)
 CONFIG = WorkflowConfig(config, REPO)
 CALIBRATION, EVALUATION = CONFIG.protocol()
 # Zero-shot tasks an offline run cannot read (offline_hub_tasks: skip): no jobs; the tables show them as online only
-SKIPPED_TASKS, SKIP_REASON = CONFIG.skipped_tasks()
+SKIPPED_TASKS, SKIP_REASON = CONFIG.skip_offline_hub_tasks()
 if SKIPPED_TASKS:
     logger.warning(f"zero-shot tasks left out, {SKIP_REASON}: {', '.join(SKIPPED_TASKS)} (no local copy in data_dir)")
-    zeroshot_settings = config["zeroshot"]
-    zeroshot_settings["tasks"] = [task for task in zeroshot_settings["tasks"] if task not in SKIPPED_TASKS]
-    if isinstance(zeroshot_settings["num_fewshot"], dict):
-        zeroshot_settings["num_fewshot"] = {task: shots for task, shots in zeroshot_settings["num_fewshot"].items()
-                                            if task not in SKIPPED_TASKS}
 GPUS = config["gpus_per_job"] if config["gpus_per_job"] is not None else int(config["device"].startswith("cuda"))
 
 # What each rule's jobs ask for: memory (MB) and runtime (minutes) of the first attempt, each retry

@@ -21,6 +21,12 @@ TASK_LABELS = {"winogrande": "Winogrande", "boolq": "BoolQ", "hellaswag": "Hella
                "mmlu": "MMLU", "gsm8k": "GSM8K"}
 
 
+def task_rank(task: str) -> int:
+    """A task's place in PruneGPT's order (TASK_LABELS); tasks it does not list come after."""
+    order = list(TASK_LABELS)
+    return order.index(task) if task in order else len(order)
+
+
 def headline_metric(metrics) -> str | None:
     """The headline among a task's metric names (HEADLINE_METRICS), None when it has none of them."""
     return next((name for name in HEADLINE_METRICS if name in set(metrics)), None)
@@ -41,8 +47,7 @@ def headline_scores(results: Results, ids: list[int]) -> tuple[pd.DataFrame, pd.
     scores = rows[rows.metric.str.startswith("metrics.")]
     cells = pd.DataFrame({"run": scores.run, "task": scores.key, "value": scores.value,
                           "shots": [shots.get((run, key)) for run, key in zip(scores.run, scores.key)]})
-    order = {task: index for index, task in enumerate(TASK_LABELS)}
-    columns = sorted(ordered_unique(zip(cells.task, cells.shots)), key=lambda c: (order.get(c[0], len(order)), c))
+    columns = sorted(ordered_unique(zip(cells.task, cells.shots)), key=lambda c: (task_rank(c[0]), c))
     wide = cells.pivot(index="run", columns=["task", "shots"], values="value").reindex(index=ids, columns=columns)
     return rows, wide.astype(object).where(wide.notna(), None), {t: m for t, m in headline.items() if m}
 
@@ -125,14 +130,12 @@ def downstream_table(results: Results, notes=None) -> Table | None:
         display[label] = [MISSING if v is None else fmt_accuracy(figures.get((run, task)))
                           for (task, _), v in scores.loc[run].items()]
     if results.skipped_tasks:  # in PruneGPT's task order among the measured ones
-        order = list(TASK_LABELS)
-        rank = lambda task: order.index(task) if task in order else len(order)  # noqa: E731
         skipped = pd.DataFrame({"task": [f"{TASK_LABELS.get(task, task)} ({shots}-shot)"
                                          for task, shots in results.skipped_tasks.items()],
                                 **{label: ONLINE_ONLY for label in labels}})
-        keys = [rank(task) for task, _ in scores.columns] + [rank(task) for task in results.skipped_tasks]
+        ranks = [task_rank(task) for task, _ in scores.columns] + list(map(task_rank, results.skipped_tasks))
         display = pd.concat([display, skipped], ignore_index=True).iloc[
-            sorted(range(len(keys)), key=keys.__getitem__)].reset_index(drop=True)
+            sorted(range(len(ranks)), key=ranks.__getitem__)].reset_index(drop=True)
     display.loc[len(display)] = ["Average"] + [
         fmt_accuracy(average(figures, run, tasks) if None not in list(scores.loc[run]) else None) for run in measured]
     metrics = ", ".join(f"{TASK_LABELS.get(task, task)} {metric_name(headline[task])}" for task in tasks)
