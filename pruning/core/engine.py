@@ -224,10 +224,13 @@ class LayerwiseEngine:
             _move_outside_layers(self.model, self.layers, home)
 
     @torch.no_grad()
-    def forward_layer(self, layer: nn.Module) -> list[torch.Tensor]:
+    def forward_layer(self, layer: nn.Module, hidden: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """`layer`'s outputs for every batch of its current inputs, or of `hidden` (another stream of the same
+        windows, e.g. the dense model's, with the same keyword arguments)."""
         return [
-            hidden_of(layer(hidden, *args, **kwargs))
-            for hidden, args, kwargs in zip(self.hidden, self.layer_args, self.layer_kwargs)
+            hidden_of(layer(states, *args, **kwargs))
+            for states, args, kwargs in zip(self.hidden if hidden is None else hidden, self.layer_args,
+                                            self.layer_kwargs)
         ]
 
     @torch.no_grad()

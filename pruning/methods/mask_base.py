@@ -1,5 +1,6 @@
 """Shared orchestration for mask-based methods: their options, which modules, which target, how the target
-is spread over the layers (uniform, OWL or a schedule; maths in pruning/methods/allocation.py), and the sparsity report."""
+is spread over the layers (uniform, OWL or a schedule; maths in pruning/methods/allocation.py), the optional block
+reconstruction after each layer (pruning/methods/reconstruction.py), and the sparsity report."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -8,6 +9,7 @@ from .allocation import (ALLOCATIONS, OWL, OWL_LAMBDA, OWL_M, RAMP, SCHEDULE, UN
                           layer_zero_counts, outlier_ratio, owl_sparsities, ramp, split_zeros)
 from ..core.ratios import MaskTarget, NMPattern, RatioError, mask_target, parse_nm
 from .base import MethodError, PruneContext, PruningMethod, no_grad
+from .reconstruction import BLOCKS, NONE, RECONSTRUCTION_NAMES, RECONSTRUCTION_OPTIONS
 from ..core.options import Option
 
 if TYPE_CHECKING:
@@ -79,14 +81,15 @@ class InputSquareMean:
 class MaskingMethod(PruningMethod):
     """Zeroes weights of every linear inside the decoder layers to reach `target` (a sparsity or N:M),
     every layer alike or, with a non-uniform `allocation`, each layer to its own sparsity with the total
-    exact."""
+    exact. With `reconstruct=blocks` each pruned layer's kept weights are then tuned to the dense model's outputs
+    on the calibration windows."""
 
     STREAMS = READS_IGNORE = True
     FAMILY = "Wanda / SparseGPT"
     RETRAINS = REMOVES_LAYERS = COMPOSITE = False
     SUPPORTS_MOE = True  # zeroes the experts' fused weights like any other
 
-    OPTIONS = TARGET_OPTIONS + ALLOCATION_OPTIONS
+    OPTIONS = TARGET_OPTIONS + ALLOCATION_OPTIONS + RECONSTRUCTION_OPTIONS
 
     def __init__(self, **values):
         super().__init__(**values)
@@ -97,6 +100,11 @@ class MaskingMethod(PruningMethod):
         self._check_allocation()
         if self.allocation == OWL:
             self.needs_calibration = True  # the outlier ratios come from Wanda scores, for magnitude too
+        if self.reconstruct == BLOCKS:
+            self.needs_calibration = True  # the dense outputs to match come from calibration windows
+        elif any(getattr(self, name) != option.default for name, option in zip(RECONSTRUCTION_NAMES,
+                                                                                   RECONSTRUCTION_OPTIONS)):
+            raise MethodError(f"{self.name}: reconstruct_steps and reconstruct_lr need reconstruct=blocks")
         self.planned: dict[str, int] = {}
 
     def _check_allocation(self) -> None:
@@ -118,27 +126,36 @@ class MaskingMethod(PruningMethod):
                                   f"{self.target.value:g} over [{low:g}, {high:g}]; it must stay inside [0, 1)")
 
     def options(self) -> dict:
-        """The target, the method's own options, and the allocation's options unless it is uniform (so a
-        uniform run's record keeps its published layout)."""
-        rest = {k: v for k, v in super().options().items() if k not in ("sparsity", "nm") + ALLOCATION_NAMES}
+        """The target, the method's own options, and the allocation's and the reconstruction's options unless they
+        are uniform and none (so such a run's record keeps its published layout)."""
+        rest = {k: v for k, v in super().options().items()
+                if k not in ("sparsity", "nm") + ALLOCATION_NAMES + RECONSTRUCTION_NAMES}
         allocation = {"allocation": self.allocation}
         if self.allocation == OWL:
             allocation.update(owl_m=self.owl_m, owl_lambda=self.owl_lambda)
         elif self.allocation in (SCHEDULE, RAMP):
             allocation[self.allocation] = getattr(self, self.allocation)
-        return {"target": self.target.as_dict(), **rest, **(allocation if self.allocation != UNIFORM else {})}
+        reconstruction = {name: getattr(self, name) for name in RECONSTRUCTION_NAMES} \
+            if self.reconstruct != NONE else {}
+        return {"target": self.target.as_dict(), **rest, **(allocation if self.allocation != UNIFORM else {}),
+                **reconstruction}
 
     def check_model(self, ctx: PruneContext) -> None:
         """Every ignore pattern matches a linear it could keep dense, at least one linear is targeted, an N:M
         group fits in every targeted input width, and a schedule has one sparsity per decoder layer that stays
-        in [0, 1) once centred on the target. Needs only the modules' shapes: the pre-flight asks it of the
-        weightless model too."""
-        from ..core.adapters import weight_matrix
+        in [0, 1) once centred on the target, and block reconstruction tunes plain linears only (not a mixture of
+        experts' fused weights). Needs only the modules' shapes: the pre-flight asks it of the weightless model too."""
+        from ..core.adapters import ExpertLinear, weight_matrix
 
         self.check_ignore(ctx)
         targets = {name: module for modules in self.targets(ctx).values() for name, module in modules.items()}
         if not targets:
             raise MethodError(f"{self.name}: ignore patterns {list(ctx.ignore)} leave no linear module to prune")
+        if self.reconstruct == BLOCKS:
+            experts = [name for name, module in targets.items() if isinstance(module, ExpertLinear)]
+            if experts:
+                raise MethodError(f"{self.name}: reconstruct=blocks tunes plain linear weights; {experts[0]} is a "
+                                  f"mixture-of-experts expert (leave reconstruct out on MoE models)")
         if isinstance(self.target, NMPattern):
             name, width = min(((n, weight_matrix(m).shape[1]) for n, m in targets.items()), key=lambda t: t[1])
             if self.target.m > width:
@@ -290,6 +307,20 @@ class MaskingMethod(PruningMethod):
         ratios) beside the measured per-layer sparsities; unchanged for a uniform run."""
         return {**report, "allocation": allocation} if allocation else report
 
+    def block_reconstruction(self, engine):
+        """The tuner of each pruned layer (`BlockReconstruction`) when reconstruct=blocks, else None."""
+        from .reconstruction import BlockReconstruction, ReconstructionSettings
+
+        if self.reconstruct != BLOCKS:
+            return None
+        return BlockReconstruction(engine, ReconstructionSettings(self.reconstruct_steps, self.reconstruct_lr))
+
+    @staticmethod
+    def with_reconstruction(report: dict, tuner) -> dict:
+        """The report with the block reconstruction's record (each layer's error before and after); unchanged
+        without one."""
+        return {**report, "reconstruction": tuner.report()} if tuner is not None else report
+
     @staticmethod
     def apply_mask(module, mask) -> None:
         from ..core.adapters import weight_matrix
@@ -354,10 +385,12 @@ class CalibratedMaskingMethod(MaskingMethod):
         batch_size = input_ids.shape[0] if self.one_pass and experts else ctx.batch_size
         engine = LayerwiseEngine(ctx.model, ctx.adapter, ctx.device, batch_size, ctx.progress)
         engine.capture(input_ids)
+        tuner = self.block_reconstruction(engine)
         per_layer, details, uncalibrated = {}, {}, []
 
         def visit(step: LayerStep):
             targets = ctx.adapter.linear_targets(ctx.model, step.index, ctx.ignore)
+            dense = tuner.dense_outputs(step) if tuner is not None else None
 
             def make(name):
                 return self.statistics(weight_matrix(targets[name]), ctx.device)
@@ -389,6 +422,8 @@ class CalibratedMaskingMethod(MaskingMethod):
                 if name not in statistics:  # an expert no calibration token was routed to
                     self.prune_uncalibrated(name, targets[name])
                     uncalibrated.append(name)
+            if tuner is not None:
+                outputs = tuner.tune(step, targets, dense)
             per_layer[step.index] = self.layer_report(targets)
             return outputs
 
@@ -396,4 +431,4 @@ class CalibratedMaskingMethod(MaskingMethod):
         report = self.finish(self.summary(per_layer), details)
         if uncalibrated:
             report["uncalibrated_experts"] = {"linears": uncalibrated, "pruned_by": "magnitude per output row"}
-        return self.with_allocation(report, allocation)
+        return self.with_reconstruction(self.with_allocation(report, allocation), tuner)
