@@ -143,8 +143,9 @@ def test_methods_command_lists_every_option(capsys):
     with pytest.raises(SystemExit):
         cli_main(["prune", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert ("magnitude: sparsity, nm, allocation, owl_m, owl_lambda, schedule, ramp, reconstruct, reconstruct_steps, "
-            "reconstruct_lr, per;") in help_text
+    assert ("magnitude: sparsity, nm, allocation, owl_m, owl_lambda, schedule, ramp, search_step, search_levels, "
+            "search_generations, search_offspring, search_windows, reconstruct, reconstruct_steps, reconstruct_lr, "
+            "per;") in help_text
     assert "python -m pruning methods" in help_text
 
 

@@ -1,7 +1,8 @@
 """Non-uniform sparsity allocation over decoder layers, as plain maths (no torch import, no model).
 
-A layer's sparsity comes from OWL (Yin et al. 2024, "Outlier Weighed Layerwise Sparsity") or from an
-explicit schedule (a list, or a linear ramp from the first to the last layer). Either way the layer
+A layer's sparsity comes from OWL (Yin et al. 2024, "Outlier Weighed Layerwise Sparsity"), from an
+explicit schedule (a list, or a linear ramp from the first to the last layer), or from a search
+(pruning/methods/allocation_search.py). Either way the layer
 sparsities are then turned into integer counts of weights to zero whose sum is exactly
 round(target × targeted weights), by largest-remainder rounding; the same rounding splits a layer's
 count over its modules and a module's count over its rows or column blocks.
@@ -15,8 +16,8 @@ import math
 from typing import Iterable, Sequence
 
 # How the target sparsity is spread over the decoder layers (the `allocation` option of the mask methods).
-UNIFORM, OWL, SCHEDULE, RAMP = "uniform", "owl", "schedule", "ramp"
-ALLOCATIONS = (UNIFORM, OWL, SCHEDULE, RAMP)
+UNIFORM, OWL, SCHEDULE, RAMP, SEARCH = "uniform", "owl", "schedule", "ramp", "search"
+ALLOCATIONS = (UNIFORM, OWL, SCHEDULE, RAMP, SEARCH)  # search: pruning/methods/allocation_search.py
 OWL_M, OWL_LAMBDA = 5.0, 0.08  # the paper's defaults
 
 

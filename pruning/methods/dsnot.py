@@ -108,12 +108,11 @@ class DSnoT(CalibratedMaskingMethod):
         info["rows_changed"] = int((refined != base).any(dim=1).sum())
         return {"base": base_info, "refined": True, **info}
 
-    def plan_allocation(self, ctx: PruneContext) -> dict | None:
-        """A non-uniform allocation (OWL, schedule, ramp) is planned once here and handed to the base method,
-        whose mask DSnoT refines without changing any row's count of zeros."""
-        allocation = super().plan_allocation(ctx)
-        self.base_method.planned = self.planned
-        return allocation
+    def set_planned(self, planned: dict[str, int]) -> None:
+        """A non-uniform allocation (OWL, schedule, ramp, search) is handed to the base method too, whose mask
+        DSnoT refines without changing any row's count of zeros."""
+        super().set_planned(planned)
+        self.base_method.set_planned(planned)
 
     def refinable(self, ctx: PruneContext) -> set[str]:
         """Full names of the targeted linears DSnoT refines (the others keep the base mask)."""

@@ -18,6 +18,9 @@ class Magnitude(MaskingMethod):
                choices=("matrix", "row")),
     )
 
+    def prune_layer_from(self, targets: dict, statistics=None) -> None:
+        self.prune_layer(targets)
+
     def prune_layer(self, targets: dict) -> None:
         from ..core.adapters import weight_matrix
         from .sparsify import magnitude_scores, select_mask

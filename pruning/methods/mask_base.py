@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .allocation import (ALLOCATIONS, OWL, OWL_LAMBDA, OWL_M, RAMP, SCHEDULE, UNIFORM, AllocationError, centred,
+from .allocation import (ALLOCATIONS, OWL, OWL_LAMBDA, OWL_M, RAMP, SCHEDULE, SEARCH, UNIFORM, AllocationError, centred,
                           layer_zero_counts, outlier_ratio, owl_sparsities, ramp, split_zeros)
 from ..core.ratios import MaskTarget, NMPattern, RatioError, mask_target, parse_nm
 from .base import MethodError, PruneContext, PruningMethod, no_grad
+from .allocation_search import SEARCH_NAMES, SEARCH_OPTIONS, level_sparsities
 from .reconstruction import BLOCKS, NONE, RECONSTRUCTION_NAMES, RECONSTRUCTION_OPTIONS
 from ..core.options import Option
 
@@ -43,7 +44,9 @@ def _first_and_last(values: list[float]) -> list[float]:
 ALLOCATION_OPTIONS = (
     Option("allocation", str, "how the sparsity is spread over the decoder layers: uniform (every layer alike), owl "
            "(outlier-weighted, Yin et al. 2024: layers with more Wanda-score outliers pruned less; needs calibration "
-           "data, for magnitude too, as the paper's code), schedule or ramp; the non-uniform ones need a sparsity "
+           "data, for magnitude too, as the paper's code), schedule, ramp, or search (EvoPress-style evolutionary "
+           "search of the layer sparsities on held-out calibration windows; needs calibration data, for magnitude "
+           "too); the non-uniform ones need a sparsity "
            "(not N:M) and zero exactly round(sparsity × targeted weights)", default=UNIFORM, choices=ALLOCATIONS),
     Option("owl_m", float, "OWL: a Wanda score is an outlier above owl_m × its layer's mean score", default=OWL_M,
            low=0, low_open=True),
@@ -55,7 +58,7 @@ ALLOCATION_OPTIONS = (
            "their mean weighted by layer size is the sparsity", item=float, check=_layer_sparsities),
     Option("ramp", list, "allocation=ramp: [first, last] layer sparsities, linear in between (the skill document's "
            "layer-wise schedule), shifted like schedule", item=float, check=_first_and_last),
-)
+) + SEARCH_OPTIONS
 ALLOCATION_NAMES = tuple(option.name for option in ALLOCATION_OPTIONS)
 
 
@@ -98,8 +101,8 @@ class MaskingMethod(PruningMethod):
         except RatioError as exc:
             raise MethodError(f"{self.name}: {exc}") from None
         self._check_allocation()
-        if self.allocation == OWL:
-            self.needs_calibration = True  # the outlier ratios come from Wanda scores, for magnitude too
+        if self.allocation in (OWL, SEARCH):
+            self.needs_calibration = True  # Wanda scores' outliers, or the search's database and held-out windows
         if self.reconstruct == BLOCKS:
             self.needs_calibration = True  # the dense outputs to match come from calibration windows
         elif any(getattr(self, name) != option.default for name, option in zip(RECONSTRUCTION_NAMES,
@@ -114,6 +117,10 @@ class MaskingMethod(PruningMethod):
                                   f"(add allocation={kind})")
             if given is None and self.allocation == kind:
                 raise MethodError(f"{self.name}: allocation={kind} needs {kind}=[...]")
+        searched = [option.name for option in SEARCH_OPTIONS if getattr(self, option.name) != option.default]
+        if searched and self.allocation != SEARCH:
+            raise MethodError(f"{self.name}: {searched[0]} is given but allocation is {self.allocation} "
+                              f"(add allocation={SEARCH})")
         if self.allocation == UNIFORM:
             return
         if isinstance(self.target, NMPattern):
@@ -124,6 +131,11 @@ class MaskingMethod(PruningMethod):
             if low < 0 or high >= 1:
                 raise MethodError(f"{self.name}: owl_lambda {self.owl_lambda:g} spreads sparsity "
                                   f"{self.target.value:g} over [{low:g}, {high:g}]; it must stay inside [0, 1)")
+        if self.allocation == SEARCH:
+            try:
+                level_sparsities(self.target.value, self.search_step, self.search_levels)
+            except AllocationError as exc:
+                raise MethodError(f"{self.name}: {exc}") from None
 
     def options(self) -> dict:
         """The target, the method's own options, and the allocation's and the reconstruction's options unless they
@@ -135,6 +147,8 @@ class MaskingMethod(PruningMethod):
             allocation.update(owl_m=self.owl_m, owl_lambda=self.owl_lambda)
         elif self.allocation in (SCHEDULE, RAMP):
             allocation[self.allocation] = getattr(self, self.allocation)
+        elif self.allocation == SEARCH:
+            allocation.update((name, getattr(self, name)) for name in SEARCH_NAMES)
         reconstruction = {name: getattr(self, name) for name in RECONSTRUCTION_NAMES} \
             if self.reconstruct != NONE else {}
         return {"target": self.target.as_dict(), **rest, **(allocation if self.allocation != UNIFORM else {}),
@@ -191,6 +205,20 @@ class MaskingMethod(PruningMethod):
         return {index: {name: weight_matrix(module).numel() for name, module in modules.items()}
                 for index, modules in self.targets(ctx).items()}
 
+    def check_calibration(self, nsamples: int) -> None:
+        """allocation=search holds its last search_windows calibration windows out of the database: some must
+        remain."""
+        if self.allocation == SEARCH and nsamples <= self.search_windows:
+            raise MethodError(f"{self.name}: allocation=search holds out search_windows={self.search_windows} of the "
+                              f"{nsamples} calibration windows; give more windows or fewer search_windows")
+        super().check_calibration(nsamples)
+
+    def streaming_refusal(self) -> str | None:
+        if self.allocation == SEARCH:
+            return (f"method {self.name} with allocation=search cannot stream layers from disk (its database and "
+                    f"its candidates' forwards need the whole model in memory)")
+        return super().streaming_refusal()
+
     def layer_sparsities(self, sizes: dict[int, dict[str, int]], outlier_ratios: list | None = None) -> list[float]:
         """Every layer's sparsity under a non-uniform allocation (before rounding to counts), refused in one
         line when a schedule does not fit the model or a layer would leave [0, 1)."""
@@ -214,21 +242,40 @@ class MaskingMethod(PruningMethod):
     def plan_allocation(self, ctx: PruneContext) -> dict | None:
         """Fix how many weights each module loses (`planned_zeros`) and return the allocation's record
         for the report; nothing to plan (None) when uniform. OWL runs its statistics pass here."""
-        self.planned = {}
+        self.set_planned({})
         if self.allocation == UNIFORM:
             return None
         sizes = self.layer_sizes(ctx)
-        outliers = self.outlier_ratios(ctx) if self.allocation == OWL else None
-        sparsities = self.layer_sparsities(sizes, outliers)
+        outliers, search = None, None
+        if self.allocation == SEARCH:
+            from .allocation_search import search_layer_sparsities
+
+            sparsities, search = search_layer_sparsities(self, ctx, sizes)
+        else:
+            outliers = self.outlier_ratios(ctx) if self.allocation == OWL else None
+            sparsities = self.layer_sparsities(sizes, outliers)
         layers = sorted(sizes)
         counts = layer_zero_counts(sparsities, [sum(sizes[i].values()) for i in layers], self.target.value)
+        planned = {}
         for index, zeros in zip(layers, counts):
             names = list(sizes[index])
-            self.planned.update(zip(names, split_zeros(zeros, [sizes[index][n] for n in names])))
+            planned.update(zip(names, split_zeros(zeros, [sizes[index][n] for n in names])))
+        self.set_planned(planned)
         record = {"kind": self.allocation, "layer_sparsity": [round(s, 6) for s in sparsities], "layer_zeros": counts}
         if outliers is not None:
             record["outlier_ratio"] = [None if r is None else round(r, 6) for r in outliers]
+        if search is not None:
+            record["search"] = search
         return record
+
+    def set_planned(self, planned: dict[str, int]) -> None:
+        """Fix how many weights each named module loses (empty: the target's own count everywhere)."""
+        self.planned = planned
+
+    def prune_layer_from(self, targets: dict, statistics) -> None:
+        """Prune one layer's targeted linears (`statistics`: their input accumulators, None for a method that
+        needs none) to the planned zeros: how allocation=search builds its database with the method itself."""
+        raise NotImplementedError
 
     def planned_zeros(self, name: str) -> int | None:
         """The exact number of weights `name` loses under a non-uniform allocation (None: the target's own)."""
@@ -360,6 +407,18 @@ class CalibratedMaskingMethod(MaskingMethod):
     def finish(self, report: dict, details: dict[str, dict]) -> dict:
         """Add method-specific totals to the summary."""
         return report
+
+    def prune_layer_from(self, targets: dict, statistics) -> None:
+        """Each group of linears sharing an accumulator pruned together, as in a run (an expert that no token
+        reached by magnitude)."""
+        groups: dict[int, list[str]] = {}
+        for name in targets:
+            if name in statistics:
+                groups.setdefault(id(statistics[name]), []).append(name)
+            else:
+                self.prune_uncalibrated(name, targets[name])
+        for names in groups.values():
+            self.prune_group(names, [targets[name] for name in names], statistics[names[0]])
 
     def prune_uncalibrated(self, name: str, module) -> None:
         """A mixture-of-experts expert that no calibration token was routed to has no input statistics: its
