@@ -16,7 +16,7 @@ from pruning.core.engine import LayerwiseEngine
 from pruning.core.token_windows import windows_nll
 from pruning.methods.suffix_loss import SuffixLoss
 from pruning.methods import PruneContext
-from pruning.methods.search import choice_margin
+from pruning.methods.search import choice_margin, race
 from pruning.methods.two_stage import attention_round
 from pruning.core.modeling import load_model
 
@@ -284,3 +284,67 @@ def test_search_on_more_windows_than_given_is_refused_before_any_change(stories,
         run(model, method, calib_ids, search_windows=9, **arguments)
     before, after = stories[0].state_dict(), model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_race_drops_a_clearly_worse_candidate_after_one_round():
+    """Candidate 1 is worse by 1 on every window of noise ±0.1: it is dropped after the first round; the
+    scoring function is asked only for survivors."""
+    asked = []
+
+    def score(survivors, round_index):
+        asked.append(list(survivors))
+        noise = [0.1, -0.1, 0.05, -0.05]
+        return {c: [5.0 + c + n for n in noise] for c in survivors}
+
+    best, losses, rounds = race(score, [0, 1], rounds=4, z=3)
+    assert best == 0 and asked == [[0, 1]] and rounds == [{"windows": 4, "candidates_left": 1}]
+    assert len(losses[1]) == 4
+
+
+def test_race_on_a_close_call_runs_every_round_and_returns_the_lowest_mean():
+    """Two candidates within noise of each other are never separated: every round is scored and the lower mean
+    over all windows wins, as in the exact search."""
+    import random
+
+    rng = random.Random(0)
+    table = {c: [[3.0 + rng.gauss(0, 1) for _ in range(4)] for _ in range(5)] for c in (0, 1)}
+    best, losses, rounds = race(lambda survivors, r: {c: table[c][r] for c in survivors}, [0, 1], rounds=5, z=3)
+    means = {c: statistics.fmean(sum(table[c], [])) for c in (0, 1)}
+    assert len(rounds) == 5 and rounds[-1]["windows"] == 20
+    assert best == min(means, key=means.get)
+
+
+@pytest.mark.parametrize("num_blocks", [1, 2])
+def test_raced_quark_search_agrees_with_the_exact_search(stories, calib_ids, num_blocks):
+    """On stories260K: the raced choice is the exact choice where the exact choice's margin has t >= 2, and
+    otherwise its exact loss is within one standard error of the exact choice's; it never scores more
+    candidate-windows than the exact search, and its losses are the exact search's on the windows it scored."""
+    exact = run(copy.deepcopy(stories[0]), "depth", calib_ids, num_blocks=num_blocks, criterion="perplexity")
+    raced = run(copy.deepcopy(stories[0]), "depth", calib_ids, num_blocks=num_blocks, criterion="perplexity",
+                search="race")
+    record = raced["race"]
+    assert record["candidate_windows"] <= record["exact_candidate_windows"]
+    t = exact["choice_margin"]["paired_t"]
+    if t is not None and t >= 2:
+        assert raced["removed_layers"] == exact["removed_layers"]
+    else:
+        scores = {w["layers"][0]: math.log(w["ppl"]) for w in exact["window_ppl"]}  # mean NLL per token
+        reference = copy.deepcopy(stories[0])
+        structure.remove_layers(reference, pruning.get_adapter(reference), exact["removed_layers"])
+        per_window = [windows_nll(reference, calib_ids[w:w + 1], batch_size=1) for w in range(len(calib_ids))]
+        per_token = [nll / tokens for nll, tokens in per_window]
+        standard_error = statistics.stdev(per_token) / math.sqrt(len(per_token))
+        assert scores[raced["removed_layers"][0]] - scores[exact["removed_layers"][0]] <= standard_error
+    full = [w for w in raced["window_ppl"] if w["windows"] == len(calib_ids)]
+    exact_ppl = {tuple(w["layers"]): w["ppl"] for w in exact["window_ppl"]}
+    assert all(w["ppl"] == pytest.approx(exact_ppl[tuple(w["layers"])], rel=1e-6) for w in full)
+    assert pruning.build_method("depth", num_blocks=1, criterion="perplexity").options().get("search") is None
+
+
+def test_race_options_are_refused_where_they_do_not_apply():
+    from pruning.methods import MethodError
+
+    with pytest.raises(MethodError, match="criterion perplexity"):
+        pruning.build_method("depth", num_blocks=1, criterion="angular", search="race")
+    with pytest.raises(MethodError, match="race_z needs search=race"):
+        pruning.build_method("depth", num_blocks=1, criterion="perplexity", race_z=2.0)

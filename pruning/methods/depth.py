@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING
 from .base import MethodError, PruneContext, PruningMethod, config_layer_count, no_grad, register
 from .depth_similarity import CRITERIA, TOKENS
 from ..core.options import Option, parse_options
-from .search import check_search_windows, choice_margin, search_record, search_windows_option
+from .search import (EXACT, RACE, check_search_windows, choice_margin, race, race_options, search_record,
+                     search_windows_option)
 
 if TYPE_CHECKING:
     from ..core.engine import LayerStep, LayerwiseEngine
@@ -82,6 +83,7 @@ class Depth(PruningMethod):
         Option("block_size", int, "consecutive layers per removed block (all criteria but perplexity)", default=1,
                low=1),
         search_windows_option("the candidate blocks (criteria perplexity and block_ppl)"),
+        *race_options("the candidate windows of layers (criterion perplexity)"),
     )
 
     def __init__(self, **values):
@@ -92,6 +94,11 @@ class Depth(PruningMethod):
         if self.search_windows is not None and self.criterion not in REMOVAL_LOSS_CRITERIA:
             raise MethodError(f"depth: search_windows applies to the criteria that score candidates by calibration "
                               f"loss ({', '.join(REMOVAL_LOSS_CRITERIA)}), not to {self.criterion}")
+        if (self.search != EXACT or self.race_z != self.option("race_z").default) and self.criterion != "perplexity":
+            raise MethodError(f"depth: search={self.search} and race_z apply to criterion perplexity (one window of "
+                              f"layers chosen), not to {self.criterion}")
+        if self.race_z != self.option("race_z").default and self.search != RACE:
+            raise MethodError("depth: race_z needs search=race")
 
     def options(self) -> dict:
         options = super().options()
@@ -101,6 +108,8 @@ class Depth(PruningMethod):
             del options["block_size"]
         if self.search_windows is None:
             del options["search_windows"]
+        if self.search == EXACT:
+            del options["search"], options["race_z"]
         return options
 
     def check_calibration(self, nsamples: int) -> None:
@@ -217,31 +226,38 @@ class Depth(PruningMethod):
         their suffix, and the loss needs the full-vocabulary head (2 of 30 layers: about 18 forwards of work,
         benchmarks/structured_search.py)."""
         scored = input_ids[:self.search_windows]
+        windows, dense, suffix = self._removal_walk(ctx, engine, scored, size, starts)
+        nll = {s: suffix.mean_of(windows[s]) for s in starts}
+        data = ({"ppl_data": CALIBRATION_ONLY} if self.search_windows is None else
+                search_record(self.search_windows, len(input_ids), suffix.scored_tokens, "ppl_data"))
+        return nll, windows, suffix.mean_of(dense), data
+
+    def _removal_walk(self, ctx: PruneContext, engine: LayerwiseEngine, scored, size: int, starts: list[int]):
+        """One walk over `scored` windows: each window's summed NLL (batch by batch) without layers s..s+size-1 for
+        each start s, and with every layer (dense), and the SuffixLoss that scored them."""
         suffix = self._suffix_loss(ctx, engine, scored)
         layers = ctx.adapter.decoder_layers(ctx.model)
         last = len(layers) - 1
-        nll: dict[int, float] = {}
         windows: dict[int, list[list[float]]] = {}
         dense = {}
 
         def visit(step: LayerStep):
             if step.index in starts:
                 windows[step.index] = suffix.window_nlls(step.inputs, list(layers[step.index + size:]))
-                nll[step.index] = suffix.mean_of(windows[step.index])
             outputs = step.forward()
             if step.index == last:
-                dense["nll"] = suffix.mean_nll(outputs)
+                dense["windows"] = suffix.window_nlls(outputs)
             return outputs
 
         engine.capture(scored)
         engine.run(visit, description=f"depth {self.criterion}", read_only=True)
-        data = ({"ppl_data": CALIBRATION_ONLY} if self.search_windows is None else
-                search_record(self.search_windows, len(input_ids), suffix.scored_tokens, "ppl_data"))
-        return nll, windows, dense["nll"], data
+        return windows, dense["windows"], suffix
 
     def _perplexity_windows(self, ctx: PruneContext, engine: LayerwiseEngine, input_ids, size: int,
                             starts: list[int]) -> dict:
         """Quark: calibration perplexity with each allowed window of `size` layers removed."""
+        if self.search == RACE:
+            return self._raced_perplexity_windows(ctx, engine, input_ids, size, starts)
         nll, windows, dense, data = self._removal_nll(ctx, engine, input_ids, size, starts)
         window_ppl = [{"layers": [s, s + size - 1], "ppl": math.exp(nll[s])} for s in starts]
         best, *others = sorted(starts, key=lambda s: (nll[s], s))
@@ -251,6 +267,41 @@ class Depth(PruningMethod):
                 "scores": {_window_name(s, size): math.exp(nll[s]) for s in starts},
                 "ppl_dense_calibration": math.exp(dense),
                 "ppl_after_calibration": math.exp(nll[best]), **data}
+
+    def _raced_perplexity_windows(self, ctx: PruneContext, engine: LayerwiseEngine, input_ids, size: int,
+                                  starts: list[int]) -> dict:
+        """Quark's search raced (`race`): one calibration batch more per round, the candidate windows still close to
+        the leader scored on it. Each candidate's perplexity is over the windows it was scored on."""
+        scored = input_ids[:self.search_windows]
+        batches = [scored[i:i + ctx.batch_size] for i in range(0, len(scored), ctx.batch_size)]
+        dense = {"nll": 0.0, "tokens": 0}
+
+        def score(survivors: list[int], round_index: int) -> dict[int, list[float]]:
+            windows, dense_windows, suffix = self._removal_walk(ctx, engine, batches[round_index], size, survivors)
+            dense["nll"] += sum(map(sum, dense_windows))
+            dense["tokens"] += suffix.scored_tokens
+            return {s: [nll for batch in windows[s] for nll in batch] for s in survivors}
+
+        best, losses, rounds = race(score, starts, len(batches), self.race_z)
+        per_window = dense["tokens"] / rounds[-1]["windows"]  # every window scores as many tokens
+        nll = {s: sum(losses[s]) / (len(losses[s]) * per_window) for s in starts}
+        others = sorted((s for s in starts if s != best), key=lambda s: (-len(losses[s]), nll[s], s))
+        margin = {}
+        if others:
+            common = min(len(losses[best]), len(losses[others[0]]))
+            margin = {"choice_margin": {"runner_up": [others[0], others[0] + size - 1],
+                                        **choice_margin([losses[best][:common]], [losses[others[0]][:common]])}}
+        return {"best_start": best,
+                "window_ppl": [{"layers": [s, s + size - 1], "ppl": math.exp(nll[s]), "windows": len(losses[s])}
+                               for s in starts], **margin,
+                "scores": {_window_name(s, size): math.exp(nll[s]) for s in starts},
+                "ppl_dense_calibration": math.exp(dense["nll"] / dense["tokens"]),
+                "ppl_after_calibration": math.exp(nll[best]),
+                "race": {"z": self.race_z, "rounds": rounds,
+                         "candidate_windows": sum(len(v) for v in losses.values()),
+                         "exact_candidate_windows": len(starts) * len(scored)},
+                **({"ppl_data": CALIBRATION_ONLY} if self.search_windows is None else
+                   search_record(self.search_windows, len(input_ids), dense["tokens"], "ppl_data"))}
 
     def _block_perplexities(self, ctx: PruneContext, engine: LayerwiseEngine, input_ids, size: int,
                             starts: list[int]) -> tuple[dict[int, float], dict]:

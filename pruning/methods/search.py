@@ -7,11 +7,58 @@ proportion, at the price of a choice that may differ from the exact one.
 Every search also reports its choice's margin over the runner-up, window by window (`choice_margin`): a loss
 lower on average but on few windows, or by a small paired t statistic, is a choice another draw of calibration
 windows may well not make, whatever the search's cost.
+
+A racing search (`search=race`, `race`) scores the candidates on growing numbers of windows instead, one
+calibration batch more per round, and drops a candidate as soon as its paired excess loss over the leader is
+more than `race_z` standard errors: a clear choice is made on a few windows, a close one runs on to all of them
+among the candidates still close.
 """
 from __future__ import annotations
 
+from typing import Callable, Hashable, Sequence
+
 from ..core.options import MethodError, Option
 from ..core.statistics import paired_difference
+
+EXACT, RACE = "exact", "race"
+SEARCHES = (EXACT, RACE)
+RACE_Z = 3.0
+
+
+def race_options(candidates: str) -> tuple[Option, Option]:
+    return (Option("search", str, f"how {candidates} are compared: exact (every candidate on every window) or race "
+                                  "(one calibration batch more per round, a candidate dropped once it is race_z "
+                                  "paired standard errors behind the leader)", default=EXACT, choices=SEARCHES),
+            Option("race_z", float, "search=race: standard errors behind the leader that drop a candidate",
+                   default=RACE_Z, low=0, low_open=True))
+
+
+def race(score: Callable[[list, int], dict[Hashable, Sequence[float]]], candidates: Sequence, rounds: int,
+         z: float = RACE_Z) -> tuple[Hashable, dict[Hashable, list[float]], list[dict]]:
+    """Successive elimination. `score(survivors, r)` gives each survivor's loss on every window of round r (the
+    same windows for all). After each round the leader is the lowest mean loss (ties to the smaller candidate);
+    a candidate whose paired excess loss over the leader is more than z standard errors (or positive on every
+    window alike) is dropped. Stops with one survivor or after the last round, then returns the lowest mean loss
+    among the survivors, every candidate's losses on the windows it was scored on, and each round's record."""
+    losses: dict[Hashable, list[float]] = {candidate: [] for candidate in candidates}
+    survivors = list(candidates)
+    history = []
+    for round_index in range(rounds):
+        for candidate, values in score(survivors, round_index).items():
+            losses[candidate].extend(values)
+        means = {c: sum(losses[c]) / len(losses[c]) for c in survivors}
+        leader = min(survivors, key=lambda c: (means[c], c))
+
+        def behind(candidate) -> bool:
+            excess = paired_difference(losses[candidate], losses[leader])
+            return excess.mean > 0 and (excess.se == 0 or (excess.se is not None and excess.mean > z * excess.se))
+
+        survivors = [c for c in survivors if c == leader or not behind(c)]
+        history.append({"windows": len(losses[leader]), "candidates_left": len(survivors)})
+        if len(survivors) == 1:
+            break
+    means = {c: sum(losses[c]) / len(losses[c]) for c in survivors}
+    return min(survivors, key=lambda c: (means[c], c)), losses, history
 
 
 def search_windows_option(candidates: str) -> Option:
