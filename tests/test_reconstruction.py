@@ -119,3 +119,20 @@ def test_bad_reconstruction_options_are_refused(arguments, message):
 def test_magnitude_needs_calibration_only_when_reconstructing():
     assert not pruning.build_method("magnitude", sparsity=0.5).needs_calibration
     assert pruning.build_method("magnitude", sparsity=0.5, reconstruct="blocks").needs_calibration
+
+
+def test_a_bfloat16_model_is_tuned_in_float32_and_keeps_its_dtypes(stories):
+    """The tuning runs on float32 copies (bfloat16 would round Adam's small steps away); every parameter ends in
+    the dtype it had, and the zeros are kept."""
+    dense, calibration = stories
+    model = copy.deepcopy(dense).to(torch.bfloat16)
+    dtypes = {name: p.dtype for name, p in model.named_parameters()}
+    adapter = pruning.get_adapter(model)
+    context = PruneContext(model=model, tokenizer=None, adapter=adapter, device=torch.device("cpu"),
+                           calibration=lambda: (calibration, {}), batch_size=4, progress=False)
+    report = pruning.build_method("wanda", sparsity=0.5, reconstruct="blocks", reconstruct_steps=4,
+                                  reconstruct_lr=1e-3).prune(context)
+    assert {name: p.dtype for name, p in model.named_parameters()} == dtypes
+    linears = [m for index in range(adapter.num_layers(model)) for m in adapter.linear_targets(model, index).values()]
+    assert sum(int((weight_matrix(m) == 0).sum()) for m in linears) == report["zeroed_parameters"]
+    assert report["total_sparsity"] == pytest.approx(0.5, abs=1e-3)

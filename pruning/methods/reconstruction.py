@@ -115,7 +115,7 @@ class BlockReconstruction:
         layer, engine = step.layer, self.engine
         pruned_state = [module.weight.detach().clone() for module in targets.values()]
         before = relative_error(step.forward(), dense)
-        dtype = next(layer.parameters()).dtype
+        dtypes = {name: p.dtype for name, p in layer.named_parameters()}  # a layer may mix them (fp32 norms)
         requires = {name: p.requires_grad for name, p in layer.named_parameters()}
         layer.float()
         inputs = [_as_float32((h, a, k)) for h, a, k in zip(engine.hidden, engine.layer_args, engine.layer_kwargs)]
@@ -136,7 +136,7 @@ class BlockReconstruction:
         finally:
             for name, parameter in layer.named_parameters():
                 parameter.requires_grad_(requires[name])
-            layer.to(dtype)
+                parameter.data = parameter.data.to(dtypes[name])
         outputs = step.forward()
         after = relative_error(outputs, dense)
         record = {"layer": step.index, "error_pruned": round(before, 6), "error_tuned": round(after, 6)}

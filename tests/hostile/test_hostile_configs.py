@@ -15,7 +15,7 @@ import yaml
 
 from conftest import DATA_DIR, REPO, STORIES, TINY_WORKFLOW_CONFIG
 
-from pruning.methods import available_methods
+from pruning.methods import available_methods, method_class
 
 from .hostile_harness import snapshot
 
@@ -83,8 +83,8 @@ CONFIGS = {
     "speed-key-misspelt": (lambda c: c.update(speed={"enable": True}),
                            "config.speed: Additional properties are not allowed ('enable' was unexpected)"),
     "method-option-unknown": (lambda c: _entry("wanda")(c).update(options={"alpha": 1}),
-                              "config.methods.wanda.options: 'alpha' is not one of ['allocation', 'owl_m', "
-                              "'owl_lambda', 'schedule', 'ramp', 'one_pass']"),
+                              f"config.methods.wanda.options: 'alpha' is not one of "
+                              f"{[o.name for o in method_class('wanda').OPTIONS if not o.ratio]}"),
     # wrong types
     "nsamples-a-word": (lambda c: _calibration(c).update(nsamples="eight"),
                         "config.protocols.tiny.calibration.nsamples: 'eight' is not of type 'integer'"),
