@@ -562,8 +562,7 @@ def test_tiny_run_tables(tiny_run):
         return f"{ppl[key]:.2f} ± {se:.2f}" + (" ≈" if close else "")
 
     assert rows == {m: [cell(("dense", "base")), cell((m, "s0.50")), cell((m, "nm2-4"))] for m in ("magnitude", "wanda")}
-    relative = max(perplexity_estimate(w["nll"], w["scored_tokens"]).se / ppl[key] for key, w in windows.items())
-    assert ("Smoke run, large uncertainty: the standard error of a perplexity" in markdown[2]) == (relative > 0.05)
+    assert "Smoke run, large uncertainty: the standard error of a perplexity" in markdown[2]  # 8 windows < 64
 
     import pandas as pd
 

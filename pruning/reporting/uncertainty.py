@@ -9,6 +9,7 @@ records have none of it: their figures carry the value alone, and the tables say
 from __future__ import annotations
 
 import math
+from statistics import median
 from dataclasses import asdict, dataclass, fields
 from typing import Iterable
 
@@ -23,6 +24,7 @@ from .metric_files import Results
 # than 5 % of itself has a 95 % interval wider than ±10 %.
 PRECISE_ACCURACY_SE = 0.015
 PRECISE_PPL_RELATIVE_SE = 0.05
+PUBLICATION_PPL_WINDOWS = 64  # issue 24's publication protocol scores perplexity over at least this many windows
 
 
 @dataclass(frozen=True)
@@ -204,16 +206,25 @@ def accuracy_note(figures: Iterable[Figure]) -> str:
 
 
 def perplexity_note(figures: Iterable[Figure]) -> str:
-    """How sure the perplexities are, from their measured standard errors: a smoke run says so plainly."""
+    """How sure the perplexities are, from their measured standard errors: a smoke run says so plainly. A run is
+    one when it scored fewer windows than the publication protocol or its typical (median) perplexity has a
+    standard error above PRECISE_PPL_RELATIVE_SE; the few rows far above it (80 % sparsity, where PPL varies most
+    from window to window) carry their own ±. Rows are compared on the same windows, so the paired spread against
+    dense is given beside the plain one."""
     measured = [f for f in figures if f.se is not None]
     if not measured:
         return ""
     relative = [f.se / f.value for f in measured]
-    text = (f"the standard error of a perplexity is {_span(relative, '{:.1%}'.format)} of it over "
-            f"{_span([f.n_items for f in measured], str)} windows")
-    if max(relative) > PRECISE_PPL_RELATIVE_SE:
-        return (f"Smoke run, large uncertainty: {text} (more than {PRECISE_PPL_RELATIVE_SE:.0%}): differences of a "
-                "few standard errors between rows are noise.")
+    paired = [math.log(f.vs_dense_ratio_high / f.vs_dense_ratio_low) / (2 * SE_MULTIPLE) for f in measured
+              if f.vs_dense_ratio_low and f.vs_dense_ratio_high]
+    windows = [f.n_items for f in measured]
+    percent = "{:.1%}".format
+    text = (f"the standard error of a perplexity is {_span(relative, percent)} of it over {_span(windows, str)} "
+            "windows" + (f", of its paired ratio to dense {_span(paired, percent)}" if paired else ""))
+    if min(windows) < PUBLICATION_PPL_WINDOWS or median(relative) > PRECISE_PPL_RELATIVE_SE:
+        return (f"Smoke run, large uncertainty: {text} (the publication protocol scores at least "
+                f"{PUBLICATION_PPL_WINDOWS} windows with typical standard errors of at most "
+                f"{PRECISE_PPL_RELATIVE_SE:.0%}): differences of a few standard errors between rows are noise.")
     return f"Uncertainty: {text}."
 
 
