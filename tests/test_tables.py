@@ -1011,18 +1011,20 @@ def test_impact_table_magnitude_and_distillation_rows_with_perslm_levels(documen
 
 
 def test_perplexity_note_calls_a_run_a_smoke_run_by_windows_and_typical_error():
-    """Fewer windows than the publication protocol, or a typical (median) standard error above 5 %, is a smoke
-    run; one noisy row among precise ones (80 % sparsity) is not, and carries its own ±."""
+    """Fewer windows than the publication protocol, or a typical (median) paired standard error above 5 %, is a
+    smoke run; one noisy row among precise ones (80 % sparsity) is not, and carries its own ±; without pairing the
+    plain standard errors decide."""
     from pruning.reporting.uncertainty import PUBLICATION_PPL_WINDOWS, Figure, perplexity_note
 
-    def figure(relative: float, windows: int) -> Figure:
-        return Figure(100.0, n_items=windows, se=100.0 * relative, vs_dense_ratio=2.0,
-                      vs_dense_ratio_low=2.0 * math.exp(-0.02), vs_dense_ratio_high=2.0 * math.exp(0.02))
+    def figure(relative: float, paired: float | None = 0.01, windows: int = PUBLICATION_PPL_WINDOWS) -> Figure:
+        spread = {} if paired is None else dict(vs_dense_ratio=2.0, vs_dense_ratio_low=2.0 * math.exp(-2 * paired),
+                                                vs_dense_ratio_high=2.0 * math.exp(2 * paired))
+        return Figure(100.0, n_items=windows, se=100.0 * relative, **spread)
 
-    precise = [figure(0.03, PUBLICATION_PPL_WINDOWS), figure(0.04, PUBLICATION_PPL_WINDOWS),
-               figure(0.08, PUBLICATION_PPL_WINDOWS)]
-    note = perplexity_note(precise)
-    assert note.startswith("Uncertainty: the standard error of a perplexity is 3.0%–8.0% of it over 64 windows, "
-                           "of its paired ratio to dense 1.0%")
-    assert perplexity_note([figure(0.03, PUBLICATION_PPL_WINDOWS - 1)]).startswith("Smoke run, large uncertainty")
-    assert perplexity_note([figure(0.06, 64), figure(0.06, 64), figure(0.01, 64)]).startswith("Smoke run")
+    note = perplexity_note([figure(0.03), figure(0.06), figure(0.08, paired=0.07)])
+    assert note == ("Uncertainty: the standard error of a perplexity is 3.0%–8.0% of it over 64 windows, of its "
+                    "paired ratio to dense 1.0%–7.0%.")
+    assert perplexity_note([figure(0.03, windows=PUBLICATION_PPL_WINDOWS - 1)]).startswith("Smoke run, large")
+    assert perplexity_note([figure(0.03, paired=0.06), figure(0.03, paired=0.06), figure(0.03)]).startswith("Smoke")
+    assert perplexity_note([figure(0.06, None), figure(0.07, None), figure(0.04, None)]).startswith("Smoke run")
+    assert perplexity_note([figure(0.03, None), figure(0.04, None)]).startswith("Uncertainty")

@@ -206,11 +206,11 @@ def accuracy_note(figures: Iterable[Figure]) -> str:
 
 
 def perplexity_note(figures: Iterable[Figure]) -> str:
-    """How sure the perplexities are, from their measured standard errors: a smoke run says so plainly. A run is
-    one when it scored fewer windows than the publication protocol or its typical (median) perplexity has a
-    standard error above PRECISE_PPL_RELATIVE_SE; the few rows far above it (80 % sparsity, where PPL varies most
-    from window to window) carry their own ±. Rows are compared on the same windows, so the paired spread against
-    dense is given beside the plain one."""
+    """How sure the perplexities are, from their measured standard errors: a smoke run says so plainly. The rows
+    are compared on the same windows, so what decides is the paired spread (of each pruned row's ratio to dense;
+    the plain one when nothing is paired): a run is a smoke run when it scored fewer windows than the publication
+    protocol or its typical (median) row's standard error is above PRECISE_PPL_RELATIVE_SE. The few rows far above
+    it (80 % sparsity, whose PPL varies most from window to window) carry their own ±."""
     measured = [f for f in figures if f.se is not None]
     if not measured:
         return ""
@@ -221,7 +221,7 @@ def perplexity_note(figures: Iterable[Figure]) -> str:
     percent = "{:.1%}".format
     text = (f"the standard error of a perplexity is {_span(relative, percent)} of it over {_span(windows, str)} "
             "windows" + (f", of its paired ratio to dense {_span(paired, percent)}" if paired else ""))
-    if min(windows) < PUBLICATION_PPL_WINDOWS or median(relative) > PRECISE_PPL_RELATIVE_SE:
+    if min(windows) < PUBLICATION_PPL_WINDOWS or median(paired or relative) > PRECISE_PPL_RELATIVE_SE:
         return (f"Smoke run, large uncertainty: {text} (the publication protocol scores at least "
                 f"{PUBLICATION_PPL_WINDOWS} windows with typical standard errors of at most "
                 f"{PRECISE_PPL_RELATIVE_SE:.0%}): differences of a few standard errors between rows are noise.")
