@@ -795,6 +795,15 @@ def test_plots_from_measured_runs(measured, tmp_path, monkeypatch):
     estimate = perplexity_estimate(wanda["per_window"]["nll"], wanda["per_window"]["scored_tokens"])
     spans = [tuple(sorted(segment[:, 1])) for c in bars for segment in c.lines[2][0].get_segments()]
     assert (pytest.approx(estimate.low), pytest.approx(estimate.high)) in spans
+    plot_structured(results, MODEL, tmp_path / "t.png")
+    for figure in (axes, drawn.pop().axes[0]):  # dense drawn once; a curve starts there, a single point stands alone
+        labels = figure.get_legend_handles_labels()[1]
+        assert labels.count("dense") == 1
+        for container in figure.containers:
+            line = container.lines[0]
+            single = len(line.get_xdata()) == 1
+            assert (line.get_linestyle() == "None") == single, line.get_label()
+            assert single or line.get_xdata()[0] == 0
     plot_zeroshot_speed(results, tmp_path / "z.png")
     (axes,) = drawn.pop().axes
     if all(informative_average(measured, e, t, SHOTS) is None for e, t in MEASURED):  # every task at chance

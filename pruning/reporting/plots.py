@@ -56,6 +56,24 @@ def _ppl_bars(figures: dict, runs: list, values: list) -> list[list[float]] | No
     return [list(side) for side in zip(*bars)] if any(any(bar) for bar in bars) else None
 
 
+def _dense_point(ax, start: tuple | None, figures: dict) -> None:
+    """The dense model once, at 0, with its bar (the curves start from it)."""
+    if start is not None:
+        x, y, run = start
+        ax.errorbar([x], [y], yerr=_ppl_bars(figures, [run], [y]), marker="*", markersize=10, color="black",
+                    linestyle="none", label="dense", capsize=2)
+
+
+def _curve(ax, curve: list[tuple], start: tuple | None, figures: dict, **style) -> None:
+    """A method's measured points (x, PPL, run), joined from the dense point when it has two or more: a line
+    from dense to a single point would draw a curve nobody measured, so a single point stands alone."""
+    if len(curve) > 1 and start is not None:
+        curve = [start] + curve
+    x, y, ids = zip(*curve)
+    ax.errorbar(x, y, yerr=_ppl_bars(figures, ids, y), marker="o", linestyle="-" if len(curve) > 1 else "none",
+                capsize=2, **style)
+
+
 def _save(fig, path: str | os.PathLike) -> Path:
     """Written atomically, marked as ours (PNG_OWNER_KEY: our version, so a later run may replace it), without the
     matplotlib version in the metadata (same data, same bytes)."""
@@ -83,15 +101,14 @@ def plot_sparsity(results: Results, model: str, path: str | os.PathLike) -> Path
     ppl = wide["ppl", "ppl"]
     figures = perplexity_figures(results, masked + ([dense] if dense is not None else []))
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    start = (0.0, ppl[dense], dense) if dense is not None and ppl[dense] is not None else None
+    _dense_point(ax, start, figures)
     for index, method in enumerate(ordered_unique(runs.method[masked])):
         color = f"C{index}"
         mine = [r for r in masked if runs.method[r] == method]
         curve = sorted((runs.ratio[r].value, ppl[r], r) for r in mine if runs.kind[r] == "sparsity")
-        if dense is not None and ppl[dense] is not None:
-            curve.insert(0, (0.0, ppl[dense], dense))
         if curve:
-            x, y, ids = zip(*curve)
-            ax.errorbar(x, y, yerr=_ppl_bars(figures, ids, y), marker="o", color=color, label=method, capsize=2)
+            _curve(ax, curve, start, figures, color=color, label=method)
         for run in (r for r in mine if runs.kind[r] == "nm"):
             n, m = runs.ratio[run].value
             ax.errorbar([1 - n / m], [ppl[run]], yerr=_ppl_bars(figures, [run], [ppl[run]]), marker="s",
@@ -122,14 +139,12 @@ def plot_structured(results: Results, model: str, path: str | os.PathLike) -> Pa
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     reference = measured.ppl_reference.iloc[0]
+    start = (0.0, reference, dense) if reference is not None else None
+    _dense_point(ax, start, found.perplexities)
     for index, method in enumerate(ordered_unique(runs.method[measured.index])):
         mine = measured[runs.method[measured.index] == method]
         curve = sorted(zip(100 * mine.total_reduction, mine.ppl, mine.index))
-        if reference is not None:
-            curve.insert(0, (0.0, reference, dense))
-        x, y, ids = zip(*curve)
-        ax.errorbar(x, y, yerr=_ppl_bars(found.perplexities, ids, y), marker="o", color=f"C{index}", label=method,
-                    capsize=2)
+        _curve(ax, curve, start, found.perplexities, color=f"C{index}", label=method)
     _log_y(ax)
     import matplotlib.ticker
 
