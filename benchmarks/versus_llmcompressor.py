@@ -39,10 +39,11 @@ DEFAULT_PEER_PYTHON = Path(__file__).resolve().parents[1] / ".venv-peer" / "bin"
 
 
 def peer_prune(python: Path, model_dir: Path, windows: Path, out_dir: Path, method: str, sparsity: float,
-               mask: str, owl: bool, threads: int | None) -> dict:
-    """Run the worker in llm-compressor's venv; its JSON line (seconds or error)."""
+               mask: str, profile: list[str], threads: int | None) -> dict:
+    """Run the worker in llm-compressor's venv with the `profile` arguments (none: uniform; ["--owl"];
+    ["--layer-sparsities", "0.6,..."]); its JSON line (seconds or error)."""
     command = [str(python), str(WORKER), str(model_dir), str(windows), str(out_dir), "--method", method,
-               "--sparsity", str(sparsity), "--mask", mask] + (["--owl"] if owl else []) + \
+               "--sparsity", str(sparsity), "--mask", mask] + profile + \
               ([f"--threads={threads}"] if threads else [])
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -108,7 +109,7 @@ def compare(args: argparse.Namespace) -> dict:
                 reference_ppl = ours["two-pass"]["evaluation"]["after"]["ppl"] if "two-pass" in ours else math.nan
                 for owl in [False] + ([True] if args.peer_owl and sparsity is not None else []):
                     peer = peer_prune(args.peer_python, model_dir, scratch / "windows.pt", scratch / "peer",
-                                      method, peer_sparsity, mask, owl, args.threads)
+                                      method, peer_sparsity, mask, ["--owl"] if owl else [], args.threads)
                     if "error" not in peer:
                         tokenizer.save_pretrained(scratch / "peer")  # the worker saves the weights only
                     peer_ppl = (math.nan if "error" in peer else
