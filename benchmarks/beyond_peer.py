@@ -241,11 +241,10 @@ def write_results(args: argparse.Namespace, peer_rows: list[dict], ours: list[di
                       f"{protocol_text}\n\n{verdict}.\n\n" + frame.to_markdown(index=False) + "\n")
     atomic_write_text(args.out_dir / "beyond.json", json.dumps(
         {"protocol": protocol_text, "verdict": verdict, "calibration": protocol.as_dict(), "dense": dense,
-         "rows": [{k: v for k, v in row.items()} for row in peer_rows + ours], "table": table}, indent=1, default=str))
+         "rows": peer_rows + ours, "table": table}, indent=1, default=str))
     print(verdict)
     print(f"wrote {args.out_dir / 'beyond.md'} and beyond.json")
     return {"verdict": verdict, "table": table}
-
 
 
 def main(argv=None) -> None:

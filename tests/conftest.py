@@ -102,6 +102,35 @@ def build_tiny_model(model_type: str, seed: int = 0):
     return model.eval()
 
 
+def stories_and_windows(stories_dir, calibration_text, nsamples: int, seqlen: int = 128):
+    """stories260K and `nsamples` calibration windows of `seqlen` tokens cut from the calibration text."""
+    import pruning
+    from pruning.core.data import calibration_windows
+
+    model, tokenizer = pruning.load_model(stories_dir)
+    return model, calibration_windows(tokenizer, str(calibration_text), nsamples, seqlen, seed=0)[0]
+
+
+def prune_copy(dense, calibration, method: str, seed: int = 0, **arguments):
+    """`method` (its model checks first) on a deep copy of `dense`, calibrated on the token windows `calibration`
+    in batches of 4, as the library's engine runs it: the copy, its targeted linears by name and the report."""
+    import copy
+
+    import pruning
+    from pruning.methods import PruneContext
+
+    model = copy.deepcopy(dense)
+    adapter = pruning.get_adapter(model)
+    context = PruneContext(model=model, tokenizer=None, adapter=adapter, device=torch.device("cpu"),
+                           calibration=lambda: (calibration, {}), batch_size=4, progress=False, seed=seed)
+    method = pruning.build_method(method, **arguments)
+    method.check_model(context)
+    report = method.prune(context)
+    linears = {name: module for index in range(adapter.num_layers(model))
+               for name, module in adapter.linear_targets(model, index).items()}
+    return model, linears, report
+
+
 @pytest.fixture(scope="session")
 def stories_dir() -> Path:
     if not (STORIES / "config.json").is_file():

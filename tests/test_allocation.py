@@ -1,6 +1,5 @@
 """Non-uniform sparsity allocation (OWL, per-layer schedule, ramp) for magnitude, Wanda and SparseGPT: the maths,
 the exact total count of zeros on a real model, the prune.json record, and the refusals before any work."""
-import copy
 import json
 import subprocess
 import sys
@@ -9,14 +8,14 @@ import pytest
 import torch
 
 import pruning
+from conftest import prune_copy, stories_and_windows
 import pruning.api
 from pruning.core.adapters import weight_matrix
 from pruning.methods.allocation import (AllocationError, apportion, layer_zero_counts, outlier_ratio, owl_sparsities, ramp,
                                 split_zeros, target_zeros)
 from pruning.cli import main as cli_main
-from pruning.core.data import calibration_windows
 from pruning.methods.sparsify import inverse_hessian, select_mask, sparsegpt_solve
-from pruning.methods import MethodError, PruneContext, build_method
+from pruning.methods import MethodError, build_method
 from pruning.core.ratios import Sparsity
 
 SCHEDULE = [0.55, 0.6, 0.7, 0.8, 0.85]  # stories260K has 5 decoder layers; mean 0.7
@@ -84,18 +83,7 @@ def test_exact_count_selection_per_row_per_matrix_and_in_sparsegpt_blocks():
 
 @pytest.fixture(scope="module")
 def stories(stories_dir, stories_text):
-    model, tokenizer = pruning.load_model(stories_dir)
-    calibration, _ = calibration_windows(tokenizer, str(stories_text["calibration"]), 8, 128, seed=0)
-    return model, calibration
-
-
-def _prune(dense, calibration, method, **arguments):
-    model = copy.deepcopy(dense)
-    ctx = PruneContext(model=model, tokenizer=None, adapter=pruning.get_adapter(model), device=torch.device("cpu"),
-                       calibration=lambda: (calibration, {}), batch_size=4, progress=False)
-    instance = build_method(method, **arguments)
-    instance.check_model(ctx)
-    return model, instance.prune(ctx)
+    return stories_and_windows(stories_dir, stories_text["calibration"], 8)
 
 
 def _zeros_per_layer(model):
@@ -114,8 +102,8 @@ CASES += [("wanda", "owl", {"one_pass": True}), ("magnitude", "owl", {"per": "ro
                          ids=[f"{m}-{a}{'-' + '-'.join(map(str, o.values())) if o else ''}" for m, a, o in CASES])
 def test_total_sparsity_is_exact_and_every_layer_gets_its_share(stories, method, allocation, options):
     dense, calibration = stories
-    model, report = _prune(dense, calibration, method, sparsity=0.7, allocation=allocation,
-                           **ALLOCATIONS[allocation], **options)
+    model, _, report = prune_copy(dense, calibration, method, sparsity=0.7, allocation=allocation,
+                                   **ALLOCATIONS[allocation], **options)
     layers = _zeros_per_layer(model)
     numel = sum(n for _, n in layers)
     assert sum(z for z, _ in layers) == round(0.7 * numel) == report["zeroed_parameters"]
@@ -138,7 +126,7 @@ def test_total_sparsity_is_exact_and_every_layer_gets_its_share(stories, method,
 
 def test_a_schedule_is_centred_on_the_target_sparsity(stories):
     dense, calibration = stories
-    _, report = _prune(dense, calibration, "magnitude", sparsity=0.5, allocation="schedule", schedule=SCHEDULE)
+    _, _, report = prune_copy(dense, calibration, "magnitude", sparsity=0.5, allocation="schedule", schedule=SCHEDULE)
     assert report["allocation"]["layer_sparsity"] == pytest.approx([s - 0.2 for s in SCHEDULE])
     assert report["total_sparsity"] == pytest.approx(0.5, abs=1e-6)
 
@@ -146,19 +134,19 @@ def test_a_schedule_is_centred_on_the_target_sparsity(stories):
 @pytest.mark.slow
 def test_owl_is_deterministic_and_wanda_and_sparsegpt_share_its_outlier_ratios(stories):
     dense, calibration = stories
-    first, report = _prune(dense, calibration, "wanda", sparsity=0.7, allocation="owl")
-    again, _ = _prune(dense, calibration, "wanda", sparsity=0.7, allocation="owl")
+    first, _, report = prune_copy(dense, calibration, "wanda", sparsity=0.7, allocation="owl")
+    again, _, _ = prune_copy(dense, calibration, "wanda", sparsity=0.7, allocation="owl")
     for a, b in zip(first.parameters(), again.parameters()):
         assert torch.equal(a == 0, b == 0)
-    _, sparsegpt = _prune(dense, calibration, "sparsegpt", sparsity=0.7, allocation="owl")
-    _, magnitude = _prune(dense, calibration, "magnitude", sparsity=0.7, allocation="owl")
+    _, _, sparsegpt = prune_copy(dense, calibration, "sparsegpt", sparsity=0.7, allocation="owl")
+    _, _, magnitude = prune_copy(dense, calibration, "magnitude", sparsity=0.7, allocation="owl")
     assert sparsegpt["allocation"]["outlier_ratio"] == report["allocation"]["outlier_ratio"]
     assert magnitude["allocation"]["layer_zeros"] == report["allocation"]["layer_zeros"]
 
 
 def test_uniform_runs_keep_their_record_and_masks(stories):
     dense, calibration = stories
-    uniform, report = _prune(dense, calibration, "wanda", sparsity=0.7)
+    uniform, _, report = prune_copy(dense, calibration, "wanda", sparsity=0.7)
     assert "allocation" not in report and "allocation" not in build_method("wanda", sparsity=0.7).options()
     for module in (m for i in range(5) for m in pruning.get_adapter(uniform).linear_targets(uniform, i).values()):
         weight = weight_matrix(module)

@@ -1,15 +1,14 @@
 """Searched layer sparsities (`allocation=search`, pruning/methods/allocation_search.py): the maths on constructed
 cases, and runs on stories260K (exact total, reproducible, recorded, never worse than uniform on its own fitness)."""
-import copy
 import random
 
 import pytest
 import torch
 
 import pruning
+from conftest import prune_copy, stories_and_windows
 from pruning.core.adapters import weight_matrix
-from pruning.core.data import calibration_windows
-from pruning.methods import MethodError, PruneContext
+from pruning.methods import MethodError
 from pruning.methods.allocation_search import evolutionary_search, kl_divergence, level_sparsities, mutate
 
 
@@ -80,20 +79,7 @@ def test_search_needs_windows_left_for_the_database():
 
 @pytest.fixture(scope="module")
 def stories(stories_dir, stories_text):
-    model, tokenizer = pruning.load_model(stories_dir)
-    calibration, _ = calibration_windows(tokenizer, str(stories_text["calibration"]), 10, 128, seed=0)
-    return model, calibration
-
-
-def _prune(dense, calibration, method, seed=0, **arguments):
-    model = copy.deepcopy(dense)
-    adapter = pruning.get_adapter(model)
-    context = PruneContext(model=model, tokenizer=None, adapter=adapter, device=torch.device("cpu"),
-                           calibration=lambda: (calibration, {}), batch_size=4, progress=False, seed=seed)
-    report = pruning.build_method(method, **arguments).prune(context)
-    linears = {name: module for index in range(adapter.num_layers(model))
-               for name, module in adapter.linear_targets(model, index).items()}
-    return linears, report
+    return stories_and_windows(stories_dir, stories_text["calibration"], 10)
 
 
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt", "magnitude"])
@@ -103,7 +89,7 @@ def test_searched_allocation_on_stories(stories, method):
     dense, calibration = stories
     arguments = dict(sparsity=0.6, allocation="search", search_generations=6, search_offspring=4, search_levels=2,
                      search_step=0.1)
-    linears, report = _prune(dense, calibration, method, **arguments)
+    _, linears, report = prune_copy(dense, calibration, method, **arguments)
     zeros = sum(int((weight_matrix(m) == 0).sum()) for m in linears.values())
     total = sum(weight_matrix(m).numel() for m in linears.values())
     assert zeros == round(0.6 * total)
@@ -114,5 +100,5 @@ def test_searched_allocation_on_stories(stories, method):
     assert search["kl_chosen"] <= search["kl_uniform"]
     assert len(search["kl_per_generation"]) == 7
     assert set(allocation["layer_sparsity"]) <= {round(level, 6) for level in search["levels"]}
-    again, _ = _prune(dense, calibration, method, **arguments)
+    _, again, _ = prune_copy(dense, calibration, method, **arguments)
     assert all(torch.equal(weight_matrix(linears[name]) == 0, weight_matrix(again[name]) == 0) for name in linears)

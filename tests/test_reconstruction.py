@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import pruning
+from conftest import prune_copy, stories_and_windows
 from pruning.core.adapters import weight_matrix
-from pruning.core.data import calibration_windows
 from pruning.core.ratios import mask_target
 from pruning.methods import MethodError, PruneContext
 from pruning.methods.reconstruction import relative_error, tune_kept_weights
@@ -17,20 +17,8 @@ from pruning.methods.sparsify import is_valid_nm
 
 @pytest.fixture(scope="module")
 def stories(stories_dir, stories_text):
-    model, tokenizer = pruning.load_model(stories_dir)
-    calibration, _ = calibration_windows(tokenizer, str(stories_text["calibration"]), 16, 128, seed=0)
-    return model, calibration
+    return stories_and_windows(stories_dir, stories_text["calibration"], 16)
 
-
-def _prune(dense, calibration, method, **arguments):
-    model = copy.deepcopy(dense)
-    adapter = pruning.get_adapter(model)
-    context = PruneContext(model=model, tokenizer=None, adapter=adapter, device=torch.device("cpu"),
-                           calibration=lambda: (calibration, {}), batch_size=4, progress=False)
-    report = pruning.build_method(method, **arguments).prune(context)
-    linears = {name: module for index in range(adapter.num_layers(model))
-               for name, module in adapter.linear_targets(model, index).items()}
-    return model, linears, report
 
 
 @pytest.mark.parametrize("method, ratio", [("wanda", {"sparsity": 0.7}), ("sparsegpt", {"nm": "2:4"}),
@@ -40,8 +28,8 @@ def test_every_tuned_block_is_closer_to_dense_and_keeps_its_zeros(stories, metho
     after pruning; the first layer's mask is that of the same method without tuning and every matrix keeps its
     count of zeros (zeros stay zeros: exact sparsity or valid N:M); the kept weights did change; and the language-model loss on the calibration windows is lower."""
     dense, calibration = stories
-    plain_model, plain, _ = _prune(dense, calibration, method, **ratio)
-    tuned_model, tuned, report = _prune(dense, calibration, method, reconstruct="blocks", reconstruct_steps=24,
+    plain_model, plain, _ = prune_copy(dense, calibration, method, **ratio)
+    tuned_model, tuned, report = prune_copy(dense, calibration, method, reconstruct="blocks", reconstruct_steps=24,
                                         reconstruct_lr=1e-3, **ratio)
     record = report["reconstruction"]
     assert [layer["layer"] for layer in record["per_layer"]] == list(range(len(record["per_layer"])))
@@ -69,8 +57,8 @@ def test_every_tuned_block_is_closer_to_dense_and_keeps_its_zeros(stories, metho
 def test_reconstruction_is_reproducible_and_recorded(stories):
     dense, calibration = stories
     arguments = dict(sparsity=0.6, reconstruct="blocks", reconstruct_steps=8)
-    first_model, first, report = _prune(dense, calibration, "wanda", **arguments)
-    _, second, _ = _prune(dense, calibration, "wanda", **arguments)
+    first_model, first, report = prune_copy(dense, calibration, "wanda", **arguments)
+    _, second, _ = prune_copy(dense, calibration, "wanda", **arguments)
     assert all(torch.equal(weight_matrix(first[name]), weight_matrix(second[name])) for name in first)
     method = pruning.build_method("wanda", **arguments)
     assert method.options()["reconstruct"] == "blocks" and method.options()["reconstruct_steps"] == 8
@@ -81,8 +69,8 @@ def test_reconstruction_is_reproducible_and_recorded(stories):
 def test_a_tuning_that_does_not_help_is_undone(stories):
     """A learning rate so large that Adam overshoots leaves every layer as it was pruned, and says so."""
     dense, calibration = stories
-    _, plain, _ = _prune(dense, calibration, "wanda", sparsity=0.5)
-    _, tuned, report = _prune(dense, calibration, "wanda", sparsity=0.5, reconstruct="blocks", reconstruct_steps=2,
+    _, plain, _ = prune_copy(dense, calibration, "wanda", sparsity=0.5)
+    _, tuned, report = prune_copy(dense, calibration, "wanda", sparsity=0.5, reconstruct="blocks", reconstruct_steps=2,
                               reconstruct_lr=10.0)
     assert all(layer.get("kept", "").startswith("pruned") for layer in report["reconstruction"]["per_layer"])
     assert all(torch.equal(weight_matrix(tuned[name]), weight_matrix(plain[name])) for name in plain)
