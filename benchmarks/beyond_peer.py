@@ -115,6 +115,11 @@ def paired_cells(record: dict, reference: dict, prefix: str) -> dict:
     return {f"{prefix} ratio": paired.ratio, f"{prefix} low": paired.low, f"{prefix} high": paired.high}
 
 
+def signed(reduction: float) -> str:
+    """A PPL reduction in words: '12.0% lower PPL' or, when negative, '3.7% higher PPL'."""
+    return f"{abs(reduction):.1%} {'lower' if reduction >= 0 else 'higher'} PPL"
+
+
 def interval(cells: dict, key: str, low: str, high: str, fmt: str) -> str:
     return "" if cells.get(key) is None or math.isnan(cells[key]) else \
         f"{cells[key]:{fmt}} [{cells[low]:{fmt}}–{cells[high]:{fmt}}]"
@@ -217,7 +222,7 @@ def write_results(args: argparse.Namespace, peer_rows: list[dict], ours: list[di
     best = min(one_shot, key=lambda c: c["vs peer best ratio"], default=None)
     needed = TARGET_REDUCTION.get(args.target)
     verdict = ("no peer profile ran" if best is None else
-               f"best one-shot row {best['row']!r}: {best['lower than peer best']:.1%} lower PPL than the peer's best "
+               f"best one-shot row {best['row']!r}: {signed(best['lower than peer best'])} than the peer's best "
                f"({best_peer['row']}; paired 95 % interval of the ratio {best['vs peer best low']:.3f}–"
                f"{best['vs peer best high']:.3f})" + (f"; target ≥ {needed:.0%}: "
                                                      f"{'met' if best['lower than peer best'] >= needed else 'not met'}"
@@ -226,7 +231,7 @@ def write_results(args: argparse.Namespace, peer_rows: list[dict], ours: list[di
     if lora and args.target == "0.7":
         c = lora[0]
         verdict += (f"; with LoRA ({args.recover_steps} steps, {c['recovery seconds'] / 60:.1f} CPU-minutes) "
-                    f"{c['lower than peer best']:.1%} lower (target ≥ {LORA_REDUCTION:.0%} within 10 minutes: "
+                    f"{signed(c['lower than peer best'])} (target ≥ {LORA_REDUCTION:.0%} within 10 minutes: "
                     f"{'met' if c['lower than peer best'] >= LORA_REDUCTION and c['recovery seconds'] <= 600 else 'not met'})")
     protocol_text = (f"Model {args.model} (dense PPL {dense['ppl']:.2f}); target {args.target}; calibration C4 "
                      f"{args.nsamples} × {args.seqlen} tokens, seed 0, the same token windows for both tools; "
