@@ -128,7 +128,7 @@ def assert_refused(outcome: Outcome, expected: str, *, before: dict | None = Non
 # "loading" (the checks passed, the weights being read), "scratch-written" (the whole new result in scratch),
 # "between-renames" (the earlier result moved aside, the new one not yet in place).
 KILLER = r"""
-import os, signal, sys
+import os, signal, sys, time
 
 from pruning import api
 from pruning.core import modeling
@@ -139,7 +139,10 @@ point, sig, argv = sys.argv[1], getattr(signal, sys.argv[2]), sys.argv[3:]
 def die(*_, **__):
     sys.stderr.flush()
     os.kill(os.getpid(), sig)
-    signal.pause()  # a handled signal returns here: wait for it to end the process
+    # The kernel may hand the signal to any thread (torch's among them), so signal.pause() in this one could wait
+    # forever; Python runs its handler in the main thread at the next check, which this loop reaches every 10 ms.
+    while True:
+        time.sleep(0.01)
 
 
 if point == "loading":  # the checks passed, the weights are being read
