@@ -134,13 +134,16 @@ from pruning import api
 from pruning.core import modeling
 
 point, sig, argv = sys.argv[1], getattr(signal, sys.argv[2]), sys.argv[3:]
+# Ctrl-C as at a terminal: a shell without job control starts background commands with SIGINT ignored, and
+# Python then installs no KeyboardInterrupt handler (a test suite run as `... &` from a script would hang here).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def die(*_, **__):
     sys.stderr.flush()
     os.kill(os.getpid(), sig)
-    # The kernel may hand the signal to any thread (torch's among them), so signal.pause() in this one could wait
-    # forever; Python runs its handler in the main thread at the next check, which this loop reaches every 10 ms.
+    # The kernel may hand the signal to any of the process's threads (torch's among them); Python runs the handler
+    # in the main thread at its next check, which this loop reaches every 10 ms (signal.pause() need not return).
     while True:
         time.sleep(0.01)
 
