@@ -30,9 +30,8 @@ import pruning
 from pruning.commands.common import quiet_progress
 from pruning.core.data import calibration_windows
 from pruning.core.io import atomic_write_text, versions
-from pruning.core.statistics import paired_perplexity, perplexity_estimate
 from pruning.core.zoo import resolve as resolve_spec
-from pruning.evaluation import per_item
+from pruning.reporting.uncertainty import perplexity_figure
 from pruning.methods.allocation import ramp
 
 from versus_llmcompressor import DEFAULT_PEER_PYTHON, peer_prune
@@ -100,19 +99,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def ppl_cells(record: dict) -> dict:
     """PPL and its 95 % interval from a perplexity record's per-window NLLs."""
-    windows = per_item.windows(record)
-    estimate = perplexity_estimate(windows.nll, windows.scored_tokens)
-    return {"PPL": record["ppl"], "PPL low": estimate.low, "PPL high": estimate.high}
+    figure = perplexity_figure(record, None)
+    return {"PPL": figure.value, "PPL low": figure.low, "PPL high": figure.high}
 
 
 def paired_cells(record: dict, reference: dict, prefix: str) -> dict:
     """`record`'s PPL over `reference`'s, paired on the same windows, with its 95 % interval."""
-    problem = per_item.windows_problem(record, reference)
-    if problem:
-        raise RuntimeError(f"cannot pair with {prefix}: {problem}")
-    a, b = per_item.windows(record), per_item.windows(reference)
-    paired = paired_perplexity(a.nll, b.nll, a.scored_tokens)
-    return {f"{prefix} ratio": paired.ratio, f"{prefix} low": paired.low, f"{prefix} high": paired.high}
+    figure = perplexity_figure(record, reference)
+    if figure.unpaired:
+        raise RuntimeError(f"cannot pair with {prefix}: {figure.unpaired}")
+    return {f"{prefix} ratio": figure.vs_dense_ratio, f"{prefix} low": figure.vs_dense_ratio_low,
+            f"{prefix} high": figure.vs_dense_ratio_high}
 
 
 def signed(reduction: float) -> str:
