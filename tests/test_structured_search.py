@@ -341,6 +341,43 @@ def test_raced_quark_search_agrees_with_the_exact_search(stories, calib_ids, num
     assert pruning.build_method("depth", num_blocks=1, criterion="perplexity").options().get("search") is None
 
 
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_raced_two_stage_rounds_agree_with_the_exact_rounds(stories, calib_ids, batch_size):
+    """On stories260K, round by round while the two searches have removed the same layers: the raced choice is
+    the exact one where the exact margin has t >= 2, and otherwise its exact loss is within one standard error
+    (over windows) of the exact choice's; a candidate raced on every window has the exact loss; the race never
+    scores more candidate-windows than the exact search."""
+    arguments = {"ffn_layers": 4, "attention_layers": 3}
+    exact = run(copy.deepcopy(stories[0]), "two_stage", calib_ids, batch_size=batch_size, **arguments)
+    raced = run(copy.deepcopy(stories[0]), "two_stage", calib_ids, batch_size=batch_size, search="race", **arguments)
+    assert raced["ffn_removed_layers"] == exact["ffn_removed_layers"]
+    record = raced["race"]
+    assert record["z"] == 3.0 and record["candidate_windows"] <= record["exact_candidate_windows"] == (4 + 3 + 2) * 8
+    reference = copy.deepcopy(stories[0])
+    adapter = pruning.get_adapter(reference)
+    for layer in exact["ffn_removed_layers"]:
+        structure.remove_feed_forward(reference, adapter, layer)
+    for raced_round, exact_round in zip(raced["attention_rounds"], exact["attention_rounds"]):
+        exact_losses = {int(i): v for i, v in exact_round["candidate_losses"].items()}
+        for layer, loss in raced_round["candidate_losses"].items():
+            if raced_round["candidate_windows"][layer] == len(calib_ids):
+                assert loss == pytest.approx(exact_losses[int(layer)], rel=1e-6)
+        chosen, ours = exact_round["removed"], raced_round["removed"]
+        if exact_round["choice_margin"]["paired_t"] is not None and exact_round["choice_margin"]["paired_t"] >= 2:
+            assert ours == chosen
+        else:
+            probe = copy.deepcopy(reference)
+            structure.remove_attention(probe, adapter, chosen)
+            per_token = [nll / tokens for nll, tokens in (windows_nll(probe, calib_ids[w:w + 1], batch_size=1)
+                                                          for w in range(len(calib_ids)))]
+            assert exact_losses[ours] - exact_losses[chosen] <= statistics.stdev(per_token) / math.sqrt(len(per_token))
+        if ours != chosen:
+            break  # the greedy rounds after a different choice search different models
+        structure.remove_attention(reference, adapter, chosen)
+    again = run(copy.deepcopy(stories[0]), "two_stage", calib_ids, batch_size=batch_size, search="race", **arguments)
+    assert again["attention_rounds"] == raced["attention_rounds"]  # deterministic
+
+
 def test_race_options_are_refused_where_they_do_not_apply():
     from pruning.methods import MethodError
 
@@ -348,3 +385,7 @@ def test_race_options_are_refused_where_they_do_not_apply():
         pruning.build_method("depth", num_blocks=1, criterion="angular", search="race")
     with pytest.raises(MethodError, match="race_z needs search=race"):
         pruning.build_method("depth", num_blocks=1, criterion="perplexity", race_z=2.0)
+    with pytest.raises(MethodError, match="two_stage: race_z needs search=race"):
+        pruning.build_method("two_stage", ffn_layers=2, race_z=2.0)
+    assert pruning.build_method("two_stage", ffn_layers=2, search="race").options() == {
+        "ffn_layers": 2, "attention_layers": 0, "search": "race", "race_z": 3.0}

@@ -15,7 +15,9 @@ pair when none does. With `ffn_attention_ratio` (PP-LLMs' `mha_ffn_ratio`) the p
 among pairs whose FFN/attention count ratio lies within 20 % of it, the one whose total (real sizes) is
 closest to the target. A removed sub-block takes its input norm with it; the residual passes through.
 `search_windows` scores the attention rounds on the first N calibration windows only, a faster search that
-may choose differently (pruning/methods/search.py); stage 1 always uses every window.
+may choose differently (pruning/methods/search.py); stage 1 always uses every window. `search=race` races
+each round's candidates instead: one calibration batch more at a time, a candidate dropped once it is `race_z`
+paired standard errors behind the leader (`search.race`).
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ from typing import TYPE_CHECKING
 
 from .base import MethodError, PruneContext, PruningMethod, no_grad, register
 from ..core.options import Option
-from .search import check_search_windows, choice_margin, search_record, search_windows_option
+from .search import (EXACT, RACE, check_search_windows, choice_margin, race, race_options, search_record,
+                     search_windows_option)
 
 if TYPE_CHECKING:
     from ..core.engine import LayerStep
@@ -109,6 +112,7 @@ class TwoStage(PruningMethod):
                                              "(PP-LLMs' mha_ffn_ratio; default: counts from the real sizes alone)",
                low=0, low_open=True),
         search_windows_option("the attention rounds' candidates (block influence and the dense loss use every window)"),
+        *race_options("each attention round's candidates"),
     )
 
     def __init__(self, **values):
@@ -126,9 +130,13 @@ class TwoStage(PruningMethod):
             if self.attention_layers > self.ffn_layers:
                 raise MethodError(f"two_stage: attention is removed only from the {self.ffn_layers} FFN-removed "
                                   f"candidate layers, so attention_layers ({self.attention_layers}) must be <= ffn_layers")
+        if self.race_z != self.option("race_z").default and self.search != RACE:
+            raise MethodError("two_stage: race_z needs search=race")
 
     def options(self) -> dict:
         search = {} if self.search_windows is None else {"search_windows": self.search_windows}
+        if self.search != EXACT:
+            search.update(search=self.search, race_z=self.race_z)
         if self.prune_rate is not None:
             ratio = {} if self.ffn_attention_ratio is None else {"ffn_attention_ratio": self.ffn_attention_ratio}
             return {"prune_rate": self.prune_rate, **ratio, **search}
@@ -232,29 +240,64 @@ class TwoStage(PruningMethod):
             engine.capture(search_ids)
             state = search.run_layers(engine.hidden, layers[:start])
             engine.hidden = []
+        # A raced round scores one calibration batch at a time, each with its own targets.
+        batch_losses = [SuffixLoss(ctx.model, adapter, engine, search_ids[s:s + engine.batch_size])
+                        for s in range(0, len(search_ids), engine.batch_size)] if self.search == RACE else []
+        candidate_windows = exact_candidate_windows = 0
         for round_index in range(attention_count):
             remaining = [i for i in candidates if i not in mha_removed]
-            windows, (start, state) = attention_round(search, adapter, layers, start, state, remaining,
-                                                      f"attention round {round_index + 1}/{attention_count}"
-                                                      if ctx.progress else None)
-            losses = {i: search.mean_of(by_batch) for i, by_batch in windows.items()}
-            chosen, *others = sorted(losses, key=lambda i: (losses[i], i))
+            description = f"attention round {round_index + 1}/{attention_count}" if ctx.progress else None
+            if self.search == RACE:
+                state = search.run_layers(state, layers[start:remaining[0]])  # on to the first remaining candidate
+                start = remaining[0]
+                chosen, windows, history = self._raced_round(batch_losses, adapter, layers, start, state, remaining)
+                per_window = search.scored_tokens / len(search_ids)  # every window scores as many tokens
+                losses = {i: sum(v) / (len(v) * per_window) for i, v in windows.items()}
+            else:
+                by_batch, (start, state) = attention_round(search, adapter, layers, start, state, remaining, description)
+                losses = {i: search.mean_of(nlls) for i, nlls in by_batch.items()}
+                windows = {i: [nll for batch in nlls for nll in batch] for i, nlls in by_batch.items()}
+                chosen, history = min(remaining, key=lambda i: (losses[i], i)), None
+            candidate_windows += sum(map(len, windows.values()))
+            exact_candidate_windows += len(remaining) * len(search_ids)
             attention_removed_params += remove_attention(ctx.model, adapter, chosen)
             mha_removed.append(chosen)
             log.info("two_stage: round %d/%d: calibration loss without each candidate's attention %s; removed "
                      "layer %d's (loss %.4f)", round_index + 1, attention_count,
                      ", ".join(f"{i}: {v:.4f}" for i, v in sorted(losses.items())), chosen, losses[chosen])
-            margin = {} if not others else {
-                "choice_margin": {"runner_up": others[0], **choice_margin(windows[chosen], windows[others[0]])}}
+            # the runner-up is the closest candidate among those scored on the most windows, compared on the
+            # windows both were scored on
+            others = sorted((i for i in remaining if i != chosen), key=lambda i: (-len(windows[i]), losses[i], i))
+            margin = {}
+            if others:
+                common = min(len(windows[chosen]), len(windows[others[0]]))
+                margin = {"choice_margin": {"runner_up": others[0], **choice_margin([windows[chosen][:common]],
+                                                                                    [windows[others[0]][:common]])}}
+            raced = {} if history is None else {
+                "candidate_windows": {str(i): len(v) for i, v in sorted(windows.items())}, "race_rounds": history}
             rounds.append({"removed": chosen, "loss": losses[chosen],
-                           "candidate_losses": {str(i): v for i, v in sorted(losses.items())}, **margin})
+                           "candidate_losses": {str(i): v for i, v in sorted(losses.items())}, **margin, **raced})
 
         return {"ffn_removed_layers": candidates, "mha_removed_layers": sorted(mha_removed),
                 "layers_before": len(layers),  # as depth and layers record it: the layer-removal table's "total"
                 "ffn_parameters_removed": ffn_removed, "attention_parameters_removed": attention_removed_params,
                 "scores": {str(i): v for i, v in block_influence.items()}, "score": "block influence 1 - cos, all tokens",
                 "calibration_loss_dense": dense["loss"], "attention_rounds": rounds,
+                **({} if self.search == EXACT else {"race": {
+                    "z": self.race_z, "candidate_windows": candidate_windows,
+                    "exact_candidate_windows": exact_candidate_windows}}),
                 **({} if self.search_windows is None else
                    search_record(self.search_windows, len(input_ids), search.scored_tokens, "attention_loss_data")),
                 **({"prune_rate": self.prune_rate} if self.prune_rate is not None else {}),
                 **facts, **removal_report(before, ctx.model)}
+
+    def _raced_round(self, batch_losses: list, adapter, layers, start: int, state: list,
+                     remaining: list[int]) -> tuple[int, dict[int, list[float]], list[dict]]:
+        """One attention round raced over the calibration batches (`state`: the inputs of layer `start`, batch
+        by batch): the chosen layer, each candidate's summed NLL on every window it was scored on, the rounds."""
+        def score(survivors: list[int], batch: int) -> dict[int, list[float]]:
+            by_batch, _ = attention_round(batch_losses[batch], adapter, layers, start, [state[batch]], sorted(survivors))
+            return {i: by_batch[i][0] for i in survivors}
+
+        chosen, windows, history = race(score, remaining, len(batch_losses), self.race_z)
+        return chosen, {i: v for i, v in windows.items() if v}, history
