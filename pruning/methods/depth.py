@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING
 from .base import MethodError, PruneContext, PruningMethod, config_layer_count, no_grad, register
 from .depth_similarity import CRITERIA, TOKENS
 from ..core.options import Option, parse_options
-from .search import (EXACT, RACE, check_search_windows, choice_margin, race, race_options, search_record,
-                     search_windows_option)
+from .search import (EXACT, RACE, check_race_z, check_search_windows, choice_margin, race, race_options,
+                     runner_up_margin, search_record, search_windows_option)
 
 if TYPE_CHECKING:
     from ..core.engine import LayerStep, LayerwiseEngine
@@ -97,8 +97,7 @@ class Depth(PruningMethod):
         if (self.search != EXACT or self.race_z != self.option("race_z").default) and self.criterion != "perplexity":
             raise MethodError(f"depth: search={self.search} and race_z apply to criterion perplexity (one window of "
                               f"layers chosen), not to {self.criterion}")
-        if self.race_z != self.option("race_z").default and self.search != RACE:
-            raise MethodError("depth: race_z needs search=race")
+        check_race_z(self.name, self.search, self.race_z)
 
     def options(self) -> dict:
         options = super().options()
@@ -285,12 +284,11 @@ class Depth(PruningMethod):
         best, losses, rounds = race(score, starts, len(batches), self.race_z)
         per_window = dense["tokens"] / rounds[-1]["windows"]  # every window scores as many tokens
         nll = {s: sum(losses[s]) / (len(losses[s]) * per_window) for s in starts}
-        others = sorted((s for s in starts if s != best), key=lambda s: (-len(losses[s]), nll[s], s))
         margin = {}
-        if others:
-            common = min(len(losses[best]), len(losses[others[0]]))
-            margin = {"choice_margin": {"runner_up": [others[0], others[0] + size - 1],
-                                        **choice_margin([losses[best][:common]], [losses[others[0]][:common]])}}
+        runner_up = runner_up_margin(best, losses, nll)
+        if runner_up:
+            other, facts = runner_up
+            margin = {"choice_margin": {"runner_up": [other, other + size - 1], **facts}}
         return {"best_start": best,
                 "window_ppl": [{"layers": [s, s + size - 1], "ppl": math.exp(nll[s]), "windows": len(losses[s])}
                                for s in starts], **margin,

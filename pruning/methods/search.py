@@ -61,6 +61,24 @@ def race(score: Callable[[list, int], dict[Hashable, Sequence[float]]], candidat
     return min(survivors, key=lambda c: (means[c], c)), losses, history
 
 
+def check_race_z(method: str, search: str, race_z: float) -> None:
+    if race_z != RACE_Z and search != RACE:
+        raise MethodError(f"{method}: race_z needs search=race")
+
+
+def runner_up_margin(chosen: Hashable, losses: dict[Hashable, list[float]], means: dict[Hashable, float]
+                     ) -> tuple[Hashable, dict] | None:
+    """A search's runner-up and `choice_margin` against it, from each candidate's per-window losses (a raced
+    search scores candidates on different numbers of windows): the runner-up is the lowest mean among the
+    candidates scored on the most windows, compared with the choice on the windows both were scored on.
+    None when there is no other candidate."""
+    others = sorted((c for c in losses if c != chosen), key=lambda c: (-len(losses[c]), means[c], c))
+    if not others:
+        return None
+    common = min(len(losses[chosen]), len(losses[others[0]]))
+    return others[0], choice_margin([losses[chosen][:common]], [losses[others[0]][:common]])
+
+
 def search_windows_option(candidates: str) -> Option:
     return Option("search_windows", int, f"score {candidates} on the first N calibration windows only (default: all, "
                                          "the exact search); the search's time falls with N / nsamples, and its "

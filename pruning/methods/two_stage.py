@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 
 from .base import MethodError, PruneContext, PruningMethod, no_grad, register
 from ..core.options import Option
-from .search import (EXACT, RACE, check_search_windows, choice_margin, race, race_options, search_record,
-                     search_windows_option)
+from .search import (EXACT, RACE, check_race_z, check_search_windows, race, race_options, runner_up_margin,
+                     search_record, search_windows_option)
 
 if TYPE_CHECKING:
     from ..core.engine import LayerStep
@@ -130,8 +130,7 @@ class TwoStage(PruningMethod):
             if self.attention_layers > self.ffn_layers:
                 raise MethodError(f"two_stage: attention is removed only from the {self.ffn_layers} FFN-removed "
                                   f"candidate layers, so attention_layers ({self.attention_layers}) must be <= ffn_layers")
-        if self.race_z != self.option("race_z").default and self.search != RACE:
-            raise MethodError("two_stage: race_z needs search=race")
+        check_race_z(self.name, self.search, self.race_z)
 
     def options(self) -> dict:
         search = {} if self.search_windows is None else {"search_windows": self.search_windows}
@@ -265,14 +264,8 @@ class TwoStage(PruningMethod):
             log.info("two_stage: round %d/%d: calibration loss without each candidate's attention %s; removed "
                      "layer %d's (loss %.4f)", round_index + 1, attention_count,
                      ", ".join(f"{i}: {v:.4f}" for i, v in sorted(losses.items())), chosen, losses[chosen])
-            # the runner-up is the closest candidate among those scored on the most windows, compared on the
-            # windows both were scored on
-            others = sorted((i for i in remaining if i != chosen), key=lambda i: (-len(windows[i]), losses[i], i))
-            margin = {}
-            if others:
-                common = min(len(windows[chosen]), len(windows[others[0]]))
-                margin = {"choice_margin": {"runner_up": others[0], **choice_margin([windows[chosen][:common]],
-                                                                                    [windows[others[0]][:common]])}}
+            runner_up = runner_up_margin(chosen, windows, losses)
+            margin = {} if runner_up is None else {"choice_margin": {"runner_up": runner_up[0], **runner_up[1]}}
             raced = {} if history is None else {
                 "candidate_windows": {str(i): len(v) for i, v in sorted(windows.items())}, "race_rounds": history}
             rounds.append({"removed": chosen, "loss": losses[chosen],
