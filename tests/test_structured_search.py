@@ -16,7 +16,7 @@ from pruning.core.engine import LayerwiseEngine
 from pruning.core.token_windows import windows_nll
 from pruning.methods.suffix_loss import SuffixLoss
 from pruning.methods import PruneContext
-from pruning.methods.search import choice_margin, race
+from pruning.methods.search import RACE_FIRST_WINDOWS, choice_margin, race, race_rounds
 from pruning.methods.two_stage import attention_round
 from pruning.core.modeling import load_model
 
@@ -312,6 +312,15 @@ def test_race_on_a_close_call_runs_every_round_and_returns_the_lowest_mean():
     means = {c: statistics.fmean(sum(table[c], [])) for c in (0, 1)}
     assert len(rounds) == 5 and rounds[-1]["windows"] == 20
     assert best == min(means, key=means.get)
+
+
+@pytest.mark.parametrize("windows, batch_size, ends", [
+    (32, 8, [RACE_FIRST_WINDOWS, 8, 16, 24, 32]), (20, 8, [RACE_FIRST_WINDOWS, 8, 16, 20]), (8, 3, [3, 6, 8]),
+    (3, 8, [3]), (4, 1, [1, 2, 3, 4])])
+def test_race_rounds_double_up_to_a_batch_then_add_a_batch(windows, batch_size, ends):
+    """The first round (every candidate scored) is the smallest; the rounds tile the windows in order."""
+    rounds = race_rounds(windows, batch_size)
+    assert [r.stop for r in rounds] == ends and [r.start for r in rounds] == [0, *ends[:-1]]
 
 
 @pytest.mark.parametrize("num_blocks", [1, 2])

@@ -34,7 +34,7 @@ from .base import MethodError, PruneContext, PruningMethod, config_layer_count, 
 from .depth_similarity import CRITERIA, TOKENS
 from ..core.options import Option, parse_options
 from .search import (EXACT, RACE, check_race_z, check_search_windows, choice_margin, race, race_options,
-                     runner_up_margin, search_record, search_windows_option)
+                     race_rounds, runner_up_margin, search_record, search_windows_option)
 
 if TYPE_CHECKING:
     from ..core.engine import LayerStep, LayerwiseEngine
@@ -269,10 +269,10 @@ class Depth(PruningMethod):
 
     def _raced_perplexity_windows(self, ctx: PruneContext, engine: LayerwiseEngine, input_ids, size: int,
                                   starts: list[int]) -> dict:
-        """Quark's search raced (`race`): one calibration batch more per round, the candidate windows still close to
-        the leader scored on it. Each candidate's perplexity is over the windows it was scored on."""
+        """Quark's search raced (`race`): more windows each round (`race_rounds`), the candidate windows still close
+        to the leader scored on them. Each candidate's perplexity is over the windows it was scored on."""
         scored = input_ids[:self.search_windows]
-        batches = [scored[i:i + ctx.batch_size] for i in range(0, len(scored), ctx.batch_size)]
+        batches = [scored[r.start:r.stop] for r in race_rounds(len(scored), ctx.batch_size)]
         dense = {"nll": 0.0, "tokens": 0}
 
         def score(survivors: list[int], round_index: int) -> dict[int, list[float]]:

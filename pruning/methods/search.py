@@ -8,10 +8,11 @@ Every search also reports its choice's margin over the runner-up, window by wind
 lower on average but on few windows, or by a small paired t statistic, is a choice another draw of calibration
 windows may well not make, whatever the search's cost.
 
-A racing search (`search=race`, `race`) scores the candidates on growing numbers of windows instead, one
-calibration batch more per round, and drops a candidate as soon as its paired excess loss over the leader is
-more than `race_z` standard errors: a clear choice is made on a few windows, a close one runs on to all of them
-among the candidates still close.
+A racing search (`search=race`, `race`) scores the candidates on growing numbers of windows instead and drops
+a candidate as soon as its paired excess loss over the leader is more than `race_z` standard errors: a clear
+choice is made on a few windows, a close one runs on to all of them among the candidates still close. The
+first round is the costliest (every candidate is scored on it), so the windows scored double from
+`RACE_FIRST_WINDOWS` up to one calibration batch, then grow by one batch per round (`race_rounds`).
 """
 from __future__ import annotations
 
@@ -23,11 +24,12 @@ from ..core.statistics import paired_difference
 EXACT, RACE = "exact", "race"
 SEARCHES = (EXACT, RACE)
 RACE_Z = 3.0
+RACE_FIRST_WINDOWS = 4  # the fewest windows a drop is decided on: a paired SE from 4 windows has 3 degrees of freedom
 
 
 def race_options(candidates: str) -> tuple[Option, Option]:
     return (Option("search", str, f"how {candidates} are compared: exact (every candidate on every window) or race "
-                                  "(one calibration batch more per round, a candidate dropped once it is race_z "
+                                  "(more calibration windows each round, a candidate dropped once it is race_z "
                                   "paired standard errors behind the leader)", default=EXACT, choices=SEARCHES),
             Option("race_z", float, "search=race: standard errors behind the leader that drop a candidate",
                    default=RACE_Z, low=0, low_open=True))
@@ -59,6 +61,17 @@ def race(score: Callable[[list, int], dict[Hashable, Sequence[float]]], candidat
             break
     means = {c: sum(losses[c]) / len(losses[c]) for c in survivors}
     return min(survivors, key=lambda c: (means[c], c)), losses, history
+
+
+def race_rounds(windows: int, batch_size: int) -> list[range]:
+    """The windows each round of a race adds: cumulative counts RACE_FIRST_WINDOWS, twice that, ... up to one
+    batch, then one batch more per round, the last round ending at `windows`."""
+    ends, end = [], min(RACE_FIRST_WINDOWS, batch_size)
+    while end < windows:
+        ends.append(end)
+        end = min(2 * end, batch_size) if end < batch_size else end + batch_size
+    ends.append(windows)
+    return [range(start, end) for start, end in zip([0, *ends[:-1]], ends)]
 
 
 def check_race_z(method: str, search: str, race_z: float) -> None:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from .base import MethodError, PruneContext, PruningMethod, no_grad, register
 from ..core.options import Option
-from .search import (EXACT, RACE, check_race_z, check_search_windows, race, race_options, runner_up_margin,
+from .search import (EXACT, RACE, check_race_z, check_search_windows, race, race_options, race_rounds, runner_up_margin,
                      search_record, search_windows_option)
 
 if TYPE_CHECKING:
@@ -239,9 +239,9 @@ class TwoStage(PruningMethod):
             engine.capture(search_ids)
             state = search.run_layers(engine.hidden, layers[:start])
             engine.hidden = []
-        # A raced round scores one calibration batch at a time, each with its own targets.
-        batch_losses = [SuffixLoss(ctx.model, adapter, engine, search_ids[s:s + engine.batch_size])
-                        for s in range(0, len(search_ids), engine.batch_size)] if self.search == RACE else []
+        # A raced round scores the windows of one race round at a time (`race_rounds`), each with its own targets.
+        race_windows = race_rounds(len(search_ids), engine.batch_size) if self.search == RACE else []
+        round_losses = [SuffixLoss(ctx.model, adapter, engine, search_ids[r.start:r.stop]) for r in race_windows]
         candidate_windows = exact_candidate_windows = 0
         for round_index in range(attention_count):
             remaining = [i for i in candidates if i not in mha_removed]
@@ -249,7 +249,8 @@ class TwoStage(PruningMethod):
             if self.search == RACE:
                 state = search.run_layers(state, layers[start:remaining[0]])  # on to the first remaining candidate
                 start = remaining[0]
-                chosen, windows, history = self._raced_round(batch_losses, adapter, layers, start, state, remaining)
+                chosen, windows, history = self._raced_round(round_losses, race_windows, adapter, layers, start, state,
+                                                              remaining)
                 per_window = search.scored_tokens / len(search_ids)  # every window scores as many tokens
                 losses = {i: sum(v) / (len(v) * per_window) for i, v in windows.items()}
             else:
@@ -284,13 +285,20 @@ class TwoStage(PruningMethod):
                 **({"prune_rate": self.prune_rate} if self.prune_rate is not None else {}),
                 **facts, **removal_report(before, ctx.model)}
 
-    def _raced_round(self, batch_losses: list, adapter, layers, start: int, state: list,
+    def _raced_round(self, round_losses: list, race_windows: list[range], adapter, layers, start: int, state: list,
                      remaining: list[int]) -> tuple[int, dict[int, list[float]], list[dict]]:
-        """One attention round raced over the calibration batches (`state`: the inputs of layer `start`, batch
-        by batch): the chosen layer, each candidate's summed NLL on every window it was scored on, the rounds."""
-        def score(survivors: list[int], batch: int) -> dict[int, list[float]]:
-            by_batch, _ = attention_round(batch_losses[batch], adapter, layers, start, [state[batch]], sorted(survivors))
+        """One attention round raced over the calibration windows (`state`: the inputs of layer `start`, batch
+        by batch; race round r scores the windows `race_windows[r]`, at most one batch, with `round_losses[r]`):
+        the chosen layer, each candidate's summed NLL on every window it was scored on, the race's rounds."""
+        import torch
+
+        rows = torch.cat(state)
+
+        def score(survivors: list[int], round_index: int) -> dict[int, list[float]]:
+            windows = race_windows[round_index]
+            by_batch, _ = attention_round(round_losses[round_index], adapter, layers, start,
+                                          [rows[windows.start:windows.stop]], sorted(survivors))
             return {i: by_batch[i][0] for i in survivors}
 
-        chosen, windows, history = race(score, remaining, len(batch_losses), self.race_z)
+        chosen, windows, history = race(score, remaining, len(race_windows), self.race_z)
         return chosen, {i: v for i, v in windows.items() if v}, history
