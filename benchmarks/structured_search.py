@@ -16,6 +16,9 @@ of calibration windows may not make, so no cheaper search can promise to repeat 
 
 With `--search-windows N` both searches also run with search_windows=N (candidates scored on the first N
 calibration windows only, pruning/methods/search.py), and their rows say whether they chose as the exact search.
+`--search race` times the raced searches (search=race) instead of the exact ones, `--search exact race` both (then
+the raced rows say whether they chose as the exact search); each raced row gives its candidate-windows against
+the exact search's.
 
     PRUNING_DATA_DIR=../shared/data .venv/bin/python benchmarks/structured_search.py            # smollm2-135m
     PRUNING_DATA_DIR=../shared/data .venv/bin/python benchmarks/structured_search.py --model ../shared/models/stories260K --quark-blocks 2 --two-stage-rate 0.3 --search-windows 8
@@ -92,14 +95,18 @@ class WorkCounter:
 
 
 def searches(quark_blocks: int = 2, two_stage_rate: float = 0.25, search_windows: int | None = None,
-             nsamples: int = 32) -> dict[str, tuple[str, dict]]:
-    """The runs to time, name -> (method, options): each search exact and, with `search_windows`, on that subset
-    (name_subset), which is refused here, before anything is timed, where the method refuses it."""
+             nsamples: int = 32, kinds: tuple[str, ...] = ("exact",)) -> dict[str, tuple[str, dict]]:
+    """The runs to time, name -> (method, options): each search exact (name) and/or raced (name_race) as `kinds`
+    asks and, with `search_windows`, on that subset (name_subset), which is refused here, before anything is
+    timed, where the method refuses it."""
     exact = {"quark": ("depth", {"num_blocks": quark_blocks, "criterion": "perplexity"}),
              "two_stage": ("two_stage", {"prune_rate": two_stage_rate})}
     runs = {}
     for name, (method, options) in exact.items():
-        runs[name] = (method, options)
+        if "exact" in kinds:
+            runs[name] = (method, options)
+        if "race" in kinds:
+            runs[f"{name}_race"] = (method, {**options, "search": "race"})
         if search_windows is not None:
             subset = {**options, "search_windows": search_windows}
             pruning.build_method(method, **subset).check_calibration(nsamples)
@@ -109,12 +116,12 @@ def searches(quark_blocks: int = 2, two_stage_rate: float = 0.25, search_windows
 
 def measure(model: str = "smollm2-135m", nsamples: int = 32, seqlen: int = 512, batch_size: int = 8, seed: int = 0,
             quark_blocks: int = 2, two_stage_rate: float = 0.25, threads: int | None = None,
-            search_windows: int | None = None) -> dict:
+            search_windows: int | None = None, kinds: tuple[str, ...] = ("exact",)) -> dict:
     """Seconds of one calibration forward, Quark's window search and two-stage pruning on `model`, with the
     calibration protocol of the default grid (C4, nsamples × seqlen, seed, batch_size); ratios to the forward,
     counted work in forward units, and the choices each search made; with `search_windows`, each search again
     on that subset (entries quark_subset, two_stage_subset), and whether it chose as the exact one."""
-    runs = searches(quark_blocks, two_stage_rate, search_windows, nsamples)
+    runs = searches(quark_blocks, two_stage_rate, search_windows, nsamples, kinds)
     if threads:
         torch.set_num_threads(threads)
     dense, tokenizer = pruning.load_model(pruning.fetch_model(model))
@@ -141,9 +148,9 @@ def measure(model: str = "smollm2-135m", nsamples: int = 32, seqlen: int = 512, 
         result[name] = {"method": method, "options": options, "seconds": clock.wall, "cpu_seconds": clock.cpu,
                         "ratio": clock.wall / forward.wall, "cpu_ratio": clock.cpu / forward.cpu,
                         "work_ratio": counter.work / forward_work, "meets_target": max(clock.wall / forward.wall, clock.cpu / forward.cpu) <= TARGET,
-                        **choices}
-        exact = name.removesuffix("_subset")
-        if exact != name:
+                        **choices, **({"race": report["race"]} if "race" in report else {})}
+        exact = name.removesuffix("_subset").removesuffix("_race")
+        if exact != name and exact in result:
             result[name]["same_choice"] = _choice(result[name]) == _choice(result[exact])
         print(f"{name}: {clock.wall:.1f} s ({clock.cpu:.1f} CPU s), {result[name]['ratio']:.2f} x forward "
               f"({result[name]['cpu_ratio']:.2f} in CPU seconds), counted work {result[name]['work_ratio']:.2f} x",
@@ -169,7 +176,7 @@ def _margin(row: dict) -> str:
 
 
 def summary(result: dict) -> str:
-    subset = "quark_subset" in result
+    subset = any(name in result for name in ("quark_subset", "two_stage_subset", "quark_race", "two_stage_race"))
     lines = [f"{result['model']}: calibration {result['calibration']['source']} {result['calibration']['nsamples']} x "
              f"{result['calibration']['seqlen']} (seed {result['calibration']['seed']}, batch {result['batch_size']}), "
              f"CPU float32, {result['threads']} threads; one calibration forward (with logits) "
@@ -178,15 +185,23 @@ def summary(result: dict) -> str:
              "", "| search | seconds | x forward | CPU seconds | x forward (CPU) | counted work (x forward) | target met "
                  "| choice | margin over the runner-up (paired t, windows won) |" + (" same choice as exact |" if subset else ""),
              "|---|---|---|---|---|---|---|---|---|" + ("---|" if subset else "")]
-    for name in ("quark", "quark_subset", "two_stage", "two_stage_subset"):
+    for name in ("quark", "quark_subset", "quark_race", "two_stage", "two_stage_subset", "two_stage_race"):
         if name not in result:
             continue
         r = result[name]
-        if "same_choice" in r:
+        label = name
+        if name.endswith("_subset"):
             label = f"{name.removesuffix('_subset')}, search_windows {r['options']['search_windows']}"
-            same = " yes |" if r["same_choice"] else " no |"
+        elif name.endswith("_race"):
+            race = r["race"]
+            label = (f"{name.removesuffix('_race')}, raced (z {race['z']:g}; {race['candidate_windows']} of "
+                     f"{race['exact_candidate_windows']} candidate-windows)")
+        if not subset:
+            same = ""
+        elif name in ("quark", "two_stage"):
+            same = " (exact) |"
         else:
-            label, same = name, " (exact) |" if subset else ""
+            same = {True: " yes |", False: " no |", None: " (exact not run) |"}[r.get("same_choice")]
         lines.append(f"| {label} | {r['seconds']:.2f} | {r['ratio']:.2f} | {r['cpu_seconds']:.2f} | "
                      f"{r['cpu_ratio']:.2f} | {r['work_ratio']:.2f} | {'yes' if r['meets_target'] else 'no'} | "
                      f"{_choice(r)} | {_margin(r)} |{same}")
@@ -206,12 +221,14 @@ def main() -> int:
     parser.add_argument("--search-windows", type=int, default=None,
                         help="also time both searches scoring their candidates on the first N calibration windows "
                              "(search_windows; default: the exact searches only)")
+    parser.add_argument("--search", nargs="+", choices=["exact", "race"], default=["exact"],
+                        help="which searches to time: exact, race (search=race) or both (default: exact)")
     parser.add_argument("--out", default=None, help="also write the table here, a .md path (and a .json beside it)")
     args = parser.parse_args()
     if args.out and Path(args.out).suffix != ".md":
         parser.error(f"--out {args.out}: give a .md path (the .json goes beside it)")
     result = measure(args.model, args.nsamples, args.seqlen, args.batch_size, args.seed, args.quark_blocks,
-                     args.two_stage_rate, args.threads, args.search_windows)
+                     args.two_stage_rate, args.threads, args.search_windows, tuple(args.search))
     table = summary(result)
     print(table)
     if args.out:
