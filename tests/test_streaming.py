@@ -26,6 +26,9 @@ CASES = {
     "depth-perplexity": ("depth", {"num_blocks": 2, "criterion": "perplexity"}),
     "depth-block_ppl": ("depth", {"num_blocks": 1, "criterion": "block_ppl", "search_windows": 2}),
     "two_stage": ("two_stage", {"ffn_layers": 3, "attention_layers": 2}),
+    # raced: one window per round (batch 1), so candidates are dropped between rounds
+    "depth-perplexity-race": ("depth", {"num_blocks": 1, "criterion": "perplexity", "search": "race", "batch_size": 1}),
+    "two_stage-race": ("two_stage", {"ffn_layers": 3, "attention_layers": 2, "search": "race", "batch_size": 1}),
     "heads-magnitude": ("heads", {"fraction": 0.25}),
     "heads-activation": ("heads", {"fraction": 0.25, "importance": "activation", "gqa": "group"}),
     "flap": ("flap", {"fraction": 0.2}),
