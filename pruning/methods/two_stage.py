@@ -16,8 +16,8 @@ among pairs whose FFN/attention count ratio lies within 20 % of it, the one whos
 closest to the target. A removed sub-block takes its input norm with it; the residual passes through.
 `search_windows` scores the attention rounds on the first N calibration windows only, a faster search that
 may choose differently (pruning/methods/search.py); stage 1 always uses every window. `search=race` races
-each round's candidates instead: one calibration batch more at a time, a candidate dropped once it is `race_z`
-paired standard errors behind the leader (`search.race`).
+each round's candidates instead: on more calibration windows each race round (`search.race_rounds`: 4, 8, then
+one batch more), a candidate dropped once it is `race_z` paired standard errors behind the leader (`search.race`).
 """
 from __future__ import annotations
 
